@@ -1,0 +1,133 @@
+//! The contracts between the engine and the components it runs.
+//!
+//! A component kind (registered in [`crate::registry`]) turns its validated config into a
+//! factory once; the planner asks the factory for one instance per worker. Instances live on
+//! their worker thread, so they need not be `Send`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::batch::EventBatch;
+use crate::quarantine::QuarantineRecord;
+use crate::resources::Resources;
+
+/// What flows on an edge of the pipeline graph. Checked when a spec is validated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamKind {
+    /// Unparsed records as sources read them.
+    Records,
+    /// Parsed or normalized events.
+    Events,
+    /// Quarantined records.
+    Quarantine,
+    /// Detection alerts.
+    Alerts,
+}
+
+impl StreamKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StreamKind::Records => "records",
+            StreamKind::Events => "events",
+            StreamKind::Quarantine => "quarantine",
+            StreamKind::Alerts => "alerts",
+        }
+    }
+}
+
+/// The data of one timely message. Records and events share a representation.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Payload {
+    Events(EventBatch),
+    Quarantine(Vec<QuarantineRecord>),
+}
+
+impl Payload {
+    pub fn len(&self) -> usize {
+        match self {
+            Payload::Events(b) => b.len(),
+            Payload::Quarantine(q) => q.len(),
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Facts a component instance may need about where it runs.
+#[derive(Clone)]
+pub struct WorkerContext {
+    pub component_id: Arc<str>,
+    pub worker_index: usize,
+    pub workers: usize,
+    pub resources: Resources,
+}
+
+/// What a source's poll produced.
+pub enum SourcePoll {
+    /// A batch of records (possibly with records quarantined while reading).
+    Batch(EventBatch),
+    /// Records that could not be read as records at all (I/O or decompression errors).
+    Quarantine(Vec<QuarantineRecord>),
+    /// Nothing now; poll again after about this long.
+    Pending(Duration),
+    /// The source is exhausted (bounded sources only).
+    Done,
+}
+
+pub trait Source {
+    /// Produces at most `max_rows` records.
+    fn poll(&mut self, max_rows: usize) -> anyhow::Result<SourcePoll>;
+}
+
+/// Where an operator puts its results for one input batch.
+#[derive(Default)]
+pub struct OperatorOutput {
+    pub events: Vec<EventBatch>,
+    pub quarantine: Vec<QuarantineRecord>,
+    /// Records dropped on purpose (filters, duplicates), counted for the ledger.
+    pub filtered: u64,
+}
+
+impl OperatorOutput {
+    pub fn out_len(&self) -> usize {
+        self.events.iter().map(|b| b.len()).sum()
+    }
+}
+
+pub trait Operator {
+    /// Processes one batch. Rows that cannot be processed go to `out.quarantine`; every
+    /// input row must end in exactly one of `events`, `quarantine` or `filtered`.
+    fn process(&mut self, batch: EventBatch, out: &mut OperatorOutput);
+}
+
+pub trait Sink {
+    fn write(&mut self, payload: &Payload) -> anyhow::Result<()>;
+    /// Every record of epochs up to `epoch` has been written: a natural flush point.
+    fn epoch_complete(&mut self, _epoch: u64) -> anyhow::Result<()> {
+        Ok(())
+    }
+    /// The input is closed; flush and close everything.
+    fn finish(&mut self) -> anyhow::Result<()>;
+}
+
+pub trait SourceFactory: Send + Sync {
+    fn create(&self, ctx: &WorkerContext) -> anyhow::Result<Box<dyn Source>>;
+}
+pub trait OperatorFactory: Send + Sync {
+    fn create(&self, ctx: &WorkerContext) -> anyhow::Result<Box<dyn Operator>>;
+}
+pub trait SinkFactory: Send + Sync {
+    fn create(&self, ctx: &WorkerContext) -> anyhow::Result<Box<dyn Sink>>;
+}
+
+/// A component with a validated config, ready to be instantiated per worker.
+#[derive(Clone)]
+pub enum Built {
+    Source(Arc<dyn SourceFactory>),
+    Operator(Arc<dyn OperatorFactory>),
+    Sink(Arc<dyn SinkFactory>),
+}

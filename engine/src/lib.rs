@@ -1,0 +1,18 @@
+//! Ward's runtime core: event batches, pipeline specs and their validation, the component
+//! registry, the planner that turns a spec into a timely dataflow, metrics and the admin
+//! endpoint. Operators and connectors depend on this crate, never the other way round.
+
+pub mod admin;
+pub mod batch;
+pub mod component;
+pub mod fields;
+pub mod metrics;
+pub mod quarantine;
+pub mod registry;
+pub mod resources;
+pub mod runtime;
+pub mod spec;
+
+pub use anyhow;
+pub use marked_yaml;
+pub use schemars;

@@ -1,0 +1,580 @@
+//! The planner and the run loop: turns a validated [`Spec`] into a timely dataflow on N
+//! worker threads, runs it to completion (bounded sources) or until asked to stop, and
+//! reports what happened.
+//!
+//! Time: the timely timestamp is the checkpoint epoch (`u64`), advanced by one clock for all
+//! sources every `epoch_interval_ms`; event time travels inside the records (DESIGN.md §4).
+//! Sources hold a capability at the current epoch and downgrade it at batch boundaries, so
+//! when every operator's input frontier passes `e`, epoch `e` is complete everywhere: the
+//! point where a later checkpoint coordinator snapshots state and sinks commit.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::operators::Concatenate;
+use timely::dataflow::{Scope, Stream};
+
+use crate::admin::AdminServer;
+use crate::batch::EventBatch;
+use crate::component::{
+    Built, Operator, OperatorOutput, Payload, Sink, Source, SourcePoll, WorkerContext,
+};
+use crate::metrics::{ComponentMetrics, Metrics};
+use crate::registry::Section;
+use crate::spec::{ComponentSpec, InputRef, Port, Spec};
+
+type Epoch = u64;
+type PayloadStream<'s> = Stream<'s, Epoch, Vec<Payload>>;
+
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub workers: usize,
+    /// Overrides the spec's admin address; `Some("")` disables the endpoint.
+    pub admin_listen: Option<String>,
+    /// Show a progress line on stderr (only when stderr is a terminal).
+    pub progress: bool,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions { workers: 1, admin_listen: None, progress: false }
+    }
+}
+
+/// Per-component figures at the end of a run.
+#[derive(Clone, Debug)]
+pub struct ComponentSummary {
+    pub id: String,
+    pub type_name: &'static str,
+    pub section: Section,
+    pub records_in: u64,
+    pub records_out: u64,
+    pub filtered: u64,
+    pub quarantined: u64,
+    pub quarantined_by_reason: Vec<(crate::quarantine::Reason, u64)>,
+    pub errors: u64,
+    pub bytes_in: u64,
+}
+
+impl ComponentSummary {
+    /// in = out + filtered + quarantined, for operators; sources read = emitted + quarantined.
+    pub fn ledger_balances(&self) -> bool {
+        match self.section {
+            Section::Source | Section::Operator => {
+                self.records_in == self.records_out + self.filtered + self.quarantined
+            }
+            Section::Sink => self.records_in == self.records_out,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct RunSummary {
+    pub pipeline: String,
+    pub workers: usize,
+    pub elapsed: Duration,
+    pub components: Vec<ComponentSummary>,
+    pub stopped_by_signal: bool,
+    pub admin_addr: Option<std::net::SocketAddr>,
+}
+
+impl RunSummary {
+    pub fn records_read(&self) -> u64 {
+        self.components.iter().filter(|c| c.section == Section::Source).map(|c| c.records_in).sum()
+    }
+    pub fn bytes_read(&self) -> u64 {
+        self.components.iter().filter(|c| c.section == Section::Source).map(|c| c.bytes_in).sum()
+    }
+    pub fn events_per_second(&self) -> f64 {
+        self.records_read() as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+    pub fn component(&self, id: &str) -> Option<&ComponentSummary> {
+        self.components.iter().find(|c| c.id == id)
+    }
+
+    /// The one-screen summary printed at the end of `ward run`.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let how = if self.stopped_by_signal { "stopped" } else { "finished" };
+        s.push_str(&format!(
+            "pipeline {} {how} in {:.2}s with {} worker(s): {} records read, {:.0} events/s, {:.1} MB/s\n",
+            self.pipeline,
+            self.elapsed.as_secs_f64(),
+            self.workers,
+            self.records_read(),
+            self.events_per_second(),
+            self.bytes_read() as f64 / 1e6 / self.elapsed.as_secs_f64().max(1e-9),
+        ));
+        s.push_str(&format!(
+            "{:<20} {:<12} {:>12} {:>12} {:>10} {:>12}  ledger\n",
+            "component", "type", "in", "out", "filtered", "quarantined"
+        ));
+        for c in &self.components {
+            s.push_str(&format!(
+                "{:<20} {:<12} {:>12} {:>12} {:>10} {:>12}  {}\n",
+                c.id,
+                c.type_name,
+                c.records_in,
+                c.records_out,
+                c.filtered,
+                c.quarantined,
+                if c.ledger_balances() { "ok" } else { "MISMATCH" }
+            ));
+            for (reason, n) in &c.quarantined_by_reason {
+                s.push_str(&format!("{:<20}   quarantined {:<22} {:>10}\n", "", reason.as_str(), n));
+            }
+        }
+        s
+    }
+}
+
+/// Shared state of one run, visible to every worker.
+struct Shared {
+    spec: Spec,
+    metrics: Arc<Metrics>,
+    epoch: AtomicU64,
+    stop: Arc<AtomicBool>,
+    failure: Mutex<Option<String>>,
+}
+
+impl Shared {
+    fn fail(&self, what: String) {
+        tracing::error!("{what}");
+        let mut f = self.failure.lock().unwrap_or_else(|p| p.into_inner());
+        if f.is_none() {
+            *f = Some(what);
+        }
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Runs a pipeline to completion. `stop` ends it early (set by SIGINT/SIGTERM handlers):
+/// sources stop reading, in-flight batches drain, sinks flush.
+pub fn run(spec: &Spec, opts: &RunOptions, stop: Arc<AtomicBool>) -> anyhow::Result<RunSummary> {
+    run_with_metrics(spec, opts, stop, Metrics::new())
+}
+
+pub fn run_with_metrics(
+    spec: &Spec,
+    opts: &RunOptions,
+    stop: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<RunSummary> {
+    let workers = opts.workers.max(1);
+    let started = Instant::now();
+    metrics.workers.set(workers as i64);
+    let listen = opts.admin_listen.clone().unwrap_or_else(|| spec.settings.admin_listen.clone());
+    let admin = if listen.is_empty() { None } else { Some(AdminServer::start(&listen, metrics.clone())?) };
+    if let Some(a) = &admin {
+        tracing::info!("admin endpoint on http://{}/metrics", a.local_addr);
+    }
+
+    let shared = Arc::new(Shared {
+        spec: spec.clone(),
+        metrics: metrics.clone(),
+        epoch: AtomicU64::new(0),
+        stop: stop.clone(),
+        failure: Mutex::new(None),
+    });
+    let finished = Arc::new(AtomicBool::new(false));
+    let clock = spawn_epoch_clock(shared.clone(), finished.clone());
+    let monitor = spawn_monitor(shared.clone(), finished.clone(), opts.progress);
+
+    let ready_workers = Arc::new(AtomicU64::new(0));
+    let worker_shared = shared.clone();
+    let ready = ready_workers.clone();
+    let guards = timely::execute(timely::Config::process(workers), move |worker| {
+        let shared = worker_shared.clone();
+        worker.dataflow::<Epoch, _, _>(|scope| build_dataflow(scope, &shared));
+        if ready.fetch_add(1, Ordering::SeqCst) + 1 == workers as u64 {
+            shared.metrics.ready.set(1);
+        }
+        while worker.step_or_park(Some(Duration::from_millis(20))) {}
+    })
+    .map_err(|e| anyhow::anyhow!("cannot start workers: {e}"))?;
+    let results = guards.join();
+    finished.store(true, Ordering::SeqCst);
+    let _ = clock.join();
+    let _ = monitor.join();
+    metrics.ready.set(0);
+    for r in results {
+        r.map_err(|e| anyhow::anyhow!("worker failed: {e}"))?;
+    }
+    if let Some(f) = shared.failure.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        anyhow::bail!(f);
+    }
+
+    let components = spec
+        .components
+        .iter()
+        .map(|c| {
+            let m = metrics.component(&c.id);
+            ComponentSummary {
+                id: c.id.clone(),
+                type_name: c.kind.type_name,
+                section: c.section(),
+                records_in: m.records_in.get(),
+                records_out: m.records_out.get(),
+                filtered: m.filtered.get(),
+                quarantined: m.quarantined_total(),
+                quarantined_by_reason: m.quarantined_by_reason(),
+                errors: m.errors.get(),
+                bytes_in: m.bytes_in.get(),
+            }
+        })
+        .collect();
+    Ok(RunSummary {
+        pipeline: spec.name.clone(),
+        workers,
+        elapsed: started.elapsed(),
+        components,
+        stopped_by_signal: stop.load(Ordering::SeqCst),
+        admin_addr: admin.as_ref().map(|a| a.local_addr),
+    })
+}
+
+fn spawn_epoch_clock(shared: Arc<Shared>, finished: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    let interval = Duration::from_millis(shared.spec.settings.epoch_interval_ms.max(1));
+    std::thread::spawn(move || {
+        let mut next = Instant::now() + interval;
+        while !finished.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(10).min(interval));
+            if Instant::now() >= next {
+                let e = shared.epoch.fetch_add(1, Ordering::SeqCst) + 1;
+                shared.metrics.epoch.set(e as i64);
+                next += interval;
+            }
+        }
+    })
+}
+
+/// Updates the events/s gauge and, on a terminal, a progress line.
+fn spawn_monitor(shared: Arc<Shared>, finished: Arc<AtomicBool>, progress: bool) -> std::thread::JoinHandle<()> {
+    use std::io::IsTerminal;
+    std::thread::spawn(move || {
+        let sources: Vec<ComponentMetrics> = shared
+            .spec
+            .components
+            .iter()
+            .filter(|c| c.section() == Section::Source)
+            .map(|c| shared.metrics.component(&c.id))
+            .collect();
+        let all: Vec<ComponentMetrics> = shared.spec.components.iter().map(|c| shared.metrics.component(&c.id)).collect();
+        let bar = if progress && std::io::stderr().is_terminal() {
+            let b = indicatif::ProgressBar::new_spinner();
+            b.set_style(indicatif::ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}").expect("valid template"));
+            Some(b)
+        } else {
+            None
+        };
+        let mut last = (Instant::now(), 0u64);
+        while !finished.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(250));
+            let read: u64 = sources.iter().map(|m| m.records_in.get()).sum();
+            let now = Instant::now();
+            let dt = now.duration_since(last.0).as_secs_f64();
+            if dt >= 1.0 {
+                shared.metrics.events_per_second.set((read - last.1) as f64 / dt);
+                last = (now, read);
+            }
+            if let Some(b) = &bar {
+                let quarantined: u64 = all.iter().map(|m| m.quarantined_total()).sum();
+                b.set_message(format!(
+                    "{read} records read, {:.0} events/s, {quarantined} quarantined, epoch {}",
+                    shared.metrics.events_per_second.get(),
+                    shared.epoch.load(Ordering::Relaxed)
+                ));
+                b.tick();
+            }
+        }
+        if let Some(b) = bar {
+            b.finish_and_clear();
+        }
+    })
+}
+
+fn worker_context(shared: &Shared, c: &ComponentSpec, index: usize, peers: usize) -> WorkerContext {
+    WorkerContext {
+        component_id: c.id.as_str().into(),
+        worker_index: index,
+        workers: peers,
+        resources: shared.spec.resources.clone(),
+    }
+}
+
+fn build_dataflow<'s>(scope: Scope<'s, Epoch>, shared: &Arc<Shared>) {
+    let mut main: HashMap<String, PayloadStream<'s>> = HashMap::new();
+    let mut quarantine: HashMap<String, PayloadStream<'s>> = HashMap::new();
+    // Sinks last, so that `quarantine` inputs see every producer.
+    let order = shared
+        .spec
+        .components
+        .iter()
+        .filter(|c| c.section() != Section::Sink)
+        .chain(shared.spec.components.iter().filter(|c| c.section() == Section::Sink));
+    for c in order {
+        let ctx = worker_context(shared, c, scope.index(), scope.peers());
+        let metrics = shared.metrics.component(&c.id);
+        match &c.built {
+            Built::Source(factory) => {
+                let source = factory.create(&ctx).unwrap_or_else(|e| {
+                    shared.fail(format!("source `{}`: {e:#}", c.id));
+                    Box::new(Exhausted)
+                });
+                let (m, q) = build_source(scope, shared.clone(), c, source, metrics);
+                main.insert(c.id.clone(), m);
+                quarantine.insert(c.id.clone(), q);
+            }
+            Built::Operator(factory) => {
+                let input = inputs_of(scope, c, &main, &quarantine);
+                let op = factory.create(&ctx).unwrap_or_else(|e| {
+                    shared.fail(format!("operator `{}`: {e:#}", c.id));
+                    Box::new(PassThrough)
+                });
+                let (m, q) = build_operator(input, c, op, metrics);
+                main.insert(c.id.clone(), m);
+                quarantine.insert(c.id.clone(), q);
+            }
+            Built::Sink(factory) => {
+                let input = inputs_of(scope, c, &main, &quarantine);
+                match factory.create(&ctx) {
+                    Ok(sink) => build_sink(input, shared.clone(), c, sink, metrics),
+                    Err(e) => {
+                        shared.fail(format!("sink `{}`: {e:#}", c.id));
+                        build_sink(input, shared.clone(), c, Box::new(Discard), metrics)
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn inputs_of<'s>(
+    scope: Scope<'s, Epoch>,
+    c: &ComponentSpec,
+    main: &HashMap<String, PayloadStream<'s>>,
+    quarantine: &HashMap<String, PayloadStream<'s>>,
+) -> PayloadStream<'s> {
+    let mut streams = Vec::new();
+    for input in &c.inputs {
+        match input {
+            InputRef::Component { id, port: Port::Main } => streams.push(main[id].clone()),
+            InputRef::Component { id, port: Port::Quarantine } => streams.push(quarantine[id].clone()),
+            InputRef::AllQuarantine => {
+                let mut ids: Vec<_> = quarantine.keys().collect();
+                ids.sort();
+                streams.extend(ids.into_iter().map(|id| quarantine[id].clone()));
+            }
+        }
+    }
+    if streams.len() == 1 {
+        streams.pop().expect("one stream")
+    } else {
+        scope.concatenate(streams)
+    }
+}
+
+fn build_source<'s>(
+    scope: Scope<'s, Epoch>,
+    shared: Arc<Shared>,
+    c: &ComponentSpec,
+    mut source: Box<dyn Source>,
+    metrics: ComponentMetrics,
+) -> (PayloadStream<'s>, PayloadStream<'s>) {
+    let mut builder = OperatorBuilder::new(format!("source:{}", c.id), scope);
+    let info = builder.operator_info();
+    let (mut out, main) = builder.new_output::<Vec<Payload>>();
+    let (mut qout, quarantine) = builder.new_output::<Vec<Payload>>();
+    let activator = scope.activator_for(info.address.clone());
+    let batch_size = shared.spec.settings.batch_size.max(1);
+    let id = c.id.clone();
+    builder.build(move |mut caps| {
+        let mut caps = Some((caps.remove(0), caps.remove(0)));
+        move |_frontiers| {
+            let Some((cap, qcap)) = caps.as_mut() else { return };
+            if shared.stop.load(Ordering::SeqCst) {
+                caps = None;
+                return;
+            }
+            let epoch = shared.epoch.load(Ordering::SeqCst);
+            if *cap.time() < epoch {
+                cap.downgrade(&epoch);
+                qcap.downgrade(&epoch);
+            }
+            // Produce for a bounded slice of time, then yield so other operators run.
+            let budget = Instant::now() + Duration::from_millis(5);
+            loop {
+                let started = Instant::now();
+                match source.poll(batch_size) {
+                    Ok(SourcePoll::Batch(batch)) => {
+                        metrics.records_in.inc_by(batch.len() as u64);
+                        metrics.records_out.inc_by(batch.len() as u64);
+                        metrics.bytes_in.inc_by(batch.raw_len() as u64);
+                        metrics.batch_seconds.observe(started.elapsed().as_secs_f64());
+                        if !batch.is_empty() {
+                            out.activate().give(&*cap, &mut vec![Payload::Events(batch)]);
+                        }
+                    }
+                    Ok(SourcePoll::Quarantine(records)) => {
+                        metrics.records_in.inc_by(records.len() as u64);
+                        for r in &records {
+                            metrics.quarantined(r.reason).inc();
+                        }
+                        qout.activate().give(&*qcap, &mut vec![Payload::Quarantine(records)]);
+                    }
+                    Ok(SourcePoll::Pending(wait)) => {
+                        activator.activate_after(wait.min(Duration::from_millis(100)));
+                        return;
+                    }
+                    Ok(SourcePoll::Done) => {
+                        caps = None;
+                        return;
+                    }
+                    Err(e) => {
+                        metrics.errors.inc();
+                        shared.fail(format!("source `{id}`: {e:#}"));
+                        caps = None;
+                        return;
+                    }
+                }
+                if Instant::now() >= budget {
+                    activator.activate();
+                    return;
+                }
+            }
+        }
+    });
+    (main, quarantine)
+}
+
+fn build_operator<'s>(
+    input: PayloadStream<'s>,
+    c: &ComponentSpec,
+    mut op: Box<dyn Operator>,
+    metrics: ComponentMetrics,
+) -> (PayloadStream<'s>, PayloadStream<'s>) {
+    let mut builder = OperatorBuilder::new(format!("operator:{}", c.id), input.scope());
+    let mut input = builder.new_input(input, Pipeline);
+    let (mut out, main) = builder.new_output::<Vec<Payload>>();
+    let (mut qout, quarantine) = builder.new_output::<Vec<Payload>>();
+    let mut result = OperatorOutput::default();
+    builder.build(move |_caps| {
+        move |_frontiers| {
+            input.for_each(|cap, data| {
+                for payload in data.drain(..) {
+                    let Payload::Events(batch) = payload else {
+                        // The spec checker only connects event streams to operators.
+                        continue;
+                    };
+                    let started = Instant::now();
+                    let n = batch.len() as u64;
+                    metrics.records_in.inc_by(n);
+                    op.process(batch, &mut result);
+                    metrics.batch_seconds.observe(started.elapsed().as_secs_f64());
+                    metrics.records_out.inc_by(result.out_len() as u64);
+                    metrics.filtered.inc_by(result.filtered);
+                    result.filtered = 0;
+                    if !result.events.is_empty() {
+                        let mut msg: Vec<Payload> = result.events.drain(..).filter(|b| !b.is_empty()).map(Payload::Events).collect();
+                        out.activate().give(&cap, &mut msg);
+                    }
+                    if !result.quarantine.is_empty() {
+                        for r in &result.quarantine {
+                            metrics.quarantined(r.reason).inc();
+                        }
+                        let records = std::mem::take(&mut result.quarantine);
+                        qout.activate().give(&cap, &mut vec![Payload::Quarantine(records)]);
+                    }
+                }
+            });
+        }
+    });
+    (main, quarantine)
+}
+
+fn build_sink<'s>(
+    input: PayloadStream<'s>,
+    shared: Arc<Shared>,
+    c: &ComponentSpec,
+    sink: Box<dyn Sink>,
+    metrics: ComponentMetrics,
+) {
+    let mut builder = OperatorBuilder::new(format!("sink:{}", c.id), input.scope());
+    let mut input = builder.new_input(input, Pipeline);
+    builder.set_notify_for(0, timely::progress::operate::FrontierInterest::Always);
+    let id = c.id.clone();
+    let sink = Rc::new(RefCell::new(Some(sink)));
+    builder.build(move |_caps| {
+        let mut completed: Option<Epoch> = None;
+        move |frontiers| {
+            let mut guard = sink.borrow_mut();
+            let Some(s) = guard.as_mut() else {
+                input.for_each(|_, data| data.clear());
+                return;
+            };
+            input.for_each(|_cap, data| {
+                for payload in data.drain(..) {
+                    let started = Instant::now();
+                    let n = payload.len() as u64;
+                    metrics.records_in.inc_by(n);
+                    match s.write(&payload) {
+                        Ok(()) => metrics.records_out.inc_by(n),
+                        Err(e) => {
+                            metrics.errors.inc();
+                            shared.fail(format!("sink `{id}`: {e:#}"));
+                        }
+                    }
+                    metrics.batch_seconds.observe(started.elapsed().as_secs_f64());
+                }
+            });
+            let frontier = frontiers[0].frontier();
+            match frontier.iter().next() {
+                None => {
+                    if let Err(e) = s.finish() {
+                        metrics.errors.inc();
+                        shared.fail(format!("sink `{id}`: {e:#}"));
+                    }
+                    *guard = None;
+                }
+                Some(&f) if f > 0 && completed.is_none_or(|c| c < f - 1) => {
+                    completed = Some(f - 1);
+                    if let Err(e) = s.epoch_complete(f - 1) {
+                        metrics.errors.inc();
+                        shared.fail(format!("sink `{id}`: {e:#}"));
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+    });
+}
+
+/// Stand-ins that keep the dataflow's shape identical on every worker when a component
+/// fails to start; the run then stops and reports the failure.
+struct Exhausted;
+impl Source for Exhausted {
+    fn poll(&mut self, _: usize) -> anyhow::Result<SourcePoll> {
+        Ok(SourcePoll::Done)
+    }
+}
+struct PassThrough;
+impl Operator for PassThrough {
+    fn process(&mut self, batch: EventBatch, out: &mut OperatorOutput) {
+        out.events.push(batch);
+    }
+}
+struct Discard;
+impl Sink for Discard {
+    fn write(&mut self, _: &Payload) -> anyhow::Result<()> {
+        Ok(())
+    }
+    fn finish(&mut self) -> anyhow::Result<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,630 @@
+//! Pipeline specs: YAML with `sources`, `operators` and `sinks`, each an `id`, a `type`, its
+//! config and (for operators and sinks) `inputs`. Loading checks everything a spec can get
+//! wrong and reports each problem with file, line, column and a reason.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use marked_yaml::{Marker, Node};
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use crate::component::{Built, StreamKind};
+use crate::registry::{BuildContext, ComponentKind, Registry, Section};
+use crate::resources::Resources;
+
+/// The reserved input name for the quarantine output of every component at once.
+pub const ALL_QUARANTINE: &str = "quarantine";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpecError {
+    pub file: PathBuf,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+impl fmt::Display for SpecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: {}", self.file.display(), self.line, self.column, self.message)
+    }
+}
+
+/// All problems found in a spec.
+#[derive(Debug)]
+pub struct SpecErrors(pub Vec<SpecError>);
+
+impl fmt::Display for SpecErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for SpecErrors {}
+
+/// Pipeline-wide settings (the spec's `settings:` block).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Length of a checkpoint epoch in milliseconds: the timely timestamp advances this often.
+    #[serde(default = "default_epoch_ms")]
+    pub epoch_interval_ms: u64,
+    /// Largest number of records a source puts in one batch.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// Address of the admin HTTP endpoint (`/metrics`, `/healthz`, `/readyz`). Empty disables it.
+    #[serde(default = "default_admin")]
+    pub admin_listen: String,
+}
+
+fn default_epoch_ms() -> u64 {
+    1000
+}
+fn default_batch_size() -> usize {
+    1024
+}
+fn default_admin() -> String {
+    "127.0.0.1:9464".to_string()
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            epoch_interval_ms: default_epoch_ms(),
+            batch_size: default_batch_size(),
+            admin_listen: default_admin(),
+        }
+    }
+}
+
+/// Which output of a component an input refers to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Port {
+    Main,
+    Quarantine,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum InputRef {
+    /// `id` or `id.quarantine`.
+    Component { id: String, port: Port },
+    /// `quarantine`: the quarantine outputs of all components.
+    AllQuarantine,
+}
+
+impl fmt::Display for InputRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            InputRef::Component { id, port: Port::Main } => write!(f, "{id}"),
+            InputRef::Component { id, port: Port::Quarantine } => write!(f, "{id}.quarantine"),
+            InputRef::AllQuarantine => write!(f, "{ALL_QUARANTINE}"),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct ComponentSpec {
+    pub id: String,
+    pub kind: ComponentKind,
+    pub inputs: Vec<InputRef>,
+    pub built: Built,
+    pub position: (usize, usize),
+}
+
+impl ComponentSpec {
+    pub fn section(&self) -> Section {
+        self.kind.section
+    }
+}
+
+#[derive(Clone)]
+pub struct Spec {
+    pub file: PathBuf,
+    pub name: String,
+    pub settings: Settings,
+    /// Components in a topological order (every component after its inputs).
+    pub components: Vec<ComponentSpec>,
+    pub resources: Resources,
+    /// Non-fatal findings (e.g. quarantine not routed to any sink).
+    pub warnings: Vec<String>,
+}
+
+impl Spec {
+    pub fn component(&self, id: &str) -> Option<&ComponentSpec> {
+        self.components.iter().find(|c| c.id == id)
+    }
+
+    /// Loads and validates a spec file.
+    pub fn load(path: &Path, registry: &Registry) -> Result<Spec, SpecErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            SpecErrors(vec![SpecError { file: path.to_path_buf(), line: 0, column: 0, message: format!("cannot read: {e}") }])
+        })?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let base = if base.as_os_str().is_empty() { PathBuf::from(".") } else { base };
+        Spec::parse(path, &text, Resources::new(base), registry)
+    }
+
+    /// Validates spec text; `file` is used in messages, `resources` resolves relative paths.
+    pub fn parse(file: &Path, text: &str, resources: Resources, registry: &Registry) -> Result<Spec, SpecErrors> {
+        let mut v = Validator { file: file.to_path_buf(), errors: Vec::new() };
+        let spec = v.run(text, resources, registry);
+        match spec {
+            Some(spec) if v.errors.is_empty() => Ok(spec),
+            _ => {
+                let mut errors = v.errors;
+                errors.sort_by_key(|e| (e.line, e.column));
+                errors.dedup();
+                Err(SpecErrors(errors))
+            }
+        }
+    }
+
+    /// The DAG as Mermaid flowchart text.
+    pub fn to_mermaid(&self) -> String {
+        let mut out = String::from("flowchart LR\n");
+        for c in &self.components {
+            let (open, close) = match c.section() {
+                Section::Source => ("[/", "/]"),
+                Section::Operator => ("[", "]"),
+                Section::Sink => ("[(", ")]"),
+            };
+            out.push_str(&format!("    {}{}\"{}<br/>{}\"{}\n", mermaid_id(&c.id), open, c.id, c.kind.type_name, close));
+        }
+        for (from, to, label) in self.edges() {
+            out.push_str(&format!("    {} -->|{}| {}\n", mermaid_id(&from), label, mermaid_id(&to)));
+        }
+        out
+    }
+
+    /// The DAG in Graphviz DOT.
+    pub fn to_dot(&self) -> String {
+        let mut out = format!("digraph \"{}\" {{\n    rankdir=LR;\n", self.name.replace('"', "'"));
+        for c in &self.components {
+            let shape = match c.section() {
+                Section::Source => "invhouse",
+                Section::Operator => "box",
+                Section::Sink => "cylinder",
+            };
+            out.push_str(&format!("    \"{}\" [shape={shape}, label=\"{}\\n{}\"];\n", c.id, c.id, c.kind.type_name));
+        }
+        for (from, to, label) in self.edges() {
+            out.push_str(&format!("    \"{from}\" -> \"{to}\" [label=\"{label}\"];\n"));
+        }
+        out.push_str("}\n");
+        out
+    }
+
+    /// Edges (producer, consumer, stream kind); `quarantine` inputs expand to every producer.
+    pub fn edges(&self) -> Vec<(String, String, &'static str)> {
+        let mut edges = Vec::new();
+        for c in &self.components {
+            for input in &c.inputs {
+                match input {
+                    InputRef::Component { id, port: Port::Main } => {
+                        let kind = self.component(id).and_then(|p| p.kind.output).map(StreamKind::as_str).unwrap_or("?");
+                        edges.push((id.clone(), c.id.clone(), kind));
+                    }
+                    InputRef::Component { id, port: Port::Quarantine } => {
+                        edges.push((id.clone(), c.id.clone(), "quarantine"))
+                    }
+                    InputRef::AllQuarantine => {
+                        for p in self.components.iter().filter(|p| p.section() != Section::Sink) {
+                            edges.push((p.id.clone(), c.id.clone(), "quarantine"));
+                        }
+                    }
+                }
+            }
+        }
+        edges
+    }
+}
+
+fn mermaid_id(id: &str) -> String {
+    id.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect()
+}
+
+struct Validator {
+    file: PathBuf,
+    errors: Vec<SpecError>,
+}
+
+struct Pending {
+    id: String,
+    kind: ComponentKind,
+    inputs: Vec<(InputRef, Marker)>,
+    built: Option<Built>,
+    marker: Marker,
+}
+
+impl Validator {
+    fn err(&mut self, marker: Option<&Marker>, message: impl Into<String>) {
+        let (line, column) = marker.map(|m| (m.line(), m.column())).unwrap_or((0, 0));
+        self.errors.push(SpecError { file: self.file.clone(), line, column, message: message.into() });
+    }
+
+    fn run(&mut self, text: &str, resources: Resources, registry: &Registry) -> Option<Spec> {
+        let root = match marked_yaml::parse_yaml_with_options(
+            0,
+            text,
+            marked_yaml::LoaderOptions::default().error_on_duplicate_keys(true).toplevel_mapping(),
+        ) {
+            Ok(n) => n,
+            Err(e) => {
+                let (marker, msg) = load_error(&e);
+                self.err(marker.as_ref(), msg);
+                return None;
+            }
+        };
+        let map = root.as_mapping()?;
+        let mut name = self.file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let mut settings = Settings::default();
+        let mut pending: Vec<Pending> = Vec::new();
+        let mut seen_sections = false;
+        for (key, value) in map.iter() {
+            match key.as_str() {
+                "name" => match value.as_scalar() {
+                    Some(s) => name = s.as_str().to_string(),
+                    None => self.err(value.span().start(), "`name` must be a string"),
+                },
+                "description" => {}
+                "settings" => match marked_yaml::from_node::<Settings>(value) {
+                    Ok(s) => settings = s,
+                    Err(e) => {
+                        let m = e.start_mark().or_else(|| value.span().start().copied());
+                        self.err(m.as_ref(), format!("settings: {e}"))
+                    }
+                },
+                "sources" | "operators" | "sinks" => {
+                    seen_sections = true;
+                    let section = match key.as_str() {
+                        "sources" => Section::Source,
+                        "operators" => Section::Operator,
+                        _ => Section::Sink,
+                    };
+                    let Some(seq) = value.as_sequence() else {
+                        self.err(value.span().start(), format!("`{}` must be a list of components", key.as_str()));
+                        continue;
+                    };
+                    for item in seq.iter() {
+                        if let Some(p) = self.component(item, section, &resources, registry) {
+                            pending.push(p);
+                        }
+                    }
+                }
+                other => self.err(
+                    key.span().start(),
+                    format!("unknown top-level key `{other}`, expected one of: name, description, settings, sources, operators, sinks"),
+                ),
+            }
+        }
+        if !seen_sections || !pending.iter().any(|p| p.kind.section == Section::Source) {
+            self.err(root.span().start(), "a pipeline needs at least one source under `sources`");
+        }
+        if !pending.iter().any(|p| p.kind.section == Section::Sink) {
+            self.err(root.span().start(), "a pipeline needs at least one sink under `sinks`");
+        }
+        let warnings = self.check_graph(&pending);
+        let order = self.topological_order(&pending)?;
+        if !self.errors.is_empty() {
+            return None;
+        }
+        let mut by_index: Vec<Option<Pending>> = pending.into_iter().map(Some).collect();
+        let components = order
+            .into_iter()
+            .filter_map(|i| by_index[i].take())
+            .map(|p| ComponentSpec {
+                id: p.id,
+                kind: p.kind,
+                inputs: p.inputs.into_iter().map(|(i, _)| i).collect(),
+                built: p.built.expect("built when there are no errors"),
+                position: (p.marker.line(), p.marker.column()),
+            })
+            .collect();
+        Some(Spec { file: self.file.clone(), name, settings, components, resources, warnings })
+    }
+
+    fn component(&mut self, item: &Node, section: Section, resources: &Resources, registry: &Registry) -> Option<Pending> {
+        let start = item.span().start().copied().unwrap_or_else(|| Marker::new(0, 0, 0, 0));
+        let Some(map) = item.as_mapping() else {
+            self.err(Some(&start), format!("each entry of `{}` must be a mapping with `id` and `type`", section.key()));
+            return None;
+        };
+        let id = match map.get_scalar("id") {
+            Some(s) => s.as_str().to_string(),
+            None => {
+                self.err(Some(&start), "missing field `id`");
+                return None;
+            }
+        };
+        let id_marker = map.get_node("id").and_then(|n| n.span().start().copied()).unwrap_or(start);
+        if !valid_id(&id) {
+            self.err(Some(&id_marker), format!("invalid id `{id}`: use letters, digits, `_` and `-`, starting with a letter or digit"));
+        }
+        if id == ALL_QUARANTINE {
+            self.err(Some(&id_marker), format!("`{ALL_QUARANTINE}` is reserved for the merged quarantine stream; choose another id"));
+        }
+        let Some(type_node) = map.get_scalar("type") else {
+            self.err(Some(&start), format!("component `{id}`: missing field `type`"));
+            return None;
+        };
+        let type_marker = type_node.span().start().copied();
+        let Some(kind) = registry.get(section, type_node.as_str()).copied() else {
+            let other_section = [Section::Source, Section::Operator, Section::Sink]
+                .into_iter()
+                .find(|s| *s != section && registry.get(*s, type_node.as_str()).is_some());
+            let hint = match other_section {
+                Some(s) => format!(" (`{}` belongs under `{}`)", type_node.as_str(), s.key()),
+                None => String::new(),
+            };
+            self.err(
+                type_marker.as_ref(),
+                format!(
+                    "component `{id}`: unknown {} type `{}`{hint}; known types: {}",
+                    section_noun(section),
+                    type_node.as_str(),
+                    registry.type_names(section).join(", ")
+                ),
+            );
+            return None;
+        };
+
+        let mut inputs = Vec::new();
+        match (map.get_node("inputs"), section) {
+            (Some(n), Section::Source) => {
+                self.err(n.span().start(), format!("source `{id}` cannot have `inputs`"));
+            }
+            (None, Section::Operator | Section::Sink) => {
+                self.err(Some(&start), format!("component `{id}`: missing field `inputs`"));
+            }
+            (Some(n), _) => match n.as_sequence() {
+                Some(seq) if !seq.is_empty() => {
+                    for i in seq.iter() {
+                        match i.as_scalar() {
+                            Some(s) => {
+                                let m = s.span().start().copied().unwrap_or(start);
+                                inputs.push((parse_input(s.as_str()), m));
+                            }
+                            None => self.err(i.span().start(), "each input must be a component id"),
+                        }
+                    }
+                }
+                _ => self.err(n.span().start(), format!("component `{id}`: `inputs` must be a non-empty list of ids")),
+            },
+            (None, Section::Source) => {}
+        }
+
+        // The config is the mapping minus the generic keys.
+        let mut config = map.clone();
+        for k in ["id", "type", "inputs"] {
+            config.remove(k);
+        }
+        let config_node = Node::from(config);
+        let ctx = BuildContext { component_id: &id, resources };
+        let built = match kind.build(&config_node, &ctx) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                let m = e.marker.unwrap_or(start);
+                self.err(Some(&m), format!("component `{id}` ({}): {}", kind.type_name, e.message));
+                None
+            }
+        };
+        Some(Pending { id, kind, inputs, built, marker: start })
+    }
+
+    /// Unique ids, inputs that exist, stream kinds that match, outputs that are consumed.
+    fn check_graph(&mut self, pending: &[Pending]) -> Vec<String> {
+        let mut warnings = Vec::new();
+        let mut by_id: HashMap<&str, &Pending> = HashMap::new();
+        for p in pending {
+            if let Some(first) = by_id.get(p.id.as_str()) {
+                let msg = format!("duplicate id `{}` (first defined at line {})", p.id, first.marker.line());
+                self.err(Some(&p.marker), msg);
+            } else {
+                by_id.insert(&p.id, p);
+            }
+        }
+        let mut consumed: BTreeMap<&str, bool> = BTreeMap::new();
+        let mut quarantine_routed = false;
+        for p in pending {
+            for (input, marker) in &p.inputs {
+                let kind = match input {
+                    InputRef::AllQuarantine => {
+                        quarantine_routed = true;
+                        StreamKind::Quarantine
+                    }
+                    InputRef::Component { id, port } => {
+                        let Some(producer) = by_id.get(id.as_str()) else {
+                            let mut known: Vec<_> = by_id.keys().copied().filter(|k| *k != p.id).collect();
+                            known.sort();
+                            self.err(Some(marker), format!("component `{}`: input `{input}` does not exist; known ids: {}", p.id, known.join(", ")));
+                            continue;
+                        };
+                        if producer.kind.section == Section::Sink {
+                            self.err(Some(marker), format!("component `{}`: input `{input}` is a sink, which has no output", p.id));
+                            continue;
+                        }
+                        match port {
+                            Port::Main => {
+                                consumed.insert(&producer.id, true);
+                                producer.kind.output.expect("non-sinks have an output")
+                            }
+                            Port::Quarantine => {
+                                quarantine_routed = true;
+                                StreamKind::Quarantine
+                            }
+                        }
+                    }
+                };
+                if !p.kind.accepts.contains(&kind) {
+                    let accepted: Vec<_> = p.kind.accepts.iter().map(|k| k.as_str()).collect();
+                    self.err(
+                        Some(marker),
+                        format!(
+                            "type mismatch: `{}` ({}) accepts {} but input `{input}` is a {} stream",
+                            p.id,
+                            p.kind.type_name,
+                            accepted.join(" or "),
+                            kind.as_str()
+                        ),
+                    );
+                }
+            }
+        }
+        for p in pending {
+            if p.kind.section != Section::Sink && !consumed.contains_key(p.id.as_str()) {
+                self.err(
+                    Some(&p.marker),
+                    format!("the output of `{}` is not an input of any operator or sink, so its records would be lost", p.id),
+                );
+            }
+        }
+        if !quarantine_routed {
+            warnings.push(
+                "no sink reads `quarantine`: quarantined records are counted in metrics but not written anywhere".to_string(),
+            );
+        }
+        warnings
+    }
+
+    /// Kahn's algorithm; on a cycle, reports it by name at each member.
+    fn topological_order(&mut self, pending: &[Pending]) -> Option<Vec<usize>> {
+        let index: HashMap<&str, usize> = pending.iter().enumerate().map(|(i, p)| (p.id.as_str(), i)).collect();
+        let deps: Vec<Vec<usize>> = pending
+            .iter()
+            .map(|p| {
+                p.inputs
+                    .iter()
+                    .filter_map(|(i, _)| match i {
+                        InputRef::Component { id, .. } => index.get(id.as_str()).copied(),
+                        // `quarantine` depends on every non-sink; a sink can't be in a cycle.
+                        InputRef::AllQuarantine => None,
+                    })
+                    .collect()
+            })
+            .collect();
+        let mut indegree: Vec<usize> = deps.iter().map(Vec::len).collect();
+        let mut ready: Vec<usize> = (0..pending.len()).filter(|&i| indegree[i] == 0).collect();
+        ready.reverse();
+        let mut order = Vec::with_capacity(pending.len());
+        while let Some(i) = ready.pop() {
+            order.push(i);
+            for (j, d) in deps.iter().enumerate() {
+                for &x in d {
+                    if x == i {
+                        indegree[j] -= 1;
+                        if indegree[j] == 0 {
+                            ready.insert(0, j);
+                        }
+                    }
+                }
+            }
+        }
+        if order.len() < pending.len() {
+            let in_cycle: Vec<usize> = (0..pending.len()).filter(|i| !order.contains(i)).collect();
+            let names: Vec<&str> = in_cycle.iter().map(|&i| pending[i].id.as_str()).collect();
+            for &i in &in_cycle {
+                let msg = format!("cycle: `{}` is part of a cycle through {}", pending[i].id, names.join(" -> "));
+                self.err(Some(&pending[i].marker), msg);
+            }
+            return None;
+        }
+        Some(order)
+    }
+}
+
+fn section_noun(s: Section) -> &'static str {
+    match s {
+        Section::Source => "source",
+        Section::Operator => "operator",
+        Section::Sink => "sink",
+    }
+}
+
+fn valid_id(id: &str) -> bool {
+    let mut chars = id.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+fn parse_input(s: &str) -> InputRef {
+    if s == ALL_QUARANTINE {
+        return InputRef::AllQuarantine;
+    }
+    match s.strip_suffix(".quarantine") {
+        Some(id) => InputRef::Component { id: id.to_string(), port: Port::Quarantine },
+        None => InputRef::Component { id: s.to_string(), port: Port::Main },
+    }
+}
+
+fn load_error(e: &marked_yaml::LoadError) -> (Option<Marker>, String) {
+    use marked_yaml::LoadError as L;
+    match e {
+        L::TopLevelMustBeMapping(m) => (Some(*m), "the spec must be a YAML mapping".into()),
+        L::TopLevelMustBeSequence(m) => (Some(*m), "expected a sequence".into()),
+        L::UnexpectedAnchor(m) => (Some(*m), "YAML anchors and aliases are not supported in specs".into()),
+        L::MappingKeyMustBeScalar(m) => (Some(*m), "mapping keys must be plain strings".into()),
+        L::UnexpectedTag(m) => (Some(*m), "YAML tags are not supported in specs".into()),
+        L::ScanError(m, s) => (Some(*m), format!("invalid YAML: {s}")),
+        L::DuplicateKey(d) => (d.key.span().start().copied(), format!("duplicate key `{}`", d.key.as_str())),
+    }
+}
+
+/// The JSON Schema for pipeline specs, generated from the registered config types.
+pub fn json_schema(registry: &Registry) -> serde_json::Value {
+    use serde_json::{json, Map, Value};
+    let mut generator = schemars::generate::SchemaSettings::draft2020_12().into_generator();
+    let mut defs = Map::new();
+    let mut sections = Map::new();
+    for section in [Section::Source, Section::Operator, Section::Sink] {
+        let mut variants = Vec::new();
+        for kind in registry.kinds(section) {
+            let mut schema = kind.schema(&mut generator).to_value();
+            if let Some(obj) = schema.as_object_mut() {
+                if let Some(Value::Object(d)) = obj.remove("$defs") {
+                    defs.extend(d);
+                }
+                obj.remove("$schema");
+                obj.insert("description".into(), Value::from(kind.description));
+                let props = obj.entry("properties").or_insert_with(|| json!({}));
+                if let Some(p) = props.as_object_mut() {
+                    p.insert("id".into(), json!({"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_-]*$"}));
+                    p.insert("type".into(), json!({"const": kind.type_name}));
+                    if section != Section::Source {
+                        p.insert("inputs".into(), json!({"type": "array", "items": {"type": "string"}, "minItems": 1}));
+                    }
+                }
+                let req = obj.entry("required").or_insert_with(|| json!([]));
+                if let Some(r) = req.as_array_mut() {
+                    r.push(json!("id"));
+                    r.push(json!("type"));
+                    if section != Section::Source {
+                        r.push(json!("inputs"));
+                    }
+                }
+            }
+            variants.push(schema);
+        }
+        sections.insert(section.key().into(), json!({"type": "array", "items": {"oneOf": variants}}));
+    }
+    let settings = generator.root_schema_for::<Settings>().to_value();
+    let mut props = sections;
+    props.insert("name".into(), json!({"type": "string"}));
+    props.insert("description".into(), json!({"type": "string"}));
+    props.insert("settings".into(), settings);
+    json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "Ward pipeline spec",
+        "type": "object",
+        "additionalProperties": false,
+        "required": ["sources", "sinks"],
+        "properties": props,
+        "$defs": defs,
+    })
+}
