@@ -38,8 +38,9 @@ impl StrRef {
     pub fn is_empty(self) -> bool {
         self.len == 0
     }
+    /// Whether the bytes live in the heap (else in the immutable raw payloads).
     #[inline]
-    fn in_heap(self) -> bool {
+    pub fn in_heap(self) -> bool {
         self.off & HEAP_BIT != 0
     }
     #[inline]

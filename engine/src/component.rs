@@ -64,6 +64,8 @@ pub struct WorkerContext {
     pub worker_index: usize,
     pub workers: usize,
     pub resources: Resources,
+    /// The component's counters (shared by its instances on all workers).
+    pub metrics: crate::metrics::ComponentMetrics,
 }
 
 /// What a source's poll produced.

@@ -25,9 +25,8 @@ pub struct Metrics {
     pub epoch: IntGauge,
     pub workers: IntGauge,
     pub ready: IntGauge,
-    pub reloads: IntCounterVec,
-    pub reload_failures: IntCounterVec,
-    pub resource_generation: IntGaugeVec,
+    reloads: IntCounterVec,
+    reload_failures: IntCounterVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -55,12 +54,6 @@ impl Metrics {
             Gauge::new("ward_events_per_second", "Records read by all sources per second, over the last few seconds")
                 .expect("valid metric");
         registry.register(Box::new(events_per_second.clone())).expect("unique metric");
-        let resource_generation = IntGaugeVec::new(
-            Opts::new("ward_resource_generation", "How many times a reloadable resource was reloaded"),
-            &["component", "resource"],
-        )
-        .expect("valid metric");
-        registry.register(Box::new(resource_generation.clone())).expect("unique metric");
         let build = IntGaugeVec::new(Opts::new("ward_build_info", "Ward version"), &["version"]).expect("valid metric");
         registry.register(Box::new(build.clone())).expect("unique metric");
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
@@ -88,7 +81,6 @@ impl Metrics {
             epoch: gauge("ward_epoch", "Current checkpoint epoch (the timely timestamp sources emit at)"),
             workers: gauge("ward_workers", "Worker threads in this process"),
             ready: gauge("ward_ready", "1 once the dataflow is built and running"),
-            resource_generation,
             registry,
         })
     }
@@ -102,6 +94,8 @@ impl Metrics {
             errors: self.errors.with_label_values(&[id]),
             bytes_in: self.bytes_in.with_label_values(&[id]),
             batch_seconds: self.batch_seconds.with_label_values(&[id]),
+            reloads: self.reloads.with_label_values(&[id]),
+            reload_failures: self.reload_failures.with_label_values(&[id]),
             quarantined: Reason::ALL.iter().map(|r| self.quarantined.with_label_values(&[id, r.as_str()])).collect(),
         }
     }
@@ -124,6 +118,8 @@ pub struct ComponentMetrics {
     pub errors: IntCounter,
     pub bytes_in: IntCounter,
     pub batch_seconds: prometheus::Histogram,
+    pub reloads: IntCounter,
+    pub reload_failures: IntCounter,
     quarantined: Vec<IntCounter>,
 }
 

@@ -305,6 +305,7 @@ fn worker_context(shared: &Shared, c: &ComponentSpec, index: usize, peers: usize
         worker_index: index,
         workers: peers,
         resources: shared.spec.resources.clone(),
+        metrics: shared.metrics.component(&c.id),
     }
 }
 

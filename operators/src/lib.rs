@@ -1,1 +1,16 @@
+//! Ward's operators: a typed config, pure logic over event batches and unit tests each.
+//! No network or file I/O here: files an operator needs come through the engine's
+//! `Resources`.
 
+pub mod enrich;
+pub mod normalize;
+pub mod parse;
+
+use ward_engine::registry::Registry;
+
+/// Registers every operator type.
+pub fn register(registry: &mut Registry) {
+    registry.register::<parse::ParseConfig>();
+    registry.register::<normalize::NormalizeConfig>();
+    registry.register::<enrich::EnrichConfig>();
+}

@@ -1,0 +1,369 @@
+//! The `enrich` operator: threat-intel matches, GeoIP/ASN, asset inventory and a risk score.
+//! Its files are reloaded when they change (at the next batch), without a restart.
+
+pub mod ti;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Once};
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+use ward_engine::batch::{Bytes, EventBatch, Heap, Key, Slot, Value};
+use ward_engine::component::{Built, Operator, OperatorFactory, OperatorOutput, StreamKind, WorkerContext};
+use ward_engine::fields::{ids, FieldId};
+use ward_engine::registry::{BuildContext, ComponentConfig, Section};
+use ward_engine::resources::{Reloadable, Resources};
+
+/// One threat-intel file.
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ThreatIntelFile {
+    /// Path relative to the spec: one indicator per line, optional feed name after a comma.
+    pub path: String,
+    /// Feed name for lines that give none (default: the file name).
+    #[serde(default)]
+    pub feed: Option<String>,
+}
+
+/// Risk score weights. Score = base + TI hit + risky destination port + large transfer from
+/// an ephemeral port + asset criticality, clamped to 0..=100.
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct RiskWeights {
+    pub base: i64,
+    pub ti_hit: i64,
+    pub risky_ports: Vec<u16>,
+    pub risky_port: i64,
+    /// Bytes (source + destination) from which a transfer counts as large.
+    pub large_transfer_bytes: i64,
+    pub large_transfer: i64,
+    /// Source ports from here up are ephemeral.
+    pub ephemeral_port_min: u16,
+}
+
+impl Default for RiskWeights {
+    fn default() -> Self {
+        RiskWeights {
+            base: 10,
+            ti_hit: 60,
+            risky_ports: vec![23, 445, 1433, 3389],
+            risky_port: 10,
+            large_transfer_bytes: 10_000_000,
+            large_transfer: 10,
+            ephemeral_port_min: 49152,
+        }
+    }
+}
+
+/// Enrich events with threat intel, GeoIP/ASN, asset inventory and a risk score.
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EnrichConfig {
+    #[serde(default)]
+    pub threat_intel: Vec<ThreatIntelFile>,
+    /// MaxMind City (or Country) database, `.mmdb`.
+    #[serde(default)]
+    pub geoip: Option<String>,
+    /// MaxMind ASN database, `.mmdb`.
+    #[serde(default)]
+    pub asn: Option<String>,
+    /// Asset inventory CSV with header `host,criticality,owner,tags` (tags `;`-separated).
+    #[serde(default)]
+    pub assets: Option<String>,
+    #[serde(default)]
+    pub risk: RiskWeights,
+    /// Reload the files when they change (default true).
+    #[serde(default = "yes")]
+    pub watch: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl ComponentConfig for EnrichConfig {
+    const TYPE: &'static str = "enrich";
+    const SECTION: Section = Section::Operator;
+    const DESCRIPTION: &'static str = "Add threat-intel matches, GeoIP/ASN, asset data and a risk score";
+    const ACCEPTS: &'static [StreamKind] = &[StreamKind::Events];
+    const OUTPUT: Option<StreamKind> = Some(StreamKind::Events);
+
+    fn build(self, ctx: &BuildContext<'_>) -> anyhow::Result<Built> {
+        let config = self.clone();
+        let data = Reloadable::new(ctx.resources, move |res| EnrichData::load(&config, res))?;
+        let mut paths: Vec<String> = self.threat_intel.iter().map(|t| t.path.clone()).collect();
+        paths.extend(self.geoip.iter().chain(&self.asn).chain(&self.assets).cloned());
+        Ok(Built::Operator(Arc::new(EnrichFactory {
+            data,
+            risk: Arc::new(self.risk),
+            watch_paths: if self.watch { paths } else { Vec::new() },
+            watch_once: Once::new(),
+        })))
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Asset {
+    pub criticality: i64,
+    pub owner: String,
+    pub tags: String,
+}
+
+/// Everything enrich reads from files; rebuilt as a whole on any change.
+pub struct EnrichData {
+    pub ti: ti::TiIndex,
+    pub geo: Option<maxminddb::Reader<Vec<u8>>>,
+    pub asn: Option<maxminddb::Reader<Vec<u8>>>,
+    pub assets: HashMap<String, Asset>,
+}
+
+impl EnrichData {
+    pub fn load(config: &EnrichConfig, res: &Resources) -> anyhow::Result<EnrichData> {
+        let mut index = ti::TiIndex::default();
+        for f in &config.threat_intel {
+            let text = res.read_string(&f.path)?;
+            let default_feed = f.feed.clone().unwrap_or_else(|| {
+                std::path::Path::new(&f.path).file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+            });
+            index.add_file(&text, &default_feed, &f.path).map_err(|e| anyhow::anyhow!(e))?;
+        }
+        let mmdb = |p: &Option<String>| -> anyhow::Result<Option<maxminddb::Reader<Vec<u8>>>> {
+            match p {
+                None => Ok(None),
+                Some(p) => Ok(Some(maxminddb::Reader::from_source(res.read(p)?).map_err(|e| anyhow::anyhow!("{p}: {e}"))?)),
+            }
+        };
+        let mut assets = HashMap::new();
+        if let Some(p) = &config.assets {
+            let text = res.read_string(p)?;
+            let mut rdr = csv::ReaderBuilder::new().trim(csv::Trim::All).from_reader(text.as_bytes());
+            let headers = rdr.headers().map_err(|e| anyhow::anyhow!("{p}: {e}"))?.clone();
+            let col = |name: &str| headers.iter().position(|h| h.eq_ignore_ascii_case(name));
+            let host = col("host").ok_or_else(|| anyhow::anyhow!("{p}: no `host` column"))?;
+            let crit = col("criticality").ok_or_else(|| anyhow::anyhow!("{p}: no `criticality` column"))?;
+            let (owner, tags) = (col("owner"), col("tags"));
+            for (n, rec) in rdr.records().enumerate() {
+                let rec = rec.map_err(|e| anyhow::anyhow!("{p}: {e}"))?;
+                let criticality: i64 = rec
+                    .get(crit)
+                    .unwrap_or("")
+                    .parse()
+                    .map_err(|_| anyhow::anyhow!("{p}:{}: criticality must be an integer", n + 2))?;
+                assets.insert(
+                    rec.get(host).unwrap_or("").to_ascii_lowercase(),
+                    Asset {
+                        criticality,
+                        owner: owner.and_then(|i| rec.get(i)).unwrap_or("").to_string(),
+                        tags: tags.and_then(|i| rec.get(i)).unwrap_or("").replace(';', ","),
+                    },
+                );
+            }
+        }
+        Ok(EnrichData { ti: index, geo: mmdb(&config.geoip)?, asn: mmdb(&config.asn)?, assets })
+    }
+}
+
+struct EnrichFactory {
+    data: Arc<Reloadable<EnrichData>>,
+    risk: Arc<RiskWeights>,
+    watch_paths: Vec<String>,
+    watch_once: Once,
+}
+
+impl OperatorFactory for EnrichFactory {
+    fn create(&self, ctx: &WorkerContext) -> anyhow::Result<Box<dyn Operator>> {
+        let mut result = Ok(());
+        // Watch once per pipeline, not per worker; validation builds the config without watching.
+        self.watch_once.call_once(|| result = self.data.watch(&self.watch_paths));
+        result?;
+        Ok(Box::new(Enricher {
+            data: self.data.clone(),
+            risk: self.risk.clone(),
+            spare: Vec::new(),
+            scratch: String::new(),
+            seen_generation: self.data.generation(),
+            seen_failures: self.data.failures(),
+            metrics: Some(ctx.metrics.clone()),
+        }))
+    }
+}
+
+pub struct Enricher {
+    data: Arc<Reloadable<EnrichData>>,
+    risk: Arc<RiskWeights>,
+    spare: Vec<Slot>,
+    scratch: String,
+    seen_generation: u64,
+    seen_failures: u64,
+    metrics: Option<ward_engine::metrics::ComponentMetrics>,
+}
+
+impl Enricher {
+    pub fn new(data: Arc<Reloadable<EnrichData>>, risk: RiskWeights) -> Self {
+        Enricher {
+            seen_generation: data.generation(),
+            seen_failures: data.failures(),
+            data,
+            risk: Arc::new(risk),
+            spare: Vec::new(),
+            scratch: String::new(),
+            metrics: None,
+        }
+    }
+}
+
+/// Field values enrich looks at, read once per row.
+#[derive(Default)]
+struct Seen {
+    src_ip: Option<IpAddr>,
+    dst_ip: Option<IpAddr>,
+    src_port: Option<i64>,
+    dst_port: Option<i64>,
+    bytes: i64,
+    host: Option<usize>,
+}
+
+const DOMAIN_FIELDS: [FieldId; 4] = [ids::DESTINATION_DOMAIN, ids::DNS_QUESTION_NAME, ids::URL_DOMAIN, ids::SOURCE_DOMAIN];
+const HASH_FIELDS: [FieldId; 4] = [ids::FILE_HASH_SHA256, ids::FILE_HASH_SHA1, ids::FILE_HASH_MD5, ids::PROCESS_HASH_SHA256];
+
+impl Operator for Enricher {
+    fn process(&mut self, mut batch: EventBatch, out: &mut OperatorOutput) {
+        let data = self.data.current();
+        let (generation, failures) = (self.data.generation(), self.data.failures());
+        if let Some(m) = &self.metrics {
+            m.reloads.inc_by(generation.saturating_sub(self.seen_generation));
+            m.reload_failures.inc_by(failures.saturating_sub(self.seen_failures));
+        }
+        (self.seen_generation, self.seen_failures) = (generation, failures);
+        let w = &*self.risk;
+        let mut slots = std::mem::take(&mut self.spare);
+        slots.clear();
+        slots.reserve(batch.slots.len() + batch.rows.len() * 3);
+        let raw = std::mem::take(&mut batch.raw);
+        let mut heap = std::mem::take(&mut batch.heap);
+        for row in batch.rows.iter_mut() {
+            let old = &batch.slots[row.slots_start as usize..row.slots_end as usize];
+            let start = slots.len();
+            slots.extend_from_slice(old);
+            let mut seen = Seen::default();
+            let mut hit: Option<(ti::IndicatorKind, String, String)> = None;
+            for (i, s) in old.iter().enumerate() {
+                let Key::Core(f) = s.key else { continue };
+                let b = Bytes { raw: &raw, heap: &heap };
+                match (f, s.value) {
+                    (ids::SOURCE_IP, Value::Ip(r)) => seen.src_ip = b.ip(r),
+                    (ids::DESTINATION_IP, Value::Ip(r)) => seen.dst_ip = b.ip(r),
+                    (ids::SOURCE_PORT, Value::Int(p)) => seen.src_port = Some(p),
+                    (ids::DESTINATION_PORT, Value::Int(p)) => seen.dst_port = Some(p),
+                    (ids::SOURCE_BYTES | ids::DESTINATION_BYTES | ids::NETWORK_BYTES, Value::Int(n)) => seen.bytes += n,
+                    (ids::HOST_NAME, Value::Str(_)) => seen.host = Some(i),
+                    (f, Value::Str(r)) if hit.is_none() && DOMAIN_FIELDS.contains(&f) => {
+                        self.scratch.clear();
+                        self.scratch.push_str(b.str(r));
+                        self.scratch.make_ascii_lowercase();
+                        if let Some(h) = data.ti.domain(&self.scratch) {
+                            hit = Some((h.kind, self.scratch.clone(), h.feed.to_string()));
+                        }
+                    }
+                    (f, Value::Str(r)) if hit.is_none() && HASH_FIELDS.contains(&f) => {
+                        self.scratch.clear();
+                        self.scratch.push_str(b.str(r));
+                        self.scratch.make_ascii_lowercase();
+                        if let Some(h) = data.ti.hash(&self.scratch) {
+                            hit = Some((h.kind, self.scratch.clone(), h.feed.to_string()));
+                        }
+                    }
+                    (ids::URL_FULL, Value::Str(r)) if hit.is_none() => {
+                        if let Some(h) = data.ti.url(b.str(r)) {
+                            hit = Some((h.kind, b.str(r).to_string(), h.feed.to_string()));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            if hit.is_none() {
+                for ip in [seen.src_ip, seen.dst_ip].into_iter().flatten() {
+                    if let Some(h) = data.ti.ip(ip) {
+                        hit = Some((h.kind, ip.to_string(), h.feed.to_string()));
+                        break;
+                    }
+                }
+            }
+            let push_str = |slots: &mut Vec<Slot>, heap: &mut Vec<u8>, f: FieldId, s: &str| {
+                let r = Heap(heap).push_str(s);
+                slots.push(Slot { key: Key::Core(f), value: Value::Str(r) });
+            };
+            let ti_hit = hit.is_some();
+            if let Some((kind, value, feed)) = hit {
+                let kind = if kind == ti::IndicatorKind::Ip && value.contains(':') { "ipv6-addr" } else { kind.as_str() };
+                push_str(&mut slots, &mut heap, ids::THREAT_INDICATOR_TYPE, kind);
+                push_str(&mut slots, &mut heap, ids::THREAT_INDICATOR_MATCHED, &value);
+                push_str(&mut slots, &mut heap, ids::THREAT_FEED_NAME, &feed);
+            }
+            for (ip, country, city, asn, org) in [
+                (seen.src_ip, ids::SOURCE_GEO_COUNTRY, ids::SOURCE_GEO_CITY, ids::SOURCE_AS_NUMBER, ids::SOURCE_AS_ORG),
+                (seen.dst_ip, ids::DESTINATION_GEO_COUNTRY, ids::DESTINATION_GEO_CITY, ids::DESTINATION_AS_NUMBER, ids::DESTINATION_AS_ORG),
+            ] {
+                let Some(ip) = ip else { continue };
+                if let Some(geo) = &data.geo {
+                    if let Ok(Some(c)) = geo.lookup(ip).and_then(|r| r.decode::<maxminddb::geoip2::City>()) {
+                        if let Some(cc) = c.country.iso_code {
+                            push_str(&mut slots, &mut heap, country, cc);
+                        }
+                        if let Some(name) = c.city.names.english {
+                            push_str(&mut slots, &mut heap, city, name);
+                        }
+                    }
+                }
+                if let Some(db) = &data.asn {
+                    if let Ok(Some(a)) = db.lookup(ip).and_then(|r| r.decode::<maxminddb::geoip2::Asn>()) {
+                        if let Some(n) = a.autonomous_system_number {
+                            slots.push(Slot { key: Key::Core(asn), value: Value::Int(n as i64) });
+                        }
+                        if let Some(o) = a.autonomous_system_organization {
+                            push_str(&mut slots, &mut heap, org, o);
+                        }
+                    }
+                }
+            }
+            let mut criticality = 0;
+            if let (Some(i), false) = (seen.host, data.assets.is_empty()) {
+                let Value::Str(r) = old[i].value else { unreachable!("matched as a string") };
+                self.scratch.clear();
+                self.scratch.push_str(Bytes { raw: &raw, heap: &heap }.str(r));
+                self.scratch.make_ascii_lowercase();
+                if let Some(a) = data.assets.get(self.scratch.as_str()) {
+                    criticality = a.criticality;
+                    slots.push(Slot { key: Key::Core(ids::ASSET_CRITICALITY), value: Value::Int(a.criticality) });
+                    if !a.owner.is_empty() {
+                        push_str(&mut slots, &mut heap, ids::ASSET_OWNER, &a.owner);
+                    }
+                    if !a.tags.is_empty() {
+                        push_str(&mut slots, &mut heap, ids::ASSET_TAGS, &a.tags);
+                    }
+                }
+            }
+            let mut score = w.base + criticality;
+            if ti_hit {
+                score += w.ti_hit;
+            }
+            if seen.dst_port.is_some_and(|p| w.risky_ports.iter().any(|r| *r as i64 == p)) {
+                score += w.risky_port;
+            }
+            if seen.bytes >= w.large_transfer_bytes && seen.src_port.is_some_and(|p| p >= w.ephemeral_port_min as i64) {
+                score += w.large_transfer;
+            }
+            slots.push(Slot { key: Key::Core(ids::RISK_SCORE), value: Value::Int(score.clamp(0, 100)) });
+            row.slots_start = start as u32;
+            row.slots_end = slots.len() as u32;
+        }
+        self.spare = std::mem::replace(&mut batch.slots, slots);
+        batch.raw = raw;
+        batch.heap = heap;
+        out.events.push(batch);
+    }
+}
+
+#[cfg(test)]
+mod tests;

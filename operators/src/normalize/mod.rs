@@ -1,0 +1,461 @@
+//! The `normalize` operator: maps parsed fields to ECS-lite with declarative packs
+//! (see [`pack`]). The first pack whose `when` holds handles a record; fields no mapping
+//! names stay as extension fields, so nothing in the input is lost.
+
+pub mod builtin;
+pub mod coerce;
+pub mod pack;
+
+use std::sync::Arc;
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+use ward_engine::batch::{Bytes, EventBatch, Heap, Key, Slot, StrRef, Value};
+use ward_engine::component::{Built, Operator, OperatorFactory, OperatorOutput, StreamKind, WorkerContext};
+use ward_engine::fields::{ids, FieldId, FieldType};
+use ward_engine::quarantine::{QuarantineRecord, Reason};
+use ward_engine::registry::{BuildContext, ComponentConfig, Section};
+use ward_engine::resources::Resources;
+
+use self::coerce::{coerce, Input, TsOptions};
+use self::pack::{Condition, Mapping, Pack, Target, Test, Transform};
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Unmatched {
+    /// Keep the record with its fields as extension fields (plus event.id and event.kind).
+    #[default]
+    Keep,
+    /// Quarantine records no pack handles (reason `unknown_format`).
+    Quarantine,
+}
+
+/// Map parsed fields to ECS-lite with normalization packs.
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NormalizeConfig {
+    /// Pack files (relative to the spec) or built-in packs (`builtin:windows`,
+    /// `builtin:linux-sshd`, `builtin:zeek`, `builtin:fortigate`, `builtin:generic-json`).
+    /// The first pack whose `when` holds handles a record.
+    pub packs: Vec<String>,
+    #[serde(default)]
+    pub unmatched: Unmatched,
+    /// Copy the raw record into `event.original`.
+    #[serde(default)]
+    pub keep_original: bool,
+}
+
+impl ComponentConfig for NormalizeConfig {
+    const TYPE: &'static str = "normalize";
+    const SECTION: Section = Section::Operator;
+    const DESCRIPTION: &'static str = "Map parsed fields to ECS-lite with declarative packs";
+    const ACCEPTS: &'static [StreamKind] = &[StreamKind::Events];
+    const OUTPUT: Option<StreamKind> = Some(StreamKind::Events);
+
+    fn build(self, ctx: &BuildContext<'_>) -> anyhow::Result<Built> {
+        if self.packs.is_empty() {
+            anyhow::bail!("`packs` must name at least one pack");
+        }
+        let packs = load_packs(&self.packs, ctx.resources)?;
+        Ok(Built::Operator(Arc::new(NormalizeFactory {
+            packs: Arc::new(packs),
+            unmatched: self.unmatched,
+            keep_original: self.keep_original,
+        })))
+    }
+}
+
+/// Loads packs by file name or `builtin:` name.
+pub fn load_packs(names: &[String], resources: &Resources) -> anyhow::Result<Vec<Pack>> {
+    names
+        .iter()
+        .map(|name| {
+            let text = match name.strip_prefix("builtin:") {
+                Some(b) => builtin::get(b)
+                    .ok_or_else(|| anyhow::anyhow!("unknown built-in pack `{b}`; built-in packs: {}", builtin::names().join(", ")))?
+                    .to_string(),
+                None => resources.read_string(name)?,
+            };
+            Pack::from_yaml(name, &text).map_err(|e| anyhow::anyhow!(e))
+        })
+        .collect()
+}
+
+struct NormalizeFactory {
+    packs: Arc<Vec<Pack>>,
+    unmatched: Unmatched,
+    keep_original: bool,
+}
+
+impl OperatorFactory for NormalizeFactory {
+    fn create(&self, ctx: &WorkerContext) -> anyhow::Result<Box<dyn Operator>> {
+        Ok(Box::new(Normalizer::new(ctx.component_id.clone(), self.packs.clone(), self.unmatched, self.keep_original)))
+    }
+}
+
+pub struct Normalizer {
+    component: Arc<str>,
+    packs: Arc<Vec<Pack>>,
+    unmatched: Unmatched,
+    keep_original: bool,
+    /// Reused between batches: the rewritten slots, and a string for values read from the heap.
+    spare_slots: Vec<Slot>,
+    scratch: String,
+    locs: Vec<Option<regex::CaptureLocations>>,
+}
+
+impl Normalizer {
+    pub fn new(component: Arc<str>, packs: Arc<Vec<Pack>>, unmatched: Unmatched, keep_original: bool) -> Self {
+        Normalizer { component, packs, unmatched, keep_original, spare_slots: Vec::new(), scratch: String::new(), locs: Vec::new() }
+    }
+}
+
+/// Reads a value for coercion. Heap strings are copied into `scratch` first, because
+/// coercion may append to the heap.
+fn input<'a>(v: Value, raw: &'a [u8], heap: &[u8], scratch: &'a mut String) -> Input<'a> {
+    match v {
+        Value::Null => Input::Null,
+        Value::Bool(b) => Input::Bool(b),
+        Value::Int(i) => Input::Int(i),
+        Value::Float(f) => Input::Float(f),
+        Value::Timestamp(t) => Input::Timestamp(t),
+        Value::Ip(r) => Bytes { raw, heap }.ip(r).map(Input::Ip).unwrap_or(Input::Null),
+        Value::Str(r) if r.in_heap() => {
+            scratch.clear();
+            scratch.push_str(Bytes { raw, heap }.str(r));
+            Input::Str(scratch.as_str())
+        }
+        Value::Str(r) => Input::Str(Bytes { raw, heap: &[] }.str(r)),
+    }
+}
+
+fn key_matches(b: Bytes<'_>, key: Key, target: &Target) -> bool {
+    match (key, target) {
+        (Key::Core(a), Target::Core(t)) => a == *t,
+        (Key::Ext(k), Target::Ext(name)) => b.str(k) == name,
+        _ => false,
+    }
+}
+
+fn value_text<'a>(b: Bytes<'a>, v: Value, buf: &'a mut String) -> Option<&'a str> {
+    match v {
+        Value::Str(r) => Some(b.str(r)),
+        Value::Int(i) => {
+            buf.clear();
+            buf.push_str(itoa::Buffer::new().format(i));
+            Some(buf.as_str())
+        }
+        Value::Bool(x) => Some(if x { "true" } else { "false" }),
+        Value::Ip(r) => {
+            buf.clear();
+            buf.push_str(&b.ip(r)?.to_string());
+            Some(buf.as_str())
+        }
+        _ => None,
+    }
+}
+
+fn holds(b: Bytes<'_>, slots: &[Slot], c: &Condition) -> bool {
+    let mut buf = String::new();
+    let mut found = false;
+    for s in slots.iter().filter(|s| key_matches(b, s.key, &c.field)) {
+        found = true;
+        if let Test::Exists(want) = c.test {
+            return want;
+        }
+        let Some(text) = value_text(b, s.value, &mut buf) else { continue };
+        let ok = match &c.test {
+            Test::Equals(v) => text == v,
+            Test::OneOf(vs) => vs.iter().any(|v| v == text),
+            Test::StartsWith(p) => text.starts_with(p.as_str()),
+            Test::Contains(p) => text.contains(p.as_str()),
+            Test::Matches(r) => r.is_match(text),
+            Test::Exists(_) => unreachable!("handled above"),
+        };
+        if ok {
+            return true;
+        }
+    }
+    matches!(c.test, Test::Exists(false)) && !found
+}
+
+fn target_key(heap: &mut Vec<u8>, t: &Target) -> Key {
+    match t {
+        Target::Core(id) => Key::Core(*id),
+        Target::Ext(name) => Key::Ext(Heap(heap).push_str(name)),
+    }
+}
+
+/// Applies one mapping to a value, pushing the resulting slot.
+#[allow(clippy::too_many_arguments)]
+fn apply_mapping(
+    m: &Mapping,
+    pack: &Pack,
+    v: Value,
+    raw: &[u8],
+    heap: &mut Vec<u8>,
+    scratch: &mut String,
+    out: &mut Vec<Slot>,
+) -> Result<(), (Reason, String)> {
+    let ty = m.to.field_type();
+    let value = match (ty, v) {
+        // A plain string rename references the same bytes.
+        (FieldType::Str, Value::Str(r)) if !m.lowercase && !m.uppercase && m.transform.is_none() => Value::Str(r),
+        (FieldType::Str, Value::Str(r)) => {
+            scratch.clear();
+            let text = Bytes { raw, heap }.str(r);
+            let text = match m.transform {
+                Some(Transform::Basename) => text.rsplit(['\\', '/']).next().unwrap_or(text),
+                None => text,
+            };
+            scratch.push_str(text);
+            if m.lowercase {
+                scratch.make_ascii_lowercase();
+            }
+            if m.uppercase {
+                scratch.make_ascii_uppercase();
+            }
+            Value::Str(Heap(heap).push_str(scratch))
+        }
+        _ => {
+            let mut local = String::new();
+            let inp = input(v, raw, heap, &mut local);
+            let formats = m.formats.as_deref().unwrap_or(&pack.formats);
+            coerce(ty, inp, &TsOptions { formats, timezone: pack.timezone }, &mut Heap(heap)).map_err(|(r, d)| {
+                let name = match &m.to {
+                    Target::Core(id) => id.name().to_string(),
+                    Target::Ext(n) => n.clone(),
+                };
+                (r, format!("{name}: {d}"))
+            })?
+        }
+    };
+    let key = target_key(heap, &m.to);
+    out.push(Slot { key, value });
+    Ok(())
+}
+
+fn is_null_marker(pack: &Pack, b: Bytes<'_>, v: Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::Str(r) => !pack.null_values.is_empty() && pack.null_values.iter().any(|n| n.as_str() == b.str(r)),
+        _ => false,
+    }
+}
+
+impl Normalizer {
+    /// Rewrites one row's slots into `out`. Returns Err to quarantine the row.
+    #[allow(clippy::too_many_arguments)]
+    fn row(
+        &mut self,
+        pack: &Pack,
+        old: &[Slot],
+        raw: &[u8],
+        heap: &mut Vec<u8>,
+        out: &mut Vec<Slot>,
+        start: usize,
+    ) -> Result<(), (Reason, String)> {
+        // Field mappings.
+        for s in old {
+            let mapped = match s.key {
+                Key::Ext(k) => {
+                    let b = Bytes { raw, heap };
+                    pack.mappings.get(b.str(k)).filter(|_| !is_null_marker(pack, b, s.value))
+                }
+                Key::Core(_) => None,
+            };
+            match mapped {
+                None => out.push(*s),
+                Some(ms) => {
+                    for m in ms {
+                        apply_mapping(m, pack, s.value, raw, heap, &mut self.scratch, out)?;
+                    }
+                    if ms.iter().any(|m| m.copy) {
+                        out.push(*s);
+                    }
+                }
+            }
+        }
+        // Rules, in order, each seeing what the ones before it did.
+        for (ri, rule) in pack.rules.iter().enumerate() {
+            let ok = rule.when.iter().all(|c| holds(Bytes { raw, heap }, &out[start..], c));
+            if !ok {
+                continue;
+            }
+            for (t, v) in &rule.set {
+                let mut tmp = Vec::new();
+                let m = Mapping { to: t.clone(), copy: false, lowercase: false, uppercase: false, transform: None, formats: None };
+                let r = Heap(&mut tmp).push_str(v);
+                // Constants are few: coerce through a scratch heap, then copy in.
+                let val = {
+                    let mut one = Vec::new();
+                    apply_mapping(&m, pack, Value::Str(r), &[], &mut tmp, &mut self.scratch, &mut one)?;
+                    one[0].value
+                };
+                let val = rehome(val, &tmp, heap);
+                let key = target_key(heap, t);
+                remove_key(out, start, key, Bytes { raw, heap });
+                out.push(Slot { key, value: val });
+            }
+            for (from, m) in &rule.fields {
+                let found = out[start..]
+                    .iter()
+                    .find(|s| matches!(s.key, Key::Ext(k) if Bytes { raw, heap }.str(k) == from))
+                    .map(|s| s.value);
+                if let Some(v) = found {
+                    if !is_null_marker(pack, Bytes { raw, heap }, v) {
+                        apply_mapping(m, pack, v, raw, heap, &mut self.scratch, out)?;
+                    }
+                }
+            }
+            if let Some(x) = &rule.extract {
+                let src = out[start..].iter().find(|s| key_matches(Bytes { raw, heap }, s.key, &x.from)).map(|s| s.value);
+                if let Some(Value::Str(r)) = src {
+                    if self.locs.len() <= ri {
+                        self.locs.resize_with(ri + 1, || None);
+                    }
+                    let locs = self.locs[ri].get_or_insert_with(|| x.regex.capture_locations());
+                    self.scratch.clear();
+                    self.scratch.push_str(Bytes { raw, heap }.str(r));
+                    if x.regex.captures_read(locs, &self.scratch).is_some() {
+                        let text = std::mem::take(&mut self.scratch);
+                        for (group, target) in &x.groups {
+                            if let Some((a, b)) = locs.get(*group) {
+                                let mut tmp = Vec::new();
+                                let gr = Heap(&mut tmp).push_str(&text[a..b]);
+                                let m = Mapping { to: target.clone(), copy: false, lowercase: false, uppercase: false, transform: None, formats: None };
+                                let mut one = Vec::new();
+                                apply_mapping(&m, pack, Value::Str(gr), &[], &mut tmp, &mut String::new(), &mut one)?;
+                                let val = rehome(one[0].value, &tmp, heap);
+                                let key = target_key(heap, target);
+                                out.push(Slot { key, value: val });
+                            }
+                        }
+                        self.scratch = text;
+                    }
+                }
+            }
+        }
+        if let Some(module) = &pack.module {
+            if !out[start..].iter().any(|s| s.key == Key::Core(FieldId::lookup("event.module").expect("core field"))) {
+                let r = Heap(heap).push_str(module);
+                out.push(Slot { key: Key::Core(FieldId::lookup("event.module").expect("core field")), value: Value::Str(r) });
+            }
+        }
+        for req in &pack.required {
+            if !out[start..].iter().any(|s| s.key == Key::Core(*req)) {
+                return Err((Reason::MissingField, format!("pack {}: required field {} is missing", pack.name, req.name())));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Moves a value's bytes from a temporary heap into the batch heap.
+fn rehome(v: Value, from: &[u8], heap: &mut Vec<u8>) -> Value {
+    let b = Bytes { raw: &[], heap: from };
+    match v {
+        Value::Str(r) => Value::Str(Heap(heap).push_bytes(b.bytes(r))),
+        Value::Ip(r) => Value::Ip(Heap(heap).push_bytes(b.bytes(r))),
+        other => other,
+    }
+}
+
+fn remove_key(out: &mut Vec<Slot>, start: usize, key: Key, b: Bytes<'_>) {
+    let mut i = start;
+    while i < out.len() {
+        let same = match (out[i].key, key) {
+            (Key::Core(a), Key::Core(c)) => a == c,
+            (Key::Ext(a), Key::Ext(c)) => b.str(a) == b.str(c),
+            _ => false,
+        };
+        if same {
+            out.remove(i);
+        } else {
+            i += 1;
+        }
+    }
+}
+
+/// A stable id from provenance, for events whose source gives none.
+pub fn provenance_id(source: &str, partition: &str, offset: u64) -> u64 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(source.as_bytes());
+    h.update(&[0]);
+    h.update(partition.as_bytes());
+    h.update(&[0]);
+    h.update(&offset.to_le_bytes());
+    h.digest()
+}
+
+impl Operator for Normalizer {
+    fn process(&mut self, mut batch: EventBatch, out: &mut OperatorOutput) {
+        let packs = self.packs.clone();
+        let mut new_slots = std::mem::take(&mut self.spare_slots);
+        new_slots.clear();
+        new_slots.reserve(batch.slots.len() + batch.rows.len() * 4);
+        let raw = std::mem::take(&mut batch.raw);
+        let mut heap = std::mem::take(&mut batch.heap);
+        let mut rejected: Vec<(usize, Reason, String)> = Vec::new();
+        let mut keep = vec![true; batch.rows.len()];
+        for i in 0..batch.rows.len() {
+            let row = batch.rows[i];
+            let old = &batch.slots[row.slots_start as usize..row.slots_end as usize];
+            let start = new_slots.len();
+            let pack = packs.iter().find(|p| p.when.iter().all(|c| holds(Bytes { raw: &raw, heap: &heap }, old, c)));
+            let result = match pack {
+                Some(p) => self.row(p, old, &raw, &mut heap, &mut new_slots, start),
+                None if self.unmatched == Unmatched::Quarantine => {
+                    Err((Reason::UnknownFormat, "no normalization pack handles this record".into()))
+                }
+                None => {
+                    new_slots.extend_from_slice(old);
+                    Ok(())
+                }
+            };
+            if let Err((reason, detail)) = result {
+                new_slots.truncate(start);
+                keep[i] = false;
+                rejected.push((i, reason, detail));
+                continue;
+            }
+            let has = |f: FieldId, s: &[Slot]| s.iter().any(|x| x.key == Key::Core(f));
+            if !has(ids::EVENT_ID, &new_slots[start..]) {
+                let o = &batch.origins[row.origin as usize];
+                let id = provenance_id(&o.source, &o.partition, row.offset);
+                let mut hex = [0u8; 16];
+                for (j, byte) in id.to_be_bytes().iter().enumerate() {
+                    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+                    hex[2 * j] = DIGITS[(byte >> 4) as usize];
+                    hex[2 * j + 1] = DIGITS[(byte & 15) as usize];
+                }
+                let r = Heap(&mut heap).push_bytes(&hex);
+                new_slots.push(Slot { key: Key::Core(ids::EVENT_ID), value: Value::Str(r) });
+            }
+            if !has(ids::EVENT_KIND, &new_slots[start..]) {
+                let r = Heap(&mut heap).push_str("event");
+                new_slots.push(Slot { key: Key::Core(ids::EVENT_KIND), value: Value::Str(r) });
+            }
+            if self.keep_original {
+                new_slots.push(Slot { key: Key::Core(ids::EVENT_ORIGINAL), value: Value::Str(row.raw) });
+            }
+            let r = &mut batch.rows[i];
+            r.slots_start = start as u32;
+            r.slots_end = new_slots.len() as u32;
+        }
+        self.spare_slots = std::mem::replace(&mut batch.slots, new_slots);
+        batch.raw = raw;
+        batch.heap = heap;
+        for (i, reason, detail) in rejected {
+            out.quarantine.push(QuarantineRecord::from_row(&batch, i, &self.component, reason, detail));
+        }
+        batch.retain_rows(|i| keep[i]);
+        if !batch.is_empty() {
+            out.events.push(batch);
+        }
+        let _ = StrRef::EMPTY;
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,325 @@
+//! Normalization packs: declarative YAML mapping one input shape to ECS-lite.
+//!
+//! ```yaml
+//! name: linux-sshd
+//! module: linux
+//! when: [{ field: syslog.appname, equals: sshd }]     # which records the pack handles
+//! timestamp_formats: [rfc3339]                          # defaults for timestamp fields
+//! null_values: ["-", ""]                                # inputs treated as absent
+//! required: ["@timestamp"]                              # else quarantined: missing_field
+//! fields:                                               # input field -> ECS-lite field
+//!   - { from: syslog.timestamp, to: "@timestamp" }
+//!   - { from: syslog.hostname, to: host.name, lowercase: true }
+//! rules:                                                # conditional, in order
+//!   - when: [{ field: syslog.message, starts_with: "Failed password" }]
+//!     set: { event.outcome: failure, event.category: authentication }
+//!     extract:
+//!       from: syslog.message
+//!       pattern: 'for (invalid user )?(?P<user>\S+) from (?P<ip>\S+) port (?P<port>\d+)'
+//!       fields: { user: user.name, ip: source.ip, port: source.port }
+//! ```
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+use ward_engine::fields::{FieldId, FieldType};
+
+use super::coerce::TsFormat;
+
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PackFile {
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Sets `event.module` on every event the pack handles.
+    #[serde(default)]
+    pub module: Option<String>,
+    /// The pack handles a record when all these hold (always, when empty).
+    #[serde(default)]
+    pub when: Vec<ConditionSpec>,
+    /// Default formats for timestamp fields.
+    #[serde(default = "default_formats")]
+    pub timestamp_formats: Vec<String>,
+    /// Zone for timestamps without an offset.
+    #[serde(default)]
+    pub timezone: Option<String>,
+    /// Input values that mean "absent" (e.g. "-" in Windows and Zeek logs).
+    #[serde(default)]
+    pub null_values: Vec<String>,
+    /// Core fields every event must have after mapping.
+    #[serde(default)]
+    pub required: Vec<String>,
+    #[serde(default)]
+    pub fields: Vec<MappingSpec>,
+    #[serde(default)]
+    pub rules: Vec<RuleSpec>,
+}
+
+fn default_formats() -> Vec<String> {
+    vec!["rfc3339".into(), "epoch_s".into()]
+}
+
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MappingSpec {
+    /// Input field name (dotted path as parsed).
+    pub from: String,
+    /// ECS-lite field (or any other name, kept as an extension field).
+    pub to: String,
+    /// Keep the input field too (default: it is renamed).
+    #[serde(default)]
+    pub copy: bool,
+    #[serde(default)]
+    pub lowercase: bool,
+    #[serde(default)]
+    pub uppercase: bool,
+    /// `basename`: the last path component (`C:\x\cmd.exe` → `cmd.exe`).
+    #[serde(default)]
+    pub transform: Option<Transform>,
+    /// Timestamp formats for this field (overrides the pack's).
+    #[serde(default)]
+    pub formats: Option<Vec<String>>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Transform {
+    Basename,
+}
+
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConditionSpec {
+    /// Input or ECS-lite field name.
+    pub field: String,
+    #[serde(default)]
+    pub equals: Option<String>,
+    #[serde(default)]
+    pub one_of: Option<Vec<String>>,
+    #[serde(default)]
+    pub starts_with: Option<String>,
+    #[serde(default)]
+    pub contains: Option<String>,
+    #[serde(default)]
+    pub matches: Option<String>,
+    #[serde(default)]
+    pub exists: Option<bool>,
+}
+
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RuleSpec {
+    #[serde(default)]
+    pub when: Vec<ConditionSpec>,
+    /// Constants to set (ECS-lite field → value).
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    /// Extra mappings applied only when the rule holds.
+    #[serde(default)]
+    pub fields: Vec<MappingSpec>,
+    #[serde(default)]
+    pub extract: Option<ExtractSpec>,
+}
+
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExtractSpec {
+    pub from: String,
+    /// A regex with named groups.
+    pub pattern: String,
+    /// Group name → target field.
+    pub fields: BTreeMap<String, String>,
+}
+
+// ---- compiled form ----
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Target {
+    Core(FieldId),
+    Ext(String),
+}
+
+impl Target {
+    pub fn parse(name: &str) -> Target {
+        match FieldId::lookup(name) {
+            Some(id) => Target::Core(id),
+            None => Target::Ext(name.to_string()),
+        }
+    }
+    pub fn field_type(&self) -> FieldType {
+        match self {
+            Target::Core(id) => id.field_type(),
+            Target::Ext(_) => FieldType::Str,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Mapping {
+    pub to: Target,
+    pub copy: bool,
+    pub lowercase: bool,
+    pub uppercase: bool,
+    pub transform: Option<Transform>,
+    pub formats: Option<Vec<TsFormat>>,
+}
+
+#[derive(Clone, Debug)]
+pub enum Test {
+    Equals(String),
+    OneOf(Vec<String>),
+    StartsWith(String),
+    Contains(String),
+    Matches(regex::Regex),
+    Exists(bool),
+}
+
+#[derive(Clone, Debug)]
+pub struct Condition {
+    pub field: Target,
+    pub test: Test,
+}
+
+#[derive(Clone, Debug)]
+pub struct Extract {
+    pub from: Target,
+    pub regex: regex::Regex,
+    /// (capture group index, target)
+    pub groups: Vec<(usize, Target)>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Rule {
+    pub when: Vec<Condition>,
+    pub set: Vec<(Target, String)>,
+    pub fields: Vec<(String, Mapping)>,
+    pub extract: Option<Extract>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Pack {
+    pub name: String,
+    pub module: Option<String>,
+    pub when: Vec<Condition>,
+    pub formats: Vec<TsFormat>,
+    pub timezone: chrono_tz::Tz,
+    pub null_values: Vec<String>,
+    pub required: Vec<FieldId>,
+    /// Input name → mappings (ahash: looked up once per input field per event).
+    pub mappings: ahash::AHashMap<String, Vec<Mapping>>,
+    pub rules: Vec<Rule>,
+}
+
+fn compile_mapping(m: &MappingSpec) -> Result<Mapping, String> {
+    let to = Target::parse(&m.to);
+    let formats = match &m.formats {
+        Some(f) => Some(f.iter().map(|s| TsFormat::parse(s)).collect::<Result<Vec<_>, _>>()?),
+        None => None,
+    };
+    if (m.lowercase || m.uppercase || m.transform.is_some()) && to.field_type() != FieldType::Str {
+        return Err(format!("mapping {} -> {}: lowercase/uppercase/transform need a string field", m.from, m.to));
+    }
+    Ok(Mapping { to, copy: m.copy, lowercase: m.lowercase, uppercase: m.uppercase, transform: m.transform, formats })
+}
+
+fn compile_condition(c: &ConditionSpec) -> Result<Condition, String> {
+    let mut tests = Vec::new();
+    if let Some(v) = &c.equals {
+        tests.push(Test::Equals(v.clone()));
+    }
+    if let Some(v) = &c.one_of {
+        tests.push(Test::OneOf(v.clone()));
+    }
+    if let Some(v) = &c.starts_with {
+        tests.push(Test::StartsWith(v.clone()));
+    }
+    if let Some(v) = &c.contains {
+        tests.push(Test::Contains(v.clone()));
+    }
+    if let Some(v) = &c.matches {
+        tests.push(Test::Matches(regex::Regex::new(v).map_err(|e| format!("condition on {}: {e}", c.field))?));
+    }
+    if let Some(v) = c.exists {
+        tests.push(Test::Exists(v));
+    }
+    if tests.len() != 1 {
+        return Err(format!(
+            "condition on `{}` needs exactly one of equals, one_of, starts_with, contains, matches, exists",
+            c.field
+        ));
+    }
+    Ok(Condition { field: Target::parse(&c.field), test: tests.pop().expect("one test") })
+}
+
+impl Pack {
+    pub fn compile(file: &PackFile) -> Result<Pack, String> {
+        let formats = file.timestamp_formats.iter().map(|s| TsFormat::parse(s)).collect::<Result<Vec<_>, _>>()?;
+        let timezone = match &file.timezone {
+            Some(z) => z.parse::<chrono_tz::Tz>().map_err(|e| format!("timezone `{z}`: {e}"))?,
+            None => chrono_tz::UTC,
+        };
+        let mut mappings: ahash::AHashMap<String, Vec<Mapping>> = ahash::AHashMap::new();
+        for m in &file.fields {
+            mappings.entry(m.from.clone()).or_default().push(compile_mapping(m)?);
+        }
+        let required = file
+            .required
+            .iter()
+            .map(|r| FieldId::lookup(r).ok_or_else(|| format!("required field `{r}` is not an ECS-lite field")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut rules = Vec::new();
+        for r in &file.rules {
+            let extract = match &r.extract {
+                None => None,
+                Some(x) => {
+                    let regex = regex::Regex::new(&x.pattern).map_err(|e| format!("extract pattern: {e}"))?;
+                    let mut groups = Vec::new();
+                    for (group, to) in &x.fields {
+                        let idx = regex
+                            .capture_names()
+                            .position(|n| n == Some(group.as_str()))
+                            .ok_or_else(|| format!("extract: the pattern has no group named `{group}`"))?;
+                        groups.push((idx, Target::parse(to)));
+                    }
+                    Some(Extract { from: Target::parse(&x.from), regex, groups })
+                }
+            };
+            let mut set = Vec::new();
+            for (k, v) in &r.set {
+                set.push((Target::parse(k), v.clone()));
+            }
+            rules.push(Rule {
+                when: r.when.iter().map(compile_condition).collect::<Result<_, _>>()?,
+                set,
+                fields: r.fields.iter().map(|m| compile_mapping(m).map(|c| (m.from.clone(), c))).collect::<Result<_, _>>()?,
+                extract,
+            });
+        }
+        Ok(Pack {
+            name: file.name.clone(),
+            module: file.module.clone(),
+            when: file.when.iter().map(compile_condition).collect::<Result<_, _>>()?,
+            formats,
+            timezone,
+            null_values: file.null_values.clone(),
+            required,
+            mappings,
+            rules,
+        })
+    }
+
+    /// Parses and compiles a pack file; errors carry line and column.
+    pub fn from_yaml(name: &str, text: &str) -> Result<Pack, String> {
+        let file: PackFile = marked_yaml::from_yaml_with_options(0, text, marked_yaml::LoaderOptions::default().error_on_duplicate_keys(true))
+            .map_err(|e| match &e {
+                marked_yaml::FromYamlError::FromNode(n) => match n.start_mark() {
+                    Some(m) => format!("{name}:{}:{}: {n}", m.line(), m.column()),
+                    None => format!("{name}: {n}"),
+                },
+                marked_yaml::FromYamlError::ParseYaml(p) => format!("{name}: {p}"),
+            })?;
+        Pack::compile(&file).map_err(|e| format!("{name}: {e}"))
+    }
+}

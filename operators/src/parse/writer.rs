@@ -1,0 +1,86 @@
+//! Writes one record's parsed fields into a batch as extension slots.
+//!
+//! Strings that are slices of the record's own payload are referenced in place (no copy);
+//! everything else (unescaped strings, dotted paths of nested keys) is appended to the
+//! batch heap. Nothing here allocates per field once the batch buffers have grown.
+
+use ward_engine::batch::{raw_ref, Heap, Key, Slot, StrRef, Value};
+
+pub struct FieldWriter<'a> {
+    pub(crate) raw: &'a [u8],
+    pub(crate) heap: &'a mut Vec<u8>,
+    pub(crate) slots: &'a mut Vec<Slot>,
+    /// Slots of the record being written start here (so a failed parse can be rolled back).
+    pub(crate) row_start: usize,
+    heap_start: usize,
+}
+
+impl<'a> FieldWriter<'a> {
+    pub fn new(raw: &'a [u8], heap: &'a mut Vec<u8>, slots: &'a mut Vec<Slot>) -> Self {
+        let row_start = slots.len();
+        let heap_start = heap.len();
+        FieldWriter { raw, heap, slots, row_start, heap_start }
+    }
+
+    /// Starts a new record.
+    pub fn begin(&mut self) {
+        self.row_start = self.slots.len();
+        self.heap_start = self.heap.len();
+    }
+
+    /// Drops everything written since `begin` (the record is being quarantined).
+    pub fn rollback(&mut self) {
+        self.slots.truncate(self.row_start);
+        self.heap.truncate(self.heap_start);
+    }
+
+    pub fn written(&self) -> usize {
+        self.slots.len() - self.row_start
+    }
+
+    #[inline]
+    pub fn text(&mut self, s: &str) -> StrRef {
+        match raw_ref(self.raw, s.as_bytes()) {
+            Some(r) => r,
+            None => Heap(self.heap).push_str(s),
+        }
+    }
+
+    #[inline]
+    pub fn key(&mut self, k: &str) -> Key {
+        Key::Ext(self.text(k))
+    }
+
+    #[inline]
+    pub fn put(&mut self, key: &str, value: Value) {
+        let key = self.key(key);
+        self.slots.push(Slot { key, value });
+    }
+
+    #[inline]
+    pub fn put_str(&mut self, key: &str, value: &str) {
+        let v = self.text(value);
+        self.put(key, Value::Str(v));
+    }
+
+    /// A string value under a key already turned into a [`Key`].
+    #[inline]
+    pub fn put_keyed_str(&mut self, key: Key, value: &str) {
+        let v = self.text(value);
+        self.slots.push(Slot { key, value: Value::Str(v) });
+    }
+
+    #[inline]
+    pub fn put_keyed(&mut self, key: Key, value: Value) {
+        self.slots.push(Slot { key, value });
+    }
+
+    /// Appends an owned or computed string to the heap (e.g. unescaped text).
+    pub fn heap_str(&mut self, s: &str) -> StrRef {
+        Heap(self.heap).push_str(s)
+    }
+
+    pub fn heap(&mut self) -> Heap<'_> {
+        Heap(self.heap)
+    }
+}
