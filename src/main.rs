@@ -1,1 +1,213 @@
-fn main(){}
+//! `ward`: the command line. Wires the operator and connector crates into the engine.
+
+mod demo;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use ward_engine::registry::Registry;
+use ward_engine::runtime::{self, RunOptions};
+use ward_engine::spec::Spec;
+
+/// Ward: a streaming detection engine. Pipelines are YAML specs of sources, operators and
+/// sinks; see README.md for the format and `ward schema` for the JSON Schema.
+#[derive(Parser)]
+#[command(name = "ward", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a pipeline until its bounded sources are exhausted or SIGINT/SIGTERM.
+    Run {
+        /// The pipeline spec (YAML).
+        spec: PathBuf,
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// Run the demo pipeline on embedded defaults: synthetic telemetry through every
+    /// operator into Parquet and JSONL, with metrics on the admin endpoint.
+    Demo {
+        /// Where to put the demo spec, its files and its output.
+        #[arg(long, default_value = "ward-demo")]
+        out: PathBuf,
+        /// Records to generate.
+        #[arg(long)]
+        count: Option<u64>,
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// Check a spec; prints every problem as FILE:LINE:COLUMN: reason and exits 2 if any.
+    Validate {
+        spec: PathBuf,
+    },
+    /// Print the pipeline graph.
+    Graph {
+        spec: PathBuf,
+        #[arg(long, value_enum, default_value_t = GraphFormat::Mermaid)]
+        format: GraphFormat,
+    },
+    /// Print the JSON Schema of pipeline specs (generated from the component configs).
+    Schema,
+    /// Print the ECS-lite field list (Markdown).
+    Fields,
+}
+
+#[derive(clap::Args, Clone)]
+struct RunArgs {
+    /// Worker threads.
+    #[arg(long, short, default_value_t = 1)]
+    workers: usize,
+    /// Admin endpoint address (overrides the spec; empty string disables it).
+    #[arg(long)]
+    admin: Option<String>,
+    /// No progress line and no summary.
+    #[arg(long, short)]
+    quiet: bool,
+    /// Also write the run summary as JSON to this file.
+    #[arg(long)]
+    summary_json: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum GraphFormat {
+    Mermaid,
+    Dot,
+}
+
+pub fn registry() -> Registry {
+    let mut r = Registry::default();
+    ward_operators::register(&mut r);
+    ward_connectors::register(&mut r);
+    r
+}
+
+fn load(spec: &Path, registry: &Registry) -> Result<Spec, ExitCode> {
+    Spec::load(spec, registry).map_err(|errors| {
+        eprintln!("{errors}");
+        eprintln!("{} problem(s) in {}", errors.0.len(), spec.display());
+        ExitCode::from(2)
+    })
+}
+
+fn run_spec(spec: &Spec, args: &RunArgs) -> ExitCode {
+    for w in &spec.warnings {
+        eprintln!("warning: {w}");
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        // A second signal while draining ends the process at once.
+        let _ = signal_hook::flag::register_conditional_shutdown(sig, 130, stop.clone());
+        let _ = signal_hook::flag::register(sig, stop.clone());
+    }
+    let opts = RunOptions { workers: args.workers, admin_listen: args.admin.clone(), progress: !args.quiet };
+    match runtime::run(spec, &opts, stop) {
+        Ok(summary) => {
+            if !args.quiet {
+                eprint!("{}", summary.render());
+            }
+            if let Some(path) = &args.summary_json {
+                let json = summary_json(&summary);
+                if let Err(e) = std::fs::write(path, serde_json::to_string_pretty(&json).unwrap_or_default()) {
+                    eprintln!("error: cannot write {}: {e}", path.display());
+                    return ExitCode::from(1);
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn summary_json(s: &runtime::RunSummary) -> serde_json::Value {
+    serde_json::json!({
+        "pipeline": s.pipeline,
+        "workers": s.workers,
+        "elapsed_seconds": s.elapsed.as_secs_f64(),
+        "records_read": s.records_read(),
+        "events_per_second": s.events_per_second(),
+        "stopped_by_signal": s.stopped_by_signal,
+        "components": s.components.iter().map(|c| serde_json::json!({
+            "id": c.id,
+            "type": c.type_name,
+            "in": c.records_in,
+            "out": c.records_out,
+            "filtered": c.filtered,
+            "quarantined": c.quarantined,
+            "quarantined_by_reason": c.quarantined_by_reason.iter().map(|(r, n)| (r.as_str().to_string(), *n)).collect::<std::collections::BTreeMap<_, _>>(),
+            "errors": c.errors,
+            "ledger_ok": c.ledger_balances(),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("WARD_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    let cli = Cli::parse();
+    let registry = registry();
+    match cli.command {
+        Command::Run { spec, run } => match load(&spec, &registry) {
+            Ok(s) => run_spec(&s, &run),
+            Err(code) => code,
+        },
+        Command::Demo { out, count, run } => match demo::materialize(&out, count) {
+            Ok(spec_path) => {
+                if !run.quiet {
+                    eprintln!("demo spec and files in {}; output goes to {}", out.display(), out.join("out/demo").display());
+                }
+                match load(&spec_path, &registry) {
+                    Ok(s) => run_spec(&s, &run),
+                    Err(code) => code,
+                }
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(1)
+            }
+        },
+        Command::Validate { spec } => match load(&spec, &registry) {
+            Ok(s) => {
+                for w in &s.warnings {
+                    eprintln!("warning: {w}");
+                }
+                println!("{}: ok ({} components)", spec.display(), s.components.len());
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Command::Graph { spec, format } => match load(&spec, &registry) {
+            Ok(s) => {
+                print!("{}", match format {
+                    GraphFormat::Mermaid => s.to_mermaid(),
+                    GraphFormat::Dot => s.to_dot(),
+                });
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Command::Schema => {
+            println!("{}", serde_json::to_string_pretty(&ward_engine::spec::json_schema(&registry)).unwrap_or_default());
+            ExitCode::SUCCESS
+        }
+        Command::Fields => {
+            println!("| field | type | description |\n|---|---|---|");
+            for f in ward_engine::fields::FieldId::all() {
+                println!("| `{}` | {:?} | {} |", f.name(), f.field_type(), f.description());
+            }
+            ExitCode::SUCCESS
+        }
+    }
+}

@@ -382,6 +382,21 @@ pub fn value_to_json(b: Bytes<'_>, v: Value) -> serde_json::Value {
     }
 }
 
+/// Splits a stream of JSON documents (JSON lines, or pretty-printed documents one after
+/// another, as in EVTX exports) into the text of each document.
+pub fn split_json_documents(text: &str) -> Result<Vec<&str>, String> {
+    let mut docs = Vec::new();
+    let mut stream = serde_json::Deserializer::from_str(text).into_iter::<serde::de::IgnoredAny>();
+    let mut start = 0;
+    while let Some(item) = stream.next() {
+        item.map_err(|e| e.to_string())?;
+        let end = stream.byte_offset();
+        docs.push(text[start..end].trim());
+        start = end;
+    }
+    Ok(docs)
+}
+
 pub fn format_timestamp_ms(ms: i64) -> String {
     match chrono::DateTime::from_timestamp_millis(ms) {
         Some(t) => t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
@@ -433,6 +448,13 @@ mod tests {
         assert_eq!(j["source.ip"], "10.1.2.3");
         assert_eq!(j["ward.partition"], "f.log");
         assert_eq!(j["ward.offset"], 7);
+    }
+
+    #[test]
+    fn splits_concatenated_documents() {
+        let docs = split_json_documents("{\"a\":1}\n{\n \"b\": {\"c\": 2}\n}\n").unwrap();
+        assert_eq!(docs, vec!["{\"a\":1}", "{\n \"b\": {\"c\": 2}\n}"]);
+        assert!(split_json_documents("{\"a\":1} {\"b\"").is_err());
     }
 
     #[test]

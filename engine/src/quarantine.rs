@@ -139,11 +139,30 @@ impl QuarantineRecord {
             "ward.source": &*self.source,
             "ward.partition": &*self.partition,
             "ward.offset": self.offset,
-            "payload_escaped": self.payload.escape_ascii().to_string(),
+            "payload_escaped": escape_payload(&self.payload),
             "payload_len": self.payload_len,
             "payload_truncated": self.payload_len > self.payload.len(),
         })
     }
+}
+
+/// Valid UTF-8 text stays readable; control characters, backslashes and invalid bytes are
+/// escaped (`\n`, `\\`, `\u{1b}`, `\xff`), so the output is safe to print and lossless.
+pub fn escape_payload(payload: &[u8]) -> String {
+    let mut out = String::with_capacity(payload.len());
+    for chunk in payload.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if c == '\\' || c.is_control() {
+                out.extend(c.escape_default());
+            } else {
+                out.push(c);
+            }
+        }
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -154,10 +173,13 @@ mod tests {
     fn payload_is_escaped_losslessly() {
         let mut b = EventBatch::new();
         let o = b.origin_index(&"s".into(), &"f".into());
-        b.push_raw(o, 3, b"bad \xff\x1b[31m\n");
+        b.push_raw(o, 3, "bad \"q\" \\ é \x1b[31m\n".as_bytes());
+        b.push_raw(o, 4, b"\xff\xfe");
         let q = QuarantineRecord::from_row(&b, 0, &"parse".into(), Reason::InvalidUtf8, "x");
         let j = q.to_json();
-        assert_eq!(j["payload_escaped"], "bad \\xff\\x1b[31m\\n");
+        assert_eq!(j["payload_escaped"], "bad \"q\" \\\\ é \\u{1b}[31m\\n");
+        let q = QuarantineRecord::from_row(&b, 1, &"parse".into(), Reason::InvalidUtf8, "x");
+        assert_eq!(q.to_json()["payload_escaped"], "\\xff\\xfe");
         assert_eq!(j["reason"], "invalid_utf8");
         assert_eq!(j["ward.offset"], 3);
     }

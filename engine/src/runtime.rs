@@ -145,10 +145,12 @@ struct Shared {
 
 impl Shared {
     fn fail(&self, what: String) {
-        tracing::error!("{what}");
         let mut f = self.failure.lock().unwrap_or_else(|p| p.into_inner());
         if f.is_none() {
+            tracing::error!("{what}; stopping");
             *f = Some(what);
+        } else {
+            tracing::debug!("{what}");
         }
         self.stop.store(true, Ordering::SeqCst);
     }
@@ -210,9 +212,10 @@ pub fn run_with_metrics(
         anyhow::bail!(f);
     }
 
-    let components = spec
-        .components
-        .iter()
+    let mut ordered: Vec<&ComponentSpec> = spec.components.iter().collect();
+    ordered.sort_by_key(|c| c.section());
+    let components = ordered
+        .into_iter()
         .map(|c| {
             let m = metrics.component(&c.id);
             ComponentSummary {

@@ -18,21 +18,6 @@ pub fn parse_json(text: &str, w: &mut FieldWriter<'_>) -> Result<(), String> {
     de.end().map_err(|e| e.to_string())
 }
 
-/// Parses a concatenation of JSON objects (as in pretty-printed EVTX exports), calling
-/// `each` with the text span of every document.
-pub fn split_documents(text: &str) -> Result<Vec<&str>, String> {
-    let mut docs = Vec::new();
-    let mut stream = serde_json::Deserializer::from_str(text).into_iter::<serde::de::IgnoredAny>();
-    let mut start = 0;
-    while let Some(item) = stream.next() {
-        item.map_err(|e| e.to_string())?;
-        let end = stream.byte_offset();
-        docs.push(text[start..end].trim());
-        start = end;
-    }
-    Ok(docs)
-}
-
 struct Root<'p, 'w, 'a> {
     w: &'w mut FieldWriter<'a>,
     path: &'p mut String,
@@ -239,9 +224,4 @@ mod tests {
         assert!(parse(&deep).unwrap_err().contains("recursion"));
     }
 
-    #[test]
-    fn splits_concatenated_documents() {
-        let docs = split_documents("{\"a\":1}\n{\n \"b\": {\"c\": 2}\n}\n").unwrap();
-        assert_eq!(docs, vec!["{\"a\":1}", "{\n \"b\": {\"c\": 2}\n}"]);
-    }
 }

@@ -1,0 +1,118 @@
+//! The `jsonl` sink: one JSON object per line, to a file or standard output. Accepts events
+//! and quarantined records. Workers share one writer and write whole batches at a time.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+use ward_engine::component::{Built, Payload, Sink, SinkFactory, StreamKind, WorkerContext};
+use ward_engine::registry::{BuildContext, ComponentConfig, Section};
+
+/// Write events or quarantined records as JSON lines.
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JsonlSinkConfig {
+    /// File path relative to the spec, or `-` for standard output.
+    pub path: String,
+    /// Append to an existing file instead of replacing it.
+    #[serde(default)]
+    pub append: bool,
+}
+
+impl ComponentConfig for JsonlSinkConfig {
+    const TYPE: &'static str = "jsonl";
+    const SECTION: Section = Section::Sink;
+    const DESCRIPTION: &'static str = "Write events or quarantined records as JSON lines to a file or stdout";
+    const ACCEPTS: &'static [StreamKind] = &[StreamKind::Events, StreamKind::Quarantine];
+    const OUTPUT: Option<StreamKind> = None;
+
+    fn build(self, ctx: &BuildContext<'_>) -> anyhow::Result<Built> {
+        let path = if self.path == "-" { None } else { Some(ctx.resources.resolve(&self.path)) };
+        Ok(Built::Sink(Arc::new(JsonlFactory { path, append: self.append, writer: OnceLock::new() })))
+    }
+}
+
+type SharedWriter = Arc<Mutex<Box<dyn Write + Send>>>;
+
+struct JsonlFactory {
+    path: Option<std::path::PathBuf>,
+    append: bool,
+    writer: OnceLock<Result<SharedWriter, String>>,
+}
+
+impl SinkFactory for JsonlFactory {
+    fn create(&self, _ctx: &WorkerContext) -> anyhow::Result<Box<dyn Sink>> {
+        let writer = self
+            .writer
+            .get_or_init(|| {
+                let w: Box<dyn Write + Send> = match &self.path {
+                    None => Box::new(BufWriter::new(std::io::stdout())),
+                    Some(p) => {
+                        if let Some(dir) = p.parent() {
+                            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+                        }
+                        let f = if self.append {
+                            File::options().create(true).append(true).open(p)
+                        } else {
+                            File::create(p)
+                        };
+                        Box::new(BufWriter::with_capacity(1 << 20, f.map_err(|e| format!("{}: {e}", p.display()))?))
+                    }
+                };
+                Ok(Arc::new(Mutex::new(w)))
+            })
+            .clone()
+            .map_err(|e| anyhow::anyhow!(e))?;
+        Ok(Box::new(JsonlSink { writer, buf: Vec::new() }))
+    }
+}
+
+pub struct JsonlSink {
+    writer: SharedWriter,
+    buf: Vec<u8>,
+}
+
+impl JsonlSink {
+    fn flush(&mut self) -> anyhow::Result<()> {
+        let mut w = self.writer.lock().map_err(|_| anyhow::anyhow!("writer lock poisoned"))?;
+        w.write_all(&self.buf)?;
+        w.flush()?;
+        self.buf.clear();
+        Ok(())
+    }
+}
+
+impl Sink for JsonlSink {
+    fn write(&mut self, payload: &Payload) -> anyhow::Result<()> {
+        match payload {
+            Payload::Events(b) => {
+                for i in 0..b.len() {
+                    serde_json::to_writer(&mut self.buf, &b.row_to_json(i))?;
+                    self.buf.push(b'\n');
+                }
+            }
+            Payload::Quarantine(q) => {
+                for r in q {
+                    serde_json::to_writer(&mut self.buf, &r.to_json())?;
+                    self.buf.push(b'\n');
+                }
+            }
+        }
+        if self.buf.len() > 1 << 20 {
+            let mut w = self.writer.lock().map_err(|_| anyhow::anyhow!("writer lock poisoned"))?;
+            w.write_all(&self.buf)?;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+
+    fn epoch_complete(&mut self, _epoch: u64) -> anyhow::Result<()> {
+        self.flush()
+    }
+
+    fn finish(&mut self) -> anyhow::Result<()> {
+        self.flush()
+    }
+}

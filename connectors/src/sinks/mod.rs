@@ -1,0 +1,2 @@
+pub mod jsonl;
+pub mod parquet;

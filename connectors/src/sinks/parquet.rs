@@ -1,0 +1,386 @@
+//! The `parquet` sink: ECS-lite columns, provenance and the extension map, zstd-compressed,
+//! in `date=YYYY-MM-DD/hour=HH` directories by event time.
+//!
+//! Each worker writes its own files, named `part-{sink}-w{worker}-{seq}.parquet`. A file is
+//! written under a hidden `.inprogress` name and renamed when closed, so readers never see
+//! a partial file; the exactly-once issue makes the names epoch-based.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow_array::builder::{
+    BooleanBuilder, Float64Builder, Int64Builder, MapBuilder, StringBuilder, TimestampMillisecondBuilder, UInt64Builder,
+};
+use arrow_array::{ArrayRef, RecordBatch};
+use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+use schemars::JsonSchema;
+use serde::Deserialize;
+use ward_engine::batch::{value_to_json, EventBatch, Key, Value};
+use ward_engine::component::{Built, Payload, Sink, SinkFactory, StreamKind, WorkerContext};
+use ward_engine::fields::{ids, FieldId, FieldType, CORE_FIELDS};
+use ward_engine::registry::{BuildContext, ComponentConfig, Section};
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PartitionBy {
+    /// `date=YYYY-MM-DD/hour=HH`
+    #[default]
+    Hour,
+    /// `date=YYYY-MM-DD`
+    Day,
+    None,
+}
+
+/// Write events to Parquet files.
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ParquetSinkConfig {
+    /// Output directory, relative to the spec.
+    pub path: String,
+    /// Rows per row group.
+    #[serde(default = "default_row_group")]
+    pub row_group_size: usize,
+    /// zstd level (1-22).
+    #[serde(default = "default_zstd")]
+    pub zstd_level: i32,
+    #[serde(default)]
+    pub partition_by: PartitionBy,
+    /// A file is closed (and a new one started) at the next epoch boundary after this many rows.
+    #[serde(default = "default_file_rows")]
+    pub max_file_rows: usize,
+}
+
+fn default_row_group() -> usize {
+    65_536
+}
+fn default_zstd() -> i32 {
+    3
+}
+fn default_file_rows() -> usize {
+    1_000_000
+}
+
+impl ComponentConfig for ParquetSinkConfig {
+    const TYPE: &'static str = "parquet";
+    const SECTION: Section = Section::Sink;
+    const DESCRIPTION: &'static str = "Write events to zstd Parquet files partitioned by date and hour";
+    const ACCEPTS: &'static [StreamKind] = &[StreamKind::Events];
+    const OUTPUT: Option<StreamKind> = None;
+
+    fn build(self, ctx: &BuildContext<'_>) -> anyhow::Result<Built> {
+        ZstdLevel::try_new(self.zstd_level).map_err(|e| anyhow::anyhow!("zstd_level: {e}"))?;
+        if self.row_group_size == 0 {
+            anyhow::bail!("row_group_size must be at least 1");
+        }
+        let dir = ctx.resources.resolve(&self.path);
+        Ok(Built::Sink(Arc::new(ParquetFactory { config: self, dir })))
+    }
+}
+
+struct ParquetFactory {
+    config: ParquetSinkConfig,
+    dir: PathBuf,
+}
+
+impl SinkFactory for ParquetFactory {
+    fn create(&self, ctx: &WorkerContext) -> anyhow::Result<Box<dyn Sink>> {
+        std::fs::create_dir_all(&self.dir).map_err(|e| anyhow::anyhow!("{}: {e}", self.dir.display()))?;
+        Ok(Box::new(ParquetSink::new(self.config.clone(), self.dir.clone(), &ctx.component_id, ctx.worker_index)))
+    }
+}
+
+/// The Arrow schema of event files: core fields in table order, provenance, extension map.
+pub fn event_schema() -> SchemaRef {
+    let mut fields: Vec<Field> = CORE_FIELDS
+        .iter()
+        .map(|(name, ty, _)| Field::new(*name, arrow_type(*ty), true))
+        .collect();
+    fields.push(Field::new("ward.source", DataType::Utf8, false));
+    fields.push(Field::new("ward.partition", DataType::Utf8, false));
+    fields.push(Field::new("ward.offset", DataType::UInt64, false));
+    let entries = Field::new(
+        "entries",
+        DataType::Struct(vec![Field::new("key", DataType::Utf8, false), Field::new("value", DataType::Utf8, true)].into()),
+        false,
+    );
+    fields.push(Field::new("ext", DataType::Map(Arc::new(entries), false), false));
+    Arc::new(Schema::new(fields))
+}
+
+fn arrow_type(t: FieldType) -> DataType {
+    match t {
+        FieldType::Str | FieldType::Ip => DataType::Utf8,
+        FieldType::Int => DataType::Int64,
+        FieldType::Float => DataType::Float64,
+        FieldType::Bool => DataType::Boolean,
+        FieldType::Timestamp => DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+    }
+}
+
+struct OpenFile {
+    writer: ArrowWriter<File>,
+    tmp: PathBuf,
+    target: PathBuf,
+    rows: usize,
+}
+
+pub struct ParquetSink {
+    config: ParquetSinkConfig,
+    dir: PathBuf,
+    sink_id: String,
+    worker: usize,
+    schema: SchemaRef,
+    props: WriterProperties,
+    open: BTreeMap<Option<i64>, OpenFile>,
+    seq: BTreeMap<Option<i64>, u64>,
+    /// Per row, the slot index of each core field's first value (reused).
+    first: Vec<Option<u32>>,
+    text: String,
+}
+
+impl ParquetSink {
+    pub fn new(config: ParquetSinkConfig, dir: PathBuf, sink_id: &str, worker: usize) -> Self {
+        let props = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(ZstdLevel::try_new(config.zstd_level).unwrap_or_default()))
+            .set_max_row_group_row_count(Some(config.row_group_size))
+            .build();
+        ParquetSink {
+            config,
+            dir,
+            sink_id: sink_id.to_string(),
+            worker,
+            schema: event_schema(),
+            props,
+            open: BTreeMap::new(),
+            seq: BTreeMap::new(),
+            first: vec![None; CORE_FIELDS.len()],
+            text: String::new(),
+        }
+    }
+
+    /// The partition of a row: hour or day bucket of its event time (None: no time).
+    fn bucket(&self, b: &EventBatch, row: usize) -> Option<i64> {
+        let Some(Value::Timestamp(ms)) = b.get(row, ids::TIMESTAMP) else { return None };
+        match self.config.partition_by {
+            PartitionBy::Hour => Some(ms.div_euclid(3_600_000)),
+            PartitionBy::Day => Some(ms.div_euclid(86_400_000) * 24),
+            PartitionBy::None => Some(i64::MIN),
+        }
+    }
+
+    fn partition_dir(&self, bucket: Option<i64>) -> PathBuf {
+        match bucket {
+            None => self.dir.join("date=unknown"),
+            Some(i64::MIN) => self.dir.clone(),
+            Some(h) => {
+                let t = chrono::DateTime::from_timestamp(h * 3600, 0).unwrap_or_default();
+                let day = self.dir.join(format!("date={}", t.format("%Y-%m-%d")));
+                match self.config.partition_by {
+                    PartitionBy::Hour => day.join(format!("hour={}", t.format("%H"))),
+                    _ => day,
+                }
+            }
+        }
+    }
+
+    fn file_for(&mut self, bucket: Option<i64>) -> anyhow::Result<&mut OpenFile> {
+        if !self.open.contains_key(&bucket) {
+            let dir = self.partition_dir(bucket);
+            std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+            let seq = self.seq.entry(bucket).or_insert(0);
+            let name = format!("part-{}-w{:03}-{:06}.parquet", self.sink_id, self.worker, seq);
+            *seq += 1;
+            let target = dir.join(&name);
+            let tmp = dir.join(format!(".{name}.inprogress"));
+            let file = File::create(&tmp).map_err(|e| anyhow::anyhow!("{}: {e}", tmp.display()))?;
+            let writer = ArrowWriter::try_new(file, self.schema.clone(), Some(self.props.clone()))?;
+            self.open.insert(bucket, OpenFile { writer, tmp, target, rows: 0 });
+        }
+        Ok(self.open.get_mut(&bucket).expect("inserted above"))
+    }
+
+    fn close(f: OpenFile) -> anyhow::Result<()> {
+        f.writer.close()?;
+        std::fs::rename(&f.tmp, &f.target).map_err(|e| anyhow::anyhow!("{}: {e}", f.target.display()))?;
+        Ok(())
+    }
+
+    /// Converts the given rows of a batch to an Arrow record batch.
+    pub fn to_record_batch(&mut self, b: &EventBatch, rows: &[usize]) -> anyhow::Result<RecordBatch> {
+        let n = rows.len();
+        let bytes = b.bytes();
+        enum Col {
+            S(StringBuilder),
+            I(Int64Builder),
+            F(Float64Builder),
+            B(BooleanBuilder),
+            T(TimestampMillisecondBuilder),
+        }
+        let mut cols: Vec<Col> = CORE_FIELDS
+            .iter()
+            .map(|(_, t, _)| match t {
+                FieldType::Str | FieldType::Ip => Col::S(StringBuilder::with_capacity(n, n * 8)),
+                FieldType::Int => Col::I(Int64Builder::with_capacity(n)),
+                FieldType::Float => Col::F(Float64Builder::with_capacity(n)),
+                FieldType::Bool => Col::B(BooleanBuilder::with_capacity(n)),
+                FieldType::Timestamp => Col::T(TimestampMillisecondBuilder::with_capacity(n).with_timezone("UTC")),
+            })
+            .collect();
+        let mut source = StringBuilder::with_capacity(n, n * 8);
+        let mut partition = StringBuilder::with_capacity(n, n * 16);
+        let mut offset = UInt64Builder::with_capacity(n);
+        let mut ext = MapBuilder::new(None, StringBuilder::new(), StringBuilder::new());
+        for &row in rows {
+            self.first.iter_mut().for_each(|f| *f = None);
+            let slots = b.row_slots(row);
+            for (i, s) in slots.iter().enumerate() {
+                match s.key {
+                    Key::Core(f) => {
+                        if self.first[f.0 as usize].is_none() {
+                            self.first[f.0 as usize] = Some(i as u32);
+                        }
+                    }
+                    Key::Ext(k) => {
+                        ext.keys().append_value(bytes.str(k));
+                        match s.value {
+                            Value::Null => ext.values().append_null(),
+                            Value::Str(r) => ext.values().append_value(bytes.str(r)),
+                            v => {
+                                self.text.clear();
+                                match value_to_json(bytes, v) {
+                                    serde_json::Value::String(s) => self.text.push_str(&s),
+                                    other => self.text.push_str(&other.to_string()),
+                                }
+                                ext.values().append_value(&self.text);
+                            }
+                        }
+                    }
+                }
+            }
+            ext.append(true)?;
+            for (f, col) in cols.iter_mut().enumerate() {
+                let v = self.first[f].map(|i| slots[i as usize].value);
+                match (col, v) {
+                    (Col::S(c), Some(Value::Str(r))) => {
+                        // A multi-valued field (e.g. DNS answers) is stored comma-joined.
+                        let id = FieldId(f as u16);
+                        let mut more = slots.iter().filter(|s| s.key == Key::Core(id)).skip(1).peekable();
+                        if more.peek().is_none() {
+                            c.append_value(bytes.str(r));
+                        } else {
+                            self.text.clear();
+                            self.text.push_str(bytes.str(r));
+                            for s in more {
+                                if let Value::Str(x) = s.value {
+                                    self.text.push(',');
+                                    self.text.push_str(bytes.str(x));
+                                }
+                            }
+                            c.append_value(&self.text);
+                        }
+                    }
+                    (Col::S(c), Some(Value::Ip(r))) => match bytes.ip(r) {
+                        Some(ip) => {
+                            self.text.clear();
+                            use std::fmt::Write;
+                            let _ = write!(self.text, "{ip}");
+                            c.append_value(&self.text);
+                        }
+                        None => c.append_null(),
+                    },
+                    (Col::I(c), Some(Value::Int(i))) => c.append_value(i),
+                    (Col::F(c), Some(Value::Float(x))) => c.append_value(x),
+                    (Col::F(c), Some(Value::Int(i))) => c.append_value(i as f64),
+                    (Col::B(c), Some(Value::Bool(x))) => c.append_value(x),
+                    (Col::T(c), Some(Value::Timestamp(ms))) => c.append_value(ms),
+                    (Col::S(c), _) => c.append_null(),
+                    (Col::I(c), _) => c.append_null(),
+                    (Col::F(c), _) => c.append_null(),
+                    (Col::B(c), _) => c.append_null(),
+                    (Col::T(c), _) => c.append_null(),
+                }
+            }
+            let p = b.provenance(row);
+            source.append_value(&*p.source);
+            partition.append_value(&*p.partition);
+            offset.append_value(p.offset);
+        }
+        let mut arrays: Vec<ArrayRef> = cols
+            .into_iter()
+            .map(|c| -> ArrayRef {
+                match c {
+                    Col::S(mut c) => Arc::new(c.finish()),
+                    Col::I(mut c) => Arc::new(c.finish()),
+                    Col::F(mut c) => Arc::new(c.finish()),
+                    Col::B(mut c) => Arc::new(c.finish()),
+                    Col::T(mut c) => Arc::new(c.finish()),
+                }
+            })
+            .collect();
+        arrays.push(Arc::new(source.finish()));
+        arrays.push(Arc::new(partition.finish()));
+        arrays.push(Arc::new(offset.finish()));
+        let map = ext.finish();
+        arrays.push(Arc::new(map));
+        Ok(RecordBatch::try_new(self.schema.clone(), arrays)?)
+    }
+}
+
+impl Sink for ParquetSink {
+    fn write(&mut self, payload: &Payload) -> anyhow::Result<()> {
+        let Payload::Events(b) = payload else { return Ok(()) };
+        // Group rows by partition, keeping their order within each.
+        let mut groups: BTreeMap<Option<i64>, Vec<usize>> = BTreeMap::new();
+        for row in 0..b.len() {
+            groups.entry(self.bucket(b, row)).or_default().push(row);
+        }
+        for (bucket, rows) in groups {
+            let rb = self.to_record_batch(b, &rows)?;
+            let f = self.file_for(bucket)?;
+            f.writer.write(&rb)?;
+            f.rows += rows.len();
+        }
+        Ok(())
+    }
+
+    fn epoch_complete(&mut self, _epoch: u64) -> anyhow::Result<()> {
+        let full: Vec<_> = self.open.iter().filter(|(_, f)| f.rows >= self.config.max_file_rows).map(|(k, _)| *k).collect();
+        for k in full {
+            if let Some(f) = self.open.remove(&k) {
+                Self::close(f)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> anyhow::Result<()> {
+        for (_, f) in std::mem::take(&mut self.open) {
+            Self::close(f)?;
+        }
+        Ok(())
+    }
+}
+
+/// Lists the finished Parquet files under `dir` (for tests and tools).
+pub fn list_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "parquet") && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')) {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}

