@@ -1,1 +1,190 @@
-fn main(){}
+//! Ward's benchmark harness.
+//!
+//! `ward-bench pipeline` runs generator → parse → normalize → enrich → Parquet through the
+//! real engine with 1 and 2 workers and prints events/s and MB/s.
+//! `ward-bench stages` times each stage alone on one thread over the same batches, to show
+//! where the time goes.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use ward_connectors::sinks::parquet::{ParquetSink, ParquetSinkConfig, PartitionBy};
+use ward_connectors::sources::generator::{Generator, GeneratorConfig};
+use ward_engine::batch::EventBatch;
+use ward_engine::component::{Operator, OperatorOutput, Payload, Sink, Source, SourcePoll};
+use ward_engine::registry::Registry;
+use ward_engine::resources::{Reloadable, Resources};
+use ward_engine::runtime::{run, RunOptions};
+use ward_engine::spec::Spec;
+use ward_operators::enrich::{EnrichConfig, EnrichData, Enricher, RiskWeights, ThreatIntelFile};
+use ward_operators::normalize::{builtin, load_packs, Normalizer, Unmatched};
+use ward_operators::parse::{syslog::SyslogOptions, Format, Parser as RecordParser};
+
+#[derive(Parser)]
+#[command(name = "ward-bench", about = "Ward benchmark harness")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// The whole pipeline through the engine, per worker count.
+    Pipeline {
+        #[arg(long, default_value_t = 1_000_000)]
+        count: u64,
+        #[arg(long, value_delimiter = ',', default_values_t = [1usize, 2])]
+        workers: Vec<usize>,
+        /// Repetitions per worker count (the best is reported, all are printed).
+        #[arg(long, default_value_t = 3)]
+        repeat: usize,
+    },
+    /// Each stage alone, on one thread.
+    Stages {
+        #[arg(long, default_value_t = 500_000)]
+        count: u64,
+    },
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize().expect("repository root")
+}
+
+fn registry() -> Registry {
+    let mut r = Registry::default();
+    ward_operators::register(&mut r);
+    ward_connectors::register(&mut r);
+    r
+}
+
+fn pipeline(count: u64, workers: &[usize], repeat: usize) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let rules = repo().join("rules");
+    let spec_text = format!(
+        r#"name: bench
+settings: {{ admin_listen: "" }}
+sources:
+  - {{ id: gen, type: generator, count: {count}, seed: 42 }}
+operators:
+  - {{ id: parse, type: parse, inputs: [gen], syslog_year: 2026 }}
+  - {{ id: normalize, type: normalize, inputs: [parse], packs: [builtin:windows, builtin:linux-auth, builtin:zeek, builtin:fortigate, builtin:generic-json] }}
+  - id: enrich
+    type: enrich
+    inputs: [normalize]
+    threat_intel: [{{ path: {rules}/ti/demo-indicators.txt }}]
+    geoip: {rules}/geo/ward-test-city.mmdb
+    asn: {rules}/geo/ward-test-asn.mmdb
+    assets: {rules}/assets/demo-assets.csv
+sinks:
+  - {{ id: parquet, type: parquet, inputs: [enrich], path: out }}
+  - {{ id: q, type: jsonl, inputs: [quarantine], path: quarantine.jsonl }}
+"#,
+        rules = rules.display()
+    );
+    let spec_path = dir.path().join("bench.yaml");
+    std::fs::write(&spec_path, spec_text)?;
+    let spec = Spec::load(&spec_path, &registry()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    println!("pipeline: generator -> parse -> normalize -> enrich -> parquet, {count} events");
+    println!("{:>8} {:>14} {:>14} {:>10} {:>16}", "workers", "events/s", "per worker", "MB/s", "runs (events/s)");
+    for &w in workers {
+        let mut runs = Vec::new();
+        let mut mb = 0.0;
+        for _ in 0..repeat.max(1) {
+            let _ = std::fs::remove_dir_all(dir.path().join("out"));
+            let s = run(&spec, &RunOptions { workers: w, admin_listen: Some(String::new()), progress: false }, Arc::new(AtomicBool::new(false)))?;
+            assert!(s.components.iter().all(|c| c.ledger_balances()), "ledger must balance");
+            let eps = s.events_per_second();
+            if runs.iter().all(|r: &f64| eps > *r) {
+                mb = s.bytes_read() as f64 / 1e6 / s.elapsed.as_secs_f64();
+            }
+            runs.push(eps);
+        }
+        let best = runs.iter().cloned().fold(0.0, f64::max);
+        let all: Vec<String> = runs.iter().map(|r| format!("{r:.0}")).collect();
+        println!("{w:>8} {best:>14.0} {:>14.0} {mb:>10.1} {:>16}", best / w as f64, all.join(" "));
+    }
+    Ok(())
+}
+
+fn time<T>(f: impl FnOnce() -> T) -> (T, Duration) {
+    let t = Instant::now();
+    let r = f();
+    (r, t.elapsed())
+}
+
+fn stages(count: u64) -> anyhow::Result<()> {
+    let rules = repo().join("rules");
+    let gen_cfg = GeneratorConfig {
+        count,
+        rate: 0,
+        seed: 42,
+        start_time: "2026-01-05T08:00:00Z".into(),
+        interval_ms: 10,
+        scenarios: true,
+        malformed_every: 0,
+    };
+    let mut generator = Generator::new("gen".into(), gen_cfg, 1_767_600_000_000, 0, 1);
+    let (raw, t_gen) = time(|| {
+        let mut v = Vec::new();
+        while let Ok(SourcePoll::Batch(b)) = generator.poll(1024) {
+            v.push(b);
+        }
+        v
+    });
+    let bytes: usize = raw.iter().map(EventBatch::raw_len).sum();
+    let mut parser = RecordParser::new("parse".into(), Format::Auto, 1 << 20, SyslogOptions { year: Some(2026), ..Default::default() });
+    let (parsed, t_parse) = time(|| run_op(&mut parser, raw.clone()));
+    let packs = load_packs(&builtin::all_refs(), &Resources::new("."))?;
+    let mut norm = Normalizer::new("normalize".into(), Arc::new(packs), Unmatched::Keep, false);
+    let (normalized, t_norm) = time(|| run_op(&mut norm, parsed));
+    let cfg = EnrichConfig {
+        threat_intel: vec![ThreatIntelFile { path: rules.join("ti/demo-indicators.txt").display().to_string(), feed: None }],
+        geoip: Some(rules.join("geo/ward-test-city.mmdb").display().to_string()),
+        asn: Some(rules.join("geo/ward-test-asn.mmdb").display().to_string()),
+        assets: Some(rules.join("assets/demo-assets.csv").display().to_string()),
+        risk: RiskWeights::default(),
+        watch: false,
+    };
+    let data = Reloadable::new(&Resources::new("."), move |r| EnrichData::load(&cfg, r))?;
+    let mut enricher = Enricher::new(data, RiskWeights::default());
+    let (enriched, t_enrich) = time(|| run_op(&mut enricher, normalized));
+    let dir = tempfile::tempdir()?;
+    let pq = ParquetSinkConfig { path: "x".into(), row_group_size: 65536, zstd_level: 3, partition_by: PartitionBy::Hour, max_file_rows: 1_000_000 };
+    let mut sink = ParquetSink::new(pq, dir.path().to_path_buf(), "bench", 0);
+    let (_, t_parquet) = time(|| -> anyhow::Result<()> {
+        for b in enriched {
+            sink.write(&Payload::Events(b))?;
+        }
+        sink.finish()
+    });
+    let n = count as f64;
+    println!("stages on one thread, {count} events, {:.0} bytes/event", bytes as f64 / n);
+    println!("{:<12} {:>12} {:>14}", "stage", "seconds", "events/s");
+    let mut total = Duration::ZERO;
+    for (name, t) in [("generate", t_gen), ("parse", t_parse), ("normalize", t_norm), ("enrich", t_enrich), ("parquet", t_parquet)] {
+        println!("{name:<12} {:>12.3} {:>14.0}", t.as_secs_f64(), n / t.as_secs_f64());
+        if name != "generate" {
+            total += t;
+        }
+    }
+    println!("{:<12} {:>12.3} {:>14.0}", "parse..parquet", total.as_secs_f64(), n / total.as_secs_f64());
+    Ok(())
+}
+
+fn run_op(op: &mut dyn Operator, input: Vec<EventBatch>) -> Vec<EventBatch> {
+    let mut out = OperatorOutput::default();
+    for b in input {
+        op.process(b, &mut out);
+    }
+    out.events
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Cmd::Pipeline { count, workers, repeat } => pipeline(count, &workers, repeat),
+        Cmd::Stages { count } => stages(count),
+    }
+}

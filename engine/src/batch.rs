@@ -129,9 +129,14 @@ impl<'a> Bytes<'a> {
     }
     #[inline]
     pub fn str(&self, r: StrRef) -> &'a str {
-        // Valid by the module invariant; checked rather than assumed so that a bug in an
-        // operator shows as an empty string, never as undefined behaviour.
-        std::str::from_utf8(self.bytes(r)).unwrap_or("")
+        // Valid by the module invariant; checked (with SIMD, cheaply) rather than assumed, so
+        // that a bug in an operator shows as an empty string, never as undefined behaviour.
+        simdutf8::basic::from_utf8(self.bytes(r)).unwrap_or("")
+    }
+    /// Compares without UTF-8 validation (hot path of lookups by name).
+    #[inline]
+    pub fn eq(&self, r: StrRef, s: &str) -> bool {
+        self.bytes(r) == s.as_bytes()
     }
     pub fn ip(&self, r: StrRef) -> Option<IpAddr> {
         let b = self.bytes(r);

@@ -138,8 +138,9 @@ pub struct ParquetSink {
     props: WriterProperties,
     open: BTreeMap<Option<i64>, OpenFile>,
     seq: BTreeMap<Option<i64>, u64>,
-    /// Per row, the slot index of each core field's first value (reused).
+    /// Per row, the slot index of each core field's first value and its value count (reused).
     first: Vec<Option<u32>>,
+    count: Vec<u8>,
     text: String,
 }
 
@@ -159,6 +160,7 @@ impl ParquetSink {
             open: BTreeMap::new(),
             seq: BTreeMap::new(),
             first: vec![None; CORE_FIELDS.len()],
+            count: vec![0; CORE_FIELDS.len()],
             text: String::new(),
         }
     }
@@ -237,6 +239,7 @@ impl ParquetSink {
         let mut ext = MapBuilder::new(None, StringBuilder::new(), StringBuilder::new());
         for &row in rows {
             self.first.iter_mut().for_each(|f| *f = None);
+            self.count.iter_mut().for_each(|c| *c = 0);
             let slots = b.row_slots(row);
             for (i, s) in slots.iter().enumerate() {
                 match s.key {
@@ -244,6 +247,7 @@ impl ParquetSink {
                         if self.first[f.0 as usize].is_none() {
                             self.first[f.0 as usize] = Some(i as u32);
                         }
+                        self.count[f.0 as usize] = self.count[f.0 as usize].saturating_add(1);
                     }
                     Key::Ext(k) => {
                         ext.keys().append_value(bytes.str(k));
@@ -269,13 +273,12 @@ impl ParquetSink {
                     (Col::S(c), Some(Value::Str(r))) => {
                         // A multi-valued field (e.g. DNS answers) is stored comma-joined.
                         let id = FieldId(f as u16);
-                        let mut more = slots.iter().filter(|s| s.key == Key::Core(id)).skip(1).peekable();
-                        if more.peek().is_none() {
+                        if self.count[f] <= 1 {
                             c.append_value(bytes.str(r));
                         } else {
                             self.text.clear();
                             self.text.push_str(bytes.str(r));
-                            for s in more {
+                            for s in slots.iter().filter(|s| s.key == Key::Core(id)).skip(1) {
                                 if let Value::Str(x) = s.value {
                                     self.text.push(',');
                                     self.text.push_str(bytes.str(x));

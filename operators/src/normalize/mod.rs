@@ -132,7 +132,7 @@ fn input<'a>(v: Value, raw: &'a [u8], heap: &[u8], scratch: &'a mut String) -> I
 fn key_matches(b: Bytes<'_>, key: Key, target: &Target) -> bool {
     match (key, target) {
         (Key::Core(a), Target::Core(t)) => a == *t,
-        (Key::Ext(k), Target::Ext(name)) => b.str(k) == name,
+        (Key::Ext(k), Target::Ext(name)) => b.eq(k, name),
         _ => false,
     }
 }
@@ -238,7 +238,7 @@ fn apply_mapping(
 fn is_null_marker(pack: &Pack, b: Bytes<'_>, v: Value) -> bool {
     match v {
         Value::Null => true,
-        Value::Str(r) => !pack.null_values.is_empty() && pack.null_values.iter().any(|n| n.as_str() == b.str(r)),
+        Value::Str(r) => !pack.null_values.is_empty() && pack.null_values.iter().any(|n| b.eq(r, n)),
         _ => false,
     }
 }
@@ -260,7 +260,7 @@ impl Normalizer {
             let mapped = match s.key {
                 Key::Ext(k) => {
                     let b = Bytes { raw, heap };
-                    pack.mappings.get(b.str(k)).filter(|_| !is_null_marker(pack, b, s.value))
+                    pack.mappings.get(b.bytes(k)).filter(|_| !is_null_marker(pack, b, s.value))
                 }
                 Key::Core(_) => None,
             };
@@ -300,7 +300,7 @@ impl Normalizer {
             for (from, m) in &rule.fields {
                 let found = out[start..]
                     .iter()
-                    .find(|s| matches!(s.key, Key::Ext(k) if Bytes { raw, heap }.str(k) == from))
+                    .find(|s| matches!(s.key, Key::Ext(k) if Bytes { raw, heap }.eq(k, from)))
                     .map(|s| s.value);
                 if let Some(v) = found {
                     if !is_null_marker(pack, Bytes { raw, heap }, v) {

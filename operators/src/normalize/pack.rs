@@ -207,8 +207,9 @@ pub struct Pack {
     pub timezone: chrono_tz::Tz,
     pub null_values: Vec<String>,
     pub required: Vec<FieldId>,
-    /// Input name → mappings (ahash: looked up once per input field per event).
-    pub mappings: ahash::AHashMap<String, Vec<Mapping>>,
+    /// Input name (bytes, so lookups skip UTF-8 checks) → mappings; looked up once per
+    /// input field per event.
+    pub mappings: ahash::AHashMap<Box<[u8]>, Vec<Mapping>>,
     pub rules: Vec<Rule>,
 }
 
@@ -260,9 +261,9 @@ impl Pack {
             Some(z) => z.parse::<chrono_tz::Tz>().map_err(|e| format!("timezone `{z}`: {e}"))?,
             None => chrono_tz::UTC,
         };
-        let mut mappings: ahash::AHashMap<String, Vec<Mapping>> = ahash::AHashMap::new();
+        let mut mappings: ahash::AHashMap<Box<[u8]>, Vec<Mapping>> = ahash::AHashMap::new();
         for m in &file.fields {
-            mappings.entry(m.from.clone()).or_default().push(compile_mapping(m)?);
+            mappings.entry(m.from.as_bytes().into()).or_default().push(compile_mapping(m)?);
         }
         let required = file
             .required

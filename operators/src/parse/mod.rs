@@ -194,7 +194,7 @@ impl Operator for Parser {
                 let outcome = if payload.len() > self.max_record_bytes {
                     Outcome::Rejected(Reason::Oversize, format!("{} bytes > max_record_bytes {}", payload.len(), self.max_record_bytes))
                 } else {
-                    match std::str::from_utf8(payload) {
+                    match simdutf8::compat::from_utf8(payload) {
                         Err(e) => Outcome::Rejected(Reason::InvalidUtf8, e.to_string()),
                         Ok(text) if text.trim().is_empty() => Outcome::Rejected(Reason::Empty, "empty record".into()),
                         Ok(text) => {
