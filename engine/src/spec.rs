@@ -153,7 +153,7 @@ impl Spec {
 
     /// Validates spec text; `file` is used in messages, `resources` resolves relative paths.
     pub fn parse(file: &Path, text: &str, resources: Resources, registry: &Registry) -> Result<Spec, SpecErrors> {
-        let mut v = Validator { file: file.to_path_buf(), errors: Vec::new() };
+        let mut v = Validator { file: file.to_path_buf(), errors: Vec::new(), broken: Default::default() };
         let spec = v.run(text, resources, registry);
         match spec {
             Some(spec) if v.errors.is_empty() => Ok(spec),
@@ -233,6 +233,9 @@ fn mermaid_id(id: &str) -> String {
 struct Validator {
     file: PathBuf,
     errors: Vec<SpecError>,
+    /// Ids of components that exist but could not be read (unknown type, ...): references to
+    /// them are not reported again as dangling.
+    broken: std::collections::HashSet<String>,
 }
 
 struct Pending {
@@ -352,6 +355,7 @@ impl Validator {
         }
         let Some(type_node) = map.get_scalar("type") else {
             self.err(Some(&start), format!("component `{id}`: missing field `type`"));
+            self.broken.insert(id);
             return None;
         };
         let type_marker = type_node.span().start().copied();
@@ -372,6 +376,7 @@ impl Validator {
                     registry.type_names(section).join(", ")
                 ),
             );
+            self.broken.insert(id);
             return None;
         };
 
@@ -441,6 +446,9 @@ impl Validator {
                     }
                     InputRef::Component { id, port } => {
                         let Some(producer) = by_id.get(id.as_str()) else {
+                            if self.broken.contains(id) {
+                                continue;
+                            }
                             let mut known: Vec<_> = by_id.keys().copied().filter(|k| *k != p.id).collect();
                             known.sort();
                             self.err(Some(marker), format!("component `{}`: input `{input}` does not exist; known ids: {}", p.id, known.join(", ")));
@@ -477,7 +485,9 @@ impl Validator {
                 }
             }
         }
-        for p in pending {
+        // With a broken component its inputs are unknown, so "not consumed" would be a guess.
+        let any_broken = !self.broken.is_empty();
+        for p in pending.iter().filter(|_| !any_broken) {
             if p.kind.section != Section::Sink && !consumed.contains_key(p.id.as_str()) {
                 self.err(
                     Some(&p.marker),
