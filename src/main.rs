@@ -43,9 +43,7 @@ enum Command {
         run: RunArgs,
     },
     /// Check a spec; prints every problem as FILE:LINE:COLUMN: reason and exits 2 if any.
-    Validate {
-        spec: PathBuf,
-    },
+    Validate { spec: PathBuf },
     /// Print the pipeline graph.
     Graph {
         spec: PathBuf,
@@ -105,7 +103,11 @@ fn run_spec(spec: &Spec, args: &RunArgs) -> ExitCode {
         let _ = signal_hook::flag::register_conditional_shutdown(sig, 130, stop.clone());
         let _ = signal_hook::flag::register(sig, stop.clone());
     }
-    let opts = RunOptions { workers: args.workers, admin_listen: args.admin.clone(), progress: !args.quiet };
+    let opts = RunOptions {
+        workers: args.workers,
+        admin_listen: args.admin.clone(),
+        progress: !args.quiet,
+    };
     match runtime::run(spec, &opts, stop) {
         Ok(summary) => {
             if !args.quiet {
@@ -113,7 +115,10 @@ fn run_spec(spec: &Spec, args: &RunArgs) -> ExitCode {
             }
             if let Some(path) = &args.summary_json {
                 let json = summary_json(&summary);
-                if let Err(e) = std::fs::write(path, serde_json::to_string_pretty(&json).unwrap_or_default()) {
+                if let Err(e) = std::fs::write(
+                    path,
+                    serde_json::to_string_pretty(&json).unwrap_or_default(),
+                ) {
                     eprintln!("error: cannot write {}: {e}", path.display());
                     return ExitCode::from(1);
                 }
@@ -153,7 +158,8 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("WARD_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            tracing_subscriber::EnvFilter::try_from_env("WARD_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .init();
     let cli = Cli::parse();
@@ -166,7 +172,11 @@ fn main() -> ExitCode {
         Command::Demo { out, count, run } => match demo::materialize(&out, count) {
             Ok(spec_path) => {
                 if !run.quiet {
-                    eprintln!("demo spec and files in {}; output goes to {}", out.display(), out.join("out/demo").display());
+                    eprintln!(
+                        "demo spec and files in {}; output goes to {}",
+                        out.display(),
+                        out.join("out/demo").display()
+                    );
                 }
                 match load(&spec_path, &registry) {
                     Ok(s) => run_spec(&s, &run),
@@ -190,22 +200,34 @@ fn main() -> ExitCode {
         },
         Command::Graph { spec, format } => match load(&spec, &registry) {
             Ok(s) => {
-                print!("{}", match format {
-                    GraphFormat::Mermaid => s.to_mermaid(),
-                    GraphFormat::Dot => s.to_dot(),
-                });
+                print!(
+                    "{}",
+                    match format {
+                        GraphFormat::Mermaid => s.to_mermaid(),
+                        GraphFormat::Dot => s.to_dot(),
+                    }
+                );
                 ExitCode::SUCCESS
             }
             Err(code) => code,
         },
         Command::Schema => {
-            println!("{}", serde_json::to_string_pretty(&ward_engine::spec::json_schema(&registry)).unwrap_or_default());
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&ward_engine::spec::json_schema(&registry))
+                    .unwrap_or_default()
+            );
             ExitCode::SUCCESS
         }
         Command::Fields => {
             println!("| field | type | description |\n|---|---|---|");
             for f in ward_engine::fields::FieldId::all() {
-                println!("| `{}` | {:?} | {} |", f.name(), f.field_type(), f.description());
+                println!(
+                    "| `{}` | {:?} | {} |",
+                    f.name(),
+                    f.field_type(),
+                    f.description()
+                );
             }
             ExitCode::SUCCESS
         }

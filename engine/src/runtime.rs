@@ -43,7 +43,11 @@ pub struct RunOptions {
 
 impl Default for RunOptions {
     fn default() -> Self {
-        RunOptions { workers: 1, admin_listen: None, progress: false }
+        RunOptions {
+            workers: 1,
+            admin_listen: None,
+            progress: false,
+        }
     }
 }
 
@@ -86,10 +90,18 @@ pub struct RunSummary {
 
 impl RunSummary {
     pub fn records_read(&self) -> u64 {
-        self.components.iter().filter(|c| c.section == Section::Source).map(|c| c.records_in).sum()
+        self.components
+            .iter()
+            .filter(|c| c.section == Section::Source)
+            .map(|c| c.records_in)
+            .sum()
     }
     pub fn bytes_read(&self) -> u64 {
-        self.components.iter().filter(|c| c.section == Section::Source).map(|c| c.bytes_in).sum()
+        self.components
+            .iter()
+            .filter(|c| c.section == Section::Source)
+            .map(|c| c.bytes_in)
+            .sum()
     }
     pub fn events_per_second(&self) -> f64 {
         self.records_read() as f64 / self.elapsed.as_secs_f64().max(1e-9)
@@ -101,7 +113,11 @@ impl RunSummary {
     /// The one-screen summary printed at the end of `ward run`.
     pub fn render(&self) -> String {
         let mut s = String::new();
-        let how = if self.stopped_by_signal { "stopped" } else { "finished" };
+        let how = if self.stopped_by_signal {
+            "stopped"
+        } else {
+            "finished"
+        };
         s.push_str(&format!(
             "pipeline {} {how} in {:.2}s with {} worker(s): {} records read, {:.0} events/s, {:.1} MB/s\n",
             self.pipeline,
@@ -124,10 +140,19 @@ impl RunSummary {
                 c.records_out,
                 c.filtered,
                 c.quarantined,
-                if c.ledger_balances() { "ok" } else { "MISMATCH" }
+                if c.ledger_balances() {
+                    "ok"
+                } else {
+                    "MISMATCH"
+                }
             ));
             for (reason, n) in &c.quarantined_by_reason {
-                s.push_str(&format!("{:<20}   quarantined {:<22} {:>10}\n", "", reason.as_str(), n));
+                s.push_str(&format!(
+                    "{:<20}   quarantined {:<22} {:>10}\n",
+                    "",
+                    reason.as_str(),
+                    n
+                ));
             }
         }
         s
@@ -171,8 +196,15 @@ pub fn run_with_metrics(
     let workers = opts.workers.max(1);
     let started = Instant::now();
     metrics.workers.set(workers as i64);
-    let listen = opts.admin_listen.clone().unwrap_or_else(|| spec.settings.admin_listen.clone());
-    let admin = if listen.is_empty() { None } else { Some(AdminServer::start(&listen, metrics.clone())?) };
+    let listen = opts
+        .admin_listen
+        .clone()
+        .unwrap_or_else(|| spec.settings.admin_listen.clone());
+    let admin = if listen.is_empty() {
+        None
+    } else {
+        Some(AdminServer::start(&listen, metrics.clone())?)
+    };
     if let Some(a) = &admin {
         tracing::info!("admin endpoint on http://{}/metrics", a.local_addr);
     }
@@ -208,7 +240,12 @@ pub fn run_with_metrics(
     for r in results {
         r.map_err(|e| anyhow::anyhow!("worker failed: {e}"))?;
     }
-    if let Some(f) = shared.failure.lock().unwrap_or_else(|p| p.into_inner()).take() {
+    if let Some(f) = shared
+        .failure
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+    {
         anyhow::bail!(f);
     }
 
@@ -242,7 +279,10 @@ pub fn run_with_metrics(
     })
 }
 
-fn spawn_epoch_clock(shared: Arc<Shared>, finished: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+fn spawn_epoch_clock(
+    shared: Arc<Shared>,
+    finished: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
     let interval = Duration::from_millis(shared.spec.settings.epoch_interval_ms.max(1));
     std::thread::spawn(move || {
         let mut next = Instant::now() + interval;
@@ -258,7 +298,11 @@ fn spawn_epoch_clock(shared: Arc<Shared>, finished: Arc<AtomicBool>) -> std::thr
 }
 
 /// Updates the events/s gauge and, on a terminal, a progress line.
-fn spawn_monitor(shared: Arc<Shared>, finished: Arc<AtomicBool>, progress: bool) -> std::thread::JoinHandle<()> {
+fn spawn_monitor(
+    shared: Arc<Shared>,
+    finished: Arc<AtomicBool>,
+    progress: bool,
+) -> std::thread::JoinHandle<()> {
     use std::io::IsTerminal;
     std::thread::spawn(move || {
         let sources: Vec<ComponentMetrics> = shared
@@ -268,10 +312,18 @@ fn spawn_monitor(shared: Arc<Shared>, finished: Arc<AtomicBool>, progress: bool)
             .filter(|c| c.section() == Section::Source)
             .map(|c| shared.metrics.component(&c.id))
             .collect();
-        let all: Vec<ComponentMetrics> = shared.spec.components.iter().map(|c| shared.metrics.component(&c.id)).collect();
+        let all: Vec<ComponentMetrics> = shared
+            .spec
+            .components
+            .iter()
+            .map(|c| shared.metrics.component(&c.id))
+            .collect();
         let bar = if progress && std::io::stderr().is_terminal() {
             let b = indicatif::ProgressBar::new_spinner();
-            b.set_style(indicatif::ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}").expect("valid template"));
+            b.set_style(
+                indicatif::ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}")
+                    .expect("valid template"),
+            );
             Some(b)
         } else {
             None
@@ -283,7 +335,10 @@ fn spawn_monitor(shared: Arc<Shared>, finished: Arc<AtomicBool>, progress: bool)
             let now = Instant::now();
             let dt = now.duration_since(last.0).as_secs_f64();
             if dt >= 1.0 {
-                shared.metrics.events_per_second.set((read - last.1) as f64 / dt);
+                shared
+                    .metrics
+                    .events_per_second
+                    .set((read - last.1) as f64 / dt);
                 last = (now, read);
             }
             if let Some(b) = &bar {
@@ -321,7 +376,13 @@ fn build_dataflow<'s>(scope: Scope<'s, Epoch>, shared: &Arc<Shared>) {
         .components
         .iter()
         .filter(|c| c.section() != Section::Sink)
-        .chain(shared.spec.components.iter().filter(|c| c.section() == Section::Sink));
+        .chain(
+            shared
+                .spec
+                .components
+                .iter()
+                .filter(|c| c.section() == Section::Sink),
+        );
     for c in order {
         let ctx = worker_context(shared, c, scope.index(), scope.peers());
         let metrics = shared.metrics.component(&c.id);
@@ -368,8 +429,14 @@ fn inputs_of<'s>(
     let mut streams = Vec::new();
     for input in &c.inputs {
         match input {
-            InputRef::Component { id, port: Port::Main } => streams.push(main[id].clone()),
-            InputRef::Component { id, port: Port::Quarantine } => streams.push(quarantine[id].clone()),
+            InputRef::Component {
+                id,
+                port: Port::Main,
+            } => streams.push(main[id].clone()),
+            InputRef::Component {
+                id,
+                port: Port::Quarantine,
+            } => streams.push(quarantine[id].clone()),
             InputRef::AllQuarantine => {
                 let mut ids: Vec<_> = quarantine.keys().collect();
                 ids.sort();
@@ -401,7 +468,9 @@ fn build_source<'s>(
     builder.build(move |mut caps| {
         let mut caps = Some((caps.remove(0), caps.remove(0)));
         move |_frontiers| {
-            let Some((cap, qcap)) = caps.as_mut() else { return };
+            let Some((cap, qcap)) = caps.as_mut() else {
+                return;
+            };
             if shared.stop.load(Ordering::SeqCst) {
                 caps = None;
                 return;
@@ -420,9 +489,12 @@ fn build_source<'s>(
                         metrics.records_in.inc_by(batch.len() as u64);
                         metrics.records_out.inc_by(batch.len() as u64);
                         metrics.bytes_in.inc_by(batch.raw_len() as u64);
-                        metrics.batch_seconds.observe(started.elapsed().as_secs_f64());
+                        metrics
+                            .batch_seconds
+                            .observe(started.elapsed().as_secs_f64());
                         if !batch.is_empty() {
-                            out.activate().give(&*cap, &mut vec![Payload::Events(batch)]);
+                            out.activate()
+                                .give(&*cap, &mut vec![Payload::Events(batch)]);
                         }
                     }
                     Ok(SourcePoll::Quarantine(records)) => {
@@ -430,7 +502,8 @@ fn build_source<'s>(
                         for r in &records {
                             metrics.quarantined(r.reason).inc();
                         }
-                        qout.activate().give(&*qcap, &mut vec![Payload::Quarantine(records)]);
+                        qout.activate()
+                            .give(&*qcap, &mut vec![Payload::Quarantine(records)]);
                     }
                     Ok(SourcePoll::Pending(wait)) => {
                         activator.activate_after(wait.min(Duration::from_millis(100)));
@@ -480,12 +553,19 @@ fn build_operator<'s>(
                     let n = batch.len() as u64;
                     metrics.records_in.inc_by(n);
                     op.process(batch, &mut result);
-                    metrics.batch_seconds.observe(started.elapsed().as_secs_f64());
+                    metrics
+                        .batch_seconds
+                        .observe(started.elapsed().as_secs_f64());
                     metrics.records_out.inc_by(result.out_len() as u64);
                     metrics.filtered.inc_by(result.filtered);
                     result.filtered = 0;
                     if !result.events.is_empty() {
-                        let mut msg: Vec<Payload> = result.events.drain(..).filter(|b| !b.is_empty()).map(Payload::Events).collect();
+                        let mut msg: Vec<Payload> = result
+                            .events
+                            .drain(..)
+                            .filter(|b| !b.is_empty())
+                            .map(Payload::Events)
+                            .collect();
                         out.activate().give(&cap, &mut msg);
                     }
                     if !result.quarantine.is_empty() {
@@ -493,7 +573,8 @@ fn build_operator<'s>(
                             metrics.quarantined(r.reason).inc();
                         }
                         let records = std::mem::take(&mut result.quarantine);
-                        qout.activate().give(&cap, &mut vec![Payload::Quarantine(records)]);
+                        qout.activate()
+                            .give(&cap, &mut vec![Payload::Quarantine(records)]);
                     }
                 }
             });
@@ -534,7 +615,9 @@ fn build_sink<'s>(
                             shared.fail(format!("sink `{id}`: {e:#}"));
                         }
                     }
-                    metrics.batch_seconds.observe(started.elapsed().as_secs_f64());
+                    metrics
+                        .batch_seconds
+                        .observe(started.elapsed().as_secs_f64());
                 }
             });
             let frontier = frontiers[0].frontier();

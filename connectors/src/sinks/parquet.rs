@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow_array::builder::{
-    BooleanBuilder, Float64Builder, Int64Builder, MapBuilder, StringBuilder, TimestampMillisecondBuilder, UInt64Builder,
+    BooleanBuilder, Float64Builder, Int64Builder, MapBuilder, StringBuilder,
+    TimestampMillisecondBuilder, UInt64Builder,
 };
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
@@ -68,7 +69,8 @@ fn default_file_rows() -> usize {
 impl ComponentConfig for ParquetSinkConfig {
     const TYPE: &'static str = "parquet";
     const SECTION: Section = Section::Sink;
-    const DESCRIPTION: &'static str = "Write events to zstd Parquet files partitioned by date and hour";
+    const DESCRIPTION: &'static str =
+        "Write events to zstd Parquet files partitioned by date and hour";
     const ACCEPTS: &'static [StreamKind] = &[StreamKind::Events];
     const OUTPUT: Option<StreamKind> = None;
 
@@ -89,8 +91,14 @@ struct ParquetFactory {
 
 impl SinkFactory for ParquetFactory {
     fn create(&self, ctx: &WorkerContext) -> anyhow::Result<Box<dyn Sink>> {
-        std::fs::create_dir_all(&self.dir).map_err(|e| anyhow::anyhow!("{}: {e}", self.dir.display()))?;
-        Ok(Box::new(ParquetSink::new(self.config.clone(), self.dir.clone(), &ctx.component_id, ctx.worker_index)))
+        std::fs::create_dir_all(&self.dir)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", self.dir.display()))?;
+        Ok(Box::new(ParquetSink::new(
+            self.config.clone(),
+            self.dir.clone(),
+            &ctx.component_id,
+            ctx.worker_index,
+        )))
     }
 }
 
@@ -105,10 +113,20 @@ pub fn event_schema() -> SchemaRef {
     fields.push(Field::new("ward.offset", DataType::UInt64, false));
     let entries = Field::new(
         "entries",
-        DataType::Struct(vec![Field::new("key", DataType::Utf8, false), Field::new("value", DataType::Utf8, true)].into()),
+        DataType::Struct(
+            vec![
+                Field::new("key", DataType::Utf8, false),
+                Field::new("value", DataType::Utf8, true),
+            ]
+            .into(),
+        ),
         false,
     );
-    fields.push(Field::new("ext", DataType::Map(Arc::new(entries), false), false));
+    fields.push(Field::new(
+        "ext",
+        DataType::Map(Arc::new(entries), false),
+        false,
+    ));
     Arc::new(Schema::new(fields))
 }
 
@@ -147,7 +165,9 @@ pub struct ParquetSink {
 impl ParquetSink {
     pub fn new(config: ParquetSinkConfig, dir: PathBuf, sink_id: &str, worker: usize) -> Self {
         let props = WriterProperties::builder()
-            .set_compression(Compression::ZSTD(ZstdLevel::try_new(config.zstd_level).unwrap_or_default()))
+            .set_compression(Compression::ZSTD(
+                ZstdLevel::try_new(config.zstd_level).unwrap_or_default(),
+            ))
             .set_max_row_group_row_count(Some(config.row_group_size))
             .build();
         ParquetSink {
@@ -167,7 +187,9 @@ impl ParquetSink {
 
     /// The partition of a row: hour or day bucket of its event time (None: no time).
     fn bucket(&self, b: &EventBatch, row: usize) -> Option<i64> {
-        let Some(Value::Timestamp(ms)) = b.get(row, ids::TIMESTAMP) else { return None };
+        let Some(Value::Timestamp(ms)) = b.get(row, ids::TIMESTAMP) else {
+            return None;
+        };
         match self.config.partition_by {
             PartitionBy::Hour => Some(ms.div_euclid(3_600_000)),
             PartitionBy::Day => Some(ms.div_euclid(86_400_000) * 24),
@@ -195,25 +217,41 @@ impl ParquetSink {
             let dir = self.partition_dir(bucket);
             std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
             let seq = self.seq.entry(bucket).or_insert(0);
-            let name = format!("part-{}-w{:03}-{:06}.parquet", self.sink_id, self.worker, seq);
+            let name = format!(
+                "part-{}-w{:03}-{:06}.parquet",
+                self.sink_id, self.worker, seq
+            );
             *seq += 1;
             let target = dir.join(&name);
             let tmp = dir.join(format!(".{name}.inprogress"));
             let file = File::create(&tmp).map_err(|e| anyhow::anyhow!("{}: {e}", tmp.display()))?;
             let writer = ArrowWriter::try_new(file, self.schema.clone(), Some(self.props.clone()))?;
-            self.open.insert(bucket, OpenFile { writer, tmp, target, rows: 0 });
+            self.open.insert(
+                bucket,
+                OpenFile {
+                    writer,
+                    tmp,
+                    target,
+                    rows: 0,
+                },
+            );
         }
         Ok(self.open.get_mut(&bucket).expect("inserted above"))
     }
 
     fn close(f: OpenFile) -> anyhow::Result<()> {
         f.writer.close()?;
-        std::fs::rename(&f.tmp, &f.target).map_err(|e| anyhow::anyhow!("{}: {e}", f.target.display()))?;
+        std::fs::rename(&f.tmp, &f.target)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", f.target.display()))?;
         Ok(())
     }
 
     /// Converts the given rows of a batch to an Arrow record batch.
-    pub fn to_record_batch(&mut self, b: &EventBatch, rows: &[usize]) -> anyhow::Result<RecordBatch> {
+    pub fn to_record_batch(
+        &mut self,
+        b: &EventBatch,
+        rows: &[usize],
+    ) -> anyhow::Result<RecordBatch> {
         let n = rows.len();
         let bytes = b.bytes();
         enum Col {
@@ -230,7 +268,9 @@ impl ParquetSink {
                 FieldType::Int => Col::I(Int64Builder::with_capacity(n)),
                 FieldType::Float => Col::F(Float64Builder::with_capacity(n)),
                 FieldType::Bool => Col::B(BooleanBuilder::with_capacity(n)),
-                FieldType::Timestamp => Col::T(TimestampMillisecondBuilder::with_capacity(n).with_timezone("UTC")),
+                FieldType::Timestamp => {
+                    Col::T(TimestampMillisecondBuilder::with_capacity(n).with_timezone("UTC"))
+                }
             })
             .collect();
         let mut source = StringBuilder::with_capacity(n, n * 8);
@@ -336,7 +376,9 @@ impl ParquetSink {
 
 impl Sink for ParquetSink {
     fn write(&mut self, payload: &Payload) -> anyhow::Result<()> {
-        let Payload::Events(b) = payload else { return Ok(()) };
+        let Payload::Events(b) = payload else {
+            return Ok(());
+        };
         // Group rows by partition, keeping their order within each.
         let mut groups: BTreeMap<Option<i64>, Vec<usize>> = BTreeMap::new();
         for row in 0..b.len() {
@@ -352,7 +394,12 @@ impl Sink for ParquetSink {
     }
 
     fn epoch_complete(&mut self, _epoch: u64) -> anyhow::Result<()> {
-        let full: Vec<_> = self.open.iter().filter(|(_, f)| f.rows >= self.config.max_file_rows).map(|(k, _)| *k).collect();
+        let full: Vec<_> = self
+            .open
+            .iter()
+            .filter(|(_, f)| f.rows >= self.config.max_file_rows)
+            .map(|(k, _)| *k)
+            .collect();
         for k in full {
             if let Some(f) = self.open.remove(&k) {
                 Self::close(f)?;
@@ -374,12 +421,18 @@ pub fn list_files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for e in rd.flatten() {
             let p = e.path();
             if p.is_dir() {
                 stack.push(p);
-            } else if p.extension().is_some_and(|x| x == "parquet") && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')) {
+            } else if p.extension().is_some_and(|x| x == "parquet")
+                && !p
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+            {
                 out.push(p);
             }
         }

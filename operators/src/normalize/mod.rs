@@ -11,7 +11,9 @@ use std::sync::Arc;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use ward_engine::batch::{Bytes, EventBatch, Heap, Key, Slot, StrRef, Value};
-use ward_engine::component::{Built, Operator, OperatorFactory, OperatorOutput, StreamKind, WorkerContext};
+use ward_engine::component::{
+    Built, Operator, OperatorFactory, OperatorOutput, StreamKind, WorkerContext,
+};
 use ward_engine::fields::{ids, FieldId, FieldType};
 use ward_engine::quarantine::{QuarantineRecord, Reason};
 use ward_engine::registry::{BuildContext, ComponentConfig, Section};
@@ -72,7 +74,12 @@ pub fn load_packs(names: &[String], resources: &Resources) -> anyhow::Result<Vec
         .map(|name| {
             let text = match name.strip_prefix("builtin:") {
                 Some(b) => builtin::get(b)
-                    .ok_or_else(|| anyhow::anyhow!("unknown built-in pack `{b}`; built-in packs: {}", builtin::names().join(", ")))?
+                    .ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "unknown built-in pack `{b}`; built-in packs: {}",
+                            builtin::names().join(", ")
+                        )
+                    })?
                     .to_string(),
                 None => resources.read_string(name)?,
             };
@@ -89,7 +96,12 @@ struct NormalizeFactory {
 
 impl OperatorFactory for NormalizeFactory {
     fn create(&self, ctx: &WorkerContext) -> anyhow::Result<Box<dyn Operator>> {
-        Ok(Box::new(Normalizer::new(ctx.component_id.clone(), self.packs.clone(), self.unmatched, self.keep_original)))
+        Ok(Box::new(Normalizer::new(
+            ctx.component_id.clone(),
+            self.packs.clone(),
+            self.unmatched,
+            self.keep_original,
+        )))
     }
 }
 
@@ -105,8 +117,21 @@ pub struct Normalizer {
 }
 
 impl Normalizer {
-    pub fn new(component: Arc<str>, packs: Arc<Vec<Pack>>, unmatched: Unmatched, keep_original: bool) -> Self {
-        Normalizer { component, packs, unmatched, keep_original, spare_slots: Vec::new(), scratch: String::new(), locs: Vec::new() }
+    pub fn new(
+        component: Arc<str>,
+        packs: Arc<Vec<Pack>>,
+        unmatched: Unmatched,
+        keep_original: bool,
+    ) -> Self {
+        Normalizer {
+            component,
+            packs,
+            unmatched,
+            keep_original,
+            spare_slots: Vec::new(),
+            scratch: String::new(),
+            locs: Vec::new(),
+        }
     }
 }
 
@@ -119,7 +144,10 @@ fn input<'a>(v: Value, raw: &'a [u8], heap: &[u8], scratch: &'a mut String) -> I
         Value::Int(i) => Input::Int(i),
         Value::Float(f) => Input::Float(f),
         Value::Timestamp(t) => Input::Timestamp(t),
-        Value::Ip(r) => Bytes { raw, heap }.ip(r).map(Input::Ip).unwrap_or(Input::Null),
+        Value::Ip(r) => Bytes { raw, heap }
+            .ip(r)
+            .map(Input::Ip)
+            .unwrap_or(Input::Null),
         Value::Str(r) if r.in_heap() => {
             scratch.clear();
             scratch.push_str(Bytes { raw, heap }.str(r));
@@ -163,7 +191,9 @@ fn holds(b: Bytes<'_>, slots: &[Slot], c: &Condition) -> bool {
         if let Test::Exists(want) = c.test {
             return want;
         }
-        let Some(text) = value_text(b, s.value, &mut buf) else { continue };
+        let Some(text) = value_text(b, s.value, &mut buf) else {
+            continue;
+        };
         let ok = match &c.test {
             Test::Equals(v) => text == v,
             Test::OneOf(vs) => vs.iter().any(|v| v == text),
@@ -200,7 +230,11 @@ fn apply_mapping(
     let ty = m.to.field_type();
     let value = match (ty, v) {
         // A plain string rename references the same bytes.
-        (FieldType::Str, Value::Str(r)) if !m.lowercase && !m.uppercase && m.transform.is_none() => Value::Str(r),
+        (FieldType::Str, Value::Str(r))
+            if !m.lowercase && !m.uppercase && m.transform.is_none() =>
+        {
+            Value::Str(r)
+        }
         (FieldType::Str, Value::Str(r)) => {
             scratch.clear();
             let text = Bytes { raw, heap }.str(r);
@@ -221,7 +255,16 @@ fn apply_mapping(
             let mut local = String::new();
             let inp = input(v, raw, heap, &mut local);
             let formats = m.formats.as_deref().unwrap_or(&pack.formats);
-            coerce(ty, inp, &TsOptions { formats, timezone: pack.timezone }, &mut Heap(heap)).map_err(|(r, d)| {
+            coerce(
+                ty,
+                inp,
+                &TsOptions {
+                    formats,
+                    timezone: pack.timezone,
+                },
+                &mut Heap(heap),
+            )
+            .map_err(|(r, d)| {
                 let name = match &m.to {
                     Target::Core(id) => id.name().to_string(),
                     Target::Ext(n) => n.clone(),
@@ -238,7 +281,9 @@ fn apply_mapping(
 fn is_null_marker(pack: &Pack, b: Bytes<'_>, v: Value) -> bool {
     match v {
         Value::Null => true,
-        Value::Str(r) => !pack.null_values.is_empty() && pack.null_values.iter().any(|n| b.eq(r, n)),
+        Value::Str(r) => {
+            !pack.null_values.is_empty() && pack.null_values.iter().any(|n| b.eq(r, n))
+        }
         _ => false,
     }
 }
@@ -260,7 +305,9 @@ impl Normalizer {
             let mapped = match s.key {
                 Key::Ext(k) => {
                     let b = Bytes { raw, heap };
-                    pack.mappings.get(b.bytes(k)).filter(|_| !is_null_marker(pack, b, s.value))
+                    pack.mappings
+                        .get(b.bytes(k))
+                        .filter(|_| !is_null_marker(pack, b, s.value))
                 }
                 Key::Core(_) => None,
             };
@@ -278,18 +325,36 @@ impl Normalizer {
         }
         // Rules, in order, each seeing what the ones before it did.
         for (ri, rule) in pack.rules.iter().enumerate() {
-            let ok = rule.when.iter().all(|c| holds(Bytes { raw, heap }, &out[start..], c));
+            let ok = rule
+                .when
+                .iter()
+                .all(|c| holds(Bytes { raw, heap }, &out[start..], c));
             if !ok {
                 continue;
             }
             for (t, v) in &rule.set {
                 let mut tmp = Vec::new();
-                let m = Mapping { to: t.clone(), copy: false, lowercase: false, uppercase: false, transform: None, formats: None };
+                let m = Mapping {
+                    to: t.clone(),
+                    copy: false,
+                    lowercase: false,
+                    uppercase: false,
+                    transform: None,
+                    formats: None,
+                };
                 let r = Heap(&mut tmp).push_str(v);
                 // Constants are few: coerce through a scratch heap, then copy in.
                 let val = {
                     let mut one = Vec::new();
-                    apply_mapping(&m, pack, Value::Str(r), &[], &mut tmp, &mut self.scratch, &mut one)?;
+                    apply_mapping(
+                        &m,
+                        pack,
+                        Value::Str(r),
+                        &[],
+                        &mut tmp,
+                        &mut self.scratch,
+                        &mut one,
+                    )?;
                     one[0].value
                 };
                 let val = rehome(val, &tmp, heap);
@@ -309,7 +374,10 @@ impl Normalizer {
                 }
             }
             if let Some(x) = &rule.extract {
-                let src = out[start..].iter().find(|s| key_matches(Bytes { raw, heap }, s.key, &x.from)).map(|s| s.value);
+                let src = out[start..]
+                    .iter()
+                    .find(|s| key_matches(Bytes { raw, heap }, s.key, &x.from))
+                    .map(|s| s.value);
                 if let Some(Value::Str(r)) = src {
                     if self.locs.len() <= ri {
                         self.locs.resize_with(ri + 1, || None);
@@ -323,9 +391,24 @@ impl Normalizer {
                             if let Some((a, b)) = locs.get(*group) {
                                 let mut tmp = Vec::new();
                                 let gr = Heap(&mut tmp).push_str(&text[a..b]);
-                                let m = Mapping { to: target.clone(), copy: false, lowercase: false, uppercase: false, transform: None, formats: None };
+                                let m = Mapping {
+                                    to: target.clone(),
+                                    copy: false,
+                                    lowercase: false,
+                                    uppercase: false,
+                                    transform: None,
+                                    formats: None,
+                                };
                                 let mut one = Vec::new();
-                                apply_mapping(&m, pack, Value::Str(gr), &[], &mut tmp, &mut String::new(), &mut one)?;
+                                apply_mapping(
+                                    &m,
+                                    pack,
+                                    Value::Str(gr),
+                                    &[],
+                                    &mut tmp,
+                                    &mut String::new(),
+                                    &mut one,
+                                )?;
                                 let val = rehome(one[0].value, &tmp, heap);
                                 let key = target_key(heap, target);
                                 out.push(Slot { key, value: val });
@@ -337,14 +420,27 @@ impl Normalizer {
             }
         }
         if let Some(module) = &pack.module {
-            if !out[start..].iter().any(|s| s.key == Key::Core(FieldId::lookup("event.module").expect("core field"))) {
+            if !out[start..]
+                .iter()
+                .any(|s| s.key == Key::Core(FieldId::lookup("event.module").expect("core field")))
+            {
                 let r = Heap(heap).push_str(module);
-                out.push(Slot { key: Key::Core(FieldId::lookup("event.module").expect("core field")), value: Value::Str(r) });
+                out.push(Slot {
+                    key: Key::Core(FieldId::lookup("event.module").expect("core field")),
+                    value: Value::Str(r),
+                });
             }
         }
         for req in &pack.required {
             if !out[start..].iter().any(|s| s.key == Key::Core(*req)) {
-                return Err((Reason::MissingField, format!("pack {}: required field {} is missing", pack.name, req.name())));
+                return Err((
+                    Reason::MissingField,
+                    format!(
+                        "pack {}: required field {} is missing",
+                        pack.name,
+                        req.name()
+                    ),
+                ));
             }
         }
         Ok(())
@@ -353,7 +449,10 @@ impl Normalizer {
 
 /// Moves a value's bytes from a temporary heap into the batch heap.
 fn rehome(v: Value, from: &[u8], heap: &mut Vec<u8>) -> Value {
-    let b = Bytes { raw: &[], heap: from };
+    let b = Bytes {
+        raw: &[],
+        heap: from,
+    };
     match v {
         Value::Str(r) => Value::Str(Heap(heap).push_bytes(b.bytes(r))),
         Value::Ip(r) => Value::Ip(Heap(heap).push_bytes(b.bytes(r))),
@@ -402,12 +501,24 @@ impl Operator for Normalizer {
             let row = batch.rows[i];
             let old = &batch.slots[row.slots_start as usize..row.slots_end as usize];
             let start = new_slots.len();
-            let pack = packs.iter().find(|p| p.when.iter().all(|c| holds(Bytes { raw: &raw, heap: &heap }, old, c)));
+            let pack = packs.iter().find(|p| {
+                p.when.iter().all(|c| {
+                    holds(
+                        Bytes {
+                            raw: &raw,
+                            heap: &heap,
+                        },
+                        old,
+                        c,
+                    )
+                })
+            });
             let result = match pack {
                 Some(p) => self.row(p, old, &raw, &mut heap, &mut new_slots, start),
-                None if self.unmatched == Unmatched::Quarantine => {
-                    Err((Reason::UnknownFormat, "no normalization pack handles this record".into()))
-                }
+                None if self.unmatched == Unmatched::Quarantine => Err((
+                    Reason::UnknownFormat,
+                    "no normalization pack handles this record".into(),
+                )),
                 None => {
                     new_slots.extend_from_slice(old);
                     Ok(())
@@ -430,14 +541,23 @@ impl Operator for Normalizer {
                     hex[2 * j + 1] = DIGITS[(byte & 15) as usize];
                 }
                 let r = Heap(&mut heap).push_bytes(&hex);
-                new_slots.push(Slot { key: Key::Core(ids::EVENT_ID), value: Value::Str(r) });
+                new_slots.push(Slot {
+                    key: Key::Core(ids::EVENT_ID),
+                    value: Value::Str(r),
+                });
             }
             if !has(ids::EVENT_KIND, &new_slots[start..]) {
                 let r = Heap(&mut heap).push_str("event");
-                new_slots.push(Slot { key: Key::Core(ids::EVENT_KIND), value: Value::Str(r) });
+                new_slots.push(Slot {
+                    key: Key::Core(ids::EVENT_KIND),
+                    value: Value::Str(r),
+                });
             }
             if self.keep_original {
-                new_slots.push(Slot { key: Key::Core(ids::EVENT_ORIGINAL), value: Value::Str(row.raw) });
+                new_slots.push(Slot {
+                    key: Key::Core(ids::EVENT_ORIGINAL),
+                    value: Value::Str(row.raw),
+                });
             }
             let r = &mut batch.rows[i];
             r.slots_start = start as u32;
@@ -447,7 +567,13 @@ impl Operator for Normalizer {
         batch.raw = raw;
         batch.heap = heap;
         for (i, reason, detail) in rejected {
-            out.quarantine.push(QuarantineRecord::from_row(&batch, i, &self.component, reason, detail));
+            out.quarantine.push(QuarantineRecord::from_row(
+                &batch,
+                i,
+                &self.component,
+                reason,
+                detail,
+            ));
         }
         batch.retain_rows(|i| keep[i]);
         if !batch.is_empty() {

@@ -216,13 +216,27 @@ pub struct Pack {
 fn compile_mapping(m: &MappingSpec) -> Result<Mapping, String> {
     let to = Target::parse(&m.to);
     let formats = match &m.formats {
-        Some(f) => Some(f.iter().map(|s| TsFormat::parse(s)).collect::<Result<Vec<_>, _>>()?),
+        Some(f) => Some(
+            f.iter()
+                .map(|s| TsFormat::parse(s))
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
         None => None,
     };
     if (m.lowercase || m.uppercase || m.transform.is_some()) && to.field_type() != FieldType::Str {
-        return Err(format!("mapping {} -> {}: lowercase/uppercase/transform need a string field", m.from, m.to));
+        return Err(format!(
+            "mapping {} -> {}: lowercase/uppercase/transform need a string field",
+            m.from, m.to
+        ));
     }
-    Ok(Mapping { to, copy: m.copy, lowercase: m.lowercase, uppercase: m.uppercase, transform: m.transform, formats })
+    Ok(Mapping {
+        to,
+        copy: m.copy,
+        lowercase: m.lowercase,
+        uppercase: m.uppercase,
+        transform: m.transform,
+        formats,
+    })
 }
 
 fn compile_condition(c: &ConditionSpec) -> Result<Condition, String> {
@@ -240,7 +254,9 @@ fn compile_condition(c: &ConditionSpec) -> Result<Condition, String> {
         tests.push(Test::Contains(v.clone()));
     }
     if let Some(v) = &c.matches {
-        tests.push(Test::Matches(regex::Regex::new(v).map_err(|e| format!("condition on {}: {e}", c.field))?));
+        tests.push(Test::Matches(
+            regex::Regex::new(v).map_err(|e| format!("condition on {}: {e}", c.field))?,
+        ));
     }
     if let Some(v) = c.exists {
         tests.push(Test::Exists(v));
@@ -251,40 +267,62 @@ fn compile_condition(c: &ConditionSpec) -> Result<Condition, String> {
             c.field
         ));
     }
-    Ok(Condition { field: Target::parse(&c.field), test: tests.pop().expect("one test") })
+    Ok(Condition {
+        field: Target::parse(&c.field),
+        test: tests.pop().expect("one test"),
+    })
 }
 
 impl Pack {
     pub fn compile(file: &PackFile) -> Result<Pack, String> {
-        let formats = file.timestamp_formats.iter().map(|s| TsFormat::parse(s)).collect::<Result<Vec<_>, _>>()?;
+        let formats = file
+            .timestamp_formats
+            .iter()
+            .map(|s| TsFormat::parse(s))
+            .collect::<Result<Vec<_>, _>>()?;
         let timezone = match &file.timezone {
-            Some(z) => z.parse::<chrono_tz::Tz>().map_err(|e| format!("timezone `{z}`: {e}"))?,
+            Some(z) => z
+                .parse::<chrono_tz::Tz>()
+                .map_err(|e| format!("timezone `{z}`: {e}"))?,
             None => chrono_tz::UTC,
         };
         let mut mappings: ahash::AHashMap<Box<[u8]>, Vec<Mapping>> = ahash::AHashMap::new();
         for m in &file.fields {
-            mappings.entry(m.from.as_bytes().into()).or_default().push(compile_mapping(m)?);
+            mappings
+                .entry(m.from.as_bytes().into())
+                .or_default()
+                .push(compile_mapping(m)?);
         }
         let required = file
             .required
             .iter()
-            .map(|r| FieldId::lookup(r).ok_or_else(|| format!("required field `{r}` is not an ECS-lite field")))
+            .map(|r| {
+                FieldId::lookup(r)
+                    .ok_or_else(|| format!("required field `{r}` is not an ECS-lite field"))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let mut rules = Vec::new();
         for r in &file.rules {
             let extract = match &r.extract {
                 None => None,
                 Some(x) => {
-                    let regex = regex::Regex::new(&x.pattern).map_err(|e| format!("extract pattern: {e}"))?;
+                    let regex = regex::Regex::new(&x.pattern)
+                        .map_err(|e| format!("extract pattern: {e}"))?;
                     let mut groups = Vec::new();
                     for (group, to) in &x.fields {
                         let idx = regex
                             .capture_names()
                             .position(|n| n == Some(group.as_str()))
-                            .ok_or_else(|| format!("extract: the pattern has no group named `{group}`"))?;
+                            .ok_or_else(|| {
+                                format!("extract: the pattern has no group named `{group}`")
+                            })?;
                         groups.push((idx, Target::parse(to)));
                     }
-                    Some(Extract { from: Target::parse(&x.from), regex, groups })
+                    Some(Extract {
+                        from: Target::parse(&x.from),
+                        regex,
+                        groups,
+                    })
                 }
             };
             let mut set = Vec::new();
@@ -292,16 +330,28 @@ impl Pack {
                 set.push((Target::parse(k), v.clone()));
             }
             rules.push(Rule {
-                when: r.when.iter().map(compile_condition).collect::<Result<_, _>>()?,
+                when: r
+                    .when
+                    .iter()
+                    .map(compile_condition)
+                    .collect::<Result<_, _>>()?,
                 set,
-                fields: r.fields.iter().map(|m| compile_mapping(m).map(|c| (m.from.clone(), c))).collect::<Result<_, _>>()?,
+                fields: r
+                    .fields
+                    .iter()
+                    .map(|m| compile_mapping(m).map(|c| (m.from.clone(), c)))
+                    .collect::<Result<_, _>>()?,
                 extract,
             });
         }
         Ok(Pack {
             name: file.name.clone(),
             module: file.module.clone(),
-            when: file.when.iter().map(compile_condition).collect::<Result<_, _>>()?,
+            when: file
+                .when
+                .iter()
+                .map(compile_condition)
+                .collect::<Result<_, _>>()?,
             formats,
             timezone,
             null_values: file.null_values.clone(),
@@ -313,14 +363,18 @@ impl Pack {
 
     /// Parses and compiles a pack file; errors carry line and column.
     pub fn from_yaml(name: &str, text: &str) -> Result<Pack, String> {
-        let file: PackFile = marked_yaml::from_yaml_with_options(0, text, marked_yaml::LoaderOptions::default().error_on_duplicate_keys(true))
-            .map_err(|e| match &e {
-                marked_yaml::FromYamlError::FromNode(n) => match n.start_mark() {
-                    Some(m) => format!("{name}:{}:{}: {n}", m.line(), m.column()),
-                    None => format!("{name}: {n}"),
-                },
-                marked_yaml::FromYamlError::ParseYaml(p) => format!("{name}: {p}"),
-            })?;
+        let file: PackFile = marked_yaml::from_yaml_with_options(
+            0,
+            text,
+            marked_yaml::LoaderOptions::default().error_on_duplicate_keys(true),
+        )
+        .map_err(|e| match &e {
+            marked_yaml::FromYamlError::FromNode(n) => match n.start_mark() {
+                Some(m) => format!("{name}:{}:{}: {n}", m.line(), m.column()),
+                None => format!("{name}: {n}"),
+            },
+            marked_yaml::FromYamlError::ParseYaml(p) => format!("{name}: {p}"),
+        })?;
         Pack::compile(&file).map_err(|e| format!("{name}: {e}"))
     }
 }

@@ -33,7 +33,10 @@ pub(crate) fn split_header(body: &str, n: usize) -> Result<(Vec<&str>, &str), St
     let mut i = 0;
     while fields.len() < n {
         if i >= b.len() {
-            return Err(format!("header has {} of {n} pipe-separated fields", fields.len()));
+            return Err(format!(
+                "header has {} of {n} pipe-separated fields",
+                fields.len()
+            ));
         }
         match b[i] {
             b'\\' => i += 2,
@@ -87,7 +90,12 @@ fn parse_extension(ext: &str, w: &mut FieldWriter<'_>) -> Result<(), String> {
             b'\\' => i += 2,
             b'=' => {
                 let mut k = i;
-                while k > 0 && (b[k - 1].is_ascii_alphanumeric() || b[k - 1] == b'_' || b[k - 1] == b'.' || b[k - 1] == b'-') {
+                while k > 0
+                    && (b[k - 1].is_ascii_alphanumeric()
+                        || b[k - 1] == b'_'
+                        || b[k - 1] == b'.'
+                        || b[k - 1] == b'-')
+                {
                     k -= 1;
                 }
                 if k == i {
@@ -146,7 +154,9 @@ mod tests {
 
     #[test]
     fn rejects_short_header() {
-        assert!(parse_with("CEF:0|V|P|1.0", parse_cef).unwrap_err().contains("of 7"));
+        assert!(parse_with("CEF:0|V|P|1.0", parse_cef)
+            .unwrap_err()
+            .contains("of 7"));
         assert!(parse_with("CEF:0|V|P|1|s|n|5|=novalue", parse_cef).is_err());
     }
 }

@@ -14,7 +14,9 @@ use super::writer::FieldWriter;
 pub fn parse_json(text: &str, w: &mut FieldWriter<'_>) -> Result<(), String> {
     let mut path = String::new();
     let mut de = serde_json::Deserializer::from_str(text);
-    Root { w, path: &mut path }.deserialize(&mut de).map_err(|e| e.to_string())?;
+    Root { w, path: &mut path }
+        .deserialize(&mut de)
+        .map_err(|e| e.to_string())?;
     de.end().map_err(|e| e.to_string())
 }
 
@@ -26,7 +28,10 @@ struct Root<'p, 'w, 'a> {
 impl<'de> DeserializeSeed<'de> for Root<'_, '_, '_> {
     type Value = ();
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_map(ObjectVisitor { w: self.w, path: self.path })
+        d.deserialize_map(ObjectVisitor {
+            w: self.w,
+            path: self.path,
+        })
     }
 }
 
@@ -48,7 +53,11 @@ impl<'de> Visitor<'de> for ObjectVisitor<'_, '_, '_> {
             }
             let borrowed_top_level = base == 0 && matches!(key, KeyText::Borrowed(_));
             self.path.push_str(key.as_str());
-            map.next_value_seed(ValueSeed { w: self.w, path: self.path, key_in_payload: borrowed_top_level.then_some(key) })?;
+            map.next_value_seed(ValueSeed {
+                w: self.w,
+                path: self.path,
+                key_in_payload: borrowed_top_level.then_some(key),
+            })?;
             self.path.truncate(base);
         }
         Ok(())
@@ -158,20 +167,31 @@ impl<'de> Visitor<'de> for ValueSeed<'_, '_, '_, 'de> {
         Ok(())
     }
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
-        ObjectVisitor { w: self.w, path: self.path }.visit_map(map)
+        ObjectVisitor {
+            w: self.w,
+            path: self.path,
+        }
+        .visit_map(map)
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         // Each element is written under the array's own name.
-        while seq.next_element_seed(ValueSeed { w: self.w, path: self.path, key_in_payload: None })?.is_some() {}
+        while seq
+            .next_element_seed(ValueSeed {
+                w: self.w,
+                path: self.path,
+                key_in_payload: None,
+            })?
+            .is_some()
+        {}
         Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::writer::FieldWriter;
     use super::*;
     use ward_engine::batch::{EventBatch, Key};
-    use super::super::writer::FieldWriter;
 
     fn parse(text: &str) -> Result<serde_json::Value, String> {
         super::super::tests::parse_with(text, parse_json)
@@ -223,5 +243,4 @@ mod tests {
         let deep = "{\"a\":".repeat(1000) + "1" + &"}".repeat(1000);
         assert!(parse(&deep).unwrap_err().contains("recursion"));
     }
-
 }

@@ -11,19 +11,31 @@ pub fn parse_leef(text: &str, w: &mut FieldWriter<'_>) -> Result<(), String> {
     let version = &body[..version_end];
     let v2 = version.starts_with('2');
     let (headers, rest) = split_header(body, if v2 { 6 } else { 5 })?;
-    for (name, value) in ["leef.version", "leef.vendor", "leef.product", "leef.product_version", "leef.event_id"]
-        .iter()
-        .zip(&headers)
+    for (name, value) in [
+        "leef.version",
+        "leef.vendor",
+        "leef.product",
+        "leef.product_version",
+        "leef.event_id",
+    ]
+    .iter()
+    .zip(&headers)
     {
         w.put_str(name, value);
     }
-    let delimiter = if v2 { parse_delimiter(headers[5])? } else { '\t' };
+    let delimiter = if v2 {
+        parse_delimiter(headers[5])?
+    } else {
+        '\t'
+    };
     let mut pairs = 0;
     for attr in rest.split(delimiter) {
         if attr.trim().is_empty() {
             continue;
         }
-        let (k, v) = attr.split_once('=').ok_or_else(|| format!("attribute `{}` is not key=value", attr.escape_debug()))?;
+        let (k, v) = attr
+            .split_once('=')
+            .ok_or_else(|| format!("attribute `{}` is not key=value", attr.escape_debug()))?;
         if k.is_empty() {
             return Err("attribute with an empty key".into());
         }
@@ -38,7 +50,10 @@ fn parse_delimiter(d: &str) -> Result<char, String> {
     if d.is_empty() {
         return Ok('\t');
     }
-    let hex = d.strip_prefix("0x").or_else(|| d.strip_prefix("x")).or_else(|| d.strip_prefix("X"));
+    let hex = d
+        .strip_prefix("0x")
+        .or_else(|| d.strip_prefix("x"))
+        .or_else(|| d.strip_prefix("X"));
     match hex {
         Some(h) if !h.is_empty() => u32::from_str_radix(h, 16)
             .ok()
@@ -64,7 +79,11 @@ mod tests {
 
     #[test]
     fn leef2_custom_delimiter() {
-        let j = parse_with("LEEF:2.0|Lancope|StealthWatch|1.0|41|^|src=10.0.1.8^dst=10.0.0.5^sev=5", parse_leef).unwrap();
+        let j = parse_with(
+            "LEEF:2.0|Lancope|StealthWatch|1.0|41|^|src=10.0.1.8^dst=10.0.0.5^sev=5",
+            parse_leef,
+        )
+        .unwrap();
         assert_eq!(j["dst"], "10.0.0.5");
         let j = parse_with("LEEF:2.0|V|P|1|id|x5E|a=1^b=2", parse_leef).unwrap();
         assert_eq!(j["b"], "2");

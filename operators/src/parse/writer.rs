@@ -19,7 +19,13 @@ impl<'a> FieldWriter<'a> {
     pub fn new(raw: &'a [u8], heap: &'a mut Vec<u8>, slots: &'a mut Vec<Slot>) -> Self {
         let row_start = slots.len();
         let heap_start = heap.len();
-        FieldWriter { raw, heap, slots, row_start, heap_start }
+        FieldWriter {
+            raw,
+            heap,
+            slots,
+            row_start,
+            heap_start,
+        }
     }
 
     /// Starts a new record.
@@ -67,7 +73,10 @@ impl<'a> FieldWriter<'a> {
     #[inline]
     pub fn put_keyed_str(&mut self, key: Key, value: &str) {
         let v = self.text(value);
-        self.slots.push(Slot { key, value: Value::Str(v) });
+        self.slots.push(Slot {
+            key,
+            value: Value::Str(v),
+        });
     }
 
     #[inline]

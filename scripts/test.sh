@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Ward's test command: installs what the tests need (idempotent, quick when present),
+# runs a short fuzz pass over every parser, then the whole test suite.
+#
+#   bash scripts/test.sh            # everything
+#   WARD_FUZZ_SECONDS=0 bash scripts/test.sh   # skip fuzzing
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\n== %s\n' "$*" >&2; }
+
+apt_updated=0
+apt_install() {
+  if [ "$apt_updated" = 0 ]; then
+    apt-get update -qq >/dev/null
+    apt_updated=1
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+log "dependencies"
+command -v promtool >/dev/null || { log "installing prometheus (promtool)"; apt_install prometheus; }
+if ! python3 -c 'import pyarrow, jsonschema, yaml' 2>/dev/null; then
+  log "installing pyarrow, jsonschema, pyyaml"
+  python3 -m pip install -q --disable-pip-version-check pyarrow jsonschema pyyaml
+fi
+fuzz_seconds=${WARD_FUZZ_SECONDS:-10}
+if [ "$fuzz_seconds" != 0 ] && ! cargo fuzz --version >/dev/null 2>&1; then
+  log "installing cargo-fuzz"
+  cargo install -q cargo-fuzz --locked
+fi
+
+if [ "$fuzz_seconds" != 0 ]; then
+  log "fuzzing every parser for ${fuzz_seconds}s each"
+  FUZZ_TARGET_DIR="${CARGO_TARGET_DIR:-target}-fuzz" bash scripts/fuzz.sh "$fuzz_seconds"
+fi
+
+log "cargo test"
+cargo test --workspace --all-targets --no-fail-fast
