@@ -36,4 +36,10 @@ if [ "$fuzz_seconds" != 0 ]; then
 fi
 
 log "cargo test"
-cargo test --workspace --all-targets --no-fail-fast
+results=$(mktemp)
+status=0
+cargo test --workspace --all-targets --no-fail-fast 2>&1 | tee "$results" || status=$?
+# One closing line for the whole suite.
+awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$results"
+rm -f "$results"
+exit "$status"

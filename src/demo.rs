@@ -4,26 +4,11 @@
 use std::path::{Path, PathBuf};
 
 const FILES: &[(&str, &[u8])] = &[
-    (
-        "pipelines/demo.yaml",
-        include_bytes!("../pipelines/demo.yaml"),
-    ),
-    (
-        "rules/ti/demo-indicators.txt",
-        include_bytes!("../rules/ti/demo-indicators.txt"),
-    ),
-    (
-        "rules/assets/demo-assets.csv",
-        include_bytes!("../rules/assets/demo-assets.csv"),
-    ),
-    (
-        "rules/geo/ward-test-city.mmdb",
-        include_bytes!("../rules/geo/ward-test-city.mmdb"),
-    ),
-    (
-        "rules/geo/ward-test-asn.mmdb",
-        include_bytes!("../rules/geo/ward-test-asn.mmdb"),
-    ),
+    ("pipelines/demo.yaml", include_bytes!("../pipelines/demo.yaml")),
+    ("rules/ti/demo-indicators.txt", include_bytes!("../rules/ti/demo-indicators.txt")),
+    ("rules/assets/demo-assets.csv", include_bytes!("../rules/assets/demo-assets.csv")),
+    ("rules/geo/ward-test-city.mmdb", include_bytes!("../rules/geo/ward-test-city.mmdb")),
+    ("rules/geo/ward-test-asn.mmdb", include_bytes!("../rules/geo/ward-test-asn.mmdb")),
 ];
 
 /// Writes the demo files under `out` and returns the spec's path.
@@ -36,9 +21,7 @@ pub fn materialize(out: &Path, count: Option<u64>) -> anyhow::Result<PathBuf> {
         let mut data = bytes.to_vec();
         if let (Some(n), true) = (count, rel.ends_with("demo.yaml")) {
             let text = String::from_utf8(data)?;
-            data = text
-                .replacen("    count: 100000", &format!("    count: {n}"), 1)
-                .into_bytes();
+            data = text.replacen("    count: 100000", &format!("    count: {n}"), 1).into_bytes();
         }
         std::fs::write(&path, data)?;
     }

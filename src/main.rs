@@ -103,11 +103,7 @@ fn run_spec(spec: &Spec, args: &RunArgs) -> ExitCode {
         let _ = signal_hook::flag::register_conditional_shutdown(sig, 130, stop.clone());
         let _ = signal_hook::flag::register(sig, stop.clone());
     }
-    let opts = RunOptions {
-        workers: args.workers,
-        admin_listen: args.admin.clone(),
-        progress: !args.quiet,
-    };
+    let opts = RunOptions { workers: args.workers, admin_listen: args.admin.clone(), progress: !args.quiet };
     match runtime::run(spec, &opts, stop) {
         Ok(summary) => {
             if !args.quiet {
@@ -115,10 +111,7 @@ fn run_spec(spec: &Spec, args: &RunArgs) -> ExitCode {
             }
             if let Some(path) = &args.summary_json {
                 let json = summary_json(&summary);
-                if let Err(e) = std::fs::write(
-                    path,
-                    serde_json::to_string_pretty(&json).unwrap_or_default(),
-                ) {
+                if let Err(e) = std::fs::write(path, serde_json::to_string_pretty(&json).unwrap_or_default()) {
                     eprintln!("error: cannot write {}: {e}", path.display());
                     return ExitCode::from(1);
                 }
@@ -214,20 +207,14 @@ fn main() -> ExitCode {
         Command::Schema => {
             println!(
                 "{}",
-                serde_json::to_string_pretty(&ward_engine::spec::json_schema(&registry))
-                    .unwrap_or_default()
+                serde_json::to_string_pretty(&ward_engine::spec::json_schema(&registry)).unwrap_or_default()
             );
             ExitCode::SUCCESS
         }
         Command::Fields => {
             println!("| field | type | description |\n|---|---|---|");
             for f in ward_engine::fields::FieldId::all() {
-                println!(
-                    "| `{}` | {:?} | {} |",
-                    f.name(),
-                    f.field_type(),
-                    f.description()
-                );
+                println!("| `{}` | {:?} | {} |", f.name(), f.field_type(), f.description());
             }
             ExitCode::SUCCESS
         }

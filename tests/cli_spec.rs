@@ -46,9 +46,7 @@ fn assert_rejected(text: &str, line: usize, col: Option<usize>, needle: &str) {
         None => format!("{path}:{line}:"),
     };
     assert!(
-        r.stderr
-            .lines()
-            .any(|l| l.starts_with(&prefix) && l.contains(needle)),
+        r.stderr.lines().any(|l| l.starts_with(&prefix) && l.contains(needle)),
         "expected `{prefix}...{needle}` in:\n{}",
         r.stderr
     );
@@ -63,19 +61,9 @@ fn good_spec_validates() {
 
 #[test]
 fn unknown_type() {
-    assert_rejected(
-        &GOOD.replace("type: parse", "type: prase"),
-        8,
-        Some(11),
-        "unknown operator type `prase`",
-    );
+    assert_rejected(&GOOD.replace("type: parse", "type: prase"), 8, Some(11), "unknown operator type `prase`");
     // A sink type under operators gets a hint.
-    assert_rejected(
-        &GOOD.replace("type: parse", "type: parquet"),
-        8,
-        Some(11),
-        "belongs under `sinks`",
-    );
+    assert_rejected(&GOOD.replace("type: parse", "type: parquet"), 8, Some(11), "belongs under `sinks`");
     // The broken component is not reported again as a dangling input.
     let (r, _) = validate(&GOOD.replace("type: parse", "type: prase"));
     assert!(r.stderr.contains("1 problem(s)"), "{}", r.stderr);
@@ -83,56 +71,21 @@ fn unknown_type() {
 
 #[test]
 fn unknown_field() {
-    assert_rejected(
-        &GOOD.replace("    count: 10", "    count: 10\n    cuont: 5"),
-        6,
-        Some(5),
-        "unknown field `cuont`",
-    );
-    assert_rejected(
-        &format!("{GOOD}extra: 1\n"),
-        23,
-        Some(1),
-        "unknown top-level key `extra`",
-    );
+    assert_rejected(&GOOD.replace("    count: 10", "    count: 10\n    cuont: 5"), 6, Some(5), "unknown field `cuont`");
+    assert_rejected(&format!("{GOOD}extra: 1\n"), 23, Some(1), "unknown top-level key `extra`");
 }
 
 #[test]
 fn missing_fields() {
-    assert_rejected(
-        &GOOD.replace("  - id: parse\n", "  - ids: parse\n"),
-        7,
-        None,
-        "missing field `id`",
-    );
-    assert_rejected(
-        &GOOD.replace("    type: parse\n", ""),
-        7,
-        None,
-        "missing field `type`",
-    );
-    assert_rejected(
-        &GOOD.replace("    inputs: [src]\n", ""),
-        7,
-        None,
-        "missing field `inputs`",
-    );
-    assert_rejected(
-        &GOOD.replace("    path: out.jsonl\n", ""),
-        15,
-        None,
-        "missing field `path`",
-    );
+    assert_rejected(&GOOD.replace("  - id: parse\n", "  - ids: parse\n"), 7, None, "missing field `id`");
+    assert_rejected(&GOOD.replace("    type: parse\n", ""), 7, None, "missing field `type`");
+    assert_rejected(&GOOD.replace("    inputs: [src]\n", ""), 7, None, "missing field `inputs`");
+    assert_rejected(&GOOD.replace("    path: out.jsonl\n", ""), 15, None, "missing field `path`");
 }
 
 #[test]
 fn dangling_input() {
-    assert_rejected(
-        &GOOD.replace("inputs: [parse]", "inputs: [pasre]"),
-        12,
-        Some(14),
-        "input `pasre` does not exist",
-    );
+    assert_rejected(&GOOD.replace("inputs: [parse]", "inputs: [pasre]"), 12, Some(14), "input `pasre` does not exist");
 }
 
 #[test]
@@ -141,104 +94,47 @@ fn cycle() {
     let (r, _) = validate(&text);
     assert_eq!(r.code, 2);
     assert!(r.stderr.contains("cycle"), "{}", r.stderr);
-    assert!(
-        r.stderr.contains("parse -> normalize") || r.stderr.contains("normalize -> parse"),
-        "{}",
-        r.stderr
-    );
+    assert!(r.stderr.contains("parse -> normalize") || r.stderr.contains("normalize -> parse"), "{}", r.stderr);
 }
 
 #[test]
 fn type_mismatch() {
     // Records straight into normalize (it needs parsed events).
-    assert_rejected(
-        &GOOD.replace("inputs: [parse]", "inputs: [src]"),
-        12,
-        Some(14),
-        "type mismatch",
-    );
+    assert_rejected(&GOOD.replace("inputs: [parse]", "inputs: [src]"), 12, Some(14), "type mismatch");
     // An events sink fed by the quarantine stream.
     let text = GOOD.replace("    inputs: [quarantine]\n    path: q.jsonl", "    inputs: [quarantine]\n    path: q.jsonl\n  - id: pq\n    type: parquet\n    inputs: [parse.quarantine]\n    path: pq");
-    assert_rejected(
-        &text,
-        25,
-        Some(14),
-        "accepts events but input `parse.quarantine` is a quarantine stream",
-    );
+    assert_rejected(&text, 25, Some(14), "accepts events but input `parse.quarantine` is a quarantine stream");
 }
 
 #[test]
 fn duplicate_ids_and_bad_ids() {
-    assert_rejected(
-        &GOOD.replace("  - id: normalize", "  - id: parse"),
-        10,
-        None,
-        "duplicate id `parse`",
-    );
-    assert_rejected(
-        &GOOD.replace("  - id: out\n", "  - id: quarantine\n"),
-        15,
-        None,
-        "reserved",
-    );
-    assert_rejected(
-        &GOOD.replace("  - id: out\n", "  - id: \"out put\"\n"),
-        15,
-        None,
-        "invalid id",
-    );
+    assert_rejected(&GOOD.replace("  - id: normalize", "  - id: parse"), 10, None, "duplicate id `parse`");
+    assert_rejected(&GOOD.replace("  - id: out\n", "  - id: quarantine\n"), 15, None, "reserved");
+    assert_rejected(&GOOD.replace("  - id: out\n", "  - id: \"out put\"\n"), 15, None, "invalid id");
 }
 
 #[test]
 fn output_nobody_reads() {
-    let text = GOOD.replace(
-        "    inputs: [normalize]\n    path: out.jsonl",
-        "    inputs: [parse]\n    path: out.jsonl",
-    );
-    assert_rejected(
-        &text,
-        10,
-        None,
-        "the output of `normalize` is not an input of any operator or sink",
-    );
+    let text = GOOD.replace("    inputs: [normalize]\n    path: out.jsonl", "    inputs: [parse]\n    path: out.jsonl");
+    assert_rejected(&text, 10, None, "the output of `normalize` is not an input of any operator or sink");
 }
 
 #[test]
 fn bad_values_and_files() {
-    assert_rejected(
-        &GOOD.replace("    count: 10", "    count: lots"),
-        5,
-        None,
-        "expected an integer",
-    );
-    assert_rejected(
-        &GOOD.replace("packs: [builtin:windows]", "packs: [packs/missing.yaml]"),
-        10,
-        None,
-        "missing.yaml",
-    );
+    assert_rejected(&GOOD.replace("    count: 10", "    count: lots"), 5, None, "expected an integer");
+    assert_rejected(&GOOD.replace("packs: [builtin:windows]", "packs: [packs/missing.yaml]"), 10, None, "missing.yaml");
     assert_rejected(
         &GOOD.replace("packs: [builtin:windows]", "packs: [builtin:nope]"),
         10,
         None,
         "unknown built-in pack",
     );
-    assert_rejected(
-        &format!("settings:\n  batch_size: many\n{GOOD}"),
-        2,
-        None,
-        "settings",
-    );
+    assert_rejected(&format!("settings:\n  batch_size: many\n{GOOD}"), 2, None, "settings");
 }
 
 #[test]
 fn invalid_yaml() {
-    assert_rejected(
-        "sources:\n  - id: a\n    type: [unclosed\n",
-        4,
-        None,
-        "invalid YAML",
-    );
+    assert_rejected("sources:\n  - id: a\n    type: [unclosed\n", 4, None, "invalid YAML");
     let (r, _) = validate("- just\n- a list\n");
     assert_eq!(r.code, 2);
     assert!(r.stderr.contains("must be a YAML mapping"), "{}", r.stderr);
@@ -246,16 +142,10 @@ fn invalid_yaml() {
 
 #[test]
 fn all_problems_are_reported_at_once() {
-    let text = GOOD
-        .replace("type: parse", "type: prase")
-        .replace("path: out.jsonl", "path: out.jsonl\n    bogus: 1");
+    let text = GOOD.replace("type: parse", "type: prase").replace("path: out.jsonl", "path: out.jsonl\n    bogus: 1");
     let (r, _) = validate(&text);
     assert_eq!(r.code, 2);
-    assert!(
-        r.stderr.contains("prase") && r.stderr.contains("bogus"),
-        "{}",
-        r.stderr
-    );
+    assert!(r.stderr.contains("prase") && r.stderr.contains("bogus"), "{}", r.stderr);
 }
 
 #[test]
@@ -266,20 +156,11 @@ fn graph_mermaid_and_dot() {
     assert_eq!(m.code, 0, "{}", m.stderr);
     assert!(m.stdout.starts_with("flowchart LR"));
     assert!(m.stdout.contains("src -->|records| parse"), "{}", m.stdout);
-    assert!(
-        m.stdout.contains("normalize -->|events| out"),
-        "{}",
-        m.stdout
-    );
+    assert!(m.stdout.contains("normalize -->|events| out"), "{}", m.stdout);
     assert!(m.stdout.contains("parse -->|quarantine| q"), "{}", m.stdout);
     let d = ward(&["graph", &path, "--format", "dot"]);
     assert!(d.stdout.starts_with("digraph \"t\""));
-    assert!(
-        d.stdout
-            .contains("\"parse\" -> \"normalize\" [label=\"events\"]"),
-        "{}",
-        d.stdout
-    );
+    assert!(d.stdout.contains("\"parse\" -> \"normalize\" [label=\"events\"]"), "{}", d.stdout);
 }
 
 #[test]
@@ -296,11 +177,7 @@ fn schema_validates_the_shipped_specs_and_rejects_bad_ones() {
     assert_eq!(types, ["enrich", "normalize", "parse"]);
     let dir = tempfile::tempdir().unwrap();
     let schema_path = write(dir.path(), "schema.json", &s.stdout);
-    let bad = write(
-        dir.path(),
-        "bad.yaml",
-        &GOOD.replace("    count: 10", "    count: 10\n    cuont: 5"),
-    );
+    let bad = write(dir.path(), "bad.yaml", &GOOD.replace("    count: 10", "    count: 10\n    cuont: 5"));
     // An independent validator (Python jsonschema) agrees with `ward validate`.
     let out = python(
         r#"
@@ -311,11 +188,7 @@ for path in sys.argv[2:]:
     errors = list(v.iter_errors(yaml.safe_load(open(path))))
     print(path.rsplit('/', 1)[-1], len(errors))
 "#,
-        &[
-            &schema_path,
-            &repo().join("pipelines/demo.yaml").to_string_lossy(),
-            &bad,
-        ],
+        &[&schema_path, &repo().join("pipelines/demo.yaml").to_string_lossy(), &bad],
     );
     assert!(out.contains("demo.yaml 0"), "{out}");
     assert!(!out.contains("bad.yaml 0"), "{out}");

@@ -18,11 +18,7 @@ fn write_inputs(dir: &Path) -> usize {
     let mut lines = 0;
     let mut windows = String::new();
     for i in 0..500 {
-        let (id, user) = if i % 7 == 0 {
-            (4625, "svc-backup")
-        } else {
-            (4624, "alice")
-        };
+        let (id, user) = if i % 7 == 0 { (4625, "svc-backup") } else { (4624, "alice") };
         windows.push_str(&format!(
             r##"{{"Event":{{"System":{{"EventID":{id},"TimeCreated":{{"#attributes":{{"SystemTime":"2026-01-05T08:{:02}:{:02}.000Z"}}}},"Channel":"Security","Computer":"dc1.corp.local"}},"EventData":{{"TargetUserName":"{user}","IpAddress":"45.155.205.{}","LogonType":3}}}}}}"##,
             i / 60 % 60,
@@ -41,7 +37,14 @@ fn write_inputs(dir: &Path) -> usize {
         if i % 3 == 0 {
             auth.push_str(&format!("<38>Jan  5 09:{:02}:{:02} bastion sshd[{}]: Failed password for root from 185.220.101.{} port {} ssh2\n", i / 60, i % 60, 1000 + i, i % 250, 40000 + i));
         } else {
-            auth.push_str(&format!("<38>Jan  5 09:{:02}:{:02} web-01 sshd[{}]: Accepted publickey for bob from 10.0.0.{} port {} ssh2\n", i / 60, i % 60, 1000 + i, i % 250, 40000 + i));
+            auth.push_str(&format!(
+                "<38>Jan  5 09:{:02}:{:02} web-01 sshd[{}]: Accepted publickey for bob from 10.0.0.{} port {} ssh2\n",
+                i / 60,
+                i % 60,
+                1000 + i,
+                i % 250,
+                40000 + i
+            ));
         }
     }
     auth.push_str("<38>Jan  5 09:0\n");
@@ -95,12 +98,8 @@ fn write_inputs(dir: &Path) -> usize {
     std::fs::write(dir.join("e-fw-truncated.log.gz"), cut).unwrap();
 
     let mut misc = Vec::new();
-    misc.extend_from_slice(
-        b"CEF:0|Vendor|IDS|1.0|100|Port scan|7|src=203.0.113.5 dst=10.0.0.9 dpt=22\n",
-    );
-    misc.extend_from_slice(
-        b"LEEF:1.0|Vendor|Proxy|1.0|42|src=10.0.0.3\tdst=185.220.101.3\tusrName=carol\n",
-    );
+    misc.extend_from_slice(b"CEF:0|Vendor|IDS|1.0|100|Port scan|7|src=203.0.113.5 dst=10.0.0.9 dpt=22\n");
+    misc.extend_from_slice(b"LEEF:1.0|Vendor|Proxy|1.0|42|src=10.0.0.3\tdst=185.220.101.3\tusrName=carol\n");
     misc.extend_from_slice(b"action=allow srcip=10.0.0.4 dstip=8.8.8.8\n");
     misc.extend_from_slice(b"\xff\xfe\xfd not text\n");
     misc.extend_from_slice(b"this line is in no known format\n");
@@ -143,12 +142,7 @@ fn summary(path: &Path) -> serde_json::Value {
 }
 
 fn component<'a>(s: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
-    s["components"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["id"] == id)
-        .unwrap()
+    s["components"].as_array().unwrap().iter().find(|c| c["id"] == id).unwrap()
 }
 
 #[test]
@@ -159,11 +153,7 @@ fn files_through_every_operator_same_output_for_one_and_two_workers() {
     let mut outs = Vec::new();
     for workers in [1, 2] {
         let out = dir.path().join(format!("out{workers}"));
-        let spec_path = write(
-            dir.path(),
-            &format!("spec{workers}.yaml"),
-            &spec(&inputs, &out),
-        );
+        let spec_path = write(dir.path(), &format!("spec{workers}.yaml"), &spec(&inputs, &out));
         let summary_path = dir.path().join(format!("summary{workers}.json"));
         let r = ward(&[
             "run",
@@ -183,10 +173,7 @@ fn files_through_every_operator_same_output_for_one_and_two_workers() {
     // Same records, whatever the worker count.
     let events = sorted_lines(&out1.join("events.jsonl"));
     assert_eq!(events, sorted_lines(&out2.join("events.jsonl")));
-    assert_eq!(
-        sorted_lines(&out1.join("quarantine.jsonl")),
-        sorted_lines(&out2.join("quarantine.jsonl"))
-    );
+    assert_eq!(sorted_lines(&out1.join("quarantine.jsonl")), sorted_lines(&out2.join("quarantine.jsonl")));
 
     // The ledger: every record read is an event, filtered (headers) or quarantined.
     for c in s1["components"].as_array().unwrap() {
@@ -194,18 +181,9 @@ fn files_through_every_operator_same_output_for_one_and_two_workers() {
     }
     let read = component(s1, "files")["in"].as_u64().unwrap();
     assert_eq!(read as usize, lines);
-    let quarantined: u64 = s1["components"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["quarantined"].as_u64().unwrap())
-        .sum();
-    let filtered: u64 = s1["components"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["filtered"].as_u64().unwrap())
-        .sum();
+    let quarantined: u64 =
+        s1["components"].as_array().unwrap().iter().map(|c| c["quarantined"].as_u64().unwrap()).sum();
+    let filtered: u64 = s1["components"].as_array().unwrap().iter().map(|c| c["filtered"].as_u64().unwrap()).sum();
     assert_eq!(events.len() as u64 + quarantined + filtered, read);
     assert_eq!(filtered, 4, "Zeek header lines");
     let q = sorted_lines(&out1.join("quarantine.jsonl"));
@@ -216,18 +194,8 @@ fn files_through_every_operator_same_output_for_one_and_two_workers() {
         .iter()
         .map(|l| {
             let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            let file = v["ward.partition"]
-                .as_str()
-                .unwrap()
-                .rsplit('/')
-                .next()
-                .unwrap()
-                .to_string();
-            (
-                v["reason"].as_str().unwrap().to_string(),
-                file,
-                v["ward.offset"].as_u64().unwrap(),
-            )
+            let file = v["ward.partition"].as_str().unwrap().rsplit('/').next().unwrap().to_string();
+            (v["reason"].as_str().unwrap().to_string(), file, v["ward.offset"].as_u64().unwrap())
         })
         .collect();
     for expected in [
@@ -240,33 +208,20 @@ fn files_through_every_operator_same_output_for_one_and_two_workers() {
         ("empty", "f-misc.log", 6),
     ] {
         assert!(
-            reasons
-                .iter()
-                .any(|(r, f, o)| r == expected.0 && f == expected.1 && *o == expected.2),
+            reasons.iter().any(|(r, f, o)| r == expected.0 && f == expected.1 && *o == expected.2),
             "missing {expected:?} in {reasons:?}"
         );
     }
-    assert!(
-        reasons
-            .iter()
-            .any(|(r, f, _)| r == "read_error" && f == "e-fw-truncated.log.gz"),
-        "{reasons:?}"
-    );
+    assert!(reasons.iter().any(|(r, f, _)| r == "read_error" && f == "e-fw-truncated.log.gz"), "{reasons:?}");
 
     // Normalized and enriched content.
-    let all: Vec<serde_json::Value> = events
-        .iter()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let all: Vec<serde_json::Value> = events.iter().map(|l| serde_json::from_str(l).unwrap()).collect();
     let by_dataset = |d: &str| all.iter().filter(|e| e["event.dataset"] == d).count();
     assert_eq!(by_dataset("windows.security"), 500);
     assert_eq!(by_dataset("linux.auth"), 400);
     assert_eq!(by_dataset("zeek.conn"), 300);
     assert!(by_dataset("fortigate.traffic") >= 300);
-    let ti_hits = all
-        .iter()
-        .filter(|e| e.get("threat.indicator.matched").is_some())
-        .count();
+    let ti_hits = all.iter().filter(|e| e.get("threat.indicator.matched").is_some()).count();
     assert!(ti_hits > 500, "TI hits: {ti_hits}");
 
     // Parquet, read back by pyarrow: the same events with typed ECS-lite columns.
@@ -293,17 +248,7 @@ print(sorted(set(t.column('ward.source').to_pylist())))
 fn demo_runs_on_embedded_defaults() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("demo");
-    let r = ward(&[
-        "demo",
-        "--out",
-        &out.to_string_lossy(),
-        "--count",
-        "30000",
-        "--workers",
-        "2",
-        "--admin",
-        "",
-    ]);
+    let r = ward(&["demo", "--out", &out.to_string_lossy(), "--count", "30000", "--workers", "2", "--admin", ""]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(r.stderr.contains("30000 records read"), "{}", r.stderr);
     assert!(!r.stderr.contains("MISMATCH"), "{}", r.stderr);
@@ -325,13 +270,7 @@ print(sorted(collections.Counter(r['reason'] for r in q).items()))
     let rows: usize = first.split(' ').next().unwrap().parse().unwrap();
     assert!(rows > 29_900 && rows < 30_000, "{rows}");
     let reasons = lines.next().unwrap();
-    for r in [
-        "invalid_json",
-        "invalid_syslog",
-        "invalid_utf8",
-        "invalid_timestamp",
-        "unknown_format",
-    ] {
+    for r in ["invalid_json", "invalid_syslog", "invalid_utf8", "invalid_timestamp", "unknown_format"] {
         assert!(reasons.contains(r), "{reasons}");
     }
 }
@@ -409,10 +348,7 @@ sinks:
     );
 
     // SIGTERM: sources stop, in-flight batches drain, sinks flush, exit 0.
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
+    let status = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(status.success());
     let deadline = Instant::now() + Duration::from_secs(20);
     let code = loop {
@@ -428,15 +364,7 @@ sinks:
     assert!(stderr.contains("stopped"), "{stderr}");
     let s = summary(&summary_path);
     let written = std::fs::read_to_string(&out).unwrap().lines().count() as u64;
-    assert_eq!(
-        component(&s, "out")["out"].as_u64().unwrap(),
-        written,
-        "everything counted was flushed"
-    );
+    assert_eq!(component(&s, "out")["out"].as_u64().unwrap(), written, "everything counted was flushed");
     assert!(written > 1000);
-    assert_eq!(
-        component(&s, "gen")["in"],
-        component(&s, "parse")["in"],
-        "nothing in flight was lost"
-    );
+    assert_eq!(component(&s, "gen")["in"], component(&s, "parse")["in"], "nothing in flight was lost");
 }

@@ -50,10 +50,7 @@ enum Cmd {
 }
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .canonicalize()
-        .expect("repository root")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize().expect("repository root")
 }
 
 fn registry() -> Registry {
@@ -91,10 +88,7 @@ sinks:
     std::fs::write(&spec_path, spec_text)?;
     let spec = Spec::load(&spec_path, &registry()).map_err(|e| anyhow::anyhow!("{e}"))?;
     println!("pipeline: generator -> parse -> normalize -> enrich -> parquet, {count} events");
-    println!(
-        "{:>8} {:>14} {:>14} {:>10} {:>16}",
-        "workers", "events/s", "per worker", "MB/s", "runs (events/s)"
-    );
+    println!("{:>8} {:>14} {:>14} {:>10} {:>16}", "workers", "events/s", "per worker", "MB/s", "runs (events/s)");
     for &w in workers {
         let mut runs = Vec::new();
         let mut mb = 0.0;
@@ -102,17 +96,10 @@ sinks:
             let _ = std::fs::remove_dir_all(dir.path().join("out"));
             let s = run(
                 &spec,
-                &RunOptions {
-                    workers: w,
-                    admin_listen: Some(String::new()),
-                    progress: false,
-                },
+                &RunOptions { workers: w, admin_listen: Some(String::new()), progress: false },
                 Arc::new(AtomicBool::new(false)),
             )?;
-            assert!(
-                s.components.iter().all(|c| c.ledger_balances()),
-                "ledger must balance"
-            );
+            assert!(s.components.iter().all(|c| c.ledger_balances()), "ledger must balance");
             let eps = s.events_per_second();
             if runs.iter().all(|r: &f64| eps > *r) {
                 mb = s.bytes_read() as f64 / 1e6 / s.elapsed.as_secs_f64();
@@ -121,11 +108,7 @@ sinks:
         }
         let best = runs.iter().cloned().fold(0.0, f64::max);
         let all: Vec<String> = runs.iter().map(|r| format!("{r:.0}")).collect();
-        println!(
-            "{w:>8} {best:>14.0} {:>14.0} {mb:>10.1} {:>16}",
-            best / w as f64,
-            all.join(" ")
-        );
+        println!("{w:>8} {best:>14.0} {:>14.0} {mb:>10.1} {:>16}", best / w as f64, all.join(" "));
     }
     Ok(())
 }
@@ -160,10 +143,7 @@ fn stages(count: u64) -> anyhow::Result<()> {
         "parse".into(),
         Format::Auto,
         1 << 20,
-        SyslogOptions {
-            year: Some(2026),
-            ..Default::default()
-        },
+        SyslogOptions { year: Some(2026), ..Default::default() },
     );
     let (parsed, t_parse) = time(|| run_op(&mut parser, raw.clone()));
     let packs = load_packs(&builtin::all_refs(), &Resources::new("."))?;
@@ -199,34 +179,18 @@ fn stages(count: u64) -> anyhow::Result<()> {
         sink.finish()
     });
     let n = count as f64;
-    println!(
-        "stages on one thread, {count} events, {:.0} bytes/event",
-        bytes as f64 / n
-    );
+    println!("stages on one thread, {count} events, {:.0} bytes/event", bytes as f64 / n);
     println!("{:<12} {:>12} {:>14}", "stage", "seconds", "events/s");
     let mut total = Duration::ZERO;
-    for (name, t) in [
-        ("generate", t_gen),
-        ("parse", t_parse),
-        ("normalize", t_norm),
-        ("enrich", t_enrich),
-        ("parquet", t_parquet),
-    ] {
-        println!(
-            "{name:<12} {:>12.3} {:>14.0}",
-            t.as_secs_f64(),
-            n / t.as_secs_f64()
-        );
+    for (name, t) in
+        [("generate", t_gen), ("parse", t_parse), ("normalize", t_norm), ("enrich", t_enrich), ("parquet", t_parquet)]
+    {
+        println!("{name:<12} {:>12.3} {:>14.0}", t.as_secs_f64(), n / t.as_secs_f64());
         if name != "generate" {
             total += t;
         }
     }
-    println!(
-        "{:<12} {:>12.3} {:>14.0}",
-        "parse..parquet",
-        total.as_secs_f64(),
-        n / total.as_secs_f64()
-    );
+    println!("{:<12} {:>12.3} {:>14.0}", "parse..parquet", total.as_secs_f64(), n / total.as_secs_f64());
     Ok(())
 }
 
@@ -240,11 +204,7 @@ fn run_op(op: &mut dyn Operator, input: Vec<EventBatch>) -> Vec<EventBatch> {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Cmd::Pipeline {
-            count,
-            workers,
-            repeat,
-        } => pipeline(count, &workers, repeat),
+        Cmd::Pipeline { count, workers, repeat } => pipeline(count, &workers, repeat),
         Cmd::Stages { count } => stages(count),
     }
 }

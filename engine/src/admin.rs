@@ -19,13 +19,7 @@ pub struct AdminServer {
 }
 
 async fn serve_metrics(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        m.render(),
-    )
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], m.render())
 }
 
 async fn healthz() -> &'static str {
@@ -53,40 +47,31 @@ impl AdminServer {
             .route("/healthz", get(healthz))
             .route("/readyz", get(readyz))
             .with_state(metrics);
-        let thread = std::thread::Builder::new()
-            .name("ward-admin".into())
-            .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt,
+        let thread = std::thread::Builder::new().name("ward-admin".into()).spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!(error = %e, "admin endpoint: cannot start runtime");
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let listener = match tokio::net::TcpListener::from_std(listener) {
+                    Ok(l) => l,
                     Err(e) => {
-                        tracing::error!(error = %e, "admin endpoint: cannot start runtime");
+                        tracing::error!(error = %e, "admin endpoint: bad listener");
                         return;
                     }
                 };
-                rt.block_on(async move {
-                    let listener = match tokio::net::TcpListener::from_std(listener) {
-                        Ok(l) => l,
-                        Err(e) => {
-                            tracing::error!(error = %e, "admin endpoint: bad listener");
-                            return;
-                        }
-                    };
-                    let serve = axum::serve(listener, app).with_graceful_shutdown(async {
-                        let _ = rx.await;
-                    });
-                    if let Err(e) = serve.await {
-                        tracing::error!(error = %e, "admin endpoint stopped");
-                    }
+                let serve = axum::serve(listener, app).with_graceful_shutdown(async {
+                    let _ = rx.await;
                 });
-            })?;
-        Ok(AdminServer {
-            local_addr,
-            shutdown: Some(tx),
-            thread: Some(thread),
-        })
+                if let Err(e) = serve.await {
+                    tracing::error!(error = %e, "admin endpoint stopped");
+                }
+            });
+        })?;
+        Ok(AdminServer { local_addr, shutdown: Some(tx), thread: Some(thread) })
     }
 }
 

@@ -162,10 +162,7 @@ impl Heap<'_> {
     pub fn push_bytes(&mut self, b: &[u8]) -> StrRef {
         let off = self.0.len();
         self.0.extend_from_slice(b);
-        StrRef {
-            off: off as u32 | HEAP_BIT,
-            len: b.len() as u32,
-        }
+        StrRef { off: off as u32 | HEAP_BIT, len: b.len() as u32 }
     }
     #[inline]
     pub fn push_str(&mut self, s: &str) -> StrRef {
@@ -182,10 +179,7 @@ impl Heap<'_> {
         self.0.len()
     }
     pub fn finish_str(&self, mark: usize) -> StrRef {
-        StrRef {
-            off: mark as u32 | HEAP_BIT,
-            len: (self.0.len() - mark) as u32,
-        }
+        StrRef { off: mark as u32 | HEAP_BIT, len: (self.0.len() - mark) as u32 }
     }
 }
 
@@ -195,10 +189,7 @@ pub fn raw_ref(raw: &[u8], s: &[u8]) -> Option<StrRef> {
     let base = raw.as_ptr() as usize;
     let p = s.as_ptr() as usize;
     if p >= base && p + s.len() <= base + raw.len() {
-        Some(StrRef {
-            off: (p - base) as u32,
-            len: s.len() as u32,
-        })
+        Some(StrRef { off: (p - base) as u32, len: s.len() as u32 })
     } else {
         None
     }
@@ -229,25 +220,17 @@ impl EventBatch {
     }
 
     pub fn bytes(&self) -> Bytes<'_> {
-        Bytes {
-            raw: &self.raw,
-            heap: &self.heap,
-        }
+        Bytes { raw: &self.raw, heap: &self.heap }
     }
 
     /// Index of an origin, added if new. Sources add one per partition and batch.
     pub fn origin_index(&mut self, source: &Arc<str>, partition: &Arc<str>) -> u32 {
-        if let Some(i) = self
-            .origins
-            .iter()
-            .rposition(|o| Arc::ptr_eq(&o.source, source) && Arc::ptr_eq(&o.partition, partition))
+        if let Some(i) =
+            self.origins.iter().rposition(|o| Arc::ptr_eq(&o.source, source) && Arc::ptr_eq(&o.partition, partition))
         {
             return i as u32;
         }
-        self.origins.push(Origin {
-            source: source.clone(),
-            partition: partition.clone(),
-        });
+        self.origins.push(Origin { source: source.clone(), partition: partition.clone() });
         (self.origins.len() - 1) as u32
     }
 
@@ -259,10 +242,7 @@ impl EventBatch {
         self.rows.push(Row {
             slots_start: at,
             slots_end: at,
-            raw: StrRef {
-                off: off as u32,
-                len: payload.len() as u32,
-            },
+            raw: StrRef { off: off as u32, len: payload.len() as u32 },
             origin,
             offset,
         });
@@ -280,19 +260,12 @@ impl EventBatch {
     pub fn provenance(&self, row: usize) -> Provenance {
         let r = &self.rows[row];
         let o = &self.origins[r.origin as usize];
-        Provenance {
-            source: o.source.clone(),
-            partition: o.partition.clone(),
-            offset: r.offset,
-        }
+        Provenance { source: o.source.clone(), partition: o.partition.clone(), offset: r.offset }
     }
 
     /// First value of a core field in a row.
     pub fn get(&self, row: usize, field: FieldId) -> Option<Value> {
-        self.row_slots(row)
-            .iter()
-            .find(|s| s.key == Key::Core(field))
-            .map(|s| s.value)
+        self.row_slots(row).iter().find(|s| s.key == Key::Core(field)).map(|s| s.value)
     }
 
     pub fn get_str(&self, row: usize, field: FieldId) -> Option<&str> {
@@ -305,10 +278,7 @@ impl EventBatch {
     /// Value of an extension field by name (linear: for tests and cold paths).
     pub fn get_ext(&self, row: usize, name: &str) -> Option<Value> {
         let b = self.bytes();
-        self.row_slots(row)
-            .iter()
-            .find(|s| matches!(s.key, Key::Ext(k) if b.str(k) == name))
-            .map(|s| s.value)
+        self.row_slots(row).iter().find(|s| matches!(s.key, Key::Ext(k) if b.str(k) == name)).map(|s| s.value)
     }
 
     /// Keeps the rows for which `keep` is true, in order. Slots of dropped rows stay in the
@@ -348,10 +318,7 @@ impl EventBatch {
         self.rows.push(Row {
             slots_start: start,
             slots_end: self.slots.len() as u32,
-            raw: StrRef {
-                off: raw_off as u32,
-                len: raw_bytes.len() as u32,
-            },
+            raw: StrRef { off: raw_off as u32, len: raw_bytes.len() as u32 },
             origin,
             offset: src.offset,
         });
@@ -387,11 +354,7 @@ impl EventBatch {
     }
 }
 
-fn insert_multi(
-    map: &mut serde_json::Map<String, serde_json::Value>,
-    k: &str,
-    v: serde_json::Value,
-) {
+fn insert_multi(map: &mut serde_json::Map<String, serde_json::Value>, k: &str, v: serde_json::Value) {
     use serde_json::Value as J;
     match map.get_mut(k) {
         None => {
@@ -412,9 +375,7 @@ pub fn value_to_json(b: Bytes<'_>, v: Value) -> serde_json::Value {
         Value::Null => J::Null,
         Value::Bool(x) => J::Bool(x),
         Value::Int(x) => J::from(x),
-        Value::Float(x) => serde_json::Number::from_f64(x)
-            .map(J::Number)
-            .unwrap_or(J::Null),
+        Value::Float(x) => serde_json::Number::from_f64(x).map(J::Number).unwrap_or(J::Null),
         Value::Str(r) => J::from(b.str(r)),
         Value::Timestamp(ms) => J::from(format_timestamp_ms(ms)),
         Value::Ip(r) => b.ip(r).map(|ip| J::from(ip.to_string())).unwrap_or(J::Null),
@@ -458,10 +419,7 @@ mod tests {
         let raw = b.raw.clone();
         let r = raw_ref(&b.raw, &b.raw[6..11]).unwrap();
         assert_eq!(b.bytes().str(r), "world");
-        assert!(
-            raw_ref(&b.raw, &raw[0..2]).is_none(),
-            "a copy elsewhere is not in raw"
-        );
+        assert!(raw_ref(&b.raw, &raw[0..2]).is_none(), "a copy elsewhere is not in raw");
         let h = Heap(&mut b.heap).push_str("derived");
         assert_eq!(b.bytes().str(h), "derived");
         assert_eq!(b.bytes().str(r), "world");
@@ -475,14 +433,8 @@ mod tests {
         let k = Heap(&mut a.heap).push_str("x");
         let v = Heap(&mut a.heap).push_str("value");
         let ip = Heap(&mut a.heap).push_ip("10.1.2.3".parse().unwrap());
-        a.slots.push(Slot {
-            key: Key::Ext(k),
-            value: Value::Str(v),
-        });
-        a.slots.push(Slot {
-            key: Key::Core(ids::SOURCE_IP),
-            value: Value::Ip(ip),
-        });
+        a.slots.push(Slot { key: Key::Ext(k), value: Value::Str(v) });
+        a.slots.push(Slot { key: Key::Core(ids::SOURCE_IP), value: Value::Ip(ip) });
         a.rows[0].slots_end = 2;
 
         let mut b = EventBatch::new();

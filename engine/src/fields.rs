@@ -41,10 +41,7 @@ impl FieldId {
     /// Looks a core field up by its dotted name.
     pub fn lookup(name: &str) -> Option<FieldId> {
         // The list is short and lookups happen at compile time of packs and rules, not per event.
-        CORE_FIELDS
-            .iter()
-            .position(|(n, _, _)| *n == name)
-            .map(|i| FieldId(i as u16))
+        CORE_FIELDS.iter().position(|(n, _, _)| *n == name).map(|i| FieldId(i as u16))
     }
     pub fn all() -> impl Iterator<Item = FieldId> {
         (0..CORE_FIELDS.len() as u16).map(FieldId)
@@ -55,74 +52,22 @@ use FieldType::*;
 
 /// (name, type, description). Order is stable: it is the Parquet column order.
 pub const CORE_FIELDS: &[(&str, FieldType, &str)] = &[
-    (
-        "@timestamp",
-        Timestamp,
-        "When the event happened (event time), UTC",
-    ),
-    (
-        "event.id",
-        Str,
-        "Unique id of the event as given by the source, else derived from provenance",
-    ),
+    ("@timestamp", Timestamp, "When the event happened (event time), UTC"),
+    ("event.id", Str, "Unique id of the event as given by the source, else derived from provenance"),
     ("event.kind", Str, "event, alert, metric or state"),
-    (
-        "event.category",
-        Str,
-        "ECS category: authentication, process, network, file, ...",
-    ),
-    (
-        "event.type",
-        Str,
-        "ECS type: start, end, info, connection, protocol, ...",
-    ),
-    (
-        "event.action",
-        Str,
-        "What happened, in the source's words (logon-failed, process-created, ...)",
-    ),
+    ("event.category", Str, "ECS category: authentication, process, network, file, ..."),
+    ("event.type", Str, "ECS type: start, end, info, connection, protocol, ..."),
+    ("event.action", Str, "What happened, in the source's words (logon-failed, process-created, ...)"),
     ("event.outcome", Str, "success, failure or unknown"),
-    (
-        "event.code",
-        Str,
-        "Source-specific event code (Windows EventID, FortiGate logid, ...)",
-    ),
-    (
-        "event.provider",
-        Str,
-        "Producer of the event (Windows provider, syslog app name)",
-    ),
-    (
-        "event.dataset",
-        Str,
-        "Dataset the pack assigned, e.g. windows.sysmon, linux.auth, zeek.conn",
-    ),
-    (
-        "event.module",
-        Str,
-        "Module family: windows, linux, zeek, fortigate, generic",
-    ),
-    (
-        "event.severity",
-        Int,
-        "Numeric severity as given by the source",
-    ),
-    (
-        "event.created",
-        Timestamp,
-        "When the source recorded the event, if different from @timestamp",
-    ),
-    (
-        "event.original",
-        Str,
-        "The raw record, when the pack keeps it",
-    ),
+    ("event.code", Str, "Source-specific event code (Windows EventID, FortiGate logid, ...)"),
+    ("event.provider", Str, "Producer of the event (Windows provider, syslog app name)"),
+    ("event.dataset", Str, "Dataset the pack assigned, e.g. windows.sysmon, linux.auth, zeek.conn"),
+    ("event.module", Str, "Module family: windows, linux, zeek, fortigate, generic"),
+    ("event.severity", Int, "Numeric severity as given by the source"),
+    ("event.created", Timestamp, "When the source recorded the event, if different from @timestamp"),
+    ("event.original", Str, "The raw record, when the pack keeps it"),
     ("log.level", Str, "Log level or syslog severity name"),
-    (
-        "log.channel",
-        Str,
-        "Windows event log channel (Security, Microsoft-Windows-Sysmon/Operational, ...)",
-    ),
+    ("log.channel", Str, "Windows event log channel (Security, Microsoft-Windows-Sysmon/Operational, ...)"),
     ("message", Str, "Free-text message"),
     ("host.name", Str, "Host name the event is about"),
     ("host.id", Str, "Stable host identifier"),
@@ -130,70 +75,26 @@ pub const CORE_FIELDS: &[(&str, FieldType, &str)] = &[
     ("user.name", Str, "User name"),
     ("user.domain", Str, "User domain"),
     ("user.id", Str, "User identifier (SID, uid)"),
-    (
-        "user.target.name",
-        Str,
-        "User a privilege or account change applies to",
-    ),
+    ("user.target.name", Str, "User a privilege or account change applies to"),
     ("source.ip", Ip, "Source address"),
     ("source.port", Int, "Source port"),
     ("source.bytes", Int, "Bytes sent by the source"),
     ("source.domain", Str, "Source domain name"),
-    (
-        "source.geo.country_iso_code",
-        Str,
-        "Source country (GeoIP enrichment)",
-    ),
-    (
-        "source.geo.city_name",
-        Str,
-        "Source city (GeoIP enrichment)",
-    ),
-    (
-        "source.as.number",
-        Int,
-        "Source autonomous system number (ASN enrichment)",
-    ),
-    (
-        "source.as.organization.name",
-        Str,
-        "Source AS organisation (ASN enrichment)",
-    ),
+    ("source.geo.country_iso_code", Str, "Source country (GeoIP enrichment)"),
+    ("source.geo.city_name", Str, "Source city (GeoIP enrichment)"),
+    ("source.as.number", Int, "Source autonomous system number (ASN enrichment)"),
+    ("source.as.organization.name", Str, "Source AS organisation (ASN enrichment)"),
     ("destination.ip", Ip, "Destination address"),
     ("destination.port", Int, "Destination port"),
     ("destination.bytes", Int, "Bytes sent by the destination"),
     ("destination.domain", Str, "Destination domain name"),
-    (
-        "destination.geo.country_iso_code",
-        Str,
-        "Destination country (GeoIP enrichment)",
-    ),
-    (
-        "destination.geo.city_name",
-        Str,
-        "Destination city (GeoIP enrichment)",
-    ),
-    (
-        "destination.as.number",
-        Int,
-        "Destination autonomous system number (ASN enrichment)",
-    ),
-    (
-        "destination.as.organization.name",
-        Str,
-        "Destination AS organisation (ASN enrichment)",
-    ),
+    ("destination.geo.country_iso_code", Str, "Destination country (GeoIP enrichment)"),
+    ("destination.geo.city_name", Str, "Destination city (GeoIP enrichment)"),
+    ("destination.as.number", Int, "Destination autonomous system number (ASN enrichment)"),
+    ("destination.as.organization.name", Str, "Destination AS organisation (ASN enrichment)"),
     ("network.transport", Str, "tcp, udp, icmp, ..."),
-    (
-        "network.protocol",
-        Str,
-        "Application protocol: dns, http, ssh, ...",
-    ),
-    (
-        "network.direction",
-        Str,
-        "inbound, outbound, internal, external",
-    ),
+    ("network.protocol", Str, "Application protocol: dns, http, ssh, ..."),
+    ("network.direction", Str, "inbound, outbound, internal, external"),
     ("network.bytes", Int, "Total bytes in both directions"),
     ("network.packets", Int, "Total packets in both directions"),
     ("process.pid", Int, "Process id"),
@@ -202,11 +103,7 @@ pub const CORE_FIELDS: &[(&str, FieldType, &str)] = &[
     ("process.command_line", Str, "Full command line"),
     ("process.parent.pid", Int, "Parent process id"),
     ("process.parent.name", Str, "Parent image file name"),
-    (
-        "process.parent.executable",
-        Str,
-        "Full path of the parent image",
-    ),
+    ("process.parent.executable", Str, "Full path of the parent image"),
     ("process.parent.command_line", Str, "Parent command line"),
     ("process.hash.sha256", Str, "SHA-256 of the process image"),
     ("file.path", Str, "Full file path"),
@@ -219,49 +116,17 @@ pub const CORE_FIELDS: &[(&str, FieldType, &str)] = &[
     ("url.path", Str, "URL path"),
     ("dns.question.name", Str, "Queried name"),
     ("dns.question.type", Str, "Query type (A, AAAA, TXT, ...)"),
-    (
-        "dns.response_code",
-        Str,
-        "Response code (NOERROR, NXDOMAIN, ...)",
-    ),
+    ("dns.response_code", Str, "Response code (NOERROR, NXDOMAIN, ...)"),
     ("dns.answers", Str, "Answers, comma-separated"),
-    (
-        "rule.id",
-        Str,
-        "Id of the device rule or policy that logged the event",
-    ),
+    ("rule.id", Str, "Id of the device rule or policy that logged the event"),
     ("rule.name", Str, "Name of the device rule or policy"),
-    (
-        "threat.indicator.type",
-        Str,
-        "Kind of threat-intel indicator that matched: ipv4-addr, domain-name, file, url",
-    ),
-    (
-        "threat.indicator.matched",
-        Str,
-        "The value that matched a threat-intel indicator",
-    ),
-    (
-        "threat.feed.name",
-        Str,
-        "Name of the threat-intel feed that matched",
-    ),
-    (
-        "ward.asset.criticality",
-        Int,
-        "Criticality of the host from the asset inventory (0-30)",
-    ),
-    (
-        "ward.asset.owner",
-        Str,
-        "Owner of the host from the asset inventory",
-    ),
+    ("threat.indicator.type", Str, "Kind of threat-intel indicator that matched: ipv4-addr, domain-name, file, url"),
+    ("threat.indicator.matched", Str, "The value that matched a threat-intel indicator"),
+    ("threat.feed.name", Str, "Name of the threat-intel feed that matched"),
+    ("ward.asset.criticality", Int, "Criticality of the host from the asset inventory (0-30)"),
+    ("ward.asset.owner", Str, "Owner of the host from the asset inventory"),
     ("ward.asset.tags", Str, "Asset tags, comma-separated"),
-    (
-        "ward.risk_score",
-        Int,
-        "Risk score 0-100 from the enrich operator",
-    ),
+    ("ward.risk_score", Int, "Risk score 0-100 from the enrich operator"),
 ];
 
 /// Ids of the core fields Ward's own code reads or writes, checked against the table in a test.
@@ -333,10 +198,7 @@ mod tests {
             (ids::DESTINATION_PORT, "destination.port"),
             (ids::DESTINATION_BYTES, "destination.bytes"),
             (ids::DESTINATION_DOMAIN, "destination.domain"),
-            (
-                ids::DESTINATION_GEO_COUNTRY,
-                "destination.geo.country_iso_code",
-            ),
+            (ids::DESTINATION_GEO_COUNTRY, "destination.geo.country_iso_code"),
             (ids::DESTINATION_GEO_CITY, "destination.geo.city_name"),
             (ids::DESTINATION_AS_NUMBER, "destination.as.number"),
             (ids::DESTINATION_AS_ORG, "destination.as.organization.name"),

@@ -6,8 +6,8 @@
 use std::sync::Arc;
 
 use prometheus::{
-    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 use crate::quarantine::Reason;
@@ -31,9 +31,7 @@ pub struct Metrics {
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-    registry
-        .register(Box::new(c.clone()))
-        .expect("unique metric");
+    registry.register(Box::new(c.clone())).expect("unique metric");
     c
 }
 
@@ -41,37 +39,23 @@ impl Metrics {
     pub fn new() -> Arc<Metrics> {
         let registry = Registry::new();
         let batch_seconds = HistogramVec::new(
-            HistogramOpts::new(
-                "ward_batch_duration_seconds",
-                "Time a component spent on one batch",
-            )
-            .buckets(prometheus::exponential_buckets(0.00001, 4.0, 10).expect("valid buckets")),
+            HistogramOpts::new("ward_batch_duration_seconds", "Time a component spent on one batch")
+                .buckets(prometheus::exponential_buckets(0.00001, 4.0, 10).expect("valid buckets")),
             &["component"],
         )
         .expect("valid metric");
-        registry
-            .register(Box::new(batch_seconds.clone()))
-            .expect("unique metric");
+        registry.register(Box::new(batch_seconds.clone())).expect("unique metric");
         let gauge = |name: &str, help: &str| {
             let g = IntGauge::new(name, help).expect("valid metric");
-            registry
-                .register(Box::new(g.clone()))
-                .expect("unique metric");
+            registry.register(Box::new(g.clone())).expect("unique metric");
             g
         };
-        let events_per_second = Gauge::new(
-            "ward_events_per_second",
-            "Records read by all sources per second, over the last few seconds",
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(events_per_second.clone()))
-            .expect("unique metric");
-        let build = IntGaugeVec::new(Opts::new("ward_build_info", "Ward version"), &["version"])
-            .expect("valid metric");
-        registry
-            .register(Box::new(build.clone()))
-            .expect("unique metric");
+        let events_per_second =
+            Gauge::new("ward_events_per_second", "Records read by all sources per second, over the last few seconds")
+                .expect("valid metric");
+        registry.register(Box::new(events_per_second.clone())).expect("unique metric");
+        let build = IntGaugeVec::new(Opts::new("ward_build_info", "Ward version"), &["version"]).expect("valid metric");
+        registry.register(Box::new(build.clone())).expect("unique metric");
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         Arc::new(Metrics {
             records_in: counter(
@@ -104,12 +88,7 @@ impl Metrics {
                 "Errors a component hit (I/O, sink writes)",
                 &["component"],
             ),
-            bytes_in: counter(
-                &registry,
-                "ward_source_bytes_total",
-                "Payload bytes read by a source",
-                &["component"],
-            ),
+            bytes_in: counter(&registry, "ward_source_bytes_total", "Payload bytes read by a source", &["component"]),
             reloads: counter(
                 &registry,
                 "ward_resource_reloads_total",
@@ -124,10 +103,7 @@ impl Metrics {
             ),
             batch_seconds,
             events_per_second,
-            epoch: gauge(
-                "ward_epoch",
-                "Current checkpoint epoch (the timely timestamp sources emit at)",
-            ),
+            epoch: gauge("ward_epoch", "Current checkpoint epoch (the timely timestamp sources emit at)"),
             workers: gauge("ward_workers", "Worker threads in this process"),
             ready: gauge("ward_ready", "1 once the dataflow is built and running"),
             registry,
@@ -145,19 +121,14 @@ impl Metrics {
             batch_seconds: self.batch_seconds.with_label_values(&[id]),
             reloads: self.reloads.with_label_values(&[id]),
             reload_failures: self.reload_failures.with_label_values(&[id]),
-            quarantined: Reason::ALL
-                .iter()
-                .map(|r| self.quarantined.with_label_values(&[id, r.as_str()]))
-                .collect(),
+            quarantined: Reason::ALL.iter().map(|r| self.quarantined.with_label_values(&[id, r.as_str()])).collect(),
         }
     }
 
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut buf)
-            .expect("text encoding cannot fail");
+        TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding cannot fail");
         String::from_utf8(buf).expect("exposition is UTF-8")
     }
 }
@@ -179,10 +150,7 @@ pub struct ComponentMetrics {
 
 impl ComponentMetrics {
     pub fn quarantined(&self, reason: Reason) -> &IntCounter {
-        let i = Reason::ALL
-            .iter()
-            .position(|r| *r == reason)
-            .expect("every reason has a counter");
+        let i = Reason::ALL.iter().position(|r| *r == reason).expect("every reason has a counter");
         &self.quarantined[i]
     }
     pub fn quarantined_total(&self) -> u64 {
@@ -190,12 +158,7 @@ impl ComponentMetrics {
     }
     /// Quarantined counts by reason, non-zero only.
     pub fn quarantined_by_reason(&self) -> Vec<(Reason, u64)> {
-        Reason::ALL
-            .iter()
-            .zip(&self.quarantined)
-            .filter(|(_, c)| c.get() > 0)
-            .map(|(r, c)| (*r, c.get()))
-            .collect()
+        Reason::ALL.iter().zip(&self.quarantined).filter(|(_, c)| c.get() > 0).map(|(r, c)| (*r, c.get())).collect()
     }
 }
 
@@ -212,9 +175,7 @@ mod tests {
         c.batch_seconds.observe(0.001);
         let text = m.render();
         assert!(text.contains("ward_records_in_total{component=\"parse\"} 10"));
-        assert!(text.contains(
-            "ward_records_quarantined_total{component=\"parse\",reason=\"invalid_json\"} 1"
-        ));
+        assert!(text.contains("ward_records_quarantined_total{component=\"parse\",reason=\"invalid_json\"} 1"));
         assert!(text.contains("ward_batch_duration_seconds_bucket{component=\"parse\""));
         assert_eq!(c.quarantined_total(), 1);
     }

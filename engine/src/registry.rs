@@ -71,11 +71,7 @@ pub struct ComponentKind {
 }
 
 impl ComponentKind {
-    pub fn build(
-        &self,
-        config: &marked_yaml::Node,
-        ctx: &BuildContext<'_>,
-    ) -> Result<Built, ConfigError> {
+    pub fn build(&self, config: &marked_yaml::Node, ctx: &BuildContext<'_>) -> Result<Built, ConfigError> {
         (self.build)(config, ctx)
     }
     pub fn schema(&self, generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
@@ -83,28 +79,19 @@ impl ComponentKind {
     }
 }
 
-fn build_fn<C: ComponentConfig>(
-    node: &marked_yaml::Node,
-    ctx: &BuildContext<'_>,
-) -> Result<Built, ConfigError> {
+fn build_fn<C: ComponentConfig>(node: &marked_yaml::Node, ctx: &BuildContext<'_>) -> Result<Built, ConfigError> {
     let config: C = marked_yaml::from_node(node).map_err(|e| ConfigError {
         marker: e.start_mark().or_else(|| node.span().start().copied()),
         message: describe_from_node_error(&e),
     })?;
-    config.build(ctx).map_err(|e| ConfigError {
-        marker: None,
-        message: format!("{e:#}"),
-    })
+    config.build(ctx).map_err(|e| ConfigError { marker: None, message: format!("{e:#}") })
 }
 
 fn describe_from_node_error(e: &marked_yaml::FromNodeError) -> String {
     use marked_yaml::Error as E;
     match &**e {
         E::UnknownFieldError(field, expected, _) => {
-            format!(
-                "unknown field `{field}`, expected one of: {}",
-                expected.join(", ")
-            )
+            format!("unknown field `{field}`, expected one of: {}", expected.join(", "))
         }
         E::NotBoolean(_) => "expected true or false".to_string(),
         E::IntegerParseFailure(err, _) => format!("expected an integer: {err}"),
@@ -134,19 +121,12 @@ impl Registry {
             schema: schema_fn::<C>,
         };
         let previous = self.kinds.insert((C::SECTION, C::TYPE), kind);
-        assert!(
-            previous.is_none(),
-            "component type {} registered twice",
-            C::TYPE
-        );
+        assert!(previous.is_none(), "component type {} registered twice", C::TYPE);
         self
     }
 
     pub fn get(&self, section: Section, type_name: &str) -> Option<&ComponentKind> {
-        self.kinds
-            .iter()
-            .find(|((s, t), _)| *s == section && *t == type_name)
-            .map(|(_, k)| k)
+        self.kinds.iter().find(|((s, t), _)| *s == section && *t == type_name).map(|(_, k)| k)
     }
 
     pub fn kinds(&self, section: Section) -> impl Iterator<Item = &ComponentKind> {

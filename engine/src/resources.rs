@@ -36,14 +36,12 @@ impl Resources {
 
     pub fn read(&self, path: &str) -> std::io::Result<Vec<u8>> {
         let full = self.resolve(path);
-        std::fs::read(&full)
-            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", full.display())))
+        std::fs::read(&full).map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", full.display())))
     }
 
     pub fn read_string(&self, path: &str) -> std::io::Result<String> {
         let full = self.resolve(path);
-        std::fs::read_to_string(&full)
-            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", full.display())))
+        std::fs::read_to_string(&full).map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", full.display())))
     }
 }
 
@@ -150,19 +148,13 @@ impl<T: Send + Sync + 'static> Reloadable<T> {
                 this.reload();
             }
         })?;
-        let mut dirs: Vec<PathBuf> = targets
-            .iter()
-            .filter_map(|t| t.parent().map(Path::to_path_buf))
-            .collect();
+        let mut dirs: Vec<PathBuf> = targets.iter().filter_map(|t| t.parent().map(Path::to_path_buf)).collect();
         dirs.sort();
         dirs.dedup();
         for d in dirs {
             watcher.watch(&d, RecursiveMode::NonRecursive)?;
         }
-        *self
-            .watcher
-            .lock()
-            .map_err(|_| anyhow::anyhow!("watcher lock poisoned"))? = Some(watcher);
+        *self.watcher.lock().map_err(|_| anyhow::anyhow!("watcher lock poisoned"))? = Some(watcher);
         Ok(())
     }
 }

@@ -22,9 +22,7 @@ use timely::dataflow::{Scope, Stream};
 
 use crate::admin::AdminServer;
 use crate::batch::EventBatch;
-use crate::component::{
-    Built, Operator, OperatorOutput, Payload, Sink, Source, SourcePoll, WorkerContext,
-};
+use crate::component::{Built, Operator, OperatorOutput, Payload, Sink, Source, SourcePoll, WorkerContext};
 use crate::metrics::{ComponentMetrics, Metrics};
 use crate::registry::Section;
 use crate::spec::{ComponentSpec, InputRef, Port, Spec};
@@ -43,11 +41,7 @@ pub struct RunOptions {
 
 impl Default for RunOptions {
     fn default() -> Self {
-        RunOptions {
-            workers: 1,
-            admin_listen: None,
-            progress: false,
-        }
+        RunOptions { workers: 1, admin_listen: None, progress: false }
     }
 }
 
@@ -90,18 +84,10 @@ pub struct RunSummary {
 
 impl RunSummary {
     pub fn records_read(&self) -> u64 {
-        self.components
-            .iter()
-            .filter(|c| c.section == Section::Source)
-            .map(|c| c.records_in)
-            .sum()
+        self.components.iter().filter(|c| c.section == Section::Source).map(|c| c.records_in).sum()
     }
     pub fn bytes_read(&self) -> u64 {
-        self.components
-            .iter()
-            .filter(|c| c.section == Section::Source)
-            .map(|c| c.bytes_in)
-            .sum()
+        self.components.iter().filter(|c| c.section == Section::Source).map(|c| c.bytes_in).sum()
     }
     pub fn events_per_second(&self) -> f64 {
         self.records_read() as f64 / self.elapsed.as_secs_f64().max(1e-9)
@@ -113,11 +99,7 @@ impl RunSummary {
     /// The one-screen summary printed at the end of `ward run`.
     pub fn render(&self) -> String {
         let mut s = String::new();
-        let how = if self.stopped_by_signal {
-            "stopped"
-        } else {
-            "finished"
-        };
+        let how = if self.stopped_by_signal { "stopped" } else { "finished" };
         s.push_str(&format!(
             "pipeline {} {how} in {:.2}s with {} worker(s): {} records read, {:.0} events/s, {:.1} MB/s\n",
             self.pipeline,
@@ -140,19 +122,10 @@ impl RunSummary {
                 c.records_out,
                 c.filtered,
                 c.quarantined,
-                if c.ledger_balances() {
-                    "ok"
-                } else {
-                    "MISMATCH"
-                }
+                if c.ledger_balances() { "ok" } else { "MISMATCH" }
             ));
             for (reason, n) in &c.quarantined_by_reason {
-                s.push_str(&format!(
-                    "{:<20}   quarantined {:<22} {:>10}\n",
-                    "",
-                    reason.as_str(),
-                    n
-                ));
+                s.push_str(&format!("{:<20}   quarantined {:<22} {:>10}\n", "", reason.as_str(), n));
             }
         }
         s
@@ -196,15 +169,8 @@ pub fn run_with_metrics(
     let workers = opts.workers.max(1);
     let started = Instant::now();
     metrics.workers.set(workers as i64);
-    let listen = opts
-        .admin_listen
-        .clone()
-        .unwrap_or_else(|| spec.settings.admin_listen.clone());
-    let admin = if listen.is_empty() {
-        None
-    } else {
-        Some(AdminServer::start(&listen, metrics.clone())?)
-    };
+    let listen = opts.admin_listen.clone().unwrap_or_else(|| spec.settings.admin_listen.clone());
+    let admin = if listen.is_empty() { None } else { Some(AdminServer::start(&listen, metrics.clone())?) };
     if let Some(a) = &admin {
         tracing::info!("admin endpoint on http://{}/metrics", a.local_addr);
     }
@@ -240,12 +206,7 @@ pub fn run_with_metrics(
     for r in results {
         r.map_err(|e| anyhow::anyhow!("worker failed: {e}"))?;
     }
-    if let Some(f) = shared
-        .failure
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .take()
-    {
+    if let Some(f) = shared.failure.lock().unwrap_or_else(|p| p.into_inner()).take() {
         anyhow::bail!(f);
     }
 
@@ -279,10 +240,7 @@ pub fn run_with_metrics(
     })
 }
 
-fn spawn_epoch_clock(
-    shared: Arc<Shared>,
-    finished: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<()> {
+fn spawn_epoch_clock(shared: Arc<Shared>, finished: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
     let interval = Duration::from_millis(shared.spec.settings.epoch_interval_ms.max(1));
     std::thread::spawn(move || {
         let mut next = Instant::now() + interval;
@@ -298,11 +256,7 @@ fn spawn_epoch_clock(
 }
 
 /// Updates the events/s gauge and, on a terminal, a progress line.
-fn spawn_monitor(
-    shared: Arc<Shared>,
-    finished: Arc<AtomicBool>,
-    progress: bool,
-) -> std::thread::JoinHandle<()> {
+fn spawn_monitor(shared: Arc<Shared>, finished: Arc<AtomicBool>, progress: bool) -> std::thread::JoinHandle<()> {
     use std::io::IsTerminal;
     std::thread::spawn(move || {
         let sources: Vec<ComponentMetrics> = shared
@@ -312,17 +266,12 @@ fn spawn_monitor(
             .filter(|c| c.section() == Section::Source)
             .map(|c| shared.metrics.component(&c.id))
             .collect();
-        let all: Vec<ComponentMetrics> = shared
-            .spec
-            .components
-            .iter()
-            .map(|c| shared.metrics.component(&c.id))
-            .collect();
+        let all: Vec<ComponentMetrics> =
+            shared.spec.components.iter().map(|c| shared.metrics.component(&c.id)).collect();
         let bar = if progress && std::io::stderr().is_terminal() {
             let b = indicatif::ProgressBar::new_spinner();
             b.set_style(
-                indicatif::ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}")
-                    .expect("valid template"),
+                indicatif::ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}").expect("valid template"),
             );
             Some(b)
         } else {
@@ -335,10 +284,7 @@ fn spawn_monitor(
             let now = Instant::now();
             let dt = now.duration_since(last.0).as_secs_f64();
             if dt >= 1.0 {
-                shared
-                    .metrics
-                    .events_per_second
-                    .set((read - last.1) as f64 / dt);
+                shared.metrics.events_per_second.set((read - last.1) as f64 / dt);
                 last = (now, read);
             }
             if let Some(b) = &bar {
@@ -376,13 +322,7 @@ fn build_dataflow<'s>(scope: Scope<'s, Epoch>, shared: &Arc<Shared>) {
         .components
         .iter()
         .filter(|c| c.section() != Section::Sink)
-        .chain(
-            shared
-                .spec
-                .components
-                .iter()
-                .filter(|c| c.section() == Section::Sink),
-        );
+        .chain(shared.spec.components.iter().filter(|c| c.section() == Section::Sink));
     for c in order {
         let ctx = worker_context(shared, c, scope.index(), scope.peers());
         let metrics = shared.metrics.component(&c.id);
@@ -429,14 +369,8 @@ fn inputs_of<'s>(
     let mut streams = Vec::new();
     for input in &c.inputs {
         match input {
-            InputRef::Component {
-                id,
-                port: Port::Main,
-            } => streams.push(main[id].clone()),
-            InputRef::Component {
-                id,
-                port: Port::Quarantine,
-            } => streams.push(quarantine[id].clone()),
+            InputRef::Component { id, port: Port::Main } => streams.push(main[id].clone()),
+            InputRef::Component { id, port: Port::Quarantine } => streams.push(quarantine[id].clone()),
             InputRef::AllQuarantine => {
                 let mut ids: Vec<_> = quarantine.keys().collect();
                 ids.sort();
@@ -489,12 +423,9 @@ fn build_source<'s>(
                         metrics.records_in.inc_by(batch.len() as u64);
                         metrics.records_out.inc_by(batch.len() as u64);
                         metrics.bytes_in.inc_by(batch.raw_len() as u64);
-                        metrics
-                            .batch_seconds
-                            .observe(started.elapsed().as_secs_f64());
+                        metrics.batch_seconds.observe(started.elapsed().as_secs_f64());
                         if !batch.is_empty() {
-                            out.activate()
-                                .give(&*cap, &mut vec![Payload::Events(batch)]);
+                            out.activate().give(&*cap, &mut vec![Payload::Events(batch)]);
                         }
                     }
                     Ok(SourcePoll::Quarantine(records)) => {
@@ -502,8 +433,7 @@ fn build_source<'s>(
                         for r in &records {
                             metrics.quarantined(r.reason).inc();
                         }
-                        qout.activate()
-                            .give(&*qcap, &mut vec![Payload::Quarantine(records)]);
+                        qout.activate().give(&*qcap, &mut vec![Payload::Quarantine(records)]);
                     }
                     Ok(SourcePoll::Pending(wait)) => {
                         activator.activate_after(wait.min(Duration::from_millis(100)));
@@ -553,19 +483,13 @@ fn build_operator<'s>(
                     let n = batch.len() as u64;
                     metrics.records_in.inc_by(n);
                     op.process(batch, &mut result);
-                    metrics
-                        .batch_seconds
-                        .observe(started.elapsed().as_secs_f64());
+                    metrics.batch_seconds.observe(started.elapsed().as_secs_f64());
                     metrics.records_out.inc_by(result.out_len() as u64);
                     metrics.filtered.inc_by(result.filtered);
                     result.filtered = 0;
                     if !result.events.is_empty() {
-                        let mut msg: Vec<Payload> = result
-                            .events
-                            .drain(..)
-                            .filter(|b| !b.is_empty())
-                            .map(Payload::Events)
-                            .collect();
+                        let mut msg: Vec<Payload> =
+                            result.events.drain(..).filter(|b| !b.is_empty()).map(Payload::Events).collect();
                         out.activate().give(&cap, &mut msg);
                     }
                     if !result.quarantine.is_empty() {
@@ -573,8 +497,7 @@ fn build_operator<'s>(
                             metrics.quarantined(r.reason).inc();
                         }
                         let records = std::mem::take(&mut result.quarantine);
-                        qout.activate()
-                            .give(&cap, &mut vec![Payload::Quarantine(records)]);
+                        qout.activate().give(&cap, &mut vec![Payload::Quarantine(records)]);
                     }
                 }
             });
@@ -615,9 +538,7 @@ fn build_sink<'s>(
                             shared.fail(format!("sink `{id}`: {e:#}"));
                         }
                     }
-                    metrics
-                        .batch_seconds
-                        .observe(started.elapsed().as_secs_f64());
+                    metrics.batch_seconds.observe(started.elapsed().as_secs_f64());
                 }
             });
             let frontier = frontiers[0].frontier();

@@ -27,14 +27,7 @@ pub struct SpecError {
 
 impl fmt::Display for SpecError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}:{}:{}: {}",
-            self.file.display(),
-            self.line,
-            self.column,
-            self.message
-        )
+        write!(f, "{}:{}:{}: {}", self.file.display(), self.line, self.column, self.message)
     }
 }
 
@@ -109,14 +102,8 @@ pub enum InputRef {
 impl fmt::Display for InputRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            InputRef::Component {
-                id,
-                port: Port::Main,
-            } => write!(f, "{id}"),
-            InputRef::Component {
-                id,
-                port: Port::Quarantine,
-            } => write!(f, "{id}.quarantine"),
+            InputRef::Component { id, port: Port::Main } => write!(f, "{id}"),
+            InputRef::Component { id, port: Port::Quarantine } => write!(f, "{id}.quarantine"),
             InputRef::AllQuarantine => write!(f, "{ALL_QUARANTINE}"),
         }
     }
@@ -165,26 +152,13 @@ impl Spec {
             }])
         })?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        let base = if base.as_os_str().is_empty() {
-            PathBuf::from(".")
-        } else {
-            base
-        };
+        let base = if base.as_os_str().is_empty() { PathBuf::from(".") } else { base };
         Spec::parse(path, &text, Resources::new(base), registry)
     }
 
     /// Validates spec text; `file` is used in messages, `resources` resolves relative paths.
-    pub fn parse(
-        file: &Path,
-        text: &str,
-        resources: Resources,
-        registry: &Registry,
-    ) -> Result<Spec, SpecErrors> {
-        let mut v = Validator {
-            file: file.to_path_buf(),
-            errors: Vec::new(),
-            broken: Default::default(),
-        };
+    pub fn parse(file: &Path, text: &str, resources: Resources, registry: &Registry) -> Result<Spec, SpecErrors> {
+        let mut v = Validator { file: file.to_path_buf(), errors: Vec::new(), broken: Default::default() };
         let spec = v.run(text, resources, registry);
         match spec {
             Some(spec) if v.errors.is_empty() => Ok(spec),
@@ -206,47 +180,27 @@ impl Spec {
                 Section::Operator => ("[", "]"),
                 Section::Sink => ("[(", ")]"),
             };
-            out.push_str(&format!(
-                "    {}{}\"{}<br/>{}\"{}\n",
-                mermaid_id(&c.id),
-                open,
-                c.id,
-                c.kind.type_name,
-                close
-            ));
+            out.push_str(&format!("    {}{}\"{}<br/>{}\"{}\n", mermaid_id(&c.id), open, c.id, c.kind.type_name, close));
         }
         for (from, to, label) in self.edges() {
-            out.push_str(&format!(
-                "    {} -->|{}| {}\n",
-                mermaid_id(&from),
-                label,
-                mermaid_id(&to)
-            ));
+            out.push_str(&format!("    {} -->|{}| {}\n", mermaid_id(&from), label, mermaid_id(&to)));
         }
         out
     }
 
     /// The DAG in Graphviz DOT.
     pub fn to_dot(&self) -> String {
-        let mut out = format!(
-            "digraph \"{}\" {{\n    rankdir=LR;\n",
-            self.name.replace('"', "'")
-        );
+        let mut out = format!("digraph \"{}\" {{\n    rankdir=LR;\n", self.name.replace('"', "'"));
         for c in &self.components {
             let shape = match c.section() {
                 Section::Source => "invhouse",
                 Section::Operator => "box",
                 Section::Sink => "cylinder",
             };
-            out.push_str(&format!(
-                "    \"{}\" [shape={shape}, label=\"{}\\n{}\"];\n",
-                c.id, c.id, c.kind.type_name
-            ));
+            out.push_str(&format!("    \"{}\" [shape={shape}, label=\"{}\\n{}\"];\n", c.id, c.id, c.kind.type_name));
         }
         for (from, to, label) in self.edges() {
-            out.push_str(&format!(
-                "    \"{from}\" -> \"{to}\" [label=\"{label}\"];\n"
-            ));
+            out.push_str(&format!("    \"{from}\" -> \"{to}\" [label=\"{label}\"];\n"));
         }
         out.push_str("}\n");
         out
@@ -258,27 +212,16 @@ impl Spec {
         for c in &self.components {
             for input in &c.inputs {
                 match input {
-                    InputRef::Component {
-                        id,
-                        port: Port::Main,
-                    } => {
-                        let kind = self
-                            .component(id)
-                            .and_then(|p| p.kind.output)
-                            .map(StreamKind::as_str)
-                            .unwrap_or("?");
+                    InputRef::Component { id, port: Port::Main } => {
+                        let kind =
+                            self.component(id).and_then(|p| p.kind.output).map(StreamKind::as_str).unwrap_or("?");
                         edges.push((id.clone(), c.id.clone(), kind));
                     }
-                    InputRef::Component {
-                        id,
-                        port: Port::Quarantine,
-                    } => edges.push((id.clone(), c.id.clone(), "quarantine")),
+                    InputRef::Component { id, port: Port::Quarantine } => {
+                        edges.push((id.clone(), c.id.clone(), "quarantine"))
+                    }
                     InputRef::AllQuarantine => {
-                        for p in self
-                            .components
-                            .iter()
-                            .filter(|p| p.section() != Section::Sink)
-                        {
+                        for p in self.components.iter().filter(|p| p.section() != Section::Sink) {
                             edges.push((p.id.clone(), c.id.clone(), "quarantine"));
                         }
                     }
@@ -290,9 +233,7 @@ impl Spec {
 }
 
 fn mermaid_id(id: &str) -> String {
-    id.chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect()
+    id.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect()
 }
 
 struct Validator {
@@ -314,21 +255,14 @@ struct Pending {
 impl Validator {
     fn err(&mut self, marker: Option<&Marker>, message: impl Into<String>) {
         let (line, column) = marker.map(|m| (m.line(), m.column())).unwrap_or((0, 0));
-        self.errors.push(SpecError {
-            file: self.file.clone(),
-            line,
-            column,
-            message: message.into(),
-        });
+        self.errors.push(SpecError { file: self.file.clone(), line, column, message: message.into() });
     }
 
     fn run(&mut self, text: &str, resources: Resources, registry: &Registry) -> Option<Spec> {
         let root = match marked_yaml::parse_yaml_with_options(
             0,
             text,
-            marked_yaml::LoaderOptions::default()
-                .error_on_duplicate_keys(true)
-                .toplevel_mapping(),
+            marked_yaml::LoaderOptions::default().error_on_duplicate_keys(true).toplevel_mapping(),
         ) {
             Ok(n) => n,
             Err(e) => {
@@ -338,11 +272,7 @@ impl Validator {
             }
         };
         let map = root.as_mapping()?;
-        let mut name = self
-            .file
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let mut name = self.file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         let mut settings = Settings::default();
         let mut pending: Vec<Pending> = Vec::new();
         let mut seen_sections = false;
@@ -384,16 +314,10 @@ impl Validator {
             }
         }
         if !seen_sections || !pending.iter().any(|p| p.kind.section == Section::Source) {
-            self.err(
-                root.span().start(),
-                "a pipeline needs at least one source under `sources`",
-            );
+            self.err(root.span().start(), "a pipeline needs at least one source under `sources`");
         }
         if !pending.iter().any(|p| p.kind.section == Section::Sink) {
-            self.err(
-                root.span().start(),
-                "a pipeline needs at least one sink under `sinks`",
-            );
+            self.err(root.span().start(), "a pipeline needs at least one sink under `sinks`");
         }
         let warnings = self.check_graph(&pending);
         let order = self.topological_order(&pending)?;
@@ -412,14 +336,7 @@ impl Validator {
                 position: (p.marker.line(), p.marker.column()),
             })
             .collect();
-        Some(Spec {
-            file: self.file.clone(),
-            name,
-            settings,
-            components,
-            resources,
-            warnings,
-        })
+        Some(Spec { file: self.file.clone(), name, settings, components, resources, warnings })
     }
 
     fn component(
@@ -429,19 +346,9 @@ impl Validator {
         resources: &Resources,
         registry: &Registry,
     ) -> Option<Pending> {
-        let start = item
-            .span()
-            .start()
-            .copied()
-            .unwrap_or_else(|| Marker::new(0, 0, 0, 0));
+        let start = item.span().start().copied().unwrap_or_else(|| Marker::new(0, 0, 0, 0));
         let Some(map) = item.as_mapping() else {
-            self.err(
-                Some(&start),
-                format!(
-                    "each entry of `{}` must be a mapping with `id` and `type`",
-                    section.key()
-                ),
-            );
+            self.err(Some(&start), format!("each entry of `{}` must be a mapping with `id` and `type`", section.key()));
             return None;
         };
         let id = match map.get_scalar("id") {
@@ -451,21 +358,21 @@ impl Validator {
                 return None;
             }
         };
-        let id_marker = map
-            .get_node("id")
-            .and_then(|n| n.span().start().copied())
-            .unwrap_or(start);
+        let id_marker = map.get_node("id").and_then(|n| n.span().start().copied()).unwrap_or(start);
         if !valid_id(&id) {
-            self.err(Some(&id_marker), format!("invalid id `{id}`: use letters, digits, `_` and `-`, starting with a letter or digit"));
+            self.err(
+                Some(&id_marker),
+                format!("invalid id `{id}`: use letters, digits, `_` and `-`, starting with a letter or digit"),
+            );
         }
         if id == ALL_QUARANTINE {
-            self.err(Some(&id_marker), format!("`{ALL_QUARANTINE}` is reserved for the merged quarantine stream; choose another id"));
+            self.err(
+                Some(&id_marker),
+                format!("`{ALL_QUARANTINE}` is reserved for the merged quarantine stream; choose another id"),
+            );
         }
         let Some(type_node) = map.get_scalar("type") else {
-            self.err(
-                Some(&start),
-                format!("component `{id}`: missing field `type`"),
-            );
+            self.err(Some(&start), format!("component `{id}`: missing field `type`"));
             self.broken.insert(id);
             return None;
         };
@@ -494,16 +401,10 @@ impl Validator {
         let mut inputs = Vec::new();
         match (map.get_node("inputs"), section) {
             (Some(n), Section::Source) => {
-                self.err(
-                    n.span().start(),
-                    format!("source `{id}` cannot have `inputs`"),
-                );
+                self.err(n.span().start(), format!("source `{id}` cannot have `inputs`"));
             }
             (None, Section::Operator | Section::Sink) => {
-                self.err(
-                    Some(&start),
-                    format!("component `{id}`: missing field `inputs`"),
-                );
+                self.err(Some(&start), format!("component `{id}`: missing field `inputs`"));
             }
             (Some(n), _) => match n.as_sequence() {
                 Some(seq) if !seq.is_empty() => {
@@ -517,10 +418,7 @@ impl Validator {
                         }
                     }
                 }
-                _ => self.err(
-                    n.span().start(),
-                    format!("component `{id}`: `inputs` must be a non-empty list of ids"),
-                ),
+                _ => self.err(n.span().start(), format!("component `{id}`: `inputs` must be a non-empty list of ids")),
             },
             (None, Section::Source) => {}
         }
@@ -531,28 +429,16 @@ impl Validator {
             config.remove(k);
         }
         let config_node = Node::from(config);
-        let ctx = BuildContext {
-            component_id: &id,
-            resources,
-        };
+        let ctx = BuildContext { component_id: &id, resources };
         let built = match kind.build(&config_node, &ctx) {
             Ok(b) => Some(b),
             Err(e) => {
                 let m = e.marker.unwrap_or(start);
-                self.err(
-                    Some(&m),
-                    format!("component `{id}` ({}): {}", kind.type_name, e.message),
-                );
+                self.err(Some(&m), format!("component `{id}` ({}): {}", kind.type_name, e.message));
                 None
             }
         };
-        Some(Pending {
-            id,
-            kind,
-            inputs,
-            built,
-            marker: start,
-        })
+        Some(Pending { id, kind, inputs, built, marker: start })
     }
 
     /// Unique ids, inputs that exist, stream kinds that match, outputs that are consumed.
@@ -561,11 +447,7 @@ impl Validator {
         let mut by_id: HashMap<&str, &Pending> = HashMap::new();
         for p in pending {
             if let Some(first) = by_id.get(p.id.as_str()) {
-                let msg = format!(
-                    "duplicate id `{}` (first defined at line {})",
-                    p.id,
-                    first.marker.line()
-                );
+                let msg = format!("duplicate id `{}` (first defined at line {})", p.id, first.marker.line());
                 self.err(Some(&p.marker), msg);
             } else {
                 by_id.insert(&p.id, p);
@@ -585,8 +467,7 @@ impl Validator {
                             if self.broken.contains(id) {
                                 continue;
                             }
-                            let mut known: Vec<_> =
-                                by_id.keys().copied().filter(|k| *k != p.id).collect();
+                            let mut known: Vec<_> = by_id.keys().copied().filter(|k| *k != p.id).collect();
                             known.sort();
                             self.err(
                                 Some(marker),
@@ -599,7 +480,10 @@ impl Validator {
                             continue;
                         };
                         if producer.kind.section == Section::Sink {
-                            self.err(Some(marker), format!("component `{}`: input `{input}` is a sink, which has no output", p.id));
+                            self.err(
+                                Some(marker),
+                                format!("component `{}`: input `{input}` is a sink, which has no output", p.id),
+                            );
                             continue;
                         }
                         match port {
@@ -635,13 +519,17 @@ impl Validator {
             if p.kind.section != Section::Sink && !consumed.contains_key(p.id.as_str()) {
                 self.err(
                     Some(&p.marker),
-                    format!("the output of `{}` is not an input of any operator or sink, so its records would be lost", p.id),
+                    format!(
+                        "the output of `{}` is not an input of any operator or sink, so its records would be lost",
+                        p.id
+                    ),
                 );
             }
         }
         if !quarantine_routed {
             warnings.push(
-                "no sink reads `quarantine`: quarantined records are counted in metrics but not written anywhere".to_string(),
+                "no sink reads `quarantine`: quarantined records are counted in metrics but not written anywhere"
+                    .to_string(),
             );
         }
         warnings
@@ -649,11 +537,7 @@ impl Validator {
 
     /// Kahn's algorithm; on a cycle, reports it by name at each member.
     fn topological_order(&mut self, pending: &[Pending]) -> Option<Vec<usize>> {
-        let index: HashMap<&str, usize> = pending
-            .iter()
-            .enumerate()
-            .map(|(i, p)| (p.id.as_str(), i))
-            .collect();
+        let index: HashMap<&str, usize> = pending.iter().enumerate().map(|(i, p)| (p.id.as_str(), i)).collect();
         let deps: Vec<Vec<usize>> = pending
             .iter()
             .map(|p| {
@@ -688,11 +572,7 @@ impl Validator {
             let in_cycle: Vec<usize> = (0..pending.len()).filter(|i| !order.contains(i)).collect();
             let names: Vec<&str> = in_cycle.iter().map(|&i| pending[i].id.as_str()).collect();
             for &i in &in_cycle {
-                let msg = format!(
-                    "cycle: `{}` is part of a cycle through {}",
-                    pending[i].id,
-                    names.join(" -> ")
-                );
+                let msg = format!("cycle: `{}` is part of a cycle through {}", pending[i].id, names.join(" -> "));
                 self.err(Some(&pending[i].marker), msg);
             }
             return None;
@@ -720,14 +600,8 @@ fn parse_input(s: &str) -> InputRef {
         return InputRef::AllQuarantine;
     }
     match s.strip_suffix(".quarantine") {
-        Some(id) => InputRef::Component {
-            id: id.to_string(),
-            port: Port::Quarantine,
-        },
-        None => InputRef::Component {
-            id: s.to_string(),
-            port: Port::Main,
-        },
+        Some(id) => InputRef::Component { id: id.to_string(), port: Port::Quarantine },
+        None => InputRef::Component { id: s.to_string(), port: Port::Main },
     }
 }
 
@@ -736,17 +610,11 @@ fn load_error(e: &marked_yaml::LoadError) -> (Option<Marker>, String) {
     match e {
         L::TopLevelMustBeMapping(m) => (Some(*m), "the spec must be a YAML mapping".into()),
         L::TopLevelMustBeSequence(m) => (Some(*m), "expected a sequence".into()),
-        L::UnexpectedAnchor(m) => (
-            Some(*m),
-            "YAML anchors and aliases are not supported in specs".into(),
-        ),
+        L::UnexpectedAnchor(m) => (Some(*m), "YAML anchors and aliases are not supported in specs".into()),
         L::MappingKeyMustBeScalar(m) => (Some(*m), "mapping keys must be plain strings".into()),
         L::UnexpectedTag(m) => (Some(*m), "YAML tags are not supported in specs".into()),
         L::ScanError(m, s) => (Some(*m), format!("invalid YAML: {s}")),
-        L::DuplicateKey(d) => (
-            d.key.span().start().copied(),
-            format!("duplicate key `{}`", d.key.as_str()),
-        ),
+        L::DuplicateKey(d) => (d.key.span().start().copied(), format!("duplicate key `{}`", d.key.as_str())),
     }
 }
 
@@ -768,16 +636,10 @@ pub fn json_schema(registry: &Registry) -> serde_json::Value {
                 obj.insert("description".into(), Value::from(kind.description));
                 let props = obj.entry("properties").or_insert_with(|| json!({}));
                 if let Some(p) = props.as_object_mut() {
-                    p.insert(
-                        "id".into(),
-                        json!({"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_-]*$"}),
-                    );
+                    p.insert("id".into(), json!({"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_-]*$"}));
                     p.insert("type".into(), json!({"const": kind.type_name}));
                     if section != Section::Source {
-                        p.insert(
-                            "inputs".into(),
-                            json!({"type": "array", "items": {"type": "string"}, "minItems": 1}),
-                        );
+                        p.insert("inputs".into(), json!({"type": "array", "items": {"type": "string"}, "minItems": 1}));
                     }
                 }
                 let req = obj.entry("required").or_insert_with(|| json!([]));
@@ -791,10 +653,7 @@ pub fn json_schema(registry: &Registry) -> serde_json::Value {
             }
             variants.push(schema);
         }
-        sections.insert(
-            section.key().into(),
-            json!({"type": "array", "items": {"oneOf": variants}}),
-        );
+        sections.insert(section.key().into(), json!({"type": "array", "items": {"oneOf": variants}}));
     }
     let settings = generator.root_schema_for::<Settings>().to_value();
     let mut props = sections;

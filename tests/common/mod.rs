@@ -19,10 +19,7 @@ pub struct Run {
 }
 
 pub fn ward(args: &[&str]) -> Run {
-    let out: Output = Command::new(ward_bin())
-        .args(args)
-        .output()
-        .expect("ward runs");
+    let out: Output = Command::new(ward_bin()).args(args).output().expect("ward runs");
     Run {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -42,12 +39,7 @@ pub fn write(dir: &Path, name: &str, text: &str) -> String {
 
 /// Runs a Python snippet (pyarrow and friends are installed by the test command).
 pub fn python(script: &str, args: &[&str]) -> String {
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .args(args)
-        .output()
-        .expect("python3 runs");
+    let out = Command::new("python3").arg("-c").arg(script).args(args).output().expect("python3 runs");
     assert!(
         out.status.success(),
         "python failed:\n{}\n{}",
@@ -58,36 +50,24 @@ pub fn python(script: &str, args: &[&str]) -> String {
 }
 
 pub fn sorted_lines(path: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(str::to_string)
-        .collect();
+    let mut v: Vec<String> = std::fs::read_to_string(path).unwrap().lines().map(str::to_string).collect();
     v.sort();
     v
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// A plain HTTP/1.0 GET against 127.0.0.1; returns (status, body).
 pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
-        .ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5))).ok()?;
     write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
     let mut resp = String::new();
     s.read_to_string(&mut resp).ok()?;
     let status = resp.split_whitespace().nth(1)?.parse().ok()?;
-    let body = resp
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
+    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     Some((status, body))
 }

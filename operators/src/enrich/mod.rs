@@ -10,9 +10,7 @@ use std::sync::{Arc, Once};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use ward_engine::batch::{Bytes, EventBatch, Heap, Key, Slot, Value};
-use ward_engine::component::{
-    Built, Operator, OperatorFactory, OperatorOutput, StreamKind, WorkerContext,
-};
+use ward_engine::component::{Built, Operator, OperatorFactory, OperatorOutput, StreamKind, WorkerContext};
 use ward_engine::fields::{ids, FieldId};
 use ward_engine::registry::{BuildContext, ComponentConfig, Section};
 use ward_engine::resources::{Reloadable, Resources};
@@ -87,8 +85,7 @@ fn yes() -> bool {
 impl ComponentConfig for EnrichConfig {
     const TYPE: &'static str = "enrich";
     const SECTION: Section = Section::Operator;
-    const DESCRIPTION: &'static str =
-        "Add threat-intel matches, GeoIP/ASN, asset data and a risk score";
+    const DESCRIPTION: &'static str = "Add threat-intel matches, GeoIP/ASN, asset data and a risk score";
     const ACCEPTS: &'static [StreamKind] = &[StreamKind::Events];
     const OUTPUT: Option<StreamKind> = Some(StreamKind::Events);
 
@@ -96,13 +93,7 @@ impl ComponentConfig for EnrichConfig {
         let config = self.clone();
         let data = Reloadable::new(ctx.resources, move |res| EnrichData::load(&config, res))?;
         let mut paths: Vec<String> = self.threat_intel.iter().map(|t| t.path.clone()).collect();
-        paths.extend(
-            self.geoip
-                .iter()
-                .chain(&self.asn)
-                .chain(&self.assets)
-                .cloned(),
-        );
+        paths.extend(self.geoip.iter().chain(&self.asn).chain(&self.assets).cloned());
         Ok(Built::Operator(Arc::new(EnrichFactory {
             data,
             risk: Arc::new(self.risk),
@@ -133,63 +124,45 @@ impl EnrichData {
         for f in &config.threat_intel {
             let text = res.read_string(&f.path)?;
             let default_feed = f.feed.clone().unwrap_or_else(|| {
-                std::path::Path::new(&f.path)
-                    .file_stem()
-                    .map(|s| s.to_string_lossy().into_owned())
-                    .unwrap_or_default()
+                std::path::Path::new(&f.path).file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
             });
-            index
-                .add_file(&text, &default_feed, &f.path)
-                .map_err(|e| anyhow::anyhow!(e))?;
+            index.add_file(&text, &default_feed, &f.path).map_err(|e| anyhow::anyhow!(e))?;
         }
         let mmdb = |p: &Option<String>| -> anyhow::Result<Option<maxminddb::Reader<Vec<u8>>>> {
             match p {
                 None => Ok(None),
-                Some(p) => Ok(Some(
-                    maxminddb::Reader::from_source(res.read(p)?)
-                        .map_err(|e| anyhow::anyhow!("{p}: {e}"))?,
-                )),
+                Some(p) => {
+                    Ok(Some(maxminddb::Reader::from_source(res.read(p)?).map_err(|e| anyhow::anyhow!("{p}: {e}"))?))
+                }
             }
         };
         let mut assets = HashMap::new();
         if let Some(p) = &config.assets {
             let text = res.read_string(p)?;
-            let mut rdr = csv::ReaderBuilder::new()
-                .trim(csv::Trim::All)
-                .from_reader(text.as_bytes());
-            let headers = rdr
-                .headers()
-                .map_err(|e| anyhow::anyhow!("{p}: {e}"))?
-                .clone();
+            let mut rdr = csv::ReaderBuilder::new().trim(csv::Trim::All).from_reader(text.as_bytes());
+            let headers = rdr.headers().map_err(|e| anyhow::anyhow!("{p}: {e}"))?.clone();
             let col = |name: &str| headers.iter().position(|h| h.eq_ignore_ascii_case(name));
             let host = col("host").ok_or_else(|| anyhow::anyhow!("{p}: no `host` column"))?;
-            let crit = col("criticality")
-                .ok_or_else(|| anyhow::anyhow!("{p}: no `criticality` column"))?;
+            let crit = col("criticality").ok_or_else(|| anyhow::anyhow!("{p}: no `criticality` column"))?;
             let (owner, tags) = (col("owner"), col("tags"));
             for (n, rec) in rdr.records().enumerate() {
                 let rec = rec.map_err(|e| anyhow::anyhow!("{p}: {e}"))?;
-                let criticality: i64 = rec.get(crit).unwrap_or("").parse().map_err(|_| {
-                    anyhow::anyhow!("{p}:{}: criticality must be an integer", n + 2)
-                })?;
+                let criticality: i64 = rec
+                    .get(crit)
+                    .unwrap_or("")
+                    .parse()
+                    .map_err(|_| anyhow::anyhow!("{p}:{}: criticality must be an integer", n + 2))?;
                 assets.insert(
                     rec.get(host).unwrap_or("").to_ascii_lowercase(),
                     Asset {
                         criticality,
                         owner: owner.and_then(|i| rec.get(i)).unwrap_or("").to_string(),
-                        tags: tags
-                            .and_then(|i| rec.get(i))
-                            .unwrap_or("")
-                            .replace(';', ","),
+                        tags: tags.and_then(|i| rec.get(i)).unwrap_or("").replace(';', ","),
                     },
                 );
             }
         }
-        Ok(EnrichData {
-            ti: index,
-            geo: mmdb(&config.geoip)?,
-            asn: mmdb(&config.asn)?,
-            assets,
-        })
+        Ok(EnrichData { ti: index, geo: mmdb(&config.geoip)?, asn: mmdb(&config.asn)?, assets })
     }
 }
 
@@ -204,8 +177,7 @@ impl OperatorFactory for EnrichFactory {
     fn create(&self, ctx: &WorkerContext) -> anyhow::Result<Box<dyn Operator>> {
         let mut result = Ok(());
         // Watch once per pipeline, not per worker; validation builds the config without watching.
-        self.watch_once
-            .call_once(|| result = self.data.watch(&self.watch_paths));
+        self.watch_once.call_once(|| result = self.data.watch(&self.watch_paths));
         result?;
         Ok(Box::new(Enricher {
             data: self.data.clone(),
@@ -254,28 +226,18 @@ struct Seen {
     host: Option<usize>,
 }
 
-const DOMAIN_FIELDS: [FieldId; 4] = [
-    ids::DESTINATION_DOMAIN,
-    ids::DNS_QUESTION_NAME,
-    ids::URL_DOMAIN,
-    ids::SOURCE_DOMAIN,
-];
-const HASH_FIELDS: [FieldId; 4] = [
-    ids::FILE_HASH_SHA256,
-    ids::FILE_HASH_SHA1,
-    ids::FILE_HASH_MD5,
-    ids::PROCESS_HASH_SHA256,
-];
+const DOMAIN_FIELDS: [FieldId; 4] =
+    [ids::DESTINATION_DOMAIN, ids::DNS_QUESTION_NAME, ids::URL_DOMAIN, ids::SOURCE_DOMAIN];
+const HASH_FIELDS: [FieldId; 4] =
+    [ids::FILE_HASH_SHA256, ids::FILE_HASH_SHA1, ids::FILE_HASH_MD5, ids::PROCESS_HASH_SHA256];
 
 impl Operator for Enricher {
     fn process(&mut self, mut batch: EventBatch, out: &mut OperatorOutput) {
         let data = self.data.current();
         let (generation, failures) = (self.data.generation(), self.data.failures());
         if let Some(m) = &self.metrics {
-            m.reloads
-                .inc_by(generation.saturating_sub(self.seen_generation));
-            m.reload_failures
-                .inc_by(failures.saturating_sub(self.seen_failures));
+            m.reloads.inc_by(generation.saturating_sub(self.seen_generation));
+            m.reload_failures.inc_by(failures.saturating_sub(self.seen_failures));
         }
         (self.seen_generation, self.seen_failures) = (generation, failures);
         let w = &*self.risk;
@@ -292,19 +254,13 @@ impl Operator for Enricher {
             let mut hit: Option<(ti::IndicatorKind, String, String)> = None;
             for (i, s) in old.iter().enumerate() {
                 let Key::Core(f) = s.key else { continue };
-                let b = Bytes {
-                    raw: &raw,
-                    heap: &heap,
-                };
+                let b = Bytes { raw: &raw, heap: &heap };
                 match (f, s.value) {
                     (ids::SOURCE_IP, Value::Ip(r)) => seen.src_ip = b.ip(r),
                     (ids::DESTINATION_IP, Value::Ip(r)) => seen.dst_ip = b.ip(r),
                     (ids::SOURCE_PORT, Value::Int(p)) => seen.src_port = Some(p),
                     (ids::DESTINATION_PORT, Value::Int(p)) => seen.dst_port = Some(p),
-                    (
-                        ids::SOURCE_BYTES | ids::DESTINATION_BYTES | ids::NETWORK_BYTES,
-                        Value::Int(n),
-                    ) => seen.bytes += n,
+                    (ids::SOURCE_BYTES | ids::DESTINATION_BYTES | ids::NETWORK_BYTES, Value::Int(n)) => seen.bytes += n,
                     (ids::HOST_NAME, Value::Str(_)) => seen.host = Some(i),
                     (f, Value::Str(r)) if hit.is_none() && DOMAIN_FIELDS.contains(&f) => {
                         self.scratch.clear();
@@ -340,30 +296,18 @@ impl Operator for Enricher {
             }
             let push_str = |slots: &mut Vec<Slot>, heap: &mut Vec<u8>, f: FieldId, s: &str| {
                 let r = Heap(heap).push_str(s);
-                slots.push(Slot {
-                    key: Key::Core(f),
-                    value: Value::Str(r),
-                });
+                slots.push(Slot { key: Key::Core(f), value: Value::Str(r) });
             };
             let ti_hit = hit.is_some();
             if let Some((kind, value, feed)) = hit {
-                let kind = if kind == ti::IndicatorKind::Ip && value.contains(':') {
-                    "ipv6-addr"
-                } else {
-                    kind.as_str()
-                };
+                let kind =
+                    if kind == ti::IndicatorKind::Ip && value.contains(':') { "ipv6-addr" } else { kind.as_str() };
                 push_str(&mut slots, &mut heap, ids::THREAT_INDICATOR_TYPE, kind);
                 push_str(&mut slots, &mut heap, ids::THREAT_INDICATOR_MATCHED, &value);
                 push_str(&mut slots, &mut heap, ids::THREAT_FEED_NAME, &feed);
             }
             for (ip, country, city, asn, org) in [
-                (
-                    seen.src_ip,
-                    ids::SOURCE_GEO_COUNTRY,
-                    ids::SOURCE_GEO_CITY,
-                    ids::SOURCE_AS_NUMBER,
-                    ids::SOURCE_AS_ORG,
-                ),
+                (seen.src_ip, ids::SOURCE_GEO_COUNTRY, ids::SOURCE_GEO_CITY, ids::SOURCE_AS_NUMBER, ids::SOURCE_AS_ORG),
                 (
                     seen.dst_ip,
                     ids::DESTINATION_GEO_COUNTRY,
@@ -374,10 +318,7 @@ impl Operator for Enricher {
             ] {
                 let Some(ip) = ip else { continue };
                 if let Some(geo) = &data.geo {
-                    if let Ok(Some(c)) = geo
-                        .lookup(ip)
-                        .and_then(|r| r.decode::<maxminddb::geoip2::City>())
-                    {
+                    if let Ok(Some(c)) = geo.lookup(ip).and_then(|r| r.decode::<maxminddb::geoip2::City>()) {
                         if let Some(cc) = c.country.iso_code {
                             push_str(&mut slots, &mut heap, country, cc);
                         }
@@ -387,15 +328,9 @@ impl Operator for Enricher {
                     }
                 }
                 if let Some(db) = &data.asn {
-                    if let Ok(Some(a)) = db
-                        .lookup(ip)
-                        .and_then(|r| r.decode::<maxminddb::geoip2::Asn>())
-                    {
+                    if let Ok(Some(a)) = db.lookup(ip).and_then(|r| r.decode::<maxminddb::geoip2::Asn>()) {
                         if let Some(n) = a.autonomous_system_number {
-                            slots.push(Slot {
-                                key: Key::Core(asn),
-                                value: Value::Int(n as i64),
-                            });
+                            slots.push(Slot { key: Key::Core(asn), value: Value::Int(n as i64) });
                         }
                         if let Some(o) = a.autonomous_system_organization {
                             push_str(&mut slots, &mut heap, org, o);
@@ -405,24 +340,13 @@ impl Operator for Enricher {
             }
             let mut criticality = 0;
             if let (Some(i), false) = (seen.host, data.assets.is_empty()) {
-                let Value::Str(r) = old[i].value else {
-                    unreachable!("matched as a string")
-                };
+                let Value::Str(r) = old[i].value else { unreachable!("matched as a string") };
                 self.scratch.clear();
-                self.scratch.push_str(
-                    Bytes {
-                        raw: &raw,
-                        heap: &heap,
-                    }
-                    .str(r),
-                );
+                self.scratch.push_str(Bytes { raw: &raw, heap: &heap }.str(r));
                 self.scratch.make_ascii_lowercase();
                 if let Some(a) = data.assets.get(self.scratch.as_str()) {
                     criticality = a.criticality;
-                    slots.push(Slot {
-                        key: Key::Core(ids::ASSET_CRITICALITY),
-                        value: Value::Int(a.criticality),
-                    });
+                    slots.push(Slot { key: Key::Core(ids::ASSET_CRITICALITY), value: Value::Int(a.criticality) });
                     if !a.owner.is_empty() {
                         push_str(&mut slots, &mut heap, ids::ASSET_OWNER, &a.owner);
                     }
@@ -435,23 +359,13 @@ impl Operator for Enricher {
             if ti_hit {
                 score += w.ti_hit;
             }
-            if seen
-                .dst_port
-                .is_some_and(|p| w.risky_ports.iter().any(|r| *r as i64 == p))
-            {
+            if seen.dst_port.is_some_and(|p| w.risky_ports.iter().any(|r| *r as i64 == p)) {
                 score += w.risky_port;
             }
-            if seen.bytes >= w.large_transfer_bytes
-                && seen
-                    .src_port
-                    .is_some_and(|p| p >= w.ephemeral_port_min as i64)
-            {
+            if seen.bytes >= w.large_transfer_bytes && seen.src_port.is_some_and(|p| p >= w.ephemeral_port_min as i64) {
                 score += w.large_transfer;
             }
-            slots.push(Slot {
-                key: Key::Core(ids::RISK_SCORE),
-                value: Value::Int(score.clamp(0, 100)),
-            });
+            slots.push(Slot { key: Key::Core(ids::RISK_SCORE), value: Value::Int(score.clamp(0, 100)) });
             row.slots_start = start as u32;
             row.slots_end = slots.len() as u32;
         }

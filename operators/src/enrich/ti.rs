@@ -71,11 +71,7 @@ impl TiIndex {
             }
             let mut parts = line.splitn(2, [',', ' ', '\t']);
             let value = parts.next().unwrap_or("").trim();
-            let feed = parts
-                .next()
-                .map(str::trim)
-                .filter(|f| !f.is_empty())
-                .unwrap_or(default_feed);
+            let feed = parts.next().map(str::trim).filter(|f| !f.is_empty()).unwrap_or(default_feed);
             let feed_ix = match self.feeds.iter().position(|f| f == feed) {
                 Some(i) => i as u32,
                 None => {
@@ -86,32 +82,20 @@ impl TiIndex {
             let at = || format!("{file}:{}: ", n + 1);
             if let Ok(net) = value.parse::<IpNet>() {
                 let (lo, hi) = match net {
-                    IpNet::V4(v4) => (
-                        ip_key(IpAddr::V4(v4.network())),
-                        ip_key(IpAddr::V4(v4.broadcast())),
-                    ),
-                    IpNet::V6(v6) => (
-                        ip_key(IpAddr::V6(v6.network())),
-                        ip_key(IpAddr::V6(v6.broadcast())),
-                    ),
+                    IpNet::V4(v4) => (ip_key(IpAddr::V4(v4.network())), ip_key(IpAddr::V4(v4.broadcast()))),
+                    IpNet::V6(v6) => (ip_key(IpAddr::V6(v6.network())), ip_key(IpAddr::V6(v6.broadcast()))),
                 };
                 ranges.push((lo, hi, feed_ix));
             } else if let Ok(ip) = value.parse::<IpAddr>() {
                 ranges.push((ip_key(ip), ip_key(ip), feed_ix));
             } else if value.contains("://") {
                 self.urls.insert(normalize_url(value), feed_ix);
-            } else if matches!(value.len(), 32 | 40 | 64)
-                && value.bytes().all(|b| b.is_ascii_hexdigit())
-            {
+            } else if matches!(value.len(), 32 | 40 | 64) && value.bytes().all(|b| b.is_ascii_hexdigit()) {
                 self.hashes.insert(value.to_ascii_lowercase(), feed_ix);
             } else if is_domain(value) {
-                self.domains
-                    .insert(value.trim_end_matches('.').to_ascii_lowercase(), feed_ix);
+                self.domains.insert(value.trim_end_matches('.').to_ascii_lowercase(), feed_ix);
             } else {
-                return Err(format!(
-                    "{}`{value}` is not an IP, CIDR, domain, hash or URL",
-                    at()
-                ));
+                return Err(format!("{}`{value}` is not an IP, CIDR, domain, hash or URL", at()));
             }
         }
         ranges.sort_unstable();
@@ -131,10 +115,7 @@ impl TiIndex {
         let k = ip_key(ip);
         let i = self.ranges.partition_point(|r| r.0 <= k);
         let r = self.ranges.get(i.checked_sub(1)?)?;
-        (k <= r.1).then(|| Hit {
-            kind: IndicatorKind::Ip,
-            feed: &self.feeds[r.2 as usize],
-        })
+        (k <= r.1).then(|| Hit { kind: IndicatorKind::Ip, feed: &self.feeds[r.2 as usize] })
     }
 
     /// The domain or any parent domain is listed. `domain` must be lower-case.
@@ -145,10 +126,7 @@ impl TiIndex {
         let mut d = domain.trim_end_matches('.');
         loop {
             if let Some(&f) = self.domains.get(d) {
-                return Some(Hit {
-                    kind: IndicatorKind::Domain,
-                    feed: &self.feeds[f as usize],
-                });
+                return Some(Hit { kind: IndicatorKind::Domain, feed: &self.feeds[f as usize] });
             }
             match d.find('.') {
                 Some(i) => d = &d[i + 1..],
@@ -159,20 +137,14 @@ impl TiIndex {
 
     /// `hash` must be lower-case hex.
     pub fn hash(&self, hash: &str) -> Option<Hit<'_>> {
-        self.hashes.get(hash).map(|&f| Hit {
-            kind: IndicatorKind::Hash,
-            feed: &self.feeds[f as usize],
-        })
+        self.hashes.get(hash).map(|&f| Hit { kind: IndicatorKind::Hash, feed: &self.feeds[f as usize] })
     }
 
     pub fn url(&self, url: &str) -> Option<Hit<'_>> {
         if self.urls.is_empty() {
             return None;
         }
-        self.urls.get(&normalize_url(url)).map(|&f| Hit {
-            kind: IndicatorKind::Url,
-            feed: &self.feeds[f as usize],
-        })
+        self.urls.get(&normalize_url(url)).map(|&f| Hit { kind: IndicatorKind::Url, feed: &self.feeds[f as usize] })
     }
 }
 
@@ -182,12 +154,7 @@ fn normalize_url(u: &str) -> String {
         Some(i) => {
             let rest = &u[i + 3..];
             let host_end = rest.find('/').unwrap_or(rest.len());
-            format!(
-                "{}://{}{}",
-                u[..i].to_ascii_lowercase(),
-                rest[..host_end].to_ascii_lowercase(),
-                &rest[host_end..]
-            )
+            format!("{}://{}{}", u[..i].to_ascii_lowercase(), rest[..host_end].to_ascii_lowercase(), &rest[host_end..])
         }
         None => u.to_string(),
     }
@@ -198,10 +165,7 @@ fn is_domain(s: &str) -> bool {
     s.contains('.')
         && s.len() <= 253
         && s.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && l.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         })
 }
 
@@ -224,21 +188,12 @@ mod tests {
     #[test]
     fn ip_and_cidr_v4_v6() {
         let t = index();
-        assert_eq!(
-            t.ip("185.220.101.77".parse().unwrap()).unwrap().feed,
-            "tor-exit"
-        );
-        assert_eq!(
-            t.ip("45.155.205.233".parse().unwrap()).unwrap().feed,
-            "demo"
-        );
+        assert_eq!(t.ip("185.220.101.77".parse().unwrap()).unwrap().feed, "tor-exit");
+        assert_eq!(t.ip("45.155.205.233".parse().unwrap()).unwrap().feed, "demo");
         assert!(t.ip("45.155.205.234".parse().unwrap()).is_none());
         assert!(t.ip("2001:db8:bad::1".parse().unwrap()).is_some());
         assert!(t.ip("2001:db8:bae::1".parse().unwrap()).is_none());
-        assert!(
-            t.ip("10.200.3.4".parse().unwrap()).is_some(),
-            "merged overlapping ranges"
-        );
+        assert!(t.ip("10.200.3.4".parse().unwrap()).is_some(), "merged overlapping ranges");
         assert!(t.ip("11.0.0.0".parse().unwrap()).is_none());
         assert!(t.ip("0.0.0.0".parse().unwrap()).is_none());
     }
@@ -255,23 +210,15 @@ mod tests {
     #[test]
     fn hashes_and_urls() {
         let t = index();
-        assert_eq!(
-            t.hash("44d88612fea8a8f36de82e1278abb02f").unwrap().kind,
-            IndicatorKind::Hash
-        );
+        assert_eq!(t.hash("44d88612fea8a8f36de82e1278abb02f").unwrap().kind, IndicatorKind::Hash);
         assert!(t.url("HTTP://bad.example/Payload.exe").is_some());
-        assert!(
-            t.url("http://bad.example/payload.exe").is_none(),
-            "paths are case-sensitive"
-        );
+        assert!(t.url("http://bad.example/payload.exe").is_none(), "paths are case-sensitive");
     }
 
     #[test]
     fn bad_lines_name_file_and_line() {
         let mut t = TiIndex::default();
-        let e = t
-            .add_file("1.2.3.4\nnot an indicator!\n", "f", "ti.txt")
-            .unwrap_err();
+        let e = t.add_file("1.2.3.4\nnot an indicator!\n", "f", "ti.txt").unwrap_err();
         assert!(e.starts_with("ti.txt:2:"), "{e}");
     }
 }

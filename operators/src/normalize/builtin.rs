@@ -2,23 +2,11 @@
 //! anywhere. A spec names them as `builtin:NAME`.
 
 const PACKS: &[(&str, &str)] = &[
-    (
-        "windows",
-        include_str!("../../../pipelines/packs/windows.yaml"),
-    ),
-    (
-        "linux-auth",
-        include_str!("../../../pipelines/packs/linux-auth.yaml"),
-    ),
+    ("windows", include_str!("../../../pipelines/packs/windows.yaml")),
+    ("linux-auth", include_str!("../../../pipelines/packs/linux-auth.yaml")),
     ("zeek", include_str!("../../../pipelines/packs/zeek.yaml")),
-    (
-        "fortigate",
-        include_str!("../../../pipelines/packs/fortigate.yaml"),
-    ),
-    (
-        "generic-json",
-        include_str!("../../../pipelines/packs/generic-json.yaml"),
-    ),
+    ("fortigate", include_str!("../../../pipelines/packs/fortigate.yaml")),
+    ("generic-json", include_str!("../../../pipelines/packs/generic-json.yaml")),
 ];
 
 pub fn get(name: &str) -> Option<&'static str> {
@@ -31,8 +19,5 @@ pub fn names() -> Vec<&'static str> {
 
 /// All built-in packs in the order the demo uses them.
 pub fn all_refs() -> Vec<String> {
-    names()
-        .into_iter()
-        .map(|n| format!("builtin:{n}"))
-        .collect()
+    names().into_iter().map(|n| format!("builtin:{n}")).collect()
 }

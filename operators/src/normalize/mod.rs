@@ -11,16 +11,14 @@ use std::sync::Arc;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use ward_engine::batch::{Bytes, EventBatch, Heap, Key, Slot, StrRef, Value};
-use ward_engine::component::{
-    Built, Operator, OperatorFactory, OperatorOutput, StreamKind, WorkerContext,
-};
+use ward_engine::component::{Built, Operator, OperatorFactory, OperatorOutput, StreamKind, WorkerContext};
 use ward_engine::fields::{ids, FieldId, FieldType};
 use ward_engine::quarantine::{QuarantineRecord, Reason};
 use ward_engine::registry::{BuildContext, ComponentConfig, Section};
 use ward_engine::resources::Resources;
 
 use self::coerce::{coerce, Input, TsOptions};
-use self::pack::{Condition, Mapping, Pack, Target, Test, Transform};
+use self::pack::{Condition, Const, Mapping, Pack, Target, Test, Transform};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -75,10 +73,7 @@ pub fn load_packs(names: &[String], resources: &Resources) -> anyhow::Result<Vec
             let text = match name.strip_prefix("builtin:") {
                 Some(b) => builtin::get(b)
                     .ok_or_else(|| {
-                        anyhow::anyhow!(
-                            "unknown built-in pack `{b}`; built-in packs: {}",
-                            builtin::names().join(", ")
-                        )
+                        anyhow::anyhow!("unknown built-in pack `{b}`; built-in packs: {}", builtin::names().join(", "))
                     })?
                     .to_string(),
                 None => resources.read_string(name)?,
@@ -96,12 +91,7 @@ struct NormalizeFactory {
 
 impl OperatorFactory for NormalizeFactory {
     fn create(&self, ctx: &WorkerContext) -> anyhow::Result<Box<dyn Operator>> {
-        Ok(Box::new(Normalizer::new(
-            ctx.component_id.clone(),
-            self.packs.clone(),
-            self.unmatched,
-            self.keep_original,
-        )))
+        Ok(Box::new(Normalizer::new(ctx.component_id.clone(), self.packs.clone(), self.unmatched, self.keep_original)))
     }
 }
 
@@ -117,12 +107,7 @@ pub struct Normalizer {
 }
 
 impl Normalizer {
-    pub fn new(
-        component: Arc<str>,
-        packs: Arc<Vec<Pack>>,
-        unmatched: Unmatched,
-        keep_original: bool,
-    ) -> Self {
+    pub fn new(component: Arc<str>, packs: Arc<Vec<Pack>>, unmatched: Unmatched, keep_original: bool) -> Self {
         Normalizer {
             component,
             packs,
@@ -144,10 +129,7 @@ fn input<'a>(v: Value, raw: &'a [u8], heap: &[u8], scratch: &'a mut String) -> I
         Value::Int(i) => Input::Int(i),
         Value::Float(f) => Input::Float(f),
         Value::Timestamp(t) => Input::Timestamp(t),
-        Value::Ip(r) => Bytes { raw, heap }
-            .ip(r)
-            .map(Input::Ip)
-            .unwrap_or(Input::Null),
+        Value::Ip(r) => Bytes { raw, heap }.ip(r).map(Input::Ip).unwrap_or(Input::Null),
         Value::Str(r) if r.in_heap() => {
             scratch.clear();
             scratch.push_str(Bytes { raw, heap }.str(r));
@@ -230,11 +212,7 @@ fn apply_mapping(
     let ty = m.to.field_type();
     let value = match (ty, v) {
         // A plain string rename references the same bytes.
-        (FieldType::Str, Value::Str(r))
-            if !m.lowercase && !m.uppercase && m.transform.is_none() =>
-        {
-            Value::Str(r)
-        }
+        (FieldType::Str, Value::Str(r)) if !m.lowercase && !m.uppercase && m.transform.is_none() => Value::Str(r),
         (FieldType::Str, Value::Str(r)) => {
             scratch.clear();
             let text = Bytes { raw, heap }.str(r);
@@ -255,22 +233,8 @@ fn apply_mapping(
             let mut local = String::new();
             let inp = input(v, raw, heap, &mut local);
             let formats = m.formats.as_deref().unwrap_or(&pack.formats);
-            coerce(
-                ty,
-                inp,
-                &TsOptions {
-                    formats,
-                    timezone: pack.timezone,
-                },
-                &mut Heap(heap),
-            )
-            .map_err(|(r, d)| {
-                let name = match &m.to {
-                    Target::Core(id) => id.name().to_string(),
-                    Target::Ext(n) => n.clone(),
-                };
-                (r, format!("{name}: {d}"))
-            })?
+            coerce(ty, inp, &TsOptions { formats, timezone: pack.timezone }, &mut Heap(heap))
+                .map_err(|(r, d)| (r, format!("{}: {d}", target_name(&m.to))))?
         }
     };
     let key = target_key(heap, &m.to);
@@ -281,9 +245,7 @@ fn apply_mapping(
 fn is_null_marker(pack: &Pack, b: Bytes<'_>, v: Value) -> bool {
     match v {
         Value::Null => true,
-        Value::Str(r) => {
-            !pack.null_values.is_empty() && pack.null_values.iter().any(|n| b.eq(r, n))
-        }
+        Value::Str(r) => !pack.null_values.is_empty() && pack.null_values.iter().any(|n| b.eq(r, n)),
         _ => false,
     }
 }
@@ -305,9 +267,7 @@ impl Normalizer {
             let mapped = match s.key {
                 Key::Ext(k) => {
                     let b = Bytes { raw, heap };
-                    pack.mappings
-                        .get(b.bytes(k))
-                        .filter(|_| !is_null_marker(pack, b, s.value))
+                    pack.mappings.get(b.bytes(k)).filter(|_| !is_null_marker(pack, b, s.value))
                 }
                 Key::Core(_) => None,
             };
@@ -325,42 +285,22 @@ impl Normalizer {
         }
         // Rules, in order, each seeing what the ones before it did.
         for (ri, rule) in pack.rules.iter().enumerate() {
-            let ok = rule
-                .when
-                .iter()
-                .all(|c| holds(Bytes { raw, heap }, &out[start..], c));
+            let ok = rule.when.iter().all(|c| holds(Bytes { raw, heap }, &out[start..], c));
             if !ok {
                 continue;
             }
-            for (t, v) in &rule.set {
-                let mut tmp = Vec::new();
-                let m = Mapping {
-                    to: t.clone(),
-                    copy: false,
-                    lowercase: false,
-                    uppercase: false,
-                    transform: None,
-                    formats: None,
+            for (t, c) in &rule.set {
+                let value = match c {
+                    Const::Str(x) => Value::Str(Heap(heap).push_str(x)),
+                    Const::Int(i) => Value::Int(*i),
+                    Const::Float(f) => Value::Float(*f),
+                    Const::Bool(b) => Value::Bool(*b),
+                    Const::Ip(ip) => Value::Ip(Heap(heap).push_ip(*ip)),
+                    Const::Timestamp(ms) => Value::Timestamp(*ms),
                 };
-                let r = Heap(&mut tmp).push_str(v);
-                // Constants are few: coerce through a scratch heap, then copy in.
-                let val = {
-                    let mut one = Vec::new();
-                    apply_mapping(
-                        &m,
-                        pack,
-                        Value::Str(r),
-                        &[],
-                        &mut tmp,
-                        &mut self.scratch,
-                        &mut one,
-                    )?;
-                    one[0].value
-                };
-                let val = rehome(val, &tmp, heap);
                 let key = target_key(heap, t);
                 remove_key(out, start, key, Bytes { raw, heap });
-                out.push(Slot { key, value: val });
+                out.push(Slot { key, value });
             }
             for (from, m) in &rule.fields {
                 let found = out[start..]
@@ -374,10 +314,8 @@ impl Normalizer {
                 }
             }
             if let Some(x) = &rule.extract {
-                let src = out[start..]
-                    .iter()
-                    .find(|s| key_matches(Bytes { raw, heap }, s.key, &x.from))
-                    .map(|s| s.value);
+                let src =
+                    out[start..].iter().find(|s| key_matches(Bytes { raw, heap }, s.key, &x.from)).map(|s| s.value);
                 if let Some(Value::Str(r)) = src {
                     if self.locs.len() <= ri {
                         self.locs.resize_with(ri + 1, || None);
@@ -389,29 +327,11 @@ impl Normalizer {
                         let text = std::mem::take(&mut self.scratch);
                         for (group, target) in &x.groups {
                             if let Some((a, b)) = locs.get(*group) {
-                                let mut tmp = Vec::new();
-                                let gr = Heap(&mut tmp).push_str(&text[a..b]);
-                                let m = Mapping {
-                                    to: target.clone(),
-                                    copy: false,
-                                    lowercase: false,
-                                    uppercase: false,
-                                    transform: None,
-                                    formats: None,
-                                };
-                                let mut one = Vec::new();
-                                apply_mapping(
-                                    &m,
-                                    pack,
-                                    Value::Str(gr),
-                                    &[],
-                                    &mut tmp,
-                                    &mut String::new(),
-                                    &mut one,
-                                )?;
-                                let val = rehome(one[0].value, &tmp, heap);
+                                let ts = TsOptions { formats: &pack.formats, timezone: pack.timezone };
+                                let value = coerce(target.field_type(), Input::Str(&text[a..b]), &ts, &mut Heap(heap))
+                                    .map_err(|(r, d)| (r, format!("{}: {d}", target_name(target))))?;
                                 let key = target_key(heap, target);
-                                out.push(Slot { key, value: val });
+                                out.push(Slot { key, value });
                             }
                         }
                         self.scratch = text;
@@ -420,10 +340,7 @@ impl Normalizer {
             }
         }
         if let Some(module) = &pack.module {
-            if !out[start..]
-                .iter()
-                .any(|s| s.key == Key::Core(FieldId::lookup("event.module").expect("core field")))
-            {
+            if !out[start..].iter().any(|s| s.key == Key::Core(FieldId::lookup("event.module").expect("core field"))) {
                 let r = Heap(heap).push_str(module);
                 out.push(Slot {
                     key: Key::Core(FieldId::lookup("event.module").expect("core field")),
@@ -435,11 +352,7 @@ impl Normalizer {
             if !out[start..].iter().any(|s| s.key == Key::Core(*req)) {
                 return Err((
                     Reason::MissingField,
-                    format!(
-                        "pack {}: required field {} is missing",
-                        pack.name,
-                        req.name()
-                    ),
+                    format!("pack {}: required field {} is missing", pack.name, req.name()),
                 ));
             }
         }
@@ -447,16 +360,10 @@ impl Normalizer {
     }
 }
 
-/// Moves a value's bytes from a temporary heap into the batch heap.
-fn rehome(v: Value, from: &[u8], heap: &mut Vec<u8>) -> Value {
-    let b = Bytes {
-        raw: &[],
-        heap: from,
-    };
-    match v {
-        Value::Str(r) => Value::Str(Heap(heap).push_bytes(b.bytes(r))),
-        Value::Ip(r) => Value::Ip(Heap(heap).push_bytes(b.bytes(r))),
-        other => other,
+fn target_name(t: &Target) -> &str {
+    match t {
+        Target::Core(id) => id.name(),
+        Target::Ext(n) => n,
     }
 }
 
@@ -501,24 +408,12 @@ impl Operator for Normalizer {
             let row = batch.rows[i];
             let old = &batch.slots[row.slots_start as usize..row.slots_end as usize];
             let start = new_slots.len();
-            let pack = packs.iter().find(|p| {
-                p.when.iter().all(|c| {
-                    holds(
-                        Bytes {
-                            raw: &raw,
-                            heap: &heap,
-                        },
-                        old,
-                        c,
-                    )
-                })
-            });
+            let pack = packs.iter().find(|p| p.when.iter().all(|c| holds(Bytes { raw: &raw, heap: &heap }, old, c)));
             let result = match pack {
                 Some(p) => self.row(p, old, &raw, &mut heap, &mut new_slots, start),
-                None if self.unmatched == Unmatched::Quarantine => Err((
-                    Reason::UnknownFormat,
-                    "no normalization pack handles this record".into(),
-                )),
+                None if self.unmatched == Unmatched::Quarantine => {
+                    Err((Reason::UnknownFormat, "no normalization pack handles this record".into()))
+                }
                 None => {
                     new_slots.extend_from_slice(old);
                     Ok(())
@@ -541,23 +436,14 @@ impl Operator for Normalizer {
                     hex[2 * j + 1] = DIGITS[(byte & 15) as usize];
                 }
                 let r = Heap(&mut heap).push_bytes(&hex);
-                new_slots.push(Slot {
-                    key: Key::Core(ids::EVENT_ID),
-                    value: Value::Str(r),
-                });
+                new_slots.push(Slot { key: Key::Core(ids::EVENT_ID), value: Value::Str(r) });
             }
             if !has(ids::EVENT_KIND, &new_slots[start..]) {
                 let r = Heap(&mut heap).push_str("event");
-                new_slots.push(Slot {
-                    key: Key::Core(ids::EVENT_KIND),
-                    value: Value::Str(r),
-                });
+                new_slots.push(Slot { key: Key::Core(ids::EVENT_KIND), value: Value::Str(r) });
             }
             if self.keep_original {
-                new_slots.push(Slot {
-                    key: Key::Core(ids::EVENT_ORIGINAL),
-                    value: Value::Str(row.raw),
-                });
+                new_slots.push(Slot { key: Key::Core(ids::EVENT_ORIGINAL), value: Value::Str(row.raw) });
             }
             let r = &mut batch.rows[i];
             r.slots_start = start as u32;
@@ -567,13 +453,7 @@ impl Operator for Normalizer {
         batch.raw = raw;
         batch.heap = heap;
         for (i, reason, detail) in rejected {
-            out.quarantine.push(QuarantineRecord::from_row(
-                &batch,
-                i,
-                &self.component,
-                reason,
-                detail,
-            ));
+            out.quarantine.push(QuarantineRecord::from_row(&batch, i, &self.component, reason, detail));
         }
         batch.retain_rows(|i| keep[i]);
         if !batch.is_empty() {

@@ -190,10 +190,21 @@ pub struct Extract {
     pub groups: Vec<(usize, Target)>,
 }
 
+/// A `set` value, coerced to its field's type when the pack is compiled.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Const {
+    Str(String),
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+    Ip(std::net::IpAddr),
+    Timestamp(i64),
+}
+
 #[derive(Clone, Debug)]
 pub struct Rule {
     pub when: Vec<Condition>,
-    pub set: Vec<(Target, String)>,
+    pub set: Vec<(Target, Const)>,
     pub fields: Vec<(String, Mapping)>,
     pub extract: Option<Extract>,
 }
@@ -216,27 +227,13 @@ pub struct Pack {
 fn compile_mapping(m: &MappingSpec) -> Result<Mapping, String> {
     let to = Target::parse(&m.to);
     let formats = match &m.formats {
-        Some(f) => Some(
-            f.iter()
-                .map(|s| TsFormat::parse(s))
-                .collect::<Result<Vec<_>, _>>()?,
-        ),
+        Some(f) => Some(f.iter().map(|s| TsFormat::parse(s)).collect::<Result<Vec<_>, _>>()?),
         None => None,
     };
     if (m.lowercase || m.uppercase || m.transform.is_some()) && to.field_type() != FieldType::Str {
-        return Err(format!(
-            "mapping {} -> {}: lowercase/uppercase/transform need a string field",
-            m.from, m.to
-        ));
+        return Err(format!("mapping {} -> {}: lowercase/uppercase/transform need a string field", m.from, m.to));
     }
-    Ok(Mapping {
-        to,
-        copy: m.copy,
-        lowercase: m.lowercase,
-        uppercase: m.uppercase,
-        transform: m.transform,
-        formats,
-    })
+    Ok(Mapping { to, copy: m.copy, lowercase: m.lowercase, uppercase: m.uppercase, transform: m.transform, formats })
 }
 
 fn compile_condition(c: &ConditionSpec) -> Result<Condition, String> {
@@ -254,9 +251,7 @@ fn compile_condition(c: &ConditionSpec) -> Result<Condition, String> {
         tests.push(Test::Contains(v.clone()));
     }
     if let Some(v) = &c.matches {
-        tests.push(Test::Matches(
-            regex::Regex::new(v).map_err(|e| format!("condition on {}: {e}", c.field))?,
-        ));
+        tests.push(Test::Matches(regex::Regex::new(v).map_err(|e| format!("condition on {}: {e}", c.field))?));
     }
     if let Some(v) = c.exists {
         tests.push(Test::Exists(v));
@@ -267,74 +262,67 @@ fn compile_condition(c: &ConditionSpec) -> Result<Condition, String> {
             c.field
         ));
     }
-    Ok(Condition {
-        field: Target::parse(&c.field),
-        test: tests.pop().expect("one test"),
+    Ok(Condition { field: Target::parse(&c.field), test: tests.pop().expect("one test") })
+}
+
+fn constant(ty: FieldType, v: &str, formats: &[TsFormat], timezone: chrono_tz::Tz) -> Result<Const, String> {
+    use super::coerce::{coerce, Input, TsOptions};
+    use ward_engine::batch::{Bytes, Heap, Value};
+    let mut heap = Vec::new();
+    let value = coerce(ty, Input::Str(v), &TsOptions { formats, timezone }, &mut Heap(&mut heap)).map_err(|e| e.1)?;
+    let b = Bytes { raw: &[], heap: &heap };
+    Ok(match value {
+        Value::Str(r) => Const::Str(b.str(r).to_string()),
+        Value::Int(i) => Const::Int(i),
+        Value::Float(f) => Const::Float(f),
+        Value::Bool(x) => Const::Bool(x),
+        Value::Ip(r) => Const::Ip(b.ip(r).ok_or("bad address")?),
+        Value::Timestamp(t) => Const::Timestamp(t),
+        Value::Null => return Err("null constant".into()),
     })
 }
 
 impl Pack {
     pub fn compile(file: &PackFile) -> Result<Pack, String> {
-        let formats = file
-            .timestamp_formats
-            .iter()
-            .map(|s| TsFormat::parse(s))
-            .collect::<Result<Vec<_>, _>>()?;
+        let formats = file.timestamp_formats.iter().map(|s| TsFormat::parse(s)).collect::<Result<Vec<_>, _>>()?;
         let timezone = match &file.timezone {
-            Some(z) => z
-                .parse::<chrono_tz::Tz>()
-                .map_err(|e| format!("timezone `{z}`: {e}"))?,
+            Some(z) => z.parse::<chrono_tz::Tz>().map_err(|e| format!("timezone `{z}`: {e}"))?,
             None => chrono_tz::UTC,
         };
         let mut mappings: ahash::AHashMap<Box<[u8]>, Vec<Mapping>> = ahash::AHashMap::new();
         for m in &file.fields {
-            mappings
-                .entry(m.from.as_bytes().into())
-                .or_default()
-                .push(compile_mapping(m)?);
+            mappings.entry(m.from.as_bytes().into()).or_default().push(compile_mapping(m)?);
         }
         let required = file
             .required
             .iter()
-            .map(|r| {
-                FieldId::lookup(r)
-                    .ok_or_else(|| format!("required field `{r}` is not an ECS-lite field"))
-            })
+            .map(|r| FieldId::lookup(r).ok_or_else(|| format!("required field `{r}` is not an ECS-lite field")))
             .collect::<Result<Vec<_>, _>>()?;
         let mut rules = Vec::new();
         for r in &file.rules {
             let extract = match &r.extract {
                 None => None,
                 Some(x) => {
-                    let regex = regex::Regex::new(&x.pattern)
-                        .map_err(|e| format!("extract pattern: {e}"))?;
+                    let regex = regex::Regex::new(&x.pattern).map_err(|e| format!("extract pattern: {e}"))?;
                     let mut groups = Vec::new();
                     for (group, to) in &x.fields {
                         let idx = regex
                             .capture_names()
                             .position(|n| n == Some(group.as_str()))
-                            .ok_or_else(|| {
-                                format!("extract: the pattern has no group named `{group}`")
-                            })?;
+                            .ok_or_else(|| format!("extract: the pattern has no group named `{group}`"))?;
                         groups.push((idx, Target::parse(to)));
                     }
-                    Some(Extract {
-                        from: Target::parse(&x.from),
-                        regex,
-                        groups,
-                    })
+                    Some(Extract { from: Target::parse(&x.from), regex, groups })
                 }
             };
             let mut set = Vec::new();
             for (k, v) in &r.set {
-                set.push((Target::parse(k), v.clone()));
+                let t = Target::parse(k);
+                let c = constant(t.field_type(), v, &formats, timezone).map_err(|e| format!("set {k}: {e}"))?;
+                set.push((t, c));
             }
             rules.push(Rule {
-                when: r
-                    .when
-                    .iter()
-                    .map(compile_condition)
-                    .collect::<Result<_, _>>()?,
+                when: r.when.iter().map(compile_condition).collect::<Result<_, _>>()?,
                 set,
                 fields: r
                     .fields
@@ -347,11 +335,7 @@ impl Pack {
         Ok(Pack {
             name: file.name.clone(),
             module: file.module.clone(),
-            when: file
-                .when
-                .iter()
-                .map(compile_condition)
-                .collect::<Result<_, _>>()?,
+            when: file.when.iter().map(compile_condition).collect::<Result<_, _>>()?,
             formats,
             timezone,
             null_values: file.null_values.clone(),

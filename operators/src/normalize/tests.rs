@@ -8,20 +8,9 @@ fn run(lines: &[&str]) -> (Vec<serde_json::Value>, Vec<QuarantineRecord>) {
     run_with(packs, Unmatched::Keep, lines)
 }
 
-fn run_with(
-    packs: Vec<Pack>,
-    unmatched: Unmatched,
-    lines: &[&str],
-) -> (Vec<serde_json::Value>, Vec<QuarantineRecord>) {
-    let mut parser = Parser::new(
-        "parse".into(),
-        Format::Auto,
-        1 << 20,
-        SyslogOptions {
-            year: Some(2024),
-            ..Default::default()
-        },
-    );
+fn run_with(packs: Vec<Pack>, unmatched: Unmatched, lines: &[&str]) -> (Vec<serde_json::Value>, Vec<QuarantineRecord>) {
+    let mut parser =
+        Parser::new("parse".into(), Format::Auto, 1 << 20, SyslogOptions { year: Some(2024), ..Default::default() });
     let mut norm = Normalizer::new("normalize".into(), Arc::new(packs), unmatched, false);
     let mut b = EventBatch::new();
     let o = b.origin_index(&"src".into(), &"f".into());
@@ -36,11 +25,7 @@ fn run_with(
         norm.process(batch, &mut out);
     }
     q.extend(out.quarantine);
-    let events = out
-        .events
-        .iter()
-        .flat_map(|b| (0..b.len()).map(move |i| b.row_to_json(i)))
-        .collect();
+    let events = out.events.iter().flat_map(|b| (0..b.len()).map(move |i| b.row_to_json(i))).collect();
     (events, q)
 }
 
@@ -58,19 +43,13 @@ fn windows_sysmon_process_creation() {
     assert_eq!(e["event.category"], "process");
     assert_eq!(e["event.module"], "windows");
     assert_eq!(e["process.name"], "powershell.exe");
-    assert_eq!(
-        e["process.executable"],
-        "C:\\Windows\\System32\\WindowsPowerShell\\v1.0\\powershell.exe"
-    );
+    assert_eq!(e["process.executable"], "C:\\Windows\\System32\\WindowsPowerShell\\v1.0\\powershell.exe");
     assert_eq!(e["process.pid"], 4242);
     assert_eq!(e["process.parent.name"], "explorer.exe");
     assert_eq!(e["user.name"], "CORP\\alice");
     // Unmapped input stays, under its input name.
     assert_eq!(e["ext"]["Event.EventData.Hashes"], "SHA256=ABC");
-    assert!(
-        e["ext"].get("Event.EventData.Image").is_none(),
-        "mapped fields are renamed"
-    );
+    assert!(e["ext"].get("Event.EventData.Image").is_none(), "mapped fields are renamed");
     assert_eq!(e["event.kind"], "event");
     assert_eq!(e["event.id"].as_str().unwrap().len(), 16);
 }
@@ -90,10 +69,7 @@ fn windows_security_failed_logon_and_group_change() {
     assert_eq!(e[1]["event.action"], "added-member-to-group");
     assert_eq!(e[1]["user.name"], "bob");
     assert_eq!(e[1]["user.target.name"], "CN=bob,OU=Users,DC=corp");
-    assert_eq!(
-        e[1]["ext"]["Event.EventData.TargetUserName"],
-        "Administrators"
-    );
+    assert_eq!(e[1]["ext"]["Event.EventData.TargetUserName"], "Administrators");
 }
 
 #[test]
@@ -150,10 +126,7 @@ fn zeek_conn_dns_json_and_tsv() {
     assert_eq!(e[0]["event.id"], "C1");
     assert_eq!(e[1]["event.dataset"], "zeek.dns");
     assert_eq!(e[1]["dns.question.name"], "evil.example.com");
-    assert_eq!(
-        e[1]["dns.answers"],
-        serde_json::json!(["1.2.3.4", "5.6.7.8"])
-    );
+    assert_eq!(e[1]["dns.answers"], serde_json::json!(["1.2.3.4", "5.6.7.8"]));
     assert_eq!(e[2]["event.dataset"], "zeek.conn");
     assert_eq!(e[2]["source.port"], 1234);
     assert!(e[2].get("network.protocol").is_none());
@@ -177,10 +150,8 @@ fn fortigate_kv_syslog() {
 
 #[test]
 fn generic_json_and_unmatched_records() {
-    let (e, _) = run(&[
-        r##"{"timestamp":"2024-01-02 03:04:05","host":"app1","msg":"hello","custom":{"a":1}}"##,
-        "k=v other=1",
-    ]);
+    let (e, _) =
+        run(&[r##"{"timestamp":"2024-01-02 03:04:05","host":"app1","msg":"hello","custom":{"a":1}}"##, "k=v other=1"]);
     assert_eq!(e[0]["@timestamp"], "2024-01-02T03:04:05.000Z");
     assert_eq!(e[0]["host.name"], "app1");
     assert_eq!(e[0]["message"], "hello");
@@ -195,18 +166,12 @@ fn generic_json_and_unmatched_records() {
 
 #[test]
 fn pack_errors_have_positions() {
-    let err = Pack::from_yaml(
-        "p.yaml",
-        "name: x\nfields:\n  - { from: a, to: b, bogus: 1 }\n",
-    )
-    .unwrap_err();
+    let err = Pack::from_yaml("p.yaml", "name: x\nfields:\n  - { from: a, to: b, bogus: 1 }\n").unwrap_err();
     assert!(err.starts_with("p.yaml:3:"), "{err}");
     assert!(err.contains("bogus"), "{err}");
-    let err = Pack::from_yaml(
-        "p.yaml",
-        "name: x\nrules:\n  - extract: { from: m, pattern: '(?P<a>x', fields: {a: b} }\n",
-    )
-    .unwrap_err();
+    let err =
+        Pack::from_yaml("p.yaml", "name: x\nrules:\n  - extract: { from: m, pattern: '(?P<a>x', fields: {a: b} }\n")
+            .unwrap_err();
     assert!(err.contains("extract pattern"), "{err}");
     let err = Pack::from_yaml("p.yaml", "name: x\ntimestamp_formats: [nope]\n").unwrap_err();
     assert!(err.contains("unknown timestamp format"), "{err}");

@@ -33,10 +33,7 @@ pub(crate) fn split_header(body: &str, n: usize) -> Result<(Vec<&str>, &str), St
     let mut i = 0;
     while fields.len() < n {
         if i >= b.len() {
-            return Err(format!(
-                "header has {} of {n} pipe-separated fields",
-                fields.len()
-            ));
+            return Err(format!("header has {} of {n} pipe-separated fields", fields.len()));
         }
         match b[i] {
             b'\\' => i += 2,
@@ -91,10 +88,7 @@ fn parse_extension(ext: &str, w: &mut FieldWriter<'_>) -> Result<(), String> {
             b'=' => {
                 let mut k = i;
                 while k > 0
-                    && (b[k - 1].is_ascii_alphanumeric()
-                        || b[k - 1] == b'_'
-                        || b[k - 1] == b'.'
-                        || b[k - 1] == b'-')
+                    && (b[k - 1].is_ascii_alphanumeric() || b[k - 1] == b'_' || b[k - 1] == b'.' || b[k - 1] == b'-')
                 {
                     k -= 1;
                 }
@@ -154,9 +148,7 @@ mod tests {
 
     #[test]
     fn rejects_short_header() {
-        assert!(parse_with("CEF:0|V|P|1.0", parse_cef)
-            .unwrap_err()
-            .contains("of 7"));
+        assert!(parse_with("CEF:0|V|P|1.0", parse_cef).unwrap_err().contains("of 7"));
         assert!(parse_with("CEF:0|V|P|1|s|n|5|=novalue", parse_cef).is_err());
     }
 }

@@ -25,8 +25,7 @@ impl CsvState {
         let mut input = line.as_bytes();
         let (mut nout, mut nend) = (0, 0);
         loop {
-            let (res, nin, o, e) =
-                reader.read_record(input, &mut self.out[nout..], &mut self.ends[nend..]);
+            let (res, nin, o, e) = reader.read_record(input, &mut self.out[nout..], &mut self.ends[nend..]);
             input = &input[nin..];
             nout += o;
             nend += e;
@@ -34,8 +33,7 @@ impl CsvState {
                 csv_core::ReadRecordResult::InputEmpty => {
                     if input.is_empty() {
                         // Signal end of input to flush the last field.
-                        let (res, _, o, e) =
-                            reader.read_record(&[], &mut self.out[nout..], &mut self.ends[nend..]);
+                        let (res, _, o, e) = reader.read_record(&[], &mut self.out[nout..], &mut self.ends[nend..]);
                         nout += o;
                         nend += e;
                         if let csv_core::ReadRecordResult::OutputEndsFull = res {
@@ -53,17 +51,14 @@ impl CsvState {
                     let len = self.ends.len();
                     self.ends.resize(len * 2, 0);
                 }
-                csv_core::ReadRecordResult::Record | csv_core::ReadRecordResult::End => {
-                    return Ok(nend)
-                }
+                csv_core::ReadRecordResult::Record | csv_core::ReadRecordResult::End => return Ok(nend),
             }
         }
     }
 
     fn field(&self, i: usize) -> Result<&str, String> {
         let start = if i == 0 { 0 } else { self.ends[i - 1] };
-        std::str::from_utf8(&self.out[start..self.ends[i]])
-            .map_err(|_| "field is not UTF-8".to_string())
+        std::str::from_utf8(&self.out[start..self.ends[i]]).map_err(|_| "field is not UTF-8".to_string())
     }
 
     /// Consumes a line: the header (returns `Ok(false)`) or a data row (`Ok(true)`).
@@ -71,9 +66,7 @@ impl CsvState {
         let n = self.split(line)?;
         match &self.header {
             None => {
-                let names = (0..n)
-                    .map(|i| self.field(i).map(str::to_string))
-                    .collect::<Result<Vec<_>, _>>()?;
+                let names = (0..n).map(|i| self.field(i).map(str::to_string)).collect::<Result<Vec<_>, _>>()?;
                 if names.iter().any(String::is_empty) {
                     return Err("header has an empty column name".into());
                 }
@@ -108,10 +101,7 @@ mod tests {
         let hdr = parse_with("host,owner,note", |t, w| s.parse_line(t, w).map(|_| ()));
         assert!(hdr.is_ok());
         assert!(s.has_header());
-        let j = parse_with(r#"dc1,"Smith, J","say ""hi""""#, |t, w| {
-            s.parse_line(t, w).map(|_| ())
-        })
-        .unwrap();
+        let j = parse_with(r#"dc1,"Smith, J","say ""hi""""#, |t, w| s.parse_line(t, w).map(|_| ())).unwrap();
         assert_eq!(j["host"], "dc1");
         assert_eq!(j["owner"], "Smith, J");
         assert_eq!(j["note"], "say \"hi\"");
@@ -121,8 +111,6 @@ mod tests {
     fn wrong_field_count_fails() {
         let mut s = CsvState::default();
         parse_with("a,b", |t, w| s.parse_line(t, w).map(|_| ())).unwrap();
-        assert!(parse_with("1,2,3", |t, w| s.parse_line(t, w).map(|_| ()))
-            .unwrap_err()
-            .contains("3 fields"));
+        assert!(parse_with("1,2,3", |t, w| s.parse_line(t, w).map(|_| ())).unwrap_err().contains("3 fields"));
     }
 }

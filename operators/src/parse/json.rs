@@ -12,11 +12,12 @@ use super::writer::FieldWriter;
 
 /// Parses one JSON object into `w`. Errors carry serde_json's message (line and column).
 pub fn parse_json(text: &str, w: &mut FieldWriter<'_>) -> Result<(), String> {
-    let mut path = String::new();
+    let mut path = std::mem::take(&mut w.path);
+    path.clear();
     let mut de = serde_json::Deserializer::from_str(text);
-    Root { w, path: &mut path }
-        .deserialize(&mut de)
-        .map_err(|e| e.to_string())?;
+    let result = Root { w, path: &mut path }.deserialize(&mut de).map_err(|e| e.to_string());
+    w.path = path;
+    result?;
     de.end().map_err(|e| e.to_string())
 }
 
@@ -28,10 +29,7 @@ struct Root<'p, 'w, 'a> {
 impl<'de> DeserializeSeed<'de> for Root<'_, '_, '_> {
     type Value = ();
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_map(ObjectVisitor {
-            w: self.w,
-            path: self.path,
-        })
+        d.deserialize_map(ObjectVisitor { w: self.w, path: self.path })
     }
 }
 
@@ -167,22 +165,11 @@ impl<'de> Visitor<'de> for ValueSeed<'_, '_, '_, 'de> {
         Ok(())
     }
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
-        ObjectVisitor {
-            w: self.w,
-            path: self.path,
-        }
-        .visit_map(map)
+        ObjectVisitor { w: self.w, path: self.path }.visit_map(map)
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         // Each element is written under the array's own name.
-        while seq
-            .next_element_seed(ValueSeed {
-                w: self.w,
-                path: self.path,
-                key_in_payload: None,
-            })?
-            .is_some()
-        {}
+        while seq.next_element_seed(ValueSeed { w: self.w, path: self.path, key_in_payload: None })?.is_some() {}
         Ok(())
     }
 }

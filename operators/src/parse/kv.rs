@@ -93,10 +93,9 @@ mod tests {
 
     #[test]
     fn parses_plain_and_quoted_values() {
-        let j = parse_with(
-            r#"date=2024-01-02 devname="FGT 60" srcip=10.0.0.1 msg="said \"hi\"""#,
-            |t, w| parse_kv(t, w).map(|_| ()),
-        )
+        let j = parse_with(r#"date=2024-01-02 devname="FGT 60" srcip=10.0.0.1 msg="said \"hi\"""#, |t, w| {
+            parse_kv(t, w).map(|_| ())
+        })
         .unwrap();
         assert_eq!(j["date"], "2024-01-02");
         assert_eq!(j["devname"], "FGT 60");
@@ -106,9 +105,7 @@ mod tests {
 
     #[test]
     fn rejects_malformed() {
-        assert!(parse_with(r#"a="open"#, |t, w| parse_kv(t, w).map(|_| ()))
-            .unwrap_err()
-            .contains("unterminated"));
+        assert!(parse_with(r#"a="open"#, |t, w| parse_kv(t, w).map(|_| ())).unwrap_err().contains("unterminated"));
         assert!(parse_with("just words", |t, w| parse_kv(t, w).map(|_| ())).is_err());
         assert!(parse_with("   ", |t, w| parse_kv(t, w).map(|_| ())).is_err());
     }

@@ -18,9 +18,7 @@ use std::sync::Arc;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use ward_engine::batch::EventBatch;
-use ward_engine::component::{
-    Built, Operator, OperatorFactory, OperatorOutput, StreamKind, WorkerContext,
-};
+use ward_engine::component::{Built, Operator, OperatorFactory, OperatorOutput, StreamKind, WorkerContext};
 use ward_engine::quarantine::{QuarantineRecord, Reason};
 use ward_engine::registry::{BuildContext, ComponentConfig, Section};
 
@@ -68,15 +66,14 @@ fn default_max_record_bytes() -> usize {
 impl ComponentConfig for ParseConfig {
     const TYPE: &'static str = "parse";
     const SECTION: Section = Section::Operator;
-    const DESCRIPTION: &'static str = "Parse raw records (JSON, syslog 3164/5424, CEF, LEEF, Zeek TSV/JSON, key=value, CSV) into fields";
+    const DESCRIPTION: &'static str =
+        "Parse raw records (JSON, syslog 3164/5424, CEF, LEEF, Zeek TSV/JSON, key=value, CSV) into fields";
     const ACCEPTS: &'static [StreamKind] = &[StreamKind::Records];
     const OUTPUT: Option<StreamKind> = Some(StreamKind::Events);
 
     fn build(self, _ctx: &BuildContext<'_>) -> anyhow::Result<Built> {
         let timezone = match &self.timezone {
-            Some(z) => z
-                .parse::<chrono_tz::Tz>()
-                .map_err(|e| anyhow::anyhow!("timezone `{z}`: {e}"))?,
+            Some(z) => z.parse::<chrono_tz::Tz>().map_err(|e| anyhow::anyhow!("timezone `{z}`: {e}"))?,
             None => chrono_tz::UTC,
         };
         if self.max_record_bytes == 0 {
@@ -85,11 +82,7 @@ impl ComponentConfig for ParseConfig {
         Ok(Built::Operator(Arc::new(ParseFactory {
             format: self.format,
             max_record_bytes: self.max_record_bytes,
-            syslog: syslog::SyslogOptions {
-                timezone,
-                year: self.syslog_year,
-                parse_message: true,
-            },
+            syslog: syslog::SyslogOptions { timezone, year: self.syslog_year, parse_message: true },
         })))
     }
 }
@@ -102,12 +95,7 @@ struct ParseFactory {
 
 impl OperatorFactory for ParseFactory {
     fn create(&self, ctx: &WorkerContext) -> anyhow::Result<Box<dyn Operator>> {
-        Ok(Box::new(Parser::new(
-            ctx.component_id.clone(),
-            self.format,
-            self.max_record_bytes,
-            self.syslog,
-        )))
+        Ok(Box::new(Parser::new(ctx.component_id.clone(), self.format, self.max_record_bytes, self.syslog)))
     }
 }
 
@@ -134,41 +122,17 @@ enum Outcome {
 }
 
 impl Parser {
-    pub fn new(
-        component: Arc<str>,
-        format: Format,
-        max_record_bytes: usize,
-        syslog: syslog::SyslogOptions,
-    ) -> Self {
-        Parser {
-            component,
-            format,
-            max_record_bytes,
-            syslog,
-            partitions: HashMap::new(),
-        }
+    pub fn new(component: Arc<str>, format: Format, max_record_bytes: usize, syslog: syslog::SyslogOptions) -> Self {
+        Parser { component, format, max_record_bytes, syslog, partitions: HashMap::new() }
     }
 
-    fn parse_one(
-        &mut self,
-        text: &str,
-        origin: &(Arc<str>, Arc<str>),
-        w: &mut FieldWriter<'_>,
-    ) -> Outcome {
+    fn parse_one(&mut self, text: &str, origin: &(Arc<str>, Arc<str>), w: &mut FieldWriter<'_>) -> Outcome {
         let t = text.trim_end_matches(['\r', '\n']);
         match self.format {
             Format::Json => run(json::parse_json(t, w), "json", Reason::InvalidJson),
-            Format::Syslog => run(
-                syslog::parse_syslog(t, &self.syslog, w),
-                "syslog",
-                Reason::InvalidSyslog,
-            ),
+            Format::Syslog => run(syslog::parse_syslog(t, &self.syslog, w), "syslog", Reason::InvalidSyslog),
             Format::Cef => run(cef::parse_cef(t.trim_start(), w), "cef", Reason::InvalidCef),
-            Format::Leef => run(
-                leef::parse_leef(t.trim_start(), w),
-                "leef",
-                Reason::InvalidLeef,
-            ),
+            Format::Leef => run(leef::parse_leef(t.trim_start(), w), "leef", Reason::InvalidLeef),
             Format::Kv => run(kv::parse_kv(t, w).map(|_| ()), "kv", Reason::InvalidKv),
             Format::ZeekTsv => self.zeek(t, origin, w),
             Format::Csv => {
@@ -183,33 +147,15 @@ impl Parser {
                 let s = t.trim_start();
                 match s.as_bytes().first() {
                     Some(b'{') => run(json::parse_json(s, w), "json", Reason::InvalidJson),
-                    Some(b'<') => run(
-                        syslog::parse_syslog(s, &self.syslog, w),
-                        "syslog",
-                        Reason::InvalidSyslog,
-                    ),
+                    Some(b'<') => run(syslog::parse_syslog(s, &self.syslog, w), "syslog", Reason::InvalidSyslog),
                     Some(b'#') => self.zeek(t, origin, w),
-                    _ if s.starts_with("CEF:") => {
-                        run(cef::parse_cef(s, w), "cef", Reason::InvalidCef)
-                    }
-                    _ if s.starts_with("LEEF:") => {
-                        run(leef::parse_leef(s, w), "leef", Reason::InvalidLeef)
-                    }
-                    _ if t.contains('\t')
-                        && self
-                            .partitions
-                            .get(origin)
-                            .is_some_and(|p| p.zeek.has_fields()) =>
-                    {
+                    _ if s.starts_with("CEF:") => run(cef::parse_cef(s, w), "cef", Reason::InvalidCef),
+                    _ if s.starts_with("LEEF:") => run(leef::parse_leef(s, w), "leef", Reason::InvalidLeef),
+                    _ if t.contains('\t') && self.partitions.get(origin).is_some_and(|p| p.zeek.has_fields()) => {
                         self.zeek(t, origin, w)
                     }
-                    _ if kv::looks_like_kv(s) => {
-                        run(kv::parse_kv(s, w).map(|_| ()), "kv", Reason::InvalidKv)
-                    }
-                    _ => Outcome::Rejected(
-                        Reason::UnknownFormat,
-                        "no format matched (auto-detection)".into(),
-                    ),
+                    _ if kv::looks_like_kv(s) => run(kv::parse_kv(s, w).map(|_| ()), "kv", Reason::InvalidKv),
+                    _ => Outcome::Rejected(Reason::UnknownFormat, "no format matched (auto-detection)".into()),
                 }
             }
         }
@@ -243,26 +189,16 @@ impl Operator for Parser {
             let mut w = FieldWriter::new(&raw, &mut batch.heap, &mut batch.slots);
             for (i, row) in batch.rows.iter_mut().enumerate() {
                 w.begin();
-                let payload = ward_engine::batch::Bytes {
-                    raw: &raw,
-                    heap: &[],
-                }
-                .bytes(row.raw);
+                let payload = ward_engine::batch::Bytes { raw: &raw, heap: &[] }.bytes(row.raw);
                 let outcome = if payload.len() > self.max_record_bytes {
                     Outcome::Rejected(
                         Reason::Oversize,
-                        format!(
-                            "{} bytes > max_record_bytes {}",
-                            payload.len(),
-                            self.max_record_bytes
-                        ),
+                        format!("{} bytes > max_record_bytes {}", payload.len(), self.max_record_bytes),
                     )
                 } else {
                     match simdutf8::compat::from_utf8(payload) {
                         Err(e) => Outcome::Rejected(Reason::InvalidUtf8, e.to_string()),
-                        Ok(text) if text.trim().is_empty() => {
-                            Outcome::Rejected(Reason::Empty, "empty record".into())
-                        }
+                        Ok(text) if text.trim().is_empty() => Outcome::Rejected(Reason::Empty, "empty record".into()),
                         Ok(text) => {
                             let o = &batch.origins[row.origin as usize];
                             let origin = (o.source.clone(), o.partition.clone());
@@ -291,13 +227,7 @@ impl Operator for Parser {
         }
         batch.raw = raw;
         for (i, reason, detail) in rejected {
-            out.quarantine.push(QuarantineRecord::from_row(
-                &batch,
-                i,
-                &self.component,
-                reason,
-                detail,
-            ));
+            out.quarantine.push(QuarantineRecord::from_row(&batch, i, &self.component, reason, detail));
         }
         batch.retain_rows(|i| keep[i]);
         if !batch.is_empty() {
@@ -327,25 +257,12 @@ pub(crate) mod tests {
         }
         b.rows[0].slots_end = b.slots.len() as u32;
         b.raw = raw;
-        Ok(b.row_to_json(0)
-            .get("ext")
-            .cloned()
-            .unwrap_or(serde_json::json!({})))
+        Ok(b.row_to_json(0).get("ext").cloned().unwrap_or(serde_json::json!({})))
     }
 
-    fn run_parser(
-        format: Format,
-        lines: &[&[u8]],
-    ) -> (Vec<serde_json::Value>, Vec<QuarantineRecord>, u64) {
-        let mut p = Parser::new(
-            "parse".into(),
-            format,
-            200,
-            syslog::SyslogOptions {
-                year: Some(2024),
-                ..Default::default()
-            },
-        );
+    fn run_parser(format: Format, lines: &[&[u8]]) -> (Vec<serde_json::Value>, Vec<QuarantineRecord>, u64) {
+        let mut p =
+            Parser::new("parse".into(), format, 200, syslog::SyslogOptions { year: Some(2024), ..Default::default() });
         let mut b = EventBatch::new();
         let o = b.origin_index(&"src".into(), &"file.log".into());
         for (i, l) in lines.iter().enumerate() {
@@ -353,11 +270,7 @@ pub(crate) mod tests {
         }
         let mut out = OperatorOutput::default();
         p.process(b, &mut out);
-        let events = out
-            .events
-            .iter()
-            .flat_map(|b| (0..b.len()).map(move |i| b.row_to_json(i)))
-            .collect();
+        let events = out.events.iter().flat_map(|b| (0..b.len()).map(move |i| b.row_to_json(i))).collect();
         (events, out.quarantine, out.filtered)
     }
 
@@ -379,10 +292,7 @@ pub(crate) mod tests {
             &[b'x'; 300],
         ];
         let (events, q, filtered) = run_parser(Format::Auto, &lines);
-        let parsers: Vec<_> = events
-            .iter()
-            .map(|e| e["ext"]["ward.parser"].as_str().unwrap().to_string())
-            .collect();
+        let parsers: Vec<_> = events.iter().map(|e| e["ext"]["ward.parser"].as_str().unwrap().to_string()).collect();
         assert_eq!(parsers, ["json", "syslog", "cef", "leef", "kv", "zeek_tsv"]);
         assert_eq!(filtered, 2, "two Zeek header lines");
         let reasons: Vec<_> = q.iter().map(|r| (r.reason, r.offset)).collect();
@@ -396,19 +306,14 @@ pub(crate) mod tests {
                 (Reason::Oversize, 13)
             ]
         );
-        assert_eq!(
-            events.len() as u64 + filtered + q.len() as u64,
-            lines.len() as u64,
-            "ledger"
-        );
+        assert_eq!(events.len() as u64 + filtered + q.len() as u64, lines.len() as u64, "ledger");
         assert_eq!(events[0]["ward.offset"], 1);
         assert_eq!(q[0].partition.as_ref(), "file.log");
     }
 
     #[test]
     fn csv_needs_its_header_per_file() {
-        let (events, q, filtered) =
-            run_parser(Format::Csv, &[b"host,crit", b"dc1,30", b"web,1,extra"]);
+        let (events, q, filtered) = run_parser(Format::Csv, &[b"host,crit", b"dc1,30", b"web,1,extra"]);
         assert_eq!(filtered, 1);
         assert_eq!(events.len(), 1);
         assert_eq!(events[0]["ext"]["host"], "dc1");

@@ -21,11 +21,7 @@ pub struct SyslogOptions {
 
 impl Default for SyslogOptions {
     fn default() -> Self {
-        SyslogOptions {
-            timezone: chrono_tz::UTC,
-            year: None,
-            parse_message: true,
-        }
+        SyslogOptions { timezone: chrono_tz::UTC, year: None, parse_message: true }
     }
 }
 
@@ -43,11 +39,7 @@ pub fn split_pri(text: &str) -> Option<(u8, &str)> {
     Some((pri as u8, &rest[end + 1..]))
 }
 
-pub fn parse_syslog(
-    text: &str,
-    opts: &SyslogOptions,
-    w: &mut FieldWriter<'_>,
-) -> Result<(), String> {
+pub fn parse_syslog(text: &str, opts: &SyslogOptions, w: &mut FieldWriter<'_>) -> Result<(), String> {
     let (pri, rest) = split_pri(text).ok_or("missing or invalid <PRI> header")?;
     w.put("syslog.facility", Value::Int((pri >> 3) as i64));
     w.put("syslog.severity", Value::Int((pri & 7) as i64));
@@ -57,14 +49,9 @@ pub fn parse_syslog(
     }
     // CEF and LEEF behind a syslog header: the header has no app name, and syslog_loose
     // would take `CEF` for one. Parse the header alone, then the payload.
-    let embedded = [" CEF:", " LEEF:"]
-        .iter()
-        .filter_map(|m| rest.find(m))
-        .min();
+    let embedded = [" CEF:", " LEEF:"].iter().filter_map(|m| rest.find(m)).min();
     let (header, payload) = match embedded {
-        Some(i) if opts.parse_message => {
-            (&text[..text.len() - rest.len() + i], Some(&rest[i + 1..]))
-        }
+        Some(i) if opts.parse_message => (&text[..text.len() - rest.len() + i], Some(&rest[i + 1..])),
         _ => (text, None),
     };
     let year = opts.year.unwrap_or_else(|| chrono::Utc::now().year());
@@ -124,10 +111,7 @@ mod tests {
     use super::*;
 
     fn p(t: &str) -> Result<serde_json::Value, String> {
-        let o = SyslogOptions {
-            year: Some(2024),
-            ..Default::default()
-        };
+        let o = SyslogOptions { year: Some(2024), ..Default::default() };
         parse_with(t, |t, w| parse_syslog(t, &o, w))
     }
 
@@ -140,10 +124,7 @@ mod tests {
         assert_eq!(j["syslog.facility"], 4);
         assert_eq!(j["syslog.severity"], 6);
         assert_eq!(j["syslog.timestamp"], "2024-03-05T10:00:01.000Z");
-        assert!(j["syslog.message"]
-            .as_str()
-            .unwrap()
-            .starts_with("Failed password"));
+        assert!(j["syslog.message"].as_str().unwrap().starts_with("Failed password"));
     }
 
     #[test]
@@ -158,8 +139,7 @@ mod tests {
 
     #[test]
     fn pri_then_key_values() {
-        let j = p(r#"<189>date=2024-01-02 time=03:04:05 devname="FGT" srcip=10.0.0.5 dstport=445"#)
-            .unwrap();
+        let j = p(r#"<189>date=2024-01-02 time=03:04:05 devname="FGT" srcip=10.0.0.5 dstport=445"#).unwrap();
         assert_eq!(j["devname"], "FGT");
         assert_eq!(j["dstport"], "445");
         assert_eq!(j["syslog.facility"], 23);
@@ -175,9 +155,7 @@ mod tests {
     #[test]
     fn truncated_and_headerless_fail() {
         assert!(p("<38>Mar  5 10:0").is_err());
-        assert!(p("Mar  5 10:00:01 web-01 sshd: hi")
-            .unwrap_err()
-            .contains("PRI"));
+        assert!(p("Mar  5 10:00:01 web-01 sshd: hi").unwrap_err().contains("PRI"));
         assert!(p("<999>x").is_err());
         assert!(p("<38>").is_err());
     }

@@ -13,19 +13,15 @@ pub struct FieldWriter<'a> {
     /// Slots of the record being written start here (so a failed parse can be rolled back).
     pub(crate) row_start: usize,
     heap_start: usize,
+    /// Reused buffer for dotted key paths (JSON).
+    pub(crate) path: String,
 }
 
 impl<'a> FieldWriter<'a> {
     pub fn new(raw: &'a [u8], heap: &'a mut Vec<u8>, slots: &'a mut Vec<Slot>) -> Self {
         let row_start = slots.len();
         let heap_start = heap.len();
-        FieldWriter {
-            raw,
-            heap,
-            slots,
-            row_start,
-            heap_start,
-        }
+        FieldWriter { raw, heap, slots, row_start, heap_start, path: String::new() }
     }
 
     /// Starts a new record.
@@ -73,10 +69,7 @@ impl<'a> FieldWriter<'a> {
     #[inline]
     pub fn put_keyed_str(&mut self, key: Key, value: &str) {
         let v = self.text(value);
-        self.slots.push(Slot {
-            key,
-            value: Value::Str(v),
-        });
+        self.slots.push(Slot { key, value: Value::Str(v) });
     }
 
     #[inline]

@@ -48,10 +48,7 @@ impl ZeekHeader {
             "empty_field" => self.empty = value.to_string(),
             "path" => self.path = Some(value.to_string()),
             "fields" => {
-                self.fields = value
-                    .split(self.separator.as_str())
-                    .map(str::to_string)
-                    .collect();
+                self.fields = value.split(self.separator.as_str()).map(str::to_string).collect();
                 if self.fields.iter().any(String::is_empty) {
                     return Err("#fields has an empty name".into());
                 }
@@ -69,10 +66,7 @@ impl ZeekHeader {
         let mut n = 0;
         for (i, value) in line.split(self.separator.as_str()).enumerate() {
             let Some(name) = self.fields.get(i) else {
-                return Err(format!(
-                    "row has more than the {} columns of #fields",
-                    self.fields.len()
-                ));
+                return Err(format!("row has more than the {} columns of #fields", self.fields.len()));
             };
             n += 1;
             if value == self.unset {
@@ -85,10 +79,7 @@ impl ZeekHeader {
             }
         }
         if n != self.fields.len() {
-            return Err(format!(
-                "row has {n} columns, #fields has {}",
-                self.fields.len()
-            ));
+            return Err(format!("row has {n} columns, #fields has {}", self.fields.len()));
         }
         if let Some(p) = &self.path {
             w.put_str("_path", p);
@@ -103,9 +94,7 @@ fn unescape_hex(s: &str) -> String {
     let mut rest = s;
     while let Some(i) = rest.find("\\x") {
         out.push_str(&rest[..i]);
-        let hex = rest
-            .get(i + 2..i + 4)
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        let hex = rest.get(i + 2..i + 4).and_then(|h| u8::from_str_radix(h, 16).ok());
         match hex {
             Some(b) => {
                 out.push(b as char);
@@ -142,10 +131,7 @@ mod tests {
     #[test]
     fn rows_follow_the_header() {
         let h = header();
-        let j = parse_with("1700000000.5\tCx1\t10.0.0.1\t5353\t-", |t, w| {
-            h.parse_row(t, w)
-        })
-        .unwrap();
+        let j = parse_with("1700000000.5\tCx1\t10.0.0.1\t5353\t-", |t, w| h.parse_row(t, w)).unwrap();
         assert_eq!(j["ts"], "1700000000.5");
         assert_eq!(j["id.orig_h"], "10.0.0.1");
         assert!(j.get("service").is_none(), "unset fields are absent");
@@ -155,13 +141,9 @@ mod tests {
     #[test]
     fn wrong_column_count_or_no_header_fails() {
         let h = header();
-        assert!(parse_with("1\t2", |t, w| h.parse_row(t, w))
-            .unwrap_err()
-            .contains("2 columns"));
+        assert!(parse_with("1\t2", |t, w| h.parse_row(t, w)).unwrap_err().contains("2 columns"));
         assert!(parse_with("1\t2\t3\t4\t5\t6", |t, w| h.parse_row(t, w)).is_err());
         let empty = ZeekHeader::default();
-        assert!(parse_with("1\t2", |t, w| empty.parse_row(t, w))
-            .unwrap_err()
-            .contains("before any #fields"));
+        assert!(parse_with("1\t2", |t, w| empty.parse_row(t, w)).unwrap_err().contains("before any #fields"));
     }
 }
