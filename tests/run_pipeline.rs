@@ -368,3 +368,47 @@ sinks:
     assert!(written > 1000);
     assert_eq!(component(&s, "gen")["in"], component(&s, "parse")["in"], "nothing in flight was lost");
 }
+
+#[test]
+fn stdin_source_to_stdout_sink() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec_path = write(
+        dir.path(),
+        "spec.yaml",
+        r#"name: pipe
+settings: { admin_listen: "" }
+sources:
+  - { id: in, type: stdin }
+operators:
+  - { id: parse, type: parse, inputs: [in] }
+  - { id: normalize, type: normalize, inputs: [parse], packs: [builtin:linux-auth, builtin:generic-json] }
+sinks:
+  - { id: out, type: jsonl, inputs: [normalize], path: "-" }
+  - { id: q, type: jsonl, inputs: [quarantine], path: "-" }
+"#,
+    );
+    let mut child = std::process::Command::new(ward_bin())
+        .args(["run", &spec_path, "--workers", "2", "-q"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        let mut stdin = child.stdin.take().unwrap();
+        writeln!(stdin, "<38>Jan  5 09:00:00 web-01 sshd[7]: Failed password for root from 203.0.113.9 port 4000 ssh2")
+            .unwrap();
+        writeln!(stdin, r#"{{"time":"2026-01-05T09:00:01Z","user":"bob","msg":"hi"}}"#).unwrap();
+        writeln!(stdin, "not parseable at all").unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 3);
+    assert!(lines.iter().any(|e| e["user.name"] == "root" && e["source.ip"] == "203.0.113.9" && e["ward.offset"] == 1));
+    assert!(lines.iter().any(|e| e["user.name"] == "bob" && e["@timestamp"] == "2026-01-05T09:00:01.000Z"));
+    assert!(lines
+        .iter()
+        .any(|e| e["reason"] == "unknown_format" && e["ward.partition"] == "stdin" && e["ward.offset"] == 3));
+}

@@ -122,6 +122,8 @@ fn arrow_type(t: FieldType) -> DataType {
     }
 }
 
+const UNIQUE_COLUMNS: &[&str] = &["@timestamp", "event.id", "ward.offset", "process.command_line", "message"];
+
 struct OpenFile {
     writer: ArrowWriter<File>,
     cols: Columns,
@@ -147,10 +149,14 @@ pub struct ParquetSink {
 
 impl ParquetSink {
     pub fn new(config: ParquetSinkConfig, dir: PathBuf, sink_id: &str, worker: usize) -> Self {
-        let props = WriterProperties::builder()
+        let mut props = WriterProperties::builder()
             .set_compression(Compression::ZSTD(ZstdLevel::try_new(config.zstd_level).unwrap_or_default()))
-            .set_max_row_group_row_count(Some(config.row_group_size))
-            .build();
+            .set_max_row_group_row_count(Some(config.row_group_size));
+        // Columns that are (nearly) unique per row gain nothing from a dictionary but pay for it.
+        for col in UNIQUE_COLUMNS {
+            props = props.set_column_dictionary_enabled(parquet::schema::types::ColumnPath::from(*col), false);
+        }
+        let props = props.build();
         ParquetSink {
             config,
             dir,
