@@ -9,8 +9,12 @@
 //! - `rows`: per event, its slot range, raw payload and provenance.
 //!
 //! Strings are `StrRef`s into `raw` or `heap`. Invariant: every `Value::Str` and every
-//! extension key refers to valid UTF-8 (sources keep non-UTF-8 payloads as raw bytes only,
-//! and parse quarantines them before creating string slots).
+//! extension key refers to valid UTF-8 on character boundaries. It holds by construction: the
+//! only ways to make such a reference are [`raw_ref`] and [`Heap::push_str`], which take
+//! `&str`, and [`EventBatch::push_row_from`], which copies existing ones. (Row payloads,
+//! `Row::raw`, are bytes and may be anything until parse validates them; `Value::Ip` points at
+//! address bytes.) Batches are deserialized only from Ward's own serialization (timely
+//! exchange between Ward processes).
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -127,11 +131,19 @@ impl<'a> Bytes<'a> {
         let start = r.start();
         &buf[start..start + r.len()]
     }
+    /// The string a `Value::Str` or extension key refers to.
     #[inline]
     pub fn str(&self, r: StrRef) -> &'a str {
-        // Valid by the module invariant; checked (with SIMD, cheaply) rather than assumed, so
-        // that a bug in an operator shows as an empty string, never as undefined behaviour.
-        simdutf8::basic::from_utf8(self.bytes(r)).unwrap_or("")
+        let b = self.bytes(r);
+        debug_assert!(std::str::from_utf8(b).is_ok(), "StrRef to invalid UTF-8");
+        // SAFETY: string references are created only from `&str` (module invariant above),
+        // and the bytes they cover are never modified afterwards (buffers only grow).
+        unsafe { std::str::from_utf8_unchecked(b) }
+    }
+
+    /// A row payload as text, if it is valid UTF-8 (payloads are not validated by sources).
+    pub fn payload_str(&self, r: StrRef) -> Option<&'a str> {
+        simdutf8::basic::from_utf8(self.bytes(r)).ok()
     }
     /// Compares without UTF-8 validation (hot path of lookups by name).
     #[inline]
@@ -158,8 +170,9 @@ impl<'a> Bytes<'a> {
 pub struct Heap<'a>(pub &'a mut Vec<u8>);
 
 impl Heap<'_> {
+    /// Raw bytes (addresses, copies of existing strings): not a string reference by itself.
     #[inline]
-    pub fn push_bytes(&mut self, b: &[u8]) -> StrRef {
+    fn push_bytes(&mut self, b: &[u8]) -> StrRef {
         let off = self.0.len();
         self.0.extend_from_slice(b);
         StrRef { off: off as u32 | HEAP_BIT, len: b.len() as u32 }
@@ -174,18 +187,11 @@ impl Heap<'_> {
             IpAddr::V6(v6) => self.push_bytes(&v6.octets()),
         }
     }
-    /// Starts a string built in several pieces; finish with [`Heap::finish_str`].
-    pub fn mark(&self) -> usize {
-        self.0.len()
-    }
-    pub fn finish_str(&self, mark: usize) -> StrRef {
-        StrRef { off: mark as u32 | HEAP_BIT, len: (self.0.len() - mark) as u32 }
-    }
 }
 
 /// A reference to a substring of `raw` if `s` points into it, found by address.
 #[inline]
-pub fn raw_ref(raw: &[u8], s: &[u8]) -> Option<StrRef> {
+pub fn raw_ref(raw: &[u8], s: &str) -> Option<StrRef> {
     let base = raw.as_ptr() as usize;
     let p = s.as_ptr() as usize;
     if p >= base && p + s.len() <= base + raw.len() {
@@ -417,9 +423,10 @@ mod tests {
         let o = b.origin_index(&src, &part);
         b.push_raw(o, 1, b"hello world");
         let raw = b.raw.clone();
-        let r = raw_ref(&b.raw, &b.raw[6..11]).unwrap();
+        let text = std::str::from_utf8(&b.raw).unwrap();
+        let r = raw_ref(&b.raw, &text[6..11]).unwrap();
         assert_eq!(b.bytes().str(r), "world");
-        assert!(raw_ref(&b.raw, &raw[0..2]).is_none(), "a copy elsewhere is not in raw");
+        assert!(raw_ref(&b.raw, std::str::from_utf8(&raw[0..2]).unwrap()).is_none(), "a copy elsewhere is not in raw");
         let h = Heap(&mut b.heap).push_str("derived");
         assert_eq!(b.bytes().str(h), "derived");
         assert_eq!(b.bytes().str(r), "world");

@@ -435,7 +435,7 @@ impl Operator for Normalizer {
                     hex[2 * j] = DIGITS[(byte >> 4) as usize];
                     hex[2 * j + 1] = DIGITS[(byte & 15) as usize];
                 }
-                let r = Heap(&mut heap).push_bytes(&hex);
+                let r = Heap(&mut heap).push_str(std::str::from_utf8(&hex).expect("hex digits are ASCII"));
                 new_slots.push(Slot { key: Key::Core(ids::EVENT_ID), value: Value::Str(r) });
             }
             if !has(ids::EVENT_KIND, &new_slots[start..]) {
@@ -443,7 +443,11 @@ impl Operator for Normalizer {
                 new_slots.push(Slot { key: Key::Core(ids::EVENT_KIND), value: Value::Str(r) });
             }
             if self.keep_original {
-                new_slots.push(Slot { key: Key::Core(ids::EVENT_ORIGINAL), value: Value::Str(row.raw) });
+                // The payload is bytes until shown to be text (parse has, for surviving rows).
+                if let Some(text) = (Bytes { raw: &raw, heap: &heap }).payload_str(row.raw) {
+                    let r = ward_engine::batch::raw_ref(&raw, text).expect("payload lies in raw");
+                    new_slots.push(Slot { key: Key::Core(ids::EVENT_ORIGINAL), value: Value::Str(r) });
+                }
             }
             let r = &mut batch.rows[i];
             r.slots_start = start as u32;

@@ -42,7 +42,7 @@ impl<'a> FieldWriter<'a> {
 
     #[inline]
     pub fn text(&mut self, s: &str) -> StrRef {
-        match raw_ref(self.raw, s.as_bytes()) {
+        match raw_ref(self.raw, s) {
             Some(r) => r,
             None => Heap(self.heap).push_str(s),
         }
