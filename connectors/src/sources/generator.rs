@@ -226,31 +226,13 @@ impl Generator {
                 let dst = rng.pick(PUBLIC_DST);
                 self.sysmon_network(ts, k, host, dst, 443, &mut rng);
             }
-            35..=44 => {
+            roll @ 35..=49 => {
+                // Mostly successful logons, some failures (typos, expired passwords).
+                let id = if roll < 45 { 4624 } else { 4625 };
                 let user = rng.pick(USERS);
                 let host = rng.pick(WORKSTATIONS);
-                self.security_logon(
-                    ts,
-                    k,
-                    4624,
-                    "dc1.corp.local",
-                    user,
-                    &format!("10.10.{}.{}", rng.below(4), 10 + rng.below(200)),
-                    host,
-                );
-            }
-            45..=49 => {
-                let user = rng.pick(USERS);
-                let host = rng.pick(WORKSTATIONS);
-                self.security_logon(
-                    ts,
-                    k,
-                    4625,
-                    "dc1.corp.local",
-                    user,
-                    &format!("10.10.{}.{}", rng.below(4), 10 + rng.below(200)),
-                    host,
-                );
+                let ip = format!("10.10.{}.{}", rng.below(4), 10 + rng.below(200));
+                self.security_logon(ts, k, id, "dc1.corp.local", user, &ip, host);
             }
             50..=59 => {
                 let host = rng.pick(LINUX_HOSTS);
