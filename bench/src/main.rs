@@ -23,6 +23,27 @@ use ward_operators::enrich::{EnrichConfig, EnrichData, Enricher, RiskWeights, Th
 use ward_operators::normalize::{builtin, load_packs, Normalizer, Unmatched};
 use ward_operators::parse::{syslog::SyslogOptions, Format, Parser as RecordParser};
 
+/// Counts heap allocations, to report allocations per event for each stage.
+struct CountingAlloc;
+static ALLOCATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        unsafe { std::alloc::System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: CountingAlloc = CountingAlloc;
+
 #[derive(Parser)]
 #[command(name = "ward-bench", about = "Ward benchmark harness")]
 struct Cli {
@@ -113,10 +134,12 @@ sinks:
     Ok(())
 }
 
-fn time<T>(f: impl FnOnce() -> T) -> (T, Duration) {
+/// Runs `f`, returning its result, the time it took and the heap allocations it made.
+fn time<T>(f: impl FnOnce() -> T) -> (T, (Duration, u64)) {
+    let a = ALLOCATIONS.load(std::sync::atomic::Ordering::Relaxed);
     let t = Instant::now();
     let r = f();
-    (r, t.elapsed())
+    (r, (t.elapsed(), ALLOCATIONS.load(std::sync::atomic::Ordering::Relaxed) - a))
 }
 
 fn stages(count: u64) -> anyhow::Result<()> {
@@ -180,17 +203,17 @@ fn stages(count: u64) -> anyhow::Result<()> {
     });
     let n = count as f64;
     println!("stages on one thread, {count} events, {:.0} bytes/event", bytes as f64 / n);
-    println!("{:<12} {:>12} {:>14}", "stage", "seconds", "events/s");
+    println!("{:<14} {:>10} {:>14} {:>14}", "stage", "seconds", "events/s", "allocs/event");
     let mut total = Duration::ZERO;
-    for (name, t) in
+    for (name, (t, allocs)) in
         [("generate", t_gen), ("parse", t_parse), ("normalize", t_norm), ("enrich", t_enrich), ("parquet", t_parquet)]
     {
-        println!("{name:<12} {:>12.3} {:>14.0}", t.as_secs_f64(), n / t.as_secs_f64());
+        println!("{name:<14} {:>10.3} {:>14.0} {:>14.3}", t.as_secs_f64(), n / t.as_secs_f64(), allocs as f64 / n);
         if name != "generate" {
             total += t;
         }
     }
-    println!("{:<12} {:>12.3} {:>14.0}", "parse..parquet", total.as_secs_f64(), n / total.as_secs_f64());
+    println!("{:<14} {:>10.3} {:>14.0}", "parse..parquet", total.as_secs_f64(), n / total.as_secs_f64());
     Ok(())
 }
 

@@ -250,11 +250,23 @@ impl ParquetSink {
                             Value::Null => cols.ext.values().append_null(),
                             Value::Str(r) => cols.ext.values().append_value(bytes.str(r)),
                             v => {
+                                // Text form without allocating: numbers and flags as JSON
+                                // writes them, times as RFC 3339, addresses as usual.
+                                use std::fmt::Write;
                                 text.clear();
-                                match value_to_json(bytes, v) {
-                                    serde_json::Value::String(s) => text.push_str(&s),
-                                    other => text.push_str(&other.to_string()),
-                                }
+                                let _ = match v {
+                                    Value::Int(i) => write!(text, "{i}"),
+                                    Value::Float(f) => write!(text, "{f}"),
+                                    Value::Bool(b) => write!(text, "{b}"),
+                                    Value::Ip(r) => match bytes.ip(r) {
+                                        Some(ip) => write!(text, "{ip}"),
+                                        None => Ok(()),
+                                    },
+                                    other => match value_to_json(bytes, other) {
+                                        serde_json::Value::String(s) => write!(text, "{s}"),
+                                        j => write!(text, "{j}"),
+                                    },
+                                };
                                 cols.ext.values().append_value(&*text);
                             }
                         }

@@ -91,7 +91,9 @@ pub fn coerce(ty: FieldType, input: Input<'_>, ts: &TsOptions<'_>, heap: &mut He
                 Some(h) => i64::from_str_radix(h, 16).ok(),
                 None => t.parse::<i64>().ok(),
             };
-            parsed.map(Value::Int).ok_or((Reason::InvalidValue, format!("`{}` is not an integer", s.escape_debug())))
+            parsed
+                .map(Value::Int)
+                .ok_or_else(|| (Reason::InvalidValue, format!("`{}` is not an integer", s.escape_debug())))
         }
         (FieldType::Int, Input::Bool(b)) => Ok(Value::Int(b as i64)),
         (FieldType::Float, Input::Float(f)) => Ok(Value::Float(f)),
