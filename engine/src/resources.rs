@@ -137,7 +137,7 @@ impl<T: Send + Sync + 'static> Reloadable<T> {
             }
             let hit = ev.paths.iter().any(|p| {
                 let p = p.canonicalize().unwrap_or_else(|_| p.clone());
-                wanted.iter().any(|w| *w == p)
+                wanted.contains(&p)
             });
             if !hit {
                 return;

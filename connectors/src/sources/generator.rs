@@ -308,8 +308,7 @@ impl Generator {
             3 => {
                 let _ = write!(
                     b,
-                    r#"{{"Event":{{"System":{{"EventID":1,"TimeCreated":{{"{}attributes":{{"SystemTime":"not-a-time-{ts}"}}}},"Channel":"Microsoft-Windows-Sysmon/Operational","Computer":"ws-01.corp.local"}},"EventData":{{"Image":"C:\\x.exe"}}}}}}"#,
-                    '#'
+                    r##"{{"Event":{{"System":{{"EventID":1,"TimeCreated":{{"#attributes":{{"SystemTime":"not-a-time-{ts}"}}}},"Channel":"Microsoft-Windows-Sysmon/Operational","Computer":"ws-01.corp.local"}},"EventData":{{"Image":"C:\\x.exe"}}}}}}"##,
                 );
             }
             _ => b.extend_from_slice(b"!!! garbage from a misconfigured forwarder !!!"),

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use schemars::JsonSchema;
 use serde::Deserialize;
-use ward_engine::batch::{Bytes, EventBatch, Heap, Key, Slot, StrRef, Value};
+use ward_engine::batch::{Bytes, EventBatch, Heap, Key, Slot, Value};
 use ward_engine::component::{Built, Operator, OperatorFactory, OperatorOutput, StreamKind, WorkerContext};
 use ward_engine::fields::{ids, FieldId, FieldType};
 use ward_engine::quarantine::{QuarantineRecord, Reason};
@@ -404,7 +404,7 @@ impl Operator for Normalizer {
         let mut heap = std::mem::take(&mut batch.heap);
         let mut rejected: Vec<(usize, Reason, String)> = Vec::new();
         let mut keep = vec![true; batch.rows.len()];
-        for i in 0..batch.rows.len() {
+        for (i, kept) in keep.iter_mut().enumerate() {
             let row = batch.rows[i];
             let old = &batch.slots[row.slots_start as usize..row.slots_end as usize];
             let start = new_slots.len();
@@ -421,7 +421,7 @@ impl Operator for Normalizer {
             };
             if let Err((reason, detail)) = result {
                 new_slots.truncate(start);
-                keep[i] = false;
+                *kept = false;
                 rejected.push((i, reason, detail));
                 continue;
             }
@@ -463,7 +463,6 @@ impl Operator for Normalizer {
         if !batch.is_empty() {
             out.events.push(batch);
         }
-        let _ = StrRef::EMPTY;
     }
 }
 

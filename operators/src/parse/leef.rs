@@ -17,7 +17,6 @@ pub fn parse_leef(text: &str, w: &mut FieldWriter<'_>) -> Result<(), String> {
         w.put_str(name, value);
     }
     let delimiter = if v2 { parse_delimiter(headers[5])? } else { '\t' };
-    let mut pairs = 0;
     for attr in rest.split(delimiter) {
         if attr.trim().is_empty() {
             continue;
@@ -28,9 +27,7 @@ pub fn parse_leef(text: &str, w: &mut FieldWriter<'_>) -> Result<(), String> {
             return Err("attribute with an empty key".into());
         }
         w.put_str(k, v);
-        pairs += 1;
     }
-    let _ = pairs;
     Ok(())
 }
 
