@@ -98,6 +98,25 @@ impl OperatorOutput {
     pub fn out_len(&self) -> usize {
         self.events.iter().map(|b| b.len()).sum()
     }
+
+    /// Hands over a processed batch: the rows listed in `rejected` go to quarantine, rows whose
+    /// `keep` flag is false leave the batch (rejected, or counted as filtered by the caller),
+    /// and the rest go out as events.
+    pub fn emit(
+        &mut self,
+        mut batch: EventBatch,
+        keep: &[bool],
+        rejected: Vec<(usize, crate::quarantine::Reason, String)>,
+        component: &Arc<str>,
+    ) {
+        for (i, reason, detail) in rejected {
+            self.quarantine.push(QuarantineRecord::from_row(&batch, i, component, reason, detail));
+        }
+        batch.retain_rows(|i| keep[i]);
+        if !batch.is_empty() {
+            self.events.push(batch);
+        }
+    }
 }
 
 pub trait Operator {

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use ward_engine::batch::{Bytes, EventBatch, Heap, Key, Slot, Value};
 use ward_engine::component::{Built, Operator, OperatorFactory, OperatorOutput, StreamKind, WorkerContext};
 use ward_engine::fields::{ids, FieldId, FieldType};
-use ward_engine::quarantine::{QuarantineRecord, Reason};
+use ward_engine::quarantine::Reason;
 use ward_engine::registry::{BuildContext, ComponentConfig, Section};
 use ward_engine::resources::Resources;
 
@@ -456,13 +456,7 @@ impl Operator for Normalizer {
         self.spare_slots = std::mem::replace(&mut batch.slots, new_slots);
         batch.raw = raw;
         batch.heap = heap;
-        for (i, reason, detail) in rejected {
-            out.quarantine.push(QuarantineRecord::from_row(&batch, i, &self.component, reason, detail));
-        }
-        batch.retain_rows(|i| keep[i]);
-        if !batch.is_empty() {
-            out.events.push(batch);
-        }
+        out.emit(batch, &keep, rejected, &self.component);
     }
 }
 

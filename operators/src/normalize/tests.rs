@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::parse::{syslog::SyslogOptions, Format, Parser};
+use ward_engine::quarantine::QuarantineRecord;
 
 fn run(lines: &[&str]) -> (Vec<serde_json::Value>, Vec<QuarantineRecord>) {
     let packs = load_packs(&builtin::all_refs(), &Resources::new(".")).unwrap();

@@ -19,7 +19,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use ward_engine::batch::EventBatch;
 use ward_engine::component::{Built, Operator, OperatorFactory, OperatorOutput, StreamKind, WorkerContext};
-use ward_engine::quarantine::{QuarantineRecord, Reason};
+use ward_engine::quarantine::Reason;
 use ward_engine::registry::{BuildContext, ComponentConfig, Section};
 
 use self::writer::FieldWriter;
@@ -226,13 +226,7 @@ impl Operator for Parser {
             }
         }
         batch.raw = raw;
-        for (i, reason, detail) in rejected {
-            out.quarantine.push(QuarantineRecord::from_row(&batch, i, &self.component, reason, detail));
-        }
-        batch.retain_rows(|i| keep[i]);
-        if !batch.is_empty() {
-            out.events.push(batch);
-        }
+        out.emit(batch, &keep, rejected, &self.component);
     }
 }
 
@@ -240,6 +234,7 @@ impl Operator for Parser {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use ward_engine::quarantine::QuarantineRecord;
 
     pub fn parse_with(
         text: &str,
