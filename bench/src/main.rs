@@ -67,6 +67,9 @@ enum Cmd {
     Stages {
         #[arg(long, default_value_t = 500_000)]
         count: u64,
+        /// zstd level of the Parquet stage.
+        #[arg(long, default_value_t = 3)]
+        zstd_level: i32,
     },
 }
 
@@ -142,7 +145,7 @@ fn time<T>(f: impl FnOnce() -> T) -> (T, (Duration, u64)) {
     (r, (t.elapsed(), ALLOCATIONS.load(std::sync::atomic::Ordering::Relaxed) - a))
 }
 
-fn stages(count: u64) -> anyhow::Result<()> {
+fn stages(count: u64, zstd_level: i32) -> anyhow::Result<()> {
     let rules = repo().join("rules");
     let gen_cfg = GeneratorConfig {
         count,
@@ -190,7 +193,7 @@ fn stages(count: u64) -> anyhow::Result<()> {
     let pq = ParquetSinkConfig {
         path: "x".into(),
         row_group_size: 65536,
-        zstd_level: 3,
+        zstd_level,
         partition_by: PartitionBy::Hour,
         max_file_rows: 1_000_000,
     };
@@ -228,6 +231,6 @@ fn run_op(op: &mut dyn Operator, input: Vec<EventBatch>) -> Vec<EventBatch> {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Cmd::Pipeline { count, workers, repeat } => pipeline(count, &workers, repeat),
-        Cmd::Stages { count } => stages(count),
+        Cmd::Stages { count, zstd_level } => stages(count, zstd_level),
     }
 }
