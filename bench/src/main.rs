@@ -196,6 +196,7 @@ fn stages(count: u64, zstd_level: i32) -> anyhow::Result<()> {
         zstd_level,
         partition_by: PartitionBy::Hour,
         max_file_rows: 1_000_000,
+        close_idle_after_epochs: 60,
     };
     let mut sink = ParquetSink::new(pq, dir.path().to_path_buf(), "bench", 0);
     let (_, t_parquet) = time(|| -> anyhow::Result<()> {

@@ -53,6 +53,10 @@ pub struct ParquetSinkConfig {
     /// A file is closed (and a new one started) at the next epoch boundary after this many rows.
     #[serde(default = "default_file_rows")]
     pub max_file_rows: usize,
+    /// A file that received no rows for this many epochs is closed (so a past hour's file
+    /// becomes visible without waiting for the run to end).
+    #[serde(default = "default_idle_epochs")]
+    pub close_idle_after_epochs: u64,
 }
 
 fn default_row_group() -> usize {
@@ -63,6 +67,9 @@ fn default_zstd() -> i32 {
 }
 fn default_file_rows() -> usize {
     1_000_000
+}
+fn default_idle_epochs() -> u64 {
+    60
 }
 
 impl ComponentConfig for ParquetSinkConfig {
@@ -130,6 +137,8 @@ struct OpenFile {
     tmp: PathBuf,
     target: PathBuf,
     rows: usize,
+    /// The number of completed epochs when the file last received rows.
+    touched: u64,
 }
 
 pub struct ParquetSink {
@@ -141,6 +150,8 @@ pub struct ParquetSink {
     props: WriterProperties,
     open: BTreeMap<Option<i64>, OpenFile>,
     seq: BTreeMap<Option<i64>, u64>,
+    /// Epochs completed so far (the sink's clock for closing idle files).
+    epochs: u64,
     /// Per row, the slot index of each core field's first value and its value count (reused).
     first: Vec<Option<u32>>,
     count: Vec<u8>,
@@ -166,6 +177,7 @@ impl ParquetSink {
             props,
             open: BTreeMap::new(),
             seq: BTreeMap::new(),
+            epochs: 0,
             first: vec![None; CORE_FIELDS.len()],
             count: vec![0; CORE_FIELDS.len()],
             text: String::new(),
@@ -210,7 +222,8 @@ impl ParquetSink {
             let tmp = dir.join(format!(".{name}.inprogress"));
             let file = File::create(&tmp).map_err(|e| anyhow::anyhow!("{}: {e}", tmp.display()))?;
             let writer = ArrowWriter::try_new(file, self.schema.clone(), Some(self.props.clone()))?;
-            self.open.insert(bucket, OpenFile { writer, cols: Columns::new(), tmp, target, rows: 0 });
+            self.open
+                .insert(bucket, OpenFile { writer, cols: Columns::new(), tmp, target, rows: 0, touched: self.epochs });
         }
         Ok(self.open.get_mut(&bucket).expect("inserted above"))
     }
@@ -414,11 +427,13 @@ impl Sink for ParquetSink {
         }
         for (bucket, rows) in groups {
             let schema = self.schema.clone();
+            let epochs = self.epochs;
             let (mut first, mut count, mut text) =
                 (std::mem::take(&mut self.first), std::mem::take(&mut self.count), std::mem::take(&mut self.text));
             let f = self.file_for(bucket)?;
             let result = Self::append(&mut f.cols, &mut first, &mut count, &mut text, b, &rows);
             f.rows += rows.len();
+            f.touched = epochs;
             if f.cols.rows >= FLUSH_ROWS {
                 Self::flush(&schema, f)?;
             }
@@ -429,9 +444,15 @@ impl Sink for ParquetSink {
     }
 
     fn epoch_complete(&mut self, _epoch: u64) -> anyhow::Result<()> {
-        let full: Vec<_> =
-            self.open.iter().filter(|(_, f)| f.rows >= self.config.max_file_rows).map(|(k, _)| *k).collect();
-        for k in full {
+        self.epochs += 1;
+        let (now, idle) = (self.epochs, self.config.close_idle_after_epochs.max(1));
+        let done: Vec<_> = self
+            .open
+            .iter()
+            .filter(|(_, f)| f.rows >= self.config.max_file_rows || now - f.touched >= idle)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in done {
             if let Some(f) = self.open.remove(&k) {
                 Self::close(&self.schema, f)?;
             }
@@ -468,4 +489,67 @@ pub fn list_files(dir: &Path) -> Vec<PathBuf> {
     }
     out.sort();
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ward_engine::batch::{Heap, Slot};
+
+    fn batch(hour: i64, n: usize) -> EventBatch {
+        let mut b = EventBatch::new();
+        let o = b.origin_index(&"src".into(), &"f".into());
+        for i in 0..n {
+            b.push_raw(o, i as u64, b"x");
+            let start = b.slots.len() as u32;
+            let ms = hour * 3_600_000 + i as i64;
+            b.slots.push(Slot { key: Key::Core(ids::TIMESTAMP), value: Value::Timestamp(ms) });
+            let k = Heap(&mut b.heap).push_str("extra");
+            let v = Heap(&mut b.heap).push_str("value");
+            b.slots.push(Slot { key: Key::Ext(k), value: Value::Str(v) });
+            let r = b.rows.last_mut().unwrap();
+            r.slots_start = start;
+            r.slots_end = b.slots.len() as u32;
+        }
+        b
+    }
+
+    fn rows_in(path: &Path) -> usize {
+        let f = File::open(path).unwrap();
+        parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
+            .unwrap()
+            .build()
+            .unwrap()
+            .map(|b| b.unwrap().num_rows())
+            .sum()
+    }
+
+    #[test]
+    fn idle_partitions_close_and_only_finished_files_are_visible() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = ParquetSinkConfig {
+            path: "x".into(),
+            row_group_size: 100,
+            zstd_level: 3,
+            partition_by: PartitionBy::Hour,
+            max_file_rows: 1_000_000,
+            close_idle_after_epochs: 2,
+        };
+        let mut sink = ParquetSink::new(config, dir.path().to_path_buf(), "s", 0);
+        let hour = 491_000;
+        sink.write(&Payload::Events(batch(hour, 10))).unwrap();
+        sink.epoch_complete(0).unwrap();
+        sink.write(&Payload::Events(batch(hour + 1, 5))).unwrap();
+        assert!(list_files(dir.path()).is_empty(), "open files are hidden");
+        sink.epoch_complete(1).unwrap();
+        // The first hour got nothing for two epochs: closed and visible.
+        let files = list_files(dir.path());
+        assert_eq!(files.len(), 1, "{files:?}");
+        assert!(files[0].to_string_lossy().contains("hour="), "{files:?}");
+        assert_eq!(rows_in(&files[0]), 10);
+        sink.finish().unwrap();
+        let files = list_files(dir.path());
+        assert_eq!(files.len(), 2);
+        assert_eq!(files.iter().map(|f| rows_in(f)).sum::<usize>(), 15);
+    }
 }
