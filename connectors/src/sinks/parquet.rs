@@ -153,7 +153,7 @@ pub struct ParquetSink {
     /// Epochs completed so far (the sink's clock for closing idle files).
     epochs: u64,
     /// Per row, the slot index of each core field's first value and its value count (reused).
-    first: Vec<Option<u32>>,
+    first: Vec<u32>,
     count: Vec<u8>,
     text: String,
 }
@@ -178,8 +178,8 @@ impl ParquetSink {
             open: BTreeMap::new(),
             seq: BTreeMap::new(),
             epochs: 0,
-            first: vec![None; CORE_FIELDS.len()],
-            count: vec![0; CORE_FIELDS.len()],
+            first: Vec::new(),
+            count: Vec::new(),
             text: String::new(),
         }
     }
@@ -235,27 +235,34 @@ impl ParquetSink {
         Ok(())
     }
 
-    /// Appends the given rows of a batch to a file's column builders.
+    /// Appends the given rows of a batch to a file's column builders: one pass over the rows
+    /// to locate each core field's value (and append the extension map), then one pass per
+    /// column, so runs of nulls go in bulk.
     fn append(
         cols: &mut Columns,
-        first: &mut [Option<u32>],
-        count: &mut [u8],
+        first: &mut Vec<u32>,
+        count: &mut Vec<u8>,
         text: &mut String,
         b: &EventBatch,
         rows: &[usize],
     ) -> anyhow::Result<()> {
+        const NONE: u32 = u32::MAX;
+        let nf = CORE_FIELDS.len();
         let bytes = b.bytes();
-        for &row in rows {
-            first.iter_mut().for_each(|f| *f = None);
-            count.iter_mut().for_each(|c| *c = 0);
-            let slots = b.row_slots(row);
-            for (i, s) in slots.iter().enumerate() {
+        first.clear();
+        first.resize(rows.len() * nf, NONE);
+        count.clear();
+        count.resize(rows.len() * nf, 0);
+        for (n, &row) in rows.iter().enumerate() {
+            let r = &b.rows[row];
+            for (i, s) in b.row_slots(row).iter().enumerate() {
                 match s.key {
                     Key::Core(f) => {
-                        if first[f.0 as usize].is_none() {
-                            first[f.0 as usize] = Some(i as u32);
+                        let at = n * nf + f.0 as usize;
+                        if first[at] == NONE {
+                            first[at] = r.slots_start + i as u32;
                         }
-                        count[f.0 as usize] = count[f.0 as usize].saturating_add(1);
+                        count[at] = count[at].saturating_add(1);
                     }
                     Key::Ext(k) => {
                         cols.ext.keys().append_value(bytes.str(k));
@@ -287,54 +294,63 @@ impl ParquetSink {
                 }
             }
             cols.ext.append(true)?;
-            for (f, col) in cols.core.iter_mut().enumerate() {
-                let v = first[f].map(|i| slots[i as usize].value);
-                match (col, v) {
-                    (Col::S(c), Some(Value::Str(r))) => {
-                        if count[f] <= 1 {
-                            c.append_value(bytes.str(r));
-                        } else {
-                            // A multi-valued field (e.g. DNS answers) is stored comma-joined.
-                            let id = FieldId(f as u16);
-                            text.clear();
-                            text.push_str(bytes.str(r));
-                            for s in slots.iter().filter(|s| s.key == Key::Core(id)).skip(1) {
-                                if let Value::Str(x) = s.value {
-                                    text.push(',');
-                                    text.push_str(bytes.str(x));
-                                }
+            let o = &b.origins[r.origin as usize];
+            cols.source.append_value(&*o.source);
+            cols.partition.append_value(&*o.partition);
+            cols.offset.append_value(r.offset);
+        }
+        for (f, col) in cols.core.iter_mut().enumerate() {
+            let mut nulls = 0;
+            for n in 0..rows.len() {
+                let at = n * nf + f;
+                let slot = first[at];
+                let value = if slot == NONE { None } else { Some(b.slots[slot as usize].value) };
+                let Some(v) = value.filter(|v| col.accepts(v)) else {
+                    nulls += 1;
+                    continue;
+                };
+                if nulls > 0 {
+                    col.append_nulls(nulls);
+                    nulls = 0;
+                }
+                match (&mut *col, v) {
+                    (Col::S(c), Value::Str(r)) if count[at] <= 1 => c.append_value(bytes.str(r)),
+                    (Col::S(c), Value::Str(r)) => {
+                        // A multi-valued field (e.g. DNS answers) is stored comma-joined.
+                        let id = Key::Core(FieldId(f as u16));
+                        let row = &b.rows[rows[n]];
+                        text.clear();
+                        text.push_str(bytes.str(r));
+                        for s in b.slots[slot as usize + 1..row.slots_end as usize].iter().filter(|s| s.key == id) {
+                            if let Value::Str(x) = s.value {
+                                text.push(',');
+                                text.push_str(bytes.str(x));
                             }
-                            c.append_value(&*text);
                         }
+                        c.append_value(&*text);
                     }
-                    (Col::S(c), Some(Value::Ip(r))) => match bytes.ip(r) {
+                    (Col::S(c), Value::Ip(r)) => match bytes.ip(r) {
                         Some(ip) => {
-                            text.clear();
                             use std::fmt::Write;
+                            text.clear();
                             let _ = write!(text, "{ip}");
                             c.append_value(&*text);
                         }
                         None => c.append_null(),
                     },
-                    (Col::I(c), Some(Value::Int(i))) => c.append_value(i),
-                    (Col::F(c), Some(Value::Float(x))) => c.append_value(x),
-                    (Col::F(c), Some(Value::Int(i))) => c.append_value(i as f64),
-                    (Col::B(c), Some(Value::Bool(x))) => c.append_value(x),
-                    (Col::T(c), Some(Value::Timestamp(ms))) => c.append_value(ms),
-                    (Col::S(c), _) => c.append_null(),
-                    (Col::I(c), _) => c.append_null(),
-                    (Col::F(c), _) => c.append_null(),
-                    (Col::B(c), _) => c.append_null(),
-                    (Col::T(c), _) => c.append_null(),
+                    (Col::I(c), Value::Int(i)) => c.append_value(i),
+                    (Col::F(c), Value::Float(x)) => c.append_value(x),
+                    (Col::F(c), Value::Int(i)) => c.append_value(i as f64),
+                    (Col::B(c), Value::Bool(x)) => c.append_value(x),
+                    (Col::T(c), Value::Timestamp(ms)) => c.append_value(ms),
+                    _ => unreachable!("filtered by Col::accepts"),
                 }
             }
-            let p = &b.rows[row];
-            let o = &b.origins[p.origin as usize];
-            cols.source.append_value(&*o.source);
-            cols.partition.append_value(&*o.partition);
-            cols.offset.append_value(p.offset);
-            cols.rows += 1;
+            if nulls > 0 {
+                col.append_nulls(nulls);
+            }
         }
+        cols.rows += rows.len();
         Ok(())
     }
 
@@ -373,6 +389,30 @@ enum Col {
     F(Float64Builder),
     B(BooleanBuilder),
     T(TimestampMillisecondBuilder),
+}
+
+impl Col {
+    /// Whether a value of this type goes into the column (else it is written as null).
+    fn accepts(&self, v: &Value) -> bool {
+        matches!(
+            (self, v),
+            (Col::S(_), Value::Str(_) | Value::Ip(_))
+                | (Col::I(_), Value::Int(_))
+                | (Col::F(_), Value::Float(_) | Value::Int(_))
+                | (Col::B(_), Value::Bool(_))
+                | (Col::T(_), Value::Timestamp(_))
+        )
+    }
+
+    fn append_nulls(&mut self, n: usize) {
+        match self {
+            Col::S(c) => c.append_nulls(n),
+            Col::I(c) => c.append_nulls(n),
+            Col::F(c) => c.append_nulls(n),
+            Col::B(c) => c.append_nulls(n),
+            Col::T(c) => c.append_nulls(n),
+        }
+    }
 }
 
 /// Column builders of one open file; flushed as a record batch every `FLUSH_ROWS` rows, so
