@@ -301,7 +301,7 @@ impl ParquetSink {
         }
         for (f, col) in cols.core.iter_mut().enumerate() {
             let mut nulls = 0;
-            for n in 0..rows.len() {
+            for (n, &row) in rows.iter().enumerate() {
                 let at = n * nf + f;
                 let slot = first[at];
                 let value = if slot == NONE { None } else { Some(b.slots[slot as usize].value) };
@@ -318,7 +318,7 @@ impl ParquetSink {
                     (Col::S(c), Value::Str(r)) => {
                         // A multi-valued field (e.g. DNS answers) is stored comma-joined.
                         let id = Key::Core(FieldId(f as u16));
-                        let row = &b.rows[rows[n]];
+                        let row = &b.rows[row];
                         text.clear();
                         text.push_str(bytes.str(r));
                         for s in b.slots[slot as usize + 1..row.slots_end as usize].iter().filter(|s| s.key == id) {
