@@ -33,7 +33,6 @@ pub struct StrRef {
 const HEAP_BIT: u32 = 1 << 31;
 
 impl StrRef {
-    pub const EMPTY: StrRef = StrRef { off: 0, len: 0 };
     #[inline]
     pub fn len(self) -> usize {
         self.len as usize
@@ -272,19 +271,6 @@ impl EventBatch {
     /// First value of a core field in a row.
     pub fn get(&self, row: usize, field: FieldId) -> Option<Value> {
         self.row_slots(row).iter().find(|s| s.key == Key::Core(field)).map(|s| s.value)
-    }
-
-    pub fn get_str(&self, row: usize, field: FieldId) -> Option<&str> {
-        match self.get(row, field)? {
-            Value::Str(r) => Some(self.bytes().str(r)),
-            _ => None,
-        }
-    }
-
-    /// Value of an extension field by name (linear: for tests and cold paths).
-    pub fn get_ext(&self, row: usize, name: &str) -> Option<Value> {
-        let b = self.bytes();
-        self.row_slots(row).iter().find(|s| matches!(s.key, Key::Ext(k) if b.str(k) == name)).map(|s| s.value)
     }
 
     /// Keeps the rows for which `keep` is true, in order. Slots of dropped rows stay in the

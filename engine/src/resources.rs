@@ -21,10 +21,6 @@ impl Resources {
         Resources { base: base.into() }
     }
 
-    pub fn base(&self) -> &Path {
-        &self.base
-    }
-
     pub fn resolve(&self, path: &str) -> PathBuf {
         let p = Path::new(path);
         if p.is_absolute() {

@@ -8,9 +8,7 @@
 //! when every operator's input frontier passes `e`, epoch `e` is complete everywhere: the
 //! point where a later checkpoint coordinator snapshots state and sinks commit.
 
-use std::cell::RefCell;
 use std::collections::HashMap;
-use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -517,12 +515,11 @@ fn build_sink<'s>(
     let mut input = builder.new_input(input, Pipeline);
     builder.set_notify_for(0, timely::progress::operate::FrontierInterest::Always);
     let id = c.id.clone();
-    let sink = Rc::new(RefCell::new(Some(sink)));
+    let mut sink = Some(sink);
     builder.build(move |_caps| {
         let mut completed: Option<Epoch> = None;
         move |frontiers| {
-            let mut guard = sink.borrow_mut();
-            let Some(s) = guard.as_mut() else {
+            let Some(s) = sink.as_mut() else {
                 input.for_each(|_, data| data.clear());
                 return;
             };
@@ -548,7 +545,7 @@ fn build_sink<'s>(
                         metrics.errors.inc();
                         shared.fail(format!("sink `{id}`: {e:#}"));
                     }
-                    *guard = None;
+                    sink = None;
                 }
                 Some(&f) if f > 0 && completed.is_none_or(|c| c < f - 1) => {
                     completed = Some(f - 1);

@@ -134,17 +134,30 @@ impl FileSource {
         Ok(OpenFile { partition: path.to_string_lossy().into_owned().into(), reader, next_offset: 1, documents: None })
     }
 
-    fn read_error(&self, partition: &Arc<str>, offset: u64, e: impl std::fmt::Display) -> SourcePoll {
-        SourcePoll::Quarantine(vec![QuarantineRecord {
-            reason: Reason::ReadError,
-            detail: e.to_string(),
+    /// A record rejected while reading (before any payload became a batch row).
+    fn rejected(
+        &self,
+        reason: Reason,
+        detail: String,
+        partition: &Arc<str>,
+        offset: u64,
+        payload: &[u8],
+        len: usize,
+    ) -> QuarantineRecord {
+        QuarantineRecord {
+            reason,
+            detail,
             component: self.component.clone(),
             source: self.component.clone(),
             partition: partition.clone(),
             offset,
-            payload: Vec::new(),
-            payload_len: 0,
-        }])
+            payload: payload[..payload.len().min(ward_engine::quarantine::MAX_QUARANTINED_PAYLOAD)].to_vec(),
+            payload_len: len,
+        }
+    }
+
+    fn read_error(&self, partition: &Arc<str>, offset: u64, e: impl std::fmt::Display) -> SourcePoll {
+        SourcePoll::Quarantine(vec![self.rejected(Reason::ReadError, e.to_string(), partition, offset, &[], 0)])
     }
 }
 
@@ -237,20 +250,15 @@ impl Source for FileSource {
                             let offset = f.next_offset;
                             f.next_offset += 1;
                             if len > max {
-                                let mut q = QuarantineRecord {
-                                    reason: Reason::Oversize,
-                                    detail: format!("line of {len} bytes > max_record_bytes {max}"),
-                                    component: self.component.clone(),
-                                    source: self.component.clone(),
-                                    partition: f.partition.clone(),
+                                let detail = format!("line of {len} bytes > max_record_bytes {max}");
+                                quarantined.push(self.rejected(
+                                    Reason::Oversize,
+                                    detail,
+                                    &f.partition,
                                     offset,
-                                    payload: Vec::new(),
-                                    payload_len: len,
-                                };
-                                q.payload.extend_from_slice(
-                                    &self.line[..self.line.len().min(ward_engine::quarantine::MAX_QUARANTINED_PAYLOAD)],
-                                );
-                                quarantined.push(q);
+                                    &self.line,
+                                    len,
+                                ));
                             } else {
                                 batch.push_raw(origin, offset, &self.line);
                             }
@@ -258,10 +266,8 @@ impl Source for FileSource {
                         Err(e) => {
                             // A corrupt or truncated file: report where, then go on with the next file.
                             let offset = f.next_offset;
-                            let err = self.read_error(&f.partition, offset, format!("read error: {e}"));
-                            if let SourcePoll::Quarantine(q) = err {
-                                quarantined.extend(q);
-                            }
+                            let detail = format!("read error: {e}");
+                            quarantined.push(self.rejected(Reason::ReadError, detail, &f.partition, offset, &[], 0));
                             finished = true;
                             break;
                         }

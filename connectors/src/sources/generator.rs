@@ -440,16 +440,25 @@ impl Generator {
         }
     }
 
-    fn zeek_conn(&mut self, ts: i64, k: u64, dst: &str, port: u16, resp_bytes: u64, rng: &mut Rng) {
+    /// The fields every Zeek record starts with: time, connection uid, originator.
+    fn zeek_prefix(&mut self, ts: i64, k: u64, rng: &mut Rng) {
         let _ = write!(
             self.buf,
-            r#"{{"ts":{}.{:03},"uid":"C{:016x}","id.orig_h":"10.10.{}.{}","id.orig_p":{},"id.resp_h":"{dst}","id.resp_p":{port},"proto":"tcp","service":"ssl","duration":{}.{:06},"orig_bytes":{},"resp_bytes":{resp_bytes},"conn_state":"SF","missed_bytes":0,"history":"ShADadFf","orig_pkts":{},"resp_pkts":{}}}"#,
+            r#"{{"ts":{}.{:03},"uid":"C{:016x}","id.orig_h":"10.10.{}.{}","id.orig_p":{},"#,
             ts / 1000,
             ts % 1000,
             mix(k ^ self.config.seed),
             rng.below(4),
             10 + rng.below(200),
             49152 + rng.below(16000),
+        );
+    }
+
+    fn zeek_conn(&mut self, ts: i64, k: u64, dst: &str, port: u16, resp_bytes: u64, rng: &mut Rng) {
+        self.zeek_prefix(ts, k, rng);
+        let _ = write!(
+            self.buf,
+            r#""id.resp_h":"{dst}","id.resp_p":{port},"proto":"tcp","service":"ssl","duration":{}.{:06},"orig_bytes":{},"resp_bytes":{resp_bytes},"conn_state":"SF","missed_bytes":0,"history":"ShADadFf","orig_pkts":{},"resp_pkts":{}}}"#,
             rng.below(30),
             rng.below(1_000_000),
             300 + rng.below(5000),
@@ -459,15 +468,10 @@ impl Generator {
     }
 
     fn zeek_dns(&mut self, ts: i64, k: u64, query: &str, rng: &mut Rng) {
+        self.zeek_prefix(ts, k, rng);
         let _ = write!(
             self.buf,
-            r#"{{"ts":{}.{:03},"uid":"C{:016x}","id.orig_h":"10.10.{}.{}","id.orig_p":{},"id.resp_h":"10.10.0.2","id.resp_p":53,"proto":"udp","trans_id":{},"query":"{query}","qclass":1,"qclass_name":"C_INTERNET","qtype":1,"qtype_name":"A","rcode":0,"rcode_name":"NOERROR","AA":false,"TC":false,"RD":true,"RA":true,"answers":["203.0.113.{}"],"TTLs":[300.0],"rejected":false}}"#,
-            ts / 1000,
-            ts % 1000,
-            mix(k ^ self.config.seed),
-            rng.below(4),
-            10 + rng.below(200),
-            49152 + rng.below(16000),
+            r#""id.resp_h":"10.10.0.2","id.resp_p":53,"proto":"udp","trans_id":{},"query":"{query}","qclass":1,"qclass_name":"C_INTERNET","qtype":1,"qtype_name":"A","rcode":0,"rcode_name":"NOERROR","AA":false,"TC":false,"RD":true,"RA":true,"answers":["203.0.113.{}"],"TTLs":[300.0],"rejected":false}}"#,
             rng.below(65536),
             1 + rng.below(250),
         );

@@ -54,7 +54,7 @@ impl SourceFactory for StdinFactory {
                         while matches!(buf.last(), Some(b'\n' | b'\r')) {
                             buf.pop();
                         }
-                        if tx.send(buf.clone()).is_err() {
+                        if tx.send(std::mem::take(&mut buf)).is_err() {
                             break;
                         }
                     }

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use schemars::JsonSchema;
 use serde::Deserialize;
-use ward_engine::batch::EventBatch;
+use ward_engine::batch::{EventBatch, Origin};
 use ward_engine::component::{Built, Operator, OperatorFactory, OperatorOutput, StreamKind, WorkerContext};
 use ward_engine::quarantine::Reason;
 use ward_engine::registry::{BuildContext, ComponentConfig, Section};
@@ -126,7 +126,7 @@ impl Parser {
         Parser { component, format, max_record_bytes, syslog, partitions: HashMap::new() }
     }
 
-    fn parse_one(&mut self, text: &str, origin: &(Arc<str>, Arc<str>), w: &mut FieldWriter<'_>) -> Outcome {
+    fn parse_one(&mut self, text: &str, origin: &Origin, w: &mut FieldWriter<'_>) -> Outcome {
         let t = text.trim_end_matches(['\r', '\n']);
         match self.format {
             Format::Json => run(json::parse_json(t, w), "json", Reason::InvalidJson),
@@ -136,7 +136,7 @@ impl Parser {
             Format::Kv => run(kv::parse_kv(t, w).map(|_| ()), "kv", Reason::InvalidKv),
             Format::ZeekTsv => self.zeek(t, origin, w),
             Format::Csv => {
-                let state = self.partitions.entry(origin.clone()).or_default();
+                let state = self.partitions.entry(partition_key(origin)).or_default();
                 match state.csv.parse_line(t, w) {
                     Ok(true) => Outcome::Event("csv"),
                     Ok(false) => Outcome::Header,
@@ -151,7 +151,9 @@ impl Parser {
                     Some(b'#') => self.zeek(t, origin, w),
                     _ if s.starts_with("CEF:") => run(cef::parse_cef(s, w), "cef", Reason::InvalidCef),
                     _ if s.starts_with("LEEF:") => run(leef::parse_leef(s, w), "leef", Reason::InvalidLeef),
-                    _ if t.contains('\t') && self.partitions.get(origin).is_some_and(|p| p.zeek.has_fields()) => {
+                    _ if t.contains('\t')
+                        && self.partitions.get(&partition_key(origin)).is_some_and(|p| p.zeek.has_fields()) =>
+                    {
                         self.zeek(t, origin, w)
                     }
                     _ if kv::looks_like_kv(s) => run(kv::parse_kv(s, w).map(|_| ()), "kv", Reason::InvalidKv),
@@ -161,8 +163,8 @@ impl Parser {
         }
     }
 
-    fn zeek(&mut self, t: &str, origin: &(Arc<str>, Arc<str>), w: &mut FieldWriter<'_>) -> Outcome {
-        let state = self.partitions.entry(origin.clone()).or_default();
+    fn zeek(&mut self, t: &str, origin: &Origin, w: &mut FieldWriter<'_>) -> Outcome {
+        let state = self.partitions.entry(partition_key(origin)).or_default();
         if t.starts_with('#') {
             return match state.zeek.apply(t) {
                 Ok(()) => Outcome::Header,
@@ -171,6 +173,11 @@ impl Parser {
         }
         run(state.zeek.parse_row(t, w), "zeek_tsv", Reason::InvalidZeek)
     }
+}
+
+/// Header state is per (source, partition); the key is built only by the stateful formats.
+fn partition_key(o: &Origin) -> (Arc<str>, Arc<str>) {
+    (o.source.clone(), o.partition.clone())
 }
 
 fn run(r: Result<(), String>, format: &'static str, reason: Reason) -> Outcome {
@@ -199,11 +206,7 @@ impl Operator for Parser {
                     match simdutf8::compat::from_utf8(payload) {
                         Err(e) => Outcome::Rejected(Reason::InvalidUtf8, e.to_string()),
                         Ok(text) if text.trim().is_empty() => Outcome::Rejected(Reason::Empty, "empty record".into()),
-                        Ok(text) => {
-                            let o = &batch.origins[row.origin as usize];
-                            let origin = (o.source.clone(), o.partition.clone());
-                            self.parse_one(text, &origin, &mut w)
-                        }
+                        Ok(text) => self.parse_one(text, &batch.origins[row.origin as usize], &mut w),
                     }
                 };
                 match outcome {
