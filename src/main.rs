@@ -1,6 +1,7 @@
 //! `ward`: the command line. Wires the operator and connector crates into the engine.
 
 mod demo;
+mod rules_cli;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -54,6 +55,9 @@ enum Command {
     Schema,
     /// Print the ECS-lite field list (Markdown).
     Fields,
+    /// Sigma rules: check, test on sample events, explain.
+    #[command(subcommand)]
+    Rules(rules_cli::RulesCommand),
 }
 
 #[derive(clap::Args, Clone)]
@@ -211,6 +215,7 @@ fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
+        Command::Rules(cmd) => rules_cli::run(cmd),
         Command::Fields => {
             println!("| field | type | description |\n|---|---|---|");
             for f in ward_engine::fields::FieldId::all() {

@@ -224,7 +224,7 @@ fn stages(count: u64, zstd_level: i32) -> anyhow::Result<()> {
 fn run_op(op: &mut dyn Operator, input: Vec<EventBatch>) -> Vec<EventBatch> {
     let mut out = OperatorOutput::default();
     for b in input {
-        op.process(b, &mut out);
+        op.process(b, 0, &mut out);
     }
     out.events
 }

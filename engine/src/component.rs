@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::alert::Alert;
 use crate::batch::EventBatch;
+use crate::clock::EpochClock;
 use crate::quarantine::QuarantineRecord;
 use crate::resources::Resources;
 
@@ -43,6 +45,7 @@ impl StreamKind {
 pub enum Payload {
     Events(EventBatch),
     Quarantine(Vec<QuarantineRecord>),
+    Alerts(Vec<Alert>),
 }
 
 impl Payload {
@@ -50,6 +53,7 @@ impl Payload {
         match self {
             Payload::Events(b) => b.len(),
             Payload::Quarantine(q) => q.len(),
+            Payload::Alerts(a) => a.len(),
         }
     }
     pub fn is_empty(&self) -> bool {
@@ -66,6 +70,8 @@ pub struct WorkerContext {
     pub resources: Resources,
     /// The component's counters (shared by its instances on all workers).
     pub metrics: crate::metrics::ComponentMetrics,
+    /// The run's epoch clock, for components that must act at the same epoch on every worker.
+    pub clock: Arc<EpochClock>,
 }
 
 /// What a source's poll produced.
@@ -92,11 +98,16 @@ pub struct OperatorOutput {
     pub quarantine: Vec<QuarantineRecord>,
     /// Records dropped on purpose (filters, duplicates), counted for the ledger.
     pub filtered: u64,
+    /// Alerts raised (operators whose output stream is alerts).
+    pub alerts: Vec<Alert>,
+    /// Input events fully handled without being passed on (a matcher evaluated them); they
+    /// count as the operator's output in the ledger.
+    pub consumed: u64,
 }
 
 impl OperatorOutput {
     pub fn out_len(&self) -> usize {
-        self.events.iter().map(|b| b.len()).sum()
+        self.events.iter().map(|b| b.len()).sum::<usize>() + self.consumed as usize
     }
 
     /// Hands over a processed batch: the rows listed in `rejected` go to quarantine, rows whose
@@ -120,9 +131,10 @@ impl OperatorOutput {
 }
 
 pub trait Operator {
-    /// Processes one batch. Rows that cannot be processed go to `out.quarantine`; every
-    /// input row must end in exactly one of `events`, `quarantine` or `filtered`.
-    fn process(&mut self, batch: EventBatch, out: &mut OperatorOutput);
+    /// Processes one batch of checkpoint epoch `epoch`. Rows that cannot be processed go to
+    /// `out.quarantine`; every input row must end in exactly one of `events`, `quarantine`,
+    /// `filtered` or `consumed`.
+    fn process(&mut self, batch: EventBatch, epoch: u64, out: &mut OperatorOutput);
 }
 
 pub trait Sink {

@@ -3,7 +3,9 @@
 //! endpoint. Operators and connectors depend on this crate, never the other way round.
 
 pub mod admin;
+pub mod alert;
 pub mod batch;
+pub mod clock;
 pub mod component;
 pub mod fields;
 pub mod metrics;

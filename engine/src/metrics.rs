@@ -27,6 +27,9 @@ pub struct Metrics {
     pub ready: IntGauge,
     reloads: IntCounterVec,
     reload_failures: IntCounterVec,
+    alerts: IntCounterVec,
+    rules_loaded: IntGaugeVec,
+    ruleset_info: IntGaugeVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -57,7 +60,25 @@ impl Metrics {
         let build = IntGaugeVec::new(Opts::new("ward_build_info", "Ward version"), &["version"]).expect("valid metric");
         registry.register(Box::new(build.clone())).expect("unique metric");
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry.register(Box::new(g.clone())).expect("unique metric");
+            g
+        };
+        let rules_loaded = gauge_vec(
+            "ward_rules_loaded",
+            "Rules in a detector's running rule set, by status (compiled or rejected)",
+            &["component", "status"],
+        );
+        let ruleset_info = gauge_vec(
+            "ward_ruleset_info",
+            "1 for the version (content hash) of a detector's running rule set",
+            &["component", "version"],
+        );
         Arc::new(Metrics {
+            alerts: counter(&registry, "ward_alerts_total", "Alerts a detector raised", &["component"]),
+            rules_loaded,
+            ruleset_info,
             records_in: counter(
                 &registry,
                 "ward_records_in_total",
@@ -121,6 +142,10 @@ impl Metrics {
             batch_seconds: self.batch_seconds.with_label_values(&[id]),
             reloads: self.reloads.with_label_values(&[id]),
             reload_failures: self.reload_failures.with_label_values(&[id]),
+            alerts: self.alerts.with_label_values(&[id]),
+            rules_compiled: self.rules_loaded.with_label_values(&[id, "compiled"]),
+            rules_rejected: self.rules_loaded.with_label_values(&[id, "rejected"]),
+            ruleset_info: self.ruleset_info.clone(),
             quarantined: Reason::ALL.iter().map(|r| self.quarantined.with_label_values(&[id, r.as_str()])).collect(),
         }
     }
@@ -145,10 +170,21 @@ pub struct ComponentMetrics {
     pub batch_seconds: prometheus::Histogram,
     pub reloads: IntCounter,
     pub reload_failures: IntCounter,
+    pub alerts: IntCounter,
+    pub rules_compiled: IntGauge,
+    pub rules_rejected: IntGauge,
+    ruleset_info: IntGaugeVec,
     quarantined: Vec<IntCounter>,
 }
 
 impl ComponentMetrics {
+    /// Marks `version` as the running rule set (and `previous`, if any, as no longer running).
+    pub fn set_ruleset_version(&self, previous: Option<&str>, version: &str) {
+        if let Some(p) = previous {
+            let _ = self.ruleset_info.remove_label_values(&[&self.id, p]);
+        }
+        self.ruleset_info.with_label_values(&[&*self.id, version]).set(1);
+    }
     pub fn quarantined(&self, reason: Reason) -> &IntCounter {
         let i = Reason::ALL.iter().position(|r| *r == reason).expect("every reason has a counter");
         &self.quarantined[i]

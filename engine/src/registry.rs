@@ -31,6 +31,8 @@ impl Section {
 pub struct BuildContext<'a> {
     pub component_id: &'a str,
     pub resources: &'a Resources,
+    /// Where a component registers its admin endpoint routes.
+    pub admin: &'a crate::admin::AdminRoutes,
 }
 
 /// A typed component config. Implemented by every component in its own file.

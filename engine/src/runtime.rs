@@ -20,6 +20,7 @@ use timely::dataflow::{Scope, Stream};
 
 use crate::admin::AdminServer;
 use crate::batch::EventBatch;
+use crate::clock::EpochClock;
 use crate::component::{Built, Operator, OperatorOutput, Payload, Sink, Source, SourcePoll, WorkerContext};
 use crate::metrics::{ComponentMetrics, Metrics};
 use crate::registry::Section;
@@ -134,7 +135,7 @@ impl RunSummary {
 struct Shared {
     spec: Spec,
     metrics: Arc<Metrics>,
-    epoch: AtomicU64,
+    epoch: Arc<EpochClock>,
     stop: Arc<AtomicBool>,
     failure: Mutex<Option<String>>,
 }
@@ -168,7 +169,11 @@ pub fn run_with_metrics(
     let started = Instant::now();
     metrics.workers.set(workers as i64);
     let listen = opts.admin_listen.clone().unwrap_or_else(|| spec.settings.admin_listen.clone());
-    let admin = if listen.is_empty() { None } else { Some(AdminServer::start(&listen, metrics.clone())?) };
+    let admin = if listen.is_empty() {
+        None
+    } else {
+        Some(AdminServer::start(&listen, metrics.clone(), spec.admin_routes.clone())?)
+    };
     if let Some(a) = &admin {
         tracing::info!("admin endpoint on http://{}/metrics", a.local_addr);
     }
@@ -176,7 +181,7 @@ pub fn run_with_metrics(
     let shared = Arc::new(Shared {
         spec: spec.clone(),
         metrics: metrics.clone(),
-        epoch: AtomicU64::new(0),
+        epoch: Arc::new(EpochClock::new()),
         stop: stop.clone(),
         failure: Mutex::new(None),
     });
@@ -245,7 +250,7 @@ fn spawn_epoch_clock(shared: Arc<Shared>, finished: Arc<AtomicBool>) -> std::thr
         while !finished.load(Ordering::SeqCst) {
             std::thread::sleep(Duration::from_millis(10).min(interval));
             if Instant::now() >= next {
-                let e = shared.epoch.fetch_add(1, Ordering::SeqCst) + 1;
+                let e = shared.epoch.advance();
                 shared.metrics.epoch.set(e as i64);
                 next += interval;
             }
@@ -290,7 +295,7 @@ fn spawn_monitor(shared: Arc<Shared>, finished: Arc<AtomicBool>, progress: bool)
                 b.set_message(format!(
                     "{read} records read, {:.0} events/s, {quarantined} quarantined, epoch {}",
                     shared.metrics.events_per_second.get(),
-                    shared.epoch.load(Ordering::Relaxed)
+                    shared.epoch.current()
                 ));
                 b.tick();
             }
@@ -308,6 +313,7 @@ fn worker_context(shared: &Shared, c: &ComponentSpec, index: usize, peers: usize
         workers: peers,
         resources: shared.spec.resources.clone(),
         metrics: shared.metrics.component(&c.id),
+        clock: shared.epoch.clone(),
     }
 }
 
@@ -407,7 +413,7 @@ fn build_source<'s>(
                 caps = None;
                 return;
             }
-            let epoch = shared.epoch.load(Ordering::SeqCst);
+            let epoch = shared.epoch.current();
             if *cap.time() < epoch {
                 cap.downgrade(&epoch);
                 qcap.downgrade(&epoch);
@@ -480,11 +486,16 @@ fn build_operator<'s>(
                     let started = Instant::now();
                     let n = batch.len() as u64;
                     metrics.records_in.inc_by(n);
-                    op.process(batch, &mut result);
+                    op.process(batch, cap.least().copied().unwrap_or(0), &mut result);
                     metrics.batch_seconds.observe(started.elapsed().as_secs_f64());
                     metrics.records_out.inc_by(result.out_len() as u64);
                     metrics.filtered.inc_by(result.filtered);
                     result.filtered = 0;
+                    result.consumed = 0;
+                    if !result.alerts.is_empty() {
+                        let alerts = std::mem::take(&mut result.alerts);
+                        out.activate().give(&cap, &mut vec![Payload::Alerts(alerts)]);
+                    }
                     if !result.events.is_empty() {
                         let mut msg: Vec<Payload> =
                             result.events.drain(..).filter(|b| !b.is_empty()).map(Payload::Events).collect();
@@ -570,7 +581,7 @@ impl Source for Exhausted {
 }
 struct PassThrough;
 impl Operator for PassThrough {
-    fn process(&mut self, batch: EventBatch, out: &mut OperatorOutput) {
+    fn process(&mut self, batch: EventBatch, _epoch: u64, out: &mut OperatorOutput) {
         out.events.push(batch);
     }
 }

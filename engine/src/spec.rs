@@ -10,6 +10,7 @@ use marked_yaml::{Marker, Node};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
+use crate::admin::AdminRoutes;
 use crate::component::{Built, StreamKind};
 use crate::registry::{BuildContext, ComponentKind, Registry, Section};
 use crate::resources::Resources;
@@ -132,6 +133,8 @@ pub struct Spec {
     /// Components in a topological order (every component after its inputs).
     pub components: Vec<ComponentSpec>,
     pub resources: Resources,
+    /// Admin endpoint routes the components registered while they were built.
+    pub admin_routes: AdminRoutes,
     /// Non-fatal findings (e.g. quarantine not routed to any sink).
     pub warnings: Vec<String>,
 }
@@ -158,7 +161,12 @@ impl Spec {
 
     /// Validates spec text; `file` is used in messages, `resources` resolves relative paths.
     pub fn parse(file: &Path, text: &str, resources: Resources, registry: &Registry) -> Result<Spec, SpecErrors> {
-        let mut v = Validator { file: file.to_path_buf(), errors: Vec::new(), broken: Default::default() };
+        let mut v = Validator {
+            file: file.to_path_buf(),
+            errors: Vec::new(),
+            broken: Default::default(),
+            admin: AdminRoutes::new(),
+        };
         let spec = v.run(text, resources, registry);
         match spec {
             Some(spec) if v.errors.is_empty() => Ok(spec),
@@ -242,6 +250,7 @@ struct Validator {
     /// Ids of components that exist but could not be read (unknown type, ...): references to
     /// them are not reported again as dangling.
     broken: std::collections::HashSet<String>,
+    admin: AdminRoutes,
 }
 
 struct Pending {
@@ -336,7 +345,15 @@ impl Validator {
                 position: (p.marker.line(), p.marker.column()),
             })
             .collect();
-        Some(Spec { file: self.file.clone(), name, settings, components, resources, warnings })
+        Some(Spec {
+            file: self.file.clone(),
+            name,
+            settings,
+            components,
+            resources,
+            admin_routes: self.admin.clone(),
+            warnings,
+        })
     }
 
     fn component(
@@ -429,7 +446,7 @@ impl Validator {
             config.remove(k);
         }
         let config_node = Node::from(config);
-        let ctx = BuildContext { component_id: &id, resources };
+        let ctx = BuildContext { component_id: &id, resources, admin: &self.admin };
         let built = match kind.build(&config_node, &ctx) {
             Ok(b) => Some(b),
             Err(e) => {

@@ -18,7 +18,7 @@ pub fn check(format: Format, data: &[u8], normalize: bool) {
         n += 1;
     }
     let mut out = OperatorOutput::default();
-    parser.process(batch, &mut out);
+    parser.process(batch, 0, &mut out);
     let events: usize = out.events.iter().map(EventBatch::len).sum();
     assert_eq!(events as u64 + out.filtered + out.quarantine.len() as u64, n, "parse ledger");
     for b in &out.events {
@@ -34,7 +34,7 @@ pub fn check(format: Format, data: &[u8], normalize: bool) {
         let mut norm = Normalizer::new("normalize".into(), packs.clone(), Unmatched::Keep, true);
         let mut out2 = OperatorOutput::default();
         for b in out.events {
-            norm.process(b, &mut out2);
+            norm.process(b, 0, &mut out2);
         }
         let after: usize = out2.events.iter().map(EventBatch::len).sum();
         assert_eq!(after + out2.quarantine.len(), events, "normalize ledger");

@@ -5,6 +5,7 @@
 pub mod enrich;
 pub mod normalize;
 pub mod parse;
+pub mod sigma;
 
 use ward_engine::registry::Registry;
 
@@ -13,4 +14,5 @@ pub fn register(registry: &mut Registry) {
     registry.register::<parse::ParseConfig>();
     registry.register::<normalize::NormalizeConfig>();
     registry.register::<enrich::EnrichConfig>();
+    registry.register::<sigma::SigmaMatchConfig>();
 }

@@ -1,5 +1,5 @@
-//! The `jsonl` sink: one JSON object per line, to a file or standard output. Accepts events
-//! and quarantined records. Workers share one writer and write whole batches at a time.
+//! The `jsonl` sink: one JSON object per line, to a file or standard output. Accepts events,
+//! quarantined records and alerts. Workers share one writer and write whole batches at a time.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -10,7 +10,7 @@ use serde::Deserialize;
 use ward_engine::component::{Built, Payload, Sink, SinkFactory, StreamKind, WorkerContext};
 use ward_engine::registry::{BuildContext, ComponentConfig, Section};
 
-/// Write events or quarantined records as JSON lines.
+/// Write events, quarantined records or alerts as JSON lines.
 #[derive(Clone, Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JsonlSinkConfig {
@@ -24,8 +24,8 @@ pub struct JsonlSinkConfig {
 impl ComponentConfig for JsonlSinkConfig {
     const TYPE: &'static str = "jsonl";
     const SECTION: Section = Section::Sink;
-    const DESCRIPTION: &'static str = "Write events or quarantined records as JSON lines to a file or stdout";
-    const ACCEPTS: &'static [StreamKind] = &[StreamKind::Events, StreamKind::Quarantine];
+    const DESCRIPTION: &'static str = "Write events, quarantined records or alerts as JSON lines to a file or stdout";
+    const ACCEPTS: &'static [StreamKind] = &[StreamKind::Events, StreamKind::Quarantine, StreamKind::Alerts];
     const OUTPUT: Option<StreamKind> = None;
 
     fn build(self, ctx: &BuildContext<'_>) -> anyhow::Result<Built> {
@@ -96,6 +96,12 @@ impl Sink for JsonlSink {
             Payload::Quarantine(q) => {
                 for r in q {
                     serde_json::to_writer(&mut self.buf, &r.to_json())?;
+                    self.buf.push(b'\n');
+                }
+            }
+            Payload::Alerts(alerts) => {
+                for a in alerts {
+                    serde_json::to_writer(&mut self.buf, a)?;
                     self.buf.push(b'\n');
                 }
             }

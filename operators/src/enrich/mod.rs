@@ -232,7 +232,7 @@ const HASH_FIELDS: [FieldId; 4] =
     [ids::FILE_HASH_SHA256, ids::FILE_HASH_SHA1, ids::FILE_HASH_MD5, ids::PROCESS_HASH_SHA256];
 
 impl Operator for Enricher {
-    fn process(&mut self, mut batch: EventBatch, out: &mut OperatorOutput) {
+    fn process(&mut self, mut batch: EventBatch, _epoch: u64, out: &mut OperatorOutput) {
         let data = self.data.current();
         let (generation, failures) = (self.data.generation(), self.data.failures());
         if let Some(m) = &self.metrics {

@@ -42,7 +42,7 @@ fn batch(events: &[&[(&str, &str)]]) -> EventBatch {
 
 fn run(e: &mut Enricher, b: EventBatch) -> Vec<serde_json::Value> {
     let mut out = OperatorOutput::default();
-    e.process(b, &mut out);
+    e.process(b, 0, &mut out);
     assert!(out.quarantine.is_empty());
     out.events.iter().flat_map(|b| (0..b.len()).map(move |i| b.row_to_json(i))).collect()
 }

@@ -395,7 +395,7 @@ pub fn provenance_id(source: &str, partition: &str, offset: u64) -> u64 {
 }
 
 impl Operator for Normalizer {
-    fn process(&mut self, mut batch: EventBatch, out: &mut OperatorOutput) {
+    fn process(&mut self, mut batch: EventBatch, _epoch: u64, out: &mut OperatorOutput) {
         let packs = self.packs.clone();
         let mut new_slots = std::mem::take(&mut self.spare_slots);
         new_slots.clear();

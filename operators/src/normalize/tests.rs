@@ -19,11 +19,11 @@ fn run_with(packs: Vec<Pack>, unmatched: Unmatched, lines: &[&str]) -> (Vec<serd
         b.push_raw(o, i as u64 + 1, l.as_bytes());
     }
     let mut parsed = OperatorOutput::default();
-    parser.process(b, &mut parsed);
+    parser.process(b, 0, &mut parsed);
     let mut out = OperatorOutput::default();
     let mut q = parsed.quarantine;
     for batch in parsed.events {
-        norm.process(batch, &mut out);
+        norm.process(batch, 0, &mut out);
     }
     q.extend(out.quarantine);
     let events = out.events.iter().flat_map(|b| (0..b.len()).map(move |i| b.row_to_json(i))).collect();

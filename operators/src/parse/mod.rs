@@ -188,7 +188,7 @@ fn run(r: Result<(), String>, format: &'static str, reason: Reason) -> Outcome {
 }
 
 impl Operator for Parser {
-    fn process(&mut self, mut batch: EventBatch, out: &mut OperatorOutput) {
+    fn process(&mut self, mut batch: EventBatch, _epoch: u64, out: &mut OperatorOutput) {
         let raw = std::mem::take(&mut batch.raw);
         let mut keep = vec![true; batch.rows.len()];
         let mut rejected: Vec<(usize, Reason, String)> = Vec::new();
@@ -267,7 +267,7 @@ pub(crate) mod tests {
             b.push_raw(o, i as u64 + 1, l);
         }
         let mut out = OperatorOutput::default();
-        p.process(b, &mut out);
+        p.process(b, 0, &mut out);
         let events = out.events.iter().flat_map(|b| (0..b.len()).map(move |i| b.row_to_json(i))).collect();
         (events, out.quarantine, out.filtered)
     }

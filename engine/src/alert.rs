@@ -1,0 +1,115 @@
+//! Detection alerts: the typed stream that sigma-match (and later correlation) emits and the
+//! alert sinks accept. An alert is self-contained: it names the rule, the rule-set version, what
+//! matched, and where the event came from, so it can be traced back without the rule files.
+
+use serde::{Deserialize, Serialize};
+
+/// The rule that raised an alert.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AlertRule {
+    pub id: String,
+    pub title: String,
+    /// Sigma level: informational, low, medium, high, critical.
+    pub level: String,
+    pub status: String,
+    pub tags: Vec<String>,
+    /// ATT&CK technique ids from the tags (`attack.t1059.001` → `T1059.001`).
+    pub techniques: Vec<String>,
+}
+
+/// A selection (named detection) that held for the event, with the field values it tested.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MatchedSelection {
+    pub selection: String,
+    /// (Sigma field name, the event's value) for every field the selection tests that the
+    /// event has.
+    pub fields: Vec<(String, String)>,
+}
+
+/// Where the matched event came from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlertOrigin {
+    pub source: String,
+    pub partition: String,
+    pub offset: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Alert {
+    /// Deterministic: a hash of the rule id and the event's provenance, so a replay of the same
+    /// input produces the same ids (sinks deduplicate on it).
+    pub alert_id: String,
+    pub rule: AlertRule,
+    /// 1 (critical) … 5 (informational); see [`priority_for_level`].
+    pub priority: u8,
+    /// Content hash of the rule set that matched.
+    pub ruleset_version: String,
+    /// The component that raised the alert.
+    pub detector: String,
+    pub matches: Vec<MatchedSelection>,
+    /// The event's `event.id`, when it has one.
+    pub event_id: Option<String>,
+    /// The event's `@timestamp` in milliseconds since the epoch, when it has one.
+    pub event_time_ms: Option<i64>,
+    pub origin: AlertOrigin,
+    /// A copy of the normalized event (omitted when the detector is configured so).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<serde_json::Value>,
+}
+
+/// Sigma level → priority: critical 1, high 2, medium 3, low 4, informational (or none) 5.
+pub fn priority_for_level(level: &str) -> u8 {
+    match level {
+        "critical" => 1,
+        "high" => 2,
+        "medium" => 3,
+        "low" => 4,
+        _ => 5,
+    }
+}
+
+/// ATT&CK technique ids from Sigma tags: `attack.t1059` and `attack.t1059.001` (any case).
+pub fn attack_techniques(tags: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    for t in tags {
+        let Some(rest) = t.strip_prefix("attack.").or_else(|| t.strip_prefix("ATTACK.")) else { continue };
+        let b = rest.as_bytes();
+        let is_technique = b.len() >= 5
+            && (b[0] == b't' || b[0] == b'T')
+            && b[1..5].iter().all(u8::is_ascii_digit)
+            && (b.len() == 5 || (b.len() == 9 && b[5] == b'.' && b[6..].iter().all(u8::is_ascii_digit)));
+        if is_technique {
+            let id = rest.to_ascii_uppercase();
+            if !out.contains(&id) {
+                out.push(id);
+            }
+        }
+    }
+    out
+}
+
+impl Alert {
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn techniques_are_parsed_from_tags() {
+        let tags: Vec<String> = ["attack.execution", "attack.t1059.001", "attack.T1027", "attack.t10", "cve.2021-1"]
+            .map(String::from)
+            .into();
+        assert_eq!(attack_techniques(&tags), vec!["T1059.001", "T1027"]);
+    }
+
+    #[test]
+    fn priority_follows_level() {
+        assert_eq!(priority_for_level("critical"), 1);
+        assert_eq!(priority_for_level("medium"), 3);
+        assert_eq!(priority_for_level(""), 5);
+    }
+}

@@ -1,0 +1,1106 @@
+//! Sigma rules (as parsed by `rsigma-parser`) → the cross-rule [`Matcher`].
+//!
+//! Each rule is first lowered to an [`Expr`] whose leaves are fully validated [`AtomSpec`]s
+//! (regexes compiled, modifiers checked). A rule that cannot be evaluated exactly stops there
+//! with a reason naming the construct; only rules that lowered cleanly are interned into the
+//! shared automata, so a rejected rule leaves no trace in the matcher.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+use regex::{Regex, RegexBuilder};
+use rsigma_parser::{
+    ConditionExpr, Detection, DetectionItem, Detections, FilterRule, FilterRuleTarget, LogSource, Modifier, Quantifier,
+    SelectorPattern, SigmaRule, SigmaString, SigmaValue, StringPart,
+};
+use ward_engine::fields::FieldId;
+
+use super::mapping::{FieldKey, FieldMapping, Logsources};
+use super::matcher::{
+    Atom, AtomId, CmpOp, CompiledRule, Cond, FieldIdx, FieldInfo, Hit, Lazy, Matcher, RuleMeta, Scan, Selection,
+    TimePart, KEYWORDS, NO_VERIFY,
+};
+use super::values::{self, Anchor, Utf16};
+
+/// What to do with a rule whose logsource no routing entry covers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Unrouted {
+    /// Run it on every event (the usual behaviour of Sigma backends for unmapped logsources).
+    #[default]
+    Any,
+    /// Refuse it at load.
+    Reject,
+}
+
+#[derive(Clone, Debug)]
+pub struct CompileOptions {
+    pub mapping: FieldMapping,
+    pub logsources: Logsources,
+    /// Values for `expand` placeholders (`%name%`).
+    pub placeholders: HashMap<String, Vec<String>>,
+    pub unrouted: Unrouted,
+}
+
+impl CompileOptions {
+    /// Everything about the options that changes how rules compile, as text to hash.
+    pub fn fingerprint(&self) -> String {
+        let mut placeholders: Vec<_> = self.placeholders.iter().collect();
+        placeholders.sort();
+        format!("{:x}|{:x}|{:?}|{placeholders:?}", self.mapping.fingerprint, self.logsources.fingerprint, self.unrouted)
+    }
+}
+
+impl Default for CompileOptions {
+    fn default() -> Self {
+        CompileOptions {
+            mapping: FieldMapping::builtin(),
+            logsources: Logsources::builtin(),
+            placeholders: HashMap::new(),
+            unrouted: Unrouted::Any,
+        }
+    }
+}
+
+/// Which field an atom looks at, before interning.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum FieldRef {
+    Keys { display: String, keys: Vec<FieldKey> },
+    Keywords,
+}
+
+impl FieldRef {
+    fn display(&self) -> &str {
+        match self {
+            FieldRef::Keys { display, .. } => display,
+            FieldRef::Keywords => "<keywords>",
+        }
+    }
+}
+
+/// A fully validated test on one field.
+#[derive(Clone, Debug)]
+pub enum AtomSpec {
+    /// A literal (text or encoded bytes) at an anchor. `cased = false`: ASCII case-insensitive
+    /// (only used when that equals full case folding for the pattern).
+    Literal {
+        field: FieldRef,
+        pattern: Vec<u8>,
+        anchor: Anchor,
+        cased: bool,
+    },
+    /// A wildcard string as a regex, verified when `gate` (a literal fragment) occurs; without
+    /// a gate it is evaluated lazily.
+    Glob {
+        field: FieldRef,
+        regex: Regex,
+        gate: Option<(Vec<u8>, bool)>,
+        shown: String,
+    },
+    Regex {
+        field: FieldRef,
+        regex: Regex,
+    },
+    Cidr {
+        field: FieldRef,
+        net: ipnet::IpNet,
+    },
+    Compare {
+        field: FieldRef,
+        op: CmpOp,
+        value: f64,
+        part: Option<TimePart>,
+    },
+    Exists {
+        field: FieldRef,
+    },
+    Null {
+        field: FieldRef,
+    },
+    FieldRef {
+        field: FieldRef,
+        other: FieldRef,
+        anchor: Anchor,
+        cased: bool,
+    },
+}
+
+impl AtomSpec {
+    /// A key that is equal for atoms that test the same thing (for sharing across rules).
+    fn dedup_key(&self) -> String {
+        match self {
+            AtomSpec::Literal { field, pattern, anchor, cased } => {
+                format!("lit|{field:?}|{anchor:?}|{cased}|{pattern:?}")
+            }
+            AtomSpec::Glob { field, regex, .. } => format!("glob|{field:?}|{}", regex.as_str()),
+            AtomSpec::Regex { field, regex } => format!("re|{field:?}|{}", regex.as_str()),
+            AtomSpec::Cidr { field, net } => format!("cidr|{field:?}|{net}"),
+            AtomSpec::Compare { field, op, value, part } => format!("cmp|{field:?}|{op:?}|{value}|{part:?}"),
+            AtomSpec::Exists { field } => format!("exists|{field:?}"),
+            AtomSpec::Null { field } => format!("null|{field:?}"),
+            AtomSpec::FieldRef { field, other, anchor, cased } => format!("ref|{field:?}|{other:?}|{anchor:?}|{cased}"),
+        }
+    }
+
+    fn field(&self) -> &FieldRef {
+        match self {
+            AtomSpec::Literal { field, .. }
+            | AtomSpec::Glob { field, .. }
+            | AtomSpec::Regex { field, .. }
+            | AtomSpec::Cidr { field, .. }
+            | AtomSpec::Compare { field, .. }
+            | AtomSpec::Exists { field }
+            | AtomSpec::Null { field }
+            | AtomSpec::FieldRef { field, .. } => field,
+        }
+    }
+
+    /// One line for `ward rules explain`.
+    pub fn describe(&self) -> String {
+        let f = self.field().display();
+        let case = |cased: &bool| if *cased { "cased" } else { "any case" };
+        match self {
+            AtomSpec::Literal { pattern, anchor, cased, .. } => {
+                let how = match anchor {
+                    Anchor::Whole => "equals",
+                    Anchor::Start => "starts with",
+                    Anchor::End => "ends with",
+                    Anchor::Anywhere => "contains",
+                };
+                format!("{f} {how} {} ({}, automaton)", show_bytes(pattern), case(cased))
+            }
+            AtomSpec::Glob { shown, gate, .. } => match gate {
+                Some((g, cased)) => {
+                    format!("{f} matches {shown} (regex, checked when {} occurs, {})", show_bytes(g), case(cased))
+                }
+                None => format!("{f} matches {shown} (regex, evaluated on demand)"),
+            },
+            AtomSpec::Regex { regex, .. } => format!("{f} matches regex {:?} (on demand)", regex.as_str()),
+            AtomSpec::Cidr { net, .. } => format!("{f} in {net}"),
+            AtomSpec::Compare { op, value, part, .. } => match part {
+                Some(p) => format!("{p:?}({f}) {op:?} {value}"),
+                None => format!("{f} {op:?} {value}"),
+            },
+            AtomSpec::Exists { .. } => format!("{f} exists"),
+            AtomSpec::Null { .. } => format!("{f} is absent or empty"),
+            AtomSpec::FieldRef { other, anchor, cased, .. } => {
+                format!("{f} {anchor:?} the value of {} ({})", other.display(), case(cased))
+            }
+        }
+    }
+
+    fn is_eager(&self) -> bool {
+        matches!(self, AtomSpec::Literal { .. } | AtomSpec::Glob { gate: Some(_), .. })
+    }
+}
+
+fn show_bytes(b: &[u8]) -> String {
+    match std::str::from_utf8(b) {
+        Ok(s) => format!("{s:?}"),
+        Err(_) => format!("0x{}", b.iter().map(|x| format!("{x:02x}")).collect::<String>()),
+    }
+}
+
+/// A rule's logic before interning.
+#[derive(Clone, Debug)]
+pub enum Expr {
+    True,
+    False,
+    Atom(Box<AtomSpec>),
+    Not(Box<Expr>),
+    And(Vec<Expr>),
+    Or(Vec<Expr>),
+    AtLeast(usize, Vec<Expr>),
+}
+
+impl Expr {
+    fn or(mut xs: Vec<Expr>) -> Expr {
+        if xs.len() == 1 {
+            xs.pop().unwrap_or(Expr::False)
+        } else {
+            Expr::Or(xs)
+        }
+    }
+    fn and(mut xs: Vec<Expr>) -> Expr {
+        if xs.len() == 1 {
+            xs.pop().unwrap_or(Expr::True)
+        } else {
+            Expr::And(xs)
+        }
+    }
+
+    /// An indented tree for `ward rules explain`.
+    pub fn render(&self, indent: usize, out: &mut String) {
+        let pad = "  ".repeat(indent);
+        match self {
+            Expr::True => out.push_str(&format!("{pad}true\n")),
+            Expr::False => out.push_str(&format!("{pad}false\n")),
+            Expr::Atom(a) => out.push_str(&format!("{pad}{}\n", a.describe())),
+            Expr::Not(x) => {
+                out.push_str(&format!("{pad}not\n"));
+                x.render(indent + 1, out);
+            }
+            Expr::And(xs) | Expr::Or(xs) | Expr::AtLeast(_, xs) => {
+                let name = match self {
+                    Expr::And(_) => "all of".to_string(),
+                    Expr::Or(_) => "any of".to_string(),
+                    Expr::AtLeast(n, _) => format!("at least {n} of"),
+                    _ => unreachable!(),
+                };
+                out.push_str(&format!("{pad}{name}\n"));
+                for x in xs {
+                    x.render(indent + 1, out);
+                }
+            }
+        }
+    }
+}
+
+/// Lowers one rule's detection (or a filter's, or a route's) to an [`Expr`].
+struct Lowering<'a> {
+    opts: &'a CompileOptions,
+    product: Option<&'a str>,
+    /// Sigma field name → the keys it resolved to, for `explain`.
+    fields_seen: BTreeMap<String, Vec<FieldKey>>,
+}
+
+impl<'a> Lowering<'a> {
+    fn new(opts: &'a CompileOptions, product: Option<&'a str>) -> Self {
+        Lowering { opts, product, fields_seen: BTreeMap::new() }
+    }
+
+    fn field(&mut self, name: &str) -> FieldRef {
+        let keys = self.opts.mapping.resolve(self.product, name);
+        self.fields_seen.insert(name.to_string(), keys.clone());
+        FieldRef::Keys { display: name.to_string(), keys }
+    }
+
+    fn detections(&mut self, d: &Detections) -> Result<(Expr, Vec<(String, Expr, Vec<String>)>), String> {
+        if let Some(tf) = &d.timeframe {
+            return Err(format!(
+                "`timeframe: {tf}` (Sigma 1 aggregation) is not supported; express it as a correlation rule"
+            ));
+        }
+        if d.conditions.is_empty() {
+            return Err("the detection has no condition".into());
+        }
+        let mut named: BTreeMap<&str, (Expr, Vec<String>)> = BTreeMap::new();
+        for (name, det) in &d.named {
+            let mut fields = Vec::new();
+            let e = self.detection(det, &mut fields).map_err(|e| format!("selection `{name}`: {e}"))?;
+            named.insert(name.as_str(), (e, fields));
+        }
+        let mut conds = Vec::new();
+        for c in &d.conditions {
+            conds.push(condition(c, &named)?);
+        }
+        let selections = named.into_iter().map(|(n, (e, f))| (n.to_string(), e, f)).collect();
+        Ok((Expr::or(conds), selections))
+    }
+
+    fn detection(&mut self, d: &Detection, fields: &mut Vec<String>) -> Result<Expr, String> {
+        match d {
+            Detection::AllOf(items) => {
+                let mut xs = Vec::with_capacity(items.len());
+                for it in items {
+                    if let Some(n) = &it.field.name {
+                        if !fields.contains(n) {
+                            fields.push(n.clone());
+                        }
+                    }
+                    xs.push(self.item(it)?);
+                }
+                Ok(Expr::and(xs))
+            }
+            Detection::AnyOf(ds) => {
+                let xs = ds.iter().map(|d| self.detection(d, fields)).collect::<Result<Vec<_>, _>>()?;
+                Ok(Expr::or(xs))
+            }
+            Detection::And(ds) => {
+                let xs = ds.iter().map(|d| self.detection(d, fields)).collect::<Result<Vec<_>, _>>()?;
+                Ok(Expr::and(xs))
+            }
+            Detection::Keywords(values) => {
+                let item =
+                    DetectionItem { field: rsigma_parser::FieldSpec::new(None, Vec::new()), values: values.clone() };
+                self.item(&item)
+            }
+            Detection::ArrayMatch { field, .. } => {
+                Err(format!("array matching on `{field}` (Sigma 2.1 `[any]`/`[all]` selectors) is not supported"))
+            }
+            Detection::Conditional { named, condition: c } => {
+                let mut inner: BTreeMap<&str, (Expr, Vec<String>)> = BTreeMap::new();
+                for (name, det) in named {
+                    let mut f = Vec::new();
+                    inner.insert(name.as_str(), (self.detection(det, &mut f)?, f));
+                }
+                condition(c, &inner)
+            }
+        }
+    }
+
+    /// One `field|modifiers: values` entry.
+    fn item(&mut self, item: &DetectionItem) -> Result<Expr, String> {
+        let m = Mods::parse(&item.field.modifiers)?;
+        let field = match &item.field.name {
+            Some(n) => self.field(n),
+            None => FieldRef::Keywords,
+        };
+        let shown = item.field.name.as_deref().unwrap_or("keywords");
+        if item.values.is_empty() {
+            return Err(format!("`{shown}` has an empty value list"));
+        }
+        let mut xs = Vec::with_capacity(item.values.len());
+        for v in &item.values {
+            xs.push(self.value(&m, &field, v).map_err(|e| format!("`{shown}`: {e}"))?);
+        }
+        let combined = if m.all { Expr::and(xs) } else { Expr::or(xs) };
+        Ok(if m.neq { Expr::Not(Box::new(combined)) } else { combined })
+    }
+
+    fn value(&mut self, m: &Mods, field: &FieldRef, v: &SigmaValue) -> Result<Expr, String> {
+        let keyword = *field == FieldRef::Keywords;
+        if m.exists {
+            let SigmaValue::Bool(want) = v else {
+                return Err("`exists` takes true or false".into());
+            };
+            if keyword {
+                return Err("`exists` needs a field".into());
+            }
+            let e = Expr::Atom(Box::new(AtomSpec::Exists { field: field.clone() }));
+            return Ok(if *want { e } else { Expr::Not(Box::new(e)) });
+        }
+        if let Some(op) = m.compare {
+            let value = match v {
+                SigmaValue::Integer(i) => *i as f64,
+                SigmaValue::Float(f) => *f,
+                SigmaValue::String(s) => s
+                    .as_plain()
+                    .and_then(|p| p.trim().parse::<f64>().ok())
+                    .ok_or_else(|| format!("`{op:?}` needs a number, got `{}`", s.original))?,
+                other => return Err(format!("`{op:?}` needs a number, got `{other}`")),
+            };
+            return Ok(Expr::Atom(Box::new(AtomSpec::Compare { field: field.clone(), op, value, part: m.time })));
+        }
+        if let Some(part) = m.time {
+            let value = match v {
+                SigmaValue::Integer(i) => *i as f64,
+                _ => return Err(format!("`{part:?}` needs an integer, got `{v}`")),
+            };
+            return Ok(Expr::Atom(Box::new(AtomSpec::Compare {
+                field: field.clone(),
+                op: CmpOp::Eq,
+                value,
+                part: Some(part),
+            })));
+        }
+        if matches!(v, SigmaValue::Null) {
+            if m.any_value_modifier() {
+                return Err("null cannot be combined with value modifiers".into());
+            }
+            if keyword {
+                return Err("a null keyword".into());
+            }
+            return Ok(Expr::Atom(Box::new(AtomSpec::Null { field: field.clone() })));
+        }
+        let text = match v {
+            SigmaValue::String(s) => s.clone(),
+            SigmaValue::Integer(i) => SigmaString::from_raw(&i.to_string()),
+            SigmaValue::Float(f) => SigmaString::from_raw(&f.to_string()),
+            SigmaValue::Bool(b) => SigmaString::from_raw(if *b { "true" } else { "false" }),
+            SigmaValue::Null => unreachable!("handled above"),
+        };
+        if m.re {
+            let src = text.original.clone();
+            let re = RegexBuilder::new(&src)
+                .case_insensitive(m.re_i)
+                .multi_line(m.re_m)
+                .dot_matches_new_line(m.re_s)
+                .size_limit(1 << 22)
+                .build()
+                .map_err(|e| format!("regex {src:?} is outside the linear-time regex syntax: {}", first_line(&e)))?;
+            return Ok(Expr::Atom(Box::new(AtomSpec::Regex { field: field.clone(), regex: re })));
+        }
+        if m.cidr {
+            let s = text.as_plain().ok_or("`cidr` value has wildcards")?;
+            let net = s
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| format!("`{s}` is not a CIDR network"))?;
+            return Ok(Expr::Atom(Box::new(AtomSpec::Cidr { field: field.clone(), net })));
+        }
+        // An explicit anchor; keywords search anywhere.
+        let anchor = match (m.anchor, keyword) {
+            (Some(a), _) => a,
+            (None, true) => Anchor::Anywhere,
+            (None, false) => Anchor::Whole,
+        };
+        if m.fieldref {
+            if keyword {
+                return Err("`fieldref` needs a field".into());
+            }
+            let other_name = text.as_plain().ok_or("`fieldref` value must be a field name")?;
+            let other = self.field(&other_name);
+            return Ok(Expr::Atom(Box::new(AtomSpec::FieldRef {
+                field: field.clone(),
+                other,
+                anchor,
+                cased: m.cased,
+            })));
+        }
+        // Value transformations, in the order written.
+        let mut strings: Vec<SigmaString> = vec![text];
+        let mut encoded: Option<Vec<Vec<u8>>> = None;
+        for t in &m.transforms {
+            match t {
+                Modifier::Expand => {
+                    let lookup = |name: &str| self.opts.placeholders.get(name).cloned();
+                    let mut next = Vec::new();
+                    for s in &strings {
+                        for x in values::expand(&s.original, &lookup)? {
+                            next.push(SigmaString::new(&x));
+                        }
+                    }
+                    strings = next;
+                }
+                Modifier::WindAsh => {
+                    if encoded.is_some() {
+                        return Err("`windash` after an encoding modifier".into());
+                    }
+                    let mut next = Vec::new();
+                    for s in &strings {
+                        next.extend(values::windash(s)?);
+                    }
+                    strings = next;
+                }
+                Modifier::Wide | Modifier::Utf16be | Modifier::Utf16 => {
+                    let how = match t {
+                        Modifier::Wide => Utf16::Le,
+                        Modifier::Utf16be => Utf16::Be,
+                        _ => Utf16::LeBom,
+                    };
+                    if encoded.is_some() {
+                        return Err("utf16 after another encoding modifier".into());
+                    }
+                    encoded = Some(
+                        strings
+                            .iter()
+                            .map(|s| plain(s, "utf16").map(|p| values::utf16(&p, how)))
+                            .collect::<Result<_, _>>()?,
+                    );
+                }
+                Modifier::Base64 | Modifier::Base64Offset => {
+                    let inputs: Vec<Vec<u8>> = match encoded.take() {
+                        Some(e) => e,
+                        None => strings
+                            .iter()
+                            .map(|s| plain(s, "base64").map(String::into_bytes))
+                            .collect::<Result<_, _>>()?,
+                    };
+                    let mut out = Vec::new();
+                    for i in inputs {
+                        if *t == Modifier::Base64 {
+                            out.push(values::base64(&i));
+                        } else {
+                            out.extend(values::base64_offsets(&i));
+                        }
+                    }
+                    if *t == Modifier::Base64Offset && anchor != Anchor::Anywhere {
+                        return Err("`base64offset` is only meaningful with `contains`".into());
+                    }
+                    encoded = Some(out);
+                }
+                _ => unreachable!("only transforms are collected"),
+            }
+        }
+        let mut xs = Vec::new();
+        match encoded {
+            Some(patterns) => {
+                for p in patterns {
+                    xs.push(Expr::Atom(Box::new(AtomSpec::Literal {
+                        field: field.clone(),
+                        pattern: p,
+                        anchor,
+                        cased: m.cased,
+                    })));
+                }
+            }
+            None => {
+                for s in strings {
+                    xs.push(Expr::Atom(Box::new(string_atom(field, &s, anchor, m.cased)?)));
+                }
+            }
+        }
+        Ok(Expr::or(xs))
+    }
+}
+
+fn first_line(e: &impl std::fmt::Display) -> String {
+    let s = e.to_string();
+    s.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or(&s).trim().to_string()
+}
+
+fn plain(s: &SigmaString, what: &str) -> Result<String, String> {
+    s.as_plain().ok_or_else(|| format!("wildcards in `{}` cannot be {what}-encoded", s.original))
+}
+
+/// A text value at an anchor: a literal for the automata when possible, else a regex.
+fn string_atom(field: &FieldRef, s: &SigmaString, anchor: Anchor, cased: bool) -> Result<AtomSpec, String> {
+    if let Some(p) = s.as_plain() {
+        if cased || values::ascii_case_folding_suffices(&p) {
+            let pattern = if cased { p.into_bytes() } else { p.to_ascii_lowercase().into_bytes() };
+            return Ok(AtomSpec::Literal { field: field.clone(), pattern, anchor, cased });
+        }
+    }
+    let src = values::glob_regex(s, anchor, !cased);
+    let regex =
+        RegexBuilder::new(&src).size_limit(1 << 22).build().map_err(|e| format!("pattern `{}`: {e}", s.original))?;
+    // The longest fragment that ASCII case folding handles exactly gates the regex.
+    let gate = s
+        .parts
+        .iter()
+        .filter_map(|p| match p {
+            StringPart::Plain(t) if cased || values::ascii_case_folding_suffices(t) => Some(t),
+            _ => None,
+        })
+        .max_by_key(|t| t.len())
+        .map(|t| if cased { (t.clone().into_bytes(), true) } else { (t.to_ascii_lowercase().into_bytes(), false) });
+    Ok(AtomSpec::Glob { field: field.clone(), regex, gate, shown: format!("{:?} {anchor:?}", s.original) })
+}
+
+/// The modifiers of one detection item, checked for combinations Sigma allows.
+#[derive(Default)]
+struct Mods {
+    anchor: Option<Anchor>,
+    all: bool,
+    cased: bool,
+    neq: bool,
+    re: bool,
+    re_i: bool,
+    re_m: bool,
+    re_s: bool,
+    cidr: bool,
+    exists: bool,
+    fieldref: bool,
+    compare: Option<CmpOp>,
+    time: Option<TimePart>,
+    transforms: Vec<Modifier>,
+}
+
+impl Mods {
+    fn parse(mods: &[Modifier]) -> Result<Mods, String> {
+        let mut m = Mods::default();
+        for x in mods {
+            match x {
+                Modifier::Contains | Modifier::StartsWith | Modifier::EndsWith => {
+                    if m.anchor.is_some() {
+                        return Err("more than one of contains/startswith/endswith".into());
+                    }
+                    m.anchor = Some(match x {
+                        Modifier::Contains => Anchor::Anywhere,
+                        Modifier::StartsWith => Anchor::Start,
+                        _ => Anchor::End,
+                    });
+                }
+                Modifier::All => m.all = true,
+                Modifier::Cased => m.cased = true,
+                Modifier::Neq => m.neq = true,
+                Modifier::Re => m.re = true,
+                Modifier::IgnoreCase => m.re_i = true,
+                Modifier::Multiline => m.re_m = true,
+                Modifier::DotAll => m.re_s = true,
+                Modifier::Cidr => m.cidr = true,
+                Modifier::Exists => m.exists = true,
+                Modifier::FieldRef => m.fieldref = true,
+                Modifier::Gt | Modifier::Gte | Modifier::Lt | Modifier::Lte => {
+                    if m.compare.is_some() {
+                        return Err("more than one numeric comparison".into());
+                    }
+                    m.compare = Some(match x {
+                        Modifier::Gt => CmpOp::Gt,
+                        Modifier::Gte => CmpOp::Gte,
+                        Modifier::Lt => CmpOp::Lt,
+                        _ => CmpOp::Lte,
+                    });
+                }
+                Modifier::Minute
+                | Modifier::Hour
+                | Modifier::Day
+                | Modifier::Week
+                | Modifier::Month
+                | Modifier::Year => {
+                    if m.time.is_some() {
+                        return Err("more than one time modifier".into());
+                    }
+                    m.time = Some(match x {
+                        Modifier::Minute => TimePart::Minute,
+                        Modifier::Hour => TimePart::Hour,
+                        Modifier::Day => TimePart::Day,
+                        Modifier::Week => TimePart::Week,
+                        Modifier::Month => TimePart::Month,
+                        _ => TimePart::Year,
+                    });
+                }
+                Modifier::Expand
+                | Modifier::WindAsh
+                | Modifier::Base64
+                | Modifier::Base64Offset
+                | Modifier::Wide
+                | Modifier::Utf16be
+                | Modifier::Utf16 => m.transforms.push(*x),
+            }
+        }
+        let sub_re = m.re_i || m.re_m || m.re_s;
+        if sub_re && !m.re {
+            return Err("regex flags i/m/s without `re`".into());
+        }
+        let special = [m.re, m.cidr, m.exists, m.compare.is_some() || m.time.is_some(), m.fieldref];
+        if special.iter().filter(|b| **b).count() > 1 {
+            return Err("incompatible modifiers (re, cidr, exists, comparisons and fieldref exclude each other)".into());
+        }
+        let shapes_text = m.anchor.is_some() || !m.transforms.is_empty() || m.cased;
+        if (m.re || m.cidr || m.exists || m.compare.is_some() || m.time.is_some()) && shapes_text {
+            let what = if m.re {
+                "re"
+            } else if m.cidr {
+                "cidr"
+            } else if m.exists {
+                "exists"
+            } else {
+                "numeric/time comparison"
+            };
+            return Err(format!("`{what}` cannot be combined with contains/startswith/endswith, cased or encodings"));
+        }
+        if m.fieldref && !m.transforms.is_empty() {
+            return Err("`fieldref` cannot be combined with encodings".into());
+        }
+        Ok(m)
+    }
+
+    fn any_value_modifier(&self) -> bool {
+        self.anchor.is_some() || !self.transforms.is_empty() || self.cased || self.re || self.cidr || self.fieldref
+    }
+}
+
+/// A condition expression over named selections.
+fn condition(c: &ConditionExpr, named: &BTreeMap<&str, (Expr, Vec<String>)>) -> Result<Expr, String> {
+    Ok(match c {
+        ConditionExpr::And(xs) => Expr::And(xs.iter().map(|x| condition(x, named)).collect::<Result<_, _>>()?),
+        ConditionExpr::Or(xs) => Expr::Or(xs.iter().map(|x| condition(x, named)).collect::<Result<_, _>>()?),
+        ConditionExpr::Not(x) => Expr::Not(Box::new(condition(x, named)?)),
+        ConditionExpr::Identifier(id) => named
+            .get(id.as_str())
+            .map(|(e, _)| e.clone())
+            .ok_or_else(|| format!("condition names unknown selection `{id}`"))?,
+        ConditionExpr::Selector { quantifier, pattern } => {
+            let picked: Vec<Expr> = named
+                .iter()
+                .filter(|(n, _)| match pattern {
+                    // `them` leaves out identifiers starting with `_` (Sigma specification).
+                    SelectorPattern::Them => !n.starts_with('_'),
+                    SelectorPattern::Pattern(p) => rsigma_parser::detection_name_matches(p, n),
+                })
+                .map(|(_, (e, _))| e.clone())
+                .collect();
+            if picked.is_empty() {
+                return Err(format!("`{quantifier} of {pattern}` matches no selection"));
+            }
+            match quantifier {
+                Quantifier::Any => Expr::Or(picked),
+                Quantifier::All => Expr::And(picked),
+                Quantifier::Count(n) => Expr::AtLeast(*n as usize, picked),
+            }
+        }
+    })
+}
+
+/// How a rule was handled.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Status {
+    Compiled,
+    Rejected(String),
+    /// A correlation rule: loaded with the set, evaluated by the correlation operator.
+    Correlation,
+    /// A filter rule, applied to its target rules.
+    Filter,
+}
+
+#[derive(Clone, Debug)]
+pub struct RuleReport {
+    pub path: String,
+    pub id: String,
+    pub title: String,
+    pub status: Status,
+}
+
+/// A lowered rule, kept for `explain`.
+pub struct LoweredRule {
+    pub meta: Arc<RuleMeta>,
+    pub logsource: LogSource,
+    pub route: Option<Expr>,
+    pub cond: Expr,
+    pub selections: Vec<(String, Expr, Vec<String>)>,
+    pub fields: BTreeMap<String, Vec<FieldKey>>,
+    pub filters: Vec<String>,
+    /// Whether a routing entry specific to the rule's logsource covered it (else it runs on
+    /// every event of its product, or every event).
+    pub routed: bool,
+}
+
+/// The rule's routing condition, and whether a category/service-specific entry covered it.
+fn route_for(opts: &CompileOptions, ls: &LogSource) -> Result<(Option<Expr>, bool), String> {
+    let (p, c, s) = (ls.product.as_deref(), ls.category.as_deref(), ls.service.as_deref());
+    let routes = opts.logsources.applicable(p, c, s);
+    let specific = routes.iter().any(|r| r.keys.category.is_some() || r.keys.service.is_some());
+    let covered = !routes.is_empty() && (specific || (c.is_none() && s.is_none()));
+    if !covered && opts.unrouted == Unrouted::Reject {
+        return Err(format!(
+            "no logsource routing for product={} category={} service={}",
+            p.unwrap_or("-"),
+            c.unwrap_or("-"),
+            s.unwrap_or("-")
+        ));
+    }
+    if routes.is_empty() {
+        return Ok((None, false));
+    }
+    Ok((Some(route_exprs(opts, p, &routes)?), covered))
+}
+
+fn route_exprs(
+    opts: &CompileOptions,
+    product: Option<&str>,
+    routes: &[&super::mapping::Route],
+) -> Result<Expr, String> {
+    let mut xs = Vec::new();
+    for r in routes {
+        // Reuse the Sigma parser for the condition: a detection named `route`.
+        let mut detection = yaml_serde::Mapping::new();
+        detection.insert("route".into(), r.detection.clone());
+        detection.insert("condition".into(), "route".into());
+        let mut doc = yaml_serde::Mapping::new();
+        doc.insert("title".into(), "route".into());
+        doc.insert("logsource".into(), yaml_serde::Value::Mapping(yaml_serde::Mapping::new()));
+        doc.insert("detection".into(), yaml_serde::Value::Mapping(detection));
+        let text = yaml_serde::to_string(&doc).map_err(|e| e.to_string())?;
+        let parsed = rsigma_parser::parse_sigma_yaml(&text).map_err(|e| e.to_string())?;
+        let rule = parsed.rules.first().ok_or_else(|| format!("logsource route {:?}: {:?}", r.keys, parsed.errors))?;
+        let mut l = Lowering::new(opts, product);
+        let (e, _) = l.detections(&rule.detection).map_err(|e| format!("logsource route {:?}: {e}", r.keys))?;
+        xs.push(e);
+    }
+    Ok(Expr::and(xs))
+}
+
+/// Lowers one rule; the error is the rejection reason.
+pub fn lower_rule(opts: &CompileOptions, rule: &SigmaRule, path: &str) -> Result<LoweredRule, String> {
+    let mut l = Lowering::new(opts, rule.logsource.product.as_deref());
+    let (cond, selections) = l.detections(&rule.detection)?;
+    let (route, routed) = route_for(opts, &rule.logsource)?;
+    let level = rule.level.map(|x| x.as_str().to_string()).unwrap_or_default();
+    let status = rule.status.map(|s| format!("{s:?}").to_lowercase()).unwrap_or_default();
+    let meta = Arc::new(RuleMeta {
+        id: rule.id.clone().unwrap_or_else(|| rule.title.clone()),
+        title: rule.title.clone(),
+        level,
+        status,
+        tags: rule.tags.clone(),
+        techniques: ward_engine::alert::attack_techniques(&rule.tags),
+        path: path.to_string(),
+    });
+    Ok(LoweredRule {
+        meta,
+        logsource: rule.logsource.clone(),
+        route,
+        cond,
+        selections,
+        fields: l.fields_seen,
+        filters: Vec::new(),
+        routed,
+    })
+}
+
+fn logsource_covers(filter: &LogSource, rule: &LogSource) -> bool {
+    let eq = |f: &Option<String>, r: &Option<String>| match f {
+        None => true,
+        Some(f) => r.as_deref().is_some_and(|r| r.eq_ignore_ascii_case(f)),
+    };
+    eq(&filter.product, &rule.product) && eq(&filter.category, &rule.category) && eq(&filter.service, &rule.service)
+}
+
+/// Applies a Sigma filter to the rules it targets: `rule and not filter`.
+pub fn apply_filter(
+    opts: &CompileOptions,
+    filter: &FilterRule,
+    rules: &mut [LoweredRule],
+    names: &HashMap<String, usize>,
+) -> Result<usize, String> {
+    let targets: Vec<usize> = match &filter.rules {
+        FilterRuleTarget::Any => (0..rules.len()).collect(),
+        FilterRuleTarget::Specific(ids) => ids.iter().filter_map(|id| names.get(id).copied()).collect(),
+    };
+    let mut applied = 0;
+    for i in targets {
+        let r = &mut rules[i];
+        if let Some(ls) = &filter.logsource {
+            if !logsource_covers(ls, &r.logsource) {
+                continue;
+            }
+        }
+        let mut l = Lowering::new(opts, r.logsource.product.as_deref());
+        let (f, _) = l.detections(&filter.detection).map_err(|e| format!("filter `{}`: {e}", filter.title))?;
+        let cond = std::mem::replace(&mut r.cond, Expr::True);
+        r.cond = Expr::And(vec![cond, Expr::Not(Box::new(f))]);
+        r.filters.push(filter.id.clone().unwrap_or_else(|| filter.title.clone()));
+        applied += 1;
+    }
+    Ok(applied)
+}
+
+/// Interns lowered rules into one matcher.
+#[derive(Default)]
+pub struct MatcherBuilder {
+    fields: Vec<FieldBuild>,
+    field_ids: HashMap<Vec<FieldKey>, FieldIdx>,
+    keywords: FieldBuild,
+    atoms: Vec<Atom>,
+    atom_ids: HashMap<String, AtomId>,
+    eager: Vec<bool>,
+    routes: Vec<Cond>,
+    route_ids: HashMap<String, u32>,
+    rules: Vec<CompiledRule>,
+    triggers: Vec<Option<Vec<AtomId>>>,
+}
+
+#[derive(Default)]
+struct FieldBuild {
+    display: String,
+    keys: Vec<FieldKey>,
+    ci: Vec<Vec<u8>>,
+    ci_ids: HashMap<Vec<u8>, usize>,
+    ci_hits: Vec<Vec<Hit>>,
+    cs: Vec<Vec<u8>>,
+    cs_ids: HashMap<Vec<u8>, usize>,
+    cs_hits: Vec<Vec<Hit>>,
+    ci_eq: HashMap<Vec<u8>, Vec<AtomId>>,
+    cs_eq: HashMap<Vec<u8>, Vec<AtomId>>,
+    verify: Vec<Regex>,
+}
+
+impl FieldBuild {
+    fn literal(&mut self, pattern: &[u8], cased: bool, hit: Hit) {
+        let (pats, ids, hits) = if cased {
+            (&mut self.cs, &mut self.cs_ids, &mut self.cs_hits)
+        } else {
+            (&mut self.ci, &mut self.ci_ids, &mut self.ci_hits)
+        };
+        let id = *ids.entry(pattern.to_vec()).or_insert_with(|| {
+            pats.push(pattern.to_vec());
+            hits.push(Vec::new());
+            pats.len() - 1
+        });
+        hits[id].push(hit);
+    }
+
+    fn build(self) -> Result<Scan, String> {
+        let ac = |pats: &[Vec<u8>], ci: bool| -> Result<Option<AhoCorasick>, String> {
+            if pats.is_empty() {
+                return Ok(None);
+            }
+            AhoCorasickBuilder::new()
+                .match_kind(MatchKind::Standard)
+                .ascii_case_insensitive(ci)
+                .build(pats)
+                .map(Some)
+                .map_err(|e| e.to_string())
+        };
+        Ok(Scan {
+            ci: ac(&self.ci, true)?,
+            ci_hits: self.ci_hits,
+            cs: ac(&self.cs, false)?,
+            cs_hits: self.cs_hits,
+            ci_eq: self.ci_eq.into_iter().map(|(k, v)| (k.into_boxed_slice(), v)).collect(),
+            cs_eq: self.cs_eq.into_iter().map(|(k, v)| (k.into_boxed_slice(), v)).collect(),
+            verify: self.verify,
+        })
+    }
+}
+
+impl MatcherBuilder {
+    fn field(&mut self, f: &FieldRef) -> FieldIdx {
+        match f {
+            FieldRef::Keywords => KEYWORDS,
+            FieldRef::Keys { display, keys } => {
+                if let Some(&i) = self.field_ids.get(keys) {
+                    return i;
+                }
+                let i = self.fields.len() as FieldIdx;
+                self.fields.push(FieldBuild { display: display.clone(), keys: keys.clone(), ..Default::default() });
+                self.field_ids.insert(keys.clone(), i);
+                i
+            }
+        }
+    }
+
+    fn field_build(&mut self, f: FieldIdx) -> &mut FieldBuild {
+        if f == KEYWORDS {
+            &mut self.keywords
+        } else {
+            &mut self.fields[f as usize]
+        }
+    }
+
+    fn atom(&mut self, spec: &AtomSpec) -> AtomId {
+        let key = spec.dedup_key();
+        if let Some(&a) = self.atom_ids.get(&key) {
+            return a;
+        }
+        let a = self.atoms.len() as AtomId;
+        let field = self.field(spec.field());
+        let atom = match spec {
+            AtomSpec::Literal { pattern, anchor, cased, .. } => {
+                let fb = self.field_build(field);
+                if *anchor == Anchor::Whole {
+                    let table = if *cased { &mut fb.cs_eq } else { &mut fb.ci_eq };
+                    table.entry(pattern.clone()).or_default().push(a);
+                } else {
+                    fb.literal(pattern, *cased, Hit { atom: a, anchor: *anchor, verify: NO_VERIFY });
+                }
+                Atom::Eager
+            }
+            AtomSpec::Glob { regex, gate: Some((g, cased)), .. } => {
+                let fb = self.field_build(field);
+                fb.verify.push(regex.clone());
+                let v = (fb.verify.len() - 1) as u32;
+                fb.literal(g, *cased, Hit { atom: a, anchor: Anchor::Anywhere, verify: v });
+                Atom::Eager
+            }
+            AtomSpec::Glob { regex, gate: None, .. } | AtomSpec::Regex { regex, .. } => {
+                Atom::Lazy(Lazy::Regex { field, re: regex.clone() })
+            }
+            AtomSpec::Cidr { net, .. } => Atom::Lazy(Lazy::Cidr { field, net: *net }),
+            AtomSpec::Compare { op, value, part, .. } => {
+                Atom::Lazy(Lazy::Compare { field, op: *op, value: *value, part: *part })
+            }
+            AtomSpec::Exists { .. } => Atom::Lazy(Lazy::Exists { field }),
+            AtomSpec::Null { .. } => Atom::Lazy(Lazy::Null { field }),
+            AtomSpec::FieldRef { other, anchor, cased, .. } => {
+                let other = self.field(other);
+                Atom::Lazy(Lazy::FieldRef { field, other, anchor: *anchor, cased: *cased })
+            }
+        };
+        self.atoms.push(atom);
+        self.eager.push(spec.is_eager());
+        self.atom_ids.insert(key, a);
+        a
+    }
+
+    fn cond(&mut self, e: &Expr) -> Cond {
+        match e {
+            Expr::True => Cond::True,
+            Expr::False => Cond::False,
+            Expr::Atom(a) => Cond::Atom(self.atom(a)),
+            Expr::Not(x) => Cond::Not(Box::new(self.cond(x))),
+            Expr::And(xs) => Cond::And(xs.iter().map(|x| self.cond(x)).collect()),
+            Expr::Or(xs) => Cond::Or(xs.iter().map(|x| self.cond(x)).collect()),
+            Expr::AtLeast(n, xs) => Cond::AtLeast(*n, xs.iter().map(|x| self.cond(x)).collect()),
+        }
+    }
+
+    /// Eager atoms of which at least one must fire for `c` to hold (None: no such set).
+    fn triggers(&self, c: &Cond) -> Option<Vec<AtomId>> {
+        match c {
+            Cond::False => Some(Vec::new()),
+            Cond::True | Cond::Not(_) => None,
+            Cond::Atom(a) => self.eager[*a as usize].then(|| vec![*a]),
+            Cond::And(xs) => xs.iter().filter_map(|x| self.triggers(x)).min_by_key(|t| t.len()),
+            Cond::Or(xs) | Cond::AtLeast(_, xs) => {
+                let mut all = Vec::new();
+                for x in xs {
+                    all.extend(self.triggers(x)?);
+                }
+                all.sort_unstable();
+                all.dedup();
+                Some(all)
+            }
+        }
+    }
+
+    pub fn add(&mut self, r: &LoweredRule) {
+        let cond = self.cond(&r.cond);
+        let route = r.route.as_ref().map(|e| {
+            let key = format!("{:?}|{:?}|{:?}", r.logsource.product, r.logsource.category, r.logsource.service);
+            if let Some(&id) = self.route_ids.get(&key) {
+                return id;
+            }
+            let c = self.cond(e);
+            self.routes.push(c);
+            let id = (self.routes.len() - 1) as u32;
+            self.route_ids.insert(key, id);
+            id
+        });
+        let selections = r
+            .selections
+            .iter()
+            .map(|(name, e, fields)| {
+                let cond = self.cond(e);
+                let fields = fields
+                    .iter()
+                    .filter_map(|f| r.fields.get(f).map(|keys| (f.clone(), keys)))
+                    .map(|(f, keys)| {
+                        let idx = self.field(&FieldRef::Keys { display: f.clone(), keys: keys.clone() });
+                        (f, idx)
+                    })
+                    .collect();
+                Selection { name: name.clone(), cond, fields }
+            })
+            .collect();
+        self.triggers.push(self.triggers(&cond));
+        self.rules.push(CompiledRule { meta: r.meta.clone(), cond, route, selections });
+    }
+
+    pub fn build(self) -> Result<Matcher, String> {
+        let mut atom_rules = vec![Vec::new(); self.atoms.len()];
+        let mut always = Vec::new();
+        for (r, t) in self.triggers.iter().enumerate() {
+            match t {
+                Some(atoms) => {
+                    for &a in atoms {
+                        atom_rules[a as usize].push(r as u32);
+                    }
+                }
+                None => always.push(r as u32),
+            }
+        }
+        let mut core_lookup: Vec<Vec<FieldIdx>> = vec![Vec::new(); FieldId::all().count()];
+        let mut ext_lookup: ahash::HashMap<Box<str>, Vec<FieldIdx>> = Default::default();
+        let mut fields = Vec::with_capacity(self.fields.len());
+        for (i, fb) in self.fields.into_iter().enumerate() {
+            for k in &fb.keys {
+                match k {
+                    FieldKey::Core(id) => core_lookup[id.0 as usize].push(i as FieldIdx),
+                    FieldKey::Ext(name) => ext_lookup.entry(name.as_str().into()).or_default().push(i as FieldIdx),
+                }
+            }
+            let display = fb.display.clone();
+            let keys = fb.keys.clone();
+            fields.push(FieldInfo { display, keys, scan: fb.build()? });
+        }
+        Ok(Matcher {
+            fields,
+            core_lookup,
+            ext_lookup,
+            keywords: self.keywords.build()?,
+            atoms: self.atoms,
+            atom_rules,
+            routes: self.routes,
+            rules: self.rules,
+            always,
+        })
+    }
+
+    pub fn rule_count(&self) -> usize {
+        self.rules.len()
+    }
+}

@@ -1,0 +1,385 @@
+//! `sigma-match`: evaluates Sigma rules on normalized events and emits alerts (DESIGN.md §6).
+//!
+//! Rules are parsed by `rsigma-parser`, lowered and compiled into one cross-rule [`Matcher`]
+//! (see `matcher.rs`), and swapped on every worker at the same epoch when the rule files change
+//! or `POST /rules/reload` is called. A new set that adds rejected rules is refused and the
+//! running set stays.
+
+pub mod compile;
+pub mod mapping;
+pub mod matcher;
+pub mod ruleset;
+pub mod values;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use arc_swap::ArcSwap;
+use schemars::JsonSchema;
+use serde::Deserialize;
+use ward_engine::alert::{priority_for_level, Alert, AlertOrigin, AlertRule};
+use ward_engine::batch::{EventBatch, Key, Value};
+use ward_engine::clock::EpochClock;
+use ward_engine::component::{Built, Operator, OperatorFactory, OperatorOutput, StreamKind, WorkerContext};
+use ward_engine::fields::ids;
+use ward_engine::metrics::ComponentMetrics;
+use ward_engine::registry::{BuildContext, ComponentConfig, Section};
+use ward_engine::resources::{Resources, WatchGuard};
+
+pub use compile::{CompileOptions, Status, Unrouted};
+pub use ruleset::{compile_files, read_rule_files, RuleFile, RuleSet};
+
+use matcher::{RuleIdx, Scratch};
+
+/// Match Sigma rules against normalized events; emits alerts.
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SigmaMatchConfig {
+    /// Rule directories and/or files (relative to the spec). Directories are read
+    /// recursively (`*.yml`, `*.yaml`) and watched: a change recompiles the set.
+    pub rules: Vec<String>,
+    /// Sigma field names → Ward fields (default: the built-in `pipelines/sigma/field-mapping.yaml`).
+    #[serde(default)]
+    pub field_mapping: Option<String>,
+    /// Logsource routing (default: the built-in `pipelines/sigma/logsources.yaml`).
+    #[serde(default)]
+    pub logsources: Option<String>,
+    /// Values for `|expand` placeholders: `admins: [root, administrator]` for `%admins%`.
+    #[serde(default)]
+    pub placeholders: BTreeMap<String, Vec<String>>,
+    /// Rules whose logsource has no routing entry: `any` (run on every event) or `reject`.
+    #[serde(default)]
+    pub unrouted: Unrouted,
+    /// Copy the normalized event into each alert.
+    #[serde(default = "yes")]
+    pub include_event: bool,
+    /// Recompile when a rule file changes (`POST /rules/reload` works either way).
+    #[serde(default = "yes")]
+    pub watch: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl SigmaMatchConfig {
+    fn options(&self, resources: &Resources) -> anyhow::Result<CompileOptions> {
+        let mapping = match &self.field_mapping {
+            Some(p) => mapping::FieldMapping::parse(&resources.read_string(p)?, p)?,
+            None => mapping::FieldMapping::builtin(),
+        };
+        let logsources = match &self.logsources {
+            Some(p) => mapping::Logsources::parse(&resources.read_string(p)?, p)?,
+            None => mapping::Logsources::builtin(),
+        };
+        Ok(CompileOptions {
+            mapping,
+            logsources,
+            placeholders: self.placeholders.clone().into_iter().collect(),
+            unrouted: self.unrouted,
+        })
+    }
+
+    fn compile(&self, resources: &Resources) -> anyhow::Result<RuleSet> {
+        let opts = self.options(resources)?;
+        let files = read_rule_files(resources, &self.rules)?;
+        compile_files(&files, &opts, None)
+    }
+}
+
+impl ComponentConfig for SigmaMatchConfig {
+    const TYPE: &'static str = "sigma-match";
+    const SECTION: Section = Section::Operator;
+    const DESCRIPTION: &'static str =
+        "Match Sigma rules (compiled, hot-reloadable) against normalized events; emits alerts";
+    const ACCEPTS: &'static [StreamKind] = &[StreamKind::Events];
+    const OUTPUT: Option<StreamKind> = Some(StreamKind::Alerts);
+
+    fn build(self, ctx: &BuildContext<'_>) -> anyhow::Result<Built> {
+        if self.rules.is_empty() {
+            anyhow::bail!("`rules` names no rule directory or file");
+        }
+        let set = self.compile(ctx.resources)?;
+        tracing::info!(
+            component = ctx.component_id,
+            version = %set.version,
+            compiled = set.compiled(),
+            rejected = set.rejected(),
+            "rule set loaded (`ward rules check` lists rejected rules)"
+        );
+        let handle = Arc::new(RuleHandle {
+            component: ctx.component_id.to_string(),
+            resources: ctx.resources.clone(),
+            config: self.clone(),
+            history: ArcSwap::from_pointee(vec![(0, Arc::new(set))]),
+            clock: OnceLock::new(),
+            metrics: OnceLock::new(),
+            reload_lock: Mutex::new(()),
+            watch: Mutex::new(None),
+        });
+        let h = handle.clone();
+        ctx.admin.register("GET", "/rules", ctx.component_id, Arc::new(move |_| (200, h.describe())));
+        let h = handle.clone();
+        ctx.admin.register(
+            "POST",
+            "/rules/reload",
+            ctx.component_id,
+            Arc::new(move |_| match h.reload() {
+                Ok(v) => (200, v),
+                Err(v) => (422, v),
+            }),
+        );
+        Ok(Built::Operator(Arc::new(SigmaFactory { handle })))
+    }
+}
+
+/// The rule sets of one sigma-match component, shared by its worker instances.
+pub struct RuleHandle {
+    component: String,
+    resources: Resources,
+    config: SigmaMatchConfig,
+    /// (first epoch, set), oldest first. Workers use the newest set whose first epoch is at
+    /// or before the epoch of the batch at hand.
+    history: ArcSwap<Vec<(u64, Arc<RuleSet>)>>,
+    clock: OnceLock<Arc<EpochClock>>,
+    metrics: OnceLock<ComponentMetrics>,
+    reload_lock: Mutex<()>,
+    watch: Mutex<Option<WatchGuard>>,
+}
+
+/// How many superseded sets stay reachable for batches of older epochs still in flight.
+const HISTORY: usize = 8;
+
+impl RuleHandle {
+    pub fn current(&self) -> Arc<RuleSet> {
+        self.history.load().last().map(|(_, s)| s.clone()).expect("a rule set is always installed")
+    }
+
+    pub fn for_epoch(&self, epoch: u64) -> Arc<RuleSet> {
+        let h = self.history.load();
+        h.iter().rev().find(|(first, _)| *first <= epoch).or(h.first()).map(|(_, s)| s.clone()).expect("non-empty")
+    }
+
+    fn describe(&self) -> serde_json::Value {
+        let h = self.history.load();
+        let (since, set) = h.last().expect("non-empty");
+        serde_json::json!({
+            "component": self.component,
+            "version": set.version,
+            "since_epoch": since,
+            "files": set.files,
+            "compiled": set.compiled(),
+            "rejected": set.rejected(),
+            "correlations": set.correlations.len(),
+            "rejections": set.rejections().iter().map(|(p, id, why)| serde_json::json!({"path": p, "id": id, "reason": why})).collect::<Vec<_>>(),
+        })
+    }
+
+    /// Compiles the rule files again and, if the result is acceptable, schedules the switch.
+    /// The JSON describes the outcome either way.
+    pub fn reload(&self) -> Result<serde_json::Value, serde_json::Value> {
+        let _one_at_a_time = self.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let running = self.current();
+        let refuse = |errors: Vec<serde_json::Value>| {
+            if let Some(m) = self.metrics.get() {
+                m.reload_failures.inc();
+            }
+            tracing::warn!(component = %self.component, ?errors, "rule reload refused; the running set stays");
+            Err(serde_json::json!({
+                "status": "refused",
+                "running_version": running.version,
+                "errors": errors,
+            }))
+        };
+        let new = match self.config.compile(&self.resources) {
+            Ok(s) => s,
+            Err(e) => return refuse(vec![serde_json::json!({ "reason": format!("{e:#}") })]),
+        };
+        let old: std::collections::HashSet<_> = running.rejections().into_iter().collect();
+        let added: Vec<serde_json::Value> = new
+            .rejections()
+            .into_iter()
+            .filter(|r| !old.contains(r))
+            .map(|(p, id, why)| serde_json::json!({"path": p, "id": id, "reason": why}))
+            .collect();
+        if !added.is_empty() {
+            return refuse(added);
+        }
+        if new.version == running.version {
+            return Ok(serde_json::json!({ "status": "unchanged", "version": running.version }));
+        }
+        let new = Arc::new(new);
+        let install = |first: u64| {
+            let mut h: Vec<(u64, Arc<RuleSet>)> = self.history.load().as_ref().clone();
+            h.push((first, new.clone()));
+            if h.len() > HISTORY {
+                h.remove(0);
+            }
+            self.history.store(Arc::new(h));
+            first
+        };
+        let first = match self.clock.get() {
+            Some(clock) => clock.schedule(install),
+            None => install(0),
+        };
+        if let Some(m) = self.metrics.get() {
+            m.reloads.inc();
+            publish_metrics(m, Some(&running.version), &new);
+        }
+        tracing::info!(component = %self.component, version = %new.version, first_epoch = first, "rule set reloaded");
+        Ok(serde_json::json!({
+            "status": "reloaded",
+            "version": new.version,
+            "previous_version": running.version,
+            "first_epoch": first,
+            "compiled": new.compiled(),
+            "rejected": new.rejected(),
+        }))
+    }
+
+    fn start(self: &Arc<Self>, ctx: &WorkerContext) {
+        let _ = self.clock.set(ctx.clock.clone());
+        if self.metrics.set(ctx.metrics.clone()).is_ok() {
+            publish_metrics(&ctx.metrics, None, &self.current());
+            if self.config.watch {
+                let weak = Arc::downgrade(self);
+                match self.resources.watch(&self.config.rules, move || {
+                    if let Some(h) = weak.upgrade() {
+                        let _ = h.reload();
+                    }
+                }) {
+                    Ok(g) => *self.watch.lock().unwrap_or_else(|p| p.into_inner()) = Some(g),
+                    Err(e) => tracing::warn!(component = %self.component, error = %e, "cannot watch the rule files"),
+                }
+            }
+        }
+    }
+}
+
+fn publish_metrics(m: &ComponentMetrics, previous: Option<&str>, set: &RuleSet) {
+    m.rules_compiled.set(set.compiled() as i64);
+    m.rules_rejected.set(set.rejected() as i64);
+    m.set_ruleset_version(previous, &set.version);
+}
+
+struct SigmaFactory {
+    handle: Arc<RuleHandle>,
+}
+
+impl OperatorFactory for SigmaFactory {
+    fn create(&self, ctx: &WorkerContext) -> anyhow::Result<Box<dyn Operator>> {
+        self.handle.start(ctx);
+        Ok(Box::new(SigmaOperator {
+            handle: self.handle.clone(),
+            detector: Detector::new(ctx.component_id.clone(), self.handle.config.include_event),
+            metrics: ctx.metrics.clone(),
+        }))
+    }
+}
+
+struct SigmaOperator {
+    handle: Arc<RuleHandle>,
+    detector: Detector,
+    metrics: ComponentMetrics,
+}
+
+impl Operator for SigmaOperator {
+    fn process(&mut self, batch: EventBatch, epoch: u64, out: &mut OperatorOutput) {
+        let set = self.handle.for_epoch(epoch);
+        let before = out.alerts.len();
+        self.detector.detect(&set, &batch, &mut out.alerts);
+        self.metrics.alerts.inc_by((out.alerts.len() - before) as u64);
+        out.consumed += batch.len() as u64;
+    }
+}
+
+/// Runs a rule set over batches and builds alerts; one per worker (it owns the scratch state).
+pub struct Detector {
+    component: Arc<str>,
+    include_event: bool,
+    scratch: Scratch,
+    matched: Vec<RuleIdx>,
+}
+
+impl Detector {
+    pub fn new(component: Arc<str>, include_event: bool) -> Self {
+        Detector { component, include_event, scratch: Scratch::default(), matched: Vec::new() }
+    }
+
+    /// Appends an alert per (event, matching rule), in event order then rule order.
+    pub fn detect(&mut self, set: &RuleSet, batch: &EventBatch, alerts: &mut Vec<Alert>) {
+        let b = batch.bytes();
+        let m = &set.matcher;
+        for row in 0..batch.len() {
+            let slots = batch.row_slots(row);
+            self.matched.clear();
+            m.match_event(&mut self.scratch, b, slots, &mut self.matched);
+            for i in 0..self.matched.len() {
+                let r = self.matched[i];
+                let matches = m.explain_match(r, &mut self.scratch, b, slots);
+                alerts.push(self.alert(set, batch, row, r, matches));
+            }
+        }
+    }
+
+    /// Counts matches only (for benchmarks): no alerts are built.
+    pub fn count(&mut self, set: &RuleSet, batch: &EventBatch) -> usize {
+        let b = batch.bytes();
+        let mut n = 0;
+        for row in 0..batch.len() {
+            self.matched.clear();
+            set.matcher.match_event(&mut self.scratch, b, batch.row_slots(row), &mut self.matched);
+            n += self.matched.len();
+        }
+        n
+    }
+
+    fn alert(
+        &self,
+        set: &RuleSet,
+        batch: &EventBatch,
+        row: usize,
+        r: RuleIdx,
+        matches: Vec<ward_engine::alert::MatchedSelection>,
+    ) -> Alert {
+        let meta = &set.matcher.rules[r as usize].meta;
+        let p = batch.provenance(row);
+        let b = batch.bytes();
+        let mut event_id = None;
+        let mut event_time_ms = None;
+        for s in batch.row_slots(row) {
+            match (s.key, s.value) {
+                (Key::Core(ids::EVENT_ID), Value::Str(v)) => event_id = Some(b.str(v).to_string()),
+                (Key::Core(ids::TIMESTAMP), Value::Timestamp(t)) => event_time_ms = Some(t),
+                _ => {}
+            }
+        }
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        for part in [meta.id.as_bytes(), p.source.as_bytes(), p.partition.as_bytes(), &p.offset.to_le_bytes()] {
+            h.update(part);
+            h.update(&[0]);
+        }
+        Alert {
+            alert_id: format!("{:032x}", h.digest128()),
+            rule: AlertRule {
+                id: meta.id.clone(),
+                title: meta.title.clone(),
+                level: meta.level.clone(),
+                status: meta.status.clone(),
+                tags: meta.tags.clone(),
+                techniques: meta.techniques.clone(),
+            },
+            priority: priority_for_level(&meta.level),
+            ruleset_version: set.version.clone(),
+            detector: self.component.to_string(),
+            matches,
+            event_id,
+            event_time_ms,
+            origin: AlertOrigin { source: p.source.to_string(), partition: p.partition.to_string(), offset: p.offset },
+            event: self.include_event.then(|| batch.row_to_json(row)),
+        }
+    }
+}

@@ -1,0 +1,230 @@
+//! A rule set: Sigma files read from directories and files, compiled into one matcher, with a
+//! report per rule and a content-hash version.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use rsigma_parser::CorrelationRule;
+use ward_engine::resources::Resources;
+use xxhash_rust::xxh3::Xxh3;
+
+use super::compile::{apply_filter, lower_rule, CompileOptions, LoweredRule, MatcherBuilder, RuleReport, Status};
+use super::matcher::Matcher;
+
+pub struct RuleSet {
+    pub matcher: Matcher,
+    /// Content hash of the rule files and the compile options (16 hex digits).
+    pub version: String,
+    pub reports: Vec<RuleReport>,
+    /// Correlation rules found beside the detection rules, for the correlation operator.
+    pub correlations: Vec<(String, CorrelationRule)>,
+    pub files: usize,
+    /// Compiled rules whose logsource no specific routing entry covered.
+    pub unrouted: usize,
+}
+
+impl RuleSet {
+    pub fn count(&self, status: fn(&Status) -> bool) -> usize {
+        self.reports.iter().filter(|r| status(&r.status)).count()
+    }
+    pub fn compiled(&self) -> usize {
+        self.count(|s| *s == Status::Compiled)
+    }
+    pub fn rejected(&self) -> usize {
+        self.count(|s| matches!(s, Status::Rejected(_)))
+    }
+    /// (path, id, reason) of every rejected rule.
+    pub fn rejections(&self) -> Vec<(&str, &str, &str)> {
+        self.reports
+            .iter()
+            .filter_map(|r| match &r.status {
+                Status::Rejected(why) => Some((r.path.as_str(), r.id.as_str(), why.as_str())),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// What `load` works on: rule files in memory, so the CLI, tests and the operator share it.
+pub struct RuleFile {
+    pub path: String,
+    /// The path below the directory it was found in (what the version hashes, so that moving
+    /// a rule directory does not change the version).
+    pub rel: String,
+    pub text: String,
+}
+
+/// Reads every `.yml`/`.yaml` file under each of `paths` (files or directories).
+pub fn read_rule_files(resources: &Resources, paths: &[String]) -> anyhow::Result<Vec<RuleFile>> {
+    let mut files = Vec::new();
+    for p in paths {
+        let root = resources.resolve(p);
+        for f in resources.list_files(p, &["yml", "yaml"])? {
+            let text = std::fs::read_to_string(&f).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
+            let rel = match f.strip_prefix(&root) {
+                Ok(r) if !r.as_os_str().is_empty() => r.display().to_string(),
+                _ => f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            };
+            files.push(RuleFile { path: f.display().to_string(), rel, text });
+        }
+    }
+    Ok(files)
+}
+
+/// Compiles rule files; the `lowered` sink receives each compiled rule (for `explain`).
+pub fn compile_files(
+    files: &[RuleFile],
+    opts: &CompileOptions,
+    mut lowered_out: Option<&mut Vec<LoweredRule>>,
+) -> anyhow::Result<RuleSet> {
+    let mut hasher = Xxh3::new();
+    hasher.update(opts.fingerprint().as_bytes());
+    let mut reports = Vec::new();
+    let mut lowered: Vec<LoweredRule> = Vec::new();
+    let mut filters = Vec::new();
+    let mut correlations = Vec::new();
+    let mut first_seen: HashMap<String, String> = HashMap::new();
+    for f in files {
+        hasher.update(f.rel.as_bytes());
+        hasher.update(&[0]);
+        hasher.update(f.text.as_bytes());
+        hasher.update(&[0]);
+        let short = short_path(&f.path);
+        let collection = match rsigma_parser::parse_sigma_yaml(&f.text) {
+            Ok(c) => c,
+            Err(e) => {
+                reports.push(rejected(&short, "-", "-", format!("cannot parse: {e}")));
+                continue;
+            }
+        };
+        if !collection.errors.is_empty() {
+            let parsed: Vec<&str> = collection.rules.iter().filter_map(|r| r.id.as_deref()).collect();
+            let unparsed = unparsed_documents(&f.text, &parsed);
+            for (i, e) in collection.errors.iter().enumerate() {
+                let (id, title, condition) = unparsed.get(i).cloned().unwrap_or_default();
+                reports.push(rejected(&short, &id, &title, parse_failure(e, &condition)));
+            }
+        }
+        for rule in &collection.rules {
+            let id = rule.id.clone().unwrap_or_else(|| "-".into());
+            if let Some(first) = rule.id.as_ref().and_then(|id| first_seen.get(id)) {
+                reports.push(rejected(&short, &id, &rule.title, format!("duplicate rule id (first in {first})")));
+                continue;
+            }
+            match lower_rule(opts, rule, &short) {
+                Ok(l) => {
+                    if let Some(id) = &rule.id {
+                        first_seen.insert(id.clone(), short.clone());
+                    }
+                    reports.push(RuleReport {
+                        path: short.clone(),
+                        id,
+                        title: rule.title.clone(),
+                        status: Status::Compiled,
+                    });
+                    lowered.push(l);
+                }
+                Err(why) => reports.push(rejected(&short, &id, &rule.title, why)),
+            }
+        }
+        for c in collection.correlations {
+            reports.push(RuleReport {
+                path: short.clone(),
+                id: c.id.clone().unwrap_or_else(|| "-".into()),
+                title: c.title.clone(),
+                status: Status::Correlation,
+            });
+            correlations.push((short.clone(), c));
+        }
+        for flt in collection.filters {
+            filters.push((short.clone(), flt));
+        }
+    }
+    // Filters name their targets by id or name.
+    let mut names: HashMap<String, usize> = HashMap::new();
+    for (i, l) in lowered.iter().enumerate() {
+        names.insert(l.meta.id.clone(), i);
+    }
+    for (path, flt) in &filters {
+        let status = match apply_filter(opts, flt, &mut lowered, &names) {
+            Ok(_) => Status::Filter,
+            Err(why) => Status::Rejected(why),
+        };
+        reports.push(RuleReport {
+            path: path.clone(),
+            id: flt.id.clone().unwrap_or_else(|| "-".into()),
+            title: flt.title.clone(),
+            status,
+        });
+    }
+    let mut builder = MatcherBuilder::default();
+    let mut unrouted = 0;
+    for l in &lowered {
+        builder.add(l);
+        if !l.routed {
+            unrouted += 1;
+        }
+    }
+    let matcher = builder.build().map_err(|e| anyhow::anyhow!("building the matcher: {e}"))?;
+    if let Some(out) = lowered_out.as_deref_mut() {
+        out.extend(lowered);
+    }
+    Ok(RuleSet {
+        matcher,
+        version: format!("{:016x}", hasher.digest()),
+        reports,
+        correlations,
+        files: files.len(),
+        unrouted,
+    })
+}
+
+/// (id, title, condition) of the rule documents in `text` whose id is not in `parsed`: the
+/// documents a parse error belongs to.
+fn unparsed_documents(text: &str, parsed: &[&str]) -> Vec<(String, String, String)> {
+    use serde::Deserialize;
+    let mut out = Vec::new();
+    for doc in yaml_serde::Deserializer::from_str(text) {
+        let Ok(v) = yaml_serde::Value::deserialize(doc) else { break };
+        let get = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("-").to_string();
+        if v.get("detection").is_none() || parsed.contains(&get("id").as_str()) {
+            continue;
+        }
+        let condition = match v.get("detection").and_then(|d| d.get("condition")) {
+            Some(yaml_serde::Value::String(c)) => c.clone(),
+            Some(yaml_serde::Value::Sequence(cs)) => {
+                cs.iter().filter_map(|c| c.as_str()).collect::<Vec<_>>().join(" / ")
+            }
+            _ => String::new(),
+        };
+        out.push((get("id"), get("title"), condition));
+    }
+    out
+}
+
+/// A one-line reason for a document the parser refused, naming the construct when known.
+fn parse_failure(error: &str, condition: &str) -> String {
+    let one_line = error.split_whitespace().collect::<Vec<_>>().join(" ");
+    if condition.contains(" | ") || condition.contains(" near ") {
+        return format!(
+            "condition `{condition}` uses a Sigma 1 aggregation (`| count() …` / `near`), which Sigma 2 replaced by correlation rules"
+        );
+    }
+    if !condition.is_empty() && one_line.starts_with("Condition") {
+        return format!("cannot parse condition `{condition}`: {one_line}");
+    }
+    format!("cannot parse: {one_line}")
+}
+
+fn rejected(path: &str, id: &str, title: &str, why: String) -> RuleReport {
+    RuleReport { path: path.to_string(), id: id.to_string(), title: title.to_string(), status: Status::Rejected(why) }
+}
+
+/// Paths in reports relative to the working directory when below it.
+fn short_path(p: &str) -> String {
+    let path = Path::new(p);
+    std::env::current_dir()
+        .ok()
+        .and_then(|cwd| path.strip_prefix(&cwd).ok().map(|r| r.display().to_string()))
+        .unwrap_or_else(|| p.to_string())
+}

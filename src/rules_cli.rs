@@ -1,0 +1,364 @@
+//! `ward rules check|test|explain`: the detection engineer's commands. They use the same
+//! parse → normalize → sigma-match code as a running pipeline.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Args, Subcommand};
+use ward_engine::batch::EventBatch;
+use ward_engine::component::{Operator, OperatorOutput};
+use ward_engine::resources::Resources;
+use ward_operators::normalize::{load_packs, Normalizer, Unmatched};
+use ward_operators::parse::{Format, Parser};
+use ward_operators::sigma::compile::LoweredRule;
+use ward_operators::sigma::{compile_files, read_rule_files, CompileOptions, Detector, RuleSet, Status, Unrouted};
+
+#[derive(Subcommand)]
+pub enum RulesCommand {
+    /// Compile rule files and directories; print counts by status and why each rejected rule
+    /// was rejected.
+    Check {
+        /// Rule files and/or directories (read recursively).
+        #[arg(required = true)]
+        rules: Vec<PathBuf>,
+        #[command(flatten)]
+        compile: CompileArgs,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run events through parse → normalize → sigma-match and print one JSON line per alert.
+    Test {
+        /// Rule files and/or directories.
+        #[arg(required = true)]
+        rules: Vec<PathBuf>,
+        /// Events: JSON lines, concatenated JSON documents (as SigmaHQ regression data), or
+        /// raw log lines.
+        #[arg(long)]
+        events: PathBuf,
+        /// Normalization pack (`windows`, `builtin:zeek` or a pack file); detected per event
+        /// when omitted.
+        #[arg(long)]
+        pack: Option<String>,
+        /// Expected alerts: YAML or JSON mapping rule id → list of 0-based event indices.
+        /// Any difference is printed and exits 1.
+        #[arg(long)]
+        expect: Option<PathBuf>,
+        /// Include the normalized event in each alert line.
+        #[arg(long)]
+        with_event: bool,
+        #[command(flatten)]
+        compile: CompileArgs,
+    },
+    /// Show how rules were compiled: field mapping, logsource routing, patterns, condition.
+    Explain {
+        /// A rule file.
+        rule: PathBuf,
+        #[command(flatten)]
+        compile: CompileArgs,
+    },
+}
+
+#[derive(Args, Clone)]
+pub struct CompileArgs {
+    /// Field mapping file (default: the built-in pipelines/sigma/field-mapping.yaml).
+    #[arg(long)]
+    field_mapping: Option<PathBuf>,
+    /// Logsource routing file (default: the built-in pipelines/sigma/logsources.yaml).
+    #[arg(long)]
+    logsources: Option<PathBuf>,
+    /// Placeholder values for `|expand`: NAME=V1,V2 (repeatable).
+    #[arg(long = "placeholder", value_name = "NAME=VALUES")]
+    placeholders: Vec<String>,
+    /// Refuse rules whose logsource has no routing entry instead of running them on every event.
+    #[arg(long)]
+    reject_unrouted: bool,
+}
+
+impl CompileArgs {
+    fn options(&self) -> anyhow::Result<CompileOptions> {
+        use ward_operators::sigma::mapping::{FieldMapping, Logsources};
+        let read = |p: &PathBuf| std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()));
+        let mut opts = CompileOptions::default();
+        if let Some(p) = &self.field_mapping {
+            opts.mapping = FieldMapping::parse(&read(p)?, &p.display().to_string())?;
+        }
+        if let Some(p) = &self.logsources {
+            opts.logsources = Logsources::parse(&read(p)?, &p.display().to_string())?;
+        }
+        for p in &self.placeholders {
+            let (name, values) =
+                p.split_once('=').ok_or_else(|| anyhow::anyhow!("--placeholder {p}: expected NAME=V1,V2"))?;
+            opts.placeholders.insert(name.to_string(), values.split(',').map(str::to_string).collect());
+        }
+        if self.reject_unrouted {
+            opts.unrouted = Unrouted::Reject;
+        }
+        Ok(opts)
+    }
+}
+
+fn compile(rules: &[PathBuf], args: &CompileArgs, lowered: Option<&mut Vec<LoweredRule>>) -> anyhow::Result<RuleSet> {
+    let opts = args.options()?;
+    let paths: Vec<String> = rules.iter().map(|p| p.display().to_string()).collect();
+    let files = read_rule_files(&Resources::new(""), &paths)?;
+    let progress = indicatif::ProgressBar::new_spinner();
+    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        progress.set_message(format!("compiling {} rule files…", files.len()));
+        progress.enable_steady_tick(std::time::Duration::from_millis(120));
+    }
+    let set = compile_files(&files, &opts, lowered);
+    progress.finish_and_clear();
+    set
+}
+
+pub fn run(cmd: RulesCommand) -> ExitCode {
+    let result = match cmd {
+        RulesCommand::Check { rules, compile: c, json } => check(&rules, &c, json),
+        RulesCommand::Test { rules, events, pack, expect, with_event, compile: c } => {
+            test(&rules, &events, pack.as_deref(), expect.as_ref(), with_event, &c)
+        }
+        RulesCommand::Explain { rule, compile: c } => explain(&rule, &c),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn check(rules: &[PathBuf], args: &CompileArgs, json: bool) -> anyhow::Result<ExitCode> {
+    let started = std::time::Instant::now();
+    let set = compile(rules, args, None)?;
+    let detection = set.compiled() + set.rejected();
+    let pct = if detection == 0 { 100.0 } else { 100.0 * set.compiled() as f64 / detection as f64 };
+    let filters = set.count(|s| *s == Status::Filter);
+    if json {
+        let out = serde_json::json!({
+            "version": set.version,
+            "files": set.files,
+            "compiled": set.compiled(),
+            "rejected": set.rejected(),
+            "compiled_percent": pct,
+            "correlations": set.correlations.len(),
+            "filters": filters,
+            "unrouted": set.unrouted,
+            "rejections": set.rejections().iter().map(|(p, id, why)| serde_json::json!({"path": p, "id": id, "reason": why})).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    for (path, id, why) in set.rejections() {
+        println!("rejected  {path}  {id}: {why}");
+    }
+    // Rejections grouped by construct, most common first.
+    let mut by_reason: BTreeMap<String, usize> = BTreeMap::new();
+    for (_, _, why) in set.rejections() {
+        *by_reason.entry(reason_class(why)).or_default() += 1;
+    }
+    let mut classes: Vec<_> = by_reason.into_iter().collect();
+    classes.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    println!();
+    println!("rule set {}: {} files in {:.1}s", set.version, set.files, started.elapsed().as_secs_f64());
+    println!("  compiled      {:>6}  ({pct:.2}% of detection rules)", set.compiled());
+    println!("  rejected      {:>6}", set.rejected());
+    for (class, n) in classes {
+        println!("      {n:>6}  {class}");
+    }
+    println!("  correlations  {:>6}  (loaded for the correlation operator)", set.correlations.len());
+    println!("  filters       {:>6}", filters);
+    println!("  unrouted      {:>6}  (compiled; no logsource entry narrows them)", set.unrouted);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The construct a rejection names, for the summary.
+fn reason_class(why: &str) -> String {
+    const CLASSES: &[(&str, &str)] = &[
+        ("aggregation", "Sigma 1 aggregation in the condition (use a correlation rule)"),
+        ("timeframe", "Sigma 1 aggregation (`timeframe`; use a correlation rule)"),
+        ("placeholder", "`expand` placeholder without configured values"),
+        ("linear-time regex", "regex outside the linear-time syntax (look-around, backreferences)"),
+        ("array matching", "array matching (`[any]`/`[all]`)"),
+        ("duplicate rule id", "duplicate rule id"),
+        ("matches no selection", "condition selector matches no selection"),
+        ("unknown selection", "condition names an unknown selection"),
+        ("logsource routing", "no logsource routing (--reject-unrouted)"),
+        ("cannot parse", "rule does not parse"),
+    ];
+    CLASSES
+        .iter()
+        .find(|(needle, _)| why.contains(needle))
+        .map(|(_, class)| class.to_string())
+        .unwrap_or_else(|| why.chars().take(80).collect())
+}
+
+fn explain(rule: &PathBuf, args: &CompileArgs) -> anyhow::Result<ExitCode> {
+    let mut lowered = Vec::new();
+    let set = compile(std::slice::from_ref(rule), args, Some(&mut lowered))?;
+    for (path, id, why) in set.rejections() {
+        println!("REJECTED {path} {id}: {why}\n");
+    }
+    for l in &lowered {
+        let m = &l.meta;
+        println!("rule      {} ({})", m.title, m.id);
+        println!("level     {}  status {}  techniques {}", m.level, m.status, m.techniques.join(", "));
+        let ls = &l.logsource;
+        println!(
+            "logsource product={} category={} service={}",
+            ls.product.as_deref().unwrap_or("-"),
+            ls.category.as_deref().unwrap_or("-"),
+            ls.service.as_deref().unwrap_or("-")
+        );
+        match &l.route {
+            Some(r) => {
+                let mut s = String::new();
+                r.render(2, &mut s);
+                println!("routing{}", if l.routed { "" } else { " (product only)" });
+                print!("{s}");
+            }
+            None => println!("routing   none: runs on every event"),
+        }
+        println!("fields");
+        for (sigma, keys) in &l.fields {
+            let names: Vec<&str> = keys.iter().map(|k| k.name()).collect();
+            println!("  {sigma} → {}", names.join(" | "));
+        }
+        println!("condition");
+        let mut s = String::new();
+        l.cond.render(2, &mut s);
+        print!("{s}");
+        if !l.filters.is_empty() {
+            println!("filters   {}", l.filters.join(", "));
+        }
+        println!();
+    }
+    println!("rule set version {}", set.version);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Events of a test file as separate records: concatenated JSON documents (pretty-printed or
+/// one per line), or else one record per non-empty line.
+fn split_events(text: &str) -> Vec<String> {
+    let trimmed = text.trim_start();
+    if trimmed.starts_with('{') {
+        if let Ok(docs) = ward_engine::batch::split_json_documents(text) {
+            return docs.into_iter().map(str::to_string).collect();
+        }
+    }
+    text.lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect()
+}
+
+fn test(
+    rules: &[PathBuf],
+    events: &PathBuf,
+    pack: Option<&str>,
+    expect: Option<&PathBuf>,
+    with_event: bool,
+    args: &CompileArgs,
+) -> anyhow::Result<ExitCode> {
+    let set = compile(rules, args, None)?;
+    for (path, id, why) in set.rejections() {
+        eprintln!("warning: rule rejected: {path} {id}: {why}");
+    }
+    let text = std::fs::read_to_string(events).map_err(|e| anyhow::anyhow!("{}: {e}", events.display()))?;
+    let records = split_events(&text);
+    let component: Arc<str> = "rules-test".into();
+    let source: Arc<str> = "events".into();
+    let partition: Arc<str> = events.display().to_string().into();
+
+    let mut batch = EventBatch::new();
+    let origin = batch.origin_index(&source, &partition);
+    for (i, r) in records.iter().enumerate() {
+        batch.push_raw(origin, i as u64, r.as_bytes());
+    }
+    let mut parser = Parser::new(component.clone(), Format::Auto, 1 << 24, Default::default());
+    let mut parsed = OperatorOutput::default();
+    parser.process(batch, 0, &mut parsed);
+    // Lines no parser understands are searched as plain messages (Sigma keyword rules).
+    let mut fallback = EventBatch::new();
+    let o = fallback.origin_index(&source, &partition);
+    for q in &parsed.quarantine {
+        let idx = q.offset as usize;
+        let raw = records.get(idx).map(String::as_str).unwrap_or_default();
+        fallback.push_raw(o, q.offset, serde_json::json!({ "message": raw }).to_string().as_bytes());
+    }
+    let mut batches = std::mem::take(&mut parsed.events);
+    if !fallback.is_empty() {
+        let mut out = OperatorOutput::default();
+        parser.process(fallback, 0, &mut out);
+        batches.extend(out.events);
+    }
+
+    let pack_refs = match pack {
+        Some(p) if p.contains(':') || p.ends_with(".yaml") || p.ends_with(".yml") => vec![p.to_string()],
+        Some(p) => vec![format!("builtin:{p}")],
+        None => ward_operators::normalize::builtin::all_refs(),
+    };
+    let packs = Arc::new(load_packs(&pack_refs, &Resources::new("."))?);
+    let mut normalizer = Normalizer::new(component.clone(), packs, Unmatched::Keep, false);
+    let mut detector = Detector::new(component, with_event);
+    let mut alerts = Vec::new();
+    for b in batches {
+        let mut out = OperatorOutput::default();
+        normalizer.process(b, 0, &mut out);
+        for q in &out.quarantine {
+            eprintln!("warning: event {} not normalized ({}): {}", q.offset, q.reason.as_str(), q.detail);
+        }
+        for nb in &out.events {
+            detector.detect(&set, nb, &mut alerts);
+        }
+    }
+    alerts.sort_by(|a, b| a.origin.offset.cmp(&b.origin.offset).then(a.rule.id.cmp(&b.rule.id)));
+
+    let mut actual: BTreeMap<String, BTreeSet<u64>> = BTreeMap::new();
+    for a in &alerts {
+        actual.entry(a.rule.id.clone()).or_default().insert(a.origin.offset);
+        let mut line = serde_json::json!({
+            "rule": { "id": a.rule.id, "title": a.rule.title, "level": a.rule.level },
+            "event_index": a.origin.offset,
+            "alert_id": a.alert_id,
+            "matches": a.matches,
+            "ruleset_version": a.ruleset_version,
+        });
+        if let Some(e) = &a.event {
+            line["event"] = e.clone();
+        }
+        println!("{line}");
+    }
+    eprintln!("{} events, {} alerts, rule set {} ({} rules)", records.len(), alerts.len(), set.version, set.compiled());
+
+    let Some(expect) = expect else { return Ok(ExitCode::SUCCESS) };
+    let text = std::fs::read_to_string(expect).map_err(|e| anyhow::anyhow!("{}: {e}", expect.display()))?;
+    let wanted: BTreeMap<String, Vec<u64>> =
+        yaml_serde::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", expect.display()))?;
+    let mut problems = 0;
+    let ids: BTreeSet<&String> = wanted.keys().chain(actual.keys()).collect();
+    for id in ids {
+        let want: BTreeSet<u64> = wanted.get(id).map(|v| v.iter().copied().collect()).unwrap_or_default();
+        let got = actual.get(id).cloned().unwrap_or_default();
+        if want == got {
+            continue;
+        }
+        problems += 1;
+        let missing: Vec<_> = want.difference(&got).collect();
+        let extra: Vec<_> = got.difference(&want).collect();
+        eprintln!("MISMATCH rule {id}");
+        if !missing.is_empty() {
+            eprintln!("  - expected alerts for events {missing:?}, none raised");
+        }
+        if !extra.is_empty() {
+            eprintln!("  + unexpected alerts for events {extra:?}");
+        }
+    }
+    if problems == 0 {
+        eprintln!("expectations met ({} rules)", wanted.len());
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("{problems} rule(s) differ from {}", expect.display());
+        Ok(ExitCode::from(1))
+    }
+}
