@@ -520,7 +520,7 @@ impl<'a> Lowering<'a> {
                 for p in patterns {
                     xs.push(Expr::Atom(Box::new(AtomSpec::Literal {
                         field: field.clone(),
-                        pattern: p,
+                        pattern: if m.cased { p } else { p.to_ascii_lowercase() },
                         anchor,
                         cased: m.cased,
                     })));

@@ -1,1 +1,310 @@
+//! Sigma semantics, one test per modifier and condition form, on events parsed from JSON (rules
+//! without a product see the event's own field names).
 
+use std::sync::Arc;
+
+use ward_engine::batch::EventBatch;
+use ward_engine::component::{Operator, OperatorOutput};
+
+use super::*;
+use crate::parse::{Format, Parser};
+
+fn options() -> CompileOptions {
+    let mut o = CompileOptions::default();
+    o.placeholders.insert("admins".into(), vec!["root".into(), "admin*".into()]);
+    o
+}
+
+fn set(rules: &str) -> RuleSet {
+    let files = vec![RuleFile { path: "t.yml".into(), rel: "t.yml".into(), text: rules.to_string() }];
+    compile_files(&files, &options(), None).unwrap()
+}
+
+fn batch(events: &[&str]) -> EventBatch {
+    let mut b = EventBatch::new();
+    let o = b.origin_index(&"test".into(), &"p".into());
+    for (i, e) in events.iter().enumerate() {
+        b.push_raw(o, i as u64, e.as_bytes());
+    }
+    let mut p = Parser::new("parse".into(), Format::Json, 1 << 20, Default::default());
+    let mut out = OperatorOutput::default();
+    p.process(b, 0, &mut out);
+    assert!(out.quarantine.is_empty(), "test events must parse");
+    out.events.pop().unwrap()
+}
+
+/// Indices of the events the single rule in `detection` matches.
+fn hits(detection: &str, events: &[&str]) -> Vec<u64> {
+    let rule = format!("title: t\nid: r1\nlogsource: {{ category: test }}\ndetection:\n{detection}");
+    let s = set(&rule);
+    assert_eq!(s.rejected(), 0, "rule rejected: {:?}", s.rejections());
+    let mut alerts = Vec::new();
+    Detector::new(Arc::from("sigma"), false).detect(&s, &batch(events), &mut alerts);
+    alerts.iter().map(|a| a.origin.offset).collect()
+}
+
+fn rejection(detection: &str) -> String {
+    let rule = format!("title: t\nid: r1\nlogsource: {{ category: test }}\ndetection:\n{detection}");
+    let s = set(&rule);
+    s.rejections().first().map(|(_, _, why)| why.to_string()).unwrap_or_default()
+}
+
+#[test]
+fn plain_values_are_case_insensitive_and_whole() {
+    let d = "  sel:\n    Image: 'C:\\Windows\\cmd.exe'\n  condition: sel\n";
+    let ev = [r#"{"Image":"c:\\windows\\CMD.EXE"}"#, r#"{"Image":"c:\\windows\\cmd.exe.bak"}"#, r#"{"Other":"x"}"#];
+    assert_eq!(hits(d, &ev), vec![0]);
+}
+
+#[test]
+fn cased_is_case_sensitive() {
+    let d = "  sel:\n    Image|cased: 'Cmd.exe'\n  condition: sel\n";
+    assert_eq!(hits(d, &[r#"{"Image":"Cmd.exe"}"#, r#"{"Image":"cmd.exe"}"#]), vec![0]);
+}
+
+#[test]
+fn wildcards_and_escapes() {
+    let d = "  sel:\n    a: 'x*y?z'\n  condition: sel\n";
+    assert_eq!(hits(d, &[r#"{"a":"xAAyBz"}"#, r#"{"a":"xyz"}"#, r#"{"a":"XyQZ"}"#]), vec![0, 2]);
+    let escaped = "  sel:\n    a: 'star\\*q\\?'\n  condition: sel\n";
+    assert_eq!(hits(escaped, &[r#"{"a":"star*q?"}"#, r#"{"a":"starXqY"}"#]), vec![0]);
+    // A lone backslash before another character is a literal backslash.
+    let bs = "  sel:\n    a: 'C:\\dir'\n  condition: sel\n";
+    assert_eq!(hits(bs, &[r#"{"a":"c:\\dir"}"#]), vec![0]);
+}
+
+#[test]
+fn contains_startswith_endswith() {
+    let ev = [r#"{"c":"powershell -enc AAA"}"#, r#"{"c":"-enc powershell"}"#];
+    assert_eq!(hits("  s:\n    c|contains: 'shell -ENC'\n  condition: s\n", &ev), vec![0]);
+    assert_eq!(hits("  s:\n    c|startswith: 'POWER'\n  condition: s\n", &ev), vec![0]);
+    assert_eq!(hits("  s:\n    c|endswith: 'shell'\n  condition: s\n", &ev), vec![1]);
+    // Wildcards inside an anchored value.
+    assert_eq!(hits("  s:\n    c|startswith: 'power*-enc'\n  condition: s\n", &ev), vec![0]);
+}
+
+#[test]
+fn lists_or_maps_and_all() {
+    let ev = [r#"{"c":"a b","d":"1"}"#, r#"{"c":"a","d":"1"}"#, r#"{"c":"b","d":"2"}"#];
+    assert_eq!(hits("  s:\n    c|contains: [a, b]\n    d: 1\n  condition: s\n", &ev), vec![0, 1]);
+    assert_eq!(hits("  s:\n    c|contains|all: [a, b]\n  condition: s\n", &ev), vec![0]);
+    // A list of maps is OR.
+    assert_eq!(hits("  s:\n    - c: a\n    - d: 2\n  condition: s\n", &ev), vec![1, 2]);
+}
+
+#[test]
+fn regex_with_flags() {
+    let ev = [r#"{"c":"Line1\nline2"}"#, r#"{"c":"line1"}"#];
+    assert_eq!(hits("  s:\n    c|re: '^line\\d$'\n  condition: s\n", &ev), vec![1]);
+    assert_eq!(hits("  s:\n    c|re|i: '^LINE1'\n  condition: s\n", &ev), vec![0, 1]);
+    assert_eq!(hits("  s:\n    c|re|m: '^line2$'\n  condition: s\n", &ev), vec![0]);
+    assert_eq!(hits("  s:\n    c|re|s: 'Line1.line2'\n  condition: s\n", &ev), vec![0]);
+    // Unanchored search, case-sensitive by default.
+    assert_eq!(hits("  s:\n    c|re: 'ine1'\n  condition: s\n", &ev), vec![0, 1]);
+    assert!(rejection("  s:\n    c|re: '(?<=a)b'\n  condition: s\n").contains("linear-time"));
+}
+
+#[test]
+fn base64_and_base64offset_at_every_alignment() {
+    use base64::Engine as _;
+    let enc = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let ev: Vec<String> = ["", "x", "xy"]
+        .iter()
+        .map(|pre| format!(r#"{{"c":"{}"}}"#, enc(&format!("{pre}/bin/sh -i;"))))
+        .collect();
+    let refs: Vec<&str> = ev.iter().map(String::as_str).collect();
+    assert_eq!(hits("  s:\n    c|base64offset|contains: '/bin/sh'\n  condition: s\n", &refs), vec![0, 1, 2]);
+    // Plain base64 encodes the whole value.
+    let exact = [r#"{"c":"L2Jpbi9zaA=="}"#, refs[0]];
+    assert_eq!(hits("  s:\n    c|base64: '/bin/sh'\n  condition: s\n", &exact), vec![0]);
+    assert!(rejection("  s:\n    c|base64offset: 'x'\n  condition: s\n").contains("contains"));
+}
+
+#[test]
+fn utf16_encodings_with_base64() {
+    use base64::Engine as _;
+    let enc = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let le: Vec<u8> = "IEX (New-Object".encode_utf16().flat_map(u16::to_le_bytes).collect();
+    let be: Vec<u8> = "IEX (New-Object".encode_utf16().flat_map(u16::to_be_bytes).collect();
+    let other: Vec<u8> = "Get-ChildItem".encode_utf16().flat_map(u16::to_le_bytes).collect();
+    let ev = [enc(&le), enc(&be), enc(&other)].map(|e| format!(r#"{{"c":"{e}"}}"#));
+    let refs: Vec<&str> = ev.iter().map(String::as_str).collect();
+    // base64offset keeps only the alignment-independent middle of the encoding, so a short
+    // pattern can also occur in the other byte order's text (as with pySigma); never in
+    // unrelated text.
+    for (m, want) in [("wide", 0), ("utf16le", 0), ("utf16be", 1)] {
+        let got = hits(&format!("  s:\n    c|{m}|base64offset|contains: 'IEX (New'\n  condition: s\n"), &refs);
+        assert!(got.contains(&want) && !got.contains(&2), "{m}: {got:?}");
+    }
+    let bom = [&[0xFFu8, 0xFE][..], &le].concat();
+    let ev = [format!(r#"{{"c":"{}"}}"#, enc(&bom))];
+    let refs: Vec<&str> = ev.iter().map(String::as_str).collect();
+    assert_eq!(hits("  s:\n    c|utf16|base64offset|contains: 'IEX (New'\n  condition: s\n", &refs), vec![0]);
+}
+
+#[test]
+fn windash_variants() {
+    let ev = [
+        r#"{"c":"x.exe -decode"}"#,
+        r#"{"c":"x.exe /decode"}"#,
+        "{\"c\":\"x.exe \u{2013}decode\"}",
+        "{\"c\":\"x.exe \u{2014}decode\"}",
+        "{\"c\":\"x.exe \u{2015}decode\"}",
+        r#"{"c":"x.exe decode"}"#,
+    ];
+    assert_eq!(hits("  s:\n    c|windash|contains: ' -decode'\n  condition: s\n", &ev), vec![0, 1, 2, 3, 4]);
+}
+
+#[test]
+fn cidr_v4_and_v6() {
+    let ev = [r#"{"ip":"10.1.2.3"}"#, r#"{"ip":"11.0.0.1"}"#, r#"{"ip":"fd00::1"}"#, r#"{"ip":"not an ip"}"#];
+    assert_eq!(hits("  s:\n    ip|cidr: 10.0.0.0/8\n  condition: s\n", &ev), vec![0]);
+    assert_eq!(hits("  s:\n    ip|cidr: ['fc00::/7', '11.0.0.0/24']\n  condition: s\n", &ev), vec![1, 2]);
+    assert!(rejection("  s:\n    ip|cidr: 10.0.0.0/33\n  condition: s\n").contains("not a CIDR"));
+}
+
+#[test]
+fn numeric_comparisons_on_numbers_and_strings() {
+    let ev = [r#"{"n":5}"#, r#"{"n":"15"}"#, r#"{"n":"abc"}"#, r#"{"n":10.5}"#];
+    assert_eq!(hits("  s:\n    n|gt: 10\n  condition: s\n", &ev), vec![1, 3]);
+    assert_eq!(hits("  s:\n    n|gte: 15\n  condition: s\n", &ev), vec![1]);
+    assert_eq!(hits("  s:\n    n|lt: 10\n  condition: s\n", &ev), vec![0]);
+    assert_eq!(hits("  s:\n    n|lte: 5\n  condition: s\n", &ev), vec![0]);
+    assert!(rejection("  s:\n    n|gt: abc\n  condition: s\n").contains("needs a number"));
+}
+
+#[test]
+fn null_and_exists() {
+    let ev = [r#"{"a":"x"}"#, r#"{"a":""}"#, r#"{"b":"y"}"#, r#"{"a":null}"#];
+    assert_eq!(hits("  s:\n    a: null\n  condition: s\n", &ev), vec![1, 2, 3]);
+    assert_eq!(hits("  s:\n    a|exists: true\n  condition: s\n", &ev), vec![0, 1, 3]);
+    assert_eq!(hits("  s:\n    a|exists: false\n  condition: s\n", &ev), vec![2]);
+    assert_eq!(hits("  s:\n    a: ''\n  condition: s\n", &ev), vec![1]);
+}
+
+#[test]
+fn expand_placeholders() {
+    let ev = [r#"{"u":"root"}"#, r#"{"u":"administrator"}"#, r#"{"u":"bob"}"#];
+    assert_eq!(hits("  s:\n    u|expand: '%admins%'\n  condition: s\n", &ev), vec![0, 1]);
+    assert!(rejection("  s:\n    u|expand: '%nobody%'\n  condition: s\n").contains("%nobody%"));
+}
+
+#[test]
+fn fieldref_and_neq() {
+    let ev = [r#"{"a":"X","b":"x"}"#, r#"{"a":"x","b":"y"}"#];
+    assert_eq!(hits("  s:\n    a|fieldref: b\n  condition: s\n", &ev), vec![0]);
+    assert_eq!(hits("  s:\n    a|fieldref|cased: b\n  condition: s\n", &ev), Vec::<u64>::new());
+    assert_eq!(hits("  s:\n    a|neq: X\n  condition: s\n", &ev), Vec::<u64>::new());
+    assert_eq!(hits("  s:\n    b|neq: [x, z]\n  condition: s\n", &ev), vec![1]);
+}
+
+#[test]
+fn time_modifiers() {
+    let ev = [r#"{"t":"2024-03-05T22:10:00Z"}"#, r#"{"t":"2024-03-05T08:10:00Z"}"#];
+    assert_eq!(hits("  s:\n    t|hour: 22\n  condition: s\n", &ev), vec![0]);
+    assert_eq!(hits("  s:\n    t|month: 3\n  condition: s\n", &ev), vec![0, 1]);
+}
+
+#[test]
+fn keywords_search_every_text_field() {
+    let ev = [r#"{"a":"nothing","b":"has MIMIKATZ inside"}"#, r#"{"a":"clean"}"#, r#"{"m":"sekurlsa::logonpasswords"}"#];
+    assert_eq!(hits("  keywords:\n    - mimikatz\n    - 'sekurlsa::*'\n  condition: keywords\n", &ev), vec![0, 2]);
+    assert_eq!(hits("  keywords:\n    '|all': [has, inside]\n  condition: keywords\n", &ev), vec![0]);
+}
+
+#[test]
+fn condition_forms() {
+    let ev = [r#"{"a":"1","b":"1"}"#, r#"{"a":"1"}"#, r#"{"b":"1"}"#, r#"{"c":"1"}"#];
+    let d = |c: &str| format!("  selection_a:\n    a: 1\n  selection_b:\n    b: 1\n  _x:\n    c: 1\n  condition: {c}\n");
+    assert_eq!(hits(&d("1 of selection_*"), &ev), vec![0, 1, 2]);
+    assert_eq!(hits(&d("all of selection_*"), &ev), vec![0]);
+    // `them` leaves out `_`-prefixed identifiers.
+    assert_eq!(hits(&d("all of them"), &ev), vec![0]);
+    assert_eq!(hits(&d("1 of them"), &ev), vec![0, 1, 2]);
+    assert_eq!(hits(&d("selection_a and not selection_b"), &ev), vec![1]);
+    assert_eq!(hits(&d("not (selection_a or selection_b)"), &ev), vec![3]);
+    assert_eq!(hits(&d("_x or (selection_a and selection_b)"), &ev), vec![0, 3]);
+    assert!(rejection(&d("1 of nothing_*")).contains("matches no selection"));
+    assert!(rejection(&d("selection_z")).contains("unknown selection"));
+}
+
+#[test]
+fn unicode_case_folding_uses_regex() {
+    let ev = ["{\"a\":\"ÜBER\"}", "{\"a\":\"über\"}", "{\"a\":\"uber\"}"];
+    assert_eq!(hits("  s:\n    a: 'über'\n  condition: s\n", &ev), vec![0, 1]);
+}
+
+#[test]
+fn multi_valued_fields_match_any_element() {
+    let ev = [r#"{"tags":["a","evil","c"]}"#, r#"{"tags":["a"]}"#];
+    assert_eq!(hits("  s:\n    tags: evil\n  condition: s\n", &ev), vec![0]);
+}
+
+#[test]
+fn filters_apply_to_their_target_rules() {
+    let rules = "title: rule\nid: r1\nlogsource: { product: x }\ndetection:\n  s:\n    a: 1\n  condition: s\n\
+---\ntitle: other\nid: r2\nlogsource: { product: x }\ndetection:\n  s:\n    a: 1\n  condition: s\n\
+---\ntitle: tuning\nid: f1\nlogsource: { product: x }\nfilter:\n  rules: [r1]\n  selection:\n    u: svc\n  condition: selection\n";
+    let s = set(rules);
+    assert_eq!(s.count(|st| *st == Status::Filter), 1, "{:?}", s.rejections());
+    let mut alerts = Vec::new();
+    Detector::new("sigma".into(), false).detect(&s, &batch(&[r#"{"a":"1","u":"svc"}"#, r#"{"a":"1","u":"bob"}"#]), &mut alerts);
+    let got: Vec<(String, u64)> = alerts.iter().map(|a| (a.rule.id.clone(), a.origin.offset)).collect();
+    assert_eq!(got, vec![("r2".into(), 0), ("r1".into(), 1), ("r2".into(), 1)]);
+}
+
+#[test]
+fn alerts_carry_rule_match_and_provenance() {
+    let rules = "title: Encoded PowerShell\nid: 11111111-2222-3333-4444-555555555555\nstatus: test\nlevel: high\n\
+tags: [attack.execution, attack.t1059.001]\nlogsource: { category: test }\ndetection:\n  sel:\n    c|contains: ' -enc '\n  condition: sel\n";
+    let s = set(rules);
+    let mut alerts = Vec::new();
+    Detector::new("sigma".into(), true).detect(&s, &batch(&[r#"{"c":"powershell -enc AAAA"}"#]), &mut alerts);
+    let a = &alerts[0];
+    assert_eq!(a.rule.level, "high");
+    assert_eq!(a.priority, 2);
+    assert_eq!(a.rule.techniques, vec!["T1059.001"]);
+    assert_eq!(a.matches[0].selection, "sel");
+    assert_eq!(a.matches[0].fields, vec![("c".to_string(), "powershell -enc AAAA".to_string())]);
+    assert_eq!(a.ruleset_version, s.version);
+    assert_eq!((a.origin.source.as_str(), a.origin.offset), ("test", 0));
+    assert!(a.event.is_some());
+    // Deterministic id: the same rule and event give the same id.
+    let mut again = Vec::new();
+    Detector::new("sigma".into(), true).detect(&s, &batch(&[r#"{"c":"powershell -enc AAAA"}"#]), &mut again);
+    assert_eq!(again[0].alert_id, a.alert_id);
+}
+
+#[test]
+fn logsource_routing_selects_events() {
+    // A Windows process_creation rule sees Sysmon 1 and Security 4688, not Sysmon 3.
+    let rules = "title: whoami\nid: w1\nlogsource: { product: windows, category: process_creation }\n\
+detection:\n  sel:\n    Image|endswith: '\\whoami.exe'\n  condition: sel\n";
+    let s = set(rules);
+    let ev = |channel: &str, id: u32, field: &str| {
+        format!(
+            r##"{{"Event":{{"System":{{"EventID":{id},"Channel":"{channel}","TimeCreated":{{"#attributes":{{"SystemTime":"2024-01-01T00:00:00Z"}}}}}},"EventData":{{"{field}":"C:\\Windows\\System32\\whoami.exe"}}}}}}"##
+        )
+    };
+    let events = [
+        ev("Microsoft-Windows-Sysmon/Operational", 1, "Image"),
+        ev("Security", 4688, "NewProcessName"),
+        ev("Microsoft-Windows-Sysmon/Operational", 3, "Image"),
+    ];
+    let refs: Vec<&str> = events.iter().map(String::as_str).collect();
+    let parsed = batch(&refs);
+    let packs = Arc::new(crate::normalize::load_packs(&["builtin:windows".into()], &Resources::new(".")).unwrap());
+    let mut norm = crate::normalize::Normalizer::new("n".into(), packs, crate::normalize::Unmatched::Keep, false);
+    let mut out = OperatorOutput::default();
+    norm.process(parsed, 0, &mut out);
+    let mut alerts = Vec::new();
+    Detector::new("sigma".into(), false).detect(&s, &out.events[0], &mut alerts);
+    assert_eq!(alerts.iter().map(|a| a.origin.offset).collect::<Vec<_>>(), vec![0, 1]);
+}
+
+#[test]
+fn unsupported_constructs_are_rejected_with_reasons() {
+    assert!(rejection("  s:\n    a|re|contains: x\n  condition: s\n").contains("cannot be combined"));
+    let tf = "  s:\n    a: 1\n  timeframe: 5m\n  condition: s\n";
+    assert!(rejection(tf).contains("timeframe"));
+}

@@ -258,7 +258,7 @@ mod tests {
 
     #[test]
     fn globs_become_anchored_regexes() {
-        let re = regex::Regex::new(&glob_regex(&SigmaString::new(r"C:\Win*\?md.exe"), Anchor::Whole, true)).unwrap();
+        let re = regex::Regex::new(&glob_regex(&SigmaString::new(r"C:\Win*\\?md.exe"), Anchor::Whole, true)).unwrap();
         assert!(re.is_match(r"c:\windows\cmd.exe"));
         assert!(!re.is_match(r"c:\windows\cmd.exe.bak"));
         let escaped = regex::Regex::new(&glob_regex(&SigmaString::new(r"a\*b"), Anchor::Whole, false)).unwrap();
