@@ -9,6 +9,19 @@ const FILES: &[(&str, &[u8])] = &[
     ("rules/assets/demo-assets.csv", include_bytes!("../rules/assets/demo-assets.csv")),
     ("rules/geo/ward-test-city.mmdb", include_bytes!("../rules/geo/ward-test-city.mmdb")),
     ("rules/geo/ward-test-asn.mmdb", include_bytes!("../rules/geo/ward-test-asn.mmdb")),
+    (
+        "rules/sigma/ward/proc_creation_encoded_powershell.yml",
+        include_bytes!("../rules/sigma/ward/proc_creation_encoded_powershell.yml"),
+    ),
+    (
+        "rules/sigma/ward/win_security_member_added_to_admins.yml",
+        include_bytes!("../rules/sigma/ward/win_security_member_added_to_admins.yml"),
+    ),
+    (
+        "rules/sigma/ward/win_security_failed_logon.yml",
+        include_bytes!("../rules/sigma/ward/win_security_failed_logon.yml"),
+    ),
+    ("rules/sigma/ward/lnx_usermod_sudo_group.yml", include_bytes!("../rules/sigma/ward/lnx_usermod_sudo_group.yml")),
 ];
 
 /// Writes the demo files under `out` and returns the spec's path.

@@ -284,6 +284,9 @@ fn test(
     for q in &parsed.quarantine {
         let idx = q.offset as usize;
         let raw = records.get(idx).map(String::as_str).unwrap_or_default();
+        if raw.trim_start().starts_with('{') {
+            eprintln!("warning: event {idx} is not valid JSON ({}); searched as a plain message", q.detail);
+        }
         fallback.push_raw(o, q.offset, serde_json::json!({ "message": raw }).to_string().as_bytes());
     }
     let mut batches = std::mem::take(&mut parsed.events);

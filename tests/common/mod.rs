@@ -61,13 +61,33 @@ pub fn free_port() -> u16 {
 
 /// A plain HTTP/1.0 GET against 127.0.0.1; returns (status, body).
 pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    http(port, "GET", path)
+}
+
+/// A plain HTTP/1.0 request without a body against 127.0.0.1; returns (status, body).
+pub fn http(port: u16, method: &str, path: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(std::time::Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30))).ok()?;
+    write!(s, "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n").ok()?;
     let mut resp = String::new();
     s.read_to_string(&mut resp).ok()?;
     let status = resp.split_whitespace().nth(1)?.parse().ok()?;
     let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     Some((status, body))
+}
+
+/// The shared Sigma corpus (SigmaHQ snapshot, regression data, specification): `$WARD_SHARED`,
+/// else `../shared` beside the repository, else `/work/shared`.
+pub fn shared_dir() -> PathBuf {
+    let candidates = [
+        std::env::var_os("WARD_SHARED").map(PathBuf::from),
+        Some(repo().join("../shared")),
+        Some(PathBuf::from("/work/shared")),
+    ];
+    candidates
+        .into_iter()
+        .flatten()
+        .find(|p| p.join("sigma/rules").is_dir())
+        .expect("the Sigma corpus: set WARD_SHARED to the directory holding sigma/ and sigma-specification/")
 }

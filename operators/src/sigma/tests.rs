@@ -108,10 +108,8 @@ fn regex_with_flags() {
 fn base64_and_base64offset_at_every_alignment() {
     use base64::Engine as _;
     let enc = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-    let ev: Vec<String> = ["", "x", "xy"]
-        .iter()
-        .map(|pre| format!(r#"{{"c":"{}"}}"#, enc(&format!("{pre}/bin/sh -i;"))))
-        .collect();
+    let ev: Vec<String> =
+        ["", "x", "xy"].iter().map(|pre| format!(r#"{{"c":"{}"}}"#, enc(&format!("{pre}/bin/sh -i;")))).collect();
     let refs: Vec<&str> = ev.iter().map(String::as_str).collect();
     assert_eq!(hits("  s:\n    c|base64offset|contains: '/bin/sh'\n  condition: s\n", &refs), vec![0, 1, 2]);
     // Plain base64 encodes the whole value.
@@ -207,7 +205,8 @@ fn time_modifiers() {
 
 #[test]
 fn keywords_search_every_text_field() {
-    let ev = [r#"{"a":"nothing","b":"has MIMIKATZ inside"}"#, r#"{"a":"clean"}"#, r#"{"m":"sekurlsa::logonpasswords"}"#];
+    let ev =
+        [r#"{"a":"nothing","b":"has MIMIKATZ inside"}"#, r#"{"a":"clean"}"#, r#"{"m":"sekurlsa::logonpasswords"}"#];
     assert_eq!(hits("  keywords:\n    - mimikatz\n    - 'sekurlsa::*'\n  condition: keywords\n", &ev), vec![0, 2]);
     assert_eq!(hits("  keywords:\n    '|all': [has, inside]\n  condition: keywords\n", &ev), vec![0]);
 }
@@ -215,7 +214,8 @@ fn keywords_search_every_text_field() {
 #[test]
 fn condition_forms() {
     let ev = [r#"{"a":"1","b":"1"}"#, r#"{"a":"1"}"#, r#"{"b":"1"}"#, r#"{"c":"1"}"#];
-    let d = |c: &str| format!("  selection_a:\n    a: 1\n  selection_b:\n    b: 1\n  _x:\n    c: 1\n  condition: {c}\n");
+    let d =
+        |c: &str| format!("  selection_a:\n    a: 1\n  selection_b:\n    b: 1\n  _x:\n    c: 1\n  condition: {c}\n");
     assert_eq!(hits(&d("1 of selection_*"), &ev), vec![0, 1, 2]);
     assert_eq!(hits(&d("all of selection_*"), &ev), vec![0]);
     // `them` leaves out `_`-prefixed identifiers.
@@ -248,7 +248,11 @@ fn filters_apply_to_their_target_rules() {
     let s = set(rules);
     assert_eq!(s.count(|st| *st == Status::Filter), 1, "{:?}", s.rejections());
     let mut alerts = Vec::new();
-    Detector::new("sigma".into(), false).detect(&s, &batch(&[r#"{"a":"1","u":"svc"}"#, r#"{"a":"1","u":"bob"}"#]), &mut alerts);
+    Detector::new("sigma".into(), false).detect(
+        &s,
+        &batch(&[r#"{"a":"1","u":"svc"}"#, r#"{"a":"1","u":"bob"}"#]),
+        &mut alerts,
+    );
     let got: Vec<(String, u64)> = alerts.iter().map(|a| (a.rule.id.clone(), a.origin.offset)).collect();
     assert_eq!(got, vec![("r2".into(), 0), ("r1".into(), 1), ("r2".into(), 1)]);
 }
