@@ -10,6 +10,8 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod sigma;
+
 use clap::{Parser, Subcommand};
 use ward_connectors::sinks::parquet::{ParquetSink, ParquetSinkConfig, PartitionBy};
 use ward_connectors::sources::generator::{Generator, GeneratorConfig};
@@ -70,6 +72,23 @@ enum Cmd {
         /// zstd level of the Parquet stage.
         #[arg(long, default_value_t = 3)]
         zstd_level: i32,
+    },
+    /// The Sigma matcher: Ward vs rsigma-eval vs sigma-rust, and Ward with 100 … all rules.
+    Sigma {
+        /// Rule directory (default: the SigmaHQ Windows rules beside the repository).
+        #[arg(long, default_value = "../shared/sigma/rules/windows")]
+        rules: String,
+        /// Generator events for Ward's runs.
+        #[arg(long, default_value_t = 300_000)]
+        count: u64,
+        /// Events for the side-by-side comparison (the others are much slower).
+        #[arg(long, default_value_t = 20_000)]
+        competitor_count: u64,
+        /// Rule counts for Ward alone (`all` = every compilable rule).
+        #[arg(long, value_delimiter = ',', default_values_t = ["100".to_string(), "1000".to_string(), "all".to_string()])]
+        sizes: Vec<String>,
+        #[arg(long, default_value_t = 3)]
+        repeat: usize,
     },
 }
 
@@ -233,5 +252,8 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Cmd::Pipeline { count, workers, repeat } => pipeline(count, &workers, repeat),
         Cmd::Stages { count, zstd_level } => stages(count, zstd_level),
+        Cmd::Sigma { rules, count, competitor_count, sizes, repeat } => {
+            sigma::run(sigma::Args { rules, count, competitor_count, sizes, repeat })
+        }
     }
 }

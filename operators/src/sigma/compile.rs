@@ -257,6 +257,9 @@ impl Expr {
     }
 }
 
+/// A named selection: its name, its logic and the Sigma fields it tests.
+pub type NamedSelection = (String, Expr, Vec<String>);
+
 /// Lowers one rule's detection (or a filter's, or a route's) to an [`Expr`].
 struct Lowering<'a> {
     opts: &'a CompileOptions,
@@ -276,7 +279,7 @@ impl<'a> Lowering<'a> {
         FieldRef::Keys { display: name.to_string(), keys }
     }
 
-    fn detections(&mut self, d: &Detections) -> Result<(Expr, Vec<(String, Expr, Vec<String>)>), String> {
+    fn detections(&mut self, d: &Detections) -> Result<(Expr, Vec<NamedSelection>), String> {
         if let Some(tf) = &d.timeframe {
             return Err(format!(
                 "`timeframe: {tf}` (Sigma 1 aggregation) is not supported; express it as a correlation rule"
@@ -740,7 +743,7 @@ pub struct LoweredRule {
     pub logsource: LogSource,
     pub route: Option<Expr>,
     pub cond: Expr,
-    pub selections: Vec<(String, Expr, Vec<String>)>,
+    pub selections: Vec<NamedSelection>,
     pub fields: BTreeMap<String, Vec<FieldKey>>,
     pub filters: Vec<String>,
     /// Whether a routing entry specific to the rule's logsource covered it (else it runs on
@@ -871,7 +874,12 @@ pub struct MatcherBuilder {
     route_ids: HashMap<String, u32>,
     rules: Vec<CompiledRule>,
     triggers: Vec<Option<Vec<AtomId>>>,
+    groups: Vec<Vec<AtomId>>,
+    group_ids: HashMap<Vec<AtomId>, u32>,
 }
+
+/// Value lists at least this long become one `AnyEager` group.
+const GROUP_MIN: usize = 4;
 
 #[derive(Default)]
 struct FieldBuild {
@@ -908,6 +916,8 @@ impl FieldBuild {
             if pats.is_empty() {
                 return Ok(None);
             }
+            // The automaton kind is left to the crate: a full DFA for all SigmaHQ Windows rules
+            // measured no faster and took 1 GB.
             AhoCorasickBuilder::new()
                 .match_kind(MatchKind::Standard)
                 .ascii_case_insensitive(ci)
@@ -990,8 +1000,11 @@ impl MatcherBuilder {
                 Atom::Lazy(Lazy::FieldRef { field, other, anchor: *anchor, cased: *cased })
             }
         };
+        // Keyword literals are scanned on demand (see `Lazy::Keyword`), so they trigger nothing.
+        let keyword = field == KEYWORDS && matches!(atom, Atom::Eager);
+        let atom = if keyword { Atom::Lazy(Lazy::Keyword) } else { atom };
         self.atoms.push(atom);
-        self.eager.push(spec.is_eager());
+        self.eager.push(spec.is_eager() && !keyword);
         self.atom_ids.insert(key, a);
         a
     }
@@ -1003,7 +1016,43 @@ impl MatcherBuilder {
             Expr::Atom(a) => Cond::Atom(self.atom(a)),
             Expr::Not(x) => Cond::Not(Box::new(self.cond(x))),
             Expr::And(xs) => Cond::And(xs.iter().map(|x| self.cond(x)).collect()),
-            Expr::Or(xs) => Cond::Or(xs.iter().map(|x| self.cond(x)).collect()),
+            Expr::Or(xs) => {
+                let mut flat = Vec::new();
+                for x in xs {
+                    match self.cond(x) {
+                        Cond::Or(inner) => flat.extend(inner),
+                        c => flat.push(c),
+                    }
+                }
+                let eager: Vec<AtomId> = flat
+                    .iter()
+                    .filter_map(|c| match c {
+                        Cond::Atom(a) if self.eager[*a as usize] => Some(*a),
+                        _ => None,
+                    })
+                    .collect();
+                if eager.len() >= GROUP_MIN {
+                    let mut key = eager.clone();
+                    key.sort_unstable();
+                    key.dedup();
+                    let g = match self.group_ids.get(&key) {
+                        Some(&g) => g,
+                        None => {
+                            self.groups.push(key.clone());
+                            let g = (self.groups.len() - 1) as u32;
+                            self.group_ids.insert(key, g);
+                            g
+                        }
+                    };
+                    flat.retain(|c| !matches!(c, Cond::Atom(a) if self.eager[*a as usize]));
+                    flat.insert(0, Cond::AnyEager(g));
+                }
+                if flat.len() == 1 {
+                    flat.pop().expect("one element")
+                } else {
+                    Cond::Or(flat)
+                }
+            }
             Expr::AtLeast(n, xs) => Cond::AtLeast(*n, xs.iter().map(|x| self.cond(x)).collect()),
         }
     }
@@ -1014,6 +1063,7 @@ impl MatcherBuilder {
             Cond::False => Some(Vec::new()),
             Cond::True | Cond::Not(_) => None,
             Cond::Atom(a) => self.eager[*a as usize].then(|| vec![*a]),
+            Cond::AnyEager(g) => Some(self.groups[*g as usize].clone()),
             Cond::And(xs) => xs.iter().filter_map(|x| self.triggers(x)).min_by_key(|t| t.len()),
             Cond::Or(xs) | Cond::AtLeast(_, xs) => {
                 let mut all = Vec::new();
@@ -1073,6 +1123,12 @@ impl MatcherBuilder {
                 None => always.push(r as u32),
             }
         }
+        let mut atom_groups = vec![Vec::new(); self.atoms.len()];
+        for (g, atoms) in self.groups.iter().enumerate() {
+            for &a in atoms {
+                atom_groups[a as usize].push(g as u32);
+            }
+        }
         let mut core_lookup: Vec<Vec<FieldIdx>> = vec![Vec::new(); FieldId::all().count()];
         let mut ext_lookup: ahash::HashMap<Box<str>, Vec<FieldIdx>> = Default::default();
         let mut fields = Vec::with_capacity(self.fields.len());
@@ -1094,6 +1150,8 @@ impl MatcherBuilder {
             keywords: self.keywords.build()?,
             atoms: self.atoms,
             atom_rules,
+            atom_groups,
+            groups: self.groups.len(),
             routes: self.routes,
             rules: self.rules,
             always,

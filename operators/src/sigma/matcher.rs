@@ -79,6 +79,9 @@ pub enum Lazy {
         anchor: Anchor,
         cased: bool,
     },
+    /// A keyword literal: decided by one scan of every string value of the event, run the
+    /// first time any keyword atom is asked for (keyword rules are few and routed).
+    Keyword,
 }
 
 #[derive(Debug)]
@@ -96,6 +99,9 @@ pub enum Cond {
     And(Vec<Cond>),
     Or(Vec<Cond>),
     AtLeast(usize, Vec<Cond>),
+    /// Any of a group of eager atoms (a long value list): set while scanning, so evaluating
+    /// it costs one lookup however long the list.
+    AnyEager(u32),
 }
 
 /// What a literal occurrence in a field means.
@@ -165,6 +171,9 @@ pub struct Matcher {
     pub keywords: Scan,
     pub atoms: Vec<Atom>,
     pub atom_rules: Vec<Vec<RuleIdx>>,
+    /// Eager atom → the `AnyEager` groups it belongs to.
+    pub atom_groups: Vec<Vec<u32>>,
+    pub groups: usize,
     pub routes: Vec<Cond>,
     pub rules: Vec<CompiledRule>,
     /// Rules without trigger atoms, evaluated on every event their route admits.
@@ -178,6 +187,7 @@ pub struct Scratch {
     atom_gen: Vec<u32>,
     atom_val: Vec<bool>,
     rule_gen: Vec<u32>,
+    group_gen: Vec<u32>,
     route_gen: Vec<u32>,
     route_val: Vec<bool>,
     candidates: Vec<RuleIdx>,
@@ -185,6 +195,18 @@ pub struct Scratch {
     lower: Vec<u8>,
     fmt: String,
     fmt2: String,
+    keywords_gen: u32,
+    /// Work counters, for benchmarks and tuning.
+    pub stats: MatchStats,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MatchStats {
+    pub events: u64,
+    /// Literal occurrences found by the automata.
+    pub occurrences: u64,
+    /// Rule conditions evaluated.
+    pub evaluated: u64,
 }
 
 /// The text of a value as Sigma compares it (`None` for null and unreadable addresses).
@@ -233,6 +255,9 @@ impl Scratch {
             self.atom_gen = vec![0; m.atoms.len()];
             self.atom_val = vec![false; m.atoms.len()];
         }
+        if self.group_gen.len() != m.groups {
+            self.group_gen = vec![0; m.groups];
+        }
         if self.rule_gen.len() != m.rules.len() {
             self.rule_gen = vec![0; m.rules.len()];
         }
@@ -245,6 +270,7 @@ impl Scratch {
             // Wrapped: stale stamps could collide, so clear them once every 4 billion events.
             self.atom_gen.iter_mut().for_each(|g| *g = 0);
             self.rule_gen.iter_mut().for_each(|g| *g = 0);
+            self.group_gen.iter_mut().for_each(|g| *g = 0);
             self.route_gen.iter_mut().for_each(|g| *g = 0);
             self.generation = 1;
         }
@@ -261,7 +287,7 @@ impl Matcher {
         }
     }
 
-    fn fire(&self, s: &mut Scratch, atom: AtomId) {
+    fn fire(&self, s: &mut Scratch, atom: AtomId, trigger: bool) {
         let g = s.generation;
         let a = atom as usize;
         if s.atom_gen[a] == g && s.atom_val[a] {
@@ -269,6 +295,12 @@ impl Matcher {
         }
         s.atom_gen[a] = g;
         s.atom_val[a] = true;
+        for &grp in &self.atom_groups[a] {
+            s.group_gen[grp as usize] = g;
+        }
+        if !trigger {
+            return;
+        }
         for &r in &self.atom_rules[a] {
             if s.rule_gen[r as usize] != g {
                 s.rule_gen[r as usize] = g;
@@ -277,17 +309,18 @@ impl Matcher {
         }
     }
 
-    fn scan(&self, scan: &Scan, s: &mut Scratch, value: &str) {
+    fn scan(&self, scan: &Scan, s: &mut Scratch, value: &str, trigger: bool) {
         let bytes = value.as_bytes();
         let len = bytes.len();
         for (ac, hits) in [(&scan.ci, &scan.ci_hits), (&scan.cs, &scan.cs_hits)] {
             let Some(ac) = ac else { continue };
             for m in ac.find_overlapping_iter(bytes) {
+                s.stats.occurrences += 1;
                 for h in &hits[m.pattern().as_usize()] {
                     if anchored(h.anchor, m.start(), m.end(), len)
                         && (h.verify == NO_VERIFY || scan.verify[h.verify as usize].is_match(value))
                     {
-                        self.fire(s, h.atom);
+                        self.fire(s, h.atom, trigger);
                     }
                 }
             }
@@ -297,13 +330,13 @@ impl Matcher {
             s.lower.extend(bytes.iter().map(u8::to_ascii_lowercase));
             if let Some(atoms) = scan.ci_eq.get(s.lower.as_slice()) {
                 for &a in atoms {
-                    self.fire(s, a);
+                    self.fire(s, a, trigger);
                 }
             }
         }
         if let Some(atoms) = scan.cs_eq.get(bytes) {
             for &a in atoms {
-                self.fire(s, a);
+                self.fire(s, a, trigger);
             }
         }
     }
@@ -313,29 +346,32 @@ impl Matcher {
     pub fn match_event(&self, s: &mut Scratch, b: Bytes<'_>, slots: &[Slot], matched: &mut Vec<RuleIdx>) {
         s.begin(self);
         let mut fmt = std::mem::take(&mut s.fmt);
-        let keywords = !self.keywords.is_empty();
         for slot in slots {
             let fields = self.fields_for(b, slot.key);
-            if fields.is_empty() && !keywords {
+            if fields.is_empty() {
                 continue;
             }
+            let mut scanned = false;
             for &f in fields {
                 s.present.push((f, slot.value));
+                scanned |= !self.fields[f as usize].scan.is_empty();
+            }
+            if !scanned {
+                continue;
             }
             let Some(t) = text(b, slot.value, &mut fmt) else { continue };
             for &f in fields {
                 let scan = &self.fields[f as usize].scan;
                 if !scan.is_empty() {
-                    self.scan(scan, s, t);
+                    self.scan(scan, s, t, true);
                 }
-            }
-            if keywords && matches!(slot.value, Value::Str(_)) {
-                self.scan(&self.keywords, s, t);
             }
         }
         s.fmt = fmt;
         let first = matched.len();
         let candidates = std::mem::take(&mut s.candidates);
+        s.stats.events += 1;
+        s.stats.evaluated += (candidates.len() + self.always.len()) as u64;
         for &r in candidates.iter().chain(&self.always) {
             if self.rule_holds(r, s, b, slots) {
                 matched.push(r);
@@ -367,6 +403,7 @@ impl Matcher {
             Cond::True => true,
             Cond::False => false,
             Cond::Atom(a) => self.atom(*a, s, b, slots),
+            Cond::AnyEager(g) => s.group_gen[*g as usize] == s.generation,
             Cond::Not(x) => !self.eval(x, s, b, slots),
             Cond::And(xs) => xs.iter().all(|x| self.eval(x, s, b, slots)),
             Cond::Or(xs) => xs.iter().any(|x| self.eval(x, s, b, slots)),
@@ -394,6 +431,10 @@ impl Matcher {
             Atom::Eager => false,
             Atom::Lazy(l) => self.lazy(l, s, b, slots),
         };
+        if s.atom_gen[i] == s.generation {
+            // Decided while evaluating (a keyword scan sets every keyword atom at once).
+            return s.atom_val[i];
+        }
         s.atom_gen[i] = s.generation;
         s.atom_val[i] = v;
         v
@@ -464,6 +505,17 @@ impl Matcher {
                     CmpOp::Eq => x == *value,
                 })
             }),
+            Lazy::Keyword => {
+                if s.keywords_gen != s.generation {
+                    s.keywords_gen = s.generation;
+                    for slot in slots {
+                        if let Value::Str(r) = slot.value {
+                            self.scan(&self.keywords, s, b.str(r), false);
+                        }
+                    }
+                }
+                false // The scan set the keyword atoms that hold; this one did not.
+            }
             Lazy::Exists { field } => s.present.iter().any(|(f, _)| f == field),
             Lazy::Null { field } => {
                 let mut buf = std::mem::take(&mut s.fmt);

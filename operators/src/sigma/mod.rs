@@ -325,6 +325,10 @@ impl Detector {
         }
     }
 
+    pub fn stats(&self) -> matcher::MatchStats {
+        self.scratch.stats
+    }
+
     /// Counts matches only (for benchmarks): no alerts are built.
     pub fn count(&mut self, set: &RuleSet, batch: &EventBatch) -> usize {
         let b = batch.bytes();

@@ -75,7 +75,7 @@ pub fn read_rule_files(resources: &Resources, paths: &[String]) -> anyhow::Resul
 pub fn compile_files(
     files: &[RuleFile],
     opts: &CompileOptions,
-    mut lowered_out: Option<&mut Vec<LoweredRule>>,
+    lowered_out: Option<&mut Vec<LoweredRule>>,
 ) -> anyhow::Result<RuleSet> {
     let mut hasher = Xxh3::new();
     hasher.update(opts.fingerprint().as_bytes());
@@ -166,7 +166,7 @@ pub fn compile_files(
         }
     }
     let matcher = builder.build().map_err(|e| anyhow::anyhow!("building the matcher: {e}"))?;
-    if let Some(out) = lowered_out.as_deref_mut() {
+    if let Some(out) = lowered_out {
         out.extend(lowered);
     }
     Ok(RuleSet {
