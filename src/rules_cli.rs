@@ -203,7 +203,7 @@ fn explain(rule: &PathBuf, args: &CompileArgs) -> anyhow::Result<ExitCode> {
         println!("REJECTED {path} {id}: {why}\n");
     }
     for l in &lowered {
-        let m = &l.meta;
+        let m = &l.meta.rule;
         println!("rule      {} ({})", m.title, m.id);
         println!("level     {}  status {}  techniques {}", m.level, m.status, m.techniques.join(", "));
         let ls = &l.logsource;

@@ -156,6 +156,20 @@ sinks:
     Ok(())
 }
 
+/// The generator stream every single-thread benchmark uses: seeded, with attack scenarios.
+fn bench_generator(count: u64) -> Generator {
+    let cfg = GeneratorConfig {
+        count,
+        rate: 0,
+        seed: 42,
+        start_time: "2026-01-05T08:00:00Z".into(),
+        interval_ms: 10,
+        scenarios: true,
+        malformed_every: 0,
+    };
+    Generator::new("gen".into(), cfg, 1_767_600_000_000, 0, 1)
+}
+
 /// Runs `f`, returning its result, the time it took and the heap allocations it made.
 fn time<T>(f: impl FnOnce() -> T) -> (T, (Duration, u64)) {
     let a = ALLOCATIONS.load(std::sync::atomic::Ordering::Relaxed);
@@ -166,16 +180,7 @@ fn time<T>(f: impl FnOnce() -> T) -> (T, (Duration, u64)) {
 
 fn stages(count: u64, zstd_level: i32) -> anyhow::Result<()> {
     let rules = repo().join("rules");
-    let gen_cfg = GeneratorConfig {
-        count,
-        rate: 0,
-        seed: 42,
-        start_time: "2026-01-05T08:00:00Z".into(),
-        interval_ms: 10,
-        scenarios: true,
-        malformed_every: 0,
-    };
-    let mut generator = Generator::new("gen".into(), gen_cfg, 1_767_600_000_000, 0, 1);
+    let mut generator = bench_generator(count);
     let (raw, t_gen) = time(|| {
         let mut v = Vec::new();
         while let Ok(SourcePoll::Batch(b)) = generator.poll(1024) {

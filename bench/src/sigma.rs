@@ -9,7 +9,6 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use ward_connectors::sources::generator::{Generator, GeneratorConfig};
 use ward_engine::batch::{value_to_json, EventBatch, Key};
 use ward_engine::component::{Operator, OperatorOutput, Source, SourcePoll};
 use ward_engine::resources::Resources;
@@ -27,16 +26,7 @@ pub struct Args {
 
 /// Generator batches, parsed; and normalized.
 fn events(count: u64) -> anyhow::Result<(Vec<EventBatch>, Vec<EventBatch>)> {
-    let cfg = GeneratorConfig {
-        count,
-        rate: 0,
-        seed: 42,
-        start_time: "2026-01-05T08:00:00Z".into(),
-        interval_ms: 10,
-        scenarios: true,
-        malformed_every: 0,
-    };
-    let mut generator = Generator::new("gen".into(), cfg, 1_767_600_000_000, 0, 1);
+    let mut generator = crate::bench_generator(count);
     let mut parser = RecordParser::new(
         "parse".into(),
         Format::Auto,
@@ -104,11 +94,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     // Only rules Ward compiles take part (all engines get the same files).
     let full = compile_files(&all_files, &opts, None)?;
     let rejected: std::collections::HashSet<&str> = full.rejections().iter().map(|r| r.0).collect();
-    let files: Vec<RuleFile> = all_files
-        .into_iter()
-        .filter(|f| !rejected.contains(f.path.as_str()))
-        .map(|f| RuleFile { path: f.path, rel: f.rel, text: f.text })
-        .collect();
+    let files: Vec<RuleFile> = all_files.iter().filter(|f| !rejected.contains(f.path.as_str())).cloned().collect();
     println!("rules: {} ({} files compile, {} rejected)", args.rules, files.len(), full.rejected());
     let (parsed, normalized) = events(args.count)?;
     let n_events: usize = normalized.iter().map(EventBatch::len).sum();
@@ -119,10 +105,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut per_event = Vec::new();
     for size in &args.sizes {
         let n = if size == "all" { files.len() } else { size.parse()? };
-        let subset: Vec<RuleFile> = pick(&files, n)
-            .into_iter()
-            .map(|f| RuleFile { path: f.path.clone(), rel: f.rel.clone(), text: f.text.clone() })
-            .collect();
+        let subset: Vec<RuleFile> = pick(&files, n).into_iter().cloned().collect();
         let t = Instant::now();
         let set = compile_files(&subset, &opts, None)?;
         let compile_s = t.elapsed().as_secs_f64();

@@ -804,12 +804,14 @@ pub fn lower_rule(opts: &CompileOptions, rule: &SigmaRule, path: &str) -> Result
     let level = rule.level.map(|x| x.as_str().to_string()).unwrap_or_default();
     let status = rule.status.map(|s| format!("{s:?}").to_lowercase()).unwrap_or_default();
     let meta = Arc::new(RuleMeta {
-        id: rule.id.clone().unwrap_or_else(|| rule.title.clone()),
-        title: rule.title.clone(),
-        level,
-        status,
-        tags: rule.tags.clone(),
-        techniques: ward_engine::alert::attack_techniques(&rule.tags),
+        rule: ward_engine::alert::AlertRule {
+            id: rule.id.clone().unwrap_or_else(|| rule.title.clone()),
+            title: rule.title.clone(),
+            level,
+            status,
+            tags: rule.tags.clone(),
+            techniques: ward_engine::alert::attack_techniques(&rule.tags),
+        },
         path: path.to_string(),
     });
     Ok(LoweredRule {
@@ -1156,9 +1158,5 @@ impl MatcherBuilder {
             rules: self.rules,
             always,
         })
-    }
-
-    pub fn rule_count(&self) -> usize {
-        self.rules.len()
     }
 }

@@ -147,13 +147,9 @@ pub struct Selection {
     pub fields: Vec<(String, FieldIdx)>,
 }
 
+/// A compiled rule's identity: what its alerts carry, and the file it came from.
 pub struct RuleMeta {
-    pub id: String,
-    pub title: String,
-    pub level: String,
-    pub status: String,
-    pub tags: Vec<String>,
-    pub techniques: Vec<String>,
+    pub rule: ward_engine::alert::AlertRule,
     pub path: String,
 }
 
@@ -195,6 +191,7 @@ pub struct Scratch {
     lower: Vec<u8>,
     fmt: String,
     fmt2: String,
+    ref_ends: Vec<usize>,
     keywords_gen: u32,
     /// Work counters, for benchmarks and tuning.
     pub stats: MatchStats,
@@ -527,19 +524,19 @@ impl Matcher {
             Lazy::FieldRef { field, other, anchor, cased } => {
                 // Collect the referenced values first (the closure below borrows the buffer).
                 let mut refs = std::mem::take(&mut s.fmt2);
+                let mut ends = std::mem::take(&mut s.ref_ends);
+                let mut buf = std::mem::take(&mut s.fmt);
                 refs.clear();
-                let mut ends = Vec::new();
-                {
-                    let mut buf = String::new();
-                    for &(f, v) in &s.present {
-                        if f == *other {
-                            if let Some(t) = text(b, v, &mut buf) {
-                                refs.push_str(t);
-                                ends.push(refs.len());
-                            }
+                ends.clear();
+                for &(f, v) in &s.present {
+                    if f == *other {
+                        if let Some(t) = text(b, v, &mut buf) {
+                            refs.push_str(t);
+                            ends.push(refs.len());
                         }
                     }
                 }
+                s.fmt = buf;
                 let found = self.any_value(*field, s, b, slots, |_, t| {
                     let mut start = 0;
                     ends.iter().any(|&end| {
@@ -549,6 +546,7 @@ impl Matcher {
                     })
                 });
                 s.fmt2 = refs;
+                s.ref_ends = ends;
                 found
             }
         }

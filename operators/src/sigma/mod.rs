@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use arc_swap::ArcSwap;
 use schemars::JsonSchema;
 use serde::Deserialize;
-use ward_engine::alert::{priority_for_level, Alert, AlertOrigin, AlertRule};
+use ward_engine::alert::{priority_for_level, Alert, AlertOrigin};
 use ward_engine::batch::{EventBatch, Key, Value};
 use ward_engine::clock::EpochClock;
 use ward_engine::component::{Built, Operator, OperatorFactory, OperatorOutput, StreamKind, WorkerContext};
@@ -350,6 +350,7 @@ impl Detector {
         matches: Vec<ward_engine::alert::MatchedSelection>,
     ) -> Alert {
         let meta = &set.matcher.rules[r as usize].meta;
+        let id = &meta.rule.id;
         let p = batch.provenance(row);
         let b = batch.bytes();
         let mut event_id = None;
@@ -362,21 +363,14 @@ impl Detector {
             }
         }
         let mut h = xxhash_rust::xxh3::Xxh3::new();
-        for part in [meta.id.as_bytes(), p.source.as_bytes(), p.partition.as_bytes(), &p.offset.to_le_bytes()] {
+        for part in [id.as_bytes(), p.source.as_bytes(), p.partition.as_bytes(), &p.offset.to_le_bytes()] {
             h.update(part);
             h.update(&[0]);
         }
         Alert {
             alert_id: format!("{:032x}", h.digest128()),
-            rule: AlertRule {
-                id: meta.id.clone(),
-                title: meta.title.clone(),
-                level: meta.level.clone(),
-                status: meta.status.clone(),
-                tags: meta.tags.clone(),
-                techniques: meta.techniques.clone(),
-            },
-            priority: priority_for_level(&meta.level),
+            rule: meta.rule.clone(),
+            priority: priority_for_level(&meta.rule.level),
             ruleset_version: set.version.clone(),
             detector: self.component.to_string(),
             matches,

@@ -46,6 +46,7 @@ impl RuleSet {
 }
 
 /// What `load` works on: rule files in memory, so the CLI, tests and the operator share it.
+#[derive(Clone, Debug)]
 pub struct RuleFile {
     pub path: String,
     /// The path below the directory it was found in (what the version hashes, so that moving
@@ -143,7 +144,7 @@ pub fn compile_files(
     // Filters name their targets by id or name.
     let mut names: HashMap<String, usize> = HashMap::new();
     for (i, l) in lowered.iter().enumerate() {
-        names.insert(l.meta.id.clone(), i);
+        names.insert(l.meta.rule.id.clone(), i);
     }
     for (path, flt) in &filters {
         let status = match apply_filter(opts, flt, &mut lowered, &names) {
