@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::alert::Alert;
 use crate::batch::EventBatch;
+use crate::case::CaseRecord;
 use crate::clock::EpochClock;
 use crate::quarantine::QuarantineRecord;
 use crate::resources::Resources;
@@ -27,6 +28,8 @@ pub enum StreamKind {
     Quarantine,
     /// Detection alerts.
     Alerts,
+    /// Case and SLA records.
+    Cases,
 }
 
 impl StreamKind {
@@ -36,6 +39,7 @@ impl StreamKind {
             StreamKind::Events => "events",
             StreamKind::Quarantine => "quarantine",
             StreamKind::Alerts => "alerts",
+            StreamKind::Cases => "cases",
         }
     }
 }
@@ -46,14 +50,30 @@ pub enum Payload {
     Events(EventBatch),
     Quarantine(Vec<QuarantineRecord>),
     Alerts(Vec<Alert>),
+    Cases(Vec<CaseRecord>),
+    /// Event-time progress travelling with the data (not records: sinks skip it).
+    Progress(Progress),
+}
+
+/// Event-time progress marks (see [`crate::time`]).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Progress {
+    /// A source instance will read these partitions; each holds the watermark back until it
+    /// produces or goes idle.
+    Partitions { source: Arc<str>, partitions: Vec<Arc<str>> },
+    /// The watermark of stateful operator `from` on this worker.
+    Watermark { from: Arc<str>, time: crate::time::EventTime },
 }
 
 impl Payload {
+    /// Number of records (progress marks count as none).
     pub fn len(&self) -> usize {
         match self {
             Payload::Events(b) => b.len(),
             Payload::Quarantine(q) => q.len(),
             Payload::Alerts(a) => a.len(),
+            Payload::Cases(c) => c.len(),
+            Payload::Progress(_) => 0,
         }
     }
     pub fn is_empty(&self) -> bool {
@@ -89,6 +109,11 @@ pub enum SourcePoll {
 pub trait Source {
     /// Produces at most `max_rows` records.
     fn poll(&mut self, max_rows: usize) -> anyhow::Result<SourcePoll>;
+    /// The partitions this instance will read (announced before its first record so that
+    /// event-time watermarks wait for partitions that have not produced yet).
+    fn partitions(&self) -> Vec<Arc<str>> {
+        Vec::new()
+    }
 }
 
 /// Where an operator puts its results for one input batch.
@@ -100,6 +125,8 @@ pub struct OperatorOutput {
     pub filtered: u64,
     /// Alerts raised (operators whose output stream is alerts).
     pub alerts: Vec<Alert>,
+    /// Case and SLA records (the `sla` operator).
+    pub cases: Vec<CaseRecord>,
     /// Input events fully handled without being passed on (a matcher evaluated them); they
     /// count as the operator's output in the ledger.
     pub consumed: u64,
@@ -163,4 +190,6 @@ pub enum Built {
     Source(Arc<dyn SourceFactory>),
     Operator(Arc<dyn OperatorFactory>),
     Sink(Arc<dyn SinkFactory>),
+    /// A stateful operator: keyed state exchanged by key group, driven by event time.
+    Keyed(Arc<dyn crate::keyed::KeyedOperatorFactory>),
 }

@@ -5,15 +5,19 @@
 pub mod admin;
 pub mod alert;
 pub mod batch;
+pub mod case;
 pub mod clock;
 pub mod component;
 pub mod fields;
+pub mod keyed;
 pub mod metrics;
 pub mod quarantine;
 pub mod registry;
 pub mod resources;
 pub mod runtime;
 pub mod spec;
+pub mod stateful;
+pub mod time;
 
 pub use anyhow;
 pub use marked_yaml;

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use prometheus::{
-    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,
 };
 
@@ -30,6 +30,13 @@ pub struct Metrics {
     alerts: IntCounterVec,
     rules_loaded: IntGaugeVec,
     ruleset_info: IntGaugeVec,
+    watermark_lag: GaugeVec,
+    watermark: GaugeVec,
+    late: IntCounterVec,
+    state_keys: IntGaugeVec,
+    sla_tta: HistogramVec,
+    sla_ttc: HistogramVec,
+    sla_breaches: IntCounterVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -75,7 +82,44 @@ impl Metrics {
             "1 for the version (content hash) of a detector's running rule set",
             &["component", "version"],
         );
+        let gauge_f = |name: &str, help: &str| {
+            let g = GaugeVec::new(Opts::new(name, help), &["component"]).expect("valid metric");
+            registry.register(Box::new(g.clone())).expect("unique metric");
+            g
+        };
+        let histogram = |name: &str, help: &str| {
+            // 1 minute … about 2 days.
+            let h = HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(vec![
+                    60.0, 300.0, 600.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 86400.0, 172800.0,
+                ]),
+                &["component", "priority"],
+            )
+            .expect("valid metric");
+            registry.register(Box::new(h.clone())).expect("unique metric");
+            h
+        };
         Arc::new(Metrics {
+            watermark_lag: gauge_f(
+                "ward_watermark_lag_seconds",
+                "Wall-clock time minus a stateful operator's event-time watermark",
+            ),
+            watermark: gauge_f("ward_watermark_seconds", "A stateful operator's event-time watermark (Unix seconds)"),
+            late: counter(
+                &registry,
+                "ward_late_events_total",
+                "Records behind the watermark beyond the allowed lateness (also quarantined as late_event)",
+                &["component"],
+            ),
+            state_keys: gauge_vec("ward_state_keys", "Keys with live state in a stateful operator", &["component"]),
+            sla_tta: histogram("ward_sla_tta_seconds", "Time to acknowledge of cases, by priority"),
+            sla_ttc: histogram("ward_sla_ttc_seconds", "Time to contain of cases, by priority"),
+            sla_breaches: counter(
+                &registry,
+                "ward_sla_breaches_total",
+                "SLA deadlines breached, by priority and SLA (acknowledge, contain)",
+                &["component", "priority", "sla"],
+            ),
             alerts: counter(&registry, "ward_alerts_total", "Alerts a detector raised", &["component"]),
             rules_loaded,
             ruleset_info,
@@ -146,6 +190,13 @@ impl Metrics {
             rules_compiled: self.rules_loaded.with_label_values(&[id, "compiled"]),
             rules_rejected: self.rules_loaded.with_label_values(&[id, "rejected"]),
             ruleset_info: self.ruleset_info.clone(),
+            watermark_lag: self.watermark_lag.with_label_values(&[id]),
+            watermark: self.watermark.with_label_values(&[id]),
+            late: self.late.with_label_values(&[id]),
+            state_keys: self.state_keys.with_label_values(&[id]),
+            sla_tta: self.sla_tta.clone(),
+            sla_ttc: self.sla_ttc.clone(),
+            sla_breaches: self.sla_breaches.clone(),
             quarantined: Reason::ALL.iter().map(|r| self.quarantined.with_label_values(&[id, r.as_str()])).collect(),
         }
     }
@@ -174,6 +225,13 @@ pub struct ComponentMetrics {
     pub rules_compiled: IntGauge,
     pub rules_rejected: IntGauge,
     ruleset_info: IntGaugeVec,
+    pub watermark_lag: Gauge,
+    pub watermark: Gauge,
+    pub late: IntCounter,
+    pub state_keys: IntGauge,
+    sla_tta: HistogramVec,
+    sla_ttc: HistogramVec,
+    sla_breaches: IntCounterVec,
     quarantined: Vec<IntCounter>,
 }
 
@@ -184,6 +242,24 @@ impl ComponentMetrics {
             let _ = self.ruleset_info.remove_label_values(&[&self.id, p]);
         }
         self.ruleset_info.with_label_values(&[&*self.id, version]).set(1);
+    }
+    /// Records an event-time watermark (skips the open-ended values).
+    pub fn set_watermark(&self, t: crate::time::EventTime) {
+        if t == crate::time::WATERMARK_MIN || t == crate::time::WATERMARK_END {
+            return;
+        }
+        let now = chrono::Utc::now().timestamp_millis();
+        self.watermark.set(t as f64 / 1000.0);
+        self.watermark_lag.set((now - t) as f64 / 1000.0);
+    }
+    pub fn observe_tta(&self, priority: &str, seconds: f64) {
+        self.sla_tta.with_label_values(&[&*self.id, priority]).observe(seconds);
+    }
+    pub fn observe_ttc(&self, priority: &str, seconds: f64) {
+        self.sla_ttc.with_label_values(&[&*self.id, priority]).observe(seconds);
+    }
+    pub fn sla_breached(&self, priority: &str, sla: &str) {
+        self.sla_breaches.with_label_values(&[&*self.id, priority, sla]).inc();
     }
     pub fn quarantined(&self, reason: Reason) -> &IntCounter {
         let i = Reason::ALL.iter().position(|r| *r == reason).expect("every reason has a counter");

@@ -44,6 +44,8 @@ pub enum Reason {
     MissingField,
     /// An event older than the allowed lateness behind the watermark.
     LateEvent,
+    /// A stateful operator needs an event time and the record has none.
+    MissingEventTime,
 }
 
 impl Reason {
@@ -64,6 +66,7 @@ impl Reason {
         Reason::InvalidValue,
         Reason::MissingField,
         Reason::LateEvent,
+        Reason::MissingEventTime,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -84,6 +87,7 @@ impl Reason {
             Reason::InvalidValue => "invalid_value",
             Reason::MissingField => "missing_field",
             Reason::LateEvent => "late_event",
+            Reason::MissingEventTime => "missing_event_time",
         }
     }
 }
@@ -125,6 +129,26 @@ impl QuarantineRecord {
             offset: p.offset,
             payload: payload[..payload.len().min(MAX_QUARANTINED_PAYLOAD)].to_vec(),
             payload_len: payload.len(),
+        }
+    }
+
+    /// Quarantines an alert (its JSON is the payload).
+    pub fn from_alert(
+        alert: &crate::alert::Alert,
+        component: &Arc<str>,
+        reason: Reason,
+        detail: impl Into<String>,
+    ) -> Self {
+        let payload = serde_json::to_vec(alert).unwrap_or_default();
+        QuarantineRecord {
+            reason,
+            detail: detail.into(),
+            component: component.clone(),
+            source: alert.origin.source.as_str().into(),
+            partition: alert.origin.partition.as_str().into(),
+            offset: alert.origin.offset,
+            payload_len: payload.len(),
+            payload: payload[..payload.len().min(MAX_QUARANTINED_PAYLOAD)].to_vec(),
         }
     }
 

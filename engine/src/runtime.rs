@@ -21,7 +21,7 @@ use timely::dataflow::{Scope, Stream};
 use crate::admin::AdminServer;
 use crate::batch::EventBatch;
 use crate::clock::EpochClock;
-use crate::component::{Built, Operator, OperatorOutput, Payload, Sink, Source, SourcePoll, WorkerContext};
+use crate::component::{Built, Operator, OperatorOutput, Payload, Progress, Sink, Source, SourcePoll, WorkerContext};
 use crate::metrics::{ComponentMetrics, Metrics};
 use crate::registry::Section;
 use crate::spec::{ComponentSpec, InputRef, Port, Spec};
@@ -350,6 +350,21 @@ fn build_dataflow<'s>(scope: Scope<'s, Epoch>, shared: &Arc<Shared>) {
                 main.insert(c.id.clone(), m);
                 quarantine.insert(c.id.clone(), q);
             }
+            Built::Keyed(factory) => {
+                let inputs: Vec<_> = c
+                    .inputs
+                    .iter()
+                    .map(|i| (stream_of(i, &main, &quarantine, scope), input_timing(&shared.spec, i)))
+                    .collect();
+                let parts = factory.router(&ctx).and_then(|r| Ok((r, factory.operator(&ctx)?)));
+                let (router, op) = parts.unwrap_or_else(|e| {
+                    shared.fail(format!("operator `{}`: {e:#}", c.id));
+                    (Box::new(DropAll) as Box<dyn crate::keyed::Router>, Box::new(NoState) as Box<dyn crate::keyed::KeyedOperator>)
+                });
+                let (m, q) = crate::stateful::build(inputs, c.id.as_str().into(), router, op, metrics);
+                main.insert(c.id.clone(), m);
+                quarantine.insert(c.id.clone(), q);
+            }
             Built::Sink(factory) => {
                 let input = inputs_of(scope, c, &main, &quarantine);
                 match factory.create(&ctx) {
@@ -370,23 +385,62 @@ fn inputs_of<'s>(
     main: &HashMap<String, PayloadStream<'s>>,
     quarantine: &HashMap<String, PayloadStream<'s>>,
 ) -> PayloadStream<'s> {
-    let mut streams = Vec::new();
-    for input in &c.inputs {
-        match input {
-            InputRef::Component { id, port: Port::Main } => streams.push(main[id].clone()),
-            InputRef::Component { id, port: Port::Quarantine } => streams.push(quarantine[id].clone()),
-            InputRef::AllQuarantine => {
-                let mut ids: Vec<_> = quarantine.keys().collect();
-                ids.sort();
-                streams.extend(ids.into_iter().map(|id| quarantine[id].clone()));
-            }
-        }
-    }
+    let mut streams: Vec<_> = c.inputs.iter().map(|i| stream_of(i, main, quarantine, scope)).collect();
     if streams.len() == 1 {
         streams.pop().expect("one stream")
     } else {
         scope.concatenate(streams)
     }
+}
+
+fn stream_of<'s>(
+    input: &InputRef,
+    main: &HashMap<String, PayloadStream<'s>>,
+    quarantine: &HashMap<String, PayloadStream<'s>>,
+    scope: Scope<'s, Epoch>,
+) -> PayloadStream<'s> {
+    match input {
+        InputRef::Component { id, port: Port::Main } => main[id].clone(),
+        InputRef::Component { id, port: Port::Quarantine } => quarantine[id].clone(),
+        InputRef::AllQuarantine => {
+            let mut ids: Vec<_> = quarantine.keys().collect();
+            ids.sort();
+            scope.concatenate(ids.into_iter().map(|id| quarantine[id].clone()))
+        }
+    }
+}
+
+/// Where an input of a stateful operator gets its event time: the sources it reads through
+/// stateless operators, and the stateful operators it reads from.
+fn input_timing(spec: &Spec, input: &InputRef) -> crate::stateful::InputTiming {
+    let mut timing = crate::stateful::InputTiming::default();
+    let mut todo: Vec<&str> = match input {
+        InputRef::Component { id, .. } => vec![id.as_str()],
+        InputRef::AllQuarantine => spec.components.iter().map(|c| c.id.as_str()).collect(),
+    };
+    let mut seen = std::collections::HashSet::new();
+    while let Some(id) = todo.pop() {
+        if !seen.insert(id) {
+            continue;
+        }
+        let Some(c) = spec.component(id) else { continue };
+        match &c.built {
+            Built::Source(_) => {
+                timing.sources.insert(c.id.clone(), c.event_time.clone());
+            }
+            Built::Keyed(_) => timing.upstream.push(c.id.as_str().into()),
+            _ => {
+                for i in &c.inputs {
+                    match i {
+                        InputRef::Component { id, .. } => todo.push(id.as_str()),
+                        InputRef::AllQuarantine => todo.extend(spec.components.iter().map(|c| c.id.as_str())),
+                    }
+                }
+            }
+        }
+    }
+    timing.upstream.sort();
+    timing
 }
 
 fn build_source<'s>(
@@ -403,12 +457,23 @@ fn build_source<'s>(
     let activator = scope.activator_for(info.address.clone());
     let batch_size = shared.spec.settings.batch_size.max(1);
     let id = c.id.clone();
+    let source_id: Arc<str> = c.id.as_str().into();
     builder.build(move |mut caps| {
         let mut caps = Some((caps.remove(0), caps.remove(0)));
+        let mut announced = false;
         move |_frontiers| {
             let Some((cap, qcap)) = caps.as_mut() else {
                 return;
             };
+            if !announced {
+                // At epoch 0, before any record: watermarks wait for these partitions.
+                announced = true;
+                let partitions = source.partitions();
+                if !partitions.is_empty() {
+                    let p = Progress::Partitions { source: source_id.clone(), partitions };
+                    out.activate().give(&*cap, &mut vec![Payload::Progress(p)]);
+                }
+            }
             if shared.stop.load(Ordering::SeqCst) {
                 caps = None;
                 return;
@@ -479,9 +544,15 @@ fn build_operator<'s>(
         move |_frontiers| {
             input.for_each(|cap, data| {
                 for payload in data.drain(..) {
-                    let Payload::Events(batch) = payload else {
+                    let batch = match payload {
+                        Payload::Events(batch) => batch,
+                        // Event-time progress passes stateless operators unchanged.
+                        p @ Payload::Progress(_) => {
+                            out.activate().give(&cap, &mut vec![p]);
+                            continue;
+                        }
                         // The spec checker only connects event streams to operators.
-                        continue;
+                        _ => continue,
                     };
                     let started = Instant::now();
                     let n = batch.len() as u64;
@@ -536,6 +607,9 @@ fn build_sink<'s>(
             };
             input.for_each(|_cap, data| {
                 for payload in data.drain(..) {
+                    if let Payload::Progress(_) = payload {
+                        continue;
+                    }
                     let started = Instant::now();
                     let n = payload.len() as u64;
                     metrics.records_in.inc_by(n);
@@ -583,6 +657,25 @@ struct PassThrough;
 impl Operator for PassThrough {
     fn process(&mut self, batch: EventBatch, _epoch: u64, out: &mut OperatorOutput) {
         out.events.push(batch);
+    }
+}
+struct DropAll;
+impl crate::keyed::Router for DropAll {
+    fn route(&mut self, _: crate::keyed::RecordRef<'_>, _: &mut Vec<u64>) -> crate::keyed::Route {
+        crate::keyed::Route::Drop
+    }
+}
+struct NoState;
+impl crate::keyed::KeyedOperator for NoState {
+    fn advance(&mut self, _: i64, _: &mut OperatorOutput) {}
+    fn snapshot(&self, _: u16) -> anyhow::Result<Vec<u8>> {
+        Ok(Vec::new())
+    }
+    fn restore(&mut self, _: u16, _: &[u8]) -> anyhow::Result<()> {
+        Ok(())
+    }
+    fn live_keys(&self) -> usize {
+        0
     }
 }
 struct Discard;

@@ -117,6 +117,8 @@ pub struct ComponentSpec {
     pub inputs: Vec<InputRef>,
     pub built: Built,
     pub position: (usize, usize),
+    /// Event-time settings (sources only; defaults elsewhere).
+    pub event_time: crate::time::EventTimeConfig,
 }
 
 impl ComponentSpec {
@@ -259,6 +261,7 @@ struct Pending {
     inputs: Vec<(InputRef, Marker)>,
     built: Option<Built>,
     marker: Marker,
+    event_time: crate::time::EventTimeConfig,
 }
 
 impl Validator {
@@ -343,6 +346,7 @@ impl Validator {
                 inputs: p.inputs.into_iter().map(|(i, _)| i).collect(),
                 built: p.built.expect("built when there are no errors"),
                 position: (p.marker.line(), p.marker.column()),
+                event_time: p.event_time,
             })
             .collect();
         Some(Spec {
@@ -440,9 +444,24 @@ impl Validator {
             (None, Section::Source) => {}
         }
 
+        let mut event_time = crate::time::EventTimeConfig::default();
+        if let Some(n) = map.get_node("event_time") {
+            if section != Section::Source {
+                self.err(n.span().start(), format!("component `{id}`: only sources have `event_time`"));
+            } else {
+                match marked_yaml::from_node::<crate::time::EventTimeConfig>(n) {
+                    Ok(c) => event_time = c,
+                    Err(e) => {
+                        let m = e.start_mark().or_else(|| n.span().start().copied());
+                        self.err(m.as_ref(), format!("source `{id}`: `event_time`: {e}"));
+                    }
+                }
+            }
+        }
+
         // The config is the mapping minus the generic keys.
         let mut config = map.clone();
-        for k in ["id", "type", "inputs"] {
+        for k in ["id", "type", "inputs", "event_time"] {
             config.remove(k);
         }
         let config_node = Node::from(config);
@@ -455,7 +474,7 @@ impl Validator {
                 None
             }
         };
-        Some(Pending { id, kind, inputs, built, marker: start })
+        Some(Pending { id, kind, inputs, built, marker: start, event_time })
     }
 
     /// Unique ids, inputs that exist, stream kinds that match, outputs that are consumed.
@@ -657,6 +676,8 @@ pub fn json_schema(registry: &Registry) -> serde_json::Value {
                     p.insert("type".into(), json!({"const": kind.type_name}));
                     if section != Section::Source {
                         p.insert("inputs".into(), json!({"type": "array", "items": {"type": "string"}, "minItems": 1}));
+                    } else {
+                        p.insert("event_time".into(), json!({"$ref": "#/$defs/EventTimeConfig"}));
                     }
                 }
                 let req = obj.entry("required").or_insert_with(|| json!([]));
@@ -672,6 +693,11 @@ pub fn json_schema(registry: &Registry) -> serde_json::Value {
         }
         sections.insert(section.key().into(), json!({"type": "array", "items": {"oneOf": variants}}));
     }
+    let mut event_time = generator.root_schema_for::<crate::time::EventTimeConfig>().to_value();
+    if let Some(obj) = event_time.as_object_mut() {
+        obj.remove("$schema");
+    }
+    defs.insert("EventTimeConfig".into(), event_time);
     let settings = generator.root_schema_for::<Settings>().to_value();
     let mut props = sections;
     props.insert("name".into(), json!({"type": "string"}));

@@ -25,7 +25,8 @@ impl ComponentConfig for JsonlSinkConfig {
     const TYPE: &'static str = "jsonl";
     const SECTION: Section = Section::Sink;
     const DESCRIPTION: &'static str = "Write events, quarantined records or alerts as JSON lines to a file or stdout";
-    const ACCEPTS: &'static [StreamKind] = &[StreamKind::Events, StreamKind::Quarantine, StreamKind::Alerts];
+    const ACCEPTS: &'static [StreamKind] =
+        &[StreamKind::Events, StreamKind::Quarantine, StreamKind::Alerts, StreamKind::Cases];
     const OUTPUT: Option<StreamKind> = None;
 
     fn build(self, ctx: &BuildContext<'_>) -> anyhow::Result<Built> {
@@ -105,6 +106,13 @@ impl Sink for JsonlSink {
                     self.buf.push(b'\n');
                 }
             }
+            Payload::Cases(cases) => {
+                for c in cases {
+                    serde_json::to_writer(&mut self.buf, c)?;
+                    self.buf.push(b'\n');
+                }
+            }
+            Payload::Progress(_) => {}
         }
         if self.buf.len() > 1 << 20 {
             let mut w = self.writer.lock().map_err(|_| anyhow::anyhow!("writer lock poisoned"))?;

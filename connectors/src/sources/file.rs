@@ -192,6 +192,12 @@ fn read_line_bounded(r: &mut dyn BufRead, buf: &mut Vec<u8>, max: usize) -> std:
 }
 
 impl Source for FileSource {
+    fn partitions(&self) -> Vec<Arc<str>> {
+        let mut p: Vec<Arc<str>> = self.current.iter().map(|f| f.partition.clone()).collect();
+        p.extend(self.pending.iter().map(|path| path.to_string_lossy().into_owned().into()));
+        p
+    }
+
     fn poll(&mut self, max_rows: usize) -> anyhow::Result<SourcePoll> {
         if let Some(q) = self.deferred.take() {
             return Ok(SourcePoll::Quarantine(q));

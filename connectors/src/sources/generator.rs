@@ -532,6 +532,13 @@ impl std::fmt::Display for JsonStr<'_> {
 }
 
 impl Source for Generator {
+    fn partitions(&self) -> Vec<Arc<str>> {
+        if self.config.count > 0 && self.next_k >= self.config.count {
+            return Vec::new();
+        }
+        vec![self.partition.clone()]
+    }
+
     fn poll(&mut self, max_rows: usize) -> anyhow::Result<SourcePoll> {
         let count = self.config.count;
         if count > 0 && self.next_k >= count {

@@ -79,6 +79,14 @@ pub struct LineChannel {
 }
 
 impl Source for LineChannel {
+    fn partitions(&self) -> Vec<Arc<str>> {
+        if self.rx.is_some() {
+            vec![self.partition.clone()]
+        } else {
+            Vec::new()
+        }
+    }
+
     fn poll(&mut self, max_rows: usize) -> anyhow::Result<SourcePoll> {
         let Some(rx) = &self.rx else {
             return Ok(SourcePoll::Done);
