@@ -22,6 +22,10 @@ const FILES: &[(&str, &[u8])] = &[
         include_bytes!("../rules/sigma/ward/win_security_failed_logon.yml"),
     ),
     ("rules/sigma/ward/lnx_usermod_sudo_group.yml", include_bytes!("../rules/sigma/ward/lnx_usermod_sudo_group.yml")),
+    (
+        "rules/sigma/ward/corr_win_brute_force_then_admin_group.yml",
+        include_bytes!("../rules/sigma/ward/corr_win_brute_force_then_admin_group.yml"),
+    ),
 ];
 
 /// Writes the demo files under `out` and returns the spec's path.

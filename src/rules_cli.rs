@@ -144,7 +144,7 @@ fn check(rules: &[PathBuf], args: &CompileArgs, json: bool) -> anyhow::Result<Ex
             "compiled": set.compiled(),
             "rejected": set.rejected(),
             "compiled_percent": pct,
-            "correlations": set.correlations.len(),
+            "correlations": set.correlations.rules.len(),
             "filters": filters,
             "unrouted": set.unrouted,
             "rejections": set.rejections().iter().map(|(p, id, why)| serde_json::json!({"path": p, "id": id, "reason": why})).collect::<Vec<_>>(),
@@ -169,7 +169,7 @@ fn check(rules: &[PathBuf], args: &CompileArgs, json: bool) -> anyhow::Result<Ex
     for (class, n) in classes {
         println!("      {n:>6}  {class}");
     }
-    println!("  correlations  {:>6}  (loaded for the correlation operator)", set.correlations.len());
+    println!("  correlations  {:>6}  (loaded for the correlation operator)", set.correlations.rules.len());
     println!("  filters       {:>6}", filters);
     println!("  unrouted      {:>6}  (compiled; no logsource entry narrows them)", set.unrouted);
     Ok(ExitCode::SUCCESS)

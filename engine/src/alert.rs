@@ -55,6 +55,49 @@ pub struct Alert {
     /// A copy of the normalized event (omitted when the detector is configured so).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event: Option<serde_json::Value>,
+    /// Values of the fields correlation rules group or aggregate this rule's alerts by
+    /// (Sigma field name, value); for correlation alerts, their group-by values.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fields: Vec<(String, String)>,
+    /// Set on alerts raised by a correlation rule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation: Option<CorrelationInfo>,
+    /// Set on alerts that stand for a suppressed series of equal alerts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suppression: Option<Suppression>,
+}
+
+/// What made a correlation rule fire.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CorrelationInfo {
+    /// `event_count`, `value_count`, `temporal`, `temporal_ordered`, `value_sum`, ...
+    pub kind: String,
+    /// (group-by field, value).
+    pub group_by: Vec<(String, String)>,
+    /// Event time of the earliest contributing alert and of the one that completed the window.
+    pub window_start_ms: i64,
+    pub window_end_ms: i64,
+    /// The aggregated value that met the condition (count, distinct count, sum, average,
+    /// percentile, or number of distinct rules for temporal types).
+    pub value: f64,
+    /// The condition, e.g. `gte 5`.
+    pub condition: String,
+    /// Ids of the contributing alerts, in event-time order.
+    pub contributing: Vec<String>,
+}
+
+/// A representative alert for a run of equal alerts collapsed by suppression.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Suppression {
+    /// The suppression key (rendered).
+    pub key: String,
+    /// Alerts collapsed into this one, itself not included.
+    pub suppressed: u64,
+    pub first_seen_ms: i64,
+    pub last_seen_ms: i64,
+    /// The event-time bucket `[start, end)` the alerts fell in.
+    pub bucket_start_ms: i64,
+    pub bucket_end_ms: i64,
 }
 
 /// Sigma level → priority: critical 1, high 2, medium 3, low 4, informational (or none) 5.

@@ -39,9 +39,67 @@ impl EpochClock {
     }
 }
 
+/// Versions of something that switches at an epoch on every worker (a rule set): workers pick
+/// the newest version whose first epoch is at or before the epoch at hand.
+pub struct Versions<T> {
+    history: arc_swap::ArcSwap<Vec<(u64, std::sync::Arc<T>)>>,
+}
+
+/// How many superseded versions stay reachable for batches of older epochs still in flight.
+const HISTORY: usize = 8;
+
+impl<T> Versions<T> {
+    pub fn new(first: T) -> Self {
+        Versions { history: arc_swap::ArcSwap::from_pointee(vec![(0, std::sync::Arc::new(first))]) }
+    }
+
+    pub fn current(&self) -> std::sync::Arc<T> {
+        self.history.load().last().map(|(_, s)| s.clone()).expect("a version is always installed")
+    }
+
+    /// The current version and the epoch it took effect.
+    pub fn current_since(&self) -> (u64, std::sync::Arc<T>) {
+        self.history.load().last().cloned().expect("a version is always installed")
+    }
+
+    pub fn for_epoch(&self, epoch: u64) -> std::sync::Arc<T> {
+        let h = self.history.load();
+        h.iter().rev().find(|(first, _)| *first <= epoch).or(h.first()).map(|(_, s)| s.clone()).expect("non-empty")
+    }
+
+    /// Installs `next` at the first epoch no batch carries yet (epoch 0 without a clock).
+    /// Returns that epoch.
+    pub fn install(&self, clock: Option<&EpochClock>, next: std::sync::Arc<T>) -> u64 {
+        let install = |first: u64| {
+            let mut h: Vec<(u64, std::sync::Arc<T>)> = self.history.load().as_ref().clone();
+            h.push((first, next.clone()));
+            if h.len() > HISTORY {
+                h.remove(0);
+            }
+            self.history.store(std::sync::Arc::new(h));
+            first
+        };
+        match clock {
+            Some(c) => c.schedule(install),
+            None => install(0),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn versions_switch_at_their_epoch() {
+        let c = EpochClock::new();
+        let v = Versions::new("a");
+        c.advance();
+        assert_eq!(v.install(Some(&c), std::sync::Arc::new("b")), 2);
+        assert_eq!(*v.for_epoch(1), "a");
+        assert_eq!(*v.for_epoch(2), "b");
+        assert_eq!(*v.current(), "b");
+    }
 
     #[test]
     fn schedule_names_the_next_epoch() {

@@ -72,12 +72,16 @@ pub enum Route {
 
 /// The pre-exchange half of a stateful operator.
 pub trait Router {
+    /// The records that follow belong to checkpoint epoch `epoch` (rule sets switch by epoch).
+    fn begin_epoch(&mut self, _epoch: u64) {}
     /// Pushes the key hashes `record` touches into `keys` (empty on entry).
     fn route(&mut self, record: RecordRef<'_>, keys: &mut Vec<u64>) -> Route;
 }
 
 /// The stateful half, owning the key groups of its worker.
 pub trait KeyedOperator {
+    /// The records and watermark that follow belong to checkpoint epoch `epoch`.
+    fn begin_epoch(&mut self, _epoch: u64) {}
     /// Events whose keys this worker owns (every row has a valid event time not behind the
     /// watermark).
     fn process_events(&mut self, _batch: EventBatch, _out: &mut OperatorOutput) {}
@@ -121,7 +125,11 @@ pub enum RoutedBody {
     Events(EventBatch),
     Alerts(Vec<(Alert, bool)>),
     /// Input `input` of the operator on worker `worker` has watermark `time`.
-    Watermark { input: u32, worker: u32, time: EventTime },
+    Watermark {
+        input: u32,
+        worker: u32,
+        time: EventTime,
+    },
 }
 
 /// Serializes state for snapshots (compact, stable for a given type).

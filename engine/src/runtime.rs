@@ -359,7 +359,10 @@ fn build_dataflow<'s>(scope: Scope<'s, Epoch>, shared: &Arc<Shared>) {
                 let parts = factory.router(&ctx).and_then(|r| Ok((r, factory.operator(&ctx)?)));
                 let (router, op) = parts.unwrap_or_else(|e| {
                     shared.fail(format!("operator `{}`: {e:#}", c.id));
-                    (Box::new(DropAll) as Box<dyn crate::keyed::Router>, Box::new(NoState) as Box<dyn crate::keyed::KeyedOperator>)
+                    (
+                        Box::new(DropAll) as Box<dyn crate::keyed::Router>,
+                        Box::new(NoState) as Box<dyn crate::keyed::KeyedOperator>,
+                    )
                 });
                 let (m, q) = crate::stateful::build(inputs, c.id.as_str().into(), router, op, metrics);
                 main.insert(c.id.clone(), m);

@@ -138,6 +138,7 @@ fn route_stage<'s>(
             let now = Instant::now();
             let mut router = router.borrow_mut();
             input.for_each(|cap, data| {
+                router.begin_epoch(cap.least().copied().unwrap_or(0));
                 let mut quarantined: Vec<QuarantineRecord> = Vec::new();
                 let mut passed: Vec<Payload> = Vec::new();
                 let (mut received, mut filtered, mut out) = (0u64, 0u64, 0u64);
@@ -387,6 +388,7 @@ fn keyed_stage<'s>(
                 }
                 let messages = entry.remove();
                 let started = Instant::now();
+                op.begin_epoch(epoch);
                 for m in messages {
                     match m.body {
                         RoutedBody::Events(batch) => op.process_events(batch, &mut result),
@@ -415,9 +417,10 @@ fn keyed_stage<'s>(
                 let mark = op.hold().map_or(watermark, |h| h.min(watermark));
                 if mark > forwarded {
                     forwarded = mark;
-                    main_out
-                        .activate()
-                        .give(&at, &mut vec![Payload::Progress(Progress::Watermark { from: component.clone(), time: mark })]);
+                    main_out.activate().give(
+                        &at,
+                        &mut vec![Payload::Progress(Progress::Watermark { from: component.clone(), time: mark })],
+                    );
                 }
                 metrics.state_keys.set(op.live_keys() as i64);
                 metrics.batch_seconds.observe(started.elapsed().as_secs_f64());

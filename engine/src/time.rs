@@ -102,7 +102,9 @@ impl Partition {
 pub enum Observed {
     OnTime,
     /// Older than the watermark its partition (or this tracker) had already passed.
-    Late { watermark: EventTime },
+    Late {
+        watermark: EventTime,
+    },
 }
 
 /// Watermark bookkeeping of one input of a stateful operator on one worker.
@@ -135,8 +137,8 @@ impl WatermarkTracker {
         self.partitions.entry(key).or_insert_with(|| {
             let config = sources.get(source).cloned().unwrap_or_default();
             Partition {
-            newest: WATERMARK_MIN,
-            last_active: now,
+                newest: WATERMARK_MIN,
+                last_active: now,
                 out_of_orderness: config.out_of_orderness_ms(),
                 idle_timeout: config.idle_timeout,
             }

@@ -2,6 +2,7 @@
 //! No network or file I/O here: files an operator needs come through the engine's
 //! `Resources`.
 
+pub mod correlate;
 pub mod enrich;
 pub mod normalize;
 pub mod parse;
@@ -15,4 +16,5 @@ pub fn register(registry: &mut Registry) {
     registry.register::<normalize::NormalizeConfig>();
     registry.register::<enrich::EnrichConfig>();
     registry.register::<sigma::SigmaMatchConfig>();
+    registry.register::<correlate::CorrelateConfig>();
 }

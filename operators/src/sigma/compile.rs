@@ -740,6 +740,8 @@ pub struct RuleReport {
 /// A lowered rule, kept for `explain`.
 pub struct LoweredRule {
     pub meta: Arc<RuleMeta>,
+    /// The rule's `name` (correlations may reference rules by it).
+    pub name: Option<String>,
     pub logsource: LogSource,
     pub route: Option<Expr>,
     pub cond: Expr,
@@ -816,6 +818,7 @@ pub fn lower_rule(opts: &CompileOptions, rule: &SigmaRule, path: &str) -> Result
     });
     Ok(LoweredRule {
         meta,
+        name: rule.name.clone(),
         logsource: rule.logsource.clone(),
         route,
         cond,

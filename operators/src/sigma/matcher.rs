@@ -207,7 +207,7 @@ pub struct MatchStats {
 }
 
 /// The text of a value as Sigma compares it (`None` for null and unreadable addresses).
-fn text<'a>(b: Bytes<'a>, v: Value, buf: &'a mut String) -> Option<&'a str> {
+pub(crate) fn text<'a>(b: Bytes<'a>, v: Value, buf: &'a mut String) -> Option<&'a str> {
     match v {
         Value::Str(r) => Some(b.str(r)),
         Value::Null => None,

@@ -17,12 +17,11 @@ mod tests;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use arc_swap::ArcSwap;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use ward_engine::alert::{priority_for_level, Alert, AlertOrigin};
 use ward_engine::batch::{EventBatch, Key, Value};
-use ward_engine::clock::EpochClock;
+use ward_engine::clock::{EpochClock, Versions};
 use ward_engine::component::{Built, Operator, OperatorFactory, OperatorOutput, StreamKind, WorkerContext};
 use ward_engine::fields::ids;
 use ward_engine::metrics::ComponentMetrics;
@@ -114,7 +113,7 @@ impl ComponentConfig for SigmaMatchConfig {
             component: ctx.component_id.to_string(),
             resources: ctx.resources.clone(),
             config: self.clone(),
-            history: ArcSwap::from_pointee(vec![(0, Arc::new(set))]),
+            versions: Versions::new(set),
             clock: OnceLock::new(),
             metrics: OnceLock::new(),
             reload_lock: Mutex::new(()),
@@ -141,31 +140,25 @@ pub struct RuleHandle {
     component: String,
     resources: Resources,
     config: SigmaMatchConfig,
-    /// (first epoch, set), oldest first. Workers use the newest set whose first epoch is at
-    /// or before the epoch of the batch at hand.
-    history: ArcSwap<Vec<(u64, Arc<RuleSet>)>>,
+    /// Workers use the newest set whose first epoch is at or before the batch's epoch.
+    versions: Versions<RuleSet>,
     clock: OnceLock<Arc<EpochClock>>,
     metrics: OnceLock<ComponentMetrics>,
     reload_lock: Mutex<()>,
     watch: Mutex<Option<WatchGuard>>,
 }
 
-/// How many superseded sets stay reachable for batches of older epochs still in flight.
-const HISTORY: usize = 8;
-
 impl RuleHandle {
     pub fn current(&self) -> Arc<RuleSet> {
-        self.history.load().last().map(|(_, s)| s.clone()).expect("a rule set is always installed")
+        self.versions.current()
     }
 
     pub fn for_epoch(&self, epoch: u64) -> Arc<RuleSet> {
-        let h = self.history.load();
-        h.iter().rev().find(|(first, _)| *first <= epoch).or(h.first()).map(|(_, s)| s.clone()).expect("non-empty")
+        self.versions.for_epoch(epoch)
     }
 
     fn describe(&self) -> serde_json::Value {
-        let h = self.history.load();
-        let (since, set) = h.last().expect("non-empty");
+        let (since, set) = self.versions.current_since();
         serde_json::json!({
             "component": self.component,
             "version": set.version,
@@ -173,7 +166,7 @@ impl RuleHandle {
             "files": set.files,
             "compiled": set.compiled(),
             "rejected": set.rejected(),
-            "correlations": set.correlations.len(),
+            "correlations": set.correlations.rules.len(),
             "rejections": set.rejections().iter().map(|(p, id, why)| serde_json::json!({"path": p, "id": id, "reason": why})).collect::<Vec<_>>(),
         })
     }
@@ -212,19 +205,7 @@ impl RuleHandle {
             return Ok(serde_json::json!({ "status": "unchanged", "version": running.version }));
         }
         let new = Arc::new(new);
-        let install = |first: u64| {
-            let mut h: Vec<(u64, Arc<RuleSet>)> = self.history.load().as_ref().clone();
-            h.push((first, new.clone()));
-            if h.len() > HISTORY {
-                h.remove(0);
-            }
-            self.history.store(Arc::new(h));
-            first
-        };
-        let first = match self.clock.get() {
-            Some(clock) => clock.schedule(install),
-            None => install(0),
-        };
+        let first = self.versions.install(self.clock.get().map(|c| &**c), new.clone());
         if let Some(m) = self.metrics.get() {
             m.reloads.inc();
             publish_metrics(m, Some(&running.version), &new);
@@ -278,6 +259,33 @@ impl OperatorFactory for SigmaFactory {
             metrics: ctx.metrics.clone(),
         }))
     }
+}
+
+/// The values of `wanted` ((Sigma name, keys it may live under)) in row `row`, as text.
+fn extract_fields(
+    batch: &EventBatch,
+    row: usize,
+    wanted: &[(String, Vec<mapping::FieldKey>)],
+) -> Vec<(String, String)> {
+    let b = batch.bytes();
+    let slots = batch.row_slots(row);
+    let mut out = Vec::new();
+    let mut buf = String::new();
+    for (name, keys) in wanted {
+        let found = keys.iter().find_map(|k| {
+            slots.iter().find(|s| match (k, s.key) {
+                (mapping::FieldKey::Core(id), Key::Core(c)) => *id == c,
+                (mapping::FieldKey::Ext(n), Key::Ext(_)) => b.key_name(s.key) == n,
+                _ => false,
+            })
+        });
+        if let Some(s) = found {
+            if let Some(t) = matcher::text(b, s.value, &mut buf) {
+                out.push((name.clone(), t.to_string()));
+            }
+        }
+    }
+    out
 }
 
 struct SigmaOperator {
@@ -378,6 +386,9 @@ impl Detector {
             event_time_ms,
             origin: AlertOrigin { source: p.source.to_string(), partition: p.partition.to_string(), offset: p.offset },
             event: self.include_event.then(|| batch.row_to_json(row)),
+            fields: set.extract.get(id).map(|wanted| extract_fields(batch, row, wanted)).unwrap_or_default(),
+            correlation: None,
+            suppression: None,
         }
     }
 }

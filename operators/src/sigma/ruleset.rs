@@ -4,7 +4,11 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use rsigma_parser::CorrelationRule;
+use std::sync::Arc;
+
+use crate::correlate::rules::CorrelationSet;
+
+use super::mapping::FieldKey;
 use ward_engine::resources::Resources;
 use xxhash_rust::xxh3::Xxh3;
 
@@ -16,8 +20,12 @@ pub struct RuleSet {
     /// Content hash of the rule files and the compile options (16 hex digits).
     pub version: String,
     pub reports: Vec<RuleReport>,
-    /// Correlation rules found beside the detection rules, for the correlation operator.
-    pub correlations: Vec<(String, CorrelationRule)>,
+    /// Correlation rules found beside the detection rules, compiled (the `correlate`
+    /// operator evaluates them; sigma-match copies the fields they need into alerts).
+    pub correlations: Arc<CorrelationSet>,
+    /// Per rule id: the Sigma fields its alerts carry for correlations, with the keys each is
+    /// looked up under.
+    pub extract: HashMap<String, Vec<(String, Vec<FieldKey>)>>,
     pub files: usize,
     /// Compiled rules whose logsource no specific routing entry covered.
     pub unrouted: usize,
@@ -129,12 +137,6 @@ pub fn compile_files(
             }
         }
         for c in collection.correlations {
-            reports.push(RuleReport {
-                path: short.clone(),
-                id: c.id.clone().unwrap_or_else(|| "-".into()),
-                title: c.title.clone(),
-                status: Status::Correlation,
-            });
             correlations.push((short.clone(), c));
         }
         for flt in collection.filters {
@@ -158,6 +160,25 @@ pub fn compile_files(
             status,
         });
     }
+    let detections: Vec<(String, Option<String>)> =
+        lowered.iter().map(|l| (l.meta.rule.id.clone(), l.name.clone())).collect();
+    let correlation_set = crate::correlate::rules::compile(&detections, &correlations);
+    for (path, c) in &correlations {
+        let id = c.id.clone().or_else(|| c.name.clone()).unwrap_or_else(|| c.title.clone());
+        let status = match correlation_set.rejected.iter().find(|r| r.0 == *path && r.1 == id) {
+            Some(r) => Status::Rejected(r.3.clone()),
+            None => Status::Correlation,
+        };
+        reports.push(RuleReport { path: path.clone(), id, title: c.title.clone(), status });
+    }
+    let mut extract = HashMap::new();
+    for (rule_id, fields) in &correlation_set.needed_fields {
+        let Some(l) = lowered.iter().find(|l| &l.meta.rule.id == rule_id) else { continue };
+        let product = l.logsource.product.as_deref();
+        let resolved: Vec<(String, Vec<FieldKey>)> =
+            fields.iter().map(|f| (f.clone(), opts.mapping.resolve(product, f))).collect();
+        extract.insert(rule_id.clone(), resolved);
+    }
     let mut builder = MatcherBuilder::default();
     let mut unrouted = 0;
     for l in &lowered {
@@ -174,7 +195,8 @@ pub fn compile_files(
         matcher,
         version: format!("{:016x}", hasher.digest()),
         reports,
-        correlations,
+        correlations: Arc::new(correlation_set),
+        extract,
         files: files.len(),
         unrouted,
     })

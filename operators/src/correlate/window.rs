@@ -1,0 +1,446 @@
+//! Exact sliding windows on event time, per (correlation rule, group).
+//!
+//! Every contributing alert is an entry `(event time, alert id, aux)` in its group, kept in
+//! event-time order (ties by alert id). When the watermark passes an entry, the entry is
+//! evaluated as a window end: the window is `(t - timespan, t]` over the group's entries, so a
+//! burst that straddles any bucket edge is seen whole. When the condition holds the rule fires
+//! and the window's entries are consumed (the next alert needs a fresh set). Entries no future
+//! window can reach are released, and with them the group.
+//!
+//! Evaluation waits for the watermark, so the outputs depend only on the set of inputs within
+//! the lateness bound, not on their arrival order, epoch boundaries or the worker count.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::Arc;
+
+use compact_str::CompactString;
+use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
+use ward_engine::alert::{priority_for_level, Alert, AlertOrigin, CorrelationInfo};
+use ward_engine::component::OperatorOutput;
+use ward_engine::keyed::{hash_key, key_group, KEY_GROUPS};
+use ward_engine::time::{EventTime, WATERMARK_MIN};
+
+use super::rules::{Correlation, CorrelationSet, Kind};
+
+/// Contributing alerts listed in a correlation alert, at most.
+pub const MAX_CONTRIBUTING: usize = 1000;
+
+/// The group-by values separator in a group's key text.
+const SEP: char = '\u{1f}';
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+struct Entry {
+    t: EventTime,
+    /// The alert id (128 bits).
+    id: [u64; 2],
+    /// Input slot (temporal), value hash (value_count) or value bits (value_sum/avg/percentile).
+    aux: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Group {
+    /// Group-by values joined by U+001F (inline up to 24 bytes).
+    values: CompactString,
+    /// Sorted by (t, id).
+    entries: SmallVec<[Entry; 1]>,
+    /// `entries[..processed]` were evaluated as window ends.
+    processed: u32,
+}
+
+impl Group {
+    fn pending(&self) -> Option<EventTime> {
+        self.entries.get(self.processed as usize).map(|e| e.t)
+    }
+}
+
+/// A rule set's correlations, the windows of the key groups one worker owns, and timers.
+pub struct Windows {
+    set: Arc<CorrelationSet>,
+    version: Arc<str>,
+    component: Arc<str>,
+    /// Owned key groups (all of them outside a dataflow).
+    owned: Vec<bool>,
+    groups: HashMap<(u32, u64), Group>,
+    /// Per level: (due, correlation, key), due when the watermark passes `due`.
+    timers: Vec<BinaryHeap<Reverse<(EventTime, u32, u64)>>>,
+    watermark: EventTime,
+    values: String,
+    scratch: Vec<u64>,
+}
+
+/// Parses an alert id (32 hex digits) into 128 bits; other ids are hashed.
+fn id_bits(id: &str) -> [u64; 2] {
+    match u128::from_str_radix(id, 16) {
+        Ok(v) if id.len() == 32 => [(v >> 64) as u64, v as u64],
+        _ => {
+            let v = xxhash_rust::xxh3::xxh3_128(id.as_bytes());
+            [(v >> 64) as u64, v as u64]
+        }
+    }
+}
+
+fn id_text(id: [u64; 2]) -> String {
+    format!("{:016x}{:016x}", id[0], id[1])
+}
+
+/// Writes the group-by values of `alert` for `fields` into `out` (joined by U+001F) and returns
+/// the key, or `None` if a field is missing.
+pub fn group_key(alert: &Alert, fields: &[String], out: &mut String) -> Option<u64> {
+    out.clear();
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    for (i, f) in fields.iter().enumerate() {
+        let v = alert.fields.iter().find(|(n, _)| n == f)?;
+        if i > 0 {
+            out.push(SEP);
+        }
+        out.push_str(&v.1);
+        h.update(v.1.as_bytes());
+        h.update(&[0x1f]);
+    }
+    Some(h.digest())
+}
+
+fn value_of<'a>(alert: &'a Alert, field: &Option<String>) -> Option<&'a str> {
+    let f = field.as_ref()?;
+    alert.fields.iter().find(|(n, _)| n == f).map(|(_, v)| v.as_str())
+}
+
+impl Windows {
+    pub fn new(set: Arc<CorrelationSet>, version: Arc<str>, component: Arc<str>, owned: Vec<bool>) -> Self {
+        let levels = set.max_level() + 1;
+        Windows {
+            set,
+            version,
+            component,
+            owned,
+            groups: HashMap::new(),
+            timers: (0..levels).map(|_| BinaryHeap::new()).collect(),
+            watermark: WATERMARK_MIN,
+            values: String::new(),
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Every key group (single process, tests, `ward rules test`).
+    pub fn all_groups() -> Vec<bool> {
+        vec![true; KEY_GROUPS as usize]
+    }
+
+    pub fn set(&self) -> &Arc<CorrelationSet> {
+        &self.set
+    }
+
+    pub fn live_keys(&self) -> usize {
+        self.groups.len()
+    }
+
+    pub fn watermark(&self) -> EventTime {
+        self.watermark
+    }
+
+    /// Adds an alert to the windows of every correlation it feeds whose group this worker
+    /// owns. Returns whether it fed any.
+    pub fn add(&mut self, alert: &Alert) -> bool {
+        let set = self.set.clone();
+        let Some(feeds) = set.inputs_of.get(&alert.rule.id) else { return false };
+        let Some(t) = alert.event_time_ms else { return false };
+        let id = id_bits(&alert.alert_id);
+        let mut fed = false;
+        for &(ci, si) in feeds {
+            let c = &set.rules[ci as usize];
+            let input = &c.inputs[si as usize];
+            let mut values = std::mem::take(&mut self.values);
+            let Some(key) = group_key(alert, &input.group_fields, &mut values) else {
+                self.values = values;
+                continue;
+            };
+            if self.owned[key_group(key) as usize] {
+                if let Some(aux) = aux_for(c, si, value_of(alert, &input.value_field)) {
+                    self.insert(ci, key, &values, Entry { t, id, aux }, c.level);
+                    fed = true;
+                }
+            }
+            self.values = values;
+        }
+        fed
+    }
+
+    fn insert(&mut self, ci: u32, key: u64, values: &str, e: Entry, level: usize) {
+        let g = self.groups.entry((ci, key)).or_insert_with(|| Group {
+            values: CompactString::new(values),
+            entries: SmallVec::new(),
+            processed: 0,
+        });
+        let had_pending = g.pending().is_some();
+        let pos = g.entries.iter().rposition(|x| (x.t, x.id) <= (e.t, e.id)).map_or(0, |p| p + 1);
+        let pos = pos.max(g.processed as usize);
+        g.entries.insert(pos, e);
+        if !had_pending || g.pending() == Some(e.t) {
+            self.timers[level].push(Reverse((e.t, ci, key)));
+        }
+    }
+
+    /// The watermark passed `watermark`: evaluates every window that ends before it, level by
+    /// level so that chained correlations see the alerts of the ones they reference.
+    pub fn advance(&mut self, watermark: EventTime, out: &mut OperatorOutput) {
+        if watermark <= self.watermark {
+            return;
+        }
+        self.watermark = watermark;
+        for level in 0..self.timers.len() {
+            while let Some(Reverse((due, ci, key))) = self.timers[level].peek().copied() {
+                if due >= watermark {
+                    break;
+                }
+                self.timers[level].pop();
+                self.evaluate(ci, key, out);
+            }
+        }
+    }
+
+    fn evaluate(&mut self, ci: u32, key: u64, out: &mut OperatorOutput) {
+        let set = self.set.clone();
+        let c = &set.rules[ci as usize];
+        let wm = self.watermark;
+        let Some(mut g) = self.groups.remove(&(ci, key)) else { return };
+        let mut fired: Vec<Alert> = Vec::new();
+        while (g.processed as usize) < g.entries.len() && g.entries[g.processed as usize].t < wm {
+            let i = g.processed as usize;
+            let t = g.entries[i].t;
+            let start = g.entries[..=i].partition_point(|e| e.t <= t - c.timespan_ms);
+            g.processed += 1;
+            let window = &g.entries[start..=i];
+            let Some((value, used)) = evaluate_window(c, window, &mut self.scratch) else { continue };
+            fired.push(self.alert(c, &g.values, window, &used, value));
+            // The window's entries are spent: the next alert needs a fresh set.
+            g.entries.drain(..=i);
+            g.processed = 0;
+        }
+        // Entries no later window can reach: windows end at or after the watermark.
+        let keep_after = wm.saturating_sub(c.timespan_ms);
+        let expired = g.entries[..g.processed as usize].iter().take_while(|e| e.t <= keep_after).count();
+        if expired > 0 {
+            g.entries.drain(..expired);
+            g.processed -= expired as u32;
+        }
+        if !g.entries.is_empty() {
+            let due = match g.pending() {
+                Some(t) => t,
+                // Released once no window can reach the newest entry.
+                None => g.entries.last().map(|e| e.t + c.timespan_ms - 1).unwrap_or(wm),
+            };
+            self.timers[c.level].push(Reverse((due.max(wm), ci, key)));
+            self.groups.insert((ci, key), g);
+        }
+        for a in fired {
+            self.chain(&a);
+            if !self.set.absorbed.contains(&a.rule.id) {
+                out.alerts.push(a);
+            }
+        }
+    }
+
+    /// A correlation alert feeds the correlations that reference its rule (same group key).
+    fn chain(&mut self, a: &Alert) {
+        if self.set.inputs_of.contains_key(&a.rule.id) {
+            self.add(a);
+        }
+    }
+
+    fn alert(&self, c: &Correlation, values: &str, window: &[Entry], used: &[usize], value: f64) -> Alert {
+        let end = window.last().map(|e| e.t).unwrap_or_default();
+        let start = used.first().map(|&i| window[i].t).unwrap_or(end);
+        let contributing: Vec<String> = used.iter().take(MAX_CONTRIBUTING).map(|&i| id_text(window[i].id)).collect();
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        for part in [c.rule.id.as_bytes(), values.as_bytes(), &end.to_le_bytes(), contributing[0].as_bytes()] {
+            h.update(part);
+            h.update(&[0]);
+        }
+        let group_by: Vec<(String, String)> =
+            c.group_by.iter().cloned().zip(values.split(SEP).map(str::to_string)).collect();
+        Alert {
+            alert_id: format!("{:032x}", h.digest128()),
+            rule: c.rule.clone(),
+            priority: priority_for_level(&c.rule.level),
+            ruleset_version: self.version.to_string(),
+            detector: self.component.to_string(),
+            matches: Vec::new(),
+            event_id: None,
+            event_time_ms: Some(end),
+            origin: AlertOrigin {
+                source: self.component.to_string(),
+                partition: c.rule.id.clone(),
+                offset: end as u64,
+            },
+            event: None,
+            fields: group_by.clone(),
+            correlation: Some(CorrelationInfo {
+                kind: c.kind.name().to_string(),
+                group_by,
+                window_start_ms: start,
+                window_end_ms: end,
+                value,
+                condition: c.condition.clone(),
+                contributing,
+            }),
+            suppression: None,
+        }
+    }
+
+    /// The state of one key group.
+    pub fn snapshot(&self, group: u16) -> anyhow::Result<Vec<u8>> {
+        let mut items: Vec<(u64, u64, &Group)> = self
+            .groups
+            .iter()
+            .filter(|((_, key), _)| key_group(*key) == group)
+            .map(|((ci, key), g)| (self.set.rules[*ci as usize].fingerprint, *key, g))
+            .collect();
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        items.sort_by_key(|(f, k, _)| (*f, *k));
+        ward_engine::keyed::encode(&(self.watermark, items))
+    }
+
+    /// Loads a key group's state; groups of correlations the running set no longer has (or
+    /// defines differently) are dropped.
+    pub fn restore(&mut self, group: u16, bytes: &[u8]) -> anyhow::Result<()> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        let (watermark, items): (EventTime, Vec<(u64, u64, Group)>) = ward_engine::keyed::decode(bytes)?;
+        self.watermark = self.watermark.max(watermark);
+        let by_fingerprint: HashMap<u64, u32> =
+            self.set.rules.iter().enumerate().map(|(i, c)| (c.fingerprint, i as u32)).collect();
+        for (fingerprint, key, g) in items {
+            if key_group(key) != group {
+                anyhow::bail!("key group {group} holds a key of group {}", key_group(key));
+            }
+            let Some(&ci) = by_fingerprint.get(&fingerprint) else { continue };
+            self.reschedule(ci, key, &g);
+            self.groups.insert((ci, key), g);
+        }
+        Ok(())
+    }
+
+    fn reschedule(&mut self, ci: u32, key: u64, g: &Group) {
+        let c = &self.set.rules[ci as usize];
+        let due = match g.pending() {
+            Some(t) => t,
+            None => g.entries.last().map(|e| e.t + c.timespan_ms - 1).unwrap_or(self.watermark),
+        };
+        self.timers[c.level].push(Reverse((due, ci, key)));
+    }
+
+    /// Switches to a new rule set, keeping the windows of correlations it defines unchanged.
+    pub fn replace_set(&mut self, set: Arc<CorrelationSet>, version: Arc<str>) {
+        let old = std::mem::replace(&mut self.set, set);
+        self.version = version;
+        let by_fingerprint: HashMap<u64, u32> =
+            self.set.rules.iter().enumerate().map(|(i, c)| (c.fingerprint, i as u32)).collect();
+        let groups = std::mem::take(&mut self.groups);
+        self.timers = (0..self.set.max_level() + 1).map(|_| BinaryHeap::new()).collect();
+        for ((ci, key), g) in groups {
+            let Some(&new) = by_fingerprint.get(&old.rules[ci as usize].fingerprint) else { continue };
+            self.reschedule(new, key, &g);
+            self.groups.insert((new, key), g);
+        }
+    }
+
+    /// The key hashes an alert touches (for routing).
+    pub fn keys_of(set: &CorrelationSet, alert: &Alert, keys: &mut Vec<u64>, scratch: &mut String) {
+        let Some(feeds) = set.inputs_of.get(&alert.rule.id) else { return };
+        for &(ci, si) in feeds {
+            let input = &set.rules[ci as usize].inputs[si as usize];
+            if let Some(k) = group_key(alert, &input.group_fields, scratch) {
+                if !keys.contains(&k) {
+                    keys.push(k);
+                }
+            }
+        }
+    }
+
+    /// Test helper: the key of group-by values.
+    pub fn key_of(values: &[&str]) -> u64 {
+        hash_key(values.iter().map(|v| v.as_bytes()))
+    }
+}
+
+/// The per-entry datum a correlation keeps; `None` when the alert lacks a usable value.
+fn aux_for(c: &Correlation, slot: u8, value: Option<&str>) -> Option<u64> {
+    match c.kind {
+        Kind::EventCount => Some(0),
+        Kind::Temporal(_) | Kind::TemporalOrdered => Some(slot as u64),
+        Kind::ValueCount => Some(xxhash_rust::xxh3::xxh3_64(value?.as_bytes())),
+        Kind::ValueSum | Kind::ValueAvg | Kind::ValuePercentile(_) => {
+            let v: f64 = value?.trim().parse().ok()?;
+            v.is_finite().then(|| v.to_bits())
+        }
+    }
+}
+
+/// Whether the window (ending at its last entry) meets the condition: the value and the
+/// indices of the entries that made it.
+fn evaluate_window(c: &Correlation, window: &[Entry], scratch: &mut Vec<u64>) -> Option<(f64, Vec<usize>)> {
+    let all = || (0..window.len()).collect::<Vec<_>>();
+    match &c.kind {
+        Kind::EventCount => {
+            let n = window.len() as f64;
+            c.holds(n).then(|| (n, all()))
+        }
+        Kind::ValueCount => {
+            scratch.clear();
+            scratch.extend(window.iter().map(|e| e.aux));
+            scratch.sort_unstable();
+            scratch.dedup();
+            let n = scratch.len() as f64;
+            c.holds(n).then(|| (n, all()))
+        }
+        Kind::ValueSum | Kind::ValueAvg | Kind::ValuePercentile(_) => {
+            let values = window.iter().map(|e| f64::from_bits(e.aux));
+            let v = match c.kind {
+                Kind::ValueSum => values.sum(),
+                Kind::ValueAvg => values.sum::<f64>() / window.len() as f64,
+                Kind::ValuePercentile(p) => {
+                    let mut xs: Vec<f64> = values.collect();
+                    xs.sort_by(f64::total_cmp);
+                    // Nearest rank.
+                    let rank = ((p / 100.0) * xs.len() as f64).ceil().max(1.0) as usize;
+                    xs[rank.min(xs.len()) - 1]
+                }
+                _ => unreachable!(),
+            };
+            c.holds(v).then(|| (v, all()))
+        }
+        Kind::Temporal(presence) => {
+            let present = window.iter().fold(0u64, |m, e| m | (1 << e.aux));
+            let n = present.count_ones() as f64;
+            let every = if c.inputs.len() == 64 { u64::MAX } else { (1u64 << c.inputs.len()) - 1 };
+            let ok = match presence {
+                Some(p) => p.eval(present),
+                None if c.predicates.is_empty() => present == every,
+                None => c.holds(n),
+            };
+            ok.then(|| (n, all()))
+        }
+        Kind::TemporalOrdered => {
+            // Greedy earliest match of the steps in order; the window's last entry must
+            // complete it (an earlier completion fired already).
+            let steps = c.inputs.len() as u64;
+            let mut next = 0u64;
+            let mut used = Vec::new();
+            for (i, e) in window.iter().enumerate() {
+                if e.aux == next {
+                    used.push(i);
+                    next += 1;
+                    if next == steps {
+                        break;
+                    }
+                }
+            }
+            (next == steps && used.last() == Some(&(window.len() - 1))).then(|| (steps as f64, used))
+        }
+    }
+}
