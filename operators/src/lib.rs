@@ -3,10 +3,12 @@
 //! `Resources`.
 
 pub mod correlate;
+pub mod dedup;
 pub mod enrich;
 pub mod normalize;
 pub mod parse;
 pub mod sigma;
+pub mod suppress;
 
 use ward_engine::registry::Registry;
 
@@ -17,4 +19,6 @@ pub fn register(registry: &mut Registry) {
     registry.register::<enrich::EnrichConfig>();
     registry.register::<sigma::SigmaMatchConfig>();
     registry.register::<correlate::CorrelateConfig>();
+    registry.register::<dedup::DedupConfig>();
+    registry.register::<suppress::SuppressConfig>();
 }

@@ -440,7 +440,7 @@ fn evaluate_window(c: &Correlation, window: &[Entry], scratch: &mut Vec<u64>) ->
                     }
                 }
             }
-            (next == steps && used.last() == Some(&(window.len() - 1))).then(|| (steps as f64, used))
+            (next == steps && used.last() == Some(&(window.len() - 1))).then_some((steps as f64, used))
         }
     }
 }

@@ -1,0 +1,283 @@
+//! `dedup`: drops duplicate events within an event-time horizon (DESIGN.md §6).
+//!
+//! Events are keyed by the values of the configured fields (default `event.id`; an event with
+//! none of them is keyed by its raw payload) and routed by key to the worker owning the key's
+//! group. The first copy passes, later copies within the horizon are dropped (counted as
+//! filtered). A key's state is released once the watermark passes its event time plus the
+//! horizon, so memory stays bounded on an endless stream. Which copy passes follows arrival
+//! order; copies are equal by key, so the content is the same.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+use ward_engine::batch::{EventBatch, Key};
+use ward_engine::component::{Built, OperatorOutput, StreamKind, WorkerContext};
+use ward_engine::fields::FieldId;
+use ward_engine::keyed::{
+    decode, encode, key_group, KeyedOperator, KeyedOperatorFactory, RecordRef, Route, Router, KEY_GROUPS,
+};
+use ward_engine::registry::{BuildContext, ComponentConfig, Section};
+use ward_engine::time::{event_time, EventTime, WATERMARK_MIN};
+
+/// Drop duplicate events (same key fields) within an event-time horizon.
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DedupConfig {
+    /// Fields whose values identify an event (ECS-lite names or extension field names).
+    #[serde(default = "default_key")]
+    pub key: Vec<String>,
+    /// How long after an event (in event time) its duplicates are still recognised.
+    #[serde(default = "default_horizon", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub horizon: Duration,
+}
+
+fn default_key() -> Vec<String> {
+    vec!["event.id".into()]
+}
+fn default_horizon() -> Duration {
+    Duration::from_secs(600)
+}
+
+impl ComponentConfig for DedupConfig {
+    const TYPE: &'static str = "dedup";
+    const SECTION: Section = Section::Operator;
+    const DESCRIPTION: &'static str = "Drop duplicate events by key within an event-time horizon (keyed state)";
+    const ACCEPTS: &'static [StreamKind] = &[StreamKind::Events];
+    const OUTPUT: Option<StreamKind> = Some(StreamKind::Events);
+
+    fn build(self, _ctx: &BuildContext<'_>) -> anyhow::Result<Built> {
+        if self.key.is_empty() {
+            anyhow::bail!("`key` names no field");
+        }
+        if self.horizon.is_zero() {
+            anyhow::bail!("`horizon` must be positive");
+        }
+        let key = self
+            .key
+            .iter()
+            .map(|k| match FieldId::lookup(k) {
+                Some(id) => KeyField::Core(id),
+                None => KeyField::Ext(k.clone()),
+            })
+            .collect();
+        Ok(Built::Keyed(Arc::new(DedupFactory {
+            key: Arc::new(key),
+            horizon_ms: self.horizon.as_millis().min(i64::MAX as u128) as i64,
+        })))
+    }
+}
+
+#[derive(Clone, Debug)]
+enum KeyField {
+    Core(FieldId),
+    Ext(String),
+}
+
+/// The dedup key of a row: its key fields' values, or its raw payload if it has none.
+fn key_of(fields: &[KeyField], batch: &EventBatch, row: usize) -> u64 {
+    let b = batch.bytes();
+    let slots = batch.row_slots(row);
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    let mut any = false;
+    for f in fields {
+        let found = slots.iter().find(|s| match (f, s.key) {
+            (KeyField::Core(id), Key::Core(k)) => *id == k,
+            (KeyField::Ext(n), Key::Ext(_)) => b.key_name(s.key) == n,
+            _ => false,
+        });
+        h.update(&[0x1f]);
+        if let Some(s) = found {
+            any = true;
+            h.update(ward_engine::batch::value_to_json(b, s.value).to_string().as_bytes());
+        }
+    }
+    if !any {
+        h.update(batch.raw_payload(row));
+    }
+    h.digest()
+}
+
+struct DedupFactory {
+    key: Arc<Vec<KeyField>>,
+    horizon_ms: i64,
+}
+
+impl KeyedOperatorFactory for DedupFactory {
+    fn router(&self, _ctx: &WorkerContext) -> anyhow::Result<Box<dyn Router>> {
+        Ok(Box::new(DedupRouter { key: self.key.clone() }))
+    }
+    fn operator(&self, _ctx: &WorkerContext) -> anyhow::Result<Box<dyn KeyedOperator>> {
+        Ok(Box::new(Dedup::new(self.key.clone(), self.horizon_ms)))
+    }
+}
+
+struct DedupRouter {
+    key: Arc<Vec<KeyField>>,
+}
+
+impl Router for DedupRouter {
+    fn route(&mut self, record: RecordRef<'_>, keys: &mut Vec<u64>) -> Route {
+        match record {
+            RecordRef::Event { batch, row } => {
+                keys.push(key_of(&self.key, batch, row));
+                Route::Keyed
+            }
+            RecordRef::Alert(_) => Route::PassThrough,
+        }
+    }
+}
+
+/// Seen keys and when they expire.
+pub struct Dedup {
+    key: Arc<Vec<KeyField>>,
+    horizon_ms: i64,
+    /// key → event time after which the key is forgotten.
+    seen: HashMap<u64, EventTime>,
+    expiry: BinaryHeap<Reverse<(EventTime, u64)>>,
+    watermark: EventTime,
+}
+
+impl Dedup {
+    fn new(key: Arc<Vec<KeyField>>, horizon_ms: i64) -> Self {
+        Dedup { key, horizon_ms, seen: HashMap::new(), expiry: BinaryHeap::new(), watermark: WATERMARK_MIN }
+    }
+}
+
+impl KeyedOperator for Dedup {
+    fn process_events(&mut self, mut batch: EventBatch, out: &mut OperatorOutput) {
+        let mut keep = vec![true; batch.len()];
+        for (row, k) in keep.iter_mut().enumerate() {
+            let key = key_of(&self.key, &batch, row);
+            let t = event_time(&batch, row).unwrap_or(self.watermark);
+            if self.seen.contains_key(&key) {
+                *k = false;
+                out.filtered += 1;
+            } else {
+                let until = t.saturating_add(self.horizon_ms);
+                self.seen.insert(key, until);
+                self.expiry.push(Reverse((until, key)));
+            }
+        }
+        batch.retain_rows(|i| keep[i]);
+        if !batch.is_empty() {
+            out.events.push(batch);
+        }
+    }
+
+    fn advance(&mut self, watermark: EventTime, _out: &mut OperatorOutput) {
+        self.watermark = self.watermark.max(watermark);
+        while let Some(Reverse((until, key))) = self.expiry.peek().copied() {
+            if until >= self.watermark {
+                break;
+            }
+            self.expiry.pop();
+            if self.seen.get(&key) == Some(&until) {
+                self.seen.remove(&key);
+            }
+        }
+    }
+
+    fn snapshot(&self, group: u16) -> anyhow::Result<Vec<u8>> {
+        let mut items: Vec<(u64, EventTime)> =
+            self.seen.iter().filter(|(k, _)| key_group(**k) == group).map(|(k, t)| (*k, *t)).collect();
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        items.sort_unstable();
+        encode(&(self.watermark, items))
+    }
+
+    fn restore(&mut self, group: u16, bytes: &[u8]) -> anyhow::Result<()> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        let (watermark, items): (EventTime, Vec<(u64, EventTime)>) = decode(bytes)?;
+        anyhow::ensure!(group < KEY_GROUPS, "no key group {group}");
+        self.watermark = self.watermark.max(watermark);
+        for (k, until) in items {
+            self.seen.insert(k, until);
+            self.expiry.push(Reverse((until, k)));
+        }
+        Ok(())
+    }
+
+    fn live_keys(&self) -> usize {
+        self.seen.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ward_engine::batch::{Heap, Slot, Value};
+    use ward_engine::fields::ids;
+
+    fn batch(events: &[(&str, i64)]) -> EventBatch {
+        let mut b = EventBatch::new();
+        let o = b.origin_index(&"s".into(), &"p".into());
+        for (i, (id, t)) in events.iter().enumerate() {
+            b.push_raw(o, i as u64, format!("{id}@{t}").as_bytes());
+            let start = b.slots.len() as u32;
+            let r = Heap(&mut b.heap).push_str(id);
+            b.slots.push(Slot { key: Key::Core(ids::EVENT_ID), value: Value::Str(r) });
+            b.slots.push(Slot { key: Key::Core(ids::TIMESTAMP), value: Value::Timestamp(*t) });
+            let row = b.rows.last_mut().unwrap();
+            row.slots_start = start;
+            row.slots_end = b.slots.len() as u32;
+        }
+        b
+    }
+
+    fn ids_of(out: &OperatorOutput) -> Vec<String> {
+        let mut v = Vec::new();
+        for b in &out.events {
+            for r in 0..b.len() {
+                v.push(String::from_utf8_lossy(b.raw_payload(r)).into_owned());
+            }
+        }
+        v
+    }
+
+    fn dedup() -> Dedup {
+        Dedup::new(Arc::new(vec![KeyField::Core(ids::EVENT_ID)]), 60_000)
+    }
+
+    #[test]
+    fn duplicates_within_the_horizon_are_dropped_and_state_is_released() {
+        let mut d = dedup();
+        let mut out = OperatorOutput::default();
+        d.process_events(batch(&[("a", 1000), ("b", 2000), ("a", 3000)]), &mut out);
+        assert_eq!(ids_of(&out), vec!["a@1000", "b@2000"]);
+        assert_eq!(out.filtered, 1);
+        d.advance(30_000, &mut out);
+        assert_eq!(d.live_keys(), 2);
+        d.advance(62_500, &mut out);
+        assert_eq!(d.live_keys(), 0, "released once the watermark passes t + horizon");
+    }
+
+    #[test]
+    fn snapshot_and_restore_keep_what_was_seen() {
+        let mut d = dedup();
+        let mut out = OperatorOutput::default();
+        d.process_events(batch(&[("a", 1000), ("b", 2000), ("c", 2500)]), &mut out);
+        d.advance(2000, &mut out);
+        let snaps: Vec<Vec<u8>> = (0..KEY_GROUPS).map(|g| d.snapshot(g).unwrap()).collect();
+        let mut fresh = dedup();
+        for (g, s) in snaps.iter().enumerate() {
+            fresh.restore(g as u16, s).unwrap();
+        }
+        let mut a = OperatorOutput::default();
+        let mut b = OperatorOutput::default();
+        let more = [("a", 5000), ("d", 5000), ("c", 6000)];
+        d.process_events(batch(&more), &mut a);
+        fresh.process_events(batch(&more), &mut b);
+        assert_eq!(ids_of(&a), ids_of(&b));
+        assert_eq!(ids_of(&a), vec!["d@5000"]);
+        assert_eq!(fresh.live_keys(), d.live_keys());
+    }
+}
