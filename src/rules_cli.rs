@@ -1,15 +1,18 @@
 //! `ward rules check|test|explain`: the detection engineer's commands. They use the same
 //! parse → normalize → sigma-match code as a running pipeline.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Args, Subcommand};
+use ward_engine::alert::Alert;
 use ward_engine::batch::EventBatch;
 use ward_engine::component::{Operator, OperatorOutput};
 use ward_engine::resources::Resources;
+use ward_engine::time::WATERMARK_END;
+use ward_operators::correlate::window::Windows;
 use ward_operators::normalize::{load_packs, Normalizer, Unmatched};
 use ward_operators::parse::{Format, Parser};
 use ward_operators::sigma::compile::LoweredRule;
@@ -252,6 +255,56 @@ fn split_events(text: &str) -> Vec<String> {
     text.lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect()
 }
 
+/// Runs the rule set's correlation rules over the detection alerts on their event time; at the
+/// end the watermark passes every window. Returns each correlation alert with the indices of
+/// the input events behind it (through chains).
+fn correlate(set: &RuleSet, alerts: &[Alert]) -> Vec<(Alert, Vec<u64>)> {
+    if set.correlations.rules.is_empty() {
+        return Vec::new();
+    }
+    let mut windows =
+        Windows::new(set.correlations.clone(), set.version.as_str().into(), "rules-test".into(), Windows::all_groups());
+    // Show every correlation that fired, also those a chain absorbs.
+    windows.emit_absorbed(true);
+    let mut by_time: Vec<&Alert> = alerts.iter().filter(|a| a.event_time_ms.is_some()).collect();
+    if by_time.len() < alerts.len() {
+        eprintln!(
+            "warning: {} alert(s) without an event time are left out of correlation",
+            alerts.len() - by_time.len()
+        );
+    }
+    by_time.sort_by_key(|a| (a.event_time_ms, a.origin.offset));
+    for a in by_time {
+        windows.add(a);
+    }
+    let mut out = OperatorOutput::default();
+    windows.advance(WATERMARK_END, &mut out);
+    // Level by level: a chained alert comes after the ones it references.
+    let mut events_of: HashMap<String, Vec<u64>> =
+        alerts.iter().map(|a| (a.alert_id.clone(), vec![a.origin.offset])).collect();
+    let mut result = Vec::new();
+    for a in out.alerts {
+        let mut idx: Vec<u64> = a
+            .correlation
+            .iter()
+            .flat_map(|c| c.contributing.iter())
+            .flat_map(|id| events_of.get(id).cloned().unwrap_or_default())
+            .collect();
+        idx.sort_unstable();
+        idx.dedup();
+        events_of.insert(a.alert_id.clone(), idx.clone());
+        result.push((a, idx));
+    }
+    result.sort_by(|a, b| {
+        a.0.correlation
+            .as_ref()
+            .map(|c| c.window_end_ms)
+            .cmp(&b.0.correlation.as_ref().map(|c| c.window_end_ms))
+            .then(a.0.rule.id.cmp(&b.0.rule.id))
+    });
+    result
+}
+
 fn test(
     rules: &[PathBuf],
     events: &PathBuf,
@@ -316,8 +369,25 @@ fn test(
         }
     }
     alerts.sort_by(|a, b| a.origin.offset.cmp(&b.origin.offset).then(a.rule.id.cmp(&b.rule.id)));
+    let correlations = correlate(&set, &alerts);
 
     let mut actual: BTreeMap<String, BTreeSet<u64>> = BTreeMap::new();
+    for (a, indices) in &correlations {
+        actual.entry(a.rule.id.clone()).or_default().extend(indices.iter().copied());
+        let c = a.correlation.as_ref().expect("correlation alerts carry their correlation");
+        let line = serde_json::json!({
+            "rule": { "id": a.rule.id, "title": a.rule.title, "level": a.rule.level },
+            "correlation": c.kind,
+            "group_by": c.group_by.iter().map(|(k, v)| (k.clone(), serde_json::Value::from(v.clone()))).collect::<serde_json::Map<_, _>>(),
+            "window": { "start": ward_engine::batch::format_timestamp_ms(c.window_start_ms), "end": ward_engine::batch::format_timestamp_ms(c.window_end_ms) },
+            "value": c.value,
+            "condition": c.condition,
+            "event_index": indices,
+            "alert_id": a.alert_id,
+            "contributing": c.contributing,
+        });
+        println!("{line}");
+    }
     for a in &alerts {
         actual.entry(a.rule.id.clone()).or_default().insert(a.origin.offset);
         let mut line = serde_json::json!({
@@ -332,7 +402,15 @@ fn test(
         }
         println!("{line}");
     }
-    eprintln!("{} events, {} alerts, rule set {} ({} rules)", records.len(), alerts.len(), set.version, set.compiled());
+    eprintln!(
+        "{} events, {} alerts, {} correlation alerts, rule set {} ({} rules, {} correlations)",
+        records.len(),
+        alerts.len(),
+        correlations.len(),
+        set.version,
+        set.compiled(),
+        set.correlations.rules.len()
+    );
 
     let Some(expect) = expect else { return Ok(ExitCode::SUCCESS) };
     let text = std::fs::read_to_string(expect).map_err(|e| anyhow::anyhow!("{}: {e}", expect.display()))?;

@@ -68,6 +68,7 @@ pub struct Windows {
     watermark: EventTime,
     values: String,
     scratch: Vec<u64>,
+    emit_absorbed: bool,
 }
 
 /// Parses an alert id (32 hex digits) into 128 bits; other ids are hashed.
@@ -120,12 +121,19 @@ impl Windows {
             watermark: WATERMARK_MIN,
             values: String::new(),
             scratch: Vec::new(),
+            emit_absorbed: false,
         }
     }
 
     /// Every key group (single process, tests, `ward rules test`).
     pub fn all_groups() -> Vec<bool> {
         vec![true; KEY_GROUPS as usize]
+    }
+
+    /// Also emit the alerts of correlations that only feed `generate: false` chains
+    /// (`ward rules test` shows every correlation that fired).
+    pub fn emit_absorbed(&mut self, yes: bool) {
+        self.emit_absorbed = yes;
     }
 
     pub fn set(&self) -> &Arc<CorrelationSet> {
@@ -236,7 +244,7 @@ impl Windows {
         }
         for a in fired {
             self.chain(&a);
-            if !self.set.absorbed.contains(&a.rule.id) {
+            if self.emit_absorbed || !self.set.absorbed.contains(&a.rule.id) {
                 out.alerts.push(a);
             }
         }
