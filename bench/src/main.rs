@@ -10,6 +10,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod correlate;
 mod sigma;
 
 use clap::{Parser, Subcommand};
@@ -25,20 +26,24 @@ use ward_operators::enrich::{EnrichConfig, EnrichData, Enricher, RiskWeights, Th
 use ward_operators::normalize::{builtin, load_packs, Normalizer, Unmatched};
 use ward_operators::parse::{syslog::SyslogOptions, Format, Parser as RecordParser};
 
-/// Counts heap allocations, to report allocations per event for each stage.
+/// Counts heap allocations (per event for each stage) and live heap bytes (state size).
 struct CountingAlloc;
 static ALLOCATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static ALLOCATED_BYTES: std::sync::atomic::AtomicIsize = std::sync::atomic::AtomicIsize::new(0);
 
 unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
     unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
         ALLOCATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        ALLOCATED_BYTES.fetch_add(layout.size() as isize, std::sync::atomic::Ordering::Relaxed);
         unsafe { std::alloc::System.alloc(layout) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        ALLOCATED_BYTES.fetch_sub(layout.size() as isize, std::sync::atomic::Ordering::Relaxed);
         unsafe { std::alloc::System.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
         ALLOCATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        ALLOCATED_BYTES.fetch_add(new_size as isize - layout.size() as isize, std::sync::atomic::Ordering::Relaxed);
         unsafe { std::alloc::System.realloc(ptr, layout, new_size) }
     }
 }
@@ -72,6 +77,15 @@ enum Cmd {
         /// zstd level of the Parquet stage.
         #[arg(long, default_value_t = 3)]
         zstd_level: i32,
+    },
+    /// Correlation state and throughput: an event_count rule over pre-matched alerts.
+    Correlate {
+        /// Distinct live group-by keys.
+        #[arg(long, default_value_t = 1_000_000)]
+        keys: u64,
+        /// Alerts per key (spread over 8 minutes of event time).
+        #[arg(long, default_value_t = 2)]
+        alerts_per_key: u64,
     },
     /// The Sigma matcher: Ward vs rsigma-eval vs sigma-rust, and Ward with 100 … all rules.
     Sigma {
@@ -257,6 +271,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Cmd::Pipeline { count, workers, repeat } => pipeline(count, &workers, repeat),
         Cmd::Stages { count, zstd_level } => stages(count, zstd_level),
+        Cmd::Correlate { keys, alerts_per_key } => correlate::run(keys, alerts_per_key),
         Cmd::Sigma { rules, count, competitor_count, sizes, repeat } => {
             sigma::run(sigma::Args { rules, count, competitor_count, sizes, repeat })
         }

@@ -67,6 +67,32 @@ pub struct Alert {
     pub suppression: Option<Suppression>,
 }
 
+impl Alert {
+    /// The value of a field of the alert, for keys and scores: `rule.id`, `rule.level`,
+    /// `detector`, a correlation field, or a field of the alert's event (core by dotted name,
+    /// then extension). Empty when absent; non-string values as their JSON text.
+    pub fn field(&self, name: &str) -> std::borrow::Cow<'_, str> {
+        use std::borrow::Cow;
+        match name {
+            "rule.id" => Cow::Borrowed(&self.rule.id),
+            "rule.level" => Cow::Borrowed(&self.rule.level),
+            "detector" => Cow::Borrowed(&self.detector),
+            _ => {
+                if let Some((_, v)) = self.fields.iter().find(|(n, _)| n == name) {
+                    return Cow::Borrowed(v);
+                }
+                let Some(event) = &self.event else { return Cow::Borrowed("") };
+                let v = event.get(name).or_else(|| event.get("ext").and_then(|x| x.get(name)));
+                match v {
+                    Some(serde_json::Value::String(s)) => Cow::Borrowed(s),
+                    Some(serde_json::Value::Null) | None => Cow::Borrowed(""),
+                    Some(other) => Cow::Owned(other.to_string()),
+                }
+            }
+        }
+    }
+}
+
 /// What made a correlation rule fire.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CorrelationInfo {

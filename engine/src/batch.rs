@@ -273,6 +273,17 @@ impl EventBatch {
         self.row_slots(row).iter().find(|s| s.key == Key::Core(field)).map(|s| s.value)
     }
 
+    /// First value of a field in a row by name: an ECS-lite core field, else an extension field.
+    pub fn get_by_name(&self, row: usize, name: &str) -> Option<Value> {
+        if let Some(id) = FieldId::lookup(name) {
+            if let Some(v) = self.get(row, id) {
+                return Some(v);
+            }
+        }
+        let b = self.bytes();
+        self.row_slots(row).iter().find(|s| matches!(s.key, Key::Ext(_)) && b.key_name(s.key) == name).map(|s| s.value)
+    }
+
     /// Keeps the rows for which `keep` is true, in order. Slots of dropped rows stay in the
     /// buffers until the batch is dropped: cheaper than compacting.
     pub fn retain_rows(&mut self, mut keep: impl FnMut(usize) -> bool) {

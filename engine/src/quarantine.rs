@@ -46,6 +46,9 @@ pub enum Reason {
     LateEvent,
     /// A stateful operator needs an event time and the record has none.
     MissingEventTime,
+    /// An acknowledgement or containment update for a case the `sla` operator does not hold
+    /// (never opened, already contained, or past its retention).
+    UnknownCase,
 }
 
 impl Reason {
@@ -67,6 +70,7 @@ impl Reason {
         Reason::MissingField,
         Reason::LateEvent,
         Reason::MissingEventTime,
+        Reason::UnknownCase,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -88,6 +92,7 @@ impl Reason {
             Reason::MissingField => "missing_field",
             Reason::LateEvent => "late_event",
             Reason::MissingEventTime => "missing_event_time",
+            Reason::UnknownCase => "unknown_case",
         }
     }
 }

@@ -8,6 +8,7 @@ pub mod enrich;
 pub mod normalize;
 pub mod parse;
 pub mod sigma;
+pub mod sla;
 pub mod suppress;
 
 use ward_engine::registry::Registry;
@@ -21,4 +22,5 @@ pub fn register(registry: &mut Registry) {
     registry.register::<correlate::CorrelateConfig>();
     registry.register::<dedup::DedupConfig>();
     registry.register::<suppress::SuppressConfig>();
+    registry.register::<sla::SlaConfig>();
 }

@@ -64,28 +64,6 @@ impl ComponentConfig for SuppressConfig {
     }
 }
 
-/// The value of a key field of an alert ("" when absent).
-fn field<'a>(alert: &'a Alert, name: &str) -> std::borrow::Cow<'a, str> {
-    use std::borrow::Cow;
-    match name {
-        "rule.id" => Cow::Borrowed(&alert.rule.id),
-        "rule.level" => Cow::Borrowed(&alert.rule.level),
-        "detector" => Cow::Borrowed(&alert.detector),
-        _ => {
-            if let Some((_, v)) = alert.fields.iter().find(|(n, _)| n == name) {
-                return Cow::Borrowed(v);
-            }
-            let Some(event) = &alert.event else { return Cow::Borrowed("") };
-            let v = event.get(name).or_else(|| event.get("ext").and_then(|x| x.get(name)));
-            match v {
-                Some(serde_json::Value::String(s)) => Cow::Borrowed(s),
-                Some(serde_json::Value::Null) | None => Cow::Borrowed(""),
-                Some(other) => Cow::Owned(other.to_string()),
-            }
-        }
-    }
-}
-
 /// (key hash of the fields and bucket, rendered key, bucket start) of an alert.
 fn key_of(fields: &[String], window_ms: i64, alert: &Alert) -> (u64, String, EventTime) {
     let t = alert.event_time_ms.unwrap_or_default();
@@ -93,7 +71,7 @@ fn key_of(fields: &[String], window_ms: i64, alert: &Alert) -> (u64, String, Eve
     let mut h = xxhash_rust::xxh3::Xxh3::new();
     let mut text = String::new();
     for f in fields {
-        let v = field(alert, f);
+        let v = alert.field(f);
         h.update(v.as_bytes());
         h.update(&[0x1f]);
         if !text.is_empty() {
