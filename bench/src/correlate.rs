@@ -62,7 +62,8 @@ pub fn run(keys: u64, alerts_per_key: u64) -> anyhow::Result<()> {
     eprintln!("building {total} alerts over {keys} keys ...");
     let alerts: Vec<Alert> = (0..total)
         .map(|n| {
-            let key = (n.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11) % keys;
+            // Every key gets `alerts_per_key` alerts, keys interleaved.
+            let key = n % keys;
             alert(n, key, T0 + (n as i64 * span) / total as i64)
         })
         .collect();

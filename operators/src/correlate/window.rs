@@ -9,6 +9,10 @@
 //!
 //! Evaluation waits for the watermark, so the outputs depend only on the set of inputs within
 //! the lateness bound, not on their arrival order, epoch boundaries or the worker count.
+//!
+//! Memory: with a million live groups the hash table's power-of-two sizing dominates, so the
+//! table maps a key to a slot (12 bytes a bucket) in a dense slab of groups, a group keeps up
+//! to two entries inline, and each group has exactly one live timer.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -44,9 +48,16 @@ struct Group {
     /// Group-by values joined by U+001F (inline up to 24 bytes).
     values: CompactString,
     /// Sorted by (t, id).
-    entries: SmallVec<[Entry; 1]>,
+    entries: SmallVec<[Entry; 2]>,
     /// `entries[..processed]` were evaluated as window ends.
     processed: u32,
+    /// When the group's timer is due; other timers for it are stale.
+    #[serde(skip, default = "no_timer")]
+    due: EventTime,
+}
+
+fn no_timer() -> EventTime {
+    EventTime::MAX
 }
 
 impl Group {
@@ -62,9 +73,15 @@ pub struct Windows {
     component: Arc<str>,
     /// Owned key groups (all of them outside a dataflow).
     owned: Vec<bool>,
-    groups: HashMap<(u32, u64), Group>,
-    /// Per level: (due, correlation, key), due when the watermark passes `due`.
-    timers: Vec<BinaryHeap<Reverse<(EventTime, u32, u64)>>>,
+    /// Per correlation: group key → slot in `slab`.
+    index: Vec<HashMap<u64, u32>>,
+    slab: Vec<Group>,
+    /// Free slots of `slab`.
+    free: Vec<u32>,
+    /// Per correlation: (due, key), due when the watermark passes `due`.
+    timers: Vec<BinaryHeap<Reverse<(EventTime, u64)>>>,
+    /// Correlations by level (chains after the correlations they reference).
+    by_level: Vec<Vec<u32>>,
     watermark: EventTime,
     values: String,
     scratch: Vec<u64>,
@@ -110,14 +127,18 @@ fn value_of<'a>(alert: &'a Alert, field: &Option<String>) -> Option<&'a str> {
 
 impl Windows {
     pub fn new(set: Arc<CorrelationSet>, version: Arc<str>, component: Arc<str>, owned: Vec<bool>) -> Self {
-        let levels = set.max_level() + 1;
+        let correlations = set.rules.len();
+        let by_level = levels_of(&set);
         Windows {
             set,
             version,
             component,
             owned,
-            groups: HashMap::new(),
-            timers: (0..levels).map(|_| BinaryHeap::new()).collect(),
+            index: (0..correlations).map(|_| HashMap::new()).collect(),
+            slab: Vec::new(),
+            free: Vec::new(),
+            timers: (0..correlations).map(|_| BinaryHeap::new()).collect(),
+            by_level,
             watermark: WATERMARK_MIN,
             values: String::new(),
             scratch: Vec::new(),
@@ -141,7 +162,7 @@ impl Windows {
     }
 
     pub fn live_keys(&self) -> usize {
-        self.groups.len()
+        self.index.iter().map(|m| m.len()).sum()
     }
 
     pub fn watermark(&self) -> EventTime {
@@ -166,7 +187,7 @@ impl Windows {
             };
             if self.owned[key_group(key) as usize] {
                 if let Some(aux) = aux_for(c, si, value_of(alert, &input.value_field)) {
-                    self.insert(ci, key, &values, Entry { t, id, aux }, c.level);
+                    self.insert(ci, key, &values, Entry { t, id, aux });
                     fed = true;
                 }
             }
@@ -175,19 +196,54 @@ impl Windows {
         fed
     }
 
-    fn insert(&mut self, ci: u32, key: u64, values: &str, e: Entry, level: usize) {
-        let g = self.groups.entry((ci, key)).or_insert_with(|| Group {
-            values: CompactString::new(values),
-            entries: SmallVec::new(),
-            processed: 0,
-        });
-        let had_pending = g.pending().is_some();
+    /// The slot of a new group.
+    fn allocate(&mut self, g: Group) -> u32 {
+        match self.free.pop() {
+            Some(slot) => {
+                self.slab[slot as usize] = g;
+                slot
+            }
+            None => {
+                self.slab.push(g);
+                (self.slab.len() - 1) as u32
+            }
+        }
+    }
+
+    fn release(&mut self, ci: u32, key: u64) {
+        if let Some(slot) = self.index[ci as usize].remove(&key) {
+            let g = &mut self.slab[slot as usize];
+            g.entries = SmallVec::new();
+            g.values = CompactString::default();
+            self.free.push(slot);
+        }
+    }
+
+    /// Makes the group's timer due at `due` (if earlier than the one it has).
+    fn schedule(&mut self, ci: u32, key: u64, slot: u32, due: EventTime) {
+        let g = &mut self.slab[slot as usize];
+        if due < g.due {
+            g.due = due;
+            self.timers[ci as usize].push(Reverse((due, key)));
+        }
+    }
+
+    fn insert(&mut self, ci: u32, key: u64, values: &str, e: Entry) {
+        let slot = match self.index[ci as usize].get(&key) {
+            Some(&slot) => slot,
+            None => {
+                let g = Group { values: CompactString::new(values), entries: SmallVec::new(), processed: 0, due: no_timer() };
+                let slot = self.allocate(g);
+                self.index[ci as usize].insert(key, slot);
+                slot
+            }
+        };
+        let g = &mut self.slab[slot as usize];
         let pos = g.entries.iter().rposition(|x| (x.t, x.id) <= (e.t, e.id)).map_or(0, |p| p + 1);
         let pos = pos.max(g.processed as usize);
         g.entries.insert(pos, e);
-        if !had_pending || g.pending() == Some(e.t) {
-            self.timers[level].push(Reverse((e.t, ci, key)));
-        }
+        let pending = g.pending().unwrap_or(e.t);
+        self.schedule(ci, key, slot, pending);
     }
 
     /// The watermark passed `watermark`: evaluates every window that ends before it, level by
@@ -197,22 +253,34 @@ impl Windows {
             return;
         }
         self.watermark = watermark;
-        for level in 0..self.timers.len() {
-            while let Some(Reverse((due, ci, key))) = self.timers[level].peek().copied() {
-                if due >= watermark {
-                    break;
-                }
-                self.timers[level].pop();
-                self.evaluate(ci, key, out);
+        for level in 0..self.by_level.len() {
+            for i in 0..self.by_level[level].len() {
+                self.fire(self.by_level[level][i], watermark, out);
             }
         }
     }
 
-    fn evaluate(&mut self, ci: u32, key: u64, out: &mut OperatorOutput) {
+    /// Evaluates the groups of correlation `ci` whose timers are due.
+    fn fire(&mut self, ci: u32, watermark: EventTime, out: &mut OperatorOutput) {
+        while let Some(Reverse((due, key))) = self.timers[ci as usize].peek().copied() {
+            if due >= watermark {
+                break;
+            }
+            self.timers[ci as usize].pop();
+            let Some(&slot) = self.index[ci as usize].get(&key) else { continue };
+            if self.slab[slot as usize].due != due {
+                continue; // superseded by an earlier timer
+            }
+            self.slab[slot as usize].due = no_timer();
+            self.evaluate(ci, key, slot, out);
+        }
+    }
+
+    fn evaluate(&mut self, ci: u32, key: u64, slot: u32, out: &mut OperatorOutput) {
         let set = self.set.clone();
         let c = &set.rules[ci as usize];
         let wm = self.watermark;
-        let Some(mut g) = self.groups.remove(&(ci, key)) else { return };
+        let g = &mut self.slab[slot as usize];
         let mut fired: Vec<Alert> = Vec::new();
         while (g.processed as usize) < g.entries.len() && g.entries[g.processed as usize].t < wm {
             let i = g.processed as usize;
@@ -221,7 +289,7 @@ impl Windows {
             g.processed += 1;
             let window = &g.entries[start..=i];
             let Some((value, used)) = evaluate_window(c, window, &mut self.scratch) else { continue };
-            fired.push(self.alert(c, &g.values, window, &used, value));
+            fired.push(alert_of(&self.version, &self.component, c, &g.values, window, &used, value));
             // The window's entries are spent: the next alert needs a fresh set.
             g.entries.drain(..=i);
             g.processed = 0;
@@ -233,14 +301,11 @@ impl Windows {
             g.entries.drain(..expired);
             g.processed -= expired as u32;
         }
-        if !g.entries.is_empty() {
-            let due = match g.pending() {
-                Some(t) => t,
-                // Released once no window can reach the newest entry.
-                None => g.entries.last().map(|e| e.t + c.timespan_ms - 1).unwrap_or(wm),
-            };
-            self.timers[c.level].push(Reverse((due.max(wm), ci, key)));
-            self.groups.insert((ci, key), g);
+        if g.entries.is_empty() {
+            self.release(ci, key);
+        } else {
+            let due = due_of(g, c.timespan_ms, wm);
+            self.schedule(ci, key, slot, due.max(wm));
         }
         for a in fired {
             self.chain(&a);
@@ -257,7 +322,37 @@ impl Windows {
         }
     }
 
-    fn alert(&self, c: &Correlation, values: &str, window: &[Entry], used: &[usize], value: f64) -> Alert {
+}
+
+/// Correlation indices grouped by level.
+fn levels_of(set: &CorrelationSet) -> Vec<Vec<u32>> {
+    let mut levels = vec![Vec::new(); set.max_level() + 1];
+    for (ci, c) in set.rules.iter().enumerate() {
+        levels[c.level].push(ci as u32);
+    }
+    levels
+}
+
+/// When a group's timer is due: its first entry not yet evaluated, else when no window can
+/// reach its newest entry (release).
+fn due_of(g: &Group, timespan_ms: i64, otherwise: EventTime) -> EventTime {
+    match g.pending() {
+        Some(t) => t,
+        None => g.entries.last().map(|e| e.t + timespan_ms - 1).unwrap_or(otherwise),
+    }
+}
+
+/// The alert a correlation raises for a window.
+fn alert_of(
+    version: &str,
+    component: &str,
+    c: &Correlation,
+    values: &str,
+    window: &[Entry],
+    used: &[usize],
+    value: f64,
+) -> Alert {
+    {
         let end = window.last().map(|e| e.t).unwrap_or_default();
         let start = used.first().map(|&i| window[i].t).unwrap_or(end);
         let contributing: Vec<String> = used.iter().take(MAX_CONTRIBUTING).map(|&i| id_text(window[i].id)).collect();
@@ -272,13 +367,13 @@ impl Windows {
             alert_id: format!("{:032x}", h.digest128()),
             rule: c.rule.clone(),
             priority: priority_for_level(&c.rule.level),
-            ruleset_version: self.version.to_string(),
-            detector: self.component.to_string(),
+            ruleset_version: version.to_string(),
+            detector: component.to_string(),
             matches: Vec::new(),
             event_id: None,
             event_time_ms: Some(end),
             origin: AlertOrigin {
-                source: self.component.to_string(),
+                source: component.to_string(),
                 partition: c.rule.id.clone(),
                 offset: end as u64,
             },
@@ -296,15 +391,21 @@ impl Windows {
             suppression: None,
         }
     }
+}
 
+impl Windows {
     /// The state of one key group.
     pub fn snapshot(&self, group: u16) -> anyhow::Result<Vec<u8>> {
-        let mut items: Vec<(u64, u64, &Group)> = self
-            .groups
-            .iter()
-            .filter(|((_, key), _)| key_group(*key) == group)
-            .map(|((ci, key), g)| (self.set.rules[*ci as usize].fingerprint, *key, g))
-            .collect();
+        let mut items: Vec<(u64, u64, &Group)> = Vec::new();
+        for (ci, index) in self.index.iter().enumerate() {
+            let fingerprint = self.set.rules[ci].fingerprint;
+            items.extend(
+                index
+                    .iter()
+                    .filter(|(key, _)| key_group(**key) == group)
+                    .map(|(key, slot)| (fingerprint, *key, &self.slab[*slot as usize])),
+            );
+        }
         if items.is_empty() {
             return Ok(Vec::new());
         }
@@ -327,19 +428,19 @@ impl Windows {
                 anyhow::bail!("key group {group} holds a key of group {}", key_group(key));
             }
             let Some(&ci) = by_fingerprint.get(&fingerprint) else { continue };
-            self.reschedule(ci, key, &g);
-            self.groups.insert((ci, key), g);
+            self.adopt(ci, key, g);
         }
         Ok(())
     }
 
-    fn reschedule(&mut self, ci: u32, key: u64, g: &Group) {
+    /// Takes in a group (restored or carried over a rule-set switch) and schedules it.
+    fn adopt(&mut self, ci: u32, key: u64, mut g: Group) {
         let c = &self.set.rules[ci as usize];
-        let due = match g.pending() {
-            Some(t) => t,
-            None => g.entries.last().map(|e| e.t + c.timespan_ms - 1).unwrap_or(self.watermark),
-        };
-        self.timers[c.level].push(Reverse((due, ci, key)));
+        let due = due_of(&g, c.timespan_ms, self.watermark);
+        g.due = no_timer();
+        let slot = self.allocate(g);
+        self.index[ci as usize].insert(key, slot);
+        self.schedule(ci, key, slot, due);
     }
 
     /// Switches to a new rule set, keeping the windows of correlations it defines unchanged.
@@ -348,12 +449,20 @@ impl Windows {
         self.version = version;
         let by_fingerprint: HashMap<u64, u32> =
             self.set.rules.iter().enumerate().map(|(i, c)| (c.fingerprint, i as u32)).collect();
-        let groups = std::mem::take(&mut self.groups);
-        self.timers = (0..self.set.max_level() + 1).map(|_| BinaryHeap::new()).collect();
-        for ((ci, key), g) in groups {
-            let Some(&new) = by_fingerprint.get(&old.rules[ci as usize].fingerprint) else { continue };
-            self.reschedule(new, key, &g);
-            self.groups.insert((new, key), g);
+        let index = std::mem::replace(&mut self.index, (0..self.set.rules.len()).map(|_| HashMap::new()).collect());
+        let mut slab = std::mem::take(&mut self.slab);
+        self.free.clear();
+        self.timers = (0..self.set.rules.len()).map(|_| BinaryHeap::new()).collect();
+        self.by_level = levels_of(&self.set);
+        for (ci, groups) in index.into_iter().enumerate() {
+            let Some(&new) = by_fingerprint.get(&old.rules[ci].fingerprint) else { continue };
+            for (key, slot) in groups {
+                let g = std::mem::replace(
+                    &mut slab[slot as usize],
+                    Group { values: CompactString::default(), entries: SmallVec::new(), processed: 0, due: no_timer() },
+                );
+                self.adopt(new, key, g);
+            }
         }
     }
 
