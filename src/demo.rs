@@ -7,6 +7,7 @@ const FILES: &[(&str, &[u8])] = &[
     ("pipelines/demo.yaml", include_bytes!("../pipelines/demo.yaml")),
     ("rules/ti/demo-indicators.txt", include_bytes!("../rules/ti/demo-indicators.txt")),
     ("rules/assets/demo-assets.csv", include_bytes!("../rules/assets/demo-assets.csv")),
+    ("rules/sla/default.yaml", include_bytes!("../rules/sla/default.yaml")),
     ("rules/geo/ward-test-city.mmdb", include_bytes!("../rules/geo/ward-test-city.mmdb")),
     ("rules/geo/ward-test-asn.mmdb", include_bytes!("../rules/geo/ward-test-asn.mmdb")),
     (

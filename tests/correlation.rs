@@ -9,11 +9,8 @@ use std::path::Path;
 
 use common::*;
 
-/// A Security event in the EVTX-JSON shape the Windows pack reads.
 fn security(event_id: u32, t: &str, record: u64, data: &str) -> String {
-    format!(
-        r##"{{"Event":{{"System":{{"Provider":{{"#attributes":{{"Name":"Microsoft-Windows-Security-Auditing"}}}},"EventID":{event_id},"TimeCreated":{{"#attributes":{{"SystemTime":"{t}"}}}},"EventRecordID":{record},"Channel":"Security","Computer":"dc1.corp.local"}},"EventData":{{{data}}}}}}}"##
-    )
+    security_event(event_id, t, record, "dc1.corp.local", data)
 }
 
 fn failed(t: &str, record: u64, user: &str) -> String {
@@ -29,18 +26,11 @@ fn group_add(t: &str, record: u64, user: &str) -> String {
     )
 }
 
-const RULES: &str = r#"title: Failed Logon
-id: failed-logon
-logsource: {product: windows, service: security}
-detection: {selection: {EventID: 4625}, condition: selection}
-level: low
----
-title: Added To Administrators
-id: admin-add
-logsource: {product: windows, service: security}
-detection: {selection: {EventID: 4732, TargetUserName: Administrators}, condition: selection}
-level: medium
----
+fn rules() -> String {
+    windows_rules("medium") + CORRELATIONS
+}
+
+const CORRELATIONS: &str = r#"---
 title: Brute Force
 id: brute-force
 name: brute_force
@@ -85,7 +75,7 @@ fn scenario() -> Vec<String> {
 #[test]
 fn rules_test_evaluates_correlations_with_event_indices() {
     let dir = tempfile::tempdir().unwrap();
-    let rules = write(dir.path(), "rules.yml", RULES);
+    let rules = write(dir.path(), "rules.yml", &rules());
     let events = write(dir.path(), "events.jsonl", &scenario().join("\n"));
     let r = ward(&["rules", "test", &rules, "--events", &events, "--pack", "windows"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
@@ -211,7 +201,7 @@ fn corpus() -> Vec<Vec<String>> {
 #[test]
 fn pipeline_correlation_is_the_same_for_any_worker_count_and_interleaving() {
     let dir = tempfile::tempdir().unwrap();
-    write(dir.path(), "rules.yml", RULES);
+    write(dir.path(), "rules.yml", &rules());
     let files = corpus();
     for (i, f) in files.iter().enumerate() {
         write(dir.path(), &format!("part{i}.jsonl"), &f.join("\n"));
@@ -249,7 +239,7 @@ fn pipeline_correlation_is_the_same_for_any_worker_count_and_interleaving() {
 #[test]
 fn late_records_are_quarantined_and_an_idle_partition_does_not_hold_back_forever() {
     let dir = tempfile::tempdir().unwrap();
-    write(dir.path(), "rules.yml", RULES);
+    write(dir.path(), "rules.yml", &rules());
     let mut lines = scenario();
     // 20 minutes later, then a record 5 minutes behind that: beyond the 2-minute bound.
     lines.push(failed("2026-03-01T10:26:00.000Z", 50, "carol"));

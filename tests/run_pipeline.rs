@@ -261,6 +261,8 @@ need = {'@timestamp', 'event.dataset', 'host.name', 'user.name', 'source.ip', 'd
 print(t.num_rows, sorted(need - cols))
 q = [json.loads(l) for l in open(sys.argv[1] + '/out/demo/quarantine.jsonl')]
 print(sorted(collections.Counter(r['reason'] for r in q).items()))
+c = [json.loads(l) for l in open(sys.argv[1] + '/out/demo/cases.jsonl')]
+print(json.dumps(sorted(collections.Counter(r['kind'] for r in c).items())))
 "#,
         &[&out.to_string_lossy()],
     );
@@ -273,6 +275,15 @@ print(sorted(collections.Counter(r['reason'] for r in q).items()))
     for r in ["invalid_json", "invalid_syslog", "invalid_utf8", "invalid_timestamp", "unknown_format"] {
         assert!(reasons.contains(r), "{reasons}");
     }
+    // Cases: opened by the alerts, joined per host, and with nobody acknowledging, every
+    // opened case is warned about and breaches its acknowledge deadline by the end of input.
+    let kinds: std::collections::BTreeMap<String, u64> =
+        serde_json::from_str::<Vec<(String, u64)>>(lines.next().unwrap()).unwrap().into_iter().collect();
+    let opened = kinds.get("case.opened").copied().unwrap_or(0);
+    assert!(opened > 0, "{kinds:?}");
+    assert!(kinds.get("case.joined").copied().unwrap_or(0) > 0, "{kinds:?}");
+    assert_eq!(kinds.get("sla.breached").copied(), Some(2 * opened), "acknowledge and contain: {kinds:?}");
+    assert_eq!(kinds.get("sla.warning").copied(), Some(2 * opened), "{kinds:?}");
 }
 
 #[test]

@@ -54,7 +54,8 @@ fn rss_bytes() -> u64 {
 }
 
 pub fn run(keys: u64, alerts_per_key: u64) -> anyhow::Result<()> {
-    let rules = CorrelationRules::load(&[RuleFile { path: "bench.yml".into(), rel: "bench.yml".into(), text: RULES.into() }]);
+    let rules =
+        CorrelationRules::load(&[RuleFile { path: "bench.yml".into(), rel: "bench.yml".into(), text: RULES.into() }]);
     anyhow::ensure!(rules.set.rejected.is_empty(), "bench rules rejected: {:?}", rules.set.rejected);
     let total = keys * alerts_per_key;
     // Alerts spread over 8 minutes of event time: every key stays live (timespan 10 minutes).
@@ -88,7 +89,9 @@ pub fn run(keys: u64, alerts_per_key: u64) -> anyhow::Result<()> {
     let live = windows.live_keys();
     let heap = ALLOCATED.load(Ordering::Relaxed) - heap_before;
     let rss = rss_bytes().saturating_sub(rss_before);
-    println!("correlation: event_count (gte 5 in 10m, group-by TargetUserName), {total} pre-matched alerts, {keys} keys");
+    println!(
+        "correlation: event_count (gte 5 in 10m, group-by TargetUserName), {total} pre-matched alerts, {keys} keys"
+    );
     println!(
         "  throughput: {:.0} alerts/s on one thread (routing + windows + watermark), {:.0} ns/alert",
         total as f64 / elapsed.as_secs_f64(),

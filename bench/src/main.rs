@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 mod correlate;
 mod sigma;
+mod state;
 
 use clap::{Parser, Subcommand};
 use ward_connectors::sinks::parquet::{ParquetSink, ParquetSinkConfig, PartitionBy};
@@ -86,6 +87,12 @@ enum Cmd {
         /// Alerts per key (spread over 8 minutes of event time).
         #[arg(long, default_value_t = 2)]
         alerts_per_key: u64,
+    },
+    /// State per live key of dedup, suppress and sla.
+    State {
+        /// Distinct live keys per operator.
+        #[arg(long, default_value_t = 1_000_000)]
+        keys: u64,
     },
     /// The Sigma matcher: Ward vs rsigma-eval vs sigma-rust, and Ward with 100 … all rules.
     Sigma {
@@ -272,6 +279,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Pipeline { count, workers, repeat } => pipeline(count, &workers, repeat),
         Cmd::Stages { count, zstd_level } => stages(count, zstd_level),
         Cmd::Correlate { keys, alerts_per_key } => correlate::run(keys, alerts_per_key),
+        Cmd::State { keys } => state::run(keys),
         Cmd::Sigma { rules, count, competitor_count, sizes, repeat } => {
             sigma::run(sigma::Args { rules, count, competitor_count, sizes, repeat })
         }

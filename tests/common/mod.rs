@@ -91,3 +91,23 @@ pub fn shared_dir() -> PathBuf {
         .find(|p| p.join("sigma/rules").is_dir())
         .expect("the Sigma corpus: set WARD_SHARED to the directory holding sigma/ and sigma-specification/")
 }
+
+/// A Windows Security event in the EVTX-JSON shape the Windows pack reads; `data` is the body of
+/// `EventData`.
+pub fn security_event(event_id: u32, t: &str, record: u64, computer: &str, data: &str) -> String {
+    format!(
+        r##"{{"Event":{{"System":{{"Provider":{{"#attributes":{{"Name":"Microsoft-Windows-Security-Auditing"}}}},"EventID":{event_id},"TimeCreated":{{"#attributes":{{"SystemTime":"{t}"}}}},"EventRecordID":{record},"Channel":"Security","Computer":"{computer}"}},"EventData":{{{data}}}}}}}"##
+    )
+}
+
+/// Sigma rules for failed logons (`failed-logon`, 4625, level low) and additions to the
+/// Administrators group (`admin-add`, 4732, level `admin_level`).
+pub fn windows_rules(admin_level: &str) -> String {
+    format!(
+        "title: Failed Logon\nid: failed-logon\nlogsource: {{product: windows, service: security}}\n\
+         detection: {{selection: {{EventID: 4625}}, condition: selection}}\nlevel: low\n---\n\
+         title: Added To Administrators\nid: admin-add\nlogsource: {{product: windows, service: security}}\n\
+         detection: {{selection: {{EventID: 4732, TargetUserName: Administrators}}, condition: selection}}\n\
+         level: {admin_level}\n"
+    )
+}

@@ -232,7 +232,12 @@ impl Windows {
         let slot = match self.index[ci as usize].get(&key) {
             Some(&slot) => slot,
             None => {
-                let g = Group { values: CompactString::new(values), entries: SmallVec::new(), processed: 0, due: no_timer() };
+                let g = Group {
+                    values: CompactString::new(values),
+                    entries: SmallVec::new(),
+                    processed: 0,
+                    due: no_timer(),
+                };
                 let slot = self.allocate(g);
                 self.index[ci as usize].insert(key, slot);
                 slot
@@ -321,7 +326,6 @@ impl Windows {
             self.add(a);
         }
     }
-
 }
 
 /// Correlation indices grouped by level.
@@ -372,11 +376,7 @@ fn alert_of(
             matches: Vec::new(),
             event_id: None,
             event_time_ms: Some(end),
-            origin: AlertOrigin {
-                source: component.to_string(),
-                partition: c.rule.id.clone(),
-                offset: end as u64,
-            },
+            origin: AlertOrigin { source: component.to_string(), partition: c.rule.id.clone(), offset: end as u64 },
             event: None,
             fields: group_by.clone(),
             correlation: Some(CorrelationInfo {

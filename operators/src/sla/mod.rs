@@ -38,7 +38,9 @@ use ward_engine::alert::Alert;
 use ward_engine::batch::{value_to_json, EventBatch, Value};
 use ward_engine::case::{CaseEventKind, CaseRecord, SlaKind};
 use ward_engine::component::{Built, OperatorOutput, StreamKind, WorkerContext};
-use ward_engine::keyed::{decode, encode, hash_key, key_group, KeyedOperator, KeyedOperatorFactory, RecordRef, Route, Router};
+use ward_engine::keyed::{
+    decode, encode, hash_key, key_group, KeyedOperator, KeyedOperatorFactory, RecordRef, Route, Router,
+};
 use ward_engine::metrics::ComponentMetrics;
 use ward_engine::quarantine::{QuarantineRecord, Reason};
 use ward_engine::registry::{BuildContext, ComponentConfig, Section};
@@ -186,17 +188,23 @@ fn entity_key(entity: &[(String, String)]) -> u64 {
     hash_key(entity.iter().flat_map(|(f, v)| [f.as_bytes(), v.as_bytes()]))
 }
 
-/// `<entity key>-<opening alert>`: the first part routes updates to the case's owner.
-fn case_id(entity_key: u64, alert_id: &str) -> String {
-    format!("{entity_key:016x}-{:08x}", hash_key([alert_id.as_bytes()]) as u32)
+/// A case's serial among its entity's cases: a hash of the alert that opened it.
+fn serial_of(alert_id: &str) -> u32 {
+    hash_key([alert_id.as_bytes()]) as u32
 }
 
-/// The entity key a case id names, if it is well formed.
-fn key_of_case(id: &str) -> Option<u64> {
-    let (key, rest) = id.split_once('-')?;
-    (key.len() == 16 && rest.len() == 8 && rest.bytes().all(|b| b.is_ascii_hexdigit()))
-        .then(|| u64::from_str_radix(key, 16).ok())
-        .flatten()
+/// `<entity key>-<serial>`: the first part routes updates to the case's owner.
+fn case_id(entity_key: u64, serial: u32) -> String {
+    format!("{entity_key:016x}-{serial:08x}")
+}
+
+/// The entity key and serial a case id names, if it is well formed.
+fn parse_case_id(id: &str) -> Option<(u64, u32)> {
+    let (key, serial) = id.split_once('-')?;
+    if key.len() != 16 || serial.len() != 8 {
+        return None;
+    }
+    Some((u64::from_str_radix(key, 16).ok()?, u32::from_str_radix(serial, 16).ok()?))
 }
 
 fn text_of(batch: &EventBatch, row: usize, name: &str) -> Option<String> {
@@ -248,7 +256,7 @@ struct SlaRouter {
 /// its text (or payload), which quarantines it.
 fn update_key(settings: &Settings, batch: &EventBatch, row: usize) -> u64 {
     match text_of(batch, row, &settings.case_field) {
-        Some(id) => key_of_case(&id).unwrap_or_else(|| hash_key([id.as_bytes()])),
+        Some(id) => parse_case_id(&id).map_or_else(|| hash_key([id.as_bytes()]), |(key, _)| key),
         None => hash_key([batch.raw_payload(row)]),
     }
 }
@@ -274,7 +282,8 @@ struct Clock {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 struct Case {
-    id: String,
+    /// With the entity key, the case id.
+    serial: u32,
     entity: Vec<(String, String)>,
     /// Event time of the first alert.
     opened_ms: i64,
@@ -340,8 +349,8 @@ pub struct Sla {
     metrics: Option<ComponentMetrics>,
     /// Entity key → its cases (the last is the one alerts may join).
     cases: HashMap<u64, Vec<Case>>,
-    /// (threshold, entity key, case id): wake-ups; stale ones are skipped.
-    timers: BinaryHeap<Reverse<(i64, u64, String)>>,
+    /// (threshold, entity key, case serial): wake-ups; stale ones are skipped.
+    timers: BinaryHeap<Reverse<(i64, u64, u32)>>,
     pending: BTreeMap<PendingKey, Pending>,
     watermark: EventTime,
     /// Processing time as of the last tick.
@@ -366,10 +375,10 @@ impl Sla {
         self.settings.mode == TimerMode::ProcessingTime
     }
 
-    fn record(&self, kind: CaseEventKind, case: &Case, time_ms: i64) -> CaseRecord {
+    fn record(&self, kind: CaseEventKind, key: u64, case: &Case, time_ms: i64) -> CaseRecord {
         CaseRecord {
             kind,
-            case_id: case.id.clone(),
+            case_id: case_id(key, case.serial),
             priority: priority_name(case.priority).into(),
             score: case.score,
             entity: case.entity.clone(),
@@ -429,7 +438,7 @@ impl Sla {
         let next = self.next_threshold(case, after);
         if next != case.next_timer {
             if let Some(t) = next {
-                self.timers.push(Reverse((t, key, case.id.clone())));
+                self.timers.push(Reverse((t, key, case.serial)));
             }
             if let Some(case) = self.cases.get_mut(&key).and_then(|v| v.get_mut(case_index)) {
                 case.next_timer = next;
@@ -442,7 +451,7 @@ impl Sla {
         let score = self.settings.policy.score(&alert);
         let priority = self.settings.policy.priority(score);
         let join_within = self.settings.join_within_ms;
-        let cases = self.cases.entry(key).or_default();
+        let cases = self.cases.entry(key).or_insert_with(|| Vec::with_capacity(1));
         let joinable = cases
             .last()
             .is_some_and(|c| c.contain.done.is_none() && t >= c.opened_ms && t - c.last_alert_ms <= join_within);
@@ -457,9 +466,10 @@ impl Sla {
             }
             (i, CaseEventKind::Joined)
         } else {
-            let entity = self.settings.entity(&alert);
+            let mut entity = self.settings.entity(&alert);
+            entity.shrink_to_fit();
             cases.push(Case {
-                id: case_id(key, &alert.alert_id),
+                serial: serial_of(&alert.alert_id),
                 entity,
                 opened_ms: t,
                 start_ms: clock,
@@ -474,7 +484,7 @@ impl Sla {
             (cases.len() - 1, CaseEventKind::Opened)
         };
         let case = &self.cases[&key][index];
-        let mut r = self.record(kind, case, t);
+        let mut r = self.record(kind, key, case, t);
         r.alert_id = Some(alert.alert_id);
         r.rule_id = Some(alert.rule.id);
         out.cases.push(r);
@@ -495,7 +505,9 @@ impl Sla {
         record: QuarantineRecord,
         out: &mut OperatorOutput,
     ) {
-        let Some(index) = self.cases.get(&key).and_then(|v| v.iter().position(|c| c.id == case_id)) else {
+        let serial = parse_case_id(case_id).map(|(_, serial)| serial);
+        let found = self.cases.get(&key).and_then(|v| v.iter().position(|c| Some(c.serial) == serial));
+        let Some(index) = found else {
             let mut q = record;
             q.reason = Reason::UnknownCase;
             q.detail = format!("no open case `{case_id}` (never opened, already contained, or past retention)");
@@ -527,7 +539,7 @@ impl Sla {
                     SlaKind::Contain => m.observe_ttc(prio, took as f64 / 1000.0),
                 }
             }
-            let mut r = self.record(kind, case, clock);
+            let mut r = self.record(kind, key, case, clock);
             r.sla = Some(sla);
             r.deadline_ms = Some(deadline);
             out.cases.push(r.clone());
@@ -555,8 +567,8 @@ impl Sla {
     }
 
     /// Fires the thresholds of one case due at `t` (its timer), then schedules the next.
-    fn fire(&mut self, t: i64, key: u64, id: &str, out: &mut OperatorOutput) {
-        let Some(index) = self.cases.get(&key).and_then(|v| v.iter().position(|c| c.id == id)) else { return };
+    fn fire(&mut self, t: i64, key: u64, serial: u32, out: &mut OperatorOutput) {
+        let Some(index) = self.cases.get(&key).and_then(|v| v.iter().position(|c| c.serial == serial)) else { return };
         if self.cases[&key][index].next_timer != Some(t) {
             return; // superseded
         }
@@ -592,7 +604,7 @@ impl Sla {
                     m.sla_breached(priority_name(case.priority), sla_name(sla));
                 }
             }
-            let mut r = self.record(kind, case, at);
+            let mut r = self.record(kind, key, case, at);
             r.sla = Some(sla);
             r.deadline_ms = Some(deadline);
             out.cases.push(r);
@@ -612,12 +624,12 @@ impl Sla {
 
     /// Fires every timer due at or before `t`.
     fn fire_due(&mut self, t: i64, out: &mut OperatorOutput) {
-        while let Some(Reverse((at, key, id))) = self.timers.peek().cloned() {
+        while let Some(Reverse((at, key, serial))) = self.timers.peek().copied() {
             if at > t {
                 break;
             }
             self.timers.pop();
-            self.fire(at, key, &id, out);
+            self.fire(at, key, serial, out);
         }
     }
 
@@ -713,8 +725,12 @@ impl KeyedOperator for Sla {
     fn snapshot(&self, group: u16) -> anyhow::Result<Vec<u8>> {
         let mut cases: Vec<(u64, Vec<Case>)> =
             self.cases.iter().filter(|(k, _)| key_group(**k) == group).map(|(k, v)| (*k, v.clone())).collect();
-        let pending: Vec<(PendingKey, Pending)> =
-            self.pending.iter().filter(|(_, p)| key_group(p.key()) == group).map(|(k, p)| (k.clone(), p.clone())).collect();
+        let pending: Vec<(PendingKey, Pending)> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| key_group(p.key()) == group)
+            .map(|(k, p)| (k.clone(), p.clone()))
+            .collect();
         if cases.is_empty() && pending.is_empty() {
             return Ok(Vec::new());
         }
@@ -735,7 +751,7 @@ impl KeyedOperator for Sla {
         for (key, cases) in state.cases {
             for c in &cases {
                 if let Some(t) = c.next_timer {
-                    self.timers.push(Reverse((t, key, c.id.clone())));
+                    self.timers.push(Reverse((t, key, c.serial)));
                 }
             }
             self.cases.insert(key, cases);

@@ -46,7 +46,7 @@ fn alert(n: u64, host: &str, level: &str, criticality: i64, t: i64) -> Alert {
 }
 
 fn case_of(n: u64, host: &str) -> String {
-    case_id(entity_key(&[("host.name".into(), host.into())]), &format!("{n:032x}"))
+    case_id(entity_key(&[("host.name".into(), host.into())]), serial_of(&format!("{n:032x}")))
 }
 
 /// One update event per row: `case.id`, `case.action`, `@timestamp` (fields left out when None).
@@ -276,7 +276,10 @@ fn alerts_join_an_open_case_and_raise_its_priority() {
     // stamped with their own times.
     assert_eq!((h1[3].time_ms, h1[4].time_ms), (T0 + 12 * MIN, T0 + 15 * MIN));
     let opened: Vec<_> = out.cases.iter().filter(|r| r.kind == CaseEventKind::Opened).map(|r| &r.case_id).collect();
-    assert_eq!(opened, vec![&case_of(1, "h"), &case_of(3, "other"), &case_of(6, "x"), &case_of(5, "h"), &case_of(7, "x")]);
+    assert_eq!(
+        opened,
+        vec![&case_of(1, "h"), &case_of(3, "other"), &case_of(6, "x"), &case_of(5, "h"), &case_of(7, "x")]
+    );
     assert_eq!(out.consumed, 12);
 }
 
@@ -437,9 +440,6 @@ fn metrics_count_breaches_and_observe_tta() {
     s.process_events(updates(&[(Some(&case_of(2, "g")), Some("ack"), at(30.0))]), &mut out);
     s.advance(at(60.0), &mut out);
     let text = metrics.render();
-    assert!(
-        text.contains(r#"ward_sla_breaches_total{component="sla",priority="P1",sla="acknowledge"} 1"#),
-        "{text}"
-    );
+    assert!(text.contains(r#"ward_sla_breaches_total{component="sla",priority="P1",sla="acknowledge"} 1"#), "{text}");
     assert!(text.contains(r#"ward_sla_tta_seconds_count{component="sla",priority="P3"} 1"#), "{text}");
 }
