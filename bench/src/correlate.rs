@@ -20,7 +20,8 @@ title: Brute force\nid: brute\ncorrelation:\n  type: event_count\n  rules: [fail
 
 const T0: i64 = 1_767_261_600_000;
 
-fn alert(n: u64, key: u64, t: i64) -> Alert {
+/// A pre-matched `failed` alert for user `key` at `t`.
+pub fn alert(n: u64, key: u64, t: i64) -> Alert {
     Alert {
         alert_id: format!("{:032x}", n + 1),
         rule: AlertRule {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use ward_engine::admin::AdminRoutes;
-use ward_engine::alert::{Alert, AlertOrigin, AlertRule};
+use ward_engine::alert::Alert;
 use ward_engine::batch::{EventBatch, Heap, Key, Slot, Value};
 use ward_engine::clock::EpochClock;
 use ward_engine::component::{Built, OperatorOutput, WorkerContext};
@@ -44,30 +44,12 @@ fn operator<C: ComponentConfig>(config: serde_json::Value) -> anyhow::Result<Box
 
 fn alert(n: u64, total: u64) -> Alert {
     let t = T0 + (n as i64 * SPAN_MS) / total as i64;
-    Alert {
-        alert_id: format!("{:032x}", n + 1),
-        rule: AlertRule {
-            id: "failed".into(),
-            title: "Failed logon".into(),
-            level: "high".into(),
-            status: String::new(),
-            tags: vec![],
-            techniques: vec![],
-        },
-        priority: 2,
-        ruleset_version: "v".into(),
-        detector: "detect".into(),
-        matches: vec![],
-        event_id: None,
-        event_time_ms: Some(t),
-        origin: AlertOrigin { source: "bench".into(), partition: "0".into(), offset: n },
-        event: Some(
-            serde_json::json!({"host.name": format!("host-{n:07}"), "host.id": format!("host-{n:07}"), "user.name": "u"}),
-        ),
-        fields: vec![],
-        correlation: None,
-        suppression: None,
-    }
+    let mut a = crate::correlate::alert(n, n, t);
+    a.rule.level = "high".into();
+    a.fields.clear();
+    let host = format!("host-{n:07}");
+    a.event = Some(serde_json::json!({"host.name": host, "host.id": host, "user.name": "u"}));
+    a
 }
 
 /// Events with distinct `event.id`s, in batches of 1024.
