@@ -129,6 +129,9 @@ fn route_stage<'s>(
         drop(caps);
         let mut tracker = WatermarkTracker::new(timing.sources, timing.upstream);
         let mut sent = WATERMARK_MIN;
+        // The latest epoch records were routed at: a watermark mark must not overtake them,
+        // so it goes out at that epoch or later (the keyed stage processes epochs in order).
+        let mut routed_epoch: Epoch = 0;
         let mut keys: Vec<u64> = Vec::new();
         let mut targets: Vec<usize> = Vec::new();
         let mut row_target: Vec<u32> = Vec::new();
@@ -285,6 +288,7 @@ fn route_stage<'s>(
                 metrics.filtered.inc_by(filtered);
                 let mut routed = outbox.drain();
                 if !routed.is_empty() {
+                    routed_epoch = routed_epoch.max(cap.least().copied().unwrap_or(0));
                     routed_out.activate().give(&cap, &mut routed);
                 }
                 if !passed.is_empty() {
@@ -319,7 +323,8 @@ fn route_stage<'s>(
                             body: RoutedBody::Watermark { input: index, worker: me, time: watermark },
                         })
                         .collect();
-                    routed_out.activate().give(&*cap, &mut marks);
+                    let at = cap.delayed(&routed_epoch.max(*cap.time()));
+                    routed_out.activate().give(&at, &mut marks);
                 }
                 if finished {
                     held = None;
