@@ -1,5 +1,6 @@
 //! `ward`: the command line. Wires the operator and connector crates into the engine.
 
+mod checkpoint_cli;
 mod demo;
 mod rules_cli;
 
@@ -58,6 +59,9 @@ enum Command {
     /// Sigma rules: check, test on sample events, explain.
     #[command(subcommand)]
     Rules(rules_cli::RulesCommand),
+    /// Checkpoints: what a checkpoint directory holds.
+    #[command(subcommand)]
+    Checkpoint(checkpoint_cli::CheckpointCommand),
 }
 
 #[derive(clap::Args, Clone)]
@@ -74,6 +78,10 @@ struct RunArgs {
     /// Also write the run summary as JSON to this file.
     #[arg(long)]
     summary_json: Option<PathBuf>,
+    /// Take checkpoints in this directory (overrides the spec's `settings.checkpoint.dir`) and
+    /// resume from the newest complete one found there.
+    #[arg(long)]
+    checkpoint_dir: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -107,7 +115,12 @@ fn run_spec(spec: &Spec, args: &RunArgs) -> ExitCode {
         let _ = signal_hook::flag::register_conditional_shutdown(sig, 130, stop.clone());
         let _ = signal_hook::flag::register(sig, stop.clone());
     }
-    let opts = RunOptions { workers: args.workers, admin_listen: args.admin.clone(), progress: !args.quiet };
+    let opts = RunOptions {
+        workers: args.workers,
+        admin_listen: args.admin.clone(),
+        progress: !args.quiet,
+        checkpoint_dir: args.checkpoint_dir.clone(),
+    };
     match runtime::run(spec, &opts, stop) {
         Ok(summary) => {
             if !args.quiet {
@@ -216,6 +229,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Rules(cmd) => rules_cli::run(cmd),
+        Command::Checkpoint(cmd) => checkpoint_cli::run(cmd),
         Command::Fields => {
             println!("| field | type | description |\n|---|---|---|");
             for f in ward_engine::fields::FieldId::all() {

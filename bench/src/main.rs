@@ -160,7 +160,7 @@ sinks:
             let _ = std::fs::remove_dir_all(dir.path().join("out"));
             let s = run(
                 &spec,
-                &RunOptions { workers: w, admin_listen: Some(String::new()), progress: false },
+                &RunOptions { workers: w, admin_listen: Some(String::new()), ..Default::default() },
                 Arc::new(AtomicBool::new(false)),
             )?;
             assert!(s.components.iter().all(|c| c.ledger_balances()), "ledger must balance");

@@ -39,6 +39,7 @@ fn operator<C: ComponentConfig>(config: serde_json::Value) -> anyhow::Result<Box
         resources,
         metrics: Metrics::new().component(C::TYPE),
         clock: Arc::new(EpochClock::new()),
+        resumed_from: None,
     })
 }
 

@@ -20,6 +20,11 @@ impl EpochClock {
         Self::default()
     }
 
+    /// A clock resuming at `epoch` (after a checkpoint).
+    pub fn starting_at(epoch: u64) -> Self {
+        EpochClock { current: AtomicU64::new(epoch), advancing: Mutex::new(()) }
+    }
+
     pub fn current(&self) -> u64 {
         self.current.load(Ordering::SeqCst)
     }

@@ -92,12 +92,18 @@ pub struct WorkerContext {
     pub metrics: crate::metrics::ComponentMetrics,
     /// The run's epoch clock, for components that must act at the same epoch on every worker.
     pub clock: Arc<EpochClock>,
+    /// The checkpoint this run resumed from: file sinks append to, rather than replace, what
+    /// earlier runs wrote.
+    pub resumed_from: Option<u64>,
 }
 
 /// What a source's poll produced.
 pub enum SourcePoll {
-    /// A batch of records (possibly with records quarantined while reading).
+    /// A batch of records.
     Batch(EventBatch),
+    /// A batch and records rejected while reading it (handed over together, so a checkpoint
+    /// taken after this poll covers both).
+    Both(EventBatch, Vec<QuarantineRecord>),
     /// Records that could not be read as records at all (I/O or decompression errors).
     Quarantine(Vec<QuarantineRecord>),
     /// Nothing now; poll again after about this long.
@@ -113,6 +119,17 @@ pub trait Source {
     /// event-time watermarks wait for partitions that have not produced yet).
     fn partitions(&self) -> Vec<Arc<str>> {
         Vec::new()
+    }
+    /// This instance's read positions, for a checkpoint: everything emitted so far is before
+    /// them. Opaque to the engine; empty for sources that cannot resume.
+    fn checkpoint(&self) -> anyhow::Result<Vec<u8>> {
+        Ok(Vec::new())
+    }
+    /// Resumes after the positions in a checkpoint. `parts` holds the [`Source::checkpoint`]
+    /// bytes of every instance of this source in the run that wrote it, whose worker count may
+    /// differ: each instance takes the positions of the partitions it reads.
+    fn restore(&mut self, _parts: &[&[u8]]) -> anyhow::Result<()> {
+        Ok(())
     }
 }
 
@@ -168,6 +185,17 @@ pub trait Sink {
     fn write(&mut self, payload: &Payload) -> anyhow::Result<()>;
     /// Every record of epochs up to `epoch` has been written: a natural flush point.
     fn epoch_complete(&mut self, _epoch: u64) -> anyhow::Result<()> {
+        Ok(())
+    }
+    /// Checkpoint `epoch` is being taken: every record of epochs ≤ `epoch` has been written.
+    /// Returns this instance's part of the checkpoint. By default it flushes, and a restart
+    /// from the checkpoint may repeat what was written after it (at least once).
+    fn prepare(&mut self, epoch: u64) -> anyhow::Result<Vec<u8>> {
+        self.epoch_complete(epoch)?;
+        Ok(Vec::new())
+    }
+    /// Checkpoint `epoch` is durable: what `prepare` held back may become visible.
+    fn commit(&mut self, _epoch: u64) -> anyhow::Result<()> {
         Ok(())
     }
     /// The input is closed; flush and close everything.

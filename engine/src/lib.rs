@@ -6,6 +6,7 @@ pub mod admin;
 pub mod alert;
 pub mod batch;
 pub mod case;
+pub mod checkpoint;
 pub mod clock;
 pub mod component;
 pub mod fields;

@@ -18,8 +18,11 @@ use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::Concatenate;
 use timely::dataflow::{Scope, Stream};
 
+use std::collections::BTreeSet;
+
 use crate::admin::AdminServer;
 use crate::batch::EventBatch;
+use crate::checkpoint::{CheckpointConfig, Checkpointer, Restored};
 use crate::clock::EpochClock;
 use crate::component::{Built, Operator, OperatorOutput, Payload, Progress, Sink, Source, SourcePoll, WorkerContext};
 use crate::metrics::{ComponentMetrics, Metrics};
@@ -36,11 +39,14 @@ pub struct RunOptions {
     pub admin_listen: Option<String>,
     /// Show a progress line on stderr (only when stderr is a terminal).
     pub progress: bool,
+    /// Overrides the spec's checkpoint directory (checkpoints with the default settings if the
+    /// spec has none).
+    pub checkpoint_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for RunOptions {
     fn default() -> Self {
-        RunOptions { workers: 1, admin_listen: None, progress: false }
+        RunOptions { workers: 1, admin_listen: None, progress: false, checkpoint_dir: None }
     }
 }
 
@@ -79,6 +85,9 @@ pub struct RunSummary {
     pub components: Vec<ComponentSummary>,
     pub stopped_by_signal: bool,
     pub admin_addr: Option<std::net::SocketAddr>,
+    /// The checkpoint the run resumed from, and the last one it completed.
+    pub resumed_from: Option<u64>,
+    pub last_checkpoint: Option<u64>,
 }
 
 impl RunSummary {
@@ -138,6 +147,56 @@ struct Shared {
     epoch: Arc<EpochClock>,
     stop: Arc<AtomicBool>,
     failure: Mutex<Option<String>>,
+    checkpoint: Option<Arc<Checkpointing>>,
+}
+
+/// Checkpointing of a run: where parts go, and the checkpoint it resumed from.
+pub(crate) struct Checkpointing {
+    pub checkpointer: Checkpointer,
+    pub restored: Option<Restored>,
+    /// The run's stop flag: a stopped run resumes later, so its input did not end.
+    pub stop: Arc<AtomicBool>,
+}
+
+impl Checkpointing {
+    /// The input ends because the run was stopped (to be resumed), not because it was
+    /// exhausted: watermarks must not jump to the end.
+    pub fn stopping(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+}
+
+impl Checkpointing {
+    /// The parts of every worker of participant `prefix` (e.g. `source.logs.w`) in the checkpoint
+    /// the run resumed from.
+    pub fn restored_parts(&self, prefix: &str) -> Vec<&[u8]> {
+        self.restored.iter().flat_map(|r| r.parts_with_prefix(prefix).map(|(_, b)| b)).collect()
+    }
+}
+
+/// Every participant of a run: each writes a part of every checkpoint.
+fn participants(spec: &Spec, workers: usize) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for c in &spec.components {
+        for w in 0..workers {
+            match &c.built {
+                Built::Source(_) => {
+                    names.insert(format!("source.{}.w{w}", c.id));
+                }
+                Built::Keyed(_) => {
+                    names.insert(format!("keyed.{}.w{w}", c.id));
+                    for i in 0..c.inputs.len() {
+                        names.insert(format!("route.{}.i{i}.w{w}", c.id));
+                    }
+                }
+                Built::Sink(_) => {
+                    names.insert(format!("sink.{}.w{w}", c.id));
+                }
+                Built::Operator(_) => {}
+            }
+        }
+    }
+    names
 }
 
 impl Shared {
@@ -178,12 +237,36 @@ pub fn run_with_metrics(
         tracing::info!("admin endpoint on http://{}/metrics", a.local_addr);
     }
 
+    let checkpoint = match (&spec.settings.checkpoint, &opts.checkpoint_dir) {
+        (None, None) => None,
+        (config, dir) => {
+            let config = config.clone().unwrap_or_else(|| CheckpointConfig::with_dir(""));
+            let root = dir.clone().unwrap_or_else(|| spec.resources.resolve(&config.dir));
+            let restored = Restored::latest(&root)?;
+            let start = restored.as_ref().map_or(0, |r| r.manifest.epoch + 1);
+            if let Some(r) = &restored {
+                tracing::info!("resuming from checkpoint {} in {}", r.manifest.epoch, root.display());
+            }
+            let checkpointer = Checkpointer::new(
+                root,
+                &config,
+                spec.settings.epoch_interval_ms,
+                &spec.name,
+                workers,
+                participants(spec, workers),
+                start,
+            )?;
+            Some(Arc::new(Checkpointing { checkpointer, restored, stop: stop.clone() }))
+        }
+    };
+    let start_epoch = checkpoint.as_ref().and_then(|c| c.restored.as_ref()).map_or(0, |r| r.manifest.epoch + 1);
     let shared = Arc::new(Shared {
         spec: spec.clone(),
         metrics: metrics.clone(),
-        epoch: Arc::new(EpochClock::new()),
+        epoch: Arc::new(EpochClock::starting_at(start_epoch)),
         stop: stop.clone(),
         failure: Mutex::new(None),
+        checkpoint,
     });
     let finished = Arc::new(AtomicBool::new(false));
     let clock = spawn_epoch_clock(shared.clone(), finished.clone());
@@ -211,6 +294,14 @@ pub fn run_with_metrics(
     }
     if let Some(f) = shared.failure.lock().unwrap_or_else(|p| p.into_inner()).take() {
         anyhow::bail!(f);
+    }
+    if let Some(ck) = &shared.checkpoint {
+        // Every participant retired with its final state: one last checkpoint, so a restart
+        // neither repeats nor loses anything.
+        if ck.checkpointer.all_retired() {
+            let exhausted = !stop.load(Ordering::SeqCst);
+            ck.checkpointer.finish(shared.epoch.current() + 1, exhausted)?;
+        }
     }
 
     let mut ordered: Vec<&ComponentSpec> = spec.components.iter().collect();
@@ -240,6 +331,8 @@ pub fn run_with_metrics(
         components,
         stopped_by_signal: stop.load(Ordering::SeqCst),
         admin_addr: admin.as_ref().map(|a| a.local_addr),
+        resumed_from: shared.checkpoint.as_ref().and_then(|c| c.restored.as_ref()).map(|r| r.manifest.epoch),
+        last_checkpoint: shared.checkpoint.as_ref().and_then(|c| c.checkpointer.committed()),
     })
 }
 
@@ -314,6 +407,7 @@ fn worker_context(shared: &Shared, c: &ComponentSpec, index: usize, peers: usize
         resources: shared.spec.resources.clone(),
         metrics: shared.metrics.component(&c.id),
         clock: shared.epoch.clone(),
+        resumed_from: shared.checkpoint.as_ref().and_then(|c| c.restored.as_ref()).map(|r| r.manifest.epoch),
     }
 }
 
@@ -364,7 +458,14 @@ fn build_dataflow<'s>(scope: Scope<'s, Epoch>, shared: &Arc<Shared>) {
                         Box::new(NoState) as Box<dyn crate::keyed::KeyedOperator>,
                     )
                 });
-                let (m, q) = crate::stateful::build(inputs, c.id.as_str().into(), router, op, metrics);
+                let (m, q) = crate::stateful::build(
+                    inputs,
+                    c.id.as_str().into(),
+                    router,
+                    op,
+                    metrics,
+                    shared.checkpoint.clone(),
+                );
                 main.insert(c.id.clone(), m);
                 quarantine.insert(c.id.clone(), q);
             }
@@ -461,6 +562,25 @@ fn build_source<'s>(
     let batch_size = shared.spec.settings.batch_size.max(1);
     let id = c.id.clone();
     let source_id: Arc<str> = c.id.as_str().into();
+    let part = format!("source.{}.w{}", c.id, scope.index());
+    let checkpoint = shared.checkpoint.clone();
+    if let Some(ck) = &checkpoint {
+        if let Err(e) = source.restore(&ck.restored_parts(&format!("source.{}.w", c.id))) {
+            shared.fail(format!("source `{id}`: cannot resume from the checkpoint: {e:#}"));
+        }
+    }
+    // A source that stops reading hands its final position to the checkpointer.
+    let retire = {
+        let shared = shared.clone();
+        let (checkpoint, part, id) = (checkpoint.clone(), part.clone(), id.clone());
+        move |source: &dyn Source| {
+            if let Some(ck) = &checkpoint {
+                if let Err(e) = source.checkpoint().and_then(|b| ck.checkpointer.retire(&part, b)) {
+                    shared.fail(format!("source `{id}`: checkpoint: {e:#}"));
+                }
+            }
+        }
+    };
     builder.build(move |mut caps| {
         let mut caps = Some((caps.remove(0), caps.remove(0)));
         let mut announced = false;
@@ -478,11 +598,20 @@ fn build_source<'s>(
                 }
             }
             if shared.stop.load(Ordering::SeqCst) {
+                retire(&*source);
                 caps = None;
                 return;
             }
             let epoch = shared.epoch.current();
             if *cap.time() < epoch {
+                // Everything emitted so far belongs to epochs before `epoch`.
+                if let Some(ck) = &checkpoint {
+                    if let Some(c) = ck.checkpointer.due(*cap.time(), epoch) {
+                        if let Err(e) = source.checkpoint().and_then(|b| ck.checkpointer.write(c, &part, &b)) {
+                            shared.fail(format!("source `{id}`: checkpoint {c}: {e:#}"));
+                        }
+                    }
+                }
                 cap.downgrade(&epoch);
                 qcap.downgrade(&epoch);
             }
@@ -507,11 +636,23 @@ fn build_source<'s>(
                         }
                         qout.activate().give(&*qcap, &mut vec![Payload::Quarantine(records)]);
                     }
+                    Ok(SourcePoll::Both(batch, records)) => {
+                        metrics.records_in.inc_by((batch.len() + records.len()) as u64);
+                        metrics.records_out.inc_by(batch.len() as u64);
+                        metrics.bytes_in.inc_by(batch.raw_len() as u64);
+                        metrics.batch_seconds.observe(started.elapsed().as_secs_f64());
+                        for r in &records {
+                            metrics.quarantined(r.reason).inc();
+                        }
+                        out.activate().give(&*cap, &mut vec![Payload::Events(batch)]);
+                        qout.activate().give(&*qcap, &mut vec![Payload::Quarantine(records)]);
+                    }
                     Ok(SourcePoll::Pending(wait)) => {
                         activator.activate_after(wait.min(Duration::from_millis(100)));
                         return;
                     }
                     Ok(SourcePoll::Done) => {
+                        retire(&*source);
                         caps = None;
                         return;
                     }
@@ -596,13 +737,19 @@ fn build_sink<'s>(
     sink: Box<dyn Sink>,
     metrics: ComponentMetrics,
 ) {
+    let worker = input.scope().index();
     let mut builder = OperatorBuilder::new(format!("sink:{}", c.id), input.scope());
     let mut input = builder.new_input(input, Pipeline);
     builder.set_notify_for(0, timely::progress::operate::FrontierInterest::Always);
     let id = c.id.clone();
     let mut sink = Some(sink);
+    let part = format!("sink.{}.w{worker}", c.id);
+    let checkpoint = shared.checkpoint.clone();
     builder.build(move |_caps| {
         let mut completed: Option<Epoch> = None;
+        // Checkpoints prepared and not yet committed; the frontier last seen.
+        let mut prepared: Vec<Epoch> = Vec::new();
+        let mut seen: Epoch = 0;
         move |frontiers| {
             let Some(s) = sink.as_mut() else {
                 input.for_each(|_, data| data.clear());
@@ -627,6 +774,35 @@ fn build_sink<'s>(
                 }
             });
             let frontier = frontiers[0].frontier();
+            if let Some(ck) = &checkpoint {
+                let mut step = || -> anyhow::Result<()> {
+                    match frontier.iter().next() {
+                        Some(&f) => {
+                            if let Some(c) = ck.checkpointer.due(seen, f) {
+                                let bytes = s.prepare(c)?;
+                                ck.checkpointer.write(c, &part, &bytes)?;
+                                prepared.push(c);
+                            }
+                            seen = seen.max(f);
+                        }
+                        None => {
+                            let bytes = s.prepare(seen)?;
+                            ck.checkpointer.retire(&part, bytes)?;
+                        }
+                    }
+                    if let Some(done) = ck.checkpointer.committed() {
+                        for c in prepared.iter().filter(|c| **c <= done) {
+                            s.commit(*c)?;
+                        }
+                        prepared.retain(|c| *c > done);
+                    }
+                    Ok(())
+                };
+                if let Err(e) = step() {
+                    metrics.errors.inc();
+                    shared.fail(format!("sink `{id}`: checkpoint: {e:#}"));
+                }
+            }
             match frontier.iter().next() {
                 None => {
                     if let Err(e) = s.finish() {

@@ -63,6 +63,9 @@ pub struct Settings {
     /// Address of the admin HTTP endpoint (`/metrics`, `/healthz`, `/readyz`). Empty disables it.
     #[serde(default = "default_admin")]
     pub admin_listen: String,
+    /// Periodic checkpoints (DESIGN.md §4): off when absent.
+    #[serde(default)]
+    pub checkpoint: Option<crate::checkpoint::CheckpointConfig>,
 }
 
 fn default_epoch_ms() -> u64 {
@@ -81,6 +84,7 @@ impl Default for Settings {
             epoch_interval_ms: default_epoch_ms(),
             batch_size: default_batch_size(),
             admin_listen: default_admin(),
+            checkpoint: None,
         }
     }
 }

@@ -25,9 +25,11 @@ use timely::dataflow::Stream;
 use crate::alert::Alert;
 use crate::batch::EventBatch;
 use crate::component::{OperatorOutput, Payload, Progress};
+use crate::keyed::{decode, encode, owned_groups};
 use crate::keyed::{key_group, worker_for, KeyedOperator, RecordRef, Route, Routed, RoutedBody, Router};
 use crate::metrics::ComponentMetrics;
 use crate::quarantine::{QuarantineRecord, Reason};
+use crate::runtime::Checkpointing;
 use crate::time::{
     describe, event_time, EventTime, EventTimeConfig, Observed, WatermarkTracker, WATERMARK_END, WATERMARK_MIN,
 };
@@ -35,6 +37,8 @@ use crate::time::{
 type Epoch = u64;
 type PayloadStream<'s> = Stream<'s, Epoch, Vec<Payload>>;
 type RoutedStream<'s> = Stream<'s, Epoch, Vec<Routed>>;
+/// (source, partition) → newest event time.
+type NewestByPartition = HashMap<(Arc<str>, Arc<str>), EventTime>;
 
 /// Where an input's event time comes from.
 #[derive(Clone, Debug, Default)]
@@ -60,6 +64,7 @@ pub(crate) fn build<'s>(
     router: Box<dyn Router>,
     op: Box<dyn KeyedOperator>,
     metrics: ComponentMetrics,
+    checkpoint: Option<Arc<Checkpointing>>,
 ) -> (PayloadStream<'s>, PayloadStream<'s>) {
     let scope = inputs[0].0.scope();
     let router = Rc::new(RefCell::new(router));
@@ -68,13 +73,21 @@ pub(crate) fn build<'s>(
     let mut mains = Vec::new();
     let mut quarantines = Vec::new();
     for (i, (stream, timing)) in inputs.into_iter().enumerate() {
-        let (r, m, q) = route_stage(stream, i as u32, timing, router.clone(), component.clone(), metrics.clone());
+        let (r, m, q) = route_stage(
+            stream,
+            i as u32,
+            timing,
+            router.clone(),
+            component.clone(),
+            metrics.clone(),
+            checkpoint.clone(),
+        );
         routed.push(r);
         mains.push(m);
         quarantines.push(q);
     }
     let routed = if routed.len() == 1 { routed.pop().expect("one") } else { scope.concatenate(routed) };
-    let (main, quarantine) = keyed_stage(routed, n_inputs, component, op, metrics);
+    let (main, quarantine) = keyed_stage(routed, n_inputs, component, op, metrics, checkpoint);
     mains.push(main);
     quarantines.push(quarantine);
     (scope.concatenate(mains), scope.concatenate(quarantines))
@@ -113,6 +126,7 @@ fn route_stage<'s>(
     router: Rc<RefCell<Box<dyn Router>>>,
     component: Arc<str>,
     metrics: ComponentMetrics,
+    checkpoint: Option<Arc<Checkpointing>>,
 ) -> (RoutedStream<'s>, PayloadStream<'s>, PayloadStream<'s>) {
     let scope = input.scope();
     let workers = scope.peers();
@@ -124,10 +138,30 @@ fn route_stage<'s>(
     let (mut main_out, main) = builder.new_output::<Vec<Payload>>();
     let (mut q_out, quarantine) = builder.new_output::<Vec<Payload>>();
     let forwarded = timing.forwarded();
+    let part = format!("route.{component}.i{index}.w{me}");
+    // Partitions' newest event times from the checkpoint the run resumed from.
+    let mut restored: NewestByPartition = HashMap::new();
+    if let Some(ck) = &checkpoint {
+        for bytes in ck.restored_parts(&format!("route.{component}.i{index}.w")) {
+            if bytes.is_empty() {
+                continue;
+            }
+            match decode::<Vec<(String, String, EventTime)>>(bytes) {
+                Ok(v) => restored.extend(v.into_iter().map(|(s, p, t)| ((s.into(), p.into()), t))),
+                Err(e) => tracing::warn!("{part}: ignoring an unreadable checkpoint part: {e:#}"),
+            }
+        }
+    }
     builder.build(move |mut caps| {
         let mut held = Some(caps.remove(0));
         drop(caps);
         let mut tracker = WatermarkTracker::new(timing.sources, timing.upstream);
+        // For checkpoints: each partition's newest event time as of the last checkpoint
+        // written, and the newest per epoch since (records arrive out of epoch order across
+        // inputs, so the state "after epoch c" is assembled from these).
+        let mut newest: NewestByPartition = HashMap::new();
+        let mut newest_by_epoch: BTreeMap<Epoch, NewestByPartition> = BTreeMap::new();
+        let mut checkpointed: Epoch = 0;
         let mut sent = WATERMARK_MIN;
         // The latest epoch records were routed at: a watermark mark must not overtake them,
         // so it goes out at that epoch or later (the keyed stage processes epochs in order).
@@ -141,7 +175,8 @@ fn route_stage<'s>(
             let now = Instant::now();
             let mut router = router.borrow_mut();
             input.for_each(|cap, data| {
-                router.begin_epoch(cap.least().copied().unwrap_or(0));
+                let epoch = cap.least().copied().unwrap_or(0);
+                router.begin_epoch(epoch);
                 let mut quarantined: Vec<QuarantineRecord> = Vec::new();
                 let mut passed: Vec<Payload> = Vec::new();
                 let (mut received, mut filtered, mut out) = (0u64, 0u64, 0u64);
@@ -155,6 +190,10 @@ fn route_stage<'s>(
                             if !forwarded {
                                 for p in &partitions {
                                     tracker.announce(&source, p, now);
+                                    if let Some(t) = restored.remove(&(source.clone(), p.clone())) {
+                                        tracker.restore_partition(&source, p, t, now);
+                                        newest.insert((source.clone(), p.clone()), t);
+                                    }
                                 }
                             }
                         }
@@ -188,6 +227,12 @@ fn route_stage<'s>(
                                         QuarantineRecord::from_row(&batch, row, &component, Reason::LateEvent, detail),
                                     );
                                     continue;
+                                }
+                                if checkpoint.is_some() && !forwarded {
+                                    let o = &batch.origins[batch.rows[row].origin as usize];
+                                    let m = newest_by_epoch.entry(epoch).or_default();
+                                    let slot = m.entry((o.source.clone(), o.partition.clone())).or_insert(t);
+                                    *slot = (*slot).max(t);
                                 }
                                 keys.clear();
                                 match router.route(RecordRef::Event { batch: &batch, row }, &mut keys) {
@@ -250,6 +295,12 @@ fn route_stage<'s>(
                                     );
                                     continue;
                                 }
+                                if checkpoint.is_some() && !forwarded {
+                                    let key =
+                                        (alert.origin.source.as_str().into(), alert.origin.partition.as_str().into());
+                                    let slot = newest_by_epoch.entry(epoch).or_default().entry(key).or_insert(t);
+                                    *slot = (*slot).max(t);
+                                }
                                 keys.clear();
                                 let route = router.route(RecordRef::Alert(&alert), &mut keys);
                                 targets.clear();
@@ -303,12 +354,50 @@ fn route_stage<'s>(
             });
 
             let frontier = frontiers[0].frontier();
+            if let Some(ck) = &checkpoint {
+                let upto = frontier.iter().next().copied();
+                let due = match upto {
+                    Some(f) => ck.checkpointer.due(checkpointed, f),
+                    None => None,
+                };
+                if due.is_some() || upto.is_none() {
+                    // Fold the epochs the checkpoint covers into the partitions' state.
+                    let c = due.unwrap_or(Epoch::MAX);
+                    while let Some(entry) = newest_by_epoch.first_entry() {
+                        if *entry.key() > c {
+                            break;
+                        }
+                        for (k, t) in entry.remove() {
+                            let slot = newest.entry(k).or_insert(t);
+                            *slot = (*slot).max(t);
+                        }
+                    }
+                    let mut state: Vec<(String, String, EventTime)> =
+                        newest.iter().map(|((s, p), t)| (s.to_string(), p.to_string(), *t)).collect();
+                    state.sort();
+                    let result = encode(&state).and_then(|bytes| match due {
+                        Some(c) => ck.checkpointer.write(c, &part, &bytes),
+                        None if held.is_some() => ck.checkpointer.retire(&part, bytes),
+                        None => Ok(()),
+                    });
+                    if let Err(e) = result {
+                        tracing::error!("{part}: checkpoint: {e:#}");
+                    }
+                    if let Some(c) = due {
+                        checkpointed = c + 1;
+                    }
+                }
+            }
             // Sources announce their partitions at epoch 0: until it is complete, a watermark
             // could pass a partition nobody has heard of yet.
             let ready = !frontier.less_equal(&0);
             let finished = frontier.is_empty();
-            let watermark = if finished {
+            let resumable_stop = checkpoint.as_ref().is_some_and(|c| c.stopping());
+            let watermark = if finished && !resumable_stop {
                 tracker.finish()
+            } else if finished {
+                // Stopped to resume from a checkpoint: windows stay open in the state.
+                tracker.emitted()
             } else if ready {
                 tracker.watermark(now)
             } else {
@@ -360,9 +449,32 @@ fn keyed_stage<'s>(
     component: Arc<str>,
     mut op: Box<dyn KeyedOperator>,
     metrics: ComponentMetrics,
+    checkpoint: Option<Arc<Checkpointing>>,
 ) -> (PayloadStream<'s>, PayloadStream<'s>) {
     let scope = routed.scope();
     let workers = scope.peers();
+    let me = scope.index();
+    let part = format!("keyed.{component}.w{me}");
+    // State of the key groups this worker owns, from whichever workers wrote them.
+    let mut restored_watermark = WATERMARK_MIN;
+    if let Some(ck) = &checkpoint {
+        let owned: Vec<u16> = owned_groups(me, workers).collect();
+        for bytes in ck.restored_parts(&format!("keyed.{component}.w")) {
+            if bytes.is_empty() {
+                continue;
+            }
+            let restored = decode::<(EventTime, Vec<(u16, Vec<u8>)>)>(bytes).and_then(|(wm, groups)| {
+                restored_watermark = restored_watermark.max(wm);
+                for (g, state) in groups.iter().filter(|(g, _)| owned.contains(g)) {
+                    op.restore(*g, state)?;
+                }
+                Ok(())
+            });
+            if let Err(e) = restored {
+                tracing::error!("{part}: cannot restore its state from the checkpoint: {e:#}");
+            }
+        }
+    }
     let mut builder = OperatorBuilder::new(format!("keyed:{component}"), scope);
     let activator = scope.activator_for(builder.operator_info().address.clone());
     let mut input = builder.new_input(routed, Exchange::new(|r: &Routed| r.target as u64));
@@ -372,7 +484,8 @@ fn keyed_stage<'s>(
         let mut held = Some((caps.remove(0), caps.remove(0)));
         let mut stash: BTreeMap<Epoch, Vec<Routed>> = BTreeMap::new();
         let mut marks = vec![WATERMARK_MIN; inputs * workers];
-        let mut watermark = WATERMARK_MIN;
+        let mut watermark = restored_watermark;
+        let mut checkpointed: Epoch = 0;
         let mut forwarded = WATERMARK_MIN;
         let mut result = OperatorOutput::default();
         let mut next_tick = Instant::now();
@@ -429,6 +542,27 @@ fn keyed_stage<'s>(
                 }
                 metrics.state_keys.set(op.live_keys() as i64);
                 metrics.batch_seconds.observe(started.elapsed().as_secs_f64());
+            }
+            if let Some(ck) = &checkpoint {
+                // Every epoch before the frontier is processed: the state is that after them.
+                let upto = frontier.iter().next().copied();
+                let due = upto.and_then(|f| ck.checkpointer.due(checkpointed, f));
+                if due.is_some() || upto.is_none() {
+                    let groups: anyhow::Result<Vec<(u16, Vec<u8>)>> = owned_groups(me, workers)
+                        .map(|g| op.snapshot(g).map(|b| (g, b)))
+                        .filter(|r| r.as_ref().map_or(true, |(_, b)| !b.is_empty()))
+                        .collect();
+                    let result = groups.and_then(|g| encode(&(watermark, g))).and_then(|bytes| match due {
+                        Some(c) => ck.checkpointer.write(c, &part, &bytes),
+                        None => ck.checkpointer.retire(&part, bytes),
+                    });
+                    if let Err(e) = result {
+                        tracing::error!("{part}: checkpoint: {e:#}");
+                    }
+                    if let Some(c) = due {
+                        checkpointed = c + 1;
+                    }
+                }
             }
             let now = Instant::now();
             if now >= next_tick {

@@ -145,6 +145,12 @@ impl WatermarkTracker {
         })
     }
 
+    /// A partition's newest event time from a checkpoint (the partition resumes where it was).
+    pub fn restore_partition(&mut self, source: &str, partition: &str, newest: EventTime, now: Instant) {
+        let p = self.partition(source, partition, now);
+        p.newest = p.newest.max(newest);
+    }
+
     /// A source announced a partition it will read: it holds the watermark until it produces
     /// or goes idle.
     pub fn announce(&mut self, source: &str, partition: &str, now: Instant) {

@@ -44,7 +44,9 @@ struct JsonlFactory {
 }
 
 impl SinkFactory for JsonlFactory {
-    fn create(&self, _ctx: &WorkerContext) -> anyhow::Result<Box<dyn Sink>> {
+    fn create(&self, ctx: &WorkerContext) -> anyhow::Result<Box<dyn Sink>> {
+        // A run resuming from a checkpoint continues the file.
+        let append = self.append || ctx.resumed_from.is_some();
         let writer = self
             .writer
             .get_or_init(|| {
@@ -54,11 +56,8 @@ impl SinkFactory for JsonlFactory {
                         if let Some(dir) = p.parent() {
                             std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
                         }
-                        let f = if self.append {
-                            File::options().create(true).append(true).open(p)
-                        } else {
-                            File::create(p)
-                        };
+                        let f =
+                            if append { File::options().create(true).append(true).open(p) } else { File::create(p) };
                         Box::new(BufWriter::with_capacity(1 << 20, f.map_err(|e| format!("{}: {e}", p.display()))?))
                     }
                 };

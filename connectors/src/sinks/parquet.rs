@@ -97,7 +97,12 @@ struct ParquetFactory {
 impl SinkFactory for ParquetFactory {
     fn create(&self, ctx: &WorkerContext) -> anyhow::Result<Box<dyn Sink>> {
         std::fs::create_dir_all(&self.dir).map_err(|e| anyhow::anyhow!("{}: {e}", self.dir.display()))?;
-        Ok(Box::new(ParquetSink::new(self.config.clone(), self.dir.clone(), &ctx.component_id, ctx.worker_index)))
+        // A run resuming from a checkpoint names its files apart from those of earlier runs.
+        let name = match ctx.resumed_from {
+            Some(epoch) => format!("{}-r{:012}", ctx.component_id, epoch + 1),
+            None => ctx.component_id.to_string(),
+        };
+        Ok(Box::new(ParquetSink::new(self.config.clone(), self.dir.clone(), &name, ctx.worker_index)))
     }
 }
 

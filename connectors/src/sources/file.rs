@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use schemars::JsonSchema;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use ward_engine::batch::EventBatch;
 use ward_engine::component::{Built, Source, SourceFactory, SourcePoll, StreamKind, WorkerContext};
 use ward_engine::quarantine::{QuarantineRecord, Reason};
@@ -101,8 +101,18 @@ pub struct FileSource {
     pending: std::collections::VecDeque<PathBuf>,
     current: Option<OpenFile>,
     line: Vec<u8>,
-    /// Quarantined records read together with a batch, handed over at the next poll.
-    deferred: Option<Vec<QuarantineRecord>>,
+    /// Files read to the end (or that could not be opened).
+    done: Vec<Arc<str>>,
+    /// Positions restored from a checkpoint, applied when a file opens: path → next record.
+    resume: std::collections::HashMap<String, u64>,
+}
+
+/// A file's position in a checkpoint.
+#[derive(Debug, Serialize, Deserialize)]
+struct FilePosition {
+    path: String,
+    /// Number of the next record (1-based line or document); `None`: read to the end.
+    next: Option<u64>,
 }
 
 struct OpenFile {
@@ -116,7 +126,15 @@ struct OpenFile {
 
 impl FileSource {
     pub fn new(component: Arc<str>, config: FileSourceConfig, files: Vec<PathBuf>) -> Self {
-        FileSource { component, config, pending: files.into(), current: None, line: Vec::new(), deferred: None }
+        FileSource {
+            component,
+            config,
+            pending: files.into(),
+            current: None,
+            line: Vec::new(),
+            done: Vec::new(),
+            resume: std::collections::HashMap::new(),
+        }
     }
 
     fn open(&self, path: &PathBuf) -> std::io::Result<OpenFile> {
@@ -154,6 +172,22 @@ impl FileSource {
             payload: payload[..payload.len().min(ward_engine::quarantine::MAX_QUARANTINED_PAYLOAD)].to_vec(),
             payload_len: len,
         }
+    }
+
+    /// Skips the records before record `next` of a file being resumed.
+    fn skip_to(&mut self, f: &mut OpenFile, next: u64) -> std::io::Result<()> {
+        if self.config.framing == Framing::JsonDocuments {
+            // Documents are split when the file is first read; skip them there.
+            f.next_offset = next;
+            return Ok(());
+        }
+        while f.next_offset < next {
+            if !read_line_bounded(&mut *f.reader, &mut self.line, 0)?.1 {
+                break;
+            }
+            f.next_offset += 1;
+        }
+        Ok(())
     }
 
     fn read_error(&self, partition: &Arc<str>, offset: u64, e: impl std::fmt::Display) -> SourcePoll {
@@ -198,19 +232,56 @@ impl Source for FileSource {
         p
     }
 
-    fn poll(&mut self, max_rows: usize) -> anyhow::Result<SourcePoll> {
-        if let Some(q) = self.deferred.take() {
-            return Ok(SourcePoll::Quarantine(q));
+    fn checkpoint(&self) -> anyhow::Result<Vec<u8>> {
+        let mut positions: Vec<FilePosition> =
+            self.done.iter().map(|p| FilePosition { path: p.to_string(), next: None }).collect();
+        if let Some(f) = &self.current {
+            positions.push(FilePosition { path: f.partition.to_string(), next: Some(f.next_offset) });
         }
+        ward_engine::keyed::encode(&positions)
+    }
+
+    fn restore(&mut self, parts: &[&[u8]]) -> anyhow::Result<()> {
+        let mut known: std::collections::HashMap<String, Option<u64>> = std::collections::HashMap::new();
+        for part in parts.iter().filter(|p| !p.is_empty()) {
+            let positions: Vec<FilePosition> = ward_engine::keyed::decode(part)?;
+            known.extend(positions.into_iter().map(|p| (p.path, p.next)));
+        }
+        let mut pending = std::collections::VecDeque::new();
+        for path in self.pending.drain(..) {
+            let key = path.to_string_lossy().into_owned();
+            match known.get(&key) {
+                Some(None) => self.done.push(key.into()),
+                Some(Some(next)) => {
+                    self.resume.insert(key, *next);
+                    pending.push_back(path);
+                }
+                None => pending.push_back(path),
+            }
+        }
+        self.pending = pending;
+        Ok(())
+    }
+
+    fn poll(&mut self, max_rows: usize) -> anyhow::Result<SourcePoll> {
         loop {
             if self.current.is_none() {
                 let Some(path) = self.pending.pop_front() else {
                     return Ok(SourcePoll::Done);
                 };
+                let partition: Arc<str> = path.to_string_lossy().into_owned().into();
                 match self.open(&path) {
-                    Ok(f) => self.current = Some(f),
+                    Ok(mut f) => {
+                        if let Some(next) = self.resume.remove(&*partition) {
+                            if let Err(e) = self.skip_to(&mut f, next) {
+                                self.done.push(partition.clone());
+                                return Ok(self.read_error(&partition, next, format!("cannot resume: {e}")));
+                            }
+                        }
+                        self.current = Some(f);
+                    }
                     Err(e) => {
-                        let partition: Arc<str> = path.to_string_lossy().into_owned().into();
+                        self.done.push(partition.clone());
                         return Ok(self.read_error(&partition, 0, format!("cannot open: {e}")));
                     }
                 }
@@ -238,11 +309,13 @@ impl Source for FileSource {
                             return Ok(self.read_error(&f.partition, 0, format!("not a stream of JSON documents: {e}")))
                         }
                     };
-                    f.documents = Some(docs.into_iter());
+                    let skip = (f.next_offset.saturating_sub(1) as usize).min(docs.len());
+                    f.documents = Some(docs.into_iter().skip(skip).collect::<Vec<_>>().into_iter());
                 }
                 let docs = f.documents.as_mut().expect("split above");
                 for (offset, doc) in docs.by_ref().take(max_rows) {
                     batch.push_raw(origin, offset, &doc);
+                    f.next_offset = offset + 1;
                 }
                 finished = docs.len() == 0;
             } else {
@@ -280,18 +353,99 @@ impl Source for FileSource {
                     }
                 }
             }
-            if !finished {
+            if finished {
+                self.done.push(f.partition.clone());
+            } else {
                 self.current = Some(f);
             }
-            if !quarantined.is_empty() {
-                if batch.is_empty() {
-                    return Ok(SourcePoll::Quarantine(quarantined));
-                }
-                self.deferred = Some(quarantined);
-            }
-            if !batch.is_empty() {
-                return Ok(SourcePoll::Batch(batch));
+            match (batch.is_empty(), quarantined.is_empty()) {
+                (true, true) => {}
+                (true, false) => return Ok(SourcePoll::Quarantine(quarantined)),
+                (false, true) => return Ok(SourcePoll::Batch(batch)),
+                (false, false) => return Ok(SourcePoll::Both(batch, quarantined)),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn config(framing: Framing) -> FileSourceConfig {
+        FileSourceConfig { path: String::new(), framing, compression: Compression::Auto, max_record_bytes: 64 }
+    }
+
+    /// (partition, offset, payload) of every record and quarantined record a source yields.
+    fn drain(s: &mut FileSource, limit: usize) -> Vec<(String, u64, String)> {
+        let mut out = Vec::new();
+        while out.len() < limit {
+            match s.poll(2).unwrap() {
+                SourcePoll::Batch(b) => push_batch(&mut out, &b),
+                SourcePoll::Both(b, q) => {
+                    push_batch(&mut out, &b);
+                    out.extend(q.iter().map(|r| (r.partition.to_string(), r.offset, "<quarantined>".to_string())));
+                }
+                SourcePoll::Quarantine(q) => {
+                    out.extend(q.iter().map(|r| (r.partition.to_string(), r.offset, "<quarantined>".to_string())))
+                }
+                SourcePoll::Pending(_) => {}
+                SourcePoll::Done => break,
+            }
+        }
+        out
+    }
+
+    fn push_batch(out: &mut Vec<(String, u64, String)>, b: &EventBatch) {
+        for r in 0..b.len() {
+            let p = b.provenance(r);
+            out.push((p.partition.to_string(), p.offset, String::from_utf8_lossy(b.raw_payload(r)).into_owned()));
+        }
+    }
+
+    #[test]
+    fn positions_resume_lines_gzip_and_documents_on_any_instance_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let plain = dir.path().join("a.log");
+        std::fs::write(
+            &plain,
+            (0..7).map(|i| format!("line {i}\n")).collect::<String>() + &"x".repeat(100) + "\nlast\n",
+        )
+        .unwrap();
+        let gz = dir.path().join("b.log.gz");
+        let mut enc = flate2::write::GzEncoder::new(std::fs::File::create(&gz).unwrap(), flate2::Compression::fast());
+        enc.write_all((0..5).map(|i| format!("gz {i}\n")).collect::<String>().as_bytes()).unwrap();
+        enc.finish().unwrap();
+        let files = vec![plain, gz];
+        let source = |files: Vec<PathBuf>| FileSource::new("f".into(), config(Framing::Lines), files);
+
+        let all = drain(&mut source(files.clone()), usize::MAX);
+        assert_eq!(all.len(), 7 + 1 + 1 + 5, "the oversize line is quarantined, not lost");
+        for stop in [1, 3, 8, 10] {
+            let mut first = source(files.clone());
+            let mut got = drain(&mut first, stop);
+            let part = first.checkpoint().unwrap();
+            // Resume on two instances, each with one of the files.
+            for mine in [vec![files[0].clone()], vec![files[1].clone()]] {
+                let mut next = source(mine);
+                next.restore(&[&part]).unwrap();
+                got.extend(drain(&mut next, usize::MAX));
+            }
+            got.sort();
+            let mut want = all.clone();
+            want.sort();
+            assert_eq!(got, want, "stopped after {stop}");
+        }
+
+        let docs = dir.path().join("c.json");
+        std::fs::write(&docs, "{\"a\": 1}\n{\"a\":\n 2}\n{\"a\": 3}").unwrap();
+        let doc_source = || FileSource::new("f".into(), config(Framing::JsonDocuments), vec![docs.clone()]);
+        let mut first = doc_source();
+        let mut got = drain(&mut first, 2);
+        let mut next = doc_source();
+        next.restore(&[&first.checkpoint().unwrap()]).unwrap();
+        got.extend(drain(&mut next, usize::MAX));
+        assert_eq!(got.iter().map(|r| r.1).collect::<Vec<_>>(), vec![1, 2, 3]);
     }
 }

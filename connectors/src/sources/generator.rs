@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use chrono::{Datelike, Timelike};
 use schemars::JsonSchema;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use ward_engine::batch::EventBatch;
 use ward_engine::component::{Built, Source, SourceFactory, SourcePoll, StreamKind, WorkerContext};
 use ward_engine::registry::{BuildContext, ComponentConfig, Section};
@@ -114,6 +114,31 @@ pub struct Generator {
     produced: u64,
     buf: Vec<u8>,
     encoded_commands: Vec<String>,
+    /// Records produced by earlier runs (restored from checkpoints): see [`Progress::done`].
+    history: Vec<Level>,
+}
+
+/// What the instances of one earlier run had produced: instance `i` of `next.len()` produces
+/// the indices `k ≡ i (mod n)` in order, so it had produced every such `k < next[i]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct Level {
+    next: Vec<u64>,
+}
+
+/// A generator instance's checkpoint.
+#[derive(Debug, Serialize, Deserialize)]
+struct Position {
+    worker: u64,
+    workers: u64,
+    next_k: u64,
+    history: Vec<Level>,
+}
+
+impl Level {
+    fn done(&self, k: u64) -> bool {
+        let n = self.next.len() as u64;
+        n > 0 && k < self.next[(k % n) as usize]
+    }
 }
 
 /// SplitMix64: a tiny, well-known mixer; good enough for synthetic data and stable forever.
@@ -196,6 +221,7 @@ impl Generator {
             produced: 0,
             buf: Vec::with_capacity(1024),
             encoded_commands,
+            history: Vec::new(),
         }
     }
 
@@ -531,7 +557,37 @@ impl std::fmt::Display for JsonStr<'_> {
     }
 }
 
+impl Generator {
+    fn done_before(&self, k: u64) -> bool {
+        self.history.iter().any(|l| l.done(k))
+    }
+}
+
 impl Source for Generator {
+    fn checkpoint(&self) -> anyhow::Result<Vec<u8>> {
+        let worker = self.next_k % self.step;
+        let p = Position { worker, workers: self.step, next_k: self.next_k, history: self.history.clone() };
+        ward_engine::keyed::encode(&p)
+    }
+
+    /// Any worker count: the indices every earlier instance produced are skipped.
+    fn restore(&mut self, parts: &[&[u8]]) -> anyhow::Result<()> {
+        let mut positions: Vec<Position> =
+            parts.iter().filter(|p| !p.is_empty()).map(|p| ward_engine::keyed::decode(p)).collect::<Result<_, _>>()?;
+        if positions.is_empty() {
+            return Ok(());
+        }
+        positions.sort_by_key(|p| p.worker);
+        let workers = positions[0].workers;
+        if positions.len() as u64 != workers || positions.iter().enumerate().any(|(i, p)| p.worker != i as u64) {
+            anyhow::bail!("generator checkpoint: expected the positions of {workers} instances");
+        }
+        let mut history = positions[0].history.clone();
+        history.push(Level { next: positions.iter().map(|p| p.next_k).collect() });
+        self.history = history;
+        Ok(())
+    }
+
     fn partitions(&self) -> Vec<Arc<str>> {
         if self.config.count > 0 && self.next_k >= self.config.count {
             return Vec::new();
@@ -562,6 +618,10 @@ impl Source for Generator {
         let mut n = 0;
         while n < allowed && (count == 0 || self.next_k < count) {
             let k = self.next_k;
+            if self.done_before(k) {
+                self.next_k += self.step;
+                continue;
+            }
             self.record(k);
             batch.push_raw(origin, k, &self.buf);
             self.next_k += self.step;
@@ -658,5 +718,37 @@ mod tests {
             }
         }
         assert!((200..=450).contains(&n), "{n} records in 300 ms at 1000/s");
+    }
+
+    #[test]
+    fn resumes_from_checkpoints_on_other_worker_counts() {
+        let offsets = |g: &mut Generator, limit: usize| {
+            let mut v = Vec::new();
+            while v.len() < limit {
+                match g.poll(7).unwrap() {
+                    SourcePoll::Batch(b) => v.extend((0..b.len()).map(|r| b.provenance(r).offset)),
+                    _ => break,
+                }
+            }
+            v
+        };
+        // 2 workers, then 3, then 1: every index exactly once.
+        let mut seen = Vec::new();
+        let mut run = |workers: u64, parts: &[Vec<u8>], limit: usize| -> Vec<Vec<u8>> {
+            (0..workers)
+                .map(|w| {
+                    let mut g = gen(workers, w, 500, 0);
+                    let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+                    g.restore(&refs).unwrap();
+                    seen.extend(offsets(&mut g, limit + w as usize * 13));
+                    g.checkpoint().unwrap()
+                })
+                .collect()
+        };
+        let parts = run(2, &[], 60);
+        let parts = run(3, &parts, 50);
+        run(1, &parts, usize::MAX);
+        seen.sort();
+        assert_eq!(seen, (0..500).collect::<Vec<u64>>());
     }
 }

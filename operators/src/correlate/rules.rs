@@ -364,7 +364,10 @@ fn compile_one(
     } else {
         predicates.iter().map(|(op, v)| format!("{} {v}", op_name(*op))).collect::<Vec<_>>().join(" and ")
     };
-    let fingerprint = xxhash_rust::xxh3::xxh3_64(format!("{c:?}").as_bytes());
+    // Canonical JSON (object keys sorted): a `Debug` rendering would follow hash-map order,
+    // which differs between processes, and restored state would not find its rule.
+    let canonical = serde_json::to_value(c).map(|v| v.to_string()).unwrap_or_else(|_| format!("{c:?}"));
+    let fingerprint = xxhash_rust::xxh3::xxh3_64(canonical.as_bytes());
     Ok(Correlation {
         rule: AlertRule {
             id,

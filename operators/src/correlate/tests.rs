@@ -331,3 +331,13 @@ fn snapshot_mid_stream_and_restore_continue_like_an_uninterrupted_run() {
         assert_eq!(got, expected, "cut at {cut}");
     }
 }
+
+#[test]
+fn fingerprints_are_stable_across_loads() {
+    // Restored state finds its rule by fingerprint, in another process: a rule with several
+    // aliases (a hash map in the parsed rule) must fingerprint the same every time.
+    let seq = "---\ntitle: Seq\nid: seq\ncorrelation:\n  type: temporal_ordered\n  rules: [brute_force, group_add]\n  group-by: [TargetUserName]\n  aliases:\n    TargetUserName:\n      brute_force: TargetUserName\n      group_add: MemberName\n      failed_logon: TargetUserName\n  timespan: 15m\n";
+    let prints: std::collections::BTreeSet<Vec<u64>> =
+        (0..20).map(|_| rules(&format!("{BRUTE}{seq}")).rules.iter().map(|c| c.fingerprint).collect()).collect();
+    assert_eq!(prints.len(), 1, "{prints:?}");
+}

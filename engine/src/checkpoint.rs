@@ -1,0 +1,414 @@
+//! Checkpoints (DESIGN.md §4): consistent cuts of a running pipeline, written to a directory
+//! and restored on start.
+//!
+//! Checkpoint `c` holds, for every *participant* (a source, route stage, stateful operator or
+//! sink instance on one worker), its state after exactly the records of epochs ≤ `c`. Every
+//! participant writes its part when its input frontier (or, for sources, its capability) passes
+//! `c`; the checkpoint is complete when every expected participant has written, and only then
+//! is its manifest written — last, atomically. Sinks commit epoch `c` once `c` is complete.
+//!
+//! Layout (version 1):
+//!
+//! ```text
+//! DIR/chk-000000000042/parts/<participant>.bin   one file per participant
+//! DIR/chk-000000000042/MANIFEST.json             written last (temporary file, fsync, rename)
+//! ```
+//!
+//! A directory without a manifest is an incomplete checkpoint and is ignored (and removed
+//! once a later checkpoint completes). The newest `retain` complete checkpoints are kept.
+//! Participants are named `<kind>-<component>[-i<input>]-w<worker>`; keyed state is one part
+//! per worker holding its key groups, so a checkpoint written by N workers restores onto M.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub const LAYOUT_VERSION: u32 = 1;
+const MANIFEST: &str = "MANIFEST.json";
+
+/// `settings.checkpoint` in a spec.
+#[derive(Clone, Debug, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointConfig {
+    /// Directory for checkpoints (relative to the spec). `ward run --checkpoint-dir` overrides it.
+    pub dir: String,
+    /// How often a checkpoint is taken (rounded to whole epochs).
+    #[serde(default = "default_interval", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub interval: Duration,
+    /// Complete checkpoints kept.
+    #[serde(default = "default_retain")]
+    pub retain: usize,
+}
+
+impl CheckpointConfig {
+    /// Default interval and retention.
+    pub fn with_dir(dir: &str) -> Self {
+        CheckpointConfig { dir: dir.to_string(), interval: default_interval(), retain: default_retain() }
+    }
+}
+
+fn default_interval() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_retain() -> usize {
+    3
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PartInfo {
+    pub name: String,
+    pub bytes: u64,
+    /// xxh3-64 of the part's bytes, hex.
+    pub xxh3: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub layout_version: u32,
+    pub pipeline: String,
+    /// Records of epochs ≤ this are in the checkpoint.
+    pub epoch: u64,
+    /// Workers of the run that wrote it (any count can restore it).
+    pub workers: usize,
+    pub created_ms: i64,
+    /// Written at the end of a bounded run: every source was exhausted.
+    pub final_checkpoint: bool,
+    pub parts: Vec<PartInfo>,
+}
+
+fn checkpoint_dir(root: &Path, epoch: u64) -> PathBuf {
+    root.join(format!("chk-{epoch:012}"))
+}
+
+/// Writes `bytes` to `path` through a temporary file, fsynced, then renamed.
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// The complete checkpoints under `root`, oldest first.
+pub fn list(root: &Path) -> anyhow::Result<Vec<Manifest>> {
+    let mut out = Vec::new();
+    let entries = match std::fs::read_dir(root) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(anyhow::anyhow!("{}: {e}", root.display())),
+    };
+    for entry in entries {
+        let path = entry?.path();
+        let manifest = path.join(MANIFEST);
+        if !manifest.is_file() {
+            continue;
+        }
+        let text = std::fs::read_to_string(&manifest)?;
+        let m: Manifest = serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", manifest.display()))?;
+        out.push(m);
+    }
+    out.sort_by_key(|m| m.epoch);
+    Ok(out)
+}
+
+/// A complete checkpoint read back for a restore.
+#[derive(Debug)]
+pub struct Restored {
+    pub manifest: Manifest,
+    parts: BTreeMap<String, Vec<u8>>,
+}
+
+impl Restored {
+    /// The newest complete checkpoint under `root`, its parts verified against the manifest.
+    pub fn latest(root: &Path) -> anyhow::Result<Option<Restored>> {
+        let Some(manifest) = list(root)?.pop() else { return Ok(None) };
+        Restored::load(root, manifest).map(Some)
+    }
+
+    pub fn load(root: &Path, manifest: Manifest) -> anyhow::Result<Restored> {
+        let dir = checkpoint_dir(root, manifest.epoch).join("parts");
+        let mut parts = BTreeMap::new();
+        for p in &manifest.parts {
+            let path = dir.join(format!("{}.bin", p.name));
+            let bytes = std::fs::read(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            let hash = format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&bytes));
+            if bytes.len() as u64 != p.bytes || hash != p.xxh3 {
+                anyhow::bail!("{}: does not match the manifest (size or checksum)", path.display());
+            }
+            parts.insert(p.name.clone(), bytes);
+        }
+        Ok(Restored { manifest, parts })
+    }
+
+    pub fn part(&self, name: &str) -> Option<&[u8]> {
+        self.parts.get(name).map(Vec::as_slice)
+    }
+
+    /// Parts whose name starts with `prefix` (e.g. every worker's part of one component).
+    pub fn parts_with_prefix(&self, prefix: &str) -> impl Iterator<Item = (&str, &[u8])> + '_ {
+        let prefix = prefix.to_string();
+        self.parts
+            .range(prefix.clone()..)
+            .take_while(move |(k, _)| k.starts_with(&prefix))
+            .map(|(k, v)| (k.as_str(), v.as_slice()))
+    }
+}
+
+#[derive(Default)]
+struct Progress {
+    /// Parts written per pending checkpoint.
+    pending: BTreeMap<u64, BTreeMap<String, PartInfo>>,
+    /// Participants that will write no more parts, with their final part.
+    retired: BTreeMap<String, Vec<u8>>,
+}
+
+/// Collects the parts of checkpoints as participants write them and completes checkpoints.
+pub struct Checkpointer {
+    root: PathBuf,
+    pipeline: String,
+    workers: usize,
+    interval_epochs: u64,
+    retain: usize,
+    expected: BTreeSet<String>,
+    progress: Mutex<Progress>,
+    /// Newest complete checkpoint + 1 (0: none yet).
+    committed: AtomicU64,
+    /// The epoch the run resumed from (checkpoints below it are not taken again).
+    start_epoch: u64,
+}
+
+impl Checkpointer {
+    /// `expected`: every participant of the run, known before any worker starts.
+    pub fn new(
+        root: PathBuf,
+        config: &CheckpointConfig,
+        epoch_ms: u64,
+        pipeline: &str,
+        workers: usize,
+        expected: BTreeSet<String>,
+        start_epoch: u64,
+    ) -> anyhow::Result<Checkpointer> {
+        std::fs::create_dir_all(&root).map_err(|e| anyhow::anyhow!("checkpoint dir {}: {e}", root.display()))?;
+        let interval_epochs = (config.interval.as_millis() as u64 / epoch_ms.max(1)).max(1);
+        Ok(Checkpointer {
+            root,
+            pipeline: pipeline.to_string(),
+            workers,
+            interval_epochs,
+            retain: config.retain.max(1),
+            expected,
+            progress: Mutex::new(Progress::default()),
+            committed: AtomicU64::new(start_epoch),
+            start_epoch,
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The newest checkpoint epoch `c` with `from ≤ c < to`: what a participant whose frontier
+    /// moved from `from` to `to` must write.
+    pub fn due(&self, from: u64, to: u64) -> Option<u64> {
+        if to == 0 {
+            return None;
+        }
+        let c = (to - 1) / self.interval_epochs * self.interval_epochs;
+        (c >= from && c >= self.start_epoch && c > 0).then_some(c)
+    }
+
+    /// The newest complete checkpoint, if any (sinks commit up to it).
+    pub fn committed(&self) -> Option<u64> {
+        self.committed.load(Ordering::SeqCst).checked_sub(1)
+    }
+
+    /// Writes `participant`'s part of checkpoint `epoch`; completes the checkpoint if it was
+    /// the last one missing.
+    pub fn write(&self, epoch: u64, participant: &str, bytes: &[u8]) -> anyhow::Result<()> {
+        let info = self.write_part(epoch, participant, bytes)?;
+        let mut p = self.progress.lock().unwrap_or_else(|e| e.into_inner());
+        p.pending.entry(epoch).or_default().insert(participant.to_string(), info);
+        self.complete_ready(&mut p)
+    }
+
+    /// `participant` will write no more parts: `bytes` stands for it in every later checkpoint.
+    pub fn retire(&self, participant: &str, bytes: Vec<u8>) -> anyhow::Result<()> {
+        let mut p = self.progress.lock().unwrap_or_else(|e| e.into_inner());
+        p.retired.insert(participant.to_string(), bytes);
+        self.complete_ready(&mut p)
+    }
+
+    /// Every participant retired: the run is over.
+    pub fn all_retired(&self) -> bool {
+        let p = self.progress.lock().unwrap_or_else(|e| e.into_inner());
+        self.expected.iter().all(|n| p.retired.contains_key(n))
+    }
+
+    /// Writes the last checkpoint of a run after `epoch`, once every participant retired;
+    /// `exhausted`: every source was read to its end.
+    pub fn finish(&self, epoch: u64, exhausted: bool) -> anyhow::Result<()> {
+        let mut p = self.progress.lock().unwrap_or_else(|e| e.into_inner());
+        if !self.expected.iter().all(|n| p.retired.contains_key(n)) {
+            anyhow::bail!("the run ended before every participant retired");
+        }
+        let epoch =
+            epoch.max(p.pending.keys().next_back().map_or(0, |e| e + 1)).max(self.committed.load(Ordering::SeqCst));
+        let mut parts = BTreeMap::new();
+        self.complete(epoch, &mut parts, &p.retired, exhausted)?;
+        p.pending.clear();
+        Ok(())
+    }
+
+    fn write_part(&self, epoch: u64, participant: &str, bytes: &[u8]) -> anyhow::Result<PartInfo> {
+        let dir = checkpoint_dir(&self.root, epoch).join("parts");
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join(format!("{participant}.bin"));
+        let mut f = std::fs::File::create(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        Ok(PartInfo {
+            name: participant.to_string(),
+            bytes: bytes.len() as u64,
+            xxh3: format!("{:016x}", xxhash_rust::xxh3::xxh3_64(bytes)),
+        })
+    }
+
+    fn complete_ready(&self, p: &mut Progress) -> anyhow::Result<()> {
+        let ready: Vec<u64> = p
+            .pending
+            .iter()
+            .filter(|(_, parts)| self.expected.iter().all(|n| parts.contains_key(n) || p.retired.contains_key(n)))
+            .map(|(e, _)| *e)
+            .collect();
+        for epoch in ready {
+            let mut parts = p.pending.remove(&epoch).unwrap_or_default();
+            self.complete(epoch, &mut parts, &p.retired, false)?;
+            // Older pending checkpoints can no longer complete usefully.
+            p.pending.retain(|e, _| *e > epoch);
+        }
+        Ok(())
+    }
+
+    fn complete(
+        &self,
+        epoch: u64,
+        parts: &mut BTreeMap<String, PartInfo>,
+        retired: &BTreeMap<String, Vec<u8>>,
+        final_checkpoint: bool,
+    ) -> anyhow::Result<()> {
+        for name in &self.expected {
+            if !parts.contains_key(name) {
+                let bytes = retired.get(name).map(Vec::as_slice).unwrap_or_default();
+                let info = self.write_part(epoch, name, bytes)?;
+                parts.insert(name.clone(), info);
+            }
+        }
+        let manifest = Manifest {
+            layout_version: LAYOUT_VERSION,
+            pipeline: self.pipeline.clone(),
+            epoch,
+            workers: self.workers,
+            created_ms: chrono::Utc::now().timestamp_millis(),
+            final_checkpoint,
+            parts: parts.values().cloned().collect(),
+        };
+        let dir = checkpoint_dir(&self.root, epoch);
+        write_atomic(&dir.join(MANIFEST), &serde_json::to_vec_pretty(&manifest)?)?;
+        self.committed.fetch_max(epoch + 1, Ordering::SeqCst);
+        tracing::debug!("checkpoint {epoch} complete");
+        self.prune(epoch)
+    }
+
+    /// Keeps the newest `retain` complete checkpoints; removes incomplete ones older than `epoch`.
+    fn prune(&self, epoch: u64) -> anyhow::Result<()> {
+        let complete: Vec<u64> = list(&self.root)?.into_iter().map(|m| m.epoch).collect();
+        let keep: BTreeSet<u64> = complete.iter().rev().take(self.retain).copied().collect();
+        for entry in std::fs::read_dir(&self.root)? {
+            let path = entry?.path();
+            let Some(e) = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_prefix("chk-"))
+                .and_then(|n| n.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            let complete_here = complete.contains(&e);
+            if (complete_here && !keep.contains(&e)) || (!complete_here && e < epoch) {
+                std::fs::remove_dir_all(&path)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn checkpointer(dir: &Path, expected: &[&str], start: u64) -> Checkpointer {
+        let config = CheckpointConfig { dir: String::new(), interval: Duration::from_secs(2), retain: 2 };
+        Checkpointer::new(
+            dir.to_path_buf(),
+            &config,
+            1000,
+            "p",
+            2,
+            expected.iter().map(|s| s.to_string()).collect(),
+            start,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_checkpoint_completes_when_every_participant_wrote_and_old_ones_are_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = checkpointer(dir.path(), &["a-w0", "b-w0"], 0);
+        assert_eq!((c.due(0, 1), c.due(0, 3), c.due(3, 5), c.due(5, 9)), (None, Some(2), Some(4), Some(8)));
+        c.write(2, "a-w0", b"a2").unwrap();
+        assert_eq!(c.committed(), None);
+        assert!(list(dir.path()).unwrap().is_empty(), "no manifest before every part is in");
+        c.write(2, "b-w0", b"b2").unwrap();
+        assert_eq!(c.committed(), Some(2));
+        for e in [4, 6] {
+            c.write(e, "a-w0", b"a").unwrap();
+            c.write(e, "b-w0", b"b").unwrap();
+        }
+        // An incomplete checkpoint, then b retires: its final part completes 8.
+        c.write(8, "a-w0", b"a8").unwrap();
+        c.retire("b-w0", b"final".to_vec()).unwrap();
+        let epochs: Vec<u64> = list(dir.path()).unwrap().iter().map(|m| m.epoch).collect();
+        assert_eq!(epochs, vec![6, 8], "two kept");
+        let r = Restored::latest(dir.path()).unwrap().unwrap();
+        assert_eq!((r.part("a-w0"), r.part("b-w0")), (Some(&b"a8"[..]), Some(&b"final"[..])));
+        assert_eq!(r.parts_with_prefix("b-").count(), 1);
+    }
+
+    #[test]
+    fn a_tampered_part_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = checkpointer(dir.path(), &["a-w0"], 0);
+        c.write(2, "a-w0", b"state").unwrap();
+        std::fs::write(dir.path().join("chk-000000000002/parts/a-w0.bin"), b"other").unwrap();
+        let err = Restored::latest(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("does not match the manifest"), "{err}");
+    }
+
+    #[test]
+    fn a_resumed_run_does_not_retake_checkpoints_below_its_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = checkpointer(dir.path(), &["a-w0"], 6);
+        assert_eq!((c.due(0, 5), c.due(0, 7), c.committed()), (None, Some(6), Some(5)));
+    }
+}
