@@ -40,6 +40,7 @@ fn operator<C: ComponentConfig>(config: serde_json::Value) -> anyhow::Result<Box
         metrics: Metrics::new().component(C::TYPE),
         clock: Arc::new(EpochClock::new()),
         resumed_from: None,
+        checkpointing: false,
     })
 }
 

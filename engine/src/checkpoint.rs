@@ -80,6 +80,13 @@ pub struct Manifest {
     pub created_ms: i64,
     /// Written at the end of a bounded run: every source was exhausted.
     pub final_checkpoint: bool,
+    /// Written when the run ended (stopped or exhausted), after every participant retired:
+    /// what sinks made visible at their end belongs to it.
+    #[serde(default)]
+    pub closing: bool,
+    /// The first epoch of the run that wrote it (0 for a run that did not resume).
+    #[serde(default)]
+    pub run: u64,
     pub parts: Vec<PartInfo>,
 }
 
@@ -265,7 +272,7 @@ impl Checkpointer {
         let epoch =
             epoch.max(p.pending.keys().next_back().map_or(0, |e| e + 1)).max(self.committed.load(Ordering::SeqCst));
         let mut parts = BTreeMap::new();
-        self.complete(epoch, &mut parts, &p.retired, exhausted)?;
+        self.complete(epoch, &mut parts, &p.retired, Some(exhausted))?;
         p.pending.clear();
         Ok(())
     }
@@ -293,7 +300,7 @@ impl Checkpointer {
             .collect();
         for epoch in ready {
             let mut parts = p.pending.remove(&epoch).unwrap_or_default();
-            self.complete(epoch, &mut parts, &p.retired, false)?;
+            self.complete(epoch, &mut parts, &p.retired, None)?;
             // Older pending checkpoints can no longer complete usefully.
             p.pending.retain(|e, _| *e > epoch);
         }
@@ -305,7 +312,7 @@ impl Checkpointer {
         epoch: u64,
         parts: &mut BTreeMap<String, PartInfo>,
         retired: &BTreeMap<String, Vec<u8>>,
-        final_checkpoint: bool,
+        closing: Option<bool>,
     ) -> anyhow::Result<()> {
         for name in &self.expected {
             if !parts.contains_key(name) {
@@ -320,7 +327,9 @@ impl Checkpointer {
             epoch,
             workers: self.workers,
             created_ms: chrono::Utc::now().timestamp_millis(),
-            final_checkpoint,
+            final_checkpoint: closing == Some(true),
+            closing: closing.is_some(),
+            run: self.start_epoch,
             parts: parts.values().cloned().collect(),
         };
         let dir = checkpoint_dir(&self.root, epoch);

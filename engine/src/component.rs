@@ -95,6 +95,8 @@ pub struct WorkerContext {
     /// The checkpoint this run resumed from: file sinks append to, rather than replace, what
     /// earlier runs wrote.
     pub resumed_from: Option<u64>,
+    /// The run takes checkpoints: sinks hold back what `prepare` covers until `commit`.
+    pub checkpointing: bool,
 }
 
 /// What a source's poll produced.
@@ -210,6 +212,12 @@ pub trait OperatorFactory: Send + Sync {
 }
 pub trait SinkFactory: Send + Sync {
     fn create(&self, ctx: &WorkerContext) -> anyhow::Result<Box<dyn Sink>>;
+    /// Once, before a run with checkpoints starts (no worker runs yet): finish committing what
+    /// checkpoint `resumed` (if any) holds and remove what later, uncommitted epochs left
+    /// behind. `parts`: the [`Sink::prepare`] bytes of every instance in that checkpoint.
+    fn restore(&self, _resumed: Option<&crate::checkpoint::Manifest>, _parts: &[&[u8]]) -> anyhow::Result<()> {
+        Ok(())
+    }
 }
 
 /// A component with a validated config, ready to be instantiated per worker.

@@ -259,6 +259,17 @@ pub fn run_with_metrics(
             Some(Arc::new(Checkpointing { checkpointer, restored, stop: stop.clone() }))
         }
     };
+    if let Some(ck) = &checkpoint {
+        // Sinks settle what the previous run left before anything runs.
+        for c in spec.components.iter() {
+            if let Built::Sink(factory) = &c.built {
+                let parts = ck.restored_parts(&format!("sink.{}.w", c.id));
+                factory
+                    .restore(ck.restored.as_ref().map(|r| &r.manifest), &parts)
+                    .map_err(|e| anyhow::anyhow!("sink `{}`: cannot resume from the checkpoint: {e:#}", c.id))?;
+            }
+        }
+    }
     let start_epoch = checkpoint.as_ref().and_then(|c| c.restored.as_ref()).map_or(0, |r| r.manifest.epoch + 1);
     let shared = Arc::new(Shared {
         spec: spec.clone(),
@@ -408,6 +419,7 @@ fn worker_context(shared: &Shared, c: &ComponentSpec, index: usize, peers: usize
         metrics: shared.metrics.component(&c.id),
         clock: shared.epoch.clone(),
         resumed_from: shared.checkpoint.as_ref().and_then(|c| c.restored.as_ref()).map(|r| r.manifest.epoch),
+        checkpointing: shared.checkpoint.is_some(),
     }
 }
 

@@ -3,7 +3,14 @@
 //!
 //! Each worker writes its own files, named `part-{sink}-w{worker}-{seq}.parquet`. A file is
 //! written under a hidden `.inprogress` name and renamed when closed, so readers never see
-//! a partial file; the exactly-once issue makes the names epoch-based.
+//! a partial file.
+//!
+//! With checkpoints the sink is exactly once: every checkpoint closes the open files, which stay
+//! hidden until the checkpoint is durable and are then renamed to
+//! `part-{sink}-r{run}-w{worker}-c{checkpoint}-{seq}.parquet` (`run`: the first epoch of the run
+//! that wrote it; `cend` for files closed when a run ended). Before a run resumes, files the
+//! checkpoint names are renamed if a crash came first, and files of later, uncommitted
+//! checkpoints and hidden leftovers are removed, so each record is in exactly one visible file.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -85,24 +92,85 @@ impl ComponentConfig for ParquetSinkConfig {
             anyhow::bail!("row_group_size must be at least 1");
         }
         let dir = ctx.resources.resolve(&self.path);
-        Ok(Built::Sink(Arc::new(ParquetFactory { config: self, dir })))
+        Ok(Built::Sink(Arc::new(ParquetFactory { config: self, dir, sink_id: ctx.component_id.to_string() })))
     }
 }
 
 struct ParquetFactory {
     config: ParquetSinkConfig,
     dir: PathBuf,
+    sink_id: String,
+}
+
+/// Files a checkpoint closed and holds hidden until it is durable: (hidden, final), relative
+/// to the sink's directory.
+type PreparedFiles = Vec<(String, String)>;
+
+/// The checkpoint a committed file belongs to, from its name; `None` for files closed when a
+/// run ended (`cend`), with the run.
+fn checkpoint_of(name: &str, sink: &str) -> Option<(u64, Option<u64>)> {
+    let rest = name.strip_prefix(&format!("part-{sink}-r"))?.strip_suffix(".parquet")?;
+    let (run, rest) = rest.split_once("-w")?;
+    let (_, rest) = rest.split_once("-c")?;
+    let (c, _) = rest.split_once('-')?;
+    let run = run.parse().ok()?;
+    Some((run, if c == "end" { None } else { Some(c.parse().ok()?) }))
 }
 
 impl SinkFactory for ParquetFactory {
     fn create(&self, ctx: &WorkerContext) -> anyhow::Result<Box<dyn Sink>> {
         std::fs::create_dir_all(&self.dir).map_err(|e| anyhow::anyhow!("{}: {e}", self.dir.display()))?;
-        // A run resuming from a checkpoint names its files apart from those of earlier runs.
-        let name = match ctx.resumed_from {
-            Some(epoch) => format!("{}-r{:012}", ctx.component_id, epoch + 1),
-            None => ctx.component_id.to_string(),
-        };
-        Ok(Box::new(ParquetSink::new(self.config.clone(), self.dir.clone(), &name, ctx.worker_index)))
+        let mut sink = ParquetSink::new(self.config.clone(), self.dir.clone(), &ctx.component_id, ctx.worker_index);
+        if ctx.checkpointing {
+            sink.run = Some(ctx.resumed_from.map_or(0, |e| e + 1));
+        }
+        Ok(Box::new(sink))
+    }
+
+    fn restore(&self, resumed: Option<&ward_engine::checkpoint::Manifest>, parts: &[&[u8]]) -> anyhow::Result<()> {
+        if !self.dir.exists() {
+            return Ok(());
+        }
+        // Files the checkpoint covers: visible now, if the crash came before the rename.
+        for part in parts.iter().filter(|p| !p.is_empty()) {
+            let files: PreparedFiles = ward_engine::keyed::decode(part)?;
+            for (hidden, name) in files {
+                match std::fs::rename(self.dir.join(&hidden), self.dir.join(&name)) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        anyhow::bail!("{}: {e}", self.dir.join(&hidden).display())
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let hidden_prefix = format!(".part-{}-r", self.sink_id);
+        let mut stack = vec![self.dir.clone()];
+        while let Some(d) = stack.pop() {
+            for entry in std::fs::read_dir(&d)? {
+                let path = entry?.path();
+                if path.is_dir() {
+                    stack.push(path);
+                    continue;
+                }
+                let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
+                let stale = if name.starts_with(&hidden_prefix) {
+                    true
+                } else {
+                    match (checkpoint_of(name, &self.sink_id), resumed) {
+                        (None, _) => false,
+                        // Closed at the end of a run: it belongs to that run's closing checkpoint.
+                        (Some((run, None)), Some(m)) => !(m.closing && m.run == run),
+                        (Some((_, None)), None) => true,
+                        (Some((_, Some(c))), Some(m)) => c > m.epoch,
+                        (Some((_, Some(_))), None) => false,
+                    }
+                };
+                if stale {
+                    std::fs::remove_file(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -155,6 +223,10 @@ pub struct ParquetSink {
     props: WriterProperties,
     open: BTreeMap<Option<i64>, OpenFile>,
     seq: BTreeMap<Option<i64>, u64>,
+    /// With checkpoints: the run's first epoch (files are held until their checkpoint commits).
+    run: Option<u64>,
+    /// Files closed by a checkpoint, hidden until it commits.
+    prepared: Vec<(u64, PreparedFiles)>,
     /// Epochs completed so far (the sink's clock for closing idle files).
     epochs: u64,
     /// Per row, the slot index of each core field's first value and its value count (reused).
@@ -182,6 +254,8 @@ impl ParquetSink {
             props,
             open: BTreeMap::new(),
             seq: BTreeMap::new(),
+            run: None,
+            prepared: Vec::new(),
             epochs: 0,
             first: Vec::new(),
             count: Vec::new(),
@@ -221,10 +295,14 @@ impl ParquetSink {
             let dir = self.partition_dir(bucket);
             std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
             let seq = self.seq.entry(bucket).or_insert(0);
-            let name = format!("part-{}-w{:03}-{:06}.parquet", self.sink_id, self.worker, seq);
+            let name = match self.run {
+                // The checkpoint is set when the file closes (`{c}` below).
+                Some(run) => format!("part-{}-r{run:012}-w{:03}-c{{c}}-{:06}.parquet", self.sink_id, self.worker, seq),
+                None => format!("part-{}-w{:03}-{:06}.parquet", self.sink_id, self.worker, seq),
+            };
             *seq += 1;
             let target = dir.join(&name);
-            let tmp = dir.join(format!(".{name}.inprogress"));
+            let tmp = dir.join(format!(".{}.inprogress", name.replace("-c{c}", "")));
             let file = File::create(&tmp).map_err(|e| anyhow::anyhow!("{}: {e}", tmp.display()))?;
             let writer = ArrowWriter::try_new(file, self.schema.clone(), Some(self.props.clone()))?;
             self.open
@@ -233,10 +311,37 @@ impl ParquetSink {
         Ok(self.open.get_mut(&bucket).expect("inserted above"))
     }
 
-    fn close(schema: &SchemaRef, mut f: OpenFile) -> anyhow::Result<()> {
+    fn close(schema: &SchemaRef, f: OpenFile) -> anyhow::Result<()> {
+        let (tmp, target) = Self::close_hidden(schema, f)?;
+        std::fs::rename(&tmp, &target).map_err(|e| anyhow::anyhow!("{}: {e}", target.display()))?;
+        Ok(())
+    }
+
+    /// Completes a file (footer written, synced) under its hidden name.
+    fn close_hidden(schema: &SchemaRef, mut f: OpenFile) -> anyhow::Result<(PathBuf, PathBuf)> {
         Self::flush(schema, &mut f)?;
-        f.writer.close()?;
-        std::fs::rename(&f.tmp, &f.target).map_err(|e| anyhow::anyhow!("{}: {e}", f.target.display()))?;
+        let file = f.writer.into_inner()?;
+        file.sync_all()?;
+        Ok((f.tmp, f.target))
+    }
+
+    /// Closes every open file for checkpoint `tag` (`end` when the run ends), hidden.
+    fn close_all_hidden(&mut self, tag: &str) -> anyhow::Result<PreparedFiles> {
+        let mut files = Vec::new();
+        for (_, f) in std::mem::take(&mut self.open) {
+            let (tmp, target) = Self::close_hidden(&self.schema, f)?;
+            let target = target.to_string_lossy().replace("-c{c}-", &format!("-c{tag}-"));
+            let rel = |p: &Path| p.strip_prefix(&self.dir).unwrap_or(p).to_string_lossy().into_owned();
+            files.push((rel(&tmp), rel(Path::new(&target))));
+        }
+        Ok(files)
+    }
+
+    fn publish(&self, files: &PreparedFiles) -> anyhow::Result<()> {
+        for (hidden, name) in files {
+            let (from, to) = (self.dir.join(hidden), self.dir.join(name));
+            std::fs::rename(&from, &to).map_err(|e| anyhow::anyhow!("{}: {e}", from.display()))?;
+        }
         Ok(())
     }
 
@@ -490,6 +595,10 @@ impl Sink for ParquetSink {
 
     fn epoch_complete(&mut self, _epoch: u64) -> anyhow::Result<()> {
         self.epochs += 1;
+        if self.run.is_some() {
+            // Files close at checkpoints.
+            return Ok(());
+        }
         let (now, idle) = (self.epochs, self.config.close_idle_after_epochs.max(1));
         let done: Vec<_> = self
             .open
@@ -505,7 +614,37 @@ impl Sink for ParquetSink {
         Ok(())
     }
 
+    fn prepare(&mut self, epoch: u64) -> anyhow::Result<Vec<u8>> {
+        if self.run.is_none() {
+            self.epoch_complete(epoch)?;
+            return Ok(Vec::new());
+        }
+        let files = self.close_all_hidden(&format!("{epoch:012}"))?;
+        let bytes = ward_engine::keyed::encode(&files)?;
+        self.prepared.push((epoch, files));
+        Ok(bytes)
+    }
+
+    fn commit(&mut self, epoch: u64) -> anyhow::Result<()> {
+        let (now, later): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.prepared).into_iter().partition(|(c, _)| *c <= epoch);
+        self.prepared = later;
+        for (_, files) in now {
+            self.publish(&files)?;
+        }
+        Ok(())
+    }
+
     fn finish(&mut self) -> anyhow::Result<()> {
+        if self.run.is_some() {
+            // The run's closing checkpoint covers these (a restart from an earlier one
+            // removes them).
+            for (_, files) in std::mem::take(&mut self.prepared) {
+                self.publish(&files)?;
+            }
+            let files = self.close_all_hidden("end")?;
+            return self.publish(&files);
+        }
         for (_, f) in std::mem::take(&mut self.open) {
             Self::close(&self.schema, f)?;
         }
@@ -596,5 +735,16 @@ mod tests {
         let files = list_files(dir.path());
         assert_eq!(files.len(), 2);
         assert_eq!(files.iter().map(|f| rows_in(f)).sum::<usize>(), 15);
+    }
+
+    #[test]
+    fn committed_file_names_carry_their_checkpoint() {
+        assert_eq!(
+            checkpoint_of("part-events-r000000000004-w001-c000000000009-000001.parquet", "events"),
+            Some((4, Some(9)))
+        );
+        assert_eq!(checkpoint_of("part-events-r000000000013-w000-cend-000002.parquet", "events"), Some((13, None)));
+        assert_eq!(checkpoint_of("part-events-w000-000000.parquet", "events"), None, "written without checkpoints");
+        assert_eq!(checkpoint_of("part-other-r000000000004-w001-c000000000009-000001.parquet", "events"), None);
     }
 }
