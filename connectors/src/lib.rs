@@ -11,6 +11,7 @@ pub fn register(registry: &mut Registry) {
         .register::<sources::file::FileSourceConfig>()
         .register::<sources::stdin::StdinSourceConfig>()
         .register::<sources::generator::GeneratorConfig>()
+        .register::<sources::kafka::KafkaSourceConfig>()
         .register::<sinks::parquet::ParquetSinkConfig>()
         .register::<sinks::jsonl::JsonlSinkConfig>();
 }

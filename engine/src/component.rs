@@ -133,6 +133,10 @@ pub trait Source {
     fn restore(&mut self, _parts: &[&[u8]]) -> anyhow::Result<()> {
         Ok(())
     }
+    /// This instance's [`Source::checkpoint`] went into checkpoint `epoch`.
+    fn checkpoint_written(&mut self, _epoch: u64) {}
+    /// Checkpoint `epoch` is complete and durable (e.g. commit offsets to a consumer group).
+    fn checkpoint_complete(&mut self, _epoch: u64) {}
 }
 
 /// Where an operator puts its results for one input batch.

@@ -596,6 +596,8 @@ fn build_source<'s>(
     builder.build(move |mut caps| {
         let mut caps = Some((caps.remove(0), caps.remove(0)));
         let mut announced = false;
+        // The newest complete checkpoint the source was told about.
+        let mut notified: Option<Epoch> = None;
         move |_frontiers| {
             let Some((cap, qcap)) = caps.as_mut() else {
                 return;
@@ -614,13 +616,20 @@ fn build_source<'s>(
                 caps = None;
                 return;
             }
+            if let Some(done) = checkpoint.as_ref().and_then(|ck| ck.checkpointer.committed()) {
+                if notified.is_none_or(|n| n < done) {
+                    notified = Some(done);
+                    source.checkpoint_complete(done);
+                }
+            }
             let epoch = shared.epoch.current();
             if *cap.time() < epoch {
                 // Everything emitted so far belongs to epochs before `epoch`.
                 if let Some(ck) = &checkpoint {
                     if let Some(c) = ck.checkpointer.due(*cap.time(), epoch) {
-                        if let Err(e) = source.checkpoint().and_then(|b| ck.checkpointer.write(c, &part, &b)) {
-                            shared.fail(format!("source `{id}`: checkpoint {c}: {e:#}"));
+                        match source.checkpoint().and_then(|b| ck.checkpointer.write(c, &part, &b)) {
+                            Ok(()) => source.checkpoint_written(c),
+                            Err(e) => shared.fail(format!("source `{id}`: checkpoint {c}: {e:#}")),
                         }
                     }
                 }

