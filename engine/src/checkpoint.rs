@@ -176,6 +176,8 @@ impl Restored {
 struct Progress {
     /// Parts written per pending checkpoint.
     pending: BTreeMap<u64, BTreeMap<String, PartInfo>>,
+    /// When each pending checkpoint's first part was written.
+    started: BTreeMap<u64, std::time::Instant>,
     /// Participants that will write no more parts, with their final part.
     retired: BTreeMap<String, Vec<u8>>,
 }
@@ -193,6 +195,7 @@ pub struct Checkpointer {
     committed: AtomicU64,
     /// The epoch the run resumed from (checkpoints below it are not taken again).
     start_epoch: u64,
+    metrics: Option<crate::metrics::CheckpointMetrics>,
 }
 
 impl Checkpointer {
@@ -218,7 +221,14 @@ impl Checkpointer {
             progress: Mutex::new(Progress::default()),
             committed: AtomicU64::new(start_epoch),
             start_epoch,
+            metrics: None,
         })
+    }
+
+    /// Reports completed checkpoints in these metrics.
+    pub fn with_metrics(mut self, metrics: crate::metrics::CheckpointMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     pub fn root(&self) -> &Path {
@@ -245,6 +255,7 @@ impl Checkpointer {
     pub fn write(&self, epoch: u64, participant: &str, bytes: &[u8]) -> anyhow::Result<()> {
         let info = self.write_part(epoch, participant, bytes)?;
         let mut p = self.progress.lock().unwrap_or_else(|e| e.into_inner());
+        p.started.entry(epoch).or_insert_with(std::time::Instant::now);
         p.pending.entry(epoch).or_default().insert(participant.to_string(), info);
         self.complete_ready(&mut p)
     }
@@ -301,8 +312,12 @@ impl Checkpointer {
         for epoch in ready {
             let mut parts = p.pending.remove(&epoch).unwrap_or_default();
             self.complete(epoch, &mut parts, &p.retired, None)?;
+            if let (Some(m), Some(started)) = (&self.metrics, p.started.get(&epoch)) {
+                m.duration.observe(started.elapsed().as_secs_f64());
+            }
             // Older pending checkpoints can no longer complete usefully.
             p.pending.retain(|e, _| *e > epoch);
+            p.started.retain(|e, _| *e > epoch);
         }
         Ok(())
     }
@@ -335,6 +350,12 @@ impl Checkpointer {
         let dir = checkpoint_dir(&self.root, epoch);
         write_atomic(&dir.join(MANIFEST), &serde_json::to_vec_pretty(&manifest)?)?;
         self.committed.fetch_max(epoch + 1, Ordering::SeqCst);
+        if let Some(m) = &self.metrics {
+            m.completed.inc();
+            m.epoch.set(epoch as i64);
+            m.bytes.set(manifest.parts.iter().map(|p| p.bytes).sum::<u64>() as i64);
+            m.timestamp.set(manifest.created_ms as f64 / 1000.0);
+        }
         tracing::debug!("checkpoint {epoch} complete");
         self.prune(epoch)
     }
@@ -383,7 +404,8 @@ mod tests {
     #[test]
     fn a_checkpoint_completes_when_every_participant_wrote_and_old_ones_are_pruned() {
         let dir = tempfile::tempdir().unwrap();
-        let c = checkpointer(dir.path(), &["a-w0", "b-w0"], 0);
+        let metrics = crate::metrics::Metrics::new();
+        let c = checkpointer(dir.path(), &["a-w0", "b-w0"], 0).with_metrics(metrics.checkpoint.clone());
         assert_eq!((c.due(0, 1), c.due(0, 3), c.due(3, 5), c.due(5, 9)), (None, Some(2), Some(4), Some(8)));
         c.write(2, "a-w0", b"a2").unwrap();
         assert_eq!(c.committed(), None);
@@ -399,6 +421,9 @@ mod tests {
         c.retire("b-w0", b"final".to_vec()).unwrap();
         let epochs: Vec<u64> = list(dir.path()).unwrap().iter().map(|m| m.epoch).collect();
         assert_eq!(epochs, vec![6, 8], "two kept");
+        assert_eq!((metrics.checkpoint.completed.get(), metrics.checkpoint.epoch.get()), (4, 8));
+        assert_eq!(metrics.checkpoint.bytes.get(), 7, "a8 + final");
+        assert!(metrics.render().contains("ward_checkpoint_duration_seconds_count 4"));
         let r = Restored::latest(dir.path()).unwrap().unwrap();
         assert_eq!((r.part("a-w0"), r.part("b-w0")), (Some(&b"a8"[..]), Some(&b"final"[..])));
         assert_eq!(r.parts_with_prefix("b-").count(), 1);

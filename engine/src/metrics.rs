@@ -23,6 +23,8 @@ pub struct Metrics {
     batch_seconds: HistogramVec,
     pub events_per_second: Gauge,
     pub epoch: IntGauge,
+    /// Checkpoints (DESIGN.md §7: duration, size, age).
+    pub checkpoint: CheckpointMetrics,
     pub workers: IntGauge,
     pub ready: IntGauge,
     reloads: IntCounterVec,
@@ -99,7 +101,38 @@ impl Metrics {
             registry.register(Box::new(h.clone())).expect("unique metric");
             h
         };
+        let checkpoint = CheckpointMetrics {
+            completed: {
+                let c = IntCounter::new("ward_checkpoints_total", "Checkpoints completed").expect("valid metric");
+                registry.register(Box::new(c.clone())).expect("unique metric");
+                c
+            },
+            epoch: gauge("ward_checkpoint_epoch", "Epoch of the newest complete checkpoint"),
+            bytes: gauge("ward_checkpoint_bytes", "Size of the newest complete checkpoint"),
+            timestamp: {
+                let g = Gauge::new(
+                    "ward_checkpoint_timestamp_seconds",
+                    "When the newest checkpoint completed (Unix seconds; its age is time() minus this)",
+                )
+                .expect("valid metric");
+                registry.register(Box::new(g.clone())).expect("unique metric");
+                g
+            },
+            duration: {
+                let h = prometheus::Histogram::with_opts(
+                    HistogramOpts::new(
+                        "ward_checkpoint_duration_seconds",
+                        "From a checkpoint's first part written to its manifest",
+                    )
+                    .buckets(prometheus::exponential_buckets(0.001, 2.0, 16).expect("valid buckets")),
+                )
+                .expect("valid metric");
+                registry.register(Box::new(h.clone())).expect("unique metric");
+                h
+            },
+        };
         Arc::new(Metrics {
+            checkpoint,
             watermark_lag: gauge_f(
                 "ward_watermark_lag_seconds",
                 "Wall-clock time minus a stateful operator's event-time watermark",
@@ -210,6 +243,16 @@ impl Metrics {
 }
 
 /// One component's counters, label values resolved once.
+/// Checkpoint figures, updated when a checkpoint completes.
+#[derive(Clone)]
+pub struct CheckpointMetrics {
+    pub completed: IntCounter,
+    pub epoch: IntGauge,
+    pub bytes: IntGauge,
+    pub timestamp: Gauge,
+    pub duration: prometheus::Histogram,
+}
+
 #[derive(Clone)]
 pub struct ComponentMetrics {
     pub id: Arc<str>,

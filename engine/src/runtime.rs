@@ -255,7 +255,8 @@ pub fn run_with_metrics(
                 workers,
                 participants(spec, workers),
                 start,
-            )?;
+            )?
+            .with_metrics(metrics.checkpoint.clone());
             Some(Arc::new(Checkpointing { checkpointer, restored, stop: stop.clone() }))
         }
     };
