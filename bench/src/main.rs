@@ -70,6 +70,9 @@ enum Cmd {
         /// Repetitions per worker count (the best is reported, all are printed).
         #[arg(long, default_value_t = 3)]
         repeat: usize,
+        /// Also run with checkpoints at this interval (ms) and report the overhead.
+        #[arg(long)]
+        checkpoint_interval_ms: Option<u64>,
     },
     /// Each stage alone, on one thread.
     Stages {
@@ -124,12 +127,14 @@ fn registry() -> Registry {
     r
 }
 
-fn pipeline(count: u64, workers: &[usize], repeat: usize) -> anyhow::Result<()> {
+fn pipeline(count: u64, workers: &[usize], repeat: usize, checkpoint_ms: Option<u64>) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let rules = repo().join("rules");
+    let checkpoint =
+        checkpoint_ms.map_or(String::new(), |ms| format!(", checkpoint: {{ dir: chk, interval: {ms}ms }}"));
     let spec_text = format!(
         r#"name: bench
-settings: {{ admin_listen: "" }}
+settings: {{ admin_listen: ""{checkpoint} }}
 sources:
   - {{ id: gen, type: generator, count: {count}, seed: 42 }}
 operators:
@@ -151,13 +156,17 @@ sinks:
     let spec_path = dir.path().join("bench.yaml");
     std::fs::write(&spec_path, spec_text)?;
     let spec = Spec::load(&spec_path, &registry()).map_err(|e| anyhow::anyhow!("{e}"))?;
-    println!("pipeline: generator -> parse -> normalize -> enrich -> parquet, {count} events");
+    match checkpoint_ms {
+        None => println!("pipeline: generator -> parse -> normalize -> enrich -> parquet, {count} events"),
+        Some(ms) => println!("the same with checkpoints every {ms} ms (Parquet exactly once: files close at each)"),
+    }
     println!("{:>8} {:>14} {:>14} {:>10} {:>16}", "workers", "events/s", "per worker", "MB/s", "runs (events/s)");
     for &w in workers {
         let mut runs = Vec::new();
         let mut mb = 0.0;
         for _ in 0..repeat.max(1) {
             let _ = std::fs::remove_dir_all(dir.path().join("out"));
+            let _ = std::fs::remove_dir_all(dir.path().join("chk"));
             let s = run(
                 &spec,
                 &RunOptions { workers: w, admin_listen: Some(String::new()), ..Default::default() },
@@ -276,7 +285,13 @@ fn run_op(op: &mut dyn Operator, input: Vec<EventBatch>) -> Vec<EventBatch> {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Cmd::Pipeline { count, workers, repeat } => pipeline(count, &workers, repeat),
+        Cmd::Pipeline { count, workers, repeat, checkpoint_interval_ms } => {
+            pipeline(count, &workers, repeat, None)?;
+            match checkpoint_interval_ms {
+                Some(ms) => pipeline(count, &workers, repeat, Some(ms)),
+                None => Ok(()),
+            }
+        }
         Cmd::Stages { count, zstd_level } => stages(count, zstd_level),
         Cmd::Correlate { keys, alerts_per_key } => correlate::run(keys, alerts_per_key),
         Cmd::State { keys } => state::run(keys),
