@@ -129,7 +129,7 @@ fn a_damaged_checkpoint_is_reported() {
 }
 
 #[test]
-fn parquet_holds_every_event_exactly_once_across_kill_9() {
+fn parquet_and_jsonl_hold_every_event_exactly_once_across_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     write(
         dir.path(),
@@ -147,13 +147,18 @@ operators:
   - {id: dedup, type: dedup, inputs: [normalize]}
 sinks:
   - {id: events, type: parquet, inputs: [dedup], path: out/events, partition_by: hour}
+  - {id: lines, type: jsonl, inputs: [dedup], path: out/events.jsonl}
 "#,
     );
     let spec = dir.path().join("spec.yaml");
     // Killed at moments spread over the run (checkpoints every 300 ms: some kills fall between
-    // a checkpoint's parts, its manifest and the sinks' renames), on 2 workers, then to the end
-    // on 3.
-    for ms in [700, 450, 900, 620, 1100] {
+    // a checkpoint's parts, its manifest and the sinks' renames and appends), once stopped
+    // gracefully instead, on 2 workers, then to the end on 3.
+    for (ms, graceful) in [(700, false), (450, false), (800, true), (620, false), (1100, false)] {
+        if graceful {
+            run(dir.path(), 2, Some(Duration::from_millis(ms)));
+            continue;
+        }
         let mut child = std::process::Command::new(ward_bin())
             .args(["run", spec.to_str().unwrap(), "--workers", "2", "-q"])
             .stderr(std::process::Stdio::null())
@@ -174,6 +179,12 @@ print(t.num_rows, len(keys), max(keys.values()))
         &[&dir.path().join("out/events").to_string_lossy()],
     );
     assert_eq!(counts.trim(), "30000 30000 1", "rows, distinct records, most copies of one record");
+    let mut lines = std::collections::BTreeMap::new();
+    for l in std::fs::read_to_string(dir.path().join("out/events.jsonl")).unwrap().lines() {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        *lines.entry(v["ward.offset"].as_u64().unwrap()).or_insert(0) += 1;
+    }
+    assert_eq!((lines.len(), lines.values().max().copied()), (30000, Some(1)), "JSONL: every event once");
     let hidden: Vec<_> = walk(&dir.path().join("out/events")).into_iter().filter(|n| n.starts_with('.')).collect();
     assert!(hidden.is_empty(), "{hidden:?}");
 }

@@ -172,6 +172,25 @@ impl Restored {
     }
 }
 
+/// One retained checkpoint as a sink sees it when a run resumes.
+pub struct SinkCheckpoint<'a> {
+    pub manifest: &'a Manifest,
+    /// (worker that wrote it, its `prepare` bytes).
+    pub parts: Vec<(usize, &'a [u8])>,
+}
+
+impl<'a> SinkCheckpoint<'a> {
+    /// The parts of sink `id` in `restored`.
+    pub fn of(restored: &'a Restored, id: &str) -> SinkCheckpoint<'a> {
+        let prefix = format!("sink.{id}.w");
+        let parts = restored
+            .parts_with_prefix(&prefix)
+            .filter_map(|(name, bytes)| Some((name.strip_prefix(&prefix)?.parse().ok()?, bytes)))
+            .collect();
+        SinkCheckpoint { manifest: &restored.manifest, parts }
+    }
+}
+
 #[derive(Default)]
 struct Progress {
     /// Parts written per pending checkpoint.

@@ -204,6 +204,11 @@ pub trait Sink {
     fn commit(&mut self, _epoch: u64) -> anyhow::Result<()> {
         Ok(())
     }
+    /// The input ended (after epoch `last`): this instance's part of the run's closing
+    /// checkpoint; [`Sink::finish`] follows.
+    fn retire_part(&mut self, last: u64) -> anyhow::Result<Vec<u8>> {
+        self.prepare(last)
+    }
     /// The input is closed; flush and close everything.
     fn finish(&mut self) -> anyhow::Result<()>;
 }
@@ -217,9 +222,10 @@ pub trait OperatorFactory: Send + Sync {
 pub trait SinkFactory: Send + Sync {
     fn create(&self, ctx: &WorkerContext) -> anyhow::Result<Box<dyn Sink>>;
     /// Once, before a run with checkpoints starts (no worker runs yet): finish committing what
-    /// checkpoint `resumed` (if any) holds and remove what later, uncommitted epochs left
-    /// behind. `parts`: the [`Sink::prepare`] bytes of every instance in that checkpoint.
-    fn restore(&self, _resumed: Option<&crate::checkpoint::Manifest>, _parts: &[&[u8]]) -> anyhow::Result<()> {
+    /// the checkpoint it resumes from holds and remove what later, uncommitted epochs left
+    /// behind. `retained`: the complete checkpoints kept, oldest first; the last is the one
+    /// the run resumes from (empty: none).
+    fn restore(&self, _retained: &[crate::checkpoint::SinkCheckpoint<'_>]) -> anyhow::Result<()> {
         Ok(())
     }
 }

@@ -22,7 +22,7 @@ use std::collections::BTreeSet;
 
 use crate::admin::AdminServer;
 use crate::batch::EventBatch;
-use crate::checkpoint::{CheckpointConfig, Checkpointer, Restored};
+use crate::checkpoint::{CheckpointConfig, Checkpointer, Restored, SinkCheckpoint};
 use crate::clock::EpochClock;
 use crate::component::{Built, Operator, OperatorOutput, Payload, Progress, Sink, Source, SourcePoll, WorkerContext};
 use crate::metrics::{ComponentMetrics, Metrics};
@@ -262,11 +262,20 @@ pub fn run_with_metrics(
     };
     if let Some(ck) = &checkpoint {
         // Sinks settle what the previous run left before anything runs.
+        let root = ck.checkpointer.root();
+        let retained: Vec<Restored> = match &ck.restored {
+            None => Vec::new(),
+            Some(latest) => crate::checkpoint::list(root)?
+                .into_iter()
+                .filter(|m| m.epoch <= latest.manifest.epoch)
+                .map(|m| Restored::load(root, m))
+                .collect::<anyhow::Result<_>>()?,
+        };
         for c in spec.components.iter() {
             if let Built::Sink(factory) = &c.built {
-                let parts = ck.restored_parts(&format!("sink.{}.w", c.id));
+                let views: Vec<SinkCheckpoint<'_>> = retained.iter().map(|r| SinkCheckpoint::of(r, &c.id)).collect();
                 factory
-                    .restore(ck.restored.as_ref().map(|r| &r.manifest), &parts)
+                    .restore(&views)
                     .map_err(|e| anyhow::anyhow!("sink `{}`: cannot resume from the checkpoint: {e:#}", c.id))?;
             }
         }
@@ -808,7 +817,7 @@ fn build_sink<'s>(
                             seen = seen.max(f);
                         }
                         None => {
-                            let bytes = s.prepare(seen)?;
+                            let bytes = s.retire_part(seen)?;
                             ck.checkpointer.retire(&part, bytes)?;
                         }
                     }

@@ -8,6 +8,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use ward_engine::component::{Built, Payload, Sink, SinkFactory, StreamKind, WorkerContext};
+
+use super::jsonl_committed::{self, CommittedFile};
 use ward_engine::registry::{BuildContext, ComponentConfig, Section};
 
 /// Write events, quarantined records or alerts as JSON lines.
@@ -31,7 +33,12 @@ impl ComponentConfig for JsonlSinkConfig {
 
     fn build(self, ctx: &BuildContext<'_>) -> anyhow::Result<Built> {
         let path = if self.path == "-" { None } else { Some(ctx.resources.resolve(&self.path)) };
-        Ok(Built::Sink(Arc::new(JsonlFactory { path, append: self.append, writer: OnceLock::new() })))
+        Ok(Built::Sink(Arc::new(JsonlFactory {
+            path,
+            append: self.append,
+            writer: OnceLock::new(),
+            committed: OnceLock::new(),
+        })))
     }
 }
 
@@ -41,10 +48,37 @@ struct JsonlFactory {
     path: Option<std::path::PathBuf>,
     append: bool,
     writer: OnceLock<Result<SharedWriter, String>>,
+    /// Under checkpoints (to a file): exactly once.
+    committed: OnceLock<Result<Arc<Mutex<CommittedFile>>, String>>,
 }
 
 impl SinkFactory for JsonlFactory {
+    fn restore(&self, retained: &[ward_engine::checkpoint::SinkCheckpoint<'_>]) -> anyhow::Result<()> {
+        match &self.path {
+            Some(p) => jsonl_committed::restore(p, retained),
+            None => Ok(()),
+        }
+    }
+
     fn create(&self, ctx: &WorkerContext) -> anyhow::Result<Box<dyn Sink>> {
+        if let (true, Some(path)) = (ctx.checkpointing, &self.path) {
+            let file = self
+                .committed
+                .get_or_init(|| {
+                    CommittedFile::open(path, ctx.resumed_from.is_none())
+                        .map(|f| Arc::new(Mutex::new(f)))
+                        .map_err(|e| format!("{}: {e}", path.display()))
+                })
+                .clone()
+                .map_err(|e| anyhow::anyhow!(e))?;
+            let committed = Committed {
+                file,
+                worker: ctx.worker_index,
+                run: ctx.resumed_from.map_or(0, |e| e + 1),
+                prepared: Vec::new(),
+            };
+            return Ok(Box::new(JsonlSink { writer: None, buf: Vec::new(), committed: Some(committed) }));
+        }
         // A run resuming from a checkpoint continues the file.
         let append = self.append || ctx.resumed_from.is_some();
         let writer = self
@@ -65,18 +99,42 @@ impl SinkFactory for JsonlFactory {
             })
             .clone()
             .map_err(|e| anyhow::anyhow!(e))?;
-        Ok(Box::new(JsonlSink { writer, buf: Vec::new() }))
+        Ok(Box::new(JsonlSink { writer: Some(writer), buf: Vec::new(), committed: None }))
+    }
+}
+
+/// Exactly-once state of one worker's sink (see `jsonl_committed`).
+struct Committed {
+    file: Arc<Mutex<CommittedFile>>,
+    worker: usize,
+    /// The run's first epoch.
+    run: u64,
+    /// Lines a checkpoint holds, appended once it is durable.
+    prepared: Vec<(u64, Vec<u8>)>,
+}
+
+impl Committed {
+    fn append(&mut self, upto: u64) -> anyhow::Result<()> {
+        let mut file = self.file.lock().map_err(|_| anyhow::anyhow!("file lock poisoned"))?;
+        while self.prepared.first().is_some_and(|(c, _)| *c <= upto) {
+            let (c, data) = self.prepared.remove(0);
+            file.commit(c, self.worker, &data)?;
+        }
+        Ok(())
     }
 }
 
 pub struct JsonlSink {
-    writer: SharedWriter,
+    /// Without checkpoints: the shared writer.
+    writer: Option<SharedWriter>,
     buf: Vec<u8>,
+    committed: Option<Committed>,
 }
 
 impl JsonlSink {
     fn flush(&mut self) -> anyhow::Result<()> {
-        let mut w = self.writer.lock().map_err(|_| anyhow::anyhow!("writer lock poisoned"))?;
+        let Some(writer) = &self.writer else { return Ok(()) };
+        let mut w = writer.lock().map_err(|_| anyhow::anyhow!("writer lock poisoned"))?;
         w.write_all(&self.buf)?;
         w.flush()?;
         self.buf.clear();
@@ -113,8 +171,8 @@ impl Sink for JsonlSink {
             }
             Payload::Progress(_) => {}
         }
-        if self.buf.len() > 1 << 20 {
-            let mut w = self.writer.lock().map_err(|_| anyhow::anyhow!("writer lock poisoned"))?;
+        if let (Some(writer), true) = (&self.writer, self.buf.len() > 1 << 20) {
+            let mut w = writer.lock().map_err(|_| anyhow::anyhow!("writer lock poisoned"))?;
             w.write_all(&self.buf)?;
             self.buf.clear();
         }
@@ -125,7 +183,36 @@ impl Sink for JsonlSink {
         self.flush()
     }
 
+    fn prepare(&mut self, epoch: u64) -> anyhow::Result<Vec<u8>> {
+        let Some(c) = &mut self.committed else {
+            self.flush()?;
+            return Ok(Vec::new());
+        };
+        let data = std::mem::take(&mut self.buf);
+        c.prepared.push((epoch, data.clone()));
+        Ok(data)
+    }
+
+    fn commit(&mut self, epoch: u64) -> anyhow::Result<()> {
+        match &mut self.committed {
+            Some(c) => c.append(epoch),
+            None => Ok(()),
+        }
+    }
+
+    fn retire_part(&mut self, last: u64) -> anyhow::Result<Vec<u8>> {
+        if self.committed.is_some() {
+            // Appended at `finish` as the run's end; its closing checkpoint covers them.
+            return Ok(Vec::new());
+        }
+        self.prepare(last)
+    }
+
     fn finish(&mut self) -> anyhow::Result<()> {
-        self.flush()
+        let Some(c) = &mut self.committed else { return self.flush() };
+        c.append(u64::MAX)?;
+        let data = std::mem::take(&mut self.buf);
+        let mut file = c.file.lock().map_err(|_| anyhow::anyhow!("file lock poisoned"))?;
+        file.commit_end(c.run, c.worker, &data)
     }
 }

@@ -1,2 +1,3 @@
 pub mod jsonl;
+mod jsonl_committed;
 pub mod parquet;

@@ -127,12 +127,13 @@ impl SinkFactory for ParquetFactory {
         Ok(Box::new(sink))
     }
 
-    fn restore(&self, resumed: Option<&ward_engine::checkpoint::Manifest>, parts: &[&[u8]]) -> anyhow::Result<()> {
+    fn restore(&self, retained: &[ward_engine::checkpoint::SinkCheckpoint<'_>]) -> anyhow::Result<()> {
         if !self.dir.exists() {
             return Ok(());
         }
-        // Files the checkpoint covers: visible now, if the crash came before the rename.
-        for part in parts.iter().filter(|p| !p.is_empty()) {
+        let resumed = retained.last().map(|c| c.manifest);
+        // Files the checkpoints cover: visible now, if the crash came before the rename.
+        for (_, part) in retained.iter().flat_map(|c| c.parts.iter()).filter(|(_, p)| !p.is_empty()) {
             let files: PreparedFiles = ward_engine::keyed::decode(part)?;
             for (hidden, name) in files {
                 match std::fs::rename(self.dir.join(&hidden), self.dir.join(&name)) {
@@ -158,8 +159,10 @@ impl SinkFactory for ParquetFactory {
                 } else {
                     match (checkpoint_of(name, &self.sink_id), resumed) {
                         (None, _) => false,
-                        // Closed at the end of a run: it belongs to that run's closing checkpoint.
-                        (Some((run, None)), Some(m)) => !(m.closing && m.run == run),
+                        // Closed at the end of a run: it belongs to that run's closing
+                        // checkpoint (ends of earlier runs were settled when the run that
+                        // wrote `m` started).
+                        (Some((run, None)), Some(m)) => !(run < m.run || (m.closing && m.run == run)),
                         (Some((_, None)), None) => true,
                         (Some((_, Some(c))), Some(m)) => c > m.epoch,
                         (Some((_, Some(_))), None) => false,
