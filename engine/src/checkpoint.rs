@@ -172,6 +172,15 @@ impl Restored {
     }
 }
 
+/// The name of every worker's part of one participant without the worker number:
+/// `<kind>.<component>[.i<input>].w`; a worker's part is this followed by its index.
+pub fn part_prefix(kind: &str, component: &str, input: Option<usize>) -> String {
+    match input {
+        Some(i) => format!("{kind}.{component}.i{i}.w"),
+        None => format!("{kind}.{component}.w"),
+    }
+}
+
 /// One retained checkpoint as a sink sees it when a run resumes.
 pub struct SinkCheckpoint<'a> {
     pub manifest: &'a Manifest,
@@ -182,7 +191,7 @@ pub struct SinkCheckpoint<'a> {
 impl<'a> SinkCheckpoint<'a> {
     /// The parts of sink `id` in `restored`.
     pub fn of(restored: &'a Restored, id: &str) -> SinkCheckpoint<'a> {
-        let prefix = format!("sink.{id}.w");
+        let prefix = part_prefix("sink", id, None);
         let parts = restored
             .parts_with_prefix(&prefix)
             .filter_map(|(name, bytes)| Some((name.strip_prefix(&prefix)?.parse().ok()?, bytes)))

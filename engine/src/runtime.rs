@@ -22,7 +22,7 @@ use std::collections::BTreeSet;
 
 use crate::admin::AdminServer;
 use crate::batch::EventBatch;
-use crate::checkpoint::{CheckpointConfig, Checkpointer, Restored, SinkCheckpoint};
+use crate::checkpoint::{part_prefix, CheckpointConfig, Checkpointer, Restored, SinkCheckpoint};
 use crate::clock::EpochClock;
 use crate::component::{Built, Operator, OperatorOutput, Payload, Progress, Sink, Source, SourcePoll, WorkerContext};
 use crate::metrics::{ComponentMetrics, Metrics};
@@ -156,9 +156,18 @@ pub(crate) struct Checkpointing {
     pub restored: Option<Restored>,
     /// The run's stop flag: a stopped run resumes later, so its input did not end.
     pub stop: Arc<AtomicBool>,
+    /// Checkpoint or restore failures of stateful stages; the run stops and reports them.
+    failures: Mutex<Vec<String>>,
 }
 
 impl Checkpointing {
+    /// A participant could not write or restore its state: the run must not go on as if it had.
+    pub fn fail(&self, what: String) {
+        tracing::error!("{what}; stopping");
+        self.failures.lock().unwrap_or_else(|p| p.into_inner()).push(what);
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
     /// The input ends because the run was stopped (to be resumed), not because it was
     /// exhausted: watermarks must not jump to the end.
     pub fn stopping(&self) -> bool {
@@ -181,16 +190,16 @@ fn participants(spec: &Spec, workers: usize) -> BTreeSet<String> {
         for w in 0..workers {
             match &c.built {
                 Built::Source(_) => {
-                    names.insert(format!("source.{}.w{w}", c.id));
+                    names.insert(format!("{}{w}", part_prefix("source", &c.id, None)));
                 }
                 Built::Keyed(_) => {
-                    names.insert(format!("keyed.{}.w{w}", c.id));
+                    names.insert(format!("{}{w}", part_prefix("keyed", &c.id, None)));
                     for i in 0..c.inputs.len() {
-                        names.insert(format!("route.{}.i{i}.w{w}", c.id));
+                        names.insert(format!("{}{w}", part_prefix("route", &c.id, Some(i))));
                     }
                 }
                 Built::Sink(_) => {
-                    names.insert(format!("sink.{}.w{w}", c.id));
+                    names.insert(format!("{}{w}", part_prefix("sink", &c.id, None)));
                 }
                 Built::Operator(_) => {}
             }
@@ -257,7 +266,12 @@ pub fn run_with_metrics(
                 start,
             )?
             .with_metrics(metrics.checkpoint.clone());
-            Some(Arc::new(Checkpointing { checkpointer, restored, stop: stop.clone() }))
+            Some(Arc::new(Checkpointing {
+                checkpointer,
+                restored,
+                stop: stop.clone(),
+                failures: Mutex::new(Vec::new()),
+            }))
         }
     };
     if let Some(ck) = &checkpoint {
@@ -317,6 +331,9 @@ pub fn run_with_metrics(
         anyhow::bail!(f);
     }
     if let Some(ck) = &shared.checkpoint {
+        if let Some(f) = ck.failures.lock().unwrap_or_else(|p| p.into_inner()).first() {
+            anyhow::bail!("{f}");
+        }
         // Every participant retired with its final state: one last checkpoint, so a restart
         // neither repeats nor loses anything.
         if ck.checkpointer.all_retired() {
@@ -584,10 +601,11 @@ fn build_source<'s>(
     let batch_size = shared.spec.settings.batch_size.max(1);
     let id = c.id.clone();
     let source_id: Arc<str> = c.id.as_str().into();
-    let part = format!("source.{}.w{}", c.id, scope.index());
+    let prefix = part_prefix("source", &c.id, None);
+    let part = format!("{prefix}{}", scope.index());
     let checkpoint = shared.checkpoint.clone();
     if let Some(ck) = &checkpoint {
-        if let Err(e) = source.restore(&ck.restored_parts(&format!("source.{}.w", c.id))) {
+        if let Err(e) = source.restore(&ck.restored_parts(&prefix)) {
             shared.fail(format!("source `{id}`: cannot resume from the checkpoint: {e:#}"));
         }
     }
@@ -650,34 +668,10 @@ fn build_source<'s>(
             let budget = Instant::now() + Duration::from_millis(5);
             loop {
                 let started = Instant::now();
-                match source.poll(batch_size) {
-                    Ok(SourcePoll::Batch(batch)) => {
-                        metrics.records_in.inc_by(batch.len() as u64);
-                        metrics.records_out.inc_by(batch.len() as u64);
-                        metrics.bytes_in.inc_by(batch.raw_len() as u64);
-                        metrics.batch_seconds.observe(started.elapsed().as_secs_f64());
-                        if !batch.is_empty() {
-                            out.activate().give(&*cap, &mut vec![Payload::Events(batch)]);
-                        }
-                    }
-                    Ok(SourcePoll::Quarantine(records)) => {
-                        metrics.records_in.inc_by(records.len() as u64);
-                        for r in &records {
-                            metrics.quarantined(r.reason).inc();
-                        }
-                        qout.activate().give(&*qcap, &mut vec![Payload::Quarantine(records)]);
-                    }
-                    Ok(SourcePoll::Both(batch, records)) => {
-                        metrics.records_in.inc_by((batch.len() + records.len()) as u64);
-                        metrics.records_out.inc_by(batch.len() as u64);
-                        metrics.bytes_in.inc_by(batch.raw_len() as u64);
-                        metrics.batch_seconds.observe(started.elapsed().as_secs_f64());
-                        for r in &records {
-                            metrics.quarantined(r.reason).inc();
-                        }
-                        out.activate().give(&*cap, &mut vec![Payload::Events(batch)]);
-                        qout.activate().give(&*qcap, &mut vec![Payload::Quarantine(records)]);
-                    }
+                let (batch, records) = match source.poll(batch_size) {
+                    Ok(SourcePoll::Batch(batch)) => (Some(batch), None),
+                    Ok(SourcePoll::Quarantine(records)) => (None, Some(records)),
+                    Ok(SourcePoll::Both(batch, records)) => (Some(batch), Some(records)),
                     Ok(SourcePoll::Pending(wait)) => {
                         activator.activate_after(wait.min(Duration::from_millis(100)));
                         return;
@@ -693,6 +687,22 @@ fn build_source<'s>(
                         caps = None;
                         return;
                     }
+                };
+                if let Some(batch) = batch {
+                    metrics.records_in.inc_by(batch.len() as u64);
+                    metrics.records_out.inc_by(batch.len() as u64);
+                    metrics.bytes_in.inc_by(batch.raw_len() as u64);
+                    metrics.batch_seconds.observe(started.elapsed().as_secs_f64());
+                    if !batch.is_empty() {
+                        out.activate().give(&*cap, &mut vec![Payload::Events(batch)]);
+                    }
+                }
+                if let Some(records) = records {
+                    metrics.records_in.inc_by(records.len() as u64);
+                    for r in &records {
+                        metrics.quarantined(r.reason).inc();
+                    }
+                    qout.activate().give(&*qcap, &mut vec![Payload::Quarantine(records)]);
                 }
                 if Instant::now() >= budget {
                     activator.activate();
@@ -774,7 +784,7 @@ fn build_sink<'s>(
     builder.set_notify_for(0, timely::progress::operate::FrontierInterest::Always);
     let id = c.id.clone();
     let mut sink = Some(sink);
-    let part = format!("sink.{}.w{worker}", c.id);
+    let part = format!("{}{worker}", part_prefix("sink", &c.id, None));
     let checkpoint = shared.checkpoint.clone();
     builder.build(move |_caps| {
         let mut completed: Option<Epoch> = None;

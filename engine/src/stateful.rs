@@ -138,17 +138,18 @@ fn route_stage<'s>(
     let (mut main_out, main) = builder.new_output::<Vec<Payload>>();
     let (mut q_out, quarantine) = builder.new_output::<Vec<Payload>>();
     let forwarded = timing.forwarded();
-    let part = format!("route.{component}.i{index}.w{me}");
+    let prefix = crate::checkpoint::part_prefix("route", &component, Some(index as usize));
+    let part = format!("{prefix}{me}");
     // Partitions' newest event times from the checkpoint the run resumed from.
     let mut restored: NewestByPartition = HashMap::new();
     if let Some(ck) = &checkpoint {
-        for bytes in ck.restored_parts(&format!("route.{component}.i{index}.w")) {
+        for bytes in ck.restored_parts(&prefix) {
             if bytes.is_empty() {
                 continue;
             }
             match decode::<Vec<(String, String, EventTime)>>(bytes) {
                 Ok(v) => restored.extend(v.into_iter().map(|(s, p, t)| ((s.into(), p.into()), t))),
-                Err(e) => tracing::warn!("{part}: ignoring an unreadable checkpoint part: {e:#}"),
+                Err(e) => ck.fail(format!("{part}: cannot restore the partitions' watermarks: {e:#}")),
             }
         }
     }
@@ -161,6 +162,7 @@ fn route_stage<'s>(
         // inputs, so the state "after epoch c" is assembled from these).
         let mut newest: NewestByPartition = HashMap::new();
         let mut newest_by_epoch: BTreeMap<Epoch, NewestByPartition> = BTreeMap::new();
+        let mut origin_newest: Vec<EventTime> = Vec::new();
         let mut checkpointed: Epoch = 0;
         let mut sent = WATERMARK_MIN;
         // The latest epoch records were routed at: a watermark mark must not overtake them,
@@ -201,6 +203,12 @@ fn route_stage<'s>(
                         Payload::Events(mut batch) => {
                             received += batch.len() as u64;
                             row_target.clear();
+                            // For checkpoints: the newest on-time event per origin of the batch,
+                            // merged into the epoch's partitions once per batch.
+                            origin_newest.clear();
+                            if checkpoint.is_some() && !forwarded {
+                                origin_newest.resize(batch.origins.len(), WATERMARK_MIN);
+                            }
                             let mut pass_rows = EventBatch::new();
                             for row in 0..batch.len() {
                                 row_target.push(u32::MAX);
@@ -228,11 +236,8 @@ fn route_stage<'s>(
                                     );
                                     continue;
                                 }
-                                if checkpoint.is_some() && !forwarded {
-                                    let o = &batch.origins[batch.rows[row].origin as usize];
-                                    let m = newest_by_epoch.entry(epoch).or_default();
-                                    let slot = m.entry((o.source.clone(), o.partition.clone())).or_insert(t);
-                                    *slot = (*slot).max(t);
+                                if let Some(n) = origin_newest.get_mut(batch.rows[row].origin as usize) {
+                                    *n = (*n).max(t);
                                 }
                                 keys.clear();
                                 match router.route(RecordRef::Event { batch: &batch, row }, &mut keys) {
@@ -250,6 +255,12 @@ fn route_stage<'s>(
                             }
                             if !pass_rows.is_empty() {
                                 passed.push(Payload::Events(pass_rows));
+                            }
+                            for (o, t) in batch.origins.iter().zip(&origin_newest).filter(|(_, t)| **t > WATERMARK_MIN)
+                            {
+                                let m = newest_by_epoch.entry(epoch).or_default();
+                                let slot = m.entry((o.source.clone(), o.partition.clone())).or_insert(*t);
+                                *slot = (*slot).max(*t);
                             }
                             let first = row_target.first().copied().unwrap_or(u32::MAX);
                             if first != u32::MAX && row_target.iter().all(|t| *t == first) {
@@ -381,7 +392,7 @@ fn route_stage<'s>(
                         None => Ok(()),
                     });
                     if let Err(e) = result {
-                        tracing::error!("{part}: checkpoint: {e:#}");
+                        ck.fail(format!("{part}: checkpoint: {e:#}"));
                     }
                     if let Some(c) = due {
                         checkpointed = c + 1;
@@ -454,12 +465,13 @@ fn keyed_stage<'s>(
     let scope = routed.scope();
     let workers = scope.peers();
     let me = scope.index();
-    let part = format!("keyed.{component}.w{me}");
+    let prefix = crate::checkpoint::part_prefix("keyed", &component, None);
+    let part = format!("{prefix}{me}");
     // State of the key groups this worker owns, from whichever workers wrote them.
     let mut restored_watermark = WATERMARK_MIN;
     if let Some(ck) = &checkpoint {
         let owned: Vec<u16> = owned_groups(me, workers).collect();
-        for bytes in ck.restored_parts(&format!("keyed.{component}.w")) {
+        for bytes in ck.restored_parts(&prefix) {
             if bytes.is_empty() {
                 continue;
             }
@@ -471,7 +483,7 @@ fn keyed_stage<'s>(
                 Ok(())
             });
             if let Err(e) = restored {
-                tracing::error!("{part}: cannot restore its state from the checkpoint: {e:#}");
+                ck.fail(format!("{part}: cannot restore its state from the checkpoint: {e:#}"));
             }
         }
     }
@@ -557,7 +569,7 @@ fn keyed_stage<'s>(
                         None => ck.checkpointer.retire(&part, bytes),
                     });
                     if let Err(e) = result {
-                        tracing::error!("{part}: checkpoint: {e:#}");
+                        ck.fail(format!("{part}: checkpoint: {e:#}"));
                     }
                     if let Some(c) = due {
                         checkpointed = c + 1;

@@ -10,6 +10,8 @@ pub mod parse;
 pub mod sigma;
 pub mod sla;
 pub mod suppress;
+#[cfg(test)]
+mod testing;
 
 use ward_engine::registry::Registry;
 

@@ -201,6 +201,14 @@ impl KafkaSource {
         Ok(())
     }
 
+    /// The next offset of every partition read from or restored.
+    fn positions(&self) -> Vec<Position> {
+        self.partitions
+            .iter()
+            .filter_map(|((t, p), s)| s.next.map(|next| Position { topic: t.clone(), partition: *p, next }))
+            .collect()
+    }
+
     fn at_end(&self) -> bool {
         self.stop_when_idle.is_some_and(|idle| self.last_record.elapsed() >= idle)
     }
@@ -212,12 +220,7 @@ impl Source for KafkaSource {
     }
 
     fn checkpoint(&self) -> anyhow::Result<Vec<u8>> {
-        let positions: Vec<Position> = self
-            .partitions
-            .iter()
-            .filter_map(|((t, p), s)| s.next.map(|next| Position { topic: t.clone(), partition: *p, next }))
-            .collect();
-        ward_engine::keyed::encode(&positions)
+        ward_engine::keyed::encode(&self.positions())
     }
 
     fn restore(&mut self, parts: &[&[u8]]) -> anyhow::Result<()> {
@@ -235,11 +238,7 @@ impl Source for KafkaSource {
     }
 
     fn checkpoint_written(&mut self, epoch: u64) {
-        let positions: Vec<Position> = self
-            .partitions
-            .iter()
-            .filter_map(|((t, p), s)| s.next.map(|next| Position { topic: t.clone(), partition: *p, next }))
-            .collect();
+        let positions = self.positions();
         self.committed.insert(epoch, positions);
     }
 

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use ward_engine::alert::{Alert, AlertOrigin, AlertRule};
+use ward_engine::alert::Alert;
 use ward_engine::component::OperatorOutput;
 use ward_engine::keyed::KEY_GROUPS;
 use ward_engine::time::WATERMARK_END;
@@ -28,28 +28,10 @@ title: Big transfer\nid: transfer\nlogsource: {product: zeek}\ndetection: {sel: 
 }
 
 fn alert(rule: &str, n: u64, t: i64, fields: &[(&str, &str)]) -> Alert {
-    Alert {
-        alert_id: format!("{:032x}", n + 1),
-        rule: AlertRule {
-            id: rule.into(),
-            title: rule.into(),
-            level: "low".into(),
-            status: String::new(),
-            tags: vec![],
-            techniques: vec![],
-        },
-        priority: 4,
-        ruleset_version: "v".into(),
-        detector: "detect".into(),
-        matches: vec![],
-        event_id: None,
-        event_time_ms: Some(t),
-        origin: AlertOrigin { source: "s".into(), partition: "p".into(), offset: n },
-        event: None,
-        fields: fields.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect(),
-        correlation: None,
-        suppression: None,
-    }
+    let mut a = crate::testing::alert(n + 1, rule, "low", t);
+    a.origin.offset = n;
+    a.fields = fields.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+    a
 }
 
 /// Feeds alerts in the given order, advancing the watermark to `newest - lag` after each (as a

@@ -169,23 +169,24 @@ impl Settings {
     }
 
     /// The entity of an alert: (field, value) of the entity fields it has, or its rule.
-    fn entity(&self, alert: &Alert) -> Vec<(String, String)> {
-        let values: Vec<(String, String)> = self
-            .entity
-            .iter()
-            .map(|f| (f.clone(), alert.field(f).into_owned()))
-            .filter(|(_, v)| !v.is_empty())
-            .collect();
+    /// Borrowed from the alert: routing needs only its key.
+    fn entity<'a>(&'a self, alert: &'a Alert) -> Vec<(&'a str, std::borrow::Cow<'a, str>)> {
+        let values: Vec<_> =
+            self.entity.iter().map(|f| (f.as_str(), alert.field(f))).filter(|(_, v)| !v.is_empty()).collect();
         if values.is_empty() {
-            vec![("rule.id".into(), alert.rule.id.clone())]
+            vec![("rule.id", alert.rule.id.as_str().into())]
         } else {
             values
         }
     }
+
+    fn entity_key(&self, alert: &Alert) -> u64 {
+        entity_key(&self.entity(alert))
+    }
 }
 
-fn entity_key(entity: &[(String, String)]) -> u64 {
-    hash_key(entity.iter().flat_map(|(f, v)| [f.as_bytes(), v.as_bytes()]))
+fn entity_key<F: AsRef<str>, V: AsRef<str>>(entity: &[(F, V)]) -> u64 {
+    hash_key(entity.iter().flat_map(|(f, v)| [f.as_ref().as_bytes(), v.as_ref().as_bytes()]))
 }
 
 /// A case's serial among its entity's cases: a hash of the alert that opened it.
@@ -264,7 +265,7 @@ fn update_key(settings: &Settings, batch: &EventBatch, row: usize) -> u64 {
 impl Router for SlaRouter {
     fn route(&mut self, record: RecordRef<'_>, keys: &mut Vec<u64>) -> Route {
         keys.push(match record {
-            RecordRef::Alert(a) => entity_key(&self.settings.entity(a)),
+            RecordRef::Alert(a) => self.settings.entity_key(a),
             RecordRef::Event { batch, row } => update_key(&self.settings, batch, row),
         });
         Route::Keyed
@@ -466,8 +467,8 @@ impl Sla {
             }
             (i, CaseEventKind::Joined)
         } else {
-            let mut entity = self.settings.entity(&alert);
-            entity.shrink_to_fit();
+            let entity: Vec<(String, String)> =
+                self.settings.entity(&alert).into_iter().map(|(f, v)| (f.to_string(), v.into_owned())).collect();
             cases.push(Case {
                 serial: serial_of(&alert.alert_id),
                 entity,
@@ -661,7 +662,7 @@ fn sla_name(sla: SlaKind) -> &'static str {
 
 impl KeyedOperator for Sla {
     fn process_alert(&mut self, alert: Alert, _primary: bool, out: &mut OperatorOutput) {
-        let key = entity_key(&self.settings.entity(&alert));
+        let key = self.settings.entity_key(&alert);
         let t = alert.event_time_ms.unwrap_or(self.watermark);
         let at = (t, 0, alert.alert_id.clone());
         self.accept(at, Pending::Alert { key, alert: Box::new(alert) }, out);

@@ -1,5 +1,4 @@
 use super::*;
-use ward_engine::alert::{AlertOrigin, AlertRule};
 use ward_engine::batch::{Heap, Key, Slot};
 use ward_engine::fields::ids;
 use ward_engine::keyed::KEY_GROUPS;
@@ -21,32 +20,13 @@ fn at(minutes: f64) -> i64 {
 }
 
 fn alert(n: u64, host: &str, level: &str, criticality: i64, t: i64) -> Alert {
-    Alert {
-        alert_id: format!("{n:032x}"),
-        rule: AlertRule {
-            id: format!("rule-{level}"),
-            title: level.into(),
-            level: level.into(),
-            status: String::new(),
-            tags: vec![],
-            techniques: vec![],
-        },
-        priority: ward_engine::alert::priority_for_level(level),
-        ruleset_version: "v".into(),
-        detector: "detect".into(),
-        matches: vec![],
-        event_id: None,
-        event_time_ms: Some(t),
-        origin: AlertOrigin { source: "s".into(), partition: "p".into(), offset: n },
-        event: Some(serde_json::json!({"host.name": host, "ward.asset.criticality": criticality})),
-        fields: vec![],
-        correlation: None,
-        suppression: None,
-    }
+    let mut a = crate::testing::alert(n, &format!("rule-{level}"), level, t);
+    a.event = Some(serde_json::json!({"host.name": host, "ward.asset.criticality": criticality}));
+    a
 }
 
 fn case_of(n: u64, host: &str) -> String {
-    case_id(entity_key(&[("host.name".into(), host.into())]), serial_of(&format!("{n:032x}")))
+    case_id(entity_key(&[("host.name", host)]), serial_of(&format!("{n:032x}")))
 }
 
 /// One update event per row: `case.id`, `case.action`, `@timestamp` (fields left out when None).

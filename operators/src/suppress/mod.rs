@@ -243,32 +243,12 @@ impl KeyedOperator for Suppress {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ward_engine::alert::{AlertOrigin, AlertRule};
     use ward_engine::keyed::KEY_GROUPS;
 
     fn alert(n: u64, rule: &str, host: &str, t: EventTime) -> Alert {
-        Alert {
-            alert_id: format!("{n:032x}"),
-            rule: AlertRule {
-                id: rule.into(),
-                title: rule.into(),
-                level: "high".into(),
-                status: String::new(),
-                tags: vec![],
-                techniques: vec![],
-            },
-            priority: 2,
-            ruleset_version: "v".into(),
-            detector: "d".into(),
-            matches: vec![],
-            event_id: None,
-            event_time_ms: Some(t),
-            origin: AlertOrigin { source: "s".into(), partition: "p".into(), offset: n },
-            event: Some(serde_json::json!({"host.id": host, "user.name": "u"})),
-            fields: vec![],
-            correlation: None,
-            suppression: None,
-        }
+        let mut a = crate::testing::alert(n, rule, "high", t);
+        a.event = Some(serde_json::json!({"host.id": host, "user.name": "u"}));
+        a
     }
 
     fn run(alerts: &[Alert], split: Option<usize>) -> (Vec<Alert>, u64, u64) {
