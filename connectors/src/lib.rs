@@ -13,5 +13,6 @@ pub fn register(registry: &mut Registry) {
         .register::<sources::generator::GeneratorConfig>()
         .register::<sources::kafka::KafkaSourceConfig>()
         .register::<sinks::parquet::ParquetSinkConfig>()
-        .register::<sinks::jsonl::JsonlSinkConfig>();
+        .register::<sinks::jsonl::JsonlSinkConfig>()
+        .register::<sinks::clickhouse::ClickHouseSinkConfig>();
 }

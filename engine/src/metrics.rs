@@ -39,6 +39,8 @@ pub struct Metrics {
     sla_tta: HistogramVec,
     sla_ttc: HistogramVec,
     sla_breaches: IntCounterVec,
+    sink_retries: IntCounterVec,
+    circuit_state: IntGaugeVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -154,6 +156,17 @@ impl Metrics {
                 &["component", "priority", "sla"],
             ),
             alerts: counter(&registry, "ward_alerts_total", "Alerts a detector raised", &["component"]),
+            sink_retries: counter(
+                &registry,
+                "ward_sink_retries_total",
+                "Sink writes that failed and were retried",
+                &["component"],
+            ),
+            circuit_state: gauge_vec(
+                "ward_sink_circuit_state",
+                "A sink's circuit breaker: 0 closed, 1 open (writes failing), 2 half-open (probing)",
+                &["component"],
+            ),
             rules_loaded,
             ruleset_info,
             records_in: counter(
@@ -230,6 +243,8 @@ impl Metrics {
             sla_tta: self.sla_tta.clone(),
             sla_ttc: self.sla_ttc.clone(),
             sla_breaches: self.sla_breaches.clone(),
+            sink_retries: self.sink_retries.with_label_values(&[id]),
+            circuit_state: self.circuit_state.with_label_values(&[id]),
             quarantined: Reason::ALL.iter().map(|r| self.quarantined.with_label_values(&[id, r.as_str()])).collect(),
         }
     }
@@ -275,6 +290,9 @@ pub struct ComponentMetrics {
     sla_tta: HistogramVec,
     sla_ttc: HistogramVec,
     sla_breaches: IntCounterVec,
+    /// Sinks: failed writes retried, and the circuit breaker (0 closed, 1 open, 2 half-open).
+    pub sink_retries: IntCounter,
+    pub circuit_state: IntGauge,
     quarantined: Vec<IntCounter>,
 }
 

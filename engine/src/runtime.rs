@@ -8,7 +8,7 @@
 //! when every operator's input frontier passes `e`, epoch `e` is complete everywhere: the
 //! point where a later checkpoint coordinator snapshots state and sinks commit.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -791,35 +791,46 @@ fn build_sink<'s>(
         // Checkpoints prepared and not yet committed; the frontier last seen.
         let mut prepared: Vec<Epoch> = Vec::new();
         let mut seen: Epoch = 0;
+        // Records arrive ahead of their epoch's completion; they reach the sink only once
+        // their epoch is complete, so a checkpoint's part holds exactly its epochs' records.
+        let mut pending: BTreeMap<Epoch, Vec<Payload>> = BTreeMap::new();
         move |frontiers| {
             let Some(s) = sink.as_mut() else {
                 input.for_each(|_, data| data.clear());
                 return;
             };
-            input.for_each(|_cap, data| {
-                for payload in data.drain(..) {
-                    if let Payload::Progress(_) = payload {
-                        continue;
-                    }
-                    let started = Instant::now();
-                    let n = payload.len() as u64;
-                    metrics.records_in.inc_by(n);
-                    match s.write(&payload) {
-                        Ok(()) => metrics.records_out.inc_by(n),
-                        Err(e) => {
-                            metrics.errors.inc();
-                            shared.fail(format!("sink `{id}`: {e:#}"));
-                        }
-                    }
-                    metrics.batch_seconds.observe(started.elapsed().as_secs_f64());
-                }
+            input.for_each(|cap, data| {
+                let stash = pending.entry(cap.least().copied().unwrap_or_default()).or_default();
+                stash.extend(data.drain(..).filter(|p| !matches!(p, Payload::Progress(_))));
             });
             let frontier = frontiers[0].frontier();
+            let mut write_upto = |s: &mut Box<dyn Sink>, upto: Option<Epoch>| {
+                while let Some(entry) = pending.first_entry() {
+                    if upto.is_some_and(|u| *entry.key() > u) {
+                        break;
+                    }
+                    for payload in entry.remove() {
+                        let started = Instant::now();
+                        let n = payload.len() as u64;
+                        metrics.records_in.inc_by(n);
+                        match s.write(&payload) {
+                            Ok(()) => metrics.records_out.inc_by(n),
+                            Err(e) => {
+                                metrics.errors.inc();
+                                shared.fail(format!("sink `{id}`: {e:#}"));
+                            }
+                        }
+                        metrics.batch_seconds.observe(started.elapsed().as_secs_f64());
+                    }
+                }
+            };
+            let f = frontier.iter().next().copied();
             if let Some(ck) = &checkpoint {
                 let mut step = || -> anyhow::Result<()> {
-                    match frontier.iter().next() {
-                        Some(&f) => {
+                    match f {
+                        Some(f) => {
                             if let Some(c) = ck.checkpointer.due(seen, f) {
+                                write_upto(s, Some(c));
                                 let bytes = s.prepare(c)?;
                                 ck.checkpointer.write(c, &part, &bytes)?;
                                 prepared.push(c);
@@ -827,6 +838,7 @@ fn build_sink<'s>(
                             seen = seen.max(f);
                         }
                         None => {
+                            write_upto(s, None);
                             let bytes = s.retire_part(seen)?;
                             ck.checkpointer.retire(&part, bytes)?;
                         }
@@ -844,7 +856,13 @@ fn build_sink<'s>(
                     shared.fail(format!("sink `{id}`: checkpoint: {e:#}"));
                 }
             }
-            match frontier.iter().next() {
+            // Everything of complete epochs goes to the sink.
+            match f {
+                None => write_upto(s, None),
+                Some(0) => {}
+                Some(f) => write_upto(s, Some(f - 1)),
+            }
+            match f {
                 None => {
                     if let Err(e) = s.finish() {
                         metrics.errors.inc();
@@ -852,7 +870,7 @@ fn build_sink<'s>(
                     }
                     sink = None;
                 }
-                Some(&f) if f > 0 && completed.is_none_or(|c| c < f - 1) => {
+                Some(f) if f > 0 && completed.is_none_or(|c| c < f - 1) => {
                     completed = Some(f - 1);
                     if let Err(e) = s.epoch_complete(f - 1) {
                         metrics.errors.inc();

@@ -171,3 +171,111 @@ impl Drop for Tansu {
         let _ = self.child.wait();
     }
 }
+
+/// Debian's ClickHouse server (18.16) on free 127.0.0.1 ports with its own data directory
+/// (DESIGN.md §8); stopped when dropped. Queries go through `clickhouse-client`, a reader
+/// independent of Ward.
+pub struct ClickHouse {
+    child: Option<std::process::Child>,
+    dir: tempfile::TempDir,
+    pub http_port: u16,
+    pub tcp_port: u16,
+    interserver_port: u16,
+}
+
+impl ClickHouse {
+    pub fn start() -> ClickHouse {
+        assert!(
+            Command::new("clickhouse-server").arg("--version").output().is_ok(),
+            "no clickhouse-server: run `bash scripts/test.sh` (it installs Debian's clickhouse-server)"
+        );
+        let mut c = ClickHouse {
+            child: None,
+            dir: tempfile::tempdir().unwrap(),
+            http_port: free_port(),
+            tcp_port: free_port(),
+            interserver_port: free_port(),
+        };
+        c.resume();
+        c
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    /// Starts the server (again) on the same data and ports, and waits until it answers.
+    pub fn resume(&mut self) {
+        let d = self.dir.path().display().to_string();
+        let child = Command::new("clickhouse-server")
+            .arg("--config-file=/etc/clickhouse-server/config.xml")
+            .arg("--")
+            .arg(format!("--path={d}/"))
+            .arg(format!("--tmp_path={d}/tmp/"))
+            .arg(format!("--user_files_path={d}/user_files/"))
+            .arg(format!("--format_schema_path={d}/format_schemas/"))
+            .arg(format!("--http_port={}", self.http_port))
+            .arg(format!("--tcp_port={}", self.tcp_port))
+            .arg(format!("--interserver_http_port={}", self.interserver_port))
+            .arg("--listen_host=127.0.0.1")
+            .arg(format!("--logger.log={d}/log"))
+            .arg(format!("--logger.errorlog={d}/err"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start clickhouse-server");
+        self.child = Some(child);
+        for _ in 0..300 {
+            if http_get(self.http_port, "/ping").is_some_and(|(code, _)| code == 200) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let err = std::fs::read_to_string(self.dir.path().join("err")).unwrap_or_default();
+        panic!("ClickHouse did not answer within 30 s:\n{}", err.lines().rev().take(20).collect::<Vec<_>>().join("\n"));
+    }
+
+    /// Stops the server (SIGTERM) and waits for it to exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+            let _ = child.wait();
+        }
+    }
+
+    /// Runs one query with `clickhouse-client`; returns its TSV output.
+    pub fn query(&self, sql: &str) -> String {
+        let out = Command::new("clickhouse-client")
+            .args(["--host", "127.0.0.1", "--port", &self.tcp_port.to_string(), "--query", sql])
+            .output()
+            .expect("clickhouse-client runs");
+        assert!(out.status.success(), "{sql}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Runs every statement of a schema file.
+    pub fn apply(&self, sql: &str) {
+        let out = Command::new("clickhouse-client")
+            .args(["--host", "127.0.0.1", "--port", &self.tcp_port.to_string(), "--multiquery"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                use std::io::Write;
+                c.stdin.take().unwrap().write_all(sql.as_bytes())?;
+                c.wait_with_output()
+            })
+            .expect("clickhouse-client runs");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+impl Drop for ClickHouse {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
