@@ -133,3 +133,106 @@ fn kafka_partitions_are_read_once_across_workers_and_runs() {
     }
     assert_eq!(committed, 2500, "committed offsets add up to every record read");
 }
+
+/// Every record on `topic` a read_committed consumer sees (until the topic is quiet for 3 s):
+/// (key, value, `ward-epoch` header).
+fn read_committed(brokers: &str, topic: &str, partitions: i32) -> Vec<(String, String, Option<String>)> {
+    use rdkafka::message::{Headers, Message};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "ward-test-reader")
+        .set("isolation.level", "read_committed")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, rdkafka::Offset::Beginning).unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    let mut quiet = std::time::Instant::now();
+    let started = std::time::Instant::now();
+    while quiet.elapsed() < Duration::from_secs(3) && started.elapsed() < Duration::from_secs(120) {
+        if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+            let m = m.unwrap();
+            let epoch = m.headers().and_then(|h| {
+                h.iter()
+                    .find(|h| h.key == "ward-epoch")
+                    .and_then(|h| h.value)
+                    .map(|v| String::from_utf8_lossy(v).to_string())
+            });
+            out.push((
+                String::from_utf8_lossy(m.key().unwrap_or_default()).to_string(),
+                String::from_utf8_lossy(m.payload().unwrap_or_default()).to_string(),
+                epoch,
+            ));
+            quiet = std::time::Instant::now();
+        }
+    }
+    out
+}
+
+#[test]
+fn the_alerts_topic_holds_each_alert_once_through_kill_9() {
+    let broker = Tansu::start();
+    create_topic(&broker.address, "alerts", 3);
+    let dir = tempfile::tempdir().unwrap();
+    let rules = repo().join("rules/sigma/ward");
+    write(
+        dir.path(),
+        "spec.yaml",
+        &format!(
+            r#"name: alerts-to-kafka
+settings:
+  epoch_interval_ms: 100
+  admin_listen: ""
+  checkpoint: {{dir: checkpoints, interval: 300ms, retain: 2}}
+sources:
+  - {{id: gen, type: generator, count: 20000, rate: 8000, seed: 5}}
+operators:
+  - {{id: parse, type: parse, inputs: [gen], syslog_year: 2026}}
+  - {{id: normalize, type: normalize, inputs: [parse], packs: [builtin:windows, builtin:linux-auth, builtin:zeek, builtin:fortigate, builtin:generic-json]}}
+  - {{id: detect, type: sigma-match, inputs: [normalize], rules: ["{rules}"], watch: false, include_event: false}}
+sinks:
+  - {{id: topic, type: kafka, inputs: [detect], brokers: "{brokers}", topic: alerts}}
+  - {{id: file, type: jsonl, inputs: [detect], path: out/alerts.jsonl}}
+"#,
+            rules = rules.display(),
+            brokers = broker.address
+        ),
+    );
+    for ms in [900, 1500] {
+        let mut child = std::process::Command::new(ward_bin())
+            .args(["run", dir.path().join("spec.yaml").to_str().unwrap(), "--workers", "2", "-q"])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(ms));
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+    }
+    let out = std::process::Command::new(ward_bin())
+        .args(["run", dir.path().join("spec.yaml").to_str().unwrap(), "--workers", "3", "-q"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let mut expected: Vec<String> = std::fs::read_to_string(dir.path().join("out/alerts.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["alert_id"].as_str().unwrap().to_string())
+        .collect();
+    expected.sort();
+    let records = read_committed(&broker.address, "alerts", 3);
+    let mut got: Vec<String> = records.iter().map(|(k, _, _)| k.clone()).collect();
+    got.sort();
+    assert!(expected.len() > 100, "{} alerts", expected.len());
+    assert_eq!(got.len(), expected.len(), "alerts on the topic vs. an exactly-once file");
+    assert_eq!(got, expected);
+    for (key, value, epoch) in &records {
+        let v: serde_json::Value = serde_json::from_str(value).unwrap();
+        assert_eq!(v["alert_id"].as_str(), Some(key.as_str()));
+        assert!(epoch.as_deref().is_some_and(|e| e.parse::<u64>().is_ok()), "ward-epoch header: {epoch:?}");
+    }
+}

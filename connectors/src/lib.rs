@@ -14,5 +14,6 @@ pub fn register(registry: &mut Registry) {
         .register::<sources::kafka::KafkaSourceConfig>()
         .register::<sinks::parquet::ParquetSinkConfig>()
         .register::<sinks::jsonl::JsonlSinkConfig>()
-        .register::<sinks::clickhouse::ClickHouseSinkConfig>();
+        .register::<sinks::clickhouse::ClickHouseSinkConfig>()
+        .register::<sinks::kafka::KafkaSinkConfig>();
 }

@@ -228,6 +228,12 @@ pub trait SinkFactory: Send + Sync {
     fn restore(&self, _retained: &[crate::checkpoint::SinkCheckpoint<'_>]) -> anyhow::Result<()> {
         Ok(())
     }
+    /// Once, after every worker finished and the run's closing checkpoint is durable (the last
+    /// of `retained`): commit what the workers' parts hold that they could not commit before
+    /// the checkpoint was written.
+    fn closed(&self, _retained: &[crate::checkpoint::SinkCheckpoint<'_>]) -> anyhow::Result<()> {
+        Ok(())
+    }
 }
 
 /// A component with a validated config, ready to be instantiated per worker.

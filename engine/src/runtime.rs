@@ -339,6 +339,18 @@ pub fn run_with_metrics(
         if ck.checkpointer.all_retired() {
             let exhausted = !stop.load(Ordering::SeqCst);
             ck.checkpointer.finish(shared.epoch.current() + 1, exhausted)?;
+            let root = ck.checkpointer.root();
+            let retained: Vec<Restored> = crate::checkpoint::list(root)?
+                .into_iter()
+                .map(|m| Restored::load(root, m))
+                .collect::<anyhow::Result<_>>()?;
+            for c in spec.components.iter() {
+                if let Built::Sink(factory) = &c.built {
+                    let views: Vec<SinkCheckpoint<'_>> =
+                        retained.iter().map(|r| SinkCheckpoint::of(r, &c.id)).collect();
+                    factory.closed(&views).map_err(|e| anyhow::anyhow!("sink `{}`: closing: {e:#}", c.id))?;
+                }
+            }
         }
     }
 

@@ -3,4 +3,5 @@ pub mod clickhouse_ddl;
 mod clickhouse_rowbinary;
 pub mod jsonl;
 mod jsonl_committed;
+pub mod kafka;
 pub mod parquet;
