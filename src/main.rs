@@ -172,6 +172,8 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .init();
+    // FAILPOINTS=name=action;... (e.g. `checkpoint-manifest=sleep(200)`): see scripts/chaos.py.
+    let _failpoints = fail::FailScenario::setup();
     let cli = Cli::parse();
     let registry = registry();
     match cli.command {

@@ -173,7 +173,6 @@ fn a_clickhouse_outage_delays_rows_but_loses_and_repeats_none() {
     spec(dir.path(), &ch.url(), 20000, 5000);
     let child = std::process::Command::new(ward_bin())
         .args(["run", dir.path().join("spec.yaml").to_str().unwrap(), "--workers", "2"])
-        .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()

@@ -100,6 +100,7 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut f = std::fs::File::create(&tmp)?;
     f.write_all(bytes)?;
     f.sync_all()?;
+    fail::fail_point!("checkpoint-manifest");
     std::fs::rename(&tmp, path)?;
     if let Some(dir) = path.parent() {
         std::fs::File::open(dir)?.sync_all()?;
@@ -322,6 +323,7 @@ impl Checkpointer {
         let path = dir.join(format!("{participant}.bin"));
         let mut f = std::fs::File::create(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         f.write_all(bytes)?;
+        fail::fail_point!("checkpoint-part");
         f.sync_all()?;
         Ok(PartInfo {
             name: participant.to_string(),

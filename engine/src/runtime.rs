@@ -857,6 +857,7 @@ fn build_sink<'s>(
                     }
                     if let Some(done) = ck.checkpointer.committed() {
                         for c in prepared.iter().filter(|c| **c <= done) {
+                            fail::fail_point!("sink-commit");
                             s.commit(*c)?;
                         }
                         prepared.retain(|c| *c > done);

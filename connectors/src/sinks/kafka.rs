@@ -8,11 +8,16 @@
 //! consumer-group offset of group `<transactional.id>` on partition 0 of the topic, set to the
 //! checkpoint's epoch — so whether a transaction committed is read back atomically with it.
 //!
-//! Recovery (before a run starts, and once the run's closing checkpoint is durable): for every
-//! worker that wrote parts of the retained checkpoints, the sink reads its marker and re-sends,
-//! under that worker's transactional id (which also fences a zombie and aborts its open
-//! transaction), exactly the checkpoints the marker does not cover. librdkafka cannot resume a
-//! prepared transaction, so the parts are the source of truth for what a transaction held.
+//! Recovery (before a run starts): for every worker that wrote parts of the retained
+//! checkpoints, the sink takes over that worker's transactional id (fencing a zombie), ends the
+//! transaction a crash may have left open, and reads its marker. Checkpoints after the marker
+//! are in doubt: a crash mid-transaction leaves records whose fate depends on the broker (Kafka
+//! aborts them; the Tansu broker makes them visible when the id's next transaction ends). So
+//! the sink reads the topic (read_committed, from shortly before the oldest such checkpoint,
+//! records identified by their `ward-worker`, `ward-epoch` and `ward-seq` headers) and re-sends
+//! only what it does not hold, moving the marker with each. librdkafka cannot resume a prepared
+//! transaction, so the parts are the source of truth for what a transaction held. Once a run's
+//! closing checkpoint is durable, the same is done without the read (nothing is in doubt).
 //!
 //! Without checkpoints the sink produces as it goes (idempotent producer): at least once.
 
@@ -50,6 +55,18 @@ pub struct KafkaSinkConfig {
     /// never logged.
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
+    /// `json` (records as JSON objects) or `raw` (a records stream's bytes as read: to feed
+    /// another pipeline, or replay a source into Kafka).
+    #[serde(default)]
+    pub format: Format,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Format {
+    #[default]
+    Json,
+    Raw,
 }
 
 fn default_timeout() -> Duration {
@@ -65,7 +82,7 @@ impl ComponentConfig for KafkaSinkConfig {
     const DESCRIPTION: &'static str =
         "Write alerts, cases, quarantined records or events as JSON to a Kafka topic (transactional, exactly once with checkpoints)";
     const ACCEPTS: &'static [StreamKind] =
-        &[StreamKind::Alerts, StreamKind::Cases, StreamKind::Quarantine, StreamKind::Events];
+        &[StreamKind::Alerts, StreamKind::Cases, StreamKind::Quarantine, StreamKind::Events, StreamKind::Records];
     const OUTPUT: Option<StreamKind> = None;
 
     fn build(self, ctx: &BuildContext<'_>) -> anyhow::Result<Built> {
@@ -133,6 +150,7 @@ impl KafkaSinkFactory {
     }
 
     /// The last checkpoint whose transaction `worker`'s id committed (its marker), if any.
+    /// The marker offset is the epoch plus one (0: nothing yet).
     fn committed_epoch(&self, consumer: &BaseConsumer) -> anyhow::Result<Option<u64>> {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition(&self.config.topic, 0);
@@ -140,24 +158,31 @@ impl KafkaSinkFactory {
             .committed_offsets(tpl, self.config.timeout)
             .map_err(|e| anyhow::anyhow!("kafka: reading the commit marker of {}: {e}", self.config.topic))?;
         Ok(match found.find_partition(&self.config.topic, 0).map(|e| e.offset()) {
-            Some(Offset::Offset(o)) if o >= 0 => Some(o as u64),
+            Some(Offset::Offset(o)) if o > 0 => Some(o as u64 - 1),
             _ => None,
         })
     }
 
-    /// Produces `records` in one transaction that also moves the marker to `epoch`.
-    fn transaction(
+    /// Produces `records` (with their index in the checkpoint's part) in one transaction that
+    /// also moves `worker`'s marker to `epoch` (`None`: leaves it at `marker_epoch`).
+    fn transaction<'r>(
         &self,
         producer: &TxProducer,
         marker: &BaseConsumer,
-        epoch: u64,
-        records: &[Record],
+        worker: usize,
+        epoch: Option<u64>,
+        marker_epoch: Option<u64>,
+        records: impl Iterator<Item = (usize, &'r Record)>,
     ) -> anyhow::Result<()> {
         let timeout = self.config.timeout;
         producer.begin_transaction().map_err(|e| anyhow::anyhow!("kafka begin transaction: {e}"))?;
-        let epoch_text = epoch.to_string();
-        for r in records {
-            let headers = OwnedHeaders::new().insert(Header { key: "ward-epoch", value: Some(epoch_text.as_bytes()) });
+        let (epoch_text, worker_text) = (epoch.unwrap_or_default().to_string(), worker.to_string());
+        for (seq, r) in records {
+            let seq_text = seq.to_string();
+            let headers = OwnedHeaders::new()
+                .insert(Header { key: "ward-epoch", value: Some(epoch_text.as_bytes()) })
+                .insert(Header { key: "ward-worker", value: Some(worker_text.as_bytes()) })
+                .insert(Header { key: "ward-seq", value: Some(seq_text.as_bytes()) });
             let mut record =
                 BaseRecord::to(&self.config.topic).key(r.key.as_bytes()).payload(&r.value).headers(headers);
             // A full queue: let deliveries drain, then retry (bounded by the timeout).
@@ -175,8 +200,9 @@ impl KafkaSinkFactory {
                 }
             }
         }
+        let mark = epoch.or(marker_epoch).map_or(0, |e| e as i64 + 1);
         let mut offsets = TopicPartitionList::new();
-        offsets.add_partition_offset(&self.config.topic, 0, Offset::Offset(epoch as i64))?;
+        offsets.add_partition_offset(&self.config.topic, 0, Offset::Offset(mark))?;
         let group = marker.group_metadata().ok_or_else(|| anyhow::anyhow!("kafka: no group metadata"))?;
         producer
             .send_offsets_to_transaction(&offsets, &group, timeout)
@@ -185,27 +211,113 @@ impl KafkaSinkFactory {
         Ok(())
     }
 
-    /// Sends, for every worker of `retained`, the checkpoints its marker does not cover.
-    fn settle(&self, retained: &[SinkCheckpoint<'_>]) -> anyhow::Result<()> {
-        let mut by_worker: BTreeMap<usize, Vec<(u64, &[u8])>> = BTreeMap::new();
-        for c in retained {
-            for (worker, bytes) in &c.parts {
-                by_worker.entry(*worker).or_default().push((c.manifest.epoch, bytes));
+    /// (worker, epoch, seq) of every record of this sink a read_committed consumer sees from
+    /// `since_ms` on, until the topic has been quiet for a moment.
+    fn scan(&self, since_ms: i64) -> anyhow::Result<std::collections::HashSet<(usize, u64, usize)>> {
+        use rdkafka::message::{Headers, Message};
+        let consumer: BaseConsumer = self
+            .client_config()
+            .set("group.id", format!("{}-recovery", self.prefix))
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed")
+            .set("fetch.wait.max.ms", "100")
+            .create()
+            .map_err(|e| anyhow::anyhow!("kafka consumer for {}: {e}", self.config.brokers))?;
+        let md = consumer
+            .fetch_metadata(Some(&self.config.topic), self.config.timeout)
+            .map_err(|e| anyhow::anyhow!("kafka metadata of `{}`: {e}", self.config.topic))?;
+        let mut at = TopicPartitionList::new();
+        for t in md.topics() {
+            for p in t.partitions() {
+                at.add_partition_offset(t.name(), p.id(), Offset::Offset(since_ms))?;
             }
         }
+        let start = consumer
+            .offsets_for_times(at, self.config.timeout)
+            .map_err(|e| anyhow::anyhow!("kafka: offsets of {} by time: {e}", self.config.topic))?;
+        let mut assign = TopicPartitionList::new();
+        for e in start.elements() {
+            let offset = match e.offset() {
+                Offset::Offset(o) => Offset::Offset(o),
+                _ => Offset::End,
+            };
+            assign.add_partition_offset(e.topic(), e.partition(), offset)?;
+        }
+        consumer.assign(&assign).map_err(|e| anyhow::anyhow!("kafka assign: {e}"))?;
+        let header = |m: &rdkafka::message::BorrowedMessage<'_>, key: &str| -> Option<u64> {
+            let h = m.headers()?;
+            let v = h.iter().find(|h| h.key == key)?.value?;
+            std::str::from_utf8(v).ok()?.parse().ok()
+        };
+        let mut present = std::collections::HashSet::new();
+        // Tansu reports high watermarks per record batch, so the end is where records stop.
+        let (quiet, started) = (Duration::from_millis(1500), std::time::Instant::now());
+        let mut last = std::time::Instant::now();
+        while last.elapsed() < quiet && started.elapsed() < self.config.timeout {
+            match consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(m)) => {
+                    last = std::time::Instant::now();
+                    if let (Some(w), Some(e), Some(seq)) =
+                        (header(&m, "ward-worker"), header(&m, "ward-epoch"), header(&m, "ward-seq"))
+                    {
+                        present.insert((w as usize, e, seq as usize));
+                    }
+                }
+                Some(Err(e)) => tracing::debug!("kafka recovery scan: {e}"),
+                None => {}
+            }
+        }
+        Ok(present)
+    }
+
+    /// Makes the topic hold every record of `retained`'s parts exactly once (see the module
+    /// docs). `in_doubt`: a crash may have left transactions whose outcome is unknown, so the
+    /// topic is read for what they delivered; at a clean close nothing is in doubt.
+    fn settle(&self, retained: &[SinkCheckpoint<'_>], in_doubt: bool) -> anyhow::Result<()> {
+        let mut by_worker: BTreeMap<usize, Vec<(u64, i64, &[u8])>> = BTreeMap::new();
+        for c in retained {
+            for (worker, bytes) in &c.parts {
+                by_worker.entry(*worker).or_default().push((c.manifest.epoch, c.manifest.created_ms, bytes));
+            }
+        }
+        // Every former worker's id first: fence it and end whatever transaction a crash left
+        // open (Kafka aborts it; the Tansu broker makes its records visible at the next end).
+        let mut pending = Vec::new();
         for (worker, mut parts) in by_worker {
-            parts.sort_by_key(|(epoch, _)| *epoch);
+            parts.sort_by_key(|(epoch, _, _)| *epoch);
             let (producer, marker) = self.producer(worker)?;
             let done = self.committed_epoch(&marker)?;
-            let missing: Vec<_> = parts.into_iter().filter(|(epoch, _)| done.is_none_or(|d| *epoch > d)).collect();
-            for (epoch, bytes) in missing {
-                let records: Vec<Record> = ward_engine::keyed::decode(bytes)?;
-                tracing::info!(
-                    sink = %self.prefix,
-                    "re-sending checkpoint {epoch} of worker {worker}: {} records the topic does not hold",
-                    records.len()
-                );
-                self.transaction(&producer, &marker, epoch, &records)?;
+            if in_doubt {
+                self.transaction(&producer, &marker, worker, None, done, std::iter::empty())?;
+            }
+            let mut todo = Vec::new();
+            for (epoch, created, bytes) in parts.into_iter().filter(|(epoch, _, _)| done.is_none_or(|d| *epoch > d)) {
+                todo.push((epoch, created, ward_engine::keyed::decode::<Vec<Record>>(bytes)?));
+            }
+            pending.push((worker, producer, marker, todo));
+        }
+        let since = pending
+            .iter()
+            .flat_map(|(_, _, _, t)| t.iter().filter(|(_, _, r)| !r.is_empty()).map(|(_, c, _)| *c))
+            .min();
+        let present = match (in_doubt, since) {
+            // Transactions start after their checkpoint completed: read from a little before.
+            (true, Some(since)) => self.scan(since - 60_000)?,
+            _ => Default::default(),
+        };
+        for (worker, producer, marker, todo) in pending {
+            for (epoch, _, records) in todo {
+                let missing: Vec<(usize, &Record)> =
+                    records.iter().enumerate().filter(|(seq, _)| !present.contains(&(worker, epoch, *seq))).collect();
+                if !records.is_empty() {
+                    tracing::info!(
+                        sink = %self.prefix,
+                        "checkpoint {epoch} of worker {worker}: re-sending {} of {} records (the topic holds the rest)",
+                        missing.len(),
+                        records.len()
+                    );
+                }
+                self.transaction(&producer, &marker, worker, Some(epoch), None, missing.into_iter())?;
             }
         }
         Ok(())
@@ -214,11 +326,11 @@ impl KafkaSinkFactory {
 
 impl SinkFactory for KafkaSinkFactory {
     fn restore(&self, retained: &[SinkCheckpoint<'_>]) -> anyhow::Result<()> {
-        self.settle(retained)
+        self.settle(retained, true)
     }
 
     fn closed(&self, retained: &[SinkCheckpoint<'_>]) -> anyhow::Result<()> {
-        self.settle(retained)
+        self.settle(retained, false)
     }
 
     fn create(&self, ctx: &WorkerContext) -> anyhow::Result<Box<dyn Sink>> {
@@ -233,7 +345,13 @@ impl SinkFactory for KafkaSinkFactory {
                 .map_err(|e| anyhow::anyhow!("kafka producer for {}: {e}", self.config.brokers))?;
             Mode::AtLeastOnce { producer }
         };
-        Ok(Box::new(KafkaSink { factory: self.config.clone(), prefix: self.prefix.clone(), mode, buf: Vec::new() }))
+        Ok(Box::new(KafkaSink {
+            worker: ctx.worker_index,
+            factory: self.config.clone(),
+            prefix: self.prefix.clone(),
+            mode,
+            buf: Vec::new(),
+        }))
     }
 }
 
@@ -250,6 +368,7 @@ enum Mode {
 }
 
 pub struct KafkaSink {
+    worker: usize,
     factory: KafkaSinkConfig,
     prefix: String,
     mode: Mode,
@@ -257,7 +376,7 @@ pub struct KafkaSink {
     buf: Vec<Record>,
 }
 
-fn json_records(payload: &Payload, out: &mut Vec<Record>) -> anyhow::Result<()> {
+fn to_records(payload: &Payload, format: Format, out: &mut Vec<Record>) -> anyhow::Result<()> {
     match payload {
         Payload::Alerts(alerts) => {
             for a in alerts {
@@ -280,10 +399,11 @@ fn json_records(payload: &Payload, out: &mut Vec<Record>) -> anyhow::Result<()> 
         Payload::Events(b) => {
             for row in 0..b.len() {
                 let p = b.provenance(row);
-                out.push(Record {
-                    key: format!("{}/{}/{}", p.source, p.partition, p.offset),
-                    value: serde_json::to_vec(&b.row_to_json(row))?,
-                });
+                let value = match format {
+                    Format::Json => serde_json::to_vec(&b.row_to_json(row))?,
+                    Format::Raw => b.raw_payload(row).to_vec(),
+                };
+                out.push(Record { key: format!("{}/{}/{}", p.source, p.partition, p.offset), value });
             }
         }
         Payload::Progress(_) => {}
@@ -299,7 +419,7 @@ impl KafkaSink {
 
 impl Sink for KafkaSink {
     fn write(&mut self, payload: &Payload) -> anyhow::Result<()> {
-        json_records(payload, &mut self.buf)?;
+        to_records(payload, self.factory.format, &mut self.buf)?;
         if let Mode::AtLeastOnce { producer } = &self.mode {
             for r in self.buf.drain(..) {
                 let mut record = BaseRecord::to(&self.factory.topic).key(r.key.as_bytes()).payload(&r.value);
@@ -328,10 +448,11 @@ impl Sink for KafkaSink {
 
     fn commit(&mut self, epoch: u64) -> anyhow::Result<()> {
         let factory = self.factory();
+        let worker = self.worker;
         let Mode::Transactional { producer, marker, held } = &mut self.mode else { return Ok(()) };
         while held.first().is_some_and(|(c, _)| *c <= epoch) {
             let (c, records) = held.remove(0);
-            factory.transaction(producer, marker, c, &records)?;
+            factory.transaction(producer, marker, worker, Some(c), None, records.iter().enumerate())?;
         }
         Ok(())
     }

