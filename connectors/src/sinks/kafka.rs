@@ -274,7 +274,9 @@ impl KafkaSinkFactory {
     /// docs). `in_doubt`: a crash may have left transactions whose outcome is unknown, so the
     /// topic is read for what they delivered; at a clean close nothing is in doubt.
     fn settle(&self, retained: &[SinkCheckpoint<'_>], in_doubt: bool) -> anyhow::Result<()> {
-        let mut by_worker: BTreeMap<usize, Vec<(u64, i64, &[u8])>> = BTreeMap::new();
+        // Per former worker: (checkpoint epoch, when it completed, its part).
+        type Parts<'p> = Vec<(u64, i64, &'p [u8])>;
+        let mut by_worker: BTreeMap<usize, Parts<'_>> = BTreeMap::new();
         for c in retained {
             for (worker, bytes) in &c.parts {
                 by_worker.entry(*worker).or_default().push((c.manifest.epoch, c.manifest.created_ms, bytes));
