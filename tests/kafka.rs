@@ -1,6 +1,8 @@
 //! The `kafka` source against a real broker (Tansu on 127.0.0.1): partitions spread over
 //! workers, every record read once with its topic/partition and offset as provenance, runs
-//! resuming from checkpoints read only what is new, and offsets reach the consumer group.
+//! resuming from checkpoints read only what is new, and offsets reach the consumer group; the
+//! record's key and timestamp reach parse. The `kafka` sink: exactly once for read_committed
+//! consumers through kill -9.
 
 mod common;
 
@@ -81,6 +83,9 @@ fn read(dir: &Path) -> Vec<(u64, String, u64)> {
         .map(|l| {
             let v: serde_json::Value = serde_json::from_str(l).unwrap();
             let n = v["ext"]["n"].as_u64().unwrap();
+            // The record's Kafka key and timestamp reach parse and stay with the event.
+            assert_eq!(v["ext"]["kafka.key"].as_str(), Some(n.to_string().as_str()), "{l}");
+            assert!(v["ext"]["kafka.timestamp"].as_str().is_some_and(|t| t.starts_with("20")), "{l}");
             (n, v["ward.partition"].as_str().unwrap().to_string(), v["ward.offset"].as_u64().unwrap())
         })
         .collect()

@@ -282,8 +282,18 @@ impl Checkpointer {
     /// Writes `participant`'s part of checkpoint `epoch`; completes the checkpoint if it was
     /// the last one missing.
     pub fn write(&self, epoch: u64, participant: &str, bytes: &[u8]) -> anyhow::Result<()> {
-        let info = self.write_part(epoch, participant, bytes)?;
+        // A newer checkpoint completed first (participants on other threads ran ahead): this
+        // one can no longer complete usefully, and its directory may be pruned under us.
+        let obsolete = || self.committed.load(Ordering::SeqCst) > epoch;
+        let info = match self.write_part(epoch, participant, bytes) {
+            Ok(info) => info,
+            Err(_) if obsolete() => return Ok(()),
+            Err(e) => return Err(e),
+        };
         let mut p = self.progress.lock().unwrap_or_else(|e| e.into_inner());
+        if obsolete() {
+            return Ok(());
+        }
         p.started.entry(epoch).or_insert_with(std::time::Instant::now);
         p.pending.entry(epoch).or_default().insert(participant.to_string(), info);
         self.complete_ready(&mut p)

@@ -298,8 +298,9 @@ mod tests {
     #[test]
     fn the_old_dialect_avoids_what_18_16_lacks() {
         let sql = schema(Dialect::V18, "ward");
+        let code: String = sql.lines().filter(|l| !l.starts_with("--")).collect::<Vec<_>>().join("\n");
         for absent in ["DateTime64", "IPv6", "Map(", "CODEC", "TTL", "LowCardinality"] {
-            assert!(!sql.contains(absent), "{absent}");
+            assert!(!code.contains(absent), "{absent}");
         }
         assert_eq!(statements(&sql).len(), 7);
     }

@@ -45,6 +45,14 @@ pub struct KafkaSourceConfig {
     /// librdkafka properties passed through (TLS, SASL, fetch sizes...). Values are never logged.
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
+    /// Give each record's key, timestamp and headers to parse as `kafka.key`,
+    /// `kafka.timestamp` and `kafka.header.<name>` fields.
+    #[serde(default = "default_true")]
+    pub metadata: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_start() -> String {
@@ -145,6 +153,7 @@ impl SourceFactory for KafkaFactory {
                 .collect(),
             assigned: false,
             committed: BTreeMap::new(),
+            metadata: self.config.metadata,
         }))
     }
 }
@@ -174,6 +183,40 @@ pub struct KafkaSource {
     assigned: bool,
     /// Positions of checkpoints not yet committed to the consumer group, by epoch.
     committed: BTreeMap<u64, Vec<Position>>,
+    metadata: bool,
+}
+
+/// The record's Kafka key, timestamp and headers as the row's first fields (`kafka.key`,
+/// `kafka.timestamp`, `kafka.header.<name>`): parse keeps them beside what it reads from the
+/// payload, so packs and rules can use them and sinks keep them with the event.
+fn push_metadata(batch: &mut EventBatch, msg: &rdkafka::message::BorrowedMessage<'_>) {
+    use rdkafka::message::Headers;
+    use ward_engine::batch::{Heap, Key, Slot, Value};
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    let push = |batch: &mut EventBatch, name: &str, value: Option<Value>, text_value: Option<&[u8]>| {
+        let key = Key::Ext(Heap(&mut batch.heap).push_str(name));
+        let value = match (value, text_value) {
+            (Some(v), _) => v,
+            (None, Some(t)) => Value::Str(Heap(&mut batch.heap).push_str(&text(t))),
+            (None, None) => Value::Null,
+        };
+        batch.slots.push(Slot { key, value });
+    };
+    if let Some(k) = msg.key() {
+        push(batch, "kafka.key", None, Some(k));
+    }
+    if let Some(ms) = msg.timestamp().to_millis() {
+        push(batch, "kafka.timestamp", Some(Value::Timestamp(ms)), None);
+    }
+    if let Some(headers) = msg.headers() {
+        for h in headers.iter() {
+            push(batch, &format!("kafka.header.{}", h.key), None, Some(h.value.unwrap_or_default()));
+        }
+    }
+    let end = batch.slots.len() as u32;
+    if let Some(row) = batch.rows.last_mut() {
+        row.slots_end = end;
+    }
 }
 
 impl KafkaSource {
@@ -276,12 +319,18 @@ impl Source for KafkaSource {
             let Some(msg) = self.consumer.poll(timeout) else { break };
             let msg = msg.map_err(|e| anyhow::anyhow!("kafka: {e}"))?;
             timeout = Duration::ZERO;
-            let key = (msg.topic().to_string(), msg.partition());
-            let Some(state) = self.partitions.get_mut(&key) else { continue };
+            // A linear look-up over this worker's few partitions: no key allocated per record.
+            let (topic, partition) = (msg.topic(), msg.partition());
+            let Some((_, state)) = self.partitions.iter_mut().find(|((t, p), _)| *p == partition && t == topic) else {
+                continue;
+            };
             state.next = Some(msg.offset() + 1);
             let name = state.name.clone();
             let origin = batch.origin_index(&self.component, &name);
             batch.push_raw(origin, msg.offset() as u64, msg.payload().unwrap_or_default());
+            if self.metadata {
+                push_metadata(&mut batch, &msg);
+            }
         }
         if batch.is_empty() {
             return Ok(SourcePoll::Pending(Duration::from_millis(10)));

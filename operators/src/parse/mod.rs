@@ -196,6 +196,11 @@ impl Operator for Parser {
             let mut w = FieldWriter::new(&raw, &mut batch.heap, &mut batch.slots);
             for (i, row) in batch.rows.iter_mut().enumerate() {
                 w.begin();
+                // Fields the source gave the record (e.g. Kafka key and headers) come first.
+                for k in row.slots_start..row.slots_end {
+                    let slot = w.slots[k as usize];
+                    w.slots.push(slot);
+                }
                 let payload = ward_engine::batch::Bytes { raw: &raw, heap: &[] }.bytes(row.raw);
                 let outcome = if payload.len() > self.max_record_bytes {
                     Outcome::Rejected(
