@@ -231,11 +231,23 @@ def run(args, ward, rng, rate, work, s):
     # land inside them too (the pause happens with a probability, to keep the run moving).
     env = dict(os.environ, FAILPOINTS="checkpoint-manifest=20%sleep(150);checkpoint-part=10%sleep(50);sink-commit=20%sleep(150)")
     recoveries = []
+    ckdir = os.path.join(work, "checkpoints")
+
+    def newest_checkpoint():
+        done = [d for d in os.listdir(ckdir) if os.path.exists(os.path.join(ckdir, d, "MANIFEST.json"))] \
+            if os.path.isdir(ckdir) else []
+        return max(done, default="")
+
     for i in range(args.kills):
+        before = newest_checkpoint()
         p = subprocess.Popen([ward, "run", chaos, "--workers", str(args.workers), "-q"], env=env,
                              stderr=subprocess.DEVNULL)
         started = time.time()
-        time.sleep(rng.uniform(1.0, 4.0))
+        # Kill once the run has made progress (a checkpoint of its own), at a random moment
+        # after that: startup alone is not what this test is about.
+        while newest_checkpoint() == before and p.poll() is None and time.time() - started < 120:
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 2.5))
         if p.poll() is not None:
             log(f"run {i + 1} ended by itself (code {p.returncode}) before its kill")
             if p.returncode != 0:
@@ -243,7 +255,7 @@ def run(args, ward, rng, rate, work, s):
             continue
         p.send_signal(signal.SIGKILL)
         p.wait()
-        log(f"kill -9 #{i + 1} after {time.time() - started:.1f}s")
+        log(f"kill -9 #{i + 1} after {time.time() - started:.1f}s (checkpoint {before or 'none'} -> {newest_checkpoint()})")
     if prod.wait() != 0:
         log("producer failed: " + prod.stderr.read().decode()[-2000:])
         return False
