@@ -143,7 +143,8 @@ impl SourceFactory for KafkaFactory {
             consumer,
             start: self.start,
             stop_when_idle: self.config.stop_when_idle,
-            last_record: std::time::Instant::now(),
+            idle: Duration::ZERO,
+            last_poll: std::time::Instant::now(),
             partitions: mine
                 .into_iter()
                 .map(|(t, p)| {
@@ -178,7 +179,10 @@ pub struct KafkaSource {
     consumer: BaseConsumer,
     start: Start,
     stop_when_idle: Option<Duration>,
-    last_record: std::time::Instant,
+    /// How long polls have found nothing, counting at most 100 ms between two polls: time
+    /// the worker spent elsewhere (a sink waiting out an outage) is not idleness of the topic.
+    idle: Duration,
+    last_poll: std::time::Instant,
     partitions: BTreeMap<(String, i32), PartitionState>,
     assigned: bool,
     /// Positions of checkpoints not yet committed to the consumer group, by epoch.
@@ -253,7 +257,7 @@ impl KafkaSource {
     }
 
     fn at_end(&self) -> bool {
-        self.stop_when_idle.is_some_and(|idle| self.last_record.elapsed() >= idle)
+        self.stop_when_idle.is_some_and(|idle| self.idle >= idle)
     }
 }
 
@@ -308,7 +312,8 @@ impl Source for KafkaSource {
     fn poll(&mut self, max_rows: usize) -> anyhow::Result<SourcePoll> {
         if !self.assigned {
             self.assign()?;
-            self.last_record = std::time::Instant::now();
+            self.idle = Duration::ZERO;
+            self.last_poll = std::time::Instant::now();
         }
         if self.at_end() {
             return Ok(SourcePoll::Done);
@@ -332,10 +337,12 @@ impl Source for KafkaSource {
                 push_metadata(&mut batch, &msg);
             }
         }
+        let since = std::mem::replace(&mut self.last_poll, std::time::Instant::now()).elapsed();
         if batch.is_empty() {
+            self.idle += since.min(Duration::from_millis(100));
             return Ok(SourcePoll::Pending(Duration::from_millis(10)));
         }
-        self.last_record = std::time::Instant::now();
+        self.idle = Duration::ZERO;
         Ok(SourcePoll::Batch(batch))
     }
 }
