@@ -188,9 +188,8 @@ impl Sink for JsonlSink {
             self.flush()?;
             return Ok(Vec::new());
         };
-        let data = std::mem::take(&mut self.buf);
-        c.prepared.push((epoch, data.clone()));
-        Ok(data)
+        c.prepared.push((epoch, std::mem::take(&mut self.buf)));
+        jsonl_committed::encode_segments(&c.prepared)
     }
 
     fn commit(&mut self, epoch: u64) -> anyhow::Result<()> {

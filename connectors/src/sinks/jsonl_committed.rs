@@ -107,6 +107,21 @@ impl CommittedFile {
     }
 }
 
+/// A worker's checkpoint part: every segment (the lines one checkpoint prepared) it has not
+/// appended yet, oldest first. A checkpoint that never completes leaves its segment to the
+/// next one, so nothing prepared is lost when a crash follows a later checkpoint.
+pub fn encode_segments(segments: &[(u64, Vec<u8>)]) -> anyhow::Result<Vec<u8>> {
+    ward_engine::keyed::encode(&segments)
+}
+
+fn decode_segments(part: &[u8]) -> anyhow::Result<Vec<(u64, &[u8])>> {
+    if part.is_empty() {
+        return Ok(Vec::new());
+    }
+    let segments: Vec<(u64, &[u8])> = ward_engine::keyed::decode(part)?;
+    Ok(segments)
+}
+
 /// Settles the file before a run resumes from the last of `retained` (see the module docs).
 pub fn restore(path: &Path, retained: &[SinkCheckpoint<'_>]) -> anyhow::Result<()> {
     let Some(resumed) = retained.last().map(|c| c.manifest) else { return Ok(()) };
@@ -134,15 +149,19 @@ pub fn restore(path: &Path, retained: &[SinkCheckpoint<'_>]) -> anyhow::Result<(
         kept.push(Entry { start: content.len() as u64, ..e.clone() });
         content.extend_from_slice(segment);
     }
-    // Retained checkpoints' lines the log does not show (a crash before the append).
+    // Retained checkpoints' lines the log does not show (a crash before the append). A part
+    // holds every segment its worker had not yet appended, so a segment can appear in several
+    // parts: each is appended once, under the checkpoint that prepared it.
     for c in retained {
         for (worker, part) in &c.parts {
-            let tag = Tag::Checkpoint(c.manifest.epoch);
-            if part.is_empty() || kept.iter().any(|e| e.tag == tag && e.worker == *worker) {
-                continue;
+            for (epoch, data) in decode_segments(part)? {
+                let tag = Tag::Checkpoint(epoch);
+                if data.is_empty() || kept.iter().any(|e| e.tag == tag && e.worker == *worker) {
+                    continue;
+                }
+                kept.push(Entry { tag, worker: *worker, start: content.len() as u64, len: data.len() as u64 });
+                content.extend_from_slice(data);
             }
-            kept.push(Entry { tag, worker: *worker, start: content.len() as u64, len: part.len() as u64 });
-            content.extend_from_slice(part);
         }
     }
     if content != data {
@@ -193,25 +212,29 @@ mod tests {
         f.commit_end(0, 0, b"a-end\n").unwrap();
         OpenOptions::new().append(true).open(&path).unwrap().write_all(b"torn").unwrap();
         let (m3, m6) = (manifest(3, false, 0), manifest(6, false, 0));
+        let seg = |e: u64, d: &[u8]| encode_segments(&[(e, d.to_vec())]).unwrap();
+        let (a3, b3, a6) = (seg(3, b"a3\n"), seg(3, b"b3\n"), seg(6, b"a6\n"));
+        // Worker 1's part of 6 still holds its segment of checkpoint 5, which never completed.
+        let b6 = encode_segments(&[(5, b"b5\n".to_vec()), (6, b"b6\n".to_vec())]).unwrap();
         let retained = [
-            SinkCheckpoint { manifest: &m3, parts: vec![(0, b"a3\n".as_slice()), (1, b"b3\n".as_slice())] },
-            SinkCheckpoint { manifest: &m6, parts: vec![(0, b"a6\n".as_slice()), (1, b"b6\n".as_slice())] },
+            SinkCheckpoint { manifest: &m3, parts: vec![(0, a3.as_slice()), (1, b3.as_slice())] },
+            SinkCheckpoint { manifest: &m6, parts: vec![(0, a6.as_slice()), (1, b6.as_slice())] },
         ];
         restore(&path, &retained).unwrap();
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "a3\nb3\na6\nb6\n");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "a3\nb3\na6\nb5\nb6\n");
         // Idempotent, and appends continue after it.
         restore(&path, &retained).unwrap();
         let mut f = CommittedFile::open(&path, false).unwrap();
         f.commit(9, 1, b"b9\n").unwrap();
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "a3\nb3\na6\nb6\nb9\n");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "a3\nb3\na6\nb5\nb6\nb9\n");
         // A closing checkpoint of run 7 keeps that run's end appends.
         f.commit_end(7, 0, b"a-end\n").unwrap();
         let closing = manifest(10, true, 7);
         restore(&path, &[SinkCheckpoint { manifest: &closing, parts: vec![] }]).unwrap();
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "a3\nb3\na6\nb6\nb9\na-end\n");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "a3\nb3\na6\nb5\nb6\nb9\na-end\n");
         // A later run's checkpoint keeps that end too (it was settled when run 11 started).
         let later = manifest(14, false, 11);
         restore(&path, &[SinkCheckpoint { manifest: &later, parts: vec![] }]).unwrap();
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "a3\nb3\na6\nb6\nb9\na-end\n");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "a3\nb3\na6\nb5\nb6\nb9\na-end\n");
     }
 }

@@ -274,28 +274,37 @@ impl KafkaSinkFactory {
     /// docs). `in_doubt`: a crash may have left transactions whose outcome is unknown, so the
     /// topic is read for what they delivered; at a clean close nothing is in doubt.
     fn settle(&self, retained: &[SinkCheckpoint<'_>], in_doubt: bool) -> anyhow::Result<()> {
-        // Per former worker: (checkpoint epoch, when it completed, its part).
-        type Parts<'p> = Vec<(u64, i64, &'p [u8])>;
-        let mut by_worker: BTreeMap<usize, Parts<'_>> = BTreeMap::new();
+        // Per former worker, its segments (the records one checkpoint prepared) by epoch, with
+        // when the first checkpoint holding them completed. A part holds every segment its
+        // worker had not committed, so one segment can be in several parts.
+        type Segments = BTreeMap<u64, (i64, Vec<Record>)>;
+        let mut by_worker: BTreeMap<usize, Segments> = BTreeMap::new();
         for c in retained {
             for (worker, bytes) in &c.parts {
-                by_worker.entry(*worker).or_default().push((c.manifest.epoch, c.manifest.created_ms, bytes));
+                if bytes.is_empty() {
+                    continue;
+                }
+                let segments: Vec<(u64, Vec<Record>)> = ward_engine::keyed::decode(bytes)?;
+                let mine = by_worker.entry(*worker).or_default();
+                for (epoch, records) in segments {
+                    mine.entry(epoch).or_insert((c.manifest.created_ms, records));
+                }
             }
         }
         // Every former worker's id first: fence it and end whatever transaction a crash left
         // open (Kafka aborts it; the Tansu broker makes its records visible at the next end).
         let mut pending = Vec::new();
-        for (worker, mut parts) in by_worker {
-            parts.sort_by_key(|(epoch, _, _)| *epoch);
+        for (worker, segments) in by_worker {
             let (producer, marker) = self.producer(worker)?;
             let done = self.committed_epoch(&marker)?;
             if in_doubt {
                 self.transaction(&producer, &marker, worker, None, done, std::iter::empty())?;
             }
-            let mut todo = Vec::new();
-            for (epoch, created, bytes) in parts.into_iter().filter(|(epoch, _, _)| done.is_none_or(|d| *epoch > d)) {
-                todo.push((epoch, created, ward_engine::keyed::decode::<Vec<Record>>(bytes)?));
-            }
+            let todo: Vec<(u64, i64, Vec<Record>)> = segments
+                .into_iter()
+                .filter(|(epoch, _)| done.is_none_or(|d| *epoch > d))
+                .map(|(epoch, (created, records))| (epoch, created, records))
+                .collect();
             pending.push((worker, producer, marker, todo));
         }
         let since = pending
@@ -441,11 +450,15 @@ impl Sink for KafkaSink {
 
     fn prepare(&mut self, epoch: u64) -> anyhow::Result<Vec<u8>> {
         let records = std::mem::take(&mut self.buf);
-        let bytes = ward_engine::keyed::encode(&records)?;
-        if let Mode::Transactional { held, .. } = &mut self.mode {
-            held.push((epoch, records));
+        match &mut self.mode {
+            Mode::Transactional { held, .. } => {
+                held.push((epoch, records));
+                // Every segment not yet committed: a checkpoint that never completes leaves
+                // its records to the next one.
+                ward_engine::keyed::encode(held)
+            }
+            Mode::AtLeastOnce { .. } => Ok(Vec::new()),
         }
-        Ok(bytes)
     }
 
     fn commit(&mut self, epoch: u64) -> anyhow::Result<()> {
@@ -459,9 +472,9 @@ impl Sink for KafkaSink {
         Ok(())
     }
 
-    fn retire_part(&mut self, _last: u64) -> anyhow::Result<Vec<u8>> {
+    fn retire_part(&mut self, last: u64) -> anyhow::Result<Vec<u8>> {
         // The closing checkpoint's part: produced once that checkpoint is durable (`closed`).
-        ward_engine::keyed::encode(&std::mem::take(&mut self.buf))
+        self.prepare(last)
     }
 
     fn finish(&mut self) -> anyhow::Result<()> {

@@ -620,9 +620,11 @@ impl Sink for ParquetSink {
     fn prepare(&mut self, epoch: u64) -> anyhow::Result<Vec<u8>> {
         // (`run` is set whenever the run takes checkpoints, the only time this is called.)
         let files = self.close_all_hidden(&format!("{epoch:012}"))?;
-        let bytes = ward_engine::keyed::encode(&files)?;
         self.prepared.push((epoch, files));
-        Ok(bytes)
+        // Every file not yet published: those of a checkpoint that never completed stay
+        // covered by the next one.
+        let all: PreparedFiles = self.prepared.iter().flat_map(|(_, f)| f.iter().cloned()).collect();
+        ward_engine::keyed::encode(&all)
     }
 
     fn commit(&mut self, epoch: u64) -> anyhow::Result<()> {
