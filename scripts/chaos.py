@@ -137,7 +137,7 @@ SPEC = """name: chaos
 settings:
   epoch_interval_ms: 100
   admin_listen: ""
-  checkpoint: {{dir: {checkpoints}, interval: 1s, retain: 3}}
+  checkpoint: {{dir: {checkpoints}, interval: 1s, retain: {retain}}}
 sources:
   - {{id: kafka, type: kafka, brokers: "{brokers}", topics: [input], stop_when_idle: 8s}}
 operators:
@@ -190,6 +190,7 @@ def main():
     ap.add_argument("--rate", type=int, default=0, help="produce rate, records/s (default: events/20, at least 1000)")
     ap.add_argument("--kills", type=int, default=12, help="kill -9 count (default 12)")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--retain", type=int, default=3, help="checkpoints kept (default 3)")
     ap.add_argument("--ward", default=None, help="ward binary (default: target/release/ward)")
     ap.add_argument("--seed", type=int, default=None, help="random seed for kill moments")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
@@ -221,7 +222,7 @@ def run(args, ward, rng, rate, work, s):
     s.apply(os.path.join(REPO, "pipelines/clickhouse/schema-18.16.sql"))
     out = os.path.join(work, "out")
     chaos = write(os.path.join(work, "chaos.yaml"), SPEC.format(
-        checkpoints=os.path.join(work, "checkpoints"), brokers=s.brokers, repo=REPO,
+        checkpoints=os.path.join(work, "checkpoints"), retain=args.retain, brokers=s.brokers, repo=REPO,
         sinks=CHAOS_SINKS.format(http=s.http_port, out=out, brokers=s.brokers)))
     producer = write(os.path.join(work, "producer.yaml"), PRODUCER.format(events=args.events, rate=rate, brokers=s.brokers))
 
@@ -270,7 +271,7 @@ def run(args, ward, rng, rate, work, s):
     log("reference: an uninterrupted run of the same input, without checkpoints")
     ref_out = os.path.join(work, "reference")
     reference = write(os.path.join(work, "reference.yaml"), SPEC.replace(
-        "  checkpoint: {{dir: {checkpoints}, interval: 1s, retain: 3}}\n", "").format(
+        "  checkpoint: {{dir: {checkpoints}, interval: 1s, retain: {retain}}}\n", "").format(
         brokers=s.brokers, repo=REPO, sinks=REFERENCE_SINKS.format(out=ref_out)))
     r = subprocess.run([ward, "run", reference, "--workers", str(args.workers), "-q"], capture_output=True, text=True)
     if r.returncode != 0:
@@ -325,6 +326,11 @@ def verify(args, s, out, ref_out):
         if n > 1 or key not in ref_alerts:
             epochs = [h.get("ward-epoch", b"").decode() for k, h in records if k == key]
             log(f"     alert {key} on the topic {n}x (reference {ref_alerts.get(key, 0)}x), ward-epoch {epochs}")
+    if topic != ref_alerts:
+        # For the post-mortem: what the topic holds, with headers.
+        with open(os.path.join(out, "alerts-topic.txt"), "w") as f:
+            for k, h in records:
+                f.write(f"{k} {h.get('ward-epoch', b'').decode()} {h.get('ward-worker', b'').decode()} {h.get('ward-seq', b'').decode()}\n")
     check("every alert record has a ward-epoch header", all("ward-epoch" in h for _, h in records), True)
     # Cases and SLA records (JSONL, exactly once with checkpoints): the reference's.
     cases = collections.Counter(open(os.path.join(out, "cases.jsonl")))

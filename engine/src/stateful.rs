@@ -454,6 +454,31 @@ fn late_detail(t: EventTime, watermark: EventTime) -> String {
     )
 }
 
+/// Writes this worker's part of checkpoint `due` (or, with `None`, its final part): the state of
+/// the key groups it owns and its watermark. A failure stops the run.
+fn write_snapshot(
+    op: &dyn KeyedOperator,
+    me: usize,
+    workers: usize,
+    watermark: EventTime,
+    due: Option<u64>,
+    part: &str,
+    checkpoint: Option<&Checkpointing>,
+) {
+    let Some(ck) = checkpoint else { return };
+    let groups: anyhow::Result<Vec<(u16, Vec<u8>)>> = owned_groups(me, workers)
+        .map(|g| op.snapshot(g).map(|b| (g, b)))
+        .filter(|r| r.as_ref().map_or(true, |(_, b)| !b.is_empty()))
+        .collect();
+    let result = groups.and_then(|g| encode(&(watermark, g))).and_then(|bytes| match due {
+        Some(c) => ck.checkpointer.write(c, part, &bytes),
+        None => ck.checkpointer.retire(part, bytes),
+    });
+    if let Err(e) = result {
+        ck.fail(format!("{part}: checkpoint: {e:#}"));
+    }
+}
+
 fn keyed_stage<'s>(
     routed: RoutedStream<'s>,
     inputs: usize,
@@ -516,6 +541,13 @@ fn keyed_stage<'s>(
                 if frontier.less_equal(&epoch) {
                     break;
                 }
+                // A checkpoint between the epochs processed so far and this one: its state is
+                // the state now, before this epoch (the frontier may have jumped past several
+                // epochs, so this cannot wait until after the loop).
+                if let Some(c) = checkpoint.as_ref().and_then(|ck| ck.checkpointer.due(checkpointed, epoch)) {
+                    write_snapshot(&*op, me, workers, watermark, Some(c), &part, checkpoint.as_deref());
+                    checkpointed = c + 1;
+                }
                 let messages = entry.remove();
                 let started = Instant::now();
                 op.begin_epoch(epoch);
@@ -560,17 +592,7 @@ fn keyed_stage<'s>(
                 let upto = frontier.iter().next().copied();
                 let due = upto.and_then(|f| ck.checkpointer.due(checkpointed, f));
                 if due.is_some() || upto.is_none() {
-                    let groups: anyhow::Result<Vec<(u16, Vec<u8>)>> = owned_groups(me, workers)
-                        .map(|g| op.snapshot(g).map(|b| (g, b)))
-                        .filter(|r| r.as_ref().map_or(true, |(_, b)| !b.is_empty()))
-                        .collect();
-                    let result = groups.and_then(|g| encode(&(watermark, g))).and_then(|bytes| match due {
-                        Some(c) => ck.checkpointer.write(c, &part, &bytes),
-                        None => ck.checkpointer.retire(&part, bytes),
-                    });
-                    if let Err(e) = result {
-                        ck.fail(format!("{part}: checkpoint: {e:#}"));
-                    }
+                    write_snapshot(&*op, me, workers, watermark, due, &part, Some(&**ck));
                     if let Some(c) = due {
                         checkpointed = c + 1;
                     }
