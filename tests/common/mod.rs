@@ -165,6 +165,12 @@ impl Tansu {
     }
 }
 
+impl Tansu {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
 impl Drop for Tansu {
     fn drop(&mut self) {
         let _ = self.child.kill();
