@@ -105,6 +105,10 @@ fn inspect(dir: &Path, epoch: Option<u64>) -> anyhow::Result<ExitCode> {
         manifest.layout_version,
         if manifest.final_checkpoint { ", final (every source exhausted)" } else { "" }
     )?;
+    if !manifest.rulesets.is_empty() {
+        let sets: Vec<String> = manifest.rulesets.iter().map(|(c, v)| format!("{c} {v}")).collect();
+        writeln!(out, "rule sets: {}", sets.join(", "))?;
+    }
     let parts = manifest.parts.clone();
     // Reading it back verifies every part's size and checksum.
     Restored::load(dir, manifest)?;

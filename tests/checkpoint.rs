@@ -105,6 +105,15 @@ fn stopped_runs_resume_on_other_worker_counts_with_the_same_output() {
         assert!(inspect.stdout.contains("final (every source exhausted)"), "{}", inspect.stdout);
         assert!(inspect.stdout.contains("every part matches the manifest"), "{}", inspect.stdout);
         assert!(inspect.stdout.contains(&format!("keyed.correlate.w{}", resume_with - 1)), "{}", inspect.stdout);
+        // The manifest names the rule-set version each detector ran.
+        let root = dir.path().join("checkpoints");
+        let newest = std::fs::read_dir(&root).unwrap().map(|e| e.unwrap().path()).max().unwrap();
+        let manifest: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(newest.join("MANIFEST.json")).unwrap()).unwrap();
+        for detector in ["detect", "correlate"] {
+            let v = manifest["rulesets"][detector].as_str().unwrap_or_default();
+            assert!(v.len() >= 8 && v.chars().all(|c| c.is_ascii_hexdigit()), "{detector}: {manifest}");
+        }
         run(dir.path(), 3, None);
         assert!(outputs(dir.path()) == expected, "a finished pipeline run again adds nothing");
     }

@@ -23,7 +23,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use schemars::JsonSchema;
@@ -87,8 +87,14 @@ pub struct Manifest {
     /// The first epoch of the run that wrote it (0 for a run that did not resume).
     #[serde(default)]
     pub run: u64,
+    /// Rule-set version (content hash) each detector was running when the checkpoint completed.
+    #[serde(default)]
+    pub rulesets: BTreeMap<String, String>,
     pub parts: Vec<PartInfo>,
 }
+
+/// Reads the detectors' running rule-set versions (component → version).
+pub type RulesetVersions = Arc<dyn Fn() -> BTreeMap<String, String> + Send + Sync>;
 
 fn checkpoint_dir(root: &Path, epoch: u64) -> PathBuf {
     root.join(format!("chk-{epoch:012}"))
@@ -225,6 +231,8 @@ pub struct Checkpointer {
     /// The epoch the run resumed from (checkpoints below it are not taken again).
     start_epoch: u64,
     metrics: Option<crate::metrics::CheckpointMetrics>,
+    /// The detectors' running rule-set versions, for the manifest.
+    rulesets: Option<RulesetVersions>,
 }
 
 impl Checkpointer {
@@ -251,12 +259,18 @@ impl Checkpointer {
             committed: AtomicU64::new(start_epoch),
             start_epoch,
             metrics: None,
+            rulesets: None,
         })
     }
 
     /// Reports completed checkpoints in these metrics.
     pub fn with_metrics(mut self, metrics: crate::metrics::CheckpointMetrics) -> Self {
         self.metrics = Some(metrics);
+        self
+    }
+
+    pub fn with_rulesets(mut self, versions: RulesetVersions) -> Self {
+        self.rulesets = Some(versions);
         self
     }
 
@@ -385,6 +399,7 @@ impl Checkpointer {
             final_checkpoint: closing == Some(true),
             closing: closing.is_some(),
             run: self.start_epoch,
+            rulesets: self.rulesets.as_ref().map(|f| f()).unwrap_or_default(),
             parts: parts.values().cloned().collect(),
         };
         let dir = checkpoint_dir(&self.root, epoch);

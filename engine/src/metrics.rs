@@ -249,6 +249,20 @@ impl Metrics {
         }
     }
 
+    /// The rule-set version each detector runs (from `ward_ruleset_info`).
+    pub fn ruleset_versions(&self) -> std::collections::BTreeMap<String, String> {
+        let mut out = std::collections::BTreeMap::new();
+        for family in self.registry.gather().iter().filter(|f| f.name() == "ward_ruleset_info") {
+            for m in family.get_metric() {
+                let label = |n: &str| m.get_label().iter().find(|l| l.name() == n).map(|l| l.value().to_string());
+                if let (Some(c), Some(v)) = (label("component"), label("version")) {
+                    out.insert(c, v);
+                }
+            }
+        }
+        out
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();

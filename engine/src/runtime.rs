@@ -265,7 +265,11 @@ pub fn run_with_metrics(
                 participants(spec, workers),
                 start,
             )?
-            .with_metrics(metrics.checkpoint.clone());
+            .with_metrics(metrics.checkpoint.clone())
+            .with_rulesets({
+                let m = metrics.clone();
+                Arc::new(move || m.ruleset_versions())
+            });
             Some(Arc::new(Checkpointing {
                 checkpointer,
                 restored,
@@ -315,6 +319,7 @@ pub fn run_with_metrics(
         worker.dataflow::<Epoch, _, _>(|scope| build_dataflow(scope, &shared));
         if ready.fetch_add(1, Ordering::SeqCst) + 1 == workers as u64 {
             shared.metrics.ready.set(1);
+            warn_changed_rulesets(&shared);
         }
         while worker.step_or_park(Some(Duration::from_millis(20))) {}
     })
@@ -447,6 +452,21 @@ fn spawn_monitor(shared: Arc<Shared>, finished: Arc<AtomicBool>, progress: bool)
             b.finish_and_clear();
         }
     })
+}
+
+/// Records replayed from a checkpoint are matched with the rules running now; say so when they
+/// differ from the rules that ran when the checkpoint was taken.
+fn warn_changed_rulesets(shared: &Shared) {
+    let Some(restored) = shared.checkpoint.as_ref().and_then(|c| c.restored.as_ref()) else { return };
+    let now = shared.metrics.ruleset_versions();
+    for (component, then) in &restored.manifest.rulesets {
+        if let Some(current) = now.get(component).filter(|v| *v != then) {
+            tracing::warn!(
+                "rule set of `{component}` changed since checkpoint {} ({then} -> {current}): records replayed from it are matched with the new rules",
+                restored.manifest.epoch
+            );
+        }
+    }
 }
 
 fn worker_context(shared: &Shared, c: &ComponentSpec, index: usize, peers: usize) -> WorkerContext {

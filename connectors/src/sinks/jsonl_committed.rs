@@ -195,6 +195,7 @@ mod tests {
             final_checkpoint: false,
             closing,
             run,
+            rulesets: Default::default(),
             parts: vec![],
         }
     }
