@@ -249,6 +249,7 @@ fn a_frozen_broker_delays_the_pipeline_but_loses_and_repeats_nothing() {
     create_topic(&broker.address, "alerts", 2);
     let dir = tempfile::tempdir().unwrap();
     let rules = repo().join("rules/sigma/ward");
+    let admin = free_port();
     // A producer pipeline (generator -> the `raw` topic) and the pipeline under test (`raw` ->
     // detection -> the alerts topic, plus exactly-once JSONL files to compare with).
     write(
@@ -272,7 +273,7 @@ sinks:
             r#"name: through-an-outage
 settings:
   epoch_interval_ms: 100
-  admin_listen: ""
+  admin_listen: "127.0.0.1:{admin}"
   checkpoint: {{dir: checkpoints, interval: 500ms}}
 sources:
   - {{id: raw, type: kafka, brokers: "{brokers}", topics: [raw], stop_when_idle: 12s}}
@@ -286,7 +287,8 @@ sinks:
   - {{id: events, type: jsonl, inputs: [normalize], path: out/events.jsonl}}
 "#,
             brokers = broker.address,
-            rules = rules.display()
+            rules = rules.display(),
+            admin = admin
         ),
     );
     let producer = std::process::Command::new(ward_bin())
@@ -302,6 +304,15 @@ sinks:
     // Freeze the broker for 8 s in the middle of both (memory storage would not survive a
     // restart, so an outage is SIGSTOP ... SIGCONT).
     std::thread::sleep(Duration::from_secs(2));
+    // Per-partition figures of the source, from librdkafka's statistics.
+    let metrics = http_get(admin, "/metrics").map(|(_, body)| body).unwrap_or_default();
+    let fetched: u64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("ward_kafka_fetched_records_total{component=\"raw\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(fetched > 0, "{metrics}");
+    assert!(metrics.contains("ward_kafka_consumer_lag{component=\"raw\",partition=\"raw/"), "{metrics}");
     let pid = broker.pid().to_string();
     assert!(std::process::Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
     std::thread::sleep(Duration::from_secs(8));

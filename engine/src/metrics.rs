@@ -41,6 +41,9 @@ pub struct Metrics {
     sla_breaches: IntCounterVec,
     sink_retries: IntCounterVec,
     circuit_state: IntGaugeVec,
+    kafka_lag: IntGaugeVec,
+    kafka_high_watermark: IntGaugeVec,
+    kafka_fetched: IntCounterVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -156,6 +159,22 @@ impl Metrics {
                 &["component", "priority", "sla"],
             ),
             alerts: counter(&registry, "ward_alerts_total", "Alerts a detector raised", &["component"]),
+            kafka_lag: gauge_vec(
+                "ward_kafka_consumer_lag",
+                "Kafka source: records of a partition not yet read (librdkafka's consumer_lag; -1 unknown)",
+                &["component", "partition"],
+            ),
+            kafka_high_watermark: gauge_vec(
+                "ward_kafka_high_watermark_offset",
+                "Kafka source: a partition's high watermark offset as the broker reports it",
+                &["component", "partition"],
+            ),
+            kafka_fetched: counter(
+                &registry,
+                "ward_kafka_fetched_records_total",
+                "Kafka source: records fetched from a partition (rate() gives the fetch rate)",
+                &["component", "partition"],
+            ),
             sink_retries: counter(
                 &registry,
                 "ward_sink_retries_total",
@@ -243,6 +262,11 @@ impl Metrics {
             sla_tta: self.sla_tta.clone(),
             sla_ttc: self.sla_ttc.clone(),
             sla_breaches: self.sla_breaches.clone(),
+            kafka: KafkaMetrics {
+                lag: self.kafka_lag.clone(),
+                high_watermark: self.kafka_high_watermark.clone(),
+                fetched: self.kafka_fetched.clone(),
+            },
             sink_retries: self.sink_retries.with_label_values(&[id]),
             circuit_state: self.circuit_state.with_label_values(&[id]),
             quarantined: Reason::ALL.iter().map(|r| self.quarantined.with_label_values(&[id, r.as_str()])).collect(),
@@ -269,6 +293,14 @@ impl Metrics {
         TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding cannot fail");
         String::from_utf8(buf).expect("exposition is UTF-8")
     }
+}
+
+/// Per-partition metrics of Kafka sources, labelled (component, `topic/partition`).
+#[derive(Clone)]
+pub struct KafkaMetrics {
+    pub lag: IntGaugeVec,
+    pub high_watermark: IntGaugeVec,
+    pub fetched: IntCounterVec,
 }
 
 /// One component's counters, label values resolved once.
@@ -304,6 +336,8 @@ pub struct ComponentMetrics {
     sla_tta: HistogramVec,
     sla_ttc: HistogramVec,
     sla_breaches: IntCounterVec,
+    /// Kafka sources: per-partition figures (label values: component, `topic/partition`).
+    pub kafka: KafkaMetrics,
     /// Sinks: failed writes retried, and the circuit breaker (0 closed, 1 open, 2 half-open).
     pub sink_retries: IntCounter,
     pub circuit_state: IntGauge,

@@ -16,8 +16,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::message::Message;
+use rdkafka::ClientContext;
 use rdkafka::{Offset, TopicPartitionList};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -106,23 +107,61 @@ struct KafkaFactory {
 }
 
 impl KafkaFactory {
-    fn consumer(&self) -> anyhow::Result<BaseConsumer> {
+    fn consumer_with(&self, stats: Stats) -> anyhow::Result<BaseConsumer<Stats>> {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.config.brokers)
             .set("group.id", &self.group)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
-            .set("enable.partition.eof", "false");
+            .set("enable.partition.eof", "false")
+            // Per-partition lag, high watermark and fetch counts for the metrics.
+            .set("statistics.interval.ms", "1000");
         for (k, v) in &self.config.properties {
             c.set(k, v);
         }
-        c.create().map_err(|e| anyhow::anyhow!("kafka consumer for {}: {e}", self.config.brokers))
+        c.create_with_context(stats).map_err(|e| anyhow::anyhow!("kafka consumer for {}: {e}", self.config.brokers))
     }
 }
 
+/// Turns librdkafka's statistics (every second, served by `poll`) into per-partition metrics
+/// for the partitions this worker reads.
+#[derive(Default)]
+struct Stats {
+    metrics: Option<(Arc<str>, ward_engine::metrics::KafkaMetrics)>,
+    /// Records fetched per partition at the last report (the counter grows by the difference).
+    fetched: std::sync::Mutex<HashMap<(String, i32), u64>>,
+}
+
+impl ClientContext for Stats {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let Some((component, m)) = &self.metrics else { return };
+        let mut fetched = self.fetched.lock().unwrap_or_else(|e| e.into_inner());
+        for (topic, t) in &statistics.topics {
+            for (p, s) in t.partitions.iter().filter(|(p, _)| **p >= 0) {
+                let label = format!("{topic}/{p}");
+                let labels = [&**component, label.as_str()];
+                // Only partitions this consumer reads report positions.
+                if s.consumer_lag >= 0 || s.rxmsgs > 0 {
+                    m.lag.with_label_values(&labels).set(s.consumer_lag);
+                    m.high_watermark.with_label_values(&labels).set(s.hi_offset);
+                }
+                let before = fetched.insert((topic.clone(), *p), s.rxmsgs).unwrap_or(0);
+                if s.rxmsgs > before {
+                    m.fetched.with_label_values(&labels).inc_by(s.rxmsgs - before);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for Stats {}
+
 impl SourceFactory for KafkaFactory {
     fn create(&self, ctx: &WorkerContext) -> anyhow::Result<Box<dyn Source>> {
-        let consumer = self.consumer()?;
+        let consumer = self.consumer_with(Stats {
+            metrics: Some((ctx.component_id.clone(), ctx.metrics.kafka.clone())),
+            fetched: Default::default(),
+        })?;
         let mut all = Vec::new();
         for topic in &self.config.topics {
             let md = consumer
@@ -176,7 +215,7 @@ struct Position {
 
 pub struct KafkaSource {
     component: Arc<str>,
-    consumer: BaseConsumer,
+    consumer: BaseConsumer<Stats>,
     start: Start,
     stop_when_idle: Option<Duration>,
     /// How long polls have found nothing, counting at most 100 ms between two polls: time
@@ -373,9 +412,12 @@ mod tests {
             ("sasl.password", secret),
             ("ssl.endpoint.identification.algorithm", "https"),
         ]);
-        assert!(f.consumer().is_ok());
+        assert!(f.consumer_with(Stats::default()).is_ok());
         // A bad setting is an error that names the property, not the secret.
-        let e = factory(&[("sasl.password", secret), ("security.protocol", "bogus")]).consumer().err().unwrap();
+        let e = factory(&[("sasl.password", secret), ("security.protocol", "bogus")])
+            .consumer_with(Stats::default())
+            .err()
+            .unwrap();
         assert!(e.to_string().contains("security.protocol") && !e.to_string().contains(secret), "{e}");
     }
 }
