@@ -230,7 +230,7 @@ def run(args, ward, rng, rate, work, s):
     prod = subprocess.Popen([ward, "run", producer, "-q"], stderr=subprocess.PIPE)
     # Failpoints hold checkpoint writes and sink commits open for a moment, so random kills
     # land inside them too (the pause happens with a probability, to keep the run moving).
-    env = dict(os.environ, FAILPOINTS="checkpoint-manifest=20%sleep(150);checkpoint-part=10%sleep(50);sink-commit=20%sleep(150)")
+    env = dict(os.environ, FAILPOINTS="checkpoint-manifest=20%sleep(150);checkpoint-part=10%sleep(50);checkpoint-prune=20%sleep(100);sink-commit=20%sleep(150)")
     recoveries = []
     ckdir = os.path.join(work, "checkpoints")
 

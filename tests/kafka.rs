@@ -304,8 +304,19 @@ sinks:
     // Freeze the broker for 8 s in the middle of both (memory storage would not survive a
     // restart, so an outage is SIGSTOP ... SIGCONT).
     std::thread::sleep(Duration::from_secs(2));
-    // Per-partition figures of the source, from librdkafka's statistics.
-    let metrics = http_get(admin, "/metrics").map(|(_, body)| body).unwrap_or_default();
+    let pid = broker.pid().to_string();
+    assert!(std::process::Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+    std::thread::sleep(Duration::from_secs(8));
+    assert!(std::process::Command::new("kill").args(["-CONT", &pid]).status().unwrap().success());
+    // Per-partition figures of the source, from librdkafka's statistics (reported every second).
+    let mut metrics = String::new();
+    for _ in 0..100 {
+        metrics = http_get(admin, "/metrics").map(|(_, body)| body).unwrap_or_default();
+        if metrics.contains("ward_kafka_fetched_records_total{component=\"raw\"") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let fetched: u64 = metrics
         .lines()
         .filter(|l| l.starts_with("ward_kafka_fetched_records_total{component=\"raw\""))
@@ -313,10 +324,6 @@ sinks:
         .sum();
     assert!(fetched > 0, "{metrics}");
     assert!(metrics.contains("ward_kafka_consumer_lag{component=\"raw\",partition=\"raw/"), "{metrics}");
-    let pid = broker.pid().to_string();
-    assert!(std::process::Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
-    std::thread::sleep(Duration::from_secs(8));
-    assert!(std::process::Command::new("kill").args(["-CONT", &pid]).status().unwrap().success());
     let produced = producer.wait_with_output().unwrap();
     assert!(produced.status.success());
     let out = pipeline.wait_with_output().unwrap();

@@ -430,7 +430,14 @@ impl Checkpointer {
                 continue;
             };
             let complete_here = complete.contains(&e);
-            if (complete_here && !keep.contains(&e)) || (!complete_here && e < epoch) {
+            if complete_here && !keep.contains(&e) {
+                // The manifest goes first: a crash midway leaves an incomplete checkpoint (ignored,
+                // removed later), never a complete one with parts missing.
+                std::fs::remove_file(path.join(MANIFEST))?;
+                std::fs::File::open(&path)?.sync_all()?;
+                fail::fail_point!("checkpoint-prune");
+                std::fs::remove_dir_all(&path)?;
+            } else if !complete_here && e < epoch {
                 std::fs::remove_dir_all(&path)?;
             }
         }
