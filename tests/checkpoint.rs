@@ -168,14 +168,7 @@ sinks:
             run(dir.path(), 2, Some(Duration::from_millis(ms)));
             continue;
         }
-        let mut child = std::process::Command::new(ward_bin())
-            .args(["run", spec.to_str().unwrap(), "--workers", "2", "-q"])
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(ms));
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
+        run_and_kill(&spec, 2, Duration::from_millis(ms));
     }
     run(dir.path(), 3, None);
     let counts = python(

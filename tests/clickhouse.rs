@@ -127,14 +127,7 @@ fn crashed_runs_leave_every_record_once_in_clickhouse_18_16() {
     let dir = tempfile::tempdir().unwrap();
     spec(dir.path(), &ch.url(), 20000, 8000);
     for ms in [700, 1300] {
-        let mut child = std::process::Command::new(ward_bin())
-            .args(["run", dir.path().join("spec.yaml").to_str().unwrap(), "--workers", "2", "-q"])
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(ms));
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
+        run_and_kill(&dir.path().join("spec.yaml"), 2, Duration::from_millis(ms));
     }
     run_to_end(dir.path(), 3);
 

@@ -208,14 +208,7 @@ sinks:
         ),
     );
     for ms in [900, 1500] {
-        let mut child = std::process::Command::new(ward_bin())
-            .args(["run", dir.path().join("spec.yaml").to_str().unwrap(), "--workers", "2", "-q"])
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(ms));
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
+        run_and_kill(&dir.path().join("spec.yaml"), 2, Duration::from_millis(ms));
     }
     let out = std::process::Command::new(ward_bin())
         .args(["run", dir.path().join("spec.yaml").to_str().unwrap(), "--workers", "3", "-q"])

@@ -275,8 +275,9 @@ impl Metrics {
 
     /// The rule-set version each detector runs (from `ward_ruleset_info`).
     pub fn ruleset_versions(&self) -> std::collections::BTreeMap<String, String> {
+        use prometheus::core::Collector;
         let mut out = std::collections::BTreeMap::new();
-        for family in self.registry.gather().iter().filter(|f| f.name() == "ward_ruleset_info") {
+        for family in self.ruleset_info.collect() {
             for m in family.get_metric() {
                 let label = |n: &str| m.get_label().iter().find(|l| l.name() == n).map(|l| l.value().to_string());
                 if let (Some(c), Some(v)) = (label("component"), label("version")) {

@@ -280,22 +280,14 @@ pub fn run_with_metrics(
     };
     if let Some(ck) = &checkpoint {
         // Sinks settle what the previous run left before anything runs.
-        let root = ck.checkpointer.root();
-        let retained: Vec<Restored> = match &ck.restored {
-            None => Vec::new(),
-            Some(latest) => crate::checkpoint::list(root)?
-                .into_iter()
-                .filter(|m| m.epoch <= latest.manifest.epoch)
-                .map(|m| Restored::load(root, m))
-                .collect::<anyhow::Result<_>>()?,
-        };
-        for c in spec.components.iter() {
-            if let Built::Sink(factory) = &c.built {
-                let views: Vec<SinkCheckpoint<'_>> = retained.iter().map(|r| SinkCheckpoint::of(r, &c.id)).collect();
-                factory
-                    .restore(&views)
-                    .map_err(|e| anyhow::anyhow!("sink `{}`: cannot resume from the checkpoint: {e:#}", c.id))?;
-            }
+        if let Some(latest) = &ck.restored {
+            settle_sinks(
+                spec,
+                ck.checkpointer.root(),
+                latest.manifest.epoch,
+                "cannot resume from the checkpoint",
+                |f, v| f.restore(v),
+            )?;
         }
     }
     let start_epoch = checkpoint.as_ref().and_then(|c| c.restored.as_ref()).map_or(0, |r| r.manifest.epoch + 1);
@@ -344,18 +336,7 @@ pub fn run_with_metrics(
         if ck.checkpointer.all_retired() {
             let exhausted = !stop.load(Ordering::SeqCst);
             ck.checkpointer.finish(shared.epoch.current() + 1, exhausted)?;
-            let root = ck.checkpointer.root();
-            let retained: Vec<Restored> = crate::checkpoint::list(root)?
-                .into_iter()
-                .map(|m| Restored::load(root, m))
-                .collect::<anyhow::Result<_>>()?;
-            for c in spec.components.iter() {
-                if let Built::Sink(factory) = &c.built {
-                    let views: Vec<SinkCheckpoint<'_>> =
-                        retained.iter().map(|r| SinkCheckpoint::of(r, &c.id)).collect();
-                    factory.closed(&views).map_err(|e| anyhow::anyhow!("sink `{}`: closing: {e:#}", c.id))?;
-                }
-            }
+            settle_sinks(spec, ck.checkpointer.root(), u64::MAX, "closing", |f, v| f.closed(v))?;
         }
     }
 
@@ -452,6 +433,28 @@ fn spawn_monitor(shared: Arc<Shared>, finished: Arc<AtomicBool>, progress: bool)
             b.finish_and_clear();
         }
     })
+}
+
+/// Hands every sink the complete checkpoints up to `upto` (oldest first) through `settle`.
+fn settle_sinks(
+    spec: &Spec,
+    root: &std::path::Path,
+    upto: u64,
+    what: &str,
+    settle: impl Fn(&dyn crate::component::SinkFactory, &[SinkCheckpoint<'_>]) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let retained: Vec<Restored> = crate::checkpoint::list(root)?
+        .into_iter()
+        .filter(|m| m.epoch <= upto)
+        .map(|m| Restored::load(root, m))
+        .collect::<anyhow::Result<_>>()?;
+    for c in spec.components.iter() {
+        if let Built::Sink(factory) = &c.built {
+            let views: Vec<SinkCheckpoint<'_>> = retained.iter().map(|r| SinkCheckpoint::of(r, &c.id)).collect();
+            settle(factory.as_ref(), &views).map_err(|e| anyhow::anyhow!("sink `{}`: {what}: {e:#}", c.id))?;
+        }
+    }
+    Ok(())
 }
 
 /// Records replayed from a checkpoint are matched with the rules running now; say so when they

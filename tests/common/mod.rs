@@ -285,3 +285,15 @@ impl Drop for ClickHouse {
         }
     }
 }
+
+/// Runs `ward run SPEC --workers N -q` and kills it with SIGKILL after `after` (a crash).
+pub fn run_and_kill(spec: &Path, workers: usize, after: std::time::Duration) {
+    let mut child = Command::new(ward_bin())
+        .args(["run", spec.to_str().unwrap(), "--workers", &workers.to_string(), "-q"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(after);
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+}

@@ -102,6 +102,7 @@ struct Record {
     value: Vec<u8>,
 }
 
+#[derive(Clone)]
 struct KafkaSinkFactory {
     config: KafkaSinkConfig,
     prefix: String,
@@ -356,13 +357,7 @@ impl SinkFactory for KafkaSinkFactory {
                 .map_err(|e| anyhow::anyhow!("kafka producer for {}: {e}", self.config.brokers))?;
             Mode::AtLeastOnce { producer }
         };
-        Ok(Box::new(KafkaSink {
-            worker: ctx.worker_index,
-            factory: self.config.clone(),
-            prefix: self.prefix.clone(),
-            mode,
-            buf: Vec::new(),
-        }))
+        Ok(Box::new(KafkaSink { worker: ctx.worker_index, factory: self.clone(), mode, buf: Vec::new() }))
     }
 }
 
@@ -380,8 +375,8 @@ enum Mode {
 
 pub struct KafkaSink {
     worker: usize,
-    factory: KafkaSinkConfig,
-    prefix: String,
+    /// The factory's config and id prefix (transactions are its methods).
+    factory: KafkaSinkFactory,
     mode: Mode,
     /// Records since the last checkpoint (or flush).
     buf: Vec<Record>,
@@ -422,18 +417,12 @@ fn to_records(payload: &Payload, format: Format, out: &mut Vec<Record>) -> anyho
     Ok(())
 }
 
-impl KafkaSink {
-    fn factory(&self) -> KafkaSinkFactory {
-        KafkaSinkFactory { config: self.factory.clone(), prefix: self.prefix.clone() }
-    }
-}
-
 impl Sink for KafkaSink {
     fn write(&mut self, payload: &Payload) -> anyhow::Result<()> {
-        to_records(payload, self.factory.format, &mut self.buf)?;
+        to_records(payload, self.factory.config.format, &mut self.buf)?;
         if let Mode::AtLeastOnce { producer } = &self.mode {
             for r in self.buf.drain(..) {
-                let mut record = BaseRecord::to(&self.factory.topic).key(r.key.as_bytes()).payload(&r.value);
+                let mut record = BaseRecord::to(&self.factory.config.topic).key(r.key.as_bytes()).payload(&r.value);
                 loop {
                     match producer.send(record) {
                         Ok(()) => break,
@@ -462,8 +451,7 @@ impl Sink for KafkaSink {
     }
 
     fn commit(&mut self, epoch: u64) -> anyhow::Result<()> {
-        let factory = self.factory();
-        let worker = self.worker;
+        let (factory, worker) = (&self.factory, self.worker);
         let Mode::Transactional { producer, marker, held } = &mut self.mode else { return Ok(()) };
         while held.first().is_some_and(|(c, _)| *c <= epoch) {
             let (c, records) = held.remove(0);
@@ -480,8 +468,8 @@ impl Sink for KafkaSink {
     fn finish(&mut self) -> anyhow::Result<()> {
         match &self.mode {
             Mode::AtLeastOnce { producer } => producer
-                .flush(self.factory.timeout)
-                .map_err(|e| anyhow::anyhow!("kafka flush to {}: {e}", self.factory.topic)),
+                .flush(self.factory.config.timeout)
+                .map_err(|e| anyhow::anyhow!("kafka flush to {}: {e}", self.factory.config.topic)),
             // Held checkpoints not committed yet are settled by `closed` (or the next run).
             Mode::Transactional { .. } => Ok(()),
         }

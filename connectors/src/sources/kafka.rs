@@ -194,6 +194,7 @@ impl SourceFactory for KafkaFactory {
             assigned: false,
             committed: BTreeMap::new(),
             metadata: self.config.metadata,
+            header_name: String::new(),
         }))
     }
 }
@@ -227,33 +228,37 @@ pub struct KafkaSource {
     /// Positions of checkpoints not yet committed to the consumer group, by epoch.
     committed: BTreeMap<u64, Vec<Position>>,
     metadata: bool,
+    /// Reused buffer for `kafka.header.<name>` keys.
+    header_name: String,
 }
 
 /// The record's Kafka key, timestamp and headers as the row's first fields (`kafka.key`,
 /// `kafka.timestamp`, `kafka.header.<name>`): parse keeps them beside what it reads from the
 /// payload, so packs and rules can use them and sinks keep them with the event.
-fn push_metadata(batch: &mut EventBatch, msg: &rdkafka::message::BorrowedMessage<'_>) {
+fn push_metadata(batch: &mut EventBatch, msg: &rdkafka::message::BorrowedMessage<'_>, name: &mut String) {
     use rdkafka::message::Headers;
     use ward_engine::batch::{Heap, Key, Slot, Value};
-    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    let push = |batch: &mut EventBatch, name: &str, value: Option<Value>, text_value: Option<&[u8]>| {
-        let key = Key::Ext(Heap(&mut batch.heap).push_str(name));
-        let value = match (value, text_value) {
-            (Some(v), _) => v,
-            (None, Some(t)) => Value::Str(Heap(&mut batch.heap).push_str(&text(t))),
-            (None, None) => Value::Null,
-        };
+    // Valid UTF-8 borrows (no allocation); anything else is replaced lossily.
+    let text =
+        |batch: &mut EventBatch, b: &[u8]| Value::Str(Heap(&mut batch.heap).push_str(&String::from_utf8_lossy(b)));
+    let push = |batch: &mut EventBatch, key: &str, value: Value| {
+        let key = Key::Ext(Heap(&mut batch.heap).push_str(key));
         batch.slots.push(Slot { key, value });
     };
     if let Some(k) = msg.key() {
-        push(batch, "kafka.key", None, Some(k));
+        let v = text(batch, k);
+        push(batch, "kafka.key", v);
     }
     if let Some(ms) = msg.timestamp().to_millis() {
-        push(batch, "kafka.timestamp", Some(Value::Timestamp(ms)), None);
+        push(batch, "kafka.timestamp", Value::Timestamp(ms));
     }
     if let Some(headers) = msg.headers() {
         for h in headers.iter() {
-            push(batch, &format!("kafka.header.{}", h.key), None, Some(h.value.unwrap_or_default()));
+            name.clear();
+            name.push_str("kafka.header.");
+            name.push_str(h.key);
+            let v = text(batch, h.value.unwrap_or_default());
+            push(batch, name, v);
         }
     }
     let end = batch.slots.len() as u32;
@@ -373,7 +378,7 @@ impl Source for KafkaSource {
             let origin = batch.origin_index(&self.component, &name);
             batch.push_raw(origin, msg.offset() as u64, msg.payload().unwrap_or_default());
             if self.metadata {
-                push_metadata(&mut batch, &msg);
+                push_metadata(&mut batch, &msg, &mut self.header_name);
             }
         }
         let since = std::mem::replace(&mut self.last_poll, std::time::Instant::now()).elapsed();
