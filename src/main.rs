@@ -109,6 +109,9 @@ fn run_spec(spec: &Spec, args: &RunArgs) -> ExitCode {
     for w in &spec.warnings {
         eprintln!("warning: {w}");
     }
+    // Descriptors are the dataflow's to use (files, checkpoints, sockets): take what the hard
+    // limit allows instead of the usual soft 1,024.
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         // A second signal while draining ends the process at once.

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod correlate;
+mod hostile;
 mod sigma;
 mod state;
 
@@ -111,6 +112,14 @@ enum Cmd {
         /// Rule counts for Ward alone (`all` = every compilable rule).
         #[arg(long, value_delimiter = ',', default_values_t = ["100".to_string(), "1000".to_string(), "all".to_string()])]
         sizes: Vec<String>,
+        #[arg(long, default_value_t = 3)]
+        repeat: usize,
+    },
+    /// Sigma matching time per byte on attacker-shaped events (quadratic-matching attacks).
+    Hostile {
+        /// Value sizes in bytes.
+        #[arg(long, value_delimiter = ',', default_values_t = [1024usize, 102_400, 1_048_576])]
+        sizes: Vec<usize>,
         #[arg(long, default_value_t = 3)]
         repeat: usize,
     },
@@ -298,5 +307,6 @@ fn main() -> anyhow::Result<()> {
         Cmd::Sigma { rules, count, competitor_count, sizes, repeat } => {
             sigma::run(sigma::Args { rules, count, competitor_count, sizes, repeat })
         }
+        Cmd::Hostile { sizes, repeat } => hostile::run(&sizes, repeat),
     }
 }

@@ -8,6 +8,7 @@ pub mod batch;
 pub mod case;
 pub mod checkpoint;
 pub mod clock;
+pub mod coalesce;
 pub mod component;
 pub mod fields;
 pub mod keyed;
@@ -18,6 +19,7 @@ pub mod resources;
 pub mod runtime;
 pub mod spec;
 pub mod stateful;
+pub mod text;
 pub mod time;
 
 pub use anyhow;

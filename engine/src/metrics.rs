@@ -25,11 +25,15 @@ pub struct Metrics {
     pub epoch: IntGauge,
     /// Checkpoints (DESIGN.md §7: duration, size, age).
     pub checkpoint: CheckpointMetrics,
+    /// The admin endpoint's connections.
+    pub admin: AdminMetrics,
     pub workers: IntGauge,
     pub ready: IntGauge,
     reloads: IntCounterVec,
     reload_failures: IntCounterVec,
     alerts: IntCounterVec,
+    match_over_budget: IntCounterVec,
+    match_undecided: IntCounterVec,
     rules_loaded: IntGaugeVec,
     ruleset_info: IntGaugeVec,
     watermark_lag: GaugeVec,
@@ -136,8 +140,21 @@ impl Metrics {
                 h
             },
         };
+        let admin = AdminMetrics {
+            open: gauge("ward_admin_connections", "Open connections to the admin endpoint"),
+            rejected: {
+                let c = IntCounter::new(
+                    "ward_admin_connections_rejected_total",
+                    "Admin connections closed on accept because the connection cap was reached",
+                )
+                .expect("valid metric");
+                registry.register(Box::new(c.clone())).expect("unique metric");
+                c
+            },
+        };
         Arc::new(Metrics {
             checkpoint,
+            admin,
             watermark_lag: gauge_f(
                 "ward_watermark_lag_seconds",
                 "Wall-clock time minus a stateful operator's event-time watermark",
@@ -159,6 +176,18 @@ impl Metrics {
                 &["component", "priority", "sla"],
             ),
             alerts: counter(&registry, "ward_alerts_total", "Alerts a detector raised", &["component"]),
+            match_over_budget: counter(
+                &registry,
+                "ward_sigma_over_budget_events_total",
+                "Events whose Sigma evaluation ran out of its work budget (cheap tests ran, some regex tests did not)",
+                &["component"],
+            ),
+            match_undecided: counter(
+                &registry,
+                "ward_sigma_undecided_total",
+                "Rule evaluations left undecided by the work budget (no alert raised; see the warning log)",
+                &["component"],
+            ),
             kafka_lag: gauge_vec(
                 "ward_kafka_consumer_lag",
                 "Kafka source: records of a partition not yet read (librdkafka's consumer_lag; -1 unknown)",
@@ -252,6 +281,8 @@ impl Metrics {
             reloads: self.reloads.with_label_values(&[id]),
             reload_failures: self.reload_failures.with_label_values(&[id]),
             alerts: self.alerts.with_label_values(&[id]),
+            match_over_budget: self.match_over_budget.with_label_values(&[id]),
+            match_undecided: self.match_undecided.with_label_values(&[id]),
             rules_compiled: self.rules_loaded.with_label_values(&[id, "compiled"]),
             rules_rejected: self.rules_loaded.with_label_values(&[id, "rejected"]),
             ruleset_info: self.ruleset_info.clone(),
@@ -304,7 +335,12 @@ pub struct KafkaMetrics {
     pub fetched: IntCounterVec,
 }
 
-/// One component's counters, label values resolved once.
+#[derive(Clone)]
+pub struct AdminMetrics {
+    pub open: IntGauge,
+    pub rejected: IntCounter,
+}
+
 /// Checkpoint figures, updated when a checkpoint completes.
 #[derive(Clone)]
 pub struct CheckpointMetrics {
@@ -315,6 +351,7 @@ pub struct CheckpointMetrics {
     pub duration: prometheus::Histogram,
 }
 
+/// One component's counters, label values resolved once.
 #[derive(Clone)]
 pub struct ComponentMetrics {
     pub id: Arc<str>,
@@ -327,6 +364,9 @@ pub struct ComponentMetrics {
     pub reloads: IntCounter,
     pub reload_failures: IntCounter,
     pub alerts: IntCounter,
+    /// sigma-match: events over the match budget, and rule evaluations it left undecided.
+    pub match_over_budget: IntCounter,
+    pub match_undecided: IntCounter,
     pub rules_compiled: IntGauge,
     pub rules_rejected: IntGauge,
     ruleset_info: IntGaugeVec,

@@ -240,7 +240,7 @@ pub fn run_with_metrics(
     let admin = if listen.is_empty() {
         None
     } else {
-        Some(AdminServer::start(&listen, metrics.clone(), spec.admin_routes.clone())?)
+        Some(AdminServer::start(&listen, metrics.clone(), spec.admin_routes.clone(), spec.settings.admin_options())?)
     };
     if let Some(a) = &admin {
         tracing::info!("admin endpoint on http://{}/metrics", a.local_addr);

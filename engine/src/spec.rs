@@ -63,6 +63,19 @@ pub struct Settings {
     /// Address of the admin HTTP endpoint (`/metrics`, `/healthz`, `/readyz`). Empty disables it.
     #[serde(default = "default_admin")]
     pub admin_listen: String,
+    /// Environment variable holding the admin bearer token. When it is set (non-empty),
+    /// mutating admin routes (`POST /rules/reload`) need `Authorization: Bearer <token>`; without
+    /// a token they are refused on a non-loopback `admin_listen`.
+    #[serde(default = "default_admin_token_env")]
+    pub admin_token_env: String,
+    /// Most admin connections open at once (further ones are closed on accept; never more
+    /// than an eighth of the file-descriptor limit).
+    #[serde(default = "default_admin_max_connections")]
+    pub admin_max_connections: usize,
+    /// `Host` names the admin endpoint serves besides loopback ones (on a loopback address)
+    /// or instead of any name (on another address).
+    #[serde(default)]
+    pub admin_allowed_hosts: Vec<String>,
     /// Periodic checkpoints (DESIGN.md §4): off when absent.
     #[serde(default)]
     pub checkpoint: Option<crate::checkpoint::CheckpointConfig>,
@@ -77,6 +90,25 @@ fn default_batch_size() -> usize {
 fn default_admin() -> String {
     "127.0.0.1:9464".to_string()
 }
+fn default_admin_token_env() -> String {
+    "WARD_ADMIN_TOKEN".to_string()
+}
+fn default_admin_max_connections() -> usize {
+    crate::admin::DEFAULT_MAX_CONNECTIONS
+}
+
+impl Settings {
+    /// The admin endpoint's guard options, with the token read from its environment variable.
+    pub fn admin_options(&self) -> crate::admin::AdminOptions {
+        let token = std::env::var(&self.admin_token_env).ok().filter(|t| !t.trim().is_empty());
+        crate::admin::AdminOptions {
+            token: token.map(|t| t.trim().to_string()),
+            token_source: format!("${}", self.admin_token_env),
+            max_connections: self.admin_max_connections.max(1),
+            allowed_hosts: self.admin_allowed_hosts.clone(),
+        }
+    }
+}
 
 impl Default for Settings {
     fn default() -> Self {
@@ -84,6 +116,9 @@ impl Default for Settings {
             epoch_interval_ms: default_epoch_ms(),
             batch_size: default_batch_size(),
             admin_listen: default_admin(),
+            admin_token_env: default_admin_token_env(),
+            admin_max_connections: default_admin_max_connections(),
+            admin_allowed_hosts: Vec::new(),
             checkpoint: None,
         }
     }

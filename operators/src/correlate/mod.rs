@@ -19,6 +19,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use ward_engine::alert::Alert;
 use ward_engine::clock::{EpochClock, Versions};
+use ward_engine::coalesce::Coalescer;
 use ward_engine::component::{Built, OperatorOutput, StreamKind, WorkerContext};
 use ward_engine::keyed::{owned_groups, KeyedOperator, KeyedOperatorFactory, RecordRef, Route, Router, KEY_GROUPS};
 use ward_engine::metrics::ComponentMetrics;
@@ -111,7 +112,7 @@ impl ComponentConfig for CorrelateConfig {
             versions: Versions::new(loaded),
             clock: OnceLock::new(),
             metrics: OnceLock::new(),
-            reload_lock: Mutex::new(()),
+            reloads: Coalescer::new(),
             watch: Mutex::new(None),
         });
         let h = handle.clone();
@@ -138,7 +139,8 @@ pub struct CorrelationHandle {
     versions: Versions<CorrelationRules>,
     clock: OnceLock<Arc<EpochClock>>,
     metrics: OnceLock<ComponentMetrics>,
-    reload_lock: Mutex<()>,
+    /// Concurrent reload requests share one recompile.
+    reloads: Coalescer<Result<serde_json::Value, serde_json::Value>>,
     watch: Mutex<Option<WatchGuard>>,
 }
 
@@ -159,7 +161,10 @@ impl CorrelationHandle {
 
     /// Reads the rule files again and, if every correlation compiles, schedules the switch.
     pub fn reload(&self) -> Result<serde_json::Value, serde_json::Value> {
-        let _one_at_a_time = self.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.reloads.run(|| self.reload_now())
+    }
+
+    fn reload_now(&self) -> Result<serde_json::Value, serde_json::Value> {
         let running = self.versions.current();
         let refuse = |errors: Vec<serde_json::Value>| {
             if let Some(m) = self.metrics.get() {

@@ -8,13 +8,14 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use super::bounded_regex::{BoundedRegex, Flags};
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
-use regex::{Regex, RegexBuilder};
 use rsigma_parser::{
     ConditionExpr, Detection, DetectionItem, Detections, FilterRule, FilterRuleTarget, LogSource, Modifier, Quantifier,
     SelectorPattern, SigmaRule, SigmaString, SigmaValue, StringPart,
 };
 use ward_engine::fields::FieldId;
+use ward_engine::text::escape_text;
 
 use super::mapping::{FieldKey, FieldMapping, Logsources};
 use super::matcher::{
@@ -94,13 +95,13 @@ pub enum AtomSpec {
     /// a gate it is evaluated lazily.
     Glob {
         field: FieldRef,
-        regex: Regex,
+        regex: Arc<BoundedRegex>,
         gate: Option<(Vec<u8>, bool)>,
         shown: String,
     },
     Regex {
         field: FieldRef,
-        regex: Regex,
+        regex: Arc<BoundedRegex>,
     },
     Cidr {
         field: FieldRef,
@@ -176,7 +177,9 @@ impl AtomSpec {
                 }
                 None => format!("{f} matches {shown} (regex, evaluated on demand)"),
             },
-            AtomSpec::Regex { regex, .. } => format!("{f} matches regex {:?} (on demand)", regex.as_str()),
+            AtomSpec::Regex { regex, .. } => {
+                format!("{f} matches regex {:?} (on demand; {})", regex.as_str(), regex.engine())
+            }
             AtomSpec::Cidr { net, .. } => format!("{f} in {net}"),
             AtomSpec::Compare { op, value, part, .. } => match part {
                 Some(p) => format!("{p:?}({f}) {op:?} {value}"),
@@ -416,14 +419,9 @@ impl<'a> Lowering<'a> {
         };
         if m.re {
             let src = text.original.clone();
-            let re = RegexBuilder::new(&src)
-                .case_insensitive(m.re_i)
-                .multi_line(m.re_m)
-                .dot_matches_new_line(m.re_s)
-                .size_limit(1 << 22)
-                .build()
-                .map_err(|e| format!("regex {src:?} is outside the linear-time regex syntax: {}", first_line(&e)))?;
-            return Ok(Expr::Atom(Box::new(AtomSpec::Regex { field: field.clone(), regex: re })));
+            let flags = Flags { case_insensitive: m.re_i, multi_line: m.re_m, dot_matches_new_line: m.re_s };
+            let re = BoundedRegex::new(&src, flags).map_err(|e| format!("{e} (in {})", escape_text(&src)))?;
+            return Ok(Expr::Atom(Box::new(AtomSpec::Regex { field: field.clone(), regex: Arc::new(re) })));
         }
         if m.cidr {
             let s = text.as_plain().ok_or("`cidr` value has wildcards")?;
@@ -539,11 +537,6 @@ impl<'a> Lowering<'a> {
     }
 }
 
-fn first_line(e: &impl std::fmt::Display) -> String {
-    let s = e.to_string();
-    s.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or(&s).trim().to_string()
-}
-
 fn plain(s: &SigmaString, what: &str) -> Result<String, String> {
     s.as_plain().ok_or_else(|| format!("wildcards in `{}` cannot be {what}-encoded", s.original))
 }
@@ -558,7 +551,8 @@ fn string_atom(field: &FieldRef, s: &SigmaString, anchor: Anchor, cased: bool) -
     }
     let src = values::glob_regex(s, anchor, !cased);
     let regex =
-        RegexBuilder::new(&src).size_limit(1 << 22).build().map_err(|e| format!("pattern `{}`: {e}", s.original))?;
+        BoundedRegex::new(&src, Flags::default()).map_err(|e| format!("pattern {}: {e}", escape_text(&s.original)))?;
+    let regex = Arc::new(regex);
     // The longest fragment that ASCII case folding handles exactly gates the regex.
     let gate = s
         .parts
@@ -881,6 +875,7 @@ pub struct MatcherBuilder {
     triggers: Vec<Option<Vec<AtomId>>>,
     groups: Vec<Vec<AtomId>>,
     group_ids: HashMap<Vec<AtomId>, u32>,
+    verify: Vec<Arc<BoundedRegex>>,
 }
 
 /// Value lists at least this long become one `AnyEager` group.
@@ -898,7 +893,6 @@ struct FieldBuild {
     cs_hits: Vec<Vec<Hit>>,
     ci_eq: HashMap<Vec<u8>, Vec<AtomId>>,
     cs_eq: HashMap<Vec<u8>, Vec<AtomId>>,
-    verify: Vec<Regex>,
 }
 
 impl FieldBuild {
@@ -937,7 +931,6 @@ impl FieldBuild {
             cs_hits: self.cs_hits,
             ci_eq: self.ci_eq.into_iter().map(|(k, v)| (k.into_boxed_slice(), v)).collect(),
             cs_eq: self.cs_eq.into_iter().map(|(k, v)| (k.into_boxed_slice(), v)).collect(),
-            verify: self.verify,
         })
     }
 }
@@ -985,9 +978,9 @@ impl MatcherBuilder {
                 Atom::Eager
             }
             AtomSpec::Glob { regex, gate: Some((g, cased)), .. } => {
+                self.verify.push(regex.clone());
+                let v = (self.verify.len() - 1) as u32;
                 let fb = self.field_build(field);
-                fb.verify.push(regex.clone());
-                let v = (fb.verify.len() - 1) as u32;
                 fb.literal(g, *cased, Hit { atom: a, anchor: Anchor::Anywhere, verify: v });
                 Atom::Eager
             }
@@ -1160,6 +1153,8 @@ impl MatcherBuilder {
             routes: self.routes,
             rules: self.rules,
             always,
+            verify: self.verify,
+            budget: Default::default(),
         })
     }
 }

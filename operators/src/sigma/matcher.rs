@@ -11,15 +11,23 @@
 //! which the condition cannot hold) fired in the pass; rules with no such atoms (pure negations,
 //! regex-only) are evaluated for every event their logsource routes to. Cost per event thus
 //! follows the fields and the patterns that occur, not the number of rules.
+//!
+//! Events are written by attackers, so every step is linear in the event's size: a gated regex
+//! runs at most once per value however often its gate occurs, field references compare with a
+//! linear substring search, and regexes are bounded (see `bounded_regex.rs`). On top of that each
+//! event has a work [`MatchBudget`]: regex searches and field references are charged to it, and
+//! those that do not fit are not run. Their atoms are then *unknown*, conditions are evaluated
+//! in three-valued logic, a rule whose condition still holds alerts, and the others are counted
+//! as undecided (never silently dropped: see `Scratch::undecided`).
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use aho_corasick::AhoCorasick;
-use regex::Regex;
 use ward_engine::batch::{format_timestamp_ms, Bytes, Key, Slot, Value};
 
+use super::bounded_regex::BoundedRegex;
 use super::values::Anchor;
 
 pub type AtomId = u32;
@@ -53,7 +61,7 @@ pub enum TimePart {
 pub enum Lazy {
     Regex {
         field: FieldIdx,
-        re: Regex,
+        re: Arc<BoundedRegex>,
     },
     Cidr {
         field: FieldIdx,
@@ -109,7 +117,7 @@ pub enum Cond {
 pub struct Hit {
     pub atom: AtomId,
     pub anchor: Anchor,
-    /// Index into the field's verification regexes (gated wildcard atoms), or `NO_VERIFY`.
+    /// Index into the matcher's verification regexes (gated wildcard atoms), or `NO_VERIFY`.
     pub verify: u32,
 }
 pub const NO_VERIFY: u32 = u32::MAX;
@@ -124,7 +132,6 @@ pub struct Scan {
     /// Whole-value equality, keyed by the ASCII-lowercased value.
     pub ci_eq: ahash::HashMap<Box<[u8]>, Vec<AtomId>>,
     pub cs_eq: ahash::HashMap<Box<[u8]>, Vec<AtomId>>,
-    pub verify: Vec<Regex>,
 }
 
 impl Scan {
@@ -174,6 +181,59 @@ pub struct Matcher {
     pub rules: Vec<CompiledRule>,
     /// Rules without trigger atoms, evaluated on every event their route admits.
     pub always: Vec<RuleIdx>,
+    /// The regexes that verify gated wildcard atoms (`Hit::verify`).
+    pub verify: Vec<Arc<BoundedRegex>>,
+    pub budget: MatchBudget,
+}
+
+/// The work one event may cost beyond the automata pass: `base + per_byte × event bytes`
+/// units, where a regex search costs its bytes (dense DFA) or bytes × NFA states (fallback
+/// engines) and a field reference the bytes it compares. Units are counted, not timed, so the
+/// outcome is the same on every worker and in every replay.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MatchBudget {
+    pub base: u64,
+    pub per_byte: u64,
+}
+
+impl Default for MatchBudget {
+    fn default() -> Self {
+        MatchBudget { base: DEFAULT_BUDGET_BASE, per_byte: DEFAULT_BUDGET_PER_BYTE }
+    }
+}
+
+pub const DEFAULT_BUDGET_BASE: u64 = 16 << 20;
+pub const DEFAULT_BUDGET_PER_BYTE: u64 = 64;
+
+impl MatchBudget {
+    fn for_event(self, bytes: usize) -> u64 {
+        self.base.saturating_add(self.per_byte.saturating_mul(bytes as u64))
+    }
+}
+
+/// Three-valued truth: an atom whose test did not fit in the budget is `Unknown`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tri {
+    False,
+    True,
+    Unknown,
+}
+
+impl Tri {
+    fn not(self) -> Tri {
+        match self {
+            Tri::False => Tri::True,
+            Tri::True => Tri::False,
+            Tri::Unknown => Tri::Unknown,
+        }
+    }
+    fn from_option(v: Option<bool>) -> Tri {
+        match v {
+            Some(true) => Tri::True,
+            Some(false) => Tri::False,
+            None => Tri::Unknown,
+        }
+    }
 }
 
 /// Per-worker evaluation state, reused across events (no allocation per event once warm).
@@ -181,11 +241,25 @@ pub struct Matcher {
 pub struct Scratch {
     generation: u32,
     atom_gen: Vec<u32>,
-    atom_val: Vec<bool>,
+    atom_val: Vec<Tri>,
     rule_gen: Vec<u32>,
     group_gen: Vec<u32>,
+    /// Groups with an unknown member (and no true one, which `group_gen` records).
+    group_unknown_gen: Vec<u32>,
     route_gen: Vec<u32>,
-    route_val: Vec<bool>,
+    route_val: Vec<Tri>,
+    /// Per value scanned: which verification regexes already ran on it, and their result.
+    value_gen: u32,
+    verify_gen: Vec<u32>,
+    verify_val: Vec<Tri>,
+    /// Work units left for the current event.
+    budget: u64,
+    /// Whether the current event ran out of budget (some test was not run).
+    pub over_budget: bool,
+    /// Rules whose condition was undecided for the current event (neither true nor false
+    /// because a test did not fit in the budget), in rule order.
+    pub undecided: Vec<RuleIdx>,
+    lower_ref: Vec<u8>,
     candidates: Vec<RuleIdx>,
     present: Vec<(FieldIdx, Value)>,
     lower: Vec<u8>,
@@ -204,6 +278,12 @@ pub struct MatchStats {
     pub occurrences: u64,
     /// Rule conditions evaluated.
     pub evaluated: u64,
+    /// Bytes given to regex searches (wildcard verification and regex atoms).
+    pub searched_bytes: u64,
+    /// Events that ran out of budget.
+    pub over_budget: u64,
+    /// Rule evaluations left undecided by the budget.
+    pub undecided: u64,
 }
 
 /// The text of a value as Sigma compares it (`None` for null and unreadable addresses).
@@ -250,17 +330,22 @@ impl Scratch {
     fn begin(&mut self, m: &Matcher) {
         if self.atom_gen.len() != m.atoms.len() {
             self.atom_gen = vec![0; m.atoms.len()];
-            self.atom_val = vec![false; m.atoms.len()];
+            self.atom_val = vec![Tri::False; m.atoms.len()];
         }
         if self.group_gen.len() != m.groups {
             self.group_gen = vec![0; m.groups];
+            self.group_unknown_gen = vec![0; m.groups];
         }
         if self.rule_gen.len() != m.rules.len() {
             self.rule_gen = vec![0; m.rules.len()];
         }
         if self.route_gen.len() != m.routes.len() {
             self.route_gen = vec![0; m.routes.len()];
-            self.route_val = vec![false; m.routes.len()];
+            self.route_val = vec![Tri::False; m.routes.len()];
+        }
+        if self.verify_gen.len() != m.verify.len() {
+            self.verify_gen = vec![0; m.verify.len()];
+            self.verify_val = vec![Tri::False; m.verify.len()];
         }
         self.generation = self.generation.wrapping_add(1);
         if self.generation == 0 {
@@ -268,11 +353,45 @@ impl Scratch {
             self.atom_gen.iter_mut().for_each(|g| *g = 0);
             self.rule_gen.iter_mut().for_each(|g| *g = 0);
             self.group_gen.iter_mut().for_each(|g| *g = 0);
+            self.group_unknown_gen.iter_mut().for_each(|g| *g = 0);
             self.route_gen.iter_mut().for_each(|g| *g = 0);
             self.generation = 1;
         }
         self.present.clear();
         self.candidates.clear();
+        self.undecided.clear();
+        self.over_budget = false;
+    }
+
+    /// Starts scanning a new value (verification results are per value).
+    fn next_value(&mut self) {
+        self.value_gen = self.value_gen.wrapping_add(1);
+        if self.value_gen == 0 {
+            self.verify_gen.iter_mut().for_each(|g| *g = 0);
+            self.value_gen = 1;
+        }
+    }
+
+    /// Charges `cost` units if they fit; else marks the event over budget.
+    fn charge(&mut self, cost: u64) -> bool {
+        if cost <= self.budget {
+            self.budget -= cost;
+            true
+        } else {
+            self.over_budget = true;
+            false
+        }
+    }
+
+    /// Runs `re` on `hay` within the event's budget.
+    fn search(&mut self, re: &BoundedRegex, hay: &str) -> Tri {
+        let v = Tri::from_option(re.is_match(hay, &mut self.budget));
+        if v == Tri::Unknown {
+            self.over_budget = true;
+        } else {
+            self.stats.searched_bytes += hay.len() as u64;
+        }
+        v
     }
 }
 
@@ -284,16 +403,22 @@ impl Matcher {
         }
     }
 
-    fn fire(&self, s: &mut Scratch, atom: AtomId, trigger: bool) {
+    /// Records that eager atom `atom` holds (`Tri::True`) or may hold (`Tri::Unknown`: its
+    /// verification did not fit in the budget) and makes its rules candidates.
+    fn fire(&self, s: &mut Scratch, atom: AtomId, trigger: bool, value: Tri) {
         let g = s.generation;
         let a = atom as usize;
-        if s.atom_gen[a] == g && s.atom_val[a] {
+        if s.atom_gen[a] == g && (s.atom_val[a] == Tri::True || s.atom_val[a] == value) {
             return;
         }
         s.atom_gen[a] = g;
-        s.atom_val[a] = true;
+        s.atom_val[a] = value;
         for &grp in &self.atom_groups[a] {
-            s.group_gen[grp as usize] = g;
+            if value == Tri::True {
+                s.group_gen[grp as usize] = g;
+            } else {
+                s.group_unknown_gen[grp as usize] = g;
+            }
         }
         if !trigger {
             return;
@@ -309,15 +434,22 @@ impl Matcher {
     fn scan(&self, scan: &Scan, s: &mut Scratch, value: &str, trigger: bool) {
         let bytes = value.as_bytes();
         let len = bytes.len();
+        s.next_value();
         for (ac, hits) in [(&scan.ci, &scan.ci_hits), (&scan.cs, &scan.cs_hits)] {
             let Some(ac) = ac else { continue };
             for m in ac.find_overlapping_iter(bytes) {
                 s.stats.occurrences += 1;
                 for h in &hits[m.pattern().as_usize()] {
-                    if anchored(h.anchor, m.start(), m.end(), len)
-                        && (h.verify == NO_VERIFY || scan.verify[h.verify as usize].is_match(value))
-                    {
-                        self.fire(s, h.atom, trigger);
+                    let a = h.atom as usize;
+                    if s.atom_gen[a] == s.generation && s.atom_val[a] == Tri::True {
+                        continue; // Already holds: nothing to verify again.
+                    }
+                    if !anchored(h.anchor, m.start(), m.end(), len) {
+                        continue;
+                    }
+                    let v = if h.verify == NO_VERIFY { Tri::True } else { self.verify(s, h.verify, value) };
+                    if v != Tri::False {
+                        self.fire(s, h.atom, trigger, v);
                     }
                 }
             }
@@ -327,21 +459,43 @@ impl Matcher {
             s.lower.extend(bytes.iter().map(u8::to_ascii_lowercase));
             if let Some(atoms) = scan.ci_eq.get(s.lower.as_slice()) {
                 for &a in atoms {
-                    self.fire(s, a, trigger);
+                    self.fire(s, a, trigger, Tri::True);
                 }
             }
         }
         if let Some(atoms) = scan.cs_eq.get(bytes) {
             for &a in atoms {
-                self.fire(s, a, trigger);
+                self.fire(s, a, trigger, Tri::True);
             }
         }
     }
 
+    /// A gated wildcard's regex on the value being scanned: run once per value, however often
+    /// its gate occurs in it (an attacker can repeat the gate to make verification quadratic).
+    fn verify(&self, s: &mut Scratch, verify: u32, value: &str) -> Tri {
+        let i = verify as usize;
+        if s.verify_gen[i] != s.value_gen {
+            s.verify_gen[i] = s.value_gen;
+            s.verify_val[i] = s.search(&self.verify[i], value);
+        }
+        s.verify_val[i]
+    }
+
     /// Evaluates the event in `slots` and appends the indices of the rules it matches, in rule
     /// order.
+    ///
+    /// Rules whose condition is undecided because a test did not fit in the event's budget are
+    /// listed in `s.undecided` (and `s.over_budget` is set) until the next call.
     pub fn match_event(&self, s: &mut Scratch, b: Bytes<'_>, slots: &[Slot], matched: &mut Vec<RuleIdx>) {
         s.begin(self);
+        let event_bytes: usize = slots
+            .iter()
+            .map(|sl| {
+                let k = if let Key::Ext(r) = sl.key { r.len() } else { 0 };
+                k + if let Value::Str(r) = sl.value { r.len() } else { 8 }
+            })
+            .sum();
+        s.budget = self.budget.for_event(event_bytes);
         let mut fmt = std::mem::take(&mut s.fmt);
         for slot in slots {
             let fields = self.fields_for(b, slot.key);
@@ -370,16 +524,22 @@ impl Matcher {
         s.stats.events += 1;
         s.stats.evaluated += (candidates.len() + self.always.len()) as u64;
         for &r in candidates.iter().chain(&self.always) {
-            if self.rule_holds(r, s, b, slots) {
-                matched.push(r);
+            match self.rule_holds(r, s, b, slots) {
+                Tri::True => matched.push(r),
+                Tri::False => {}
+                Tri::Unknown => s.undecided.push(r),
             }
         }
         s.candidates = candidates;
         matched[first..].sort_unstable();
+        s.undecided.sort_unstable();
+        s.stats.undecided += s.undecided.len() as u64;
+        s.stats.over_budget += s.over_budget as u64;
     }
 
-    fn rule_holds(&self, r: RuleIdx, s: &mut Scratch, b: Bytes<'_>, slots: &[Slot]) -> bool {
+    fn rule_holds(&self, r: RuleIdx, s: &mut Scratch, b: Bytes<'_>, slots: &[Slot]) -> Tri {
         let rule = &self.rules[r as usize];
+        let mut route_val = Tri::True;
         if let Some(route) = rule.route {
             let g = s.generation;
             let i = route as usize;
@@ -388,44 +548,87 @@ impl Matcher {
                 s.route_gen[i] = g;
                 s.route_val[i] = v;
             }
-            if !s.route_val[i] {
-                return false;
+            route_val = s.route_val[i];
+            if route_val == Tri::False {
+                return Tri::False;
             }
         }
-        self.eval(&rule.cond, s, b, slots)
+        match (route_val, self.eval(&rule.cond, s, b, slots)) {
+            (_, Tri::False) => Tri::False,
+            (Tri::True, v) => v,
+            _ => Tri::Unknown,
+        }
     }
 
-    pub fn eval(&self, c: &Cond, s: &mut Scratch, b: Bytes<'_>, slots: &[Slot]) -> bool {
+    /// Evaluates a condition in three-valued (Kleene) logic.
+    pub fn eval(&self, c: &Cond, s: &mut Scratch, b: Bytes<'_>, slots: &[Slot]) -> Tri {
         match c {
-            Cond::True => true,
-            Cond::False => false,
+            Cond::True => Tri::True,
+            Cond::False => Tri::False,
             Cond::Atom(a) => self.atom(*a, s, b, slots),
-            Cond::AnyEager(g) => s.group_gen[*g as usize] == s.generation,
-            Cond::Not(x) => !self.eval(x, s, b, slots),
-            Cond::And(xs) => xs.iter().all(|x| self.eval(x, s, b, slots)),
-            Cond::Or(xs) => xs.iter().any(|x| self.eval(x, s, b, slots)),
-            Cond::AtLeast(n, xs) => {
-                let mut k = 0;
+            Cond::AnyEager(g) => {
+                let g = *g as usize;
+                if s.group_gen[g] == s.generation {
+                    Tri::True
+                } else if s.group_unknown_gen[g] == s.generation {
+                    Tri::Unknown
+                } else {
+                    Tri::False
+                }
+            }
+            Cond::Not(x) => self.eval(x, s, b, slots).not(),
+            Cond::And(xs) => {
+                let mut out = Tri::True;
                 for x in xs {
-                    if self.eval(x, s, b, slots) {
-                        k += 1;
-                        if k >= *n {
-                            return true;
-                        }
+                    match self.eval(x, s, b, slots) {
+                        Tri::False => return Tri::False,
+                        Tri::Unknown => out = Tri::Unknown,
+                        Tri::True => {}
                     }
                 }
-                false
+                out
+            }
+            Cond::Or(xs) => {
+                let mut out = Tri::False;
+                for x in xs {
+                    match self.eval(x, s, b, slots) {
+                        Tri::True => return Tri::True,
+                        Tri::Unknown => out = Tri::Unknown,
+                        Tri::False => {}
+                    }
+                }
+                out
+            }
+            Cond::AtLeast(n, xs) => {
+                let (mut yes, mut maybe) = (0, 0);
+                for x in xs {
+                    match self.eval(x, s, b, slots) {
+                        Tri::True => {
+                            yes += 1;
+                            if yes >= *n {
+                                return Tri::True;
+                            }
+                        }
+                        Tri::Unknown => maybe += 1,
+                        Tri::False => {}
+                    }
+                }
+                if yes + maybe >= *n {
+                    Tri::Unknown
+                } else {
+                    Tri::False
+                }
             }
         }
     }
 
-    fn atom(&self, a: AtomId, s: &mut Scratch, b: Bytes<'_>, slots: &[Slot]) -> bool {
+    fn atom(&self, a: AtomId, s: &mut Scratch, b: Bytes<'_>, slots: &[Slot]) -> Tri {
         let i = a as usize;
         if s.atom_gen[i] == s.generation {
             return s.atom_val[i];
         }
         let v = match &self.atoms[i] {
-            Atom::Eager => false,
+            Atom::Eager => Tri::False,
             Atom::Lazy(l) => self.lazy(l, s, b, slots),
         };
         if s.atom_gen[i] == s.generation {
@@ -437,34 +640,44 @@ impl Matcher {
         v
     }
 
-    /// Calls `f` with the text of every value of `field` (every string value for keywords)
-    /// until it returns true.
-    fn any_value(
+    /// Calls `f` with the text of every value of `field` (every string value for keywords):
+    /// true as soon as one holds, unknown if none holds but one was unknown.
+    fn any_value_tri(
         &self,
         field: FieldIdx,
         s: &mut Scratch,
         b: Bytes<'_>,
         slots: &[Slot],
-        mut f: impl FnMut(Value, &str) -> bool,
-    ) -> bool {
+        mut f: impl FnMut(&mut Scratch, Value, &str) -> Tri,
+    ) -> Tri {
         let mut buf = std::mem::take(&mut s.fmt);
+        let present = std::mem::take(&mut s.present);
+        let mut out = Tri::False;
+        let mut consider = |s: &mut Scratch, v: Value, t: &str| match f(s, v, t) {
+            Tri::True => true,
+            Tri::Unknown => {
+                out = Tri::Unknown;
+                false
+            }
+            Tri::False => false,
+        };
         let mut found = false;
         if field == KEYWORDS {
             for slot in slots {
                 if let Value::Str(r) = slot.value {
-                    if f(slot.value, b.str(r)) {
+                    if consider(s, slot.value, b.str(r)) {
                         found = true;
                         break;
                     }
                 }
             }
         } else {
-            for &(fi, v) in &s.present {
+            for &(fi, v) in &present {
                 if fi != field {
                     continue;
                 }
                 if let Some(t) = text(b, v, &mut buf) {
-                    if f(v, t) {
+                    if consider(s, v, t) {
                         found = true;
                         break;
                     }
@@ -472,12 +685,29 @@ impl Matcher {
             }
         }
         s.fmt = buf;
-        found
+        s.present = present;
+        if found {
+            Tri::True
+        } else {
+            out
+        }
     }
 
-    fn lazy(&self, l: &Lazy, s: &mut Scratch, b: Bytes<'_>, slots: &[Slot]) -> bool {
+    /// [`Self::any_value_tri`] for tests that always decide (linear and cheap).
+    fn any_value(
+        &self,
+        field: FieldIdx,
+        s: &mut Scratch,
+        b: Bytes<'_>,
+        slots: &[Slot],
+        mut f: impl FnMut(Value, &str) -> bool,
+    ) -> Tri {
+        self.any_value_tri(field, s, b, slots, |_, v, t| if f(v, t) { Tri::True } else { Tri::False })
+    }
+
+    fn lazy(&self, l: &Lazy, s: &mut Scratch, b: Bytes<'_>, slots: &[Slot]) -> Tri {
         match l {
-            Lazy::Regex { field, re } => self.any_value(*field, s, b, slots, |_, t| re.is_match(t)),
+            Lazy::Regex { field, re } => self.any_value_tri(*field, s, b, slots, |s, _, t| s.search(re, t)),
             Lazy::Cidr { field, net } => self.any_value(*field, s, b, slots, |v, t| {
                 let ip = match v {
                     Value::Ip(r) => b.ip(r),
@@ -511,15 +741,15 @@ impl Matcher {
                         }
                     }
                 }
-                false // The scan set the keyword atoms that hold; this one did not.
+                Tri::False // The scan set the keyword atoms that hold; this one did not.
             }
-            Lazy::Exists { field } => s.present.iter().any(|(f, _)| f == field),
+            Lazy::Exists { field } => bool_tri(s.present.iter().any(|(f, _)| f == field)),
             Lazy::Null { field } => {
                 let mut buf = std::mem::take(&mut s.fmt);
                 let non_empty =
                     s.present.iter().any(|&(f, v)| f == *field && text(b, v, &mut buf).is_some_and(|t| !t.is_empty()));
                 s.fmt = buf;
-                !non_empty
+                bool_tri(!non_empty)
             }
             Lazy::FieldRef { field, other, anchor, cased } => {
                 // Collect the referenced values first (the closure below borrows the buffer).
@@ -537,14 +767,27 @@ impl Matcher {
                     }
                 }
                 s.fmt = buf;
-                let found = self.any_value(*field, s, b, slots, |_, t| {
+                let mut lower_v = std::mem::take(&mut s.lower);
+                let mut lower_r = std::mem::take(&mut s.lower_ref);
+                let found = self.any_value_tri(*field, s, b, slots, |s, _, t| {
                     let mut start = 0;
-                    ends.iter().any(|&end| {
+                    let mut out = Tri::False;
+                    for &end in &ends {
                         let r = &refs[start..end];
                         start = end;
-                        fieldref_matches(t, r, *anchor, *cased)
-                    })
+                        // Linear in both lengths; charged, since values × references can grow.
+                        if !s.charge((t.len() + r.len()) as u64 + 1) {
+                            out = Tri::Unknown;
+                            continue;
+                        }
+                        if fieldref_matches(t, r, *anchor, *cased, &mut lower_v, &mut lower_r) {
+                            return Tri::True;
+                        }
+                    }
+                    out
                 });
+                s.lower = lower_v;
+                s.lower_ref = lower_r;
                 s.fmt2 = refs;
                 s.ref_ends = ends;
                 found
@@ -563,7 +806,7 @@ impl Matcher {
         let rule = &self.rules[r as usize];
         let mut out = Vec::new();
         for sel in &rule.selections {
-            if !self.eval(&sel.cond, s, b, slots) {
+            if self.eval(&sel.cond, s, b, slots) != Tri::True {
                 continue;
             }
             let mut fields = Vec::new();
@@ -579,14 +822,40 @@ impl Matcher {
     }
 }
 
-fn fieldref_matches(value: &str, reference: &str, anchor: Anchor, cased: bool) -> bool {
+fn bool_tri(b: bool) -> Tri {
+    if b {
+        Tri::True
+    } else {
+        Tri::False
+    }
+}
+
+/// Whether `value` holds `reference` at `anchor`, in time linear in both (a substring search,
+/// not a comparison at every offset). The buffers hold lower-cased copies when not `cased`.
+fn fieldref_matches(
+    value: &str,
+    reference: &str,
+    anchor: Anchor,
+    cased: bool,
+    lower_v: &mut Vec<u8>,
+    lower_r: &mut Vec<u8>,
+) -> bool {
     let (v, r) = (value.as_bytes(), reference.as_bytes());
     let eq = |a: &[u8], b: &[u8]| if cased { a == b } else { a.eq_ignore_ascii_case(b) };
     match anchor {
         Anchor::Whole => eq(v, r),
         Anchor::Start => v.len() >= r.len() && eq(&v[..r.len()], r),
         Anchor::End => v.len() >= r.len() && eq(&v[v.len() - r.len()..], r),
-        Anchor::Anywhere => r.is_empty() || (v.len() >= r.len() && v.windows(r.len()).any(|w| eq(w, r))),
+        Anchor::Anywhere if r.is_empty() => true,
+        Anchor::Anywhere if v.len() < r.len() => false,
+        Anchor::Anywhere if cased => memchr::memmem::find(v, r).is_some(),
+        Anchor::Anywhere => {
+            lower_v.clear();
+            lower_v.extend(v.iter().map(u8::to_ascii_lowercase));
+            lower_r.clear();
+            lower_r.extend(r.iter().map(u8::to_ascii_lowercase));
+            memchr::memmem::find(lower_v, lower_r).is_some()
+        }
     }
 }
 
@@ -621,10 +890,13 @@ mod tests {
 
     #[test]
     fn fieldref_anchors() {
-        assert!(fieldref_matches("C:\\x\\a.exe", "a.exe", Anchor::End, false));
-        assert!(fieldref_matches("abc", "ABC", Anchor::Whole, false));
-        assert!(!fieldref_matches("abc", "ABC", Anchor::Whole, true));
-        assert!(fieldref_matches("xxabcxx", "abc", Anchor::Anywhere, true));
+        let m = |v: &str, r: &str, a: Anchor, cased: bool| fieldref_matches(v, r, a, cased, &mut vec![], &mut vec![]);
+        assert!(m("C:\\x\\a.exe", "a.exe", Anchor::End, false));
+        assert!(m("abc", "ABC", Anchor::Whole, false));
+        assert!(!m("abc", "ABC", Anchor::Whole, true));
+        assert!(m("xxabcxx", "abc", Anchor::Anywhere, true));
+        assert!(m("xxABcxx", "abC", Anchor::Anywhere, false));
+        assert!(!m("xxABcxx", "abC", Anchor::Anywhere, true));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! or `POST /rules/reload` is called. A new set that adds rejected rules is refused and the
 //! running set stays.
 
+pub mod bounded_regex;
 pub mod compile;
 pub mod mapping;
 pub mod matcher;
@@ -22,6 +23,7 @@ use serde::Deserialize;
 use ward_engine::alert::{priority_for_level, Alert, AlertOrigin};
 use ward_engine::batch::{EventBatch, Key, Value};
 use ward_engine::clock::{EpochClock, Versions};
+use ward_engine::coalesce::Coalescer;
 use ward_engine::component::{Built, Operator, OperatorFactory, OperatorOutput, StreamKind, WorkerContext};
 use ward_engine::fields::ids;
 use ward_engine::metrics::ComponentMetrics;
@@ -116,7 +118,7 @@ impl ComponentConfig for SigmaMatchConfig {
             versions: Versions::new(set),
             clock: OnceLock::new(),
             metrics: OnceLock::new(),
-            reload_lock: Mutex::new(()),
+            reloads: Coalescer::new(),
             watch: Mutex::new(None),
         });
         let h = handle.clone();
@@ -144,7 +146,8 @@ pub struct RuleHandle {
     versions: Versions<RuleSet>,
     clock: OnceLock<Arc<EpochClock>>,
     metrics: OnceLock<ComponentMetrics>,
-    reload_lock: Mutex<()>,
+    /// Concurrent reload requests share one recompile.
+    reloads: Coalescer<Result<serde_json::Value, serde_json::Value>>,
     watch: Mutex<Option<WatchGuard>>,
 }
 
@@ -174,7 +177,10 @@ impl RuleHandle {
     /// Compiles the rule files again and, if the result is acceptable, schedules the switch.
     /// The JSON describes the outcome either way.
     pub fn reload(&self) -> Result<serde_json::Value, serde_json::Value> {
-        let _one_at_a_time = self.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.reloads.run(|| self.reload_now())
+    }
+
+    fn reload_now(&self) -> Result<serde_json::Value, serde_json::Value> {
         let running = self.current();
         let refuse = |errors: Vec<serde_json::Value>| {
             if let Some(m) = self.metrics.get() {
@@ -298,8 +304,12 @@ impl Operator for SigmaOperator {
     fn process(&mut self, batch: EventBatch, epoch: u64, out: &mut OperatorOutput) {
         let set = self.handle.for_epoch(epoch);
         let before = out.alerts.len();
+        let stats = self.detector.stats();
         self.detector.detect(&set, &batch, &mut out.alerts);
         self.metrics.alerts.inc_by((out.alerts.len() - before) as u64);
+        let after = self.detector.stats();
+        self.metrics.match_over_budget.inc_by(after.over_budget - stats.over_budget);
+        self.metrics.match_undecided.inc_by(after.undecided - stats.undecided);
         out.consumed += batch.len() as u64;
     }
 }
@@ -310,11 +320,69 @@ pub struct Detector {
     include_event: bool,
     scratch: Scratch,
     matched: Vec<RuleIdx>,
+    /// Events over the match budget, with the rules they left undecided (when kept).
+    over_budget: Option<Vec<OverBudget>>,
+    last_warning: Option<std::time::Instant>,
 }
+
+/// An event whose evaluation ran out of budget: some rules could be neither confirmed nor
+/// ruled out (`undecided`, rule ids), so no alert was raised for them.
+#[derive(Clone, Debug)]
+pub struct OverBudget {
+    pub row: usize,
+    pub undecided: Vec<String>,
+}
+
+/// Warnings about events over budget, at most this often per worker.
+const OVER_BUDGET_WARNING_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Detector {
     pub fn new(component: Arc<str>, include_event: bool) -> Self {
-        Detector { component, include_event, scratch: Scratch::default(), matched: Vec::new() }
+        Detector {
+            component,
+            include_event,
+            scratch: Scratch::default(),
+            matched: Vec::new(),
+            over_budget: None,
+            last_warning: None,
+        }
+    }
+
+    /// Keeps a record of every event over budget (for `ward rules test`), taken by
+    /// [`Self::take_over_budget`].
+    pub fn record_over_budget(&mut self) {
+        self.over_budget.get_or_insert_with(Vec::new);
+    }
+
+    pub fn take_over_budget(&mut self) -> Vec<OverBudget> {
+        self.over_budget.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    /// Logs (rate-limited) and records an event that ran out of budget.
+    fn note_over_budget(&mut self, set: &RuleSet, batch: &EventBatch, row: usize) {
+        let undecided = || -> Vec<String> {
+            self.scratch.undecided.iter().map(|&r| set.matcher.rules[r as usize].meta.rule.id.clone()).collect()
+        };
+        if let Some(list) = &mut self.over_budget {
+            let u = undecided();
+            list.push(OverBudget { row, undecided: u });
+        }
+        let now = std::time::Instant::now();
+        if self.last_warning.is_none_or(|t| now.duration_since(t) >= OVER_BUDGET_WARNING_EVERY) {
+            self.last_warning = Some(now);
+            let p = batch.provenance(row);
+            tracing::warn!(
+                component = %self.component,
+                source = %p.source,
+                partition = %ward_engine::text::escape_text(&p.partition),
+                offset = p.offset,
+                bytes = batch.rows[row].raw.len(),
+                undecided = ?undecided(),
+                "event over the match budget: its cheap tests ran, some regex tests did not; the rules they \
+                 decide raised no alert (ward_sigma_undecided_total; further such events are counted, not logged, \
+                 for 10 s)"
+            );
+        }
     }
 
     /// Appends an alert per (event, matching rule), in event order then rule order.
@@ -325,6 +393,9 @@ impl Detector {
             let slots = batch.row_slots(row);
             self.matched.clear();
             m.match_event(&mut self.scratch, b, slots, &mut self.matched);
+            if self.scratch.over_budget {
+                self.note_over_budget(set, batch, row);
+            }
             for i in 0..self.matched.len() {
                 let r = self.matched[i];
                 let matches = m.explain_match(r, &mut self.scratch, b, slots);

@@ -312,3 +312,127 @@ fn unsupported_constructs_are_rejected_with_reasons() {
     let tf = "  s:\n    a: 1\n  timeframe: 5m\n  condition: s\n";
     assert!(rejection(tf).contains("timeframe"));
 }
+
+// Hostile input (DESIGN.md §10): rule forms that a naive matcher makes quadratic, on values an
+// attacker writes. Work is counted (bytes given to regex searches), so the bounds are exact.
+
+/// The set, the detector after one event, and the alerts.
+fn run_one(rules: &[&str], event: &str) -> (RuleSet, Detector, Vec<ward_engine::alert::Alert>) {
+    run_one_with(rules, event, None)
+}
+
+fn run_one_with(
+    rules: &[&str],
+    event: &str,
+    budget: Option<matcher::MatchBudget>,
+) -> (RuleSet, Detector, Vec<ward_engine::alert::Alert>) {
+    let text = rules
+        .iter()
+        .enumerate()
+        .map(|(i, d)| format!("title: t{i}\nid: r{i}\nlogsource: {{ category: test }}\ndetection:\n{d}"))
+        .collect::<Vec<_>>()
+        .join("---\n");
+    let mut s = set(&text);
+    assert_eq!(s.rejected(), 0, "rule rejected: {:?}", s.rejections());
+    if let Some(b) = budget {
+        s.matcher.budget = b;
+    }
+    let mut det = Detector::new(Arc::from("sigma"), false);
+    det.record_over_budget();
+    let mut alerts = Vec::new();
+    let mut b = EventBatch::new();
+    let o = b.origin_index(&"test".into(), &"p".into());
+    b.push_raw(o, 0, event.as_bytes());
+    let mut p = Parser::new("parse".into(), Format::Json, 8 << 20, Default::default());
+    let mut out = OperatorOutput::default();
+    p.process(b, 0, &mut out);
+    det.detect(&s, &out.events.pop().unwrap(), &mut alerts);
+    (s, det, alerts)
+}
+
+#[test]
+fn a_repeated_wildcard_gate_is_verified_once_per_value() {
+    // 1 MB of sshd text with the gate "failed password for " 17,000 times and no " port ":
+    // verification per gate occurrence read 17,000 × 1 MB.
+    let line = "Failed password for invalid user admin from 203.0.113.9 ".repeat(17_000);
+    let event = serde_json::json!({ "logline": line }).to_string();
+    let started = std::time::Instant::now();
+    let (_, det, alerts) =
+        run_one(&["  s:\n    logline: 'Failed password for * from * port *'\n  condition: s\n"], &event);
+    assert!(alerts.is_empty());
+    let st = det.stats();
+    assert!(
+        st.searched_bytes <= line.len() as u64,
+        "searched {} bytes of a {}-byte value",
+        st.searched_bytes,
+        line.len()
+    );
+    assert_eq!(st.over_budget, 0);
+    assert!(started.elapsed().as_secs() < 20, "took {:?}", started.elapsed());
+    // The same rule still matches a real line.
+    let (_, _, alerts) = run_one(
+        &["  s:\n    logline: 'Failed password for * from * port *'\n  condition: s\n"],
+        r#"{"logline":"Failed password for root from 10.0.0.1 port 22 ssh2"}"#,
+    );
+    assert_eq!(alerts.len(), 1);
+}
+
+#[test]
+fn overlapping_gates_on_a_run_of_one_character_stay_linear() {
+    let value = "a".repeat(100_000);
+    let event = serde_json::json!({ "logline": value }).to_string();
+    let (_, det, alerts) = run_one(&["  s:\n    logline: '*aa*aa*b*'\n  condition: s\n"], &event);
+    assert!(alerts.is_empty());
+    assert!(det.stats().searched_bytes <= value.len() as u64, "{}", det.stats().searched_bytes);
+    // Keywords take the same path.
+    let (_, det, _) = run_one(&["  keywords:\n    - '*aa*aa*b*'\n  condition: keywords\n"], &event);
+    assert!(det.stats().searched_bytes <= value.len() as u64, "{}", det.stats().searched_bytes);
+}
+
+#[test]
+fn field_references_compare_in_linear_time() {
+    let n = 400_000;
+    let event = serde_json::json!({ "logline": "a".repeat(n), "other": format!("{}b", "a".repeat(n / 2)) }).to_string();
+    let started = std::time::Instant::now();
+    let (_, _, alerts) = run_one(&["  s:\n    logline|fieldref|contains: other\n  condition: s\n"], &event);
+    assert!(alerts.is_empty());
+    assert!(started.elapsed().as_secs() < 20, "took {:?}", started.elapsed());
+    let (_, _, alerts) = run_one(
+        &["  s:\n    logline|fieldref|contains: other\n  condition: s\n"],
+        r#"{"logline":"xxABCxx","other":"abc"}"#,
+    );
+    assert_eq!(alerts.len(), 1);
+}
+
+#[test]
+fn oversized_regexes_are_rejected_at_load_with_the_reason() {
+    let why = rejection("  s:\n    c|re: '\\w{5000}'\n  condition: s\n");
+    assert!(why.contains("KiB") && why.contains("linear"), "{why}");
+}
+
+#[test]
+fn over_budget_events_are_evaluated_by_cheap_tests_and_counted() {
+    // The budget runs out on a long value: the literal rule still alerts, the regex rules are
+    // reported undecided, and a negated undecided test never alerts.
+    let rules = [
+        "  s:\n    logline|re: 'a[ab]{30}z'\n  condition: s\n",
+        "  s:\n    logline|re: 'b[ab]{30}z'\n  condition: not s\n",
+        "  s:\n    logline|contains: 'needle'\n  condition: s\n",
+        "  s:\n    logline|contains: 'needle'\n  f:\n    logline|re: 'q[ab]{30}z'\n  condition: s and not f\n",
+    ];
+    let value = format!("needle{}", "ab".repeat(50_000));
+    let event = serde_json::json!({ "logline": value }).to_string();
+    let tight = matcher::MatchBudget { base: 10_000, per_byte: 0 };
+    let (_, mut det, alerts) = run_one_with(&rules, &event, Some(tight));
+    assert_eq!(alerts.iter().map(|a| a.rule.id.as_str()).collect::<Vec<_>>(), vec!["r2"]);
+    let st = det.stats();
+    assert_eq!(st.over_budget, 1, "{st:?}");
+    assert_eq!(st.undecided, 3, "{st:?}");
+    let over = det.take_over_budget();
+    assert_eq!(over.len(), 1);
+    assert_eq!(over[0].undecided, vec!["r0", "r1", "r3"]);
+    // With the default budget the same event is decided in full.
+    let (_, det, alerts) = run_one(&rules, &event);
+    assert_eq!(det.stats().over_budget, 0);
+    assert_eq!(alerts.iter().map(|a| a.rule.id.as_str()).collect::<Vec<_>>(), vec!["r1", "r2", "r3"]);
+}

@@ -1,0 +1,210 @@
+//! Regexes whose cost per event is bounded and deterministic (DESIGN.md §10).
+//!
+//! A rule's regex (and every wildcard pattern, which becomes one) is compiled two ways at load:
+//! - a **dense DFA**, fully determinized within [`DFA_SIZE_LIMIT`]: one table step per byte
+//!   whatever the input, no cache to thrash. Most Sigma patterns fit.
+//! - the regex crate's engines (lazy DFA falling back to the PikeVM) for patterns whose DFA is
+//!   larger, and for inputs a DFA must quit on (non-ASCII bytes around a Unicode `\b`). Their
+//!   worst case is the PikeVM, O(states × bytes), so their NFA is limited to
+//!   [`NFA_SIZE_LIMIT`] and a regex over it is rejected at load with the reason.
+//!
+//! Every search is charged to the event's [`budget`](crate::sigma::matcher) before it runs:
+//! bytes for the DFA, bytes × NFA states for the fallback. Charges depend on the pattern and the
+//! value only (never on cache state or time), so whether a search runs is the same on every
+//! worker and in every replay.
+
+use regex::{Regex, RegexBuilder};
+use regex_automata::dfa::{dense, Automaton, StartKind};
+use regex_automata::nfa::thompson::{self, WhichCaptures};
+use regex_automata::util::prefilter::Prefilter;
+use regex_automata::util::syntax;
+use regex_automata::{Anchored, Input, MatchKind};
+
+/// Largest compiled NFA of one pattern. The PikeVM's cost per byte grows with the NFA; this
+/// keeps its worst case linear with a bounded constant. (SigmaHQ's largest, `\w{1,64}` with
+/// Unicode classes, needs about a quarter of it.)
+pub const NFA_SIZE_LIMIT: usize = 4 << 20;
+/// Largest dense DFA built for one pattern (larger ones use the fallback engines).
+pub const DFA_SIZE_LIMIT: usize = 4 << 20;
+/// Cache of the regex crate's lazy DFA, per pattern and thread.
+const LAZY_DFA_CACHE: usize = 256 * 1024;
+
+/// The flags a pattern is compiled with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Flags {
+    pub case_insensitive: bool,
+    pub multi_line: bool,
+    pub dot_matches_new_line: bool,
+}
+
+pub struct BoundedRegex {
+    source: String,
+    dfa: Option<dense::DFA<Vec<u32>>>,
+    /// The pattern can only match at the start (`\A…`): DFA searches are anchored, so a
+    /// value that does not start right is rejected at its first bytes.
+    anchored: bool,
+    fallback: Regex,
+    /// NFA states: the fallback's worst-case cost per byte.
+    states: u64,
+}
+
+impl std::fmt::Debug for BoundedRegex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BoundedRegex").field("source", &self.source).field("engine", &self.engine()).finish()
+    }
+}
+
+impl BoundedRegex {
+    pub fn new(pattern: &str, flags: Flags) -> Result<BoundedRegex, String> {
+        let fallback = RegexBuilder::new(pattern)
+            .case_insensitive(flags.case_insensitive)
+            .multi_line(flags.multi_line)
+            .dot_matches_new_line(flags.dot_matches_new_line)
+            .size_limit(NFA_SIZE_LIMIT)
+            .dfa_size_limit(LAZY_DFA_CACHE)
+            .build()
+            .map_err(|e| match e {
+                regex::Error::CompiledTooBig(_) => format!(
+                    "regex compiles to more than {} KiB (the limit that keeps matching linear in the event's size)",
+                    NFA_SIZE_LIMIT / 1024
+                ),
+                e => syntax_error(&e),
+            })?;
+        let syntax = syntax::Config::new()
+            .case_insensitive(flags.case_insensitive)
+            .multi_line(flags.multi_line)
+            .dot_matches_new_line(flags.dot_matches_new_line);
+        let hir = syntax::parse_with(pattern, &syntax).map_err(|e| format!("regex: {e}"))?;
+        let anchored = hir.properties().look_set_prefix().contains(regex_syntax::hir::Look::Start);
+        let nfa = thompson::Compiler::new()
+            .configure(thompson::Config::new().nfa_size_limit(Some(NFA_SIZE_LIMIT)).which_captures(WhichCaptures::None))
+            .build_from_hir(&hir)
+            .map_err(|e| format!("regex: {e}"))?;
+        let states = nfa.states().len().max(1) as u64;
+        // A literal prefix (e.g. the text before a wildcard) lets the search skip to its
+        // occurrences with memchr-speed scanning, as the regex crate does.
+        let prefilter = if anchored { None } else { Prefilter::from_hir_prefix(MatchKind::LeftmostFirst, &hir) };
+        let config = dense::Config::new()
+            .prefilter(prefilter)
+            .start_kind(if anchored { StartKind::Anchored } else { StartKind::Unanchored })
+            .unicode_word_boundary(true)
+            .dfa_size_limit(Some(DFA_SIZE_LIMIT))
+            .determinize_size_limit(Some(2 * DFA_SIZE_LIMIT));
+        let dfa = dense::Builder::new().configure(config.clone()).build_from_nfa(&nfa).ok().or_else(|| {
+            // Large Unicode classes (`\w{1,64}`) blow the DFA up; one that quits on the first
+            // non-ASCII byte stays small and decides ASCII values, the fallback the rest.
+            let ascii = (0x80..=0xFF).fold(config, |c, b| c.quit(b, true));
+            dense::Builder::new().configure(ascii).build_from_nfa(&nfa).ok()
+        });
+        Ok(BoundedRegex { source: pattern.to_string(), dfa, anchored, fallback, states })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.source
+    }
+
+    /// How the pattern is matched, for `ward rules explain`.
+    pub fn engine(&self) -> String {
+        match &self.dfa {
+            Some(d) => format!("dense DFA, {} bytes", d.memory_usage()),
+            None => format!("NFA of {} states, {}× cost per byte", self.states, self.states),
+        }
+    }
+
+    /// The charge for the fallback engine on `len` bytes.
+    fn fallback_cost(&self, len: usize) -> u64 {
+        (len as u64 + 1).saturating_mul(self.states)
+    }
+
+    /// Whether the pattern matches somewhere in `hay`, if the search fits in `budget` (which is
+    /// charged). `None`: not searched, because it would cost more than is left.
+    pub fn is_match(&self, hay: &str, budget: &mut u64) -> Option<bool> {
+        if let Some(dfa) = &self.dfa {
+            let cost = hay.len() as u64 + 1;
+            if cost > *budget {
+                return None;
+            }
+            *budget -= cost;
+            let anchored = if self.anchored { Anchored::Yes } else { Anchored::No };
+            match dfa.try_search_fwd(&Input::new(hay).earliest(true).anchored(anchored)) {
+                Ok(m) => return Some(m.is_some()),
+                // Quit on a non-ASCII byte (Unicode word boundary): the fallback decides.
+                Err(_) => {}
+            }
+        }
+        let cost = self.fallback_cost(hay.len());
+        if cost > *budget {
+            return None;
+        }
+        *budget -= cost;
+        Some(self.fallback.is_match(hay))
+    }
+
+    /// Unbounded, for tools that evaluate one rule at a time (tests, `rules explain`).
+    pub fn is_match_unbounded(&self, hay: &str) -> bool {
+        self.fallback.is_match(hay)
+    }
+}
+
+/// A syntax error in the regex crate's words, or the constructs it refuses (look-around,
+/// backreferences) named as such.
+fn syntax_error(e: &regex::Error) -> String {
+    let text = e.to_string();
+    let last = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or(&text).trim().to_string();
+    if text.contains("look-around") || text.contains("backreferences") {
+        format!("regex uses look-around or backreferences, which linear-time matching cannot support: {last}")
+    } else {
+        format!("regex syntax error: {last}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn re(p: &str) -> BoundedRegex {
+        BoundedRegex::new(p, Flags::default()).unwrap()
+    }
+
+    #[test]
+    fn small_patterns_get_a_dfa_and_match_like_the_regex_crate() {
+        let r = re(r"(?si)\A.*failed password for .* from .* port .*\z");
+        assert!(r.dfa.is_some(), "{}", r.engine());
+        let mut budget = u64::MAX;
+        assert_eq!(r.is_match("Failed password for root from 1.2.3.4 port 22", &mut budget), Some(true));
+        assert_eq!(r.is_match("Accepted password for root", &mut budget), Some(false));
+    }
+
+    #[test]
+    fn unicode_word_boundaries_fall_back_on_non_ascii_input() {
+        let r = re(r"\bcmd\b");
+        let mut budget = u64::MAX;
+        assert_eq!(r.is_match("run cmd now", &mut budget), Some(true));
+        assert_eq!(r.is_match("é cmd é", &mut budget), Some(true));
+        assert_eq!(r.is_match("écmdé", &mut budget), Some(false));
+    }
+
+    #[test]
+    fn huge_patterns_are_rejected_with_the_reason() {
+        let e = BoundedRegex::new(r"\w{5000}", Flags::default()).unwrap_err();
+        assert!(e.contains("more than 4096 KiB"), "{e}");
+    }
+
+    #[test]
+    fn searches_over_budget_do_not_run() {
+        let r = re("(a|b|c|d){300}x");
+        let hay = "a".repeat(10_000);
+        let mut budget = 100;
+        assert_eq!(r.is_match(&hay, &mut budget), None);
+        assert_eq!(budget, 100, "nothing charged for a search that did not run");
+        let mut budget = u64::MAX;
+        assert_eq!(r.is_match(&hay, &mut budget), Some(false));
+        assert!(budget < u64::MAX);
+    }
+
+    #[test]
+    fn errors_name_what_is_wrong() {
+        assert!(BoundedRegex::new("[unclosed", Flags::default()).unwrap_err().starts_with("regex syntax error"));
+        assert!(BoundedRegex::new("(?=x)", Flags::default()).unwrap_err().contains("look-around"));
+    }
+}
