@@ -245,14 +245,31 @@ fn explain(rule: &PathBuf, args: &CompileArgs) -> anyhow::Result<ExitCode> {
 
 /// Events of a test file as separate records: concatenated JSON documents (pretty-printed or
 /// one per line), or else one record per non-empty line.
-fn split_events(text: &str) -> Vec<String> {
-    let trimmed = text.trim_start();
-    if trimmed.starts_with('{') {
-        if let Ok(docs) = ward_engine::batch::split_json_documents(text) {
-            return docs.into_iter().map(str::to_string).collect();
+/// The records of an events file, each with its `event_index`: pretty-printed JSON documents
+/// one after another (index = the document's position), else lines (index = the 0-based line
+/// number; blank lines count but are no events). A line that is not UTF-8 is reported and
+/// skipped, as the pipeline would quarantine it.
+fn split_events(bytes: &[u8]) -> Vec<(u64, Vec<u8>)> {
+    if let Ok(text) = std::str::from_utf8(bytes) {
+        if text.trim_start().starts_with('{') {
+            if let Ok(docs) = ward_engine::batch::split_json_documents(text) {
+                // One document per line is JSON lines: keep line numbers (blank lines count).
+                if docs.iter().any(|d| d.contains('\n')) {
+                    return docs.into_iter().enumerate().map(|(i, d)| (i as u64, d.as_bytes().to_vec())).collect();
+                }
+            }
         }
     }
-    text.lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect()
+    let mut out = Vec::new();
+    for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        match std::str::from_utf8(line) {
+            Ok(l) if l.trim().is_empty() => {}
+            Ok(_) => out.push((i as u64, line.to_vec())),
+            Err(e) => eprintln!("warning: event {i} (line {}) is not valid UTF-8 ({e}); skipped", i + 1),
+        }
+    }
+    out
 }
 
 /// Runs the rule set's correlation rules over the detection alerts on their event time; at the
@@ -317,35 +334,44 @@ fn test(
     for (path, id, why) in set.rejections() {
         eprintln!("warning: rule rejected: {path} {id}: {why}");
     }
-    let text = std::fs::read_to_string(events).map_err(|e| anyhow::anyhow!("{}: {e}", events.display()))?;
-    let records = split_events(&text);
+    let bytes = std::fs::read(events).map_err(|e| anyhow::anyhow!("{}: {e}", events.display()))?;
+    let records = split_events(&bytes);
+    drop(bytes);
     let component: Arc<str> = "rules-test".into();
     let source: Arc<str> = "events".into();
     let partition: Arc<str> = events.display().to_string().into();
-
-    let mut batch = EventBatch::new();
-    let origin = batch.origin_index(&source, &partition);
-    for (i, r) in records.iter().enumerate() {
-        batch.push_raw(origin, i as u64, r.as_bytes());
-    }
     let mut parser = Parser::new(component.clone(), Format::Auto, 1 << 24, Default::default());
-    let mut parsed = OperatorOutput::default();
-    parser.process(batch, 0, &mut parsed);
-    // Lines no parser understands are searched as plain messages (Sigma keyword rules).
-    let mut fallback = EventBatch::new();
-    let o = fallback.origin_index(&source, &partition);
-    for q in &parsed.quarantine {
-        let idx = q.offset as usize;
-        let raw = records.get(idx).map(String::as_str).unwrap_or_default();
-        if raw.trim_start().starts_with('{') {
-            eprintln!("warning: event {idx} is not valid JSON ({}); searched as a plain message", q.detail);
+    let mut batches = Vec::new();
+    let mut fallback = Vec::new();
+    for chunk in records.chunks(1024) {
+        let mut batch = EventBatch::new();
+        let origin = batch.origin_index(&source, &partition);
+        for (i, r) in chunk {
+            if batch.push_raw(origin, *i, r).is_err() {
+                eprintln!("warning: event {i} does not fit in a batch; skipped");
+            }
         }
-        fallback.push_raw(o, q.offset, serde_json::json!({ "message": raw }).to_string().as_bytes());
+        let mut parsed = OperatorOutput::default();
+        parser.process(batch, 0, &mut parsed);
+        batches.append(&mut parsed.events);
+        fallback.append(&mut parsed.quarantine);
     }
-    let mut batches = std::mem::take(&mut parsed.events);
-    if !fallback.is_empty() {
+    // Lines no parser understands are searched as plain messages (Sigma keyword rules).
+    let index: BTreeMap<u64, &[u8]> = records.iter().map(|(i, r)| (*i, r.as_slice())).collect();
+    for chunk in fallback.chunks(1024) {
+        let mut plain = EventBatch::new();
+        let o = plain.origin_index(&source, &partition);
+        for q in chunk {
+            let raw = index.get(&q.offset).map(|r| String::from_utf8_lossy(r)).unwrap_or_default();
+            if raw.trim_start().starts_with('{') {
+                eprintln!("warning: event {} is not valid JSON ({}); searched as a plain message", q.offset, q.detail);
+            }
+            if plain.push_raw(o, q.offset, serde_json::json!({ "message": raw }).to_string().as_bytes()).is_err() {
+                eprintln!("warning: event {} does not fit in a batch; skipped", q.offset);
+            }
+        }
         let mut out = OperatorOutput::default();
-        parser.process(fallback, 0, &mut out);
+        parser.process(plain, 0, &mut out);
         batches.extend(out.events);
     }
 

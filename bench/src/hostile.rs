@@ -91,7 +91,7 @@ fn shapes() -> Vec<Shape> {
 fn batch(json: &str) -> EventBatch {
     let mut b = EventBatch::new();
     let o = b.origin_index(&"bench".into(), &"hostile".into());
-    b.push_raw(o, 1, json.as_bytes());
+    b.push_raw(o, 1, json.as_bytes()).expect("small test records fit");
     let mut p = RecordParser::new("parse".into(), Format::Json, 8 << 20, Default::default());
     let mut out = OperatorOutput::default();
     p.process(b, 0, &mut out);

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use ward_engine::admin::AdminRoutes;
 use ward_engine::alert::Alert;
-use ward_engine::batch::{EventBatch, Heap, Key, Slot, Value};
+use ward_engine::batch::{EventBatch, Key, Slot, Value};
 use ward_engine::clock::EpochClock;
 use ward_engine::component::{Built, OperatorOutput, WorkerContext};
 use ward_engine::fields::ids;
@@ -61,17 +61,13 @@ fn events(total: u64) -> Vec<EventBatch> {
     for n in 0..total {
         let o = b.origin_index(&"bench".into(), &"0".into());
         let id = format!("{n:016x}");
-        b.push_raw(o, n, id.as_bytes());
-        let start = b.slots.len() as u32;
-        let r = Heap(&mut b.heap).push_str(&id);
-        b.slots.push(Slot { key: Key::Core(ids::EVENT_ID), value: Value::Str(r) });
-        b.slots.push(Slot {
+        b.push_raw(o, n, id.as_bytes()).expect("small test records fit");
+        let r = b.heap().push_str(&id);
+        b.push_slot(Slot { key: Key::Core(ids::EVENT_ID), value: Value::Str(r) });
+        b.push_slot(Slot {
             key: Key::Core(ids::TIMESTAMP),
             value: Value::Timestamp(T0 + (n as i64 * SPAN_MS) / total as i64),
         });
-        let row = b.rows.last_mut().expect("pushed");
-        row.slots_start = start;
-        row.slots_end = b.slots.len() as u32;
         if b.len() == 1024 {
             batches.push(std::mem::take(&mut b));
         }

@@ -8,13 +8,22 @@
 //! - `slots`: every event's fields, `(key, value)`, each event owning a contiguous range;
 //! - `rows`: per event, its slot range, raw payload and provenance.
 //!
+//! - `ips`: addresses, referenced by index (`IpRef`), so no address bytes ever sit among text.
+//!
 //! Strings are `StrRef`s into `raw` or `heap`. Invariant: every `Value::Str` and every
 //! extension key refers to valid UTF-8 on character boundaries. It holds by construction: the
-//! only ways to make such a reference are [`raw_ref`] and [`Heap::push_str`], which take
-//! `&str`, and [`EventBatch::push_row_from`], which copies existing ones. (Row payloads,
-//! `Row::raw`, are bytes and may be anything until parse validates them; `Value::Ip` points at
-//! address bytes.) Batches are deserialized only from Ward's own serialization (timely
-//! exchange between Ward processes).
+//! fields are private, and the only ways to make a reference are [`raw_ref`] and
+//! [`Heap::push_str`], which take `&str`, and [`EventBatch::push_row_from`], which copies
+//! existing ones. `raw` only grows; `heap` holds nothing but whole `&str`s (a rollback cuts it
+//! back to an earlier length), so it is valid UTF-8 as a whole and [`Bytes::str`] checks the
+//! two ends of a heap reference in O(1). Row payloads ([`PayloadRef`]) are bytes and may be
+//! anything until parse validates them; they have their own reference type, so they cannot be
+//! read as text by mistake. Deserialized batches are checked in full ([`EventBatch::validate`]).
+//!
+//! Offsets are 31 bits (the top bit tells raw from heap), so each buffer holds less than
+//! 2 GiB: [`EventBatch::push_raw`] refuses a payload that would overflow it, and sources start
+//! a new batch once one holds [`BATCH_BYTES`] (records themselves are bounded by
+//! `max_record_bytes`, at most [`MAX_RECORD_BYTES`]).
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -23,14 +32,49 @@ use serde::{Deserialize, Serialize};
 
 use crate::fields::FieldId;
 
-/// A range of bytes in a batch's `raw` (high bit clear) or `heap` (high bit set) buffer.
+/// A range of text in a batch's `raw` (high bit clear) or `heap` (high bit set) buffer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 pub struct StrRef {
     off: u32,
     len: u32,
 }
 
+/// A row's payload: bytes in `raw`, not known to be text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+pub struct PayloadRef {
+    off: u32,
+    len: u32,
+}
+
+impl PayloadRef {
+    #[inline]
+    pub fn len(self) -> usize {
+        self.len as usize
+    }
+    #[inline]
+    pub fn is_empty(self) -> bool {
+        self.len == 0
+    }
+}
+
+/// An address in a batch's address table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct IpRef(u32);
+
 const HEAP_BIT: u32 = 1 << 31;
+
+/// Largest `raw` or `heap` buffer of one batch (offsets are 31 bits).
+pub const MAX_BUFFER_BYTES: usize = (HEAP_BIT - 1) as usize;
+/// Sources start a new batch once the current one holds this many payload bytes, whatever
+/// `batch_size` says (4 MiB records × 1,024 would otherwise overflow the offsets).
+pub const BATCH_BYTES: usize = 64 << 20;
+/// Upper bound for every `max_record_bytes` setting: far below [`MAX_BUFFER_BYTES`], so that a
+/// batch's buffers cannot overflow even when operators derive several times a record's size.
+pub const MAX_RECORD_BYTES: usize = 256 << 20;
+
+/// A payload that does not fit in the batch (it would overflow the 31-bit offsets).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchFull;
 
 impl StrRef {
     #[inline]
@@ -69,8 +113,8 @@ pub enum Value {
     Str(StrRef),
     /// Milliseconds since the Unix epoch, UTC.
     Timestamp(i64),
-    /// 4 or 16 address bytes in the heap.
-    Ip(StrRef),
+    /// An address in the batch's address table.
+    Ip(IpRef),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -91,11 +135,19 @@ pub struct Origin {
 pub struct Row {
     pub slots_start: u32,
     pub slots_end: u32,
-    pub raw: StrRef,
+    pub raw: PayloadRef,
     /// Index into the batch's origins.
     pub origin: u32,
     /// Position within the origin partition: 1-based line number for files, offset for Kafka.
     pub offset: u64,
+}
+
+impl Row {
+    /// Where the row's payload lies in the batch's `raw` bytes.
+    #[inline]
+    pub fn payload_range(&self) -> std::ops::Range<usize> {
+        self.raw.off as usize..self.raw.off as usize + self.raw.len as usize
+    }
 }
 
 /// Provenance of one event: source, partition and position.
@@ -106,21 +158,49 @@ pub struct Provenance {
     pub offset: u64,
 }
 
+/// The wire form of a batch: checked in full before it becomes an [`EventBatch`].
+#[derive(Deserialize)]
+struct BatchData {
+    raw: Vec<u8>,
+    heap: Vec<u8>,
+    ips: Vec<IpAddr>,
+    slots: Vec<Slot>,
+    rows: Vec<Row>,
+    origins: Vec<Origin>,
+}
+
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(try_from = "BatchData")]
 pub struct EventBatch {
-    pub raw: Vec<u8>,
-    pub heap: Vec<u8>,
-    pub slots: Vec<Slot>,
-    pub rows: Vec<Row>,
-    pub origins: Vec<Origin>,
+    raw: Vec<u8>,
+    heap: Vec<u8>,
+    ips: Vec<IpAddr>,
+    slots: Vec<Slot>,
+    rows: Vec<Row>,
+    origins: Vec<Origin>,
+}
+
+impl TryFrom<BatchData> for EventBatch {
+    type Error = String;
+    fn try_from(d: BatchData) -> Result<Self, String> {
+        let b = EventBatch { raw: d.raw, heap: d.heap, ips: d.ips, slots: d.slots, rows: d.rows, origins: d.origins };
+        b.validate()?;
+        Ok(b)
+    }
 }
 
 /// Read access to string bytes of a batch, detached from `slots`/`rows` so that operators can
 /// read values while writing new slots.
 #[derive(Clone, Copy)]
 pub struct Bytes<'a> {
-    pub raw: &'a [u8],
-    pub heap: &'a [u8],
+    raw: &'a [u8],
+    heap: &'a [u8],
+    ips: &'a [IpAddr],
+}
+
+#[inline]
+fn is_continuation(b: u8) -> bool {
+    b & 0xC0 == 0x80
 }
 
 impl<'a> Bytes<'a> {
@@ -133,29 +213,39 @@ impl<'a> Bytes<'a> {
     /// The string a `Value::Str` or extension key refers to.
     #[inline]
     pub fn str(&self, r: StrRef) -> &'a str {
-        let b = self.bytes(r);
+        let buf = if r.in_heap() { self.heap } else { self.raw };
+        let (start, end) = (r.start(), r.start() + r.len());
+        let b = &buf[start..end];
+        if r.in_heap() {
+            // The heap is text as a whole, so a slice with both ends on character boundaries
+            // is valid UTF-8 (a stale reference after a rollback could miss them).
+            let bounded =
+                (start == end || !is_continuation(buf[start])) && buf.get(end).is_none_or(|&c| !is_continuation(c));
+            assert!(bounded, "heap string reference off a character boundary");
+        }
         debug_assert!(std::str::from_utf8(b).is_ok(), "StrRef to invalid UTF-8");
-        // SAFETY: string references are created only from `&str` (module invariant above),
-        // and the bytes they cover are never modified afterwards (buffers only grow).
+        // SAFETY: references are made only from `&str` into these buffers (module invariant);
+        // `raw` is never changed after a payload is appended, and heap references were checked
+        // to start and end on character boundaries of all-text bytes.
         unsafe { std::str::from_utf8_unchecked(b) }
     }
 
+    /// A row payload's bytes.
+    #[inline]
+    pub fn payload(&self, r: PayloadRef) -> &'a [u8] {
+        &self.raw[r.off as usize..r.off as usize + r.len as usize]
+    }
     /// A row payload as text, if it is valid UTF-8 (payloads are not validated by sources).
-    pub fn payload_str(&self, r: StrRef) -> Option<&'a str> {
-        simdutf8::basic::from_utf8(self.bytes(r)).ok()
+    pub fn payload_str(&self, r: PayloadRef) -> Option<&'a str> {
+        simdutf8::basic::from_utf8(self.payload(r)).ok()
     }
     /// Compares without UTF-8 validation (hot path of lookups by name).
     #[inline]
     pub fn eq(&self, r: StrRef, s: &str) -> bool {
         self.bytes(r) == s.as_bytes()
     }
-    pub fn ip(&self, r: StrRef) -> Option<IpAddr> {
-        let b = self.bytes(r);
-        match b.len() {
-            4 => Some(IpAddr::from(<[u8; 4]>::try_from(b).ok()?)),
-            16 => Some(IpAddr::from(<[u8; 16]>::try_from(b).ok()?)),
-            _ => None,
-        }
+    pub fn ip(&self, r: IpRef) -> Option<IpAddr> {
+        self.ips.get(r.0 as usize).copied()
     }
     pub fn key_name(&self, k: Key) -> &'a str {
         match k {
@@ -165,38 +255,103 @@ impl<'a> Bytes<'a> {
     }
 }
 
-/// Appends derived bytes to a batch's heap.
-pub struct Heap<'a>(pub &'a mut Vec<u8>);
+/// Appends derived text and addresses to a batch.
+pub struct Heap<'a> {
+    heap: &'a mut Vec<u8>,
+    ips: &'a mut Vec<IpAddr>,
+}
+
+/// A length of the heap and address table to roll back to.
+#[derive(Clone, Copy, Debug)]
+pub struct HeapMark {
+    heap: usize,
+    ips: usize,
+}
 
 impl Heap<'_> {
-    /// Raw bytes (addresses, copies of existing strings): not a string reference by itself.
+    /// Copies of existing string bytes (whole strings, so the heap stays text).
     #[inline]
-    fn push_bytes(&mut self, b: &[u8]) -> StrRef {
-        let off = self.0.len();
-        self.0.extend_from_slice(b);
+    fn push_text_bytes(&mut self, b: &[u8]) -> StrRef {
+        let off = self.heap.len();
+        // Unreachable within the limits (records ≤ MAX_RECORD_BYTES, batches cut at
+        // BATCH_BYTES); a hard stop rather than a wrapped offset if a bug ever got here.
+        assert!(off + b.len() <= MAX_BUFFER_BYTES, "batch heap over {MAX_BUFFER_BYTES} bytes");
+        self.heap.extend_from_slice(b);
         StrRef { off: off as u32 | HEAP_BIT, len: b.len() as u32 }
     }
     #[inline]
     pub fn push_str(&mut self, s: &str) -> StrRef {
-        self.push_bytes(s.as_bytes())
+        self.push_text_bytes(s.as_bytes())
     }
-    pub fn push_ip(&mut self, ip: IpAddr) -> StrRef {
-        match ip {
-            IpAddr::V4(v4) => self.push_bytes(&v4.octets()),
-            IpAddr::V6(v6) => self.push_bytes(&v6.octets()),
-        }
+    pub fn push_ip(&mut self, ip: IpAddr) -> IpRef {
+        assert!(self.ips.len() < u32::MAX as usize, "batch address table full");
+        self.ips.push(ip);
+        IpRef((self.ips.len() - 1) as u32)
+    }
+    pub fn mark(&self) -> HeapMark {
+        HeapMark { heap: self.heap.len(), ips: self.ips.len() }
+    }
+    /// Drops what was pushed since `mark` (a record being quarantined). References made since
+    /// must be dropped with it.
+    pub fn rollback(&mut self, mark: HeapMark) {
+        self.heap.truncate(mark.heap);
+        self.ips.truncate(mark.ips);
+    }
+}
+
+/// A batch's payload bytes, as only the batch hands them out (so references made from them
+/// are references into that batch).
+#[derive(Clone, Copy)]
+pub struct Raw<'a>(&'a [u8]);
+
+impl<'a> Raw<'a> {
+    pub fn as_bytes(self) -> &'a [u8] {
+        self.0
+    }
+    /// A row payload's bytes.
+    pub fn payload(self, r: PayloadRef) -> &'a [u8] {
+        &self.0[r.off as usize..r.off as usize + r.len as usize]
+    }
+    /// The text of a reference into the payloads (`None` for a heap reference).
+    pub fn str(self, r: StrRef) -> Option<&'a str> {
+        (!r.in_heap()).then(|| Bytes { raw: self.0, heap: &[], ips: &[] }.str(r))
+    }
+}
+
+impl Heap<'_> {
+    /// Read access to the batch's strings together with its payloads.
+    pub fn bytes<'b>(&'b self, raw: Raw<'b>) -> Bytes<'b> {
+        Bytes { raw: raw.0, heap: self.heap, ips: self.ips }
     }
 }
 
 /// A reference to a substring of `raw` if `s` points into it, found by address.
 #[inline]
-pub fn raw_ref(raw: &[u8], s: &str) -> Option<StrRef> {
+pub fn raw_ref(raw: Raw<'_>, s: &str) -> Option<StrRef> {
+    let raw = raw.0;
     let base = raw.as_ptr() as usize;
     let p = s.as_ptr() as usize;
     if p >= base && p + s.len() <= base + raw.len() {
         Some(StrRef { off: (p - base) as u32, len: s.len() as u32 })
     } else {
         None
+    }
+}
+
+/// Mutable access to a batch's parts at once, for operators that rewrite every row's fields:
+/// payloads to read, the heap to append to, the slots and the rows' slot ranges.
+pub struct BatchParts<'a> {
+    pub raw: Raw<'a>,
+    pub heap: Heap<'a>,
+    pub slots: &'a mut Vec<Slot>,
+    pub rows: &'a mut [Row],
+    pub origins: &'a [Origin],
+}
+
+impl BatchParts<'_> {
+    /// Read access to the strings (not kept across pushes to the heap).
+    pub fn bytes(&self) -> Bytes<'_> {
+        Bytes { raw: self.raw.0, heap: self.heap.heap, ips: self.heap.ips }
     }
 }
 
@@ -207,12 +362,110 @@ impl EventBatch {
 
     pub fn with_capacity(rows: usize, raw_bytes: usize) -> Self {
         EventBatch {
-            raw: Vec::with_capacity(raw_bytes),
+            raw: Vec::with_capacity(raw_bytes.min(BATCH_BYTES)),
             heap: Vec::new(),
+            ips: Vec::new(),
             slots: Vec::with_capacity(rows * 16),
             rows: Vec::with_capacity(rows),
             origins: Vec::new(),
         }
+    }
+
+    pub fn rows(&self) -> &[Row] {
+        &self.rows
+    }
+    pub fn origins(&self) -> &[Origin] {
+        &self.origins
+    }
+    /// Every row's slots (each row owns a range: [`Row::slots_start`]..[`Row::slots_end`]).
+    pub fn slots(&self) -> &[Slot] {
+        &self.slots
+    }
+    /// Payload bytes held (sources start a new batch past [`BATCH_BYTES`]).
+    pub fn raw_bytes(&self) -> usize {
+        self.raw.len()
+    }
+    /// Whether a source should start a new batch before adding more records.
+    pub fn is_full(&self) -> bool {
+        self.raw.len() >= BATCH_BYTES
+    }
+
+    pub fn parts(&mut self) -> BatchParts<'_> {
+        BatchParts {
+            raw: Raw(&self.raw),
+            heap: Heap { heap: &mut self.heap, ips: &mut self.ips },
+            slots: &mut self.slots,
+            rows: &mut self.rows,
+            origins: &self.origins,
+        }
+    }
+
+    /// The heap, for building the fields of the last row (tests, sources adding metadata).
+    pub fn heap(&mut self) -> Heap<'_> {
+        Heap { heap: &mut self.heap, ips: &mut self.ips }
+    }
+
+    /// Appends a field to the last row (moving that row's fields to the end first if another
+    /// row's were added after them).
+    pub fn push_slot(&mut self, slot: Slot) {
+        let n = self.slots.len() as u32;
+        let Some(row) = self.rows.last_mut() else { return };
+        if row.slots_end != n {
+            let (s, e) = (row.slots_start as usize, row.slots_end as usize);
+            self.slots.extend_from_within(s..e);
+            row.slots_start = n;
+            row.slots_end = self.slots.len() as u32;
+        }
+        self.slots.push(slot);
+        row.slots_end += 1;
+    }
+
+    /// Checks every reference against the buffers (for batches read from outside: exchange
+    /// between processes, checkpoints). Linear in the batch's size.
+    pub fn validate(&self) -> Result<(), String> {
+        let heap_text = std::str::from_utf8(&self.heap).is_ok();
+        if !heap_text {
+            return Err("batch heap is not UTF-8".into());
+        }
+        if self.raw.len() > MAX_BUFFER_BYTES || self.heap.len() > MAX_BUFFER_BYTES {
+            return Err("batch buffer over the offset limit".into());
+        }
+        let check_str = |r: StrRef| -> Result<(), String> {
+            let buf = if r.in_heap() { &self.heap } else { &self.raw };
+            let b = buf.get(r.start()..r.start() + r.len()).ok_or("string reference out of range")?;
+            let ok = std::str::from_utf8(b).is_ok()
+                && buf.get(r.start() + r.len()).is_none_or(|&c| !is_continuation(c))
+                && (r.is_empty() || !is_continuation(buf[r.start()]));
+            if ok {
+                Ok(())
+            } else {
+                Err("string reference to invalid UTF-8".into())
+            }
+        };
+        for s in &self.slots {
+            if let Key::Ext(r) = s.key {
+                check_str(r)?;
+            }
+            match s.value {
+                Value::Str(r) => check_str(r)?,
+                Value::Ip(IpRef(i)) if i as usize >= self.ips.len() => {
+                    return Err("address reference out of range".into())
+                }
+                _ => {}
+            }
+        }
+        for r in &self.rows {
+            if r.slots_start > r.slots_end || r.slots_end as usize > self.slots.len() {
+                return Err("row slot range out of bounds".into());
+            }
+            if r.raw.off as usize + r.raw.len as usize > self.raw.len() {
+                return Err("row payload out of range".into());
+            }
+            if r.origin as usize >= self.origins.len() {
+                return Err("row origin out of range".into());
+            }
+        }
+        Ok(())
     }
 
     #[inline]
@@ -225,7 +478,7 @@ impl EventBatch {
     }
 
     pub fn bytes(&self) -> Bytes<'_> {
-        Bytes { raw: &self.raw, heap: &self.heap }
+        Bytes { raw: &self.raw, heap: &self.heap, ips: &self.ips }
     }
 
     /// Index of an origin, added if new. Sources add one per partition and batch.
@@ -239,22 +492,27 @@ impl EventBatch {
         (self.origins.len() - 1) as u32
     }
 
-    /// Appends an unparsed record (what sources produce).
-    pub fn push_raw(&mut self, origin: u32, offset: u64, payload: &[u8]) {
+    /// Appends an unparsed record (what sources produce). Refused when the payload would
+    /// overflow the batch's offsets: start a new batch (or quarantine the record as oversize).
+    pub fn push_raw(&mut self, origin: u32, offset: u64, payload: &[u8]) -> Result<(), BatchFull> {
         let off = self.raw.len();
+        if off + payload.len() > MAX_BUFFER_BYTES {
+            return Err(BatchFull);
+        }
         self.raw.extend_from_slice(payload);
         let at = self.slots.len() as u32;
         self.rows.push(Row {
             slots_start: at,
             slots_end: at,
-            raw: StrRef { off: off as u32, len: payload.len() as u32 },
+            raw: PayloadRef { off: off as u32, len: payload.len() as u32 },
             origin,
             offset,
         });
+        Ok(())
     }
 
     pub fn raw_payload(&self, row: usize) -> &[u8] {
-        self.bytes().bytes(self.rows[row].raw)
+        self.bytes().payload(self.rows[row].raw)
     }
 
     pub fn row_slots(&self, row: usize) -> &[Slot] {
@@ -301,19 +559,24 @@ impl EventBatch {
         let o = &other.origins[src.origin as usize];
         let origin = self.origin_index(&o.source, &o.partition);
         let ob = other.bytes();
-        let raw_bytes = ob.bytes(src.raw);
+        let raw_bytes = ob.payload(src.raw);
         let raw_off = self.raw.len();
+        assert!(raw_off + raw_bytes.len() <= MAX_BUFFER_BYTES, "regrouped batch over the offset limit");
         self.raw.extend_from_slice(raw_bytes);
         // Re-home every string the row uses into this batch's heap; the raw payload goes to raw.
         let start = self.slots.len() as u32;
+        let mut heap = Heap { heap: &mut self.heap, ips: &mut self.ips };
         for s in other.row_slots(row) {
             let key = match s.key {
                 Key::Core(f) => Key::Core(f),
-                Key::Ext(r) => Key::Ext(Heap(&mut self.heap).push_bytes(ob.bytes(r))),
+                Key::Ext(r) => Key::Ext(heap.push_str(ob.str(r))),
             };
             let value = match s.value {
-                Value::Str(r) => Value::Str(Heap(&mut self.heap).push_bytes(ob.bytes(r))),
-                Value::Ip(r) => Value::Ip(Heap(&mut self.heap).push_bytes(ob.bytes(r))),
+                Value::Str(r) => Value::Str(heap.push_str(ob.str(r))),
+                Value::Ip(r) => match ob.ip(r) {
+                    Some(ip) => Value::Ip(heap.push_ip(ip)),
+                    None => Value::Null,
+                },
                 v => v,
             };
             self.slots.push(Slot { key, value });
@@ -321,7 +584,7 @@ impl EventBatch {
         self.rows.push(Row {
             slots_start: start,
             slots_end: self.slots.len() as u32,
-            raw: StrRef { off: raw_off as u32, len: raw_bytes.len() as u32 },
+            raw: PayloadRef { off: raw_off as u32, len: raw_bytes.len() as u32 },
             origin,
             offset: src.offset,
         });
@@ -418,13 +681,16 @@ mod tests {
         let src: Arc<str> = "s".into();
         let part: Arc<str> = "p".into();
         let o = b.origin_index(&src, &part);
-        b.push_raw(o, 1, b"hello world");
+        b.push_raw(o, 1, b"hello world").unwrap();
         let raw = b.raw.clone();
         let text = std::str::from_utf8(&b.raw).unwrap();
-        let r = raw_ref(&b.raw, &text[6..11]).unwrap();
+        let r = raw_ref(Raw(&b.raw), &text[6..11]).unwrap();
         assert_eq!(b.bytes().str(r), "world");
-        assert!(raw_ref(&b.raw, std::str::from_utf8(&raw[0..2]).unwrap()).is_none(), "a copy elsewhere is not in raw");
-        let h = Heap(&mut b.heap).push_str("derived");
+        assert!(
+            raw_ref(Raw(&b.raw), std::str::from_utf8(&raw[0..2]).unwrap()).is_none(),
+            "a copy elsewhere is not in raw"
+        );
+        let h = b.heap().push_str("derived");
         assert_eq!(b.bytes().str(h), "derived");
         assert_eq!(b.bytes().str(r), "world");
     }
@@ -433,17 +699,16 @@ mod tests {
     fn push_row_from_rehomes_strings_and_origin() {
         let mut a = EventBatch::new();
         let o = a.origin_index(&"src".into(), &"f.log".into());
-        a.push_raw(o, 7, b"{\"x\":1}");
-        let k = Heap(&mut a.heap).push_str("x");
-        let v = Heap(&mut a.heap).push_str("value");
-        let ip = Heap(&mut a.heap).push_ip("10.1.2.3".parse().unwrap());
-        a.slots.push(Slot { key: Key::Ext(k), value: Value::Str(v) });
-        a.slots.push(Slot { key: Key::Core(ids::SOURCE_IP), value: Value::Ip(ip) });
-        a.rows[0].slots_end = 2;
+        a.push_raw(o, 7, b"{\"x\":1}").unwrap();
+        let k = a.heap().push_str("x");
+        let v = a.heap().push_str("value");
+        let ip = a.heap().push_ip("10.1.2.3".parse().unwrap());
+        a.push_slot(Slot { key: Key::Ext(k), value: Value::Str(v) });
+        a.push_slot(Slot { key: Key::Core(ids::SOURCE_IP), value: Value::Ip(ip) });
 
         let mut b = EventBatch::new();
         let o2 = b.origin_index(&"other".into(), &"g".into());
-        b.push_raw(o2, 1, b"zzz");
+        b.push_raw(o2, 1, b"zzz").unwrap();
         b.push_row_from(&a, 0);
         assert_eq!(b.len(), 2);
         assert_eq!(b.raw_payload(1), b"{\"x\":1}");
@@ -466,10 +731,61 @@ mod tests {
         let mut b = EventBatch::new();
         let o = b.origin_index(&"s".into(), &"p".into());
         for i in 0..5u64 {
-            b.push_raw(o, i, format!("r{i}").as_bytes());
+            b.push_raw(o, i, format!("r{i}").as_bytes()).unwrap();
         }
         b.retain_rows(|i| i % 2 == 0);
         let got: Vec<_> = (0..b.len()).map(|i| b.rows[i].offset).collect();
         assert_eq!(got, vec![0, 2, 4]);
+    }
+
+    #[test]
+    fn payloads_past_the_offset_limit_are_refused_not_wrapped() {
+        // 4 MiB records × 1,024 would pass 2 GiB: the batch refuses the payload that would
+        // overflow (sources cut batches long before, at BATCH_BYTES).
+        let record = vec![b'x'; 256 << 20];
+        let mut b = EventBatch::new();
+        let o = b.origin_index(&"s".into(), &"p".into());
+        let mut pushed = 0;
+        while b.push_raw(o, pushed, &record).is_ok() {
+            pushed += 1;
+            assert!(b.is_full());
+        }
+        assert_eq!(pushed, 7, "7 × 256 MiB fit below 2 GiB, the 8th does not");
+        assert_eq!(b.len(), 7);
+        assert_eq!(b.raw_payload(6).len(), record.len());
+        // Offsets stayed exact: the last payload is read back from where it was written.
+        assert_eq!(b.rows[6].raw.off as usize, 6 * record.len());
+        assert!(b.validate().is_ok());
+    }
+
+    #[test]
+    fn addresses_have_their_own_table() {
+        let mut b = EventBatch::new();
+        let o = b.origin_index(&"s".into(), &"p".into());
+        b.push_raw(o, 1, b"x").unwrap();
+        let ip = b.heap().push_ip("2001:db8::1".parse().unwrap());
+        let s = b.heap().push_str("after");
+        b.push_slot(Slot { key: Key::Core(ids::SOURCE_IP), value: Value::Ip(ip) });
+        assert_eq!(b.bytes().ip(ip), Some("2001:db8::1".parse().unwrap()));
+        assert_eq!(b.bytes().str(s), "after");
+        assert!(std::str::from_utf8(&b.heap).is_ok(), "no address bytes among the text");
+    }
+
+    #[test]
+    fn deserialized_batches_are_checked() {
+        let mut b = EventBatch::new();
+        let o = b.origin_index(&"s".into(), &"p".into());
+        b.push_raw(o, 1, "é".as_bytes()).unwrap();
+        let text = std::str::from_utf8(&b.raw).unwrap();
+        let r = raw_ref(Raw(&b.raw), text).unwrap();
+        b.push_slot(Slot { key: Key::Core(ids::EVENT_ORIGINAL), value: Value::Str(r) });
+        let json = serde_json::to_string(&b).unwrap();
+        let back: EventBatch = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.row_to_json(0)["event.original"], "é");
+        // A reference into the middle of the character, as a corrupt or forged batch might hold.
+        let forged = json.replace("\"len\":2}}}", "\"len\":1}}}");
+        assert_ne!(forged, json);
+        let err = serde_json::from_str::<EventBatch>(&forged).unwrap_err().to_string();
+        assert!(err.contains("invalid UTF-8"), "{err}");
     }
 }

@@ -202,8 +202,8 @@ mod tests {
     fn payload_is_escaped_losslessly() {
         let mut b = EventBatch::new();
         let o = b.origin_index(&"s".into(), &"f".into());
-        b.push_raw(o, 3, "bad \"q\" \\ é \x1b[31m\n".as_bytes());
-        b.push_raw(o, 4, b"\xff\xfe");
+        b.push_raw(o, 3, "bad \"q\" \\ é \x1b[31m\n".as_bytes()).expect("small test records fit");
+        b.push_raw(o, 4, b"\xff\xfe").expect("small test records fit");
         let q = QuarantineRecord::from_row(&b, 0, &"parse".into(), Reason::InvalidUtf8, "x");
         let j = q.to_json();
         assert_eq!(j["payload_escaped"], "bad \"q\" \\\\ é \\u{1b}[31m\\n");

@@ -90,6 +90,24 @@ fn default_batch_size() -> usize {
 fn default_admin() -> String {
     "127.0.0.1:9464".to_string()
 }
+/// An admin address: empty (disabled), `IP:PORT`, `[IPv6]:PORT` or `localhost:PORT`. Names
+/// other than localhost are not resolved at validation, so they are refused.
+pub fn parse_listen_address(s: &str) -> Result<(), String> {
+    if s.is_empty() || s.parse::<std::net::SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    if let Some(port) = s.strip_prefix("localhost:") {
+        if port.parse::<u16>().is_ok() {
+            return Ok(());
+        }
+    }
+    Err(format!(
+        "`{}` is not an address to listen on: use IP:PORT (e.g. 127.0.0.1:9464), [::1]:PORT, localhost:PORT, or \"\" \
+         to disable the endpoint",
+        crate::text::escape_text(s)
+    ))
+}
+
 fn default_admin_token_env() -> String {
     "WARD_ADMIN_TOKEN".to_string()
 }
@@ -97,7 +115,32 @@ fn default_admin_max_connections() -> usize {
     crate::admin::DEFAULT_MAX_CONNECTIONS
 }
 
+/// Largest `batch_size` (records per batch; batches are also cut at 64 MiB of payloads).
+pub const MAX_BATCH_SIZE: usize = 1 << 20;
+
 impl Settings {
+    /// Problems with the values (shape errors are caught when the block is read).
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut range = |name: &str, v: u64, min: u64, max: u64| {
+            if let Err(e) = crate::limits::check_range(name, v, min, max) {
+                out.push(format!("settings: {e}"));
+            }
+        };
+        range("epoch_interval_ms", self.epoch_interval_ms, 1, 3_600_000);
+        range("batch_size", self.batch_size as u64, 1, MAX_BATCH_SIZE as u64);
+        range("admin_max_connections", self.admin_max_connections as u64, 1, 65_536);
+        if let Some(c) = &self.checkpoint {
+            range("checkpoint.retain", c.retain as u64, 1, 10_000);
+            let ms = c.interval.as_millis().min(u64::MAX as u128) as u64;
+            range("checkpoint.interval (ms)", ms, 1, 86_400_000);
+        }
+        if let Err(e) = parse_listen_address(&self.admin_listen) {
+            out.push(format!("settings: admin_listen: {e}"));
+        }
+        out
+    }
+
     /// The admin endpoint's guard options, with the token read from its environment variable.
     pub fn admin_options(&self) -> crate::admin::AdminOptions {
         let token = std::env::var(&self.admin_token_env).ok().filter(|t| !t.trim().is_empty());
@@ -306,7 +349,10 @@ struct Pending {
 impl Validator {
     fn err(&mut self, marker: Option<&Marker>, message: impl Into<String>) {
         let (line, column) = marker.map(|m| (m.line(), m.column())).unwrap_or((0, 0));
-        self.errors.push(SpecError { file: self.file.clone(), line, column, message: message.into() });
+        // Messages quote the spec's own text (ids, types, values): never echo control or
+        // bidi characters raw to a terminal.
+        let message = crate::text::escape_text(&message.into()).into_owned();
+        self.errors.push(SpecError { file: self.file.clone(), line, column, message });
     }
 
     fn run(&mut self, text: &str, resources: Resources, registry: &Registry) -> Option<Spec> {
@@ -335,7 +381,12 @@ impl Validator {
                 },
                 "description" => {}
                 "settings" => match marked_yaml::from_node::<Settings>(value) {
-                    Ok(s) => settings = s,
+                    Ok(s) => {
+                        for p in s.problems() {
+                            self.err(value.span().start(), p);
+                        }
+                        settings = s
+                    }
                     Err(e) => {
                         let m = e.start_mark().or_else(|| value.span().start().copied());
                         self.err(m.as_ref(), format!("settings: {e}"))

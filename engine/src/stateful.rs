@@ -207,7 +207,7 @@ fn route_stage<'s>(
                             // merged into the epoch's partitions once per batch.
                             origin_newest.clear();
                             if checkpoint.is_some() && !forwarded {
-                                origin_newest.resize(batch.origins.len(), WATERMARK_MIN);
+                                origin_newest.resize(batch.origins().len(), WATERMARK_MIN);
                             }
                             let mut pass_rows = EventBatch::new();
                             for row in 0..batch.len() {
@@ -225,7 +225,7 @@ fn route_stage<'s>(
                                 let observed = if forwarded {
                                     tracker.observe_forwarded(t)
                                 } else {
-                                    let o = &batch.origins[batch.rows[row].origin as usize];
+                                    let o = &batch.origins()[batch.rows()[row].origin as usize];
                                     tracker.observe(&o.source, &o.partition, t, now)
                                 };
                                 if let Observed::Late { watermark } = observed {
@@ -236,7 +236,7 @@ fn route_stage<'s>(
                                     );
                                     continue;
                                 }
-                                if let Some(n) = origin_newest.get_mut(batch.rows[row].origin as usize) {
+                                if let Some(n) = origin_newest.get_mut(batch.rows()[row].origin as usize) {
                                     *n = (*n).max(t);
                                 }
                                 keys.clear();
@@ -256,7 +256,8 @@ fn route_stage<'s>(
                             if !pass_rows.is_empty() {
                                 passed.push(Payload::Events(pass_rows));
                             }
-                            for (o, t) in batch.origins.iter().zip(&origin_newest).filter(|(_, t)| **t > WATERMARK_MIN)
+                            for (o, t) in
+                                batch.origins().iter().zip(&origin_newest).filter(|(_, t)| **t > WATERMARK_MIN)
                             {
                                 let m = newest_by_epoch.entry(epoch).or_default();
                                 let slot = m.entry((o.source.clone(), o.partition.clone())).or_insert(*t);

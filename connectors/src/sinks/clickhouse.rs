@@ -432,8 +432,8 @@ pub struct ClickHouseSink {
 }
 
 fn event_id(b: &EventBatch, row: usize) -> u64 {
-    let r = &b.rows[row];
-    let o = &b.origins[r.origin as usize];
+    let r = &b.rows()[row];
+    let o = &b.origins()[r.origin as usize];
     let mut h = xxhash_rust::xxh3::Xxh3::new();
     h.update(o.source.as_bytes());
     h.update(&[0]);
@@ -530,7 +530,7 @@ impl ClickHouseSink {
         let bytes = b.bytes();
         for row in 0..b.len() {
             let slots = b.row_slots(row);
-            let start = b.rows[row].slots_start;
+            let start = b.rows()[row].slots_start;
             for (i, s) in slots.iter().enumerate() {
                 if let Key::Core(f) = s.key {
                     if self.first[f.0 as usize] == NONE {
@@ -540,8 +540,8 @@ impl ClickHouseSink {
             }
             let id = event_id(b, row);
             self.ids.update(&id.to_le_bytes());
-            let r = &b.rows[row];
-            let origin = &b.origins[r.origin as usize];
+            let r = &b.rows()[row];
+            let origin = &b.origins()[r.origin as usize];
             for (ty, source) in &plan.columns {
                 let result = match source {
                     ColumnSource::Id => rowbinary::encode(ty, Cell::UInt(id), &mut self.buf),
@@ -561,7 +561,7 @@ impl ClickHouseSink {
                     }
                     ColumnSource::Core(f) => {
                         let at = self.first[f.0 as usize];
-                        let v = if at == NONE { Value::Null } else { b.slots[at as usize].value };
+                        let v = if at == NONE { Value::Null } else { b.slots()[at as usize].value };
                         rowbinary::encode(ty, cell(bytes, v), &mut self.buf)
                     }
                     ColumnSource::ExtField(name) => {

@@ -367,7 +367,7 @@ impl ParquetSink {
         count.clear();
         count.resize(rows.len() * nf, 0);
         for (n, &row) in rows.iter().enumerate() {
-            let r = &b.rows[row];
+            let r = &b.rows()[row];
             for (i, s) in b.row_slots(row).iter().enumerate() {
                 match s.key {
                     Key::Core(f) => {
@@ -407,7 +407,7 @@ impl ParquetSink {
                 }
             }
             cols.ext.append(true)?;
-            let o = &b.origins[r.origin as usize];
+            let o = &b.origins()[r.origin as usize];
             cols.source.append_value(&*o.source);
             cols.partition.append_value(&*o.partition);
             cols.offset.append_value(r.offset);
@@ -417,7 +417,7 @@ impl ParquetSink {
             for (n, &row) in rows.iter().enumerate() {
                 let at = n * nf + f;
                 let slot = first[at];
-                let value = if slot == NONE { None } else { Some(b.slots[slot as usize].value) };
+                let value = if slot == NONE { None } else { Some(b.slots()[slot as usize].value) };
                 let Some(v) = value.filter(|v| col.accepts(v)) else {
                     nulls += 1;
                     continue;
@@ -431,10 +431,10 @@ impl ParquetSink {
                     (Col::S(c), Value::Str(r)) => {
                         // A multi-valued field (e.g. DNS answers) is stored comma-joined.
                         let id = Key::Core(FieldId(f as u16));
-                        let row = &b.rows[row];
+                        let row = &b.rows()[row];
                         text.clear();
                         text.push_str(bytes.str(r));
-                        for s in b.slots[slot as usize + 1..row.slots_end as usize].iter().filter(|s| s.key == id) {
+                        for s in b.slots()[slot as usize + 1..row.slots_end as usize].iter().filter(|s| s.key == id) {
                             if let Value::Str(x) = s.value {
                                 text.push(',');
                                 text.push_str(bytes.str(x));
@@ -680,22 +680,18 @@ pub fn list_files(dir: &Path) -> Vec<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ward_engine::batch::{Heap, Slot};
+    use ward_engine::batch::Slot;
 
     fn batch(hour: i64, n: usize) -> EventBatch {
         let mut b = EventBatch::new();
         let o = b.origin_index(&"src".into(), &"f".into());
         for i in 0..n {
-            b.push_raw(o, i as u64, b"x");
-            let start = b.slots.len() as u32;
+            b.push_raw(o, i as u64, b"x").expect("small test records fit");
             let ms = hour * 3_600_000 + i as i64;
-            b.slots.push(Slot { key: Key::Core(ids::TIMESTAMP), value: Value::Timestamp(ms) });
-            let k = Heap(&mut b.heap).push_str("extra");
-            let v = Heap(&mut b.heap).push_str("value");
-            b.slots.push(Slot { key: Key::Ext(k), value: Value::Str(v) });
-            let r = b.rows.last_mut().unwrap();
-            r.slots_start = start;
-            r.slots_end = b.slots.len() as u32;
+            b.push_slot(Slot { key: Key::Core(ids::TIMESTAMP), value: Value::Timestamp(ms) });
+            let k = b.heap().push_str("extra");
+            let v = b.heap().push_str("value");
+            b.push_slot(Slot { key: Key::Ext(k), value: Value::Str(v) });
         }
         b
     }

@@ -197,7 +197,7 @@ impl FileSource {
 
 /// Reads one line into `buf` (without the newline), keeping at most `max` bytes.
 /// Returns (bytes in the line, whether anything was read).
-fn read_line_bounded(r: &mut dyn BufRead, buf: &mut Vec<u8>, max: usize) -> std::io::Result<(usize, bool)> {
+pub(crate) fn read_line_bounded(r: &mut dyn BufRead, buf: &mut Vec<u8>, max: usize) -> std::io::Result<(usize, bool)> {
     buf.clear();
     let mut total = 0;
     let mut any = false;
@@ -313,13 +313,24 @@ impl Source for FileSource {
                     f.documents = Some(docs.into_iter().skip(skip).collect::<Vec<_>>().into_iter());
                 }
                 let docs = f.documents.as_mut().expect("split above");
-                for (offset, doc) in docs.by_ref().take(max_rows) {
-                    batch.push_raw(origin, offset, &doc);
+                while batch.len() < max_rows && !batch.is_full() {
+                    let Some((offset, doc)) = docs.next() else { break };
+                    if batch.push_raw(origin, offset, &doc).is_err() {
+                        quarantined.push(self.rejected(
+                            Reason::Oversize,
+                            "document does not fit in a batch".into(),
+                            &f.partition,
+                            offset,
+                            &doc,
+                            doc.len(),
+                        ));
+                    }
                     f.next_offset = offset + 1;
                 }
                 finished = docs.len() == 0;
             } else {
-                while batch.len() < max_rows {
+                // Cut at BATCH_BYTES too: 4 MiB lines × batch_size would overflow a batch.
+                while batch.len() < max_rows && !batch.is_full() {
                     match read_line_bounded(&mut *f.reader, &mut self.line, max) {
                         Ok((_, false)) => {
                             finished = true;
@@ -338,8 +349,16 @@ impl Source for FileSource {
                                     &self.line,
                                     len,
                                 ));
-                            } else {
-                                batch.push_raw(origin, offset, &self.line);
+                            } else if batch.push_raw(origin, offset, &self.line).is_err() {
+                                let detail = format!("line of {len} bytes does not fit in a batch");
+                                quarantined.push(self.rejected(
+                                    Reason::Oversize,
+                                    detail,
+                                    &f.partition,
+                                    offset,
+                                    &self.line,
+                                    len,
+                                ));
                             }
                         }
                         Err(e) => {

@@ -623,7 +623,9 @@ impl Source for Generator {
                 continue;
             }
             self.record(k);
-            batch.push_raw(origin, k, &self.buf);
+            // Generated records are a few hundred bytes: they always fit.
+            let _fits = batch.push_raw(origin, k, &self.buf);
+            debug_assert!(_fits.is_ok());
             self.next_k += self.step;
             n += 1;
         }
@@ -653,7 +655,7 @@ mod tests {
         let mut out = Vec::new();
         while let SourcePoll::Batch(b) = g.poll(333).unwrap() {
             for i in 0..b.len() {
-                out.push((b.rows[i].offset, b.raw_payload(i).to_vec()));
+                out.push((b.rows()[i].offset, b.raw_payload(i).to_vec()));
             }
         }
         out

@@ -24,6 +24,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use ward_engine::batch::EventBatch;
 use ward_engine::component::{Built, Source, SourceFactory, SourcePoll, StreamKind, WorkerContext};
+use ward_engine::quarantine::{QuarantineRecord, Reason};
 use ward_engine::registry::{BuildContext, ComponentConfig, Section};
 
 /// Read records from Kafka topics.
@@ -237,13 +238,12 @@ pub struct KafkaSource {
 /// payload, so packs and rules can use them and sinks keep them with the event.
 fn push_metadata(batch: &mut EventBatch, msg: &rdkafka::message::BorrowedMessage<'_>, name: &mut String) {
     use rdkafka::message::Headers;
-    use ward_engine::batch::{Heap, Key, Slot, Value};
+    use ward_engine::batch::{Key, Slot, Value};
     // Valid UTF-8 borrows (no allocation); anything else is replaced lossily.
-    let text =
-        |batch: &mut EventBatch, b: &[u8]| Value::Str(Heap(&mut batch.heap).push_str(&String::from_utf8_lossy(b)));
+    let text = |batch: &mut EventBatch, b: &[u8]| Value::Str(batch.heap().push_str(&String::from_utf8_lossy(b)));
     let push = |batch: &mut EventBatch, key: &str, value: Value| {
-        let key = Key::Ext(Heap(&mut batch.heap).push_str(key));
-        batch.slots.push(Slot { key, value });
+        let key = Key::Ext(batch.heap().push_str(key));
+        batch.push_slot(Slot { key, value });
     };
     if let Some(k) = msg.key() {
         let v = text(batch, k);
@@ -260,10 +260,6 @@ fn push_metadata(batch: &mut EventBatch, msg: &rdkafka::message::BorrowedMessage
             let v = text(batch, h.value.unwrap_or_default());
             push(batch, name, v);
         }
-    }
-    let end = batch.slots.len() as u32;
-    if let Some(row) = batch.rows.last_mut() {
-        row.slots_end = end;
     }
 }
 
@@ -363,8 +359,9 @@ impl Source for KafkaSource {
             return Ok(SourcePoll::Done);
         }
         let mut batch = EventBatch::with_capacity(max_rows, max_rows * 512);
+        let mut too_big = Vec::new();
         let mut timeout = Duration::from_millis(0);
-        while batch.len() < max_rows {
+        while batch.len() < max_rows && !batch.is_full() {
             let Some(msg) = self.consumer.poll(timeout) else { break };
             let msg = msg.map_err(|e| anyhow::anyhow!("kafka: {e}"))?;
             timeout = Duration::ZERO;
@@ -376,10 +373,27 @@ impl Source for KafkaSource {
             state.next = Some(msg.offset() + 1);
             let name = state.name.clone();
             let origin = batch.origin_index(&self.component, &name);
-            batch.push_raw(origin, msg.offset() as u64, msg.payload().unwrap_or_default());
+            let payload = msg.payload().unwrap_or_default();
+            if batch.push_raw(origin, msg.offset() as u64, payload).is_err() {
+                // Unreachable with librdkafka's 1 GB message limit and batches cut at 64 MiB.
+                too_big.push(QuarantineRecord {
+                    reason: Reason::Oversize,
+                    detail: format!("record of {} bytes does not fit in a batch", payload.len()),
+                    component: self.component.clone(),
+                    source: self.component.clone(),
+                    partition: name,
+                    offset: msg.offset() as u64,
+                    payload: payload[..payload.len().min(4096)].to_vec(),
+                    payload_len: payload.len(),
+                });
+                continue;
+            }
             if self.metadata {
                 push_metadata(&mut batch, &msg, &mut self.header_name);
             }
+        }
+        if !too_big.is_empty() {
+            return Ok(SourcePoll::Both(batch, too_big));
         }
         let since = std::mem::replace(&mut self.last_poll, std::time::Instant::now()).elapsed();
         if batch.is_empty() {

@@ -214,21 +214,17 @@ impl KeyedOperator for Dedup {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ward_engine::batch::{Heap, Slot, Value};
+    use ward_engine::batch::{Slot, Value};
     use ward_engine::fields::ids;
 
     fn batch(events: &[(&str, i64)]) -> EventBatch {
         let mut b = EventBatch::new();
         let o = b.origin_index(&"s".into(), &"p".into());
         for (i, (id, t)) in events.iter().enumerate() {
-            b.push_raw(o, i as u64, format!("{id}@{t}").as_bytes());
-            let start = b.slots.len() as u32;
-            let r = Heap(&mut b.heap).push_str(id);
-            b.slots.push(Slot { key: Key::Core(ids::EVENT_ID), value: Value::Str(r) });
-            b.slots.push(Slot { key: Key::Core(ids::TIMESTAMP), value: Value::Timestamp(*t) });
-            let row = b.rows.last_mut().unwrap();
-            row.slots_start = start;
-            row.slots_end = b.slots.len() as u32;
+            b.push_raw(o, i as u64, format!("{id}@{t}").as_bytes()).expect("small test records fit");
+            let r = b.heap().push_str(id);
+            b.push_slot(Slot { key: Key::Core(ids::EVENT_ID), value: Value::Str(r) });
+            b.push_slot(Slot { key: Key::Core(ids::TIMESTAMP), value: Value::Timestamp(*t) });
         }
         b
     }

@@ -9,7 +9,7 @@ use std::sync::{Arc, Once};
 
 use schemars::JsonSchema;
 use serde::Deserialize;
-use ward_engine::batch::{Bytes, EventBatch, Heap, Key, Slot, Value};
+use ward_engine::batch::{EventBatch, Heap, Key, Slot, Value};
 use ward_engine::component::{Built, Operator, OperatorFactory, OperatorOutput, StreamKind, WorkerContext};
 use ward_engine::fields::{ids, FieldId};
 use ward_engine::registry::{BuildContext, ComponentConfig, Section};
@@ -243,18 +243,18 @@ impl Operator for Enricher {
         let w = &*self.risk;
         let mut slots = std::mem::take(&mut self.spare);
         slots.clear();
-        slots.reserve(batch.slots.len() + batch.rows.len() * 3);
-        let raw = std::mem::take(&mut batch.raw);
-        let mut heap = std::mem::take(&mut batch.heap);
-        for row in batch.rows.iter_mut() {
-            let old = &batch.slots[row.slots_start as usize..row.slots_end as usize];
+        slots.reserve(batch.slots().len() + batch.len() * 3);
+        let parts = batch.parts();
+        let (raw, mut heap, batch_slots, rows) = (parts.raw, parts.heap, parts.slots, parts.rows);
+        for row in rows.iter_mut() {
+            let old = &batch_slots[row.slots_start as usize..row.slots_end as usize];
             let start = slots.len();
             slots.extend_from_slice(old);
             let mut seen = Seen::default();
             let mut hit: Option<(ti::IndicatorKind, String, String)> = None;
             for (i, s) in old.iter().enumerate() {
                 let Key::Core(f) = s.key else { continue };
-                let b = Bytes { raw: &raw, heap: &heap };
+                let b = heap.bytes(raw);
                 match (f, s.value) {
                     (ids::SOURCE_IP, Value::Ip(r)) => seen.src_ip = b.ip(r),
                     (ids::DESTINATION_IP, Value::Ip(r)) => seen.dst_ip = b.ip(r),
@@ -294,8 +294,8 @@ impl Operator for Enricher {
                     }
                 }
             }
-            let push_str = |slots: &mut Vec<Slot>, heap: &mut Vec<u8>, f: FieldId, s: &str| {
-                let r = Heap(heap).push_str(s);
+            let push_str = |slots: &mut Vec<Slot>, heap: &mut Heap<'_>, f: FieldId, s: &str| {
+                let r = heap.push_str(s);
                 slots.push(Slot { key: Key::Core(f), value: Value::Str(r) });
             };
             let ti_hit = hit.is_some();
@@ -342,7 +342,7 @@ impl Operator for Enricher {
             if let (Some(i), false) = (seen.host, data.assets.is_empty()) {
                 let Value::Str(r) = old[i].value else { unreachable!("matched as a string") };
                 self.scratch.clear();
-                self.scratch.push_str(Bytes { raw: &raw, heap: &heap }.str(r));
+                self.scratch.push_str(heap.bytes(raw).str(r));
                 self.scratch.make_ascii_lowercase();
                 if let Some(a) = data.assets.get(self.scratch.as_str()) {
                     criticality = a.criticality;
@@ -369,9 +369,7 @@ impl Operator for Enricher {
             row.slots_start = start as u32;
             row.slots_end = slots.len() as u32;
         }
-        self.spare = std::mem::replace(&mut batch.slots, slots);
-        batch.raw = raw;
-        batch.heap = heap;
+        self.spare = std::mem::replace(batch_slots, slots);
         out.events.push(batch);
     }
 }

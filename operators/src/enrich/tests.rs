@@ -1,5 +1,4 @@
 use super::*;
-use ward_engine::batch::Heap;
 
 fn config(dir: &std::path::Path) -> EnrichConfig {
     let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -22,20 +21,16 @@ fn batch(events: &[&[(&str, &str)]]) -> EventBatch {
     let mut b = EventBatch::new();
     let o = b.origin_index(&"s".into(), &"p".into());
     for (i, fields) in events.iter().enumerate() {
-        b.push_raw(o, i as u64, b"{}");
-        let start = b.slots.len() as u32;
+        b.push_raw(o, i as u64, b"{}").expect("small test records fit");
         for (k, v) in fields.iter() {
             let id = FieldId::lookup(k).unwrap();
             let value = match id.field_type() {
-                ward_engine::fields::FieldType::Ip => Value::Ip(Heap(&mut b.heap).push_ip(v.parse().unwrap())),
+                ward_engine::fields::FieldType::Ip => Value::Ip(b.heap().push_ip(v.parse().unwrap())),
                 ward_engine::fields::FieldType::Int => Value::Int(v.parse().unwrap()),
-                _ => Value::Str(Heap(&mut b.heap).push_str(v)),
+                _ => Value::Str(b.heap().push_str(v)),
             };
-            b.slots.push(Slot { key: Key::Core(id), value });
+            b.push_slot(Slot { key: Key::Core(id), value });
         }
-        let row = b.rows.last_mut().unwrap();
-        row.slots_start = start;
-        row.slots_end = b.slots.len() as u32;
     }
     b
 }

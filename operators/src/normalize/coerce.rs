@@ -217,17 +217,17 @@ mod tests {
 
     #[test]
     fn coercions() {
-        let mut h = Vec::new();
+        let mut batch = ward_engine::batch::EventBatch::new();
         let opts = TsOptions { formats: &[], timezone: chrono_tz::UTC };
-        let mut heap = Heap(&mut h);
+        let mut heap = batch.heap();
         assert_eq!(coerce(FieldType::Int, Input::Str(" 445 "), &opts, &mut heap), Ok(Value::Int(445)));
         assert_eq!(coerce(FieldType::Int, Input::Str("0x1F"), &opts, &mut heap), Ok(Value::Int(31)));
         assert_eq!(coerce(FieldType::Int, Input::Str("abc"), &opts, &mut heap).unwrap_err().0, Reason::InvalidValue);
         assert_eq!(coerce(FieldType::Bool, Input::Str("Yes"), &opts, &mut heap), Ok(Value::Bool(true)));
         let v = coerce(FieldType::Ip, Input::Str("::ffff:10.1.2.3"), &opts, &mut heap).unwrap();
         let Value::Ip(r) = v else { panic!() };
-        assert_eq!(ward_engine::batch::Bytes { raw: &[], heap: &h }.ip(r), Some("10.1.2.3".parse().unwrap()));
-        let mut heap = Heap(&mut h);
+        assert_eq!(batch.bytes().ip(r), Some("10.1.2.3".parse().unwrap()));
+        let mut heap = batch.heap();
         assert!(coerce(FieldType::Ip, Input::Str("999.1.1.1"), &opts, &mut heap).is_err());
         assert_eq!(
             coerce(FieldType::Timestamp, Input::Str("x"), &opts, &mut heap).unwrap_err().0,

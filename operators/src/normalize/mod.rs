@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use schemars::JsonSchema;
 use serde::Deserialize;
-use ward_engine::batch::{Bytes, EventBatch, Heap, Key, Slot, Value};
+use ward_engine::batch::{Bytes, EventBatch, Heap, Key, Raw, Slot, Value};
 use ward_engine::component::{Built, Operator, OperatorFactory, OperatorOutput, StreamKind, WorkerContext};
 use ward_engine::fields::{ids, FieldId, FieldType};
 use ward_engine::quarantine::Reason;
@@ -122,20 +122,22 @@ impl Normalizer {
 
 /// Reads a value for coercion. Heap strings are copied into `scratch` first, because
 /// coercion may append to the heap.
-fn input<'a>(v: Value, raw: &'a [u8], heap: &[u8], scratch: &'a mut String) -> Input<'a> {
+fn input<'a>(v: Value, raw: Raw<'a>, heap: &Heap<'_>, scratch: &'a mut String) -> Input<'a> {
     match v {
         Value::Null => Input::Null,
         Value::Bool(b) => Input::Bool(b),
         Value::Int(i) => Input::Int(i),
         Value::Float(f) => Input::Float(f),
         Value::Timestamp(t) => Input::Timestamp(t),
-        Value::Ip(r) => Bytes { raw, heap }.ip(r).map(Input::Ip).unwrap_or(Input::Null),
-        Value::Str(r) if r.in_heap() => {
-            scratch.clear();
-            scratch.push_str(Bytes { raw, heap }.str(r));
-            Input::Str(scratch.as_str())
-        }
-        Value::Str(r) => Input::Str(Bytes { raw, heap: &[] }.str(r)),
+        Value::Ip(r) => heap.bytes(raw).ip(r).map(Input::Ip).unwrap_or(Input::Null),
+        Value::Str(r) => match raw.str(r) {
+            Some(text) => Input::Str(text),
+            None => {
+                scratch.clear();
+                scratch.push_str(heap.bytes(raw).str(r));
+                Input::Str(scratch.as_str())
+            }
+        },
     }
 }
 
@@ -191,10 +193,10 @@ fn holds(b: Bytes<'_>, slots: &[Slot], c: &Condition) -> bool {
     matches!(c.test, Test::Exists(false)) && !found
 }
 
-fn target_key(heap: &mut Vec<u8>, t: &Target) -> Key {
+fn target_key(heap: &mut Heap<'_>, t: &Target) -> Key {
     match t {
         Target::Core(id) => Key::Core(*id),
-        Target::Ext(name) => Key::Ext(Heap(heap).push_str(name)),
+        Target::Ext(name) => Key::Ext(heap.push_str(name)),
     }
 }
 
@@ -204,8 +206,8 @@ fn apply_mapping(
     m: &Mapping,
     pack: &Pack,
     v: Value,
-    raw: &[u8],
-    heap: &mut Vec<u8>,
+    raw: Raw<'_>,
+    heap: &mut Heap<'_>,
     scratch: &mut String,
     out: &mut Vec<Slot>,
 ) -> Result<(), (Reason, String)> {
@@ -215,7 +217,7 @@ fn apply_mapping(
         (FieldType::Str, Value::Str(r)) if !m.lowercase && !m.uppercase && m.transform.is_none() => Value::Str(r),
         (FieldType::Str, Value::Str(r)) => {
             scratch.clear();
-            let text = Bytes { raw, heap }.str(r);
+            let text = heap.bytes(raw).str(r);
             let text = match m.transform {
                 Some(Transform::Basename) => text.rsplit(['\\', '/']).next().unwrap_or(text),
                 None => text,
@@ -227,13 +229,13 @@ fn apply_mapping(
             if m.uppercase {
                 scratch.make_ascii_uppercase();
             }
-            Value::Str(Heap(heap).push_str(scratch))
+            Value::Str(heap.push_str(scratch))
         }
         _ => {
             let mut local = String::new();
             let inp = input(v, raw, heap, &mut local);
             let formats = m.formats.as_deref().unwrap_or(&pack.formats);
-            coerce(ty, inp, &TsOptions { formats, timezone: pack.timezone }, &mut Heap(heap))
+            coerce(ty, inp, &TsOptions { formats, timezone: pack.timezone }, heap)
                 .map_err(|(r, d)| (r, format!("{}: {d}", target_name(&m.to))))?
         }
     };
@@ -257,8 +259,8 @@ impl Normalizer {
         &mut self,
         pack: &Pack,
         old: &[Slot],
-        raw: &[u8],
-        heap: &mut Vec<u8>,
+        raw: Raw<'_>,
+        heap: &mut Heap<'_>,
         out: &mut Vec<Slot>,
         start: usize,
     ) -> Result<(), (Reason, String)> {
@@ -266,7 +268,7 @@ impl Normalizer {
         for s in old {
             let mapped = match s.key {
                 Key::Ext(k) => {
-                    let b = Bytes { raw, heap };
+                    let b = heap.bytes(raw);
                     pack.mappings.get(b.bytes(k)).filter(|_| !is_null_marker(pack, b, s.value))
                 }
                 Key::Core(_) => None,
@@ -285,50 +287,49 @@ impl Normalizer {
         }
         // Rules, in order, each seeing what the ones before it did.
         for (ri, rule) in pack.rules.iter().enumerate() {
-            let ok = rule.when.iter().all(|c| holds(Bytes { raw, heap }, &out[start..], c));
+            let ok = rule.when.iter().all(|c| holds(heap.bytes(raw), &out[start..], c));
             if !ok {
                 continue;
             }
             for (t, c) in &rule.set {
                 let value = match c {
-                    Const::Str(x) => Value::Str(Heap(heap).push_str(x)),
+                    Const::Str(x) => Value::Str(heap.push_str(x)),
                     Const::Int(i) => Value::Int(*i),
                     Const::Float(f) => Value::Float(*f),
                     Const::Bool(b) => Value::Bool(*b),
-                    Const::Ip(ip) => Value::Ip(Heap(heap).push_ip(*ip)),
+                    Const::Ip(ip) => Value::Ip(heap.push_ip(*ip)),
                     Const::Timestamp(ms) => Value::Timestamp(*ms),
                 };
                 let key = target_key(heap, t);
-                remove_key(out, start, key, Bytes { raw, heap });
+                remove_key(out, start, key, heap.bytes(raw));
                 out.push(Slot { key, value });
             }
             for (from, m) in &rule.fields {
                 let found = out[start..]
                     .iter()
-                    .find(|s| matches!(s.key, Key::Ext(k) if Bytes { raw, heap }.eq(k, from)))
+                    .find(|s| matches!(s.key, Key::Ext(k) if heap.bytes(raw).eq(k, from)))
                     .map(|s| s.value);
                 if let Some(v) = found {
-                    if !is_null_marker(pack, Bytes { raw, heap }, v) {
+                    if !is_null_marker(pack, heap.bytes(raw), v) {
                         apply_mapping(m, pack, v, raw, heap, &mut self.scratch, out)?;
                     }
                 }
             }
             if let Some(x) = &rule.extract {
-                let src =
-                    out[start..].iter().find(|s| key_matches(Bytes { raw, heap }, s.key, &x.from)).map(|s| s.value);
+                let src = out[start..].iter().find(|s| key_matches(heap.bytes(raw), s.key, &x.from)).map(|s| s.value);
                 if let Some(Value::Str(r)) = src {
                     if self.locs.len() <= ri {
                         self.locs.resize_with(ri + 1, || None);
                     }
                     let locs = self.locs[ri].get_or_insert_with(|| x.regex.capture_locations());
                     self.scratch.clear();
-                    self.scratch.push_str(Bytes { raw, heap }.str(r));
+                    self.scratch.push_str(heap.bytes(raw).str(r));
                     if x.regex.captures_read(locs, &self.scratch).is_some() {
                         let text = std::mem::take(&mut self.scratch);
                         for (group, target) in &x.groups {
                             if let Some((a, b)) = locs.get(*group) {
                                 let ts = TsOptions { formats: &pack.formats, timezone: pack.timezone };
-                                let value = coerce(target.field_type(), Input::Str(&text[a..b]), &ts, &mut Heap(heap))
+                                let value = coerce(target.field_type(), Input::Str(&text[a..b]), &ts, heap)
                                     .map_err(|(r, d)| (r, format!("{}: {d}", target_name(target))))?;
                                 let key = target_key(heap, target);
                                 out.push(Slot { key, value });
@@ -341,7 +342,7 @@ impl Normalizer {
         }
         if let Some(module) = &pack.module {
             if !out[start..].iter().any(|s| s.key == Key::Core(FieldId::lookup("event.module").expect("core field"))) {
-                let r = Heap(heap).push_str(module);
+                let r = heap.push_str(module);
                 out.push(Slot {
                     key: Key::Core(FieldId::lookup("event.module").expect("core field")),
                     value: Value::Str(r),
@@ -399,18 +400,18 @@ impl Operator for Normalizer {
         let packs = self.packs.clone();
         let mut new_slots = std::mem::take(&mut self.spare_slots);
         new_slots.clear();
-        new_slots.reserve(batch.slots.len() + batch.rows.len() * 4);
-        let raw = std::mem::take(&mut batch.raw);
-        let mut heap = std::mem::take(&mut batch.heap);
+        new_slots.reserve(batch.slots().len() + batch.len() * 4);
         let mut rejected: Vec<(usize, Reason, String)> = Vec::new();
-        let mut keep = vec![true; batch.rows.len()];
+        let mut keep = vec![true; batch.len()];
+        let parts = batch.parts();
+        let (raw, mut heap, slots, rows, origins) = (parts.raw, parts.heap, parts.slots, parts.rows, parts.origins);
         for (i, kept) in keep.iter_mut().enumerate() {
-            let row = batch.rows[i];
-            let old = &batch.slots[row.slots_start as usize..row.slots_end as usize];
+            let row = rows[i];
+            let old = &slots[row.slots_start as usize..row.slots_end as usize];
             let start = new_slots.len();
-            let pack = packs.iter().find(|p| p.when.iter().all(|c| holds(Bytes { raw: &raw, heap: &heap }, old, c)));
+            let pack = packs.iter().find(|p| p.when.iter().all(|c| holds(heap.bytes(raw), old, c)));
             let result = match pack {
-                Some(p) => self.row(p, old, &raw, &mut heap, &mut new_slots, start),
+                Some(p) => self.row(p, old, raw, &mut heap, &mut new_slots, start),
                 None if self.unmatched == Unmatched::Quarantine => {
                     Err((Reason::UnknownFormat, "no normalization pack handles this record".into()))
                 }
@@ -427,7 +428,7 @@ impl Operator for Normalizer {
             }
             let has = |f: FieldId, s: &[Slot]| s.iter().any(|x| x.key == Key::Core(f));
             if !has(ids::EVENT_ID, &new_slots[start..]) {
-                let o = &batch.origins[row.origin as usize];
+                let o = &origins[row.origin as usize];
                 let id = provenance_id(&o.source, &o.partition, row.offset);
                 let mut hex = [0u8; 16];
                 for (j, byte) in id.to_be_bytes().iter().enumerate() {
@@ -435,27 +436,25 @@ impl Operator for Normalizer {
                     hex[2 * j] = DIGITS[(byte >> 4) as usize];
                     hex[2 * j + 1] = DIGITS[(byte & 15) as usize];
                 }
-                let r = Heap(&mut heap).push_str(std::str::from_utf8(&hex).expect("hex digits are ASCII"));
+                let r = heap.push_str(std::str::from_utf8(&hex).expect("hex digits are ASCII"));
                 new_slots.push(Slot { key: Key::Core(ids::EVENT_ID), value: Value::Str(r) });
             }
             if !has(ids::EVENT_KIND, &new_slots[start..]) {
-                let r = Heap(&mut heap).push_str("event");
+                let r = heap.push_str("event");
                 new_slots.push(Slot { key: Key::Core(ids::EVENT_KIND), value: Value::Str(r) });
             }
             if self.keep_original {
                 // The payload is bytes until shown to be text (parse has, for surviving rows).
-                if let Some(text) = (Bytes { raw: &raw, heap: &heap }).payload_str(row.raw) {
-                    let r = ward_engine::batch::raw_ref(&raw, text).expect("payload lies in raw");
+                if let Ok(text) = simdutf8::basic::from_utf8(raw.payload(row.raw)) {
+                    let r = ward_engine::batch::raw_ref(raw, text).expect("payload lies in raw");
                     new_slots.push(Slot { key: Key::Core(ids::EVENT_ORIGINAL), value: Value::Str(r) });
                 }
             }
-            let r = &mut batch.rows[i];
+            let r = &mut rows[i];
             r.slots_start = start as u32;
             r.slots_end = new_slots.len() as u32;
         }
-        self.spare_slots = std::mem::replace(&mut batch.slots, new_slots);
-        batch.raw = raw;
-        batch.heap = heap;
+        self.spare_slots = std::mem::replace(slots, new_slots);
         out.emit(batch, &keep, rejected, &self.component);
     }
 }

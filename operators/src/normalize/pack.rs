@@ -267,10 +267,10 @@ fn compile_condition(c: &ConditionSpec) -> Result<Condition, String> {
 
 fn constant(ty: FieldType, v: &str, formats: &[TsFormat], timezone: chrono_tz::Tz) -> Result<Const, String> {
     use super::coerce::{coerce, Input, TsOptions};
-    use ward_engine::batch::{Bytes, Heap, Value};
-    let mut heap = Vec::new();
-    let value = coerce(ty, Input::Str(v), &TsOptions { formats, timezone }, &mut Heap(&mut heap)).map_err(|e| e.1)?;
-    let b = Bytes { raw: &[], heap: &heap };
+    use ward_engine::batch::{EventBatch, Value};
+    let mut scratch = EventBatch::new();
+    let value = coerce(ty, Input::Str(v), &TsOptions { formats, timezone }, &mut scratch.heap()).map_err(|e| e.1)?;
+    let b = scratch.bytes();
     Ok(match value {
         Value::Str(r) => Const::Str(b.str(r).to_string()),
         Value::Int(i) => Const::Int(i),

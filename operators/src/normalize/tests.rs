@@ -16,7 +16,7 @@ fn run_with(packs: Vec<Pack>, unmatched: Unmatched, lines: &[&str]) -> (Vec<serd
     let mut b = EventBatch::new();
     let o = b.origin_index(&"src".into(), &"f".into());
     for (i, l) in lines.iter().enumerate() {
-        b.push_raw(o, i as u64 + 1, l.as_bytes());
+        b.push_raw(o, i as u64 + 1, l.as_bytes()).expect("small test records fit");
     }
     let mut parsed = OperatorOutput::default();
     parser.process(b, 0, &mut parsed);

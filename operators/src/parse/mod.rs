@@ -76,9 +76,7 @@ impl ComponentConfig for ParseConfig {
             Some(z) => z.parse::<chrono_tz::Tz>().map_err(|e| anyhow::anyhow!("timezone `{z}`: {e}"))?,
             None => chrono_tz::UTC,
         };
-        if self.max_record_bytes == 0 {
-            anyhow::bail!("max_record_bytes must be at least 1");
-        }
+        ward_engine::limits::check_record_bytes(self.max_record_bytes)?;
         Ok(Built::Operator(Arc::new(ParseFactory {
             format: self.format,
             max_record_bytes: self.max_record_bytes,
@@ -189,19 +187,20 @@ fn run(r: Result<(), String>, format: &'static str, reason: Reason) -> Outcome {
 
 impl Operator for Parser {
     fn process(&mut self, mut batch: EventBatch, _epoch: u64, out: &mut OperatorOutput) {
-        let raw = std::mem::take(&mut batch.raw);
-        let mut keep = vec![true; batch.rows.len()];
+        let mut keep = vec![true; batch.len()];
         let mut rejected: Vec<(usize, Reason, String)> = Vec::new();
         {
-            let mut w = FieldWriter::new(&raw, &mut batch.heap, &mut batch.slots);
-            for (i, row) in batch.rows.iter_mut().enumerate() {
+            let parts = batch.parts();
+            let (raw, origins) = (parts.raw, parts.origins);
+            let mut w = FieldWriter::new(raw, parts.heap, parts.slots);
+            for (i, row) in parts.rows.iter_mut().enumerate() {
                 w.begin();
                 // Fields the source gave the record (e.g. Kafka key and headers) come first.
                 for k in row.slots_start..row.slots_end {
                     let slot = w.slots[k as usize];
                     w.slots.push(slot);
                 }
-                let payload = ward_engine::batch::Bytes { raw: &raw, heap: &[] }.bytes(row.raw);
+                let payload = raw.payload(row.raw);
                 let outcome = if payload.len() > self.max_record_bytes {
                     Outcome::Rejected(
                         Reason::Oversize,
@@ -211,7 +210,7 @@ impl Operator for Parser {
                     match simdutf8::compat::from_utf8(payload) {
                         Err(e) => Outcome::Rejected(Reason::InvalidUtf8, e.to_string()),
                         Ok(text) if text.trim().is_empty() => Outcome::Rejected(Reason::Empty, "empty record".into()),
-                        Ok(text) => self.parse_one(text, &batch.origins[row.origin as usize], &mut w),
+                        Ok(text) => self.parse_one(text, &origins[row.origin as usize], &mut w),
                     }
                 };
                 match outcome {
@@ -233,7 +232,6 @@ impl Operator for Parser {
                 }
             }
         }
-        batch.raw = raw;
         out.emit(batch, &keep, rejected, &self.component);
     }
 }
@@ -250,16 +248,15 @@ pub(crate) mod tests {
     ) -> Result<serde_json::Value, String> {
         let mut b = EventBatch::new();
         let o = b.origin_index(&"s".into(), &"p".into());
-        b.push_raw(o, 1, text.as_bytes());
-        let raw = std::mem::take(&mut b.raw);
-        let t = std::str::from_utf8(&raw).unwrap();
+        b.push_raw(o, 1, text.as_bytes()).expect("small test records fit");
         {
-            let mut w = FieldWriter::new(&raw, &mut b.heap, &mut b.slots);
+            let parts = b.parts();
+            let t = std::str::from_utf8(parts.raw.as_bytes()).unwrap();
+            let mut w = FieldWriter::new(parts.raw, parts.heap, parts.slots);
             w.begin();
             f(t, &mut w)?;
+            parts.rows[0].slots_end = w.slots.len() as u32;
         }
-        b.rows[0].slots_end = b.slots.len() as u32;
-        b.raw = raw;
         Ok(b.row_to_json(0).get("ext").cloned().unwrap_or(serde_json::json!({})))
     }
 
@@ -269,7 +266,7 @@ pub(crate) mod tests {
         let mut b = EventBatch::new();
         let o = b.origin_index(&"src".into(), &"file.log".into());
         for (i, l) in lines.iter().enumerate() {
-            b.push_raw(o, i as u64 + 1, l);
+            b.push_raw(o, i as u64 + 1, l).expect("small test records fit");
         }
         let mut out = OperatorOutput::default();
         p.process(b, 0, &mut out);

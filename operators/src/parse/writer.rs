@@ -4,36 +4,37 @@
 //! everything else (unescaped strings, dotted paths of nested keys) is appended to the
 //! batch heap. Nothing here allocates per field once the batch buffers have grown.
 
-use ward_engine::batch::{raw_ref, Heap, Key, Slot, StrRef, Value};
+use ward_engine::batch::{raw_ref, Heap, HeapMark, Key, Raw, Slot, StrRef, Value};
 
 pub struct FieldWriter<'a> {
-    pub(crate) raw: &'a [u8],
-    pub(crate) heap: &'a mut Vec<u8>,
+    pub(crate) raw: Raw<'a>,
+    pub(crate) heap: Heap<'a>,
     pub(crate) slots: &'a mut Vec<Slot>,
     /// Slots of the record being written start here (so a failed parse can be rolled back).
     pub(crate) row_start: usize,
-    heap_start: usize,
+    heap_start: HeapMark,
     /// Reused buffer for dotted key paths (JSON).
     pub(crate) path: String,
 }
 
 impl<'a> FieldWriter<'a> {
-    pub fn new(raw: &'a [u8], heap: &'a mut Vec<u8>, slots: &'a mut Vec<Slot>) -> Self {
+    pub fn new(raw: Raw<'a>, heap: Heap<'a>, slots: &'a mut Vec<Slot>) -> Self {
         let row_start = slots.len();
-        let heap_start = heap.len();
+        let heap_start = heap.mark();
         FieldWriter { raw, heap, slots, row_start, heap_start, path: String::new() }
     }
 
     /// Starts a new record.
     pub fn begin(&mut self) {
         self.row_start = self.slots.len();
-        self.heap_start = self.heap.len();
+        self.heap_start = self.heap.mark();
     }
 
-    /// Drops everything written since `begin` (the record is being quarantined).
+    /// Drops everything written since `begin` (the record is being quarantined); the slots
+    /// referring to it go with it.
     pub fn rollback(&mut self) {
         self.slots.truncate(self.row_start);
-        self.heap.truncate(self.heap_start);
+        self.heap.rollback(self.heap_start);
     }
 
     pub fn written(&self) -> usize {
@@ -44,7 +45,7 @@ impl<'a> FieldWriter<'a> {
     pub fn text(&mut self, s: &str) -> StrRef {
         match raw_ref(self.raw, s) {
             Some(r) => r,
-            None => Heap(self.heap).push_str(s),
+            None => self.heap.push_str(s),
         }
     }
 
@@ -79,10 +80,10 @@ impl<'a> FieldWriter<'a> {
 
     /// Appends an owned or computed string to the heap (e.g. unescaped text).
     pub fn heap_str(&mut self, s: &str) -> StrRef {
-        Heap(self.heap).push_str(s)
+        self.heap.push_str(s)
     }
 
-    pub fn heap(&mut self) -> Heap<'_> {
-        Heap(self.heap)
+    pub fn heap(&mut self) -> &mut Heap<'a> {
+        &mut self.heap
     }
 }

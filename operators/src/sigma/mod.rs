@@ -376,7 +376,7 @@ impl Detector {
                 source = %p.source,
                 partition = %ward_engine::text::escape_text(&p.partition),
                 offset = p.offset,
-                bytes = batch.rows[row].raw.len(),
+                bytes = batch.rows()[row].raw.len(),
                 undecided = ?undecided(),
                 "event over the match budget: its cheap tests ran, some regex tests did not; the rules they \
                  decide raised no alert (ward_sigma_undecided_total; further such events are counted, not logged, \

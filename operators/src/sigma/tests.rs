@@ -24,7 +24,7 @@ fn batch(events: &[&str]) -> EventBatch {
     let mut b = EventBatch::new();
     let o = b.origin_index(&"test".into(), &"p".into());
     for (i, e) in events.iter().enumerate() {
-        b.push_raw(o, i as u64, e.as_bytes());
+        b.push_raw(o, i as u64, e.as_bytes()).expect("small test records fit");
     }
     let mut p = Parser::new("parse".into(), Format::Json, 1 << 20, Default::default());
     let mut out = OperatorOutput::default();
@@ -342,7 +342,7 @@ fn run_one_with(
     let mut alerts = Vec::new();
     let mut b = EventBatch::new();
     let o = b.origin_index(&"test".into(), &"p".into());
-    b.push_raw(o, 0, event.as_bytes());
+    b.push_raw(o, 0, event.as_bytes()).expect("small test records fit");
     let mut p = Parser::new("parse".into(), Format::Json, 8 << 20, Default::default());
     let mut out = OperatorOutput::default();
     p.process(b, 0, &mut out);

@@ -1,5 +1,5 @@
 use super::*;
-use ward_engine::batch::{Heap, Key, Slot};
+use ward_engine::batch::{Key, Slot};
 use ward_engine::fields::ids;
 use ward_engine::keyed::KEY_GROUPS;
 use ward_engine::time::WATERMARK_END;
@@ -34,19 +34,15 @@ fn updates(rows: &[(Option<&str>, Option<&str>, i64)]) -> EventBatch {
     let mut b = EventBatch::new();
     let o = b.origin_index(&"acks".into(), &"acks.jsonl".into());
     for (i, (id, action, t)) in rows.iter().enumerate() {
-        b.push_raw(o, i as u64, format!("{id:?} {action:?} {t}").as_bytes());
-        let start = b.slots.len() as u32;
+        b.push_raw(o, i as u64, format!("{id:?} {action:?} {t}").as_bytes()).expect("small test records fit");
         for (name, v) in [("case.id", id), ("case.action", action)] {
             if let Some(v) = v {
-                let k = Heap(&mut b.heap).push_str(name);
-                let r = Heap(&mut b.heap).push_str(v);
-                b.slots.push(Slot { key: Key::Ext(k), value: Value::Str(r) });
+                let k = b.heap().push_str(name);
+                let r = b.heap().push_str(v);
+                b.push_slot(Slot { key: Key::Ext(k), value: Value::Str(r) });
             }
         }
-        b.slots.push(Slot { key: Key::Core(ids::TIMESTAMP), value: Value::Timestamp(*t) });
-        let row = b.rows.last_mut().unwrap();
-        row.slots_start = start;
-        row.slots_end = b.slots.len() as u32;
+        b.push_slot(Slot { key: Key::Core(ids::TIMESTAMP), value: Value::Timestamp(*t) });
     }
     b
 }
