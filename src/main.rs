@@ -82,6 +82,10 @@ struct RunArgs {
     /// resume from the newest complete one found there.
     #[arg(long)]
     checkpoint_dir: Option<PathBuf>,
+    /// After SIGINT/SIGTERM, exit with code 1 if draining takes longer than this (overrides
+    /// `settings.shutdown_timeout`, default 30s), e.g. `10s`.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    shutdown_timeout: Option<std::time::Duration>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -118,6 +122,7 @@ fn run_spec(spec: &Spec, args: &RunArgs) -> ExitCode {
         let _ = signal_hook::flag::register_conditional_shutdown(sig, 130, stop.clone());
         let _ = signal_hook::flag::register(sig, stop.clone());
     }
+    spawn_shutdown_watchdog(stop.clone(), args.shutdown_timeout.unwrap_or(spec.settings.shutdown_timeout));
     let opts = RunOptions {
         workers: args.workers,
         admin_listen: args.admin.clone(),
@@ -143,6 +148,28 @@ fn run_spec(spec: &Spec, args: &RunArgs) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// Acknowledges the first SIGINT/SIGTERM and bounds the drain that follows: sources stop at
+/// once, in-flight batches may take `timeout`; after that the process exits with code 1 without
+/// committing more (like a crash: what is committed stays, the next run resumes).
+fn spawn_shutdown_watchdog(stop: Arc<AtomicBool>, timeout: std::time::Duration) {
+    let _ = std::thread::Builder::new().name("ward-shutdown".into()).spawn(move || {
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        eprintln!(
+            "ward: signal received: sources stopped, draining in-flight batches (up to {}; a second signal exits at once)",
+            humantime::format_duration(timeout)
+        );
+        std::thread::sleep(timeout);
+        eprintln!(
+            "ward: the drain did not finish within {} (a sink unavailable?): exiting without committing more; \
+             the next run resumes from the newest checkpoint",
+            humantime::format_duration(timeout)
+        );
+        std::process::exit(1);
+    });
 }
 
 fn summary_json(s: &runtime::RunSummary) -> serde_json::Value {

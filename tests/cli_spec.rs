@@ -200,3 +200,75 @@ fn fields_table_lists_ecs_lite() {
     assert!(f.stdout.contains("| `source.ip` | Ip |"));
     assert!(f.stdout.contains("| `@timestamp` | Timestamp |"));
 }
+
+// Hostile specs (DESIGN.md §10): each is refused with a reason, never a crash or an abort.
+
+#[test]
+fn each_cycle_is_reported_with_its_own_members() {
+    // Two separate cycles (a self-loop and parse <-> normalize) and a sink fed by one of them.
+    let text = GOOD
+        .replace("inputs: [src]", "inputs: [src, normalize]")
+        .replace("  - id: normalize\n", "  - id: loop\n    type: parse\n    inputs: [loop]\n  - id: normalize\n");
+    let (r, _) = validate(&text);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("the cycle loop -> loop"), "{}", r.stderr);
+    assert!(r.stderr.contains("the cycle parse -> normalize -> parse"), "{}", r.stderr);
+    assert!(!r.stderr.contains("`out` is part"), "a sink downstream of a cycle is not in it:\n{}", r.stderr);
+    assert!(!r.stderr.contains("loop -> parse") && !r.stderr.contains("normalize -> loop"), "{}", r.stderr);
+}
+
+#[test]
+fn deep_nesting_is_refused_before_parsing() {
+    for deep in [format!("name: t\nx: {}", "[".repeat(30_000)), format!("name: t\nx:\n{}", "- ".repeat(30_000))] {
+        let (r, _) = validate(&deep);
+        assert_eq!(r.code, 2, "{}", r.stderr);
+        assert!(r.stderr.contains("nested deeper than 128"), "{}", r.stderr);
+    }
+}
+
+#[test]
+fn sizes_and_addresses_are_bounded_in_validation() {
+    let with_settings = |s: &str| GOOD.replace("name: t\n", &format!("name: t\nsettings:\n  {s}\n"));
+    assert_rejected(&with_settings("batch_size: 1099511627776"), 3, None, "`batch_size` is 1099511627776");
+    assert_rejected(&with_settings("admin_listen: not-an-address"), 3, None, "not an address to listen on");
+    assert_rejected(&with_settings("epoch_interval_ms: 0"), 3, None, "`epoch_interval_ms` is 0");
+    let (r, _) = validate(&with_settings("admin_listen: \"localhost:0\""));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let big = GOOD.replace("    inputs: [src]\n", "    inputs: [src]\n    max_record_bytes: 1099511627776\n");
+    let (r, _) = validate(&big);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("`max_record_bytes` is 1099511627776"), "{}", r.stderr);
+}
+
+#[test]
+fn control_characters_from_the_spec_are_escaped_in_errors() {
+    let text = GOOD.replace("id: parse", "id: \"evil\\u202Etxt.exe\"");
+    let (r, _) = validate(&text);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("evil\\u{202E}txt.exe"), "{}", r.stderr);
+    assert!(!r.stderr.contains('\u{202E}'), "raw bidi override echoed:\n{}", r.stderr);
+}
+
+#[test]
+fn a_sink_on_a_source_input_or_two_sinks_on_one_file_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "in/a.log", "x\n");
+    let spec = |sink_a: &str, sink_b: &str| {
+        format!(
+            "name: t\nsources:\n  - {{ id: src, type: file, path: 'in/*.log' }}\noperators:\n  - {{ id: parse, type: parse, inputs: [src] }}\nsinks:\n  - {{ id: a, type: jsonl, inputs: [parse], path: '{sink_a}' }}\n  - {{ id: b, type: jsonl, inputs: [quarantine], path: '{sink_b}' }}\n"
+        )
+    };
+    // Through `..` and a glob: the same file.
+    let p = write(dir.path(), "spec.yaml", &spec("in/../in/a.log", "q.jsonl"));
+    let r = ward(&["validate", &p]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("which source `src` reads"), "{}", r.stderr);
+    let p = write(dir.path(), "spec.yaml", &spec("out.jsonl", "./out.jsonl"));
+    let r = ward(&["validate", &p]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("sinks `a` and `b` both write"), "{}", r.stderr);
+    let p = write(dir.path(), "spec.yaml", &spec("out.jsonl", "q.jsonl"));
+    assert_eq!(ward(&["validate", &p]).code, 0);
+    // The input survives: validation refused to run the truncating spec.
+    assert_eq!(std::fs::read_to_string(dir.path().join("in/a.log")).unwrap(), "x\n");
+}

@@ -423,3 +423,45 @@ sinks:
         .iter()
         .any(|e| e["reason"] == "unknown_format" && e["ward.partition"] == "stdin" && e["ward.offset"] == 3));
 }
+
+#[test]
+fn sigint_while_a_sink_hangs_is_acknowledged_and_the_drain_is_bounded() {
+    // The events sink is a FIFO nobody reads: its writes block, as in an outage.
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("stuck.jsonl");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    let spec = write(
+        dir.path(),
+        "spec.yaml",
+        &format!(
+            "name: stuck\nsettings: {{ admin_listen: \"\", shutdown_timeout: 2s }}\nsources:\n  - {{ id: gen, type: generator, count: 0, rate: 1000 }}\noperators:\n  - {{ id: parse, type: parse, inputs: [gen] }}\nsinks:\n  - {{ id: out, type: jsonl, inputs: [parse], path: {} }}\n  - {{ id: q, type: jsonl, inputs: [quarantine], path: {}/q.jsonl }}\n",
+            fifo.display(),
+            dir.path().display()
+        ),
+    );
+    let mut child = std::process::Command::new(ward_bin())
+        .args(["run", &spec, "--quiet"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let sent = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(sent.success());
+    let signalled = Instant::now();
+    let deadline = signalled + Duration::from_secs(20);
+    let code = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s.code();
+        }
+        assert!(Instant::now() < deadline, "ward kept waiting on the stuck sink after SIGINT");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let waited = signalled.elapsed();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("signal received: sources stopped"), "{stderr}");
+    assert!(stderr.contains("did not finish within 2s"), "{stderr}");
+    assert!(waited >= Duration::from_secs(2), "exited before the shutdown timeout: {waited:?}");
+}

@@ -239,3 +239,38 @@ fn rules_check_reports_a_broken_file_and_keeps_going() {
     .unwrap();
     assert_eq!(counts, [("compiled".to_string(), 1), ("rejected".to_string(), 1)].into());
 }
+
+#[test]
+fn hostile_rule_files_are_rejected_alone_and_fast() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "good.yml", &windows_rules("high"));
+    std::fs::write(dir.path().join("latin1.yml"), b"title: caf\xe9\nid: x\n").unwrap();
+    write(dir.path(), "brackets.yml", &"[".repeat(200_000));
+    let started = std::time::Instant::now();
+    let report = check_json(&[dir.path()]);
+    assert!(started.elapsed().as_secs() < 20, "took {:?}", started.elapsed());
+    assert_eq!(report["compiled"], 2, "{report}");
+    let reasons: Vec<String> =
+        report["rejections"].as_array().unwrap().iter().map(|r| format!("{} {}", r["path"], r["reason"])).collect();
+    assert!(reasons.iter().any(|r| r.contains("latin1.yml") && r.contains("not UTF-8")), "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.contains("brackets.yml") && r.contains("nested deeper")), "{reasons:?}");
+}
+
+#[test]
+fn rules_test_reports_a_non_utf8_line_and_counts_blank_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = write(dir.path(), "r.yml", &windows_rules("high"));
+    let event = security_event(4625, "2026-01-05T08:00:00Z", 1, "dc1", r#""TargetUserName":"bob""#);
+    let mut text = Vec::new();
+    text.extend_from_slice(b"\n");
+    text.extend_from_slice(b"not \xff utf-8\n");
+    text.extend_from_slice(event.as_bytes());
+    text.extend_from_slice(b"\n");
+    std::fs::write(dir.path().join("events.jsonl"), &text).unwrap();
+    let events = dir.path().join("events.jsonl");
+    let r = ward(&["rules", "test", &rules, "--events", &events.to_string_lossy()]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.contains("event 1 (line 2) is not valid UTF-8"), "{}", r.stderr);
+    let alert: serde_json::Value = serde_json::from_str(r.stdout.lines().next().expect("one alert")).unwrap();
+    assert_eq!(alert["event_index"], 2, "the line number, blank line counted: {alert}");
+}

@@ -55,8 +55,7 @@ fn rss_bytes() -> u64 {
 }
 
 pub fn run(keys: u64, alerts_per_key: u64) -> anyhow::Result<()> {
-    let rules =
-        CorrelationRules::load(&[RuleFile { path: "bench.yml".into(), rel: "bench.yml".into(), text: RULES.into() }]);
+    let rules = CorrelationRules::load(&[RuleFile::new("bench.yml", "bench.yml", RULES)]);
     anyhow::ensure!(rules.set.rejected.is_empty(), "bench rules rejected: {:?}", rules.set.rejected);
     let total = keys * alerts_per_key;
     // Alerts spread over 8 minutes of event time: every key stays live (timespan 10 minutes).

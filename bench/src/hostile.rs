@@ -110,7 +110,7 @@ pub fn run(sizes: &[usize], repeat: usize) -> anyhow::Result<()> {
                 format!("title: t{i}\nid: hostile-{i}\nlogsource: {{ category: test }}\ndetection:\n{d}---\n")
             })
             .collect();
-        let files = vec![RuleFile { path: "hostile.yml".into(), rel: "hostile.yml".into(), text }];
+        let files = vec![RuleFile::new("hostile.yml", "hostile.yml", text)];
         let set = compile_files(&files, &CompileOptions::default(), None)?;
         if set.compiled() == 0 {
             let why = set.rejections().first().map(|(_, _, w)| w.to_string()).unwrap_or_default();

@@ -27,8 +27,12 @@ fn operator<C: ComponentConfig>(config: serde_json::Value) -> anyhow::Result<Box
     let config: C = serde_json::from_value(config)?;
     let resources = Resources::new(crate::repo());
     let admin = AdminRoutes::default();
-    let Built::Keyed(factory) =
-        config.build(&BuildContext { component_id: C::TYPE, resources: &resources, admin: &admin })?
+    let Built::Keyed(factory) = config.build(&BuildContext {
+        component_id: C::TYPE,
+        resources: &resources,
+        admin: &admin,
+        io: &Default::default(),
+    })?
     else {
         anyhow::bail!("{} is not a keyed operator", C::TYPE);
     };

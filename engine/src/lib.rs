@@ -11,6 +11,7 @@ pub mod clock;
 pub mod coalesce;
 pub mod component;
 pub mod fields;
+pub mod framing;
 pub mod keyed;
 pub mod limits;
 pub mod metrics;

@@ -33,6 +33,39 @@ pub struct BuildContext<'a> {
     pub resources: &'a Resources,
     /// Where a component registers its admin endpoint routes.
     pub admin: &'a crate::admin::AdminRoutes,
+    /// The files a component reads and writes, declared while it is built, so validation can
+    /// refuse a sink that would truncate a source's input or two sinks writing one file.
+    pub io: &'a std::cell::RefCell<Vec<FileUse>>,
+}
+
+/// A file or directory a component reads or writes.
+#[derive(Clone, Debug)]
+pub struct FileUse {
+    pub component: String,
+    pub path: std::path::PathBuf,
+    pub write: bool,
+    /// A directory the component writes files under (a Parquet sink), not one file.
+    pub dir: bool,
+}
+
+impl BuildContext<'_> {
+    pub fn reads(&self, path: &std::path::Path) {
+        self.declare(path, false, false);
+    }
+    pub fn writes(&self, path: &std::path::Path) {
+        self.declare(path, true, false);
+    }
+    pub fn writes_under(&self, dir: &std::path::Path) {
+        self.declare(dir, true, true);
+    }
+    fn declare(&self, path: &std::path::Path, write: bool, dir: bool) {
+        self.io.borrow_mut().push(FileUse {
+            component: self.component_id.to_string(),
+            path: path.to_path_buf(),
+            write,
+            dir,
+        });
+    }
 }
 
 /// A typed component config. Implemented by every component in its own file.

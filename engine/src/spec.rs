@@ -79,6 +79,16 @@ pub struct Settings {
     /// Periodic checkpoints (DESIGN.md §4): off when absent.
     #[serde(default)]
     pub checkpoint: Option<crate::checkpoint::CheckpointConfig>,
+    /// After SIGINT/SIGTERM, how long in-flight batches may take to drain (e.g. while a sink is
+    /// in an outage). Past it Ward exits with code 1 without committing more: nothing
+    /// committed is lost and the next run resumes from the newest checkpoint.
+    #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub shutdown_timeout: std::time::Duration,
+}
+
+fn default_shutdown_timeout() -> std::time::Duration {
+    std::time::Duration::from_secs(30)
 }
 
 fn default_epoch_ms() -> u64 {
@@ -114,6 +124,9 @@ fn default_admin_token_env() -> String {
 fn default_admin_max_connections() -> usize {
     crate::admin::DEFAULT_MAX_CONNECTIONS
 }
+
+/// Largest spec file read.
+pub const MAX_SPEC_BYTES: usize = 4 << 20;
 
 /// Largest `batch_size` (records per batch; batches are also cut at 64 MiB of payloads).
 pub const MAX_BATCH_SIZE: usize = 1 << 20;
@@ -163,6 +176,7 @@ impl Default for Settings {
             admin_max_connections: default_admin_max_connections(),
             admin_allowed_hosts: Vec::new(),
             checkpoint: None,
+            shutdown_timeout: default_shutdown_timeout(),
         }
     }
 }
@@ -230,14 +244,18 @@ impl Spec {
 
     /// Loads and validates a spec file.
     pub fn load(path: &Path, registry: &Registry) -> Result<Spec, SpecErrors> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            SpecErrors(vec![SpecError {
-                file: path.to_path_buf(),
-                line: 0,
-                column: 0,
-                message: format!("cannot read: {e}"),
-            }])
-        })?;
+        use std::io::Read;
+        let fail =
+            |message: String| SpecErrors(vec![SpecError { file: path.to_path_buf(), line: 0, column: 0, message }]);
+        let mut bytes = Vec::new();
+        std::fs::File::open(path)
+            .and_then(|f| f.take(MAX_SPEC_BYTES as u64 + 1).read_to_end(&mut bytes))
+            .map_err(|e| fail(format!("cannot read: {e}")))?;
+        if bytes.len() > MAX_SPEC_BYTES {
+            return Err(fail(format!("larger than {MAX_SPEC_BYTES} bytes; not a pipeline spec")));
+        }
+        let text = String::from_utf8(bytes)
+            .map_err(|e| fail(format!("not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to())))?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let base = if base.as_os_str().is_empty() { PathBuf::from(".") } else { base };
         Spec::parse(path, &text, Resources::new(base), registry)
@@ -250,6 +268,7 @@ impl Spec {
             errors: Vec::new(),
             broken: Default::default(),
             admin: AdminRoutes::new(),
+            io: Default::default(),
         };
         let spec = v.run(text, resources, registry);
         match spec {
@@ -335,6 +354,8 @@ struct Validator {
     /// them are not reported again as dangling.
     broken: std::collections::HashSet<String>,
     admin: AdminRoutes,
+    /// Files the components declared they read or write.
+    io: std::cell::RefCell<Vec<crate::registry::FileUse>>,
 }
 
 struct Pending {
@@ -356,6 +377,14 @@ impl Validator {
     }
 
     fn run(&mut self, text: &str, resources: Resources, registry: &Registry) -> Option<Spec> {
+        if text.len() > MAX_SPEC_BYTES {
+            self.err(None, format!("spec is {} bytes; at most {MAX_SPEC_BYTES} are read", text.len()));
+            return None;
+        }
+        if let Err(e) = crate::limits::check_yaml_depth(text) {
+            self.err(Some(&Marker::new(0, 1, 1, 0)), e);
+            return None;
+        }
         let root = match marked_yaml::parse_yaml_with_options(
             0,
             text,
@@ -422,6 +451,7 @@ impl Validator {
             self.err(root.span().start(), "a pipeline needs at least one sink under `sinks`");
         }
         let warnings = self.check_graph(&pending);
+        self.check_file_uses(&pending);
         let order = self.topological_order(&pending)?;
         if !self.errors.is_empty() {
             return None;
@@ -555,7 +585,7 @@ impl Validator {
             config.remove(k);
         }
         let config_node = Node::from(config);
-        let ctx = BuildContext { component_id: &id, resources, admin: &self.admin };
+        let ctx = BuildContext { component_id: &id, resources, admin: &self.admin, io: &self.io };
         let built = match kind.build(&config_node, &ctx) {
             Ok(b) => Some(b),
             Err(e) => {
@@ -662,6 +692,71 @@ impl Validator {
     }
 
     /// Kahn's algorithm; on a cycle, reports it by name at each member.
+    /// A sink writing a file a source reads would truncate the input before it is read, and
+    /// two sinks on one file would interleave torn lines: both are refused, after resolving
+    /// paths (symlinks, `..`) and globs.
+    fn check_file_uses(&mut self, pending: &[Pending]) {
+        let uses = std::mem::take(&mut *self.io.borrow_mut());
+        let real = |p: &Path| -> PathBuf {
+            if let Ok(c) = std::fs::canonicalize(p) {
+                return c;
+            }
+            // Not there yet (an output): its directory's real path and its name.
+            match (p.parent(), p.file_name()) {
+                (Some(dir), Some(name)) => {
+                    std::fs::canonicalize(if dir.as_os_str().is_empty() { Path::new(".") } else { dir })
+                        .map(|d| d.join(name))
+                        .unwrap_or_else(|_| p.to_path_buf())
+                }
+                _ => p.to_path_buf(),
+            }
+        };
+        let resolved: Vec<(PathBuf, &crate::registry::FileUse)> = uses.iter().map(|u| (real(&u.path), u)).collect();
+        let covers = |w: &(PathBuf, &crate::registry::FileUse), other: &Path| {
+            if w.1.dir {
+                other.starts_with(&w.0)
+            } else {
+                other == w.0
+            }
+        };
+        let marker = |id: &str| pending.iter().find(|p| p.id == id).map(|p| p.marker);
+        let mut problems = Vec::new();
+        for (i, w) in resolved.iter().enumerate().filter(|(_, w)| w.1.write) {
+            for (j, other) in resolved.iter().enumerate() {
+                if i == j || other.1.component == w.1.component {
+                    continue;
+                }
+                let clash = covers(w, &other.0) || (other.1.write && covers(other, &w.0));
+                if !clash {
+                    continue;
+                }
+                let shown = w.0.display();
+                if !other.1.write {
+                    problems.push((
+                        w.1.component.clone(),
+                        format!(
+                            "sink `{}` writes {shown}, which source `{}` reads: the input would be truncated before it is read",
+                            w.1.component, other.1.component
+                        ),
+                    ));
+                } else if i < j {
+                    problems.push((
+                        other.1.component.clone(),
+                        format!(
+                            "sinks `{}` and `{}` both write {shown}: their output would interleave",
+                            w.1.component, other.1.component
+                        ),
+                    ));
+                }
+            }
+        }
+        problems.dedup();
+        for (component, message) in problems {
+            let m = marker(&component);
+            self.err(m.as_ref(), message);
+        }
+    }
+
     fn topological_order(&mut self, pending: &[Pending]) -> Option<Vec<usize>> {
         let index: HashMap<&str, usize> = pending.iter().enumerate().map(|(i, p)| (p.id.as_str(), i)).collect();
         let deps: Vec<Vec<usize>> = pending
@@ -677,34 +772,136 @@ impl Validator {
                     .collect()
             })
             .collect();
+        // Kahn's algorithm, first-in first-out in spec order (the order components are built in).
+        let n = pending.len();
+        let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); n];
+        for (j, d) in deps.iter().enumerate() {
+            for &x in d {
+                dependents[x].push(j);
+            }
+        }
         let mut indegree: Vec<usize> = deps.iter().map(Vec::len).collect();
-        let mut ready: Vec<usize> = (0..pending.len()).filter(|&i| indegree[i] == 0).collect();
-        ready.reverse();
-        let mut order = Vec::with_capacity(pending.len());
-        while let Some(i) = ready.pop() {
+        let mut ready: std::collections::VecDeque<usize> = (0..n).filter(|&i| indegree[i] == 0).collect();
+        let mut order = Vec::with_capacity(n);
+        while let Some(i) = ready.pop_front() {
             order.push(i);
-            for (j, d) in deps.iter().enumerate() {
-                for &x in d {
-                    if x == i {
-                        indegree[j] -= 1;
-                        if indegree[j] == 0 {
-                            ready.insert(0, j);
-                        }
-                    }
+            for &j in &dependents[i] {
+                indegree[j] -= 1;
+                if indegree[j] == 0 {
+                    ready.push_back(j);
                 }
             }
         }
-        if order.len() < pending.len() {
-            let in_cycle: Vec<usize> = (0..pending.len()).filter(|i| !order.contains(i)).collect();
-            let names: Vec<&str> = in_cycle.iter().map(|&i| pending[i].id.as_str()).collect();
-            for &i in &in_cycle {
-                let msg = format!("cycle: `{}` is part of a cycle through {}", pending[i].id, names.join(" -> "));
-                self.err(Some(&pending[i].marker), msg);
+        if order.len() < n {
+            // Each cycle on its own, with its members in data-flow order; components that only
+            // consume a cycle's output are not part of it.
+            for cycle in cycles(&dependents, &indegree) {
+                let mut path: Vec<&str> = cycle.iter().map(|&i| pending[i].id.as_str()).collect();
+                path.push(path[0]);
+                let text = path.join(" -> ");
+                for &i in &cycle {
+                    self.err(
+                        Some(&pending[i].marker),
+                        format!("cycle: `{}` is part of the cycle {text}", pending[i].id),
+                    );
+                }
             }
             return None;
         }
         Some(order)
     }
+}
+
+/// The cycles among the nodes Kahn's algorithm could not order (`indegree` > 0): one per
+/// strongly connected component that has a cycle, as a closed walk starting at its smallest
+/// node. Iterative (a spec's chains can be long).
+fn cycles(dependents: &[Vec<usize>], indegree: &[usize]) -> Vec<Vec<usize>> {
+    let n = dependents.len();
+    let left: Vec<bool> = indegree.iter().map(|&d| d > 0).collect();
+    // Kosaraju: finishing order on the graph, then components on the reversed graph.
+    let mut finished = Vec::new();
+    let mut seen = vec![false; n];
+    for start in (0..n).filter(|&i| left[i]) {
+        if seen[start] {
+            continue;
+        }
+        seen[start] = true;
+        let mut stack = vec![(start, 0usize)];
+        while let Some((v, k)) = stack.pop() {
+            let next = dependents[v].iter().skip(k).position(|&w| left[w] && !seen[w]).map(|p| p + k);
+            match next {
+                Some(p) => {
+                    stack.push((v, p + 1));
+                    let w = dependents[v][p];
+                    seen[w] = true;
+                    stack.push((w, 0));
+                }
+                None => finished.push(v),
+            }
+        }
+    }
+    let mut reverse: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for (v, ds) in dependents.iter().enumerate() {
+        for &w in ds {
+            reverse[w].push(v);
+        }
+    }
+    let mut component = vec![usize::MAX; n];
+    let mut out = Vec::new();
+    for &root in finished.iter().rev() {
+        if component[root] != usize::MAX {
+            continue;
+        }
+        let id = root;
+        let mut members = vec![root];
+        component[root] = id;
+        let mut k = 0;
+        while k < members.len() {
+            let v = members[k];
+            k += 1;
+            for &w in &reverse[v] {
+                if left[w] && component[w] == usize::MAX {
+                    component[w] = id;
+                    members.push(w);
+                }
+            }
+        }
+        let self_loop = members.len() == 1 && dependents[root].contains(&root);
+        if members.len() < 2 && !self_loop {
+            continue;
+        }
+        // A closed walk from the smallest member: breadth-first within the component back to it.
+        let s = *members.iter().min().expect("non-empty");
+        let mut parent = vec![usize::MAX; n];
+        let mut queue = std::collections::VecDeque::from([s]);
+        let mut last = None;
+        'search: while let Some(v) = queue.pop_front() {
+            for &w in &dependents[v] {
+                if component[w] != id {
+                    continue;
+                }
+                if w == s {
+                    last = Some(v);
+                    break 'search;
+                }
+                if parent[w] == usize::MAX {
+                    parent[w] = v;
+                    queue.push_back(w);
+                }
+            }
+        }
+        let mut walk = Vec::new();
+        let mut v = last.expect("a strongly connected component has a cycle through each member");
+        while v != s {
+            walk.push(v);
+            v = parent[v];
+        }
+        walk.push(s);
+        walk.reverse();
+        out.push(walk);
+    }
+    out.sort();
+    out
 }
 
 fn section_noun(s: Section) -> &'static str {

@@ -45,3 +45,69 @@ pub fn check(format: Format, data: &[u8], normalize: bool) {
         }
     }
 }
+
+/// Rules in every form that could make matching super-linear.
+const HOSTILE_RULES: &str = r#"title: gate
+id: gate
+logsource: { category: fuzz }
+detection: { s: { message: 'Failed password for * from * port *' }, condition: s }
+---
+title: overlap
+id: overlap
+logsource: { category: fuzz }
+detection: { s: { message: '*aa*aa*b*' }, condition: s }
+---
+title: regex
+id: regex
+logsource: { category: fuzz }
+detection: { s: { message|re: '(a|b|c|d){50}x' }, t: { other|re: 'a[ab]{12}z' }, condition: s or not t }
+---
+title: fieldref
+id: fieldref
+logsource: { category: fuzz }
+detection: { s: { message|fieldref|contains: other }, condition: s }
+---
+title: keywords
+id: keywords
+logsource: { category: fuzz }
+detection: { keywords: ['*aa*aa*b*', 'mimikatz'], condition: keywords }
+---
+title: windash
+id: windash
+logsource: { category: fuzz }
+detection: { s: { message|windash|contains: ' -enc ' }, condition: s }
+"#;
+
+/// Matches arbitrary field values (split at 0xFF bytes into `message`, `other`, `CommandLine`)
+/// against [`HOSTILE_RULES`]: no panic, and regex work at most a fixed multiple of the event.
+pub fn check_sigma(data: &[u8]) {
+    use ward_operators::sigma::{compile_files, CompileOptions, Detector, RuleFile, RuleSet};
+    static SET: OnceLock<RuleSet> = OnceLock::new();
+    let set = SET.get_or_init(|| {
+        let files = vec![RuleFile::new("fuzz.yml", "fuzz.yml", HOSTILE_RULES)];
+        let set = compile_files(&files, &CompileOptions::default(), None).expect("rules compile");
+        assert_eq!(set.rejected(), 0, "{:?}", set.rejections());
+        set
+    });
+    let mut parts = data.split(|b| *b == 0xFF).map(String::from_utf8_lossy);
+    let event = serde_json::json!({
+        "message": parts.next().unwrap_or_default(),
+        "other": parts.next().unwrap_or_default(),
+        "CommandLine": parts.next().unwrap_or_default(),
+    })
+    .to_string();
+    let mut batch = EventBatch::new();
+    let o = batch.origin_index(&"fuzz".into(), &"input".into());
+    batch.push_raw(o, 1, event.as_bytes()).expect("a fuzz input fits");
+    let mut parser = Parser::new("parse".into(), Format::Json, 1 << 24, SyslogOptions::default());
+    let mut out = OperatorOutput::default();
+    parser.process(batch, 0, &mut out);
+    let mut detector = Detector::new("fuzz".into(), false);
+    let mut alerts = Vec::new();
+    for b in &out.events {
+        detector.detect(set, b, &mut alerts);
+    }
+    let st = detector.stats();
+    // Each of the few regex atoms reads each value at most once.
+    assert!(st.searched_bytes <= 16 * (event.len() as u64 + 64), "{} bytes searched for a {}-byte event", st.searched_bytes, event.len());
+}

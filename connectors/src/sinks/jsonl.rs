@@ -33,6 +33,9 @@ impl ComponentConfig for JsonlSinkConfig {
 
     fn build(self, ctx: &BuildContext<'_>) -> anyhow::Result<Built> {
         let path = if self.path == "-" { None } else { Some(ctx.resources.resolve(&self.path)) };
+        if let Some(p) = &path {
+            ctx.writes(p);
+        }
         Ok(Built::Sink(Arc::new(JsonlFactory {
             path,
             append: self.append,

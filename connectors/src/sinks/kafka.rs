@@ -87,6 +87,7 @@ impl ComponentConfig for KafkaSinkConfig {
 
     fn build(self, ctx: &BuildContext<'_>) -> anyhow::Result<Built> {
         anyhow::ensure!(!self.topic.is_empty(), "`topic` must not be empty");
+        crate::check_kafka_properties(&self.properties)?;
         for key in RESERVED {
             anyhow::ensure!(!self.properties.contains_key(*key), "`properties` may not set `{key}`: Ward sets it");
         }

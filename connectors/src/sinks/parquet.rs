@@ -92,6 +92,7 @@ impl ComponentConfig for ParquetSinkConfig {
             anyhow::bail!("row_group_size must be at least 1");
         }
         let dir = ctx.resources.resolve(&self.path);
+        ctx.writes_under(&dir);
         Ok(Built::Sink(Arc::new(ParquetFactory { config: self, dir, sink_id: ctx.component_id.to_string() })))
     }
 }

@@ -4,7 +4,7 @@
 //! whatever the worker count.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -14,6 +14,8 @@ use ward_engine::batch::EventBatch;
 use ward_engine::component::{Built, Source, SourceFactory, SourcePoll, StreamKind, WorkerContext};
 use ward_engine::quarantine::{QuarantineRecord, Reason};
 use ward_engine::registry::{BuildContext, ComponentConfig, Section};
+
+use ward_engine::framing::{read_document, Piece};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -62,19 +64,60 @@ impl ComponentConfig for FileSourceConfig {
     const OUTPUT: Option<StreamKind> = Some(StreamKind::Records);
 
     fn build(self, ctx: &BuildContext<'_>) -> anyhow::Result<Built> {
-        let pattern = ctx.resources.resolve(&self.path);
-        let pattern_text = pattern.to_string_lossy().into_owned();
-        let mut files: Vec<PathBuf> = glob::glob(&pattern_text)
-            .map_err(|e| anyhow::anyhow!("path `{}`: {e}", self.path))?
-            .filter_map(Result::ok)
-            .filter(|p| p.is_file())
-            .collect();
-        files.sort();
-        if files.is_empty() {
-            anyhow::bail!("path `{}` matches no file (looked for {pattern_text})", self.path);
+        ward_engine::limits::check_record_bytes(self.max_record_bytes)?;
+        let files = expand_path(ctx.resources, &self.path)?;
+        for f in &files {
+            ctx.reads(f);
         }
         Ok(Built::Source(Arc::new(FileSourceFactory { config: self, files })))
     }
+}
+
+/// The regular files `path` (a file or a glob, relative to the spec) names, sorted, each real
+/// file once: a `**` through a symlink loop or two links to one file would otherwise read it
+/// again under other names (each with its own event ids, so dedup could not help). Every
+/// directory, FIFO, socket, dangling link or repeat the glob matched is logged as skipped.
+pub fn expand_path(resources: &ward_engine::resources::Resources, path: &str) -> anyhow::Result<Vec<PathBuf>> {
+    let pattern = resources.resolve(path);
+    let pattern_text = pattern.to_string_lossy().into_owned();
+    let mut matched: Vec<PathBuf> = Vec::new();
+    for entry in glob::glob(&pattern_text).map_err(|e| anyhow::anyhow!("path `{path}`: {e}"))? {
+        match entry {
+            Ok(p) => matched.push(p),
+            Err(e) => {
+                tracing::warn!(path = %e.path().display(), error = %e.error(), "file source: skipped (unreadable)")
+            }
+        }
+    }
+    matched.sort();
+    let mut seen: std::collections::HashMap<PathBuf, PathBuf> = std::collections::HashMap::new();
+    let mut files = Vec::new();
+    for p in matched {
+        let meta = match std::fs::metadata(&p) {
+            Ok(m) => m,
+            Err(e) => {
+                let why = if std::fs::symlink_metadata(&p).is_ok() { "dangling or looping link" } else { "unreadable" };
+                tracing::warn!(path = %p.display(), error = %e, "file source: skipped ({why})");
+                continue;
+            }
+        };
+        if !meta.is_file() {
+            let kind = if meta.is_dir() { "a directory" } else { "not a regular file (FIFO, socket or device)" };
+            tracing::warn!(path = %p.display(), "file source: skipped ({kind})");
+            continue;
+        }
+        let real = std::fs::canonicalize(&p).unwrap_or_else(|_| p.clone());
+        if let Some(first) = seen.get(&real) {
+            tracing::warn!(path = %p.display(), same_as = %first.display(), "file source: skipped (the same file again, e.g. through a symlink loop)");
+            continue;
+        }
+        seen.insert(real, p.clone());
+        files.push(p);
+    }
+    if files.is_empty() {
+        anyhow::bail!("path `{path}` matches no regular file (looked for {pattern_text})");
+    }
+    Ok(files)
 }
 
 struct FileSourceFactory {
@@ -120,8 +163,8 @@ struct OpenFile {
     reader: Box<dyn BufRead>,
     /// Number of the next record (1-based line, or document index for JSON documents).
     next_offset: u64,
-    /// For JSON documents: the documents of the whole file, split once.
-    documents: Option<std::vec::IntoIter<(u64, Vec<u8>)>>,
+    /// For JSON documents: the byte offset reached in the (decompressed) stream.
+    byte_pos: u64,
 }
 
 impl FileSource {
@@ -149,7 +192,7 @@ impl FileSource {
         } else {
             Box::new(file)
         };
-        Ok(OpenFile { partition: path.to_string_lossy().into_owned().into(), reader, next_offset: 1, documents: None })
+        Ok(OpenFile { partition: path.to_string_lossy().into_owned().into(), reader, next_offset: 1, byte_pos: 0 })
     }
 
     /// A record rejected while reading (before any payload became a batch row).
@@ -177,8 +220,12 @@ impl FileSource {
     /// Skips the records before record `next` of a file being resumed.
     fn skip_to(&mut self, f: &mut OpenFile, next: u64) -> std::io::Result<()> {
         if self.config.framing == Framing::JsonDocuments {
-            // Documents are split when the file is first read; skip them there.
-            f.next_offset = next;
+            while f.next_offset < next {
+                if read_document(&mut *f.reader, &mut self.line, 0, &mut f.byte_pos)?.is_none() {
+                    break;
+                }
+                f.next_offset += 1;
+            }
             return Ok(());
         }
         while f.next_offset < next {
@@ -293,41 +340,58 @@ impl Source for FileSource {
             let mut quarantined = Vec::new();
             let mut finished = false;
             if self.config.framing == Framing::JsonDocuments {
-                if f.documents.is_none() {
-                    let mut all = Vec::new();
-                    if let Err(e) = f.reader.read_to_end(&mut all) {
-                        return Ok(self.read_error(&f.partition, 0, e));
-                    }
-                    let text = String::from_utf8_lossy(&all);
-                    let docs = match ward_engine::batch::split_json_documents(&text) {
-                        Ok(d) => d
-                            .into_iter()
-                            .enumerate()
-                            .map(|(i, d)| (i as u64 + 1, d.as_bytes().to_vec()))
-                            .collect::<Vec<_>>(),
+                // One document at a time, bounded like lines; a bad one is quarantined alone.
+                while batch.len() < max_rows && !batch.is_full() {
+                    let found = match read_document(&mut *f.reader, &mut self.line, max, &mut f.byte_pos) {
+                        Ok(Some(found)) => found,
+                        Ok(None) => {
+                            finished = true;
+                            break;
+                        }
                         Err(e) => {
-                            return Ok(self.read_error(&f.partition, 0, format!("not a stream of JSON documents: {e}")))
+                            let offset = f.next_offset;
+                            let detail = format!("read error at byte {}: {e}", f.byte_pos);
+                            quarantined.push(self.rejected(Reason::ReadError, detail, &f.partition, offset, &[], 0));
+                            finished = true;
+                            break;
                         }
                     };
-                    let skip = (f.next_offset.saturating_sub(1) as usize).min(docs.len());
-                    f.documents = Some(docs.into_iter().skip(skip).collect::<Vec<_>>().into_iter());
-                }
-                let docs = f.documents.as_mut().expect("split above");
-                while batch.len() < max_rows && !batch.is_full() {
-                    let Some((offset, doc)) = docs.next() else { break };
-                    if batch.push_raw(origin, offset, &doc).is_err() {
-                        quarantined.push(self.rejected(
+                    let offset = f.next_offset;
+                    f.next_offset += 1;
+                    let (len, at) = (found.len, found.start);
+                    let problem = match found.piece {
+                        Piece::Junk => {
+                            Some((Reason::InvalidJson, format!("{len} bytes at byte {at} are not a JSON document")))
+                        }
+                        Piece::Truncated => Some((
+                            Reason::InvalidJson,
+                            format!("JSON document at byte {at} cut off by the end of the file"),
+                        )),
+                        Piece::Document if len > max => Some((
                             Reason::Oversize,
-                            "document does not fit in a batch".into(),
-                            &f.partition,
-                            offset,
-                            &doc,
-                            doc.len(),
-                        ));
+                            format!("document of {len} bytes at byte {at} > max_record_bytes {max}"),
+                        )),
+                        Piece::Document => None,
+                    };
+                    match problem {
+                        Some((reason, detail)) => {
+                            quarantined.push(self.rejected(reason, detail, &f.partition, offset, &self.line, len))
+                        }
+                        None => {
+                            if batch.push_raw(origin, offset, &self.line).is_err() {
+                                let detail = format!("document of {len} bytes does not fit in a batch");
+                                quarantined.push(self.rejected(
+                                    Reason::Oversize,
+                                    detail,
+                                    &f.partition,
+                                    offset,
+                                    &self.line,
+                                    len,
+                                ));
+                            }
+                        }
                     }
-                    f.next_offset = offset + 1;
                 }
-                finished = docs.len() == 0;
             } else {
                 // Cut at BATCH_BYTES too: 4 MiB lines × batch_size would overflow a batch.
                 while batch.len() < max_rows && !batch.is_full() {
@@ -416,6 +480,69 @@ mod tests {
         out
     }
 
+    #[test]
+    fn json_documents_quarantine_a_bad_document_alone_and_stream_with_bounded_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("docs.json");
+        let mut f = std::fs::File::create(&path).unwrap();
+        f.write_all(b"{\n \"a\": 1\n}\nnot json at all\n{\"b\": \"\xff\"}\n").unwrap();
+        f.write_all(format!("{{\"big\": \"{}\"}}\n{{\"c\": 3}}\n{{\"cut\":", "x".repeat(200)).as_bytes()).unwrap();
+        drop(f);
+        let mut s = FileSource::new("src".into(), config(Framing::JsonDocuments), vec![path.clone()]);
+        let mut records = Vec::new();
+        let mut quarantined = Vec::new();
+        loop {
+            match s.poll(1024).unwrap() {
+                SourcePoll::Batch(b) => push_batch(&mut records, &b),
+                SourcePoll::Both(b, q) => {
+                    push_batch(&mut records, &b);
+                    quarantined.extend(q);
+                }
+                SourcePoll::Quarantine(q) => quarantined.extend(q),
+                SourcePoll::Pending(_) => {}
+                SourcePoll::Done => break,
+            }
+        }
+        let offsets: Vec<u64> = records.iter().map(|r| r.1).collect();
+        assert_eq!(offsets, vec![1, 3, 5], "documents 1, 3 (bytes kept as they are; parse checks UTF-8) and 5");
+        assert!(records[1].2.contains('\u{FFFD}'), "the invalid byte reached the record unreplaced");
+        let q: Vec<(u64, &str, &str)> =
+            quarantined.iter().map(|r| (r.offset, r.reason.as_str(), r.detail.as_str())).collect();
+        assert_eq!(q.len(), 3, "{q:?}");
+        assert_eq!((q[0].0, q[0].1), (2, "invalid_json"));
+        assert!(q[0].2.contains("at byte 12"), "{q:?}");
+        assert_eq!((q[1].0, q[1].1), (4, "oversize"));
+        assert_eq!((q[2].0, q[2].1), (6, "invalid_json"));
+        assert!(q[2].2.contains("cut off"), "{q:?}");
+    }
+
+    #[test]
+    fn a_gzip_bomb_of_one_endless_document_is_read_in_bounded_memory() {
+        use flate2::write::GzEncoder;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bomb.json.gz");
+        let mut gz = GzEncoder::new(std::fs::File::create(&path).unwrap(), flate2::Compression::best());
+        gz.write_all(b"{\"a\": \"").unwrap();
+        let chunk = vec![b'x'; 1 << 20];
+        for _ in 0..200 {
+            gz.write_all(&chunk).unwrap(); // 200 MB of one string, never closed
+        }
+        gz.finish().unwrap();
+        let mut s = FileSource::new("src".into(), config(Framing::JsonDocuments), vec![path]);
+        let mut quarantined = Vec::new();
+        loop {
+            match s.poll(1024).unwrap() {
+                SourcePoll::Both(_, q) | SourcePoll::Quarantine(q) => quarantined.extend(q),
+                SourcePoll::Batch(b) => assert!(b.is_empty()),
+                SourcePoll::Pending(_) => {}
+                SourcePoll::Done => break,
+            }
+        }
+        assert_eq!(quarantined.len(), 1);
+        assert!(quarantined[0].payload.len() <= 64, "no more than max_record_bytes kept");
+        assert_eq!(quarantined[0].payload_len, 200 * (1 << 20) + 7);
+    }
+
     fn push_batch(out: &mut Vec<(String, u64, String)>, b: &EventBatch) {
         for r in 0..b.len() {
             let p = b.provenance(r);
@@ -466,5 +593,27 @@ mod tests {
         next.restore(&[&first.checkpoint().unwrap()]).unwrap();
         got.extend(drain(&mut next, usize::MAX));
         assert_eq!(got.iter().map(|r| r.1).collect::<Vec<_>>(), vec![1, 2, 3]);
+    }
+}
+
+#[cfg(test)]
+mod glob_tests {
+    use super::*;
+
+    #[test]
+    fn a_symlink_loop_fifos_and_dangling_links_are_skipped_each_real_file_read_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("logs");
+        std::fs::create_dir_all(d.join("sub")).unwrap();
+        std::fs::write(d.join("sub/a.log"), "x\n").unwrap();
+        // `sub/loop` points back at `logs`: `**` would walk logs/sub/loop/sub/loop/... .
+        std::os::unix::fs::symlink(&d, d.join("sub/loop")).unwrap();
+        std::os::unix::fs::symlink(d.join("missing.log"), d.join("dangling.log")).unwrap();
+        assert!(std::process::Command::new("mkfifo").arg(d.join("pipe.log")).status().unwrap().success());
+        std::fs::create_dir(d.join("dir.log")).unwrap();
+        let resources = ward_engine::resources::Resources::new(dir.path());
+        let files = expand_path(&resources, "logs/**/*.log").unwrap();
+        assert_eq!(files, vec![d.join("sub/a.log")], "one real file, read once");
+        assert!(expand_path(&resources, "logs/*.log").unwrap_err().to_string().contains("no regular file"));
     }
 }

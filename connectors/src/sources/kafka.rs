@@ -91,6 +91,7 @@ impl ComponentConfig for KafkaSourceConfig {
             anyhow::bail!("`topics` names no topic");
         }
         let start = parse_start(&self.start)?;
+        crate::check_kafka_properties(&self.properties)?;
         for key in ["bootstrap.servers", "group.id", "enable.auto.commit", "enable.auto.offset.store"] {
             if self.properties.contains_key(key) {
                 anyhow::bail!("`properties` may not set `{key}`: Ward sets it");

@@ -68,6 +68,10 @@ impl CorrelationRules {
             hasher.update(&[0]);
             hasher.update(f.text.as_bytes());
             hasher.update(&[0]);
+            // Unusable files are rejected by sigma-match (`ward rules check` reports them).
+            if f.problem.is_some() || ward_engine::limits::check_yaml_depth(&f.text).is_err() {
+                continue;
+            }
             let Ok(collection) = rsigma_parser::parse_sigma_yaml(&f.text) else { continue };
             for r in &collection.rules {
                 detections.push((r.id.clone().unwrap_or_else(|| r.title.clone()), r.name.clone()));

@@ -21,7 +21,7 @@ fn rules(yaml: &str) -> Arc<CorrelationSet> {
     let base = "title: Failed logon\nid: failed\nname: failed_logon\nlogsource: {product: windows}\ndetection: {sel: {EventID: 4625}, condition: sel}\n---\n\
 title: Group add\nid: group-add\nname: group_add\nlogsource: {product: windows}\ndetection: {sel: {EventID: 4732}, condition: sel}\n---\n\
 title: Big transfer\nid: transfer\nlogsource: {product: zeek}\ndetection: {sel: {service: x}, condition: sel}\n---\n";
-    let files = vec![RuleFile { path: "t.yml".into(), rel: "t.yml".into(), text: format!("{base}{yaml}") }];
+    let files = vec![RuleFile::new("t.yml", "t.yml", format!("{base}{yaml}"))];
     let loaded = CorrelationRules::load(&files);
     assert!(loaded.set.rejected.is_empty(), "{:?}", loaded.set.rejected);
     loaded.set
@@ -229,7 +229,7 @@ fn rejections_have_reasons() {
     ];
     for (body, why) in bad {
         let text = format!("title: Failed\nid: failed\nlogsource: {{product: windows}}\ndetection: {{sel: {{EventID: 1}}, condition: sel}}\n---\ntitle: Bad\nid: bad\n{body}");
-        let loaded = CorrelationRules::load(&[RuleFile { path: "b.yml".into(), rel: "b.yml".into(), text }]);
+        let loaded = CorrelationRules::load(&[RuleFile::new("b.yml", "b.yml", text)]);
         assert_eq!(loaded.set.rejected.len(), 1, "{body}");
         assert!(loaded.set.rejected[0].3.contains(why), "{:?} should mention {why}", loaded.set.rejected[0]);
     }

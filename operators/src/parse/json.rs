@@ -10,6 +10,9 @@ use ward_engine::batch::Value;
 
 use super::writer::FieldWriter;
 
+/// Longest dotted field name (`a.b.c`) a record may produce.
+pub const MAX_FIELD_NAME_BYTES: usize = 4096;
+
 /// Parses one JSON object into `w`. Errors carry serde_json's message (line and column).
 pub fn parse_json(text: &str, w: &mut FieldWriter<'_>) -> Result<(), String> {
     let mut path = std::mem::take(&mut w.path);
@@ -51,6 +54,13 @@ impl<'de> Visitor<'de> for ObjectVisitor<'_, '_, '_> {
             }
             let borrowed_top_level = base == 0 && matches!(key, KeyText::Borrowed(_));
             self.path.push_str(key.as_str());
+            // Every leaf copies its dotted name: bounding the name keeps a record of long
+            // nested keys with many leaves linear instead of quadratic.
+            if self.path.len() > MAX_FIELD_NAME_BYTES {
+                return Err(serde::de::Error::custom(format_args!(
+                    "field name longer than {MAX_FIELD_NAME_BYTES} bytes"
+                )));
+            }
             map.next_value_seed(ValueSeed {
                 w: self.w,
                 path: self.path,
@@ -136,10 +146,12 @@ impl<'de> Visitor<'de> for ValueSeed<'_, '_, '_, 'de> {
         Ok(())
     }
     fn visit_u64<E>(self, v: u64) -> Result<(), E> {
-        self.put(match i64::try_from(v) {
+        // Above i64::MAX: the exact digits as text, not a float that drops the last ones.
+        let value = match i64::try_from(v) {
             Ok(i) => Value::Int(i),
-            Err(_) => Value::Float(v as f64),
-        });
+            Err(_) => Value::Str(self.w.heap_str(itoa::Buffer::new().format(v))),
+        };
+        self.put(value);
         Ok(())
     }
     fn visit_f64<E>(self, v: f64) -> Result<(), E> {
@@ -194,6 +206,22 @@ mod tests {
         assert_eq!(j["n"], serde_json::Value::Null);
         assert_eq!(j["f"], 1.5);
         assert_eq!(j["ok"], true);
+    }
+
+    #[test]
+    fn overlong_dotted_names_are_refused() {
+        let key = "k".repeat(3000);
+        let nested = format!(r#"{{"{key}":{{"{key}":1}}}}"#);
+        assert!(parse(&nested).unwrap_err().contains("field name longer than 4096"));
+        assert!(parse(&format!(r#"{{"{key}":{{"b":1}}}}"#)).is_ok());
+    }
+
+    #[test]
+    fn integers_above_i64_stay_exact() {
+        let j = parse(r#"{"big":12345678901234567891,"max":18446744073709551615,"neg":-9223372036854775808}"#).unwrap();
+        assert_eq!(j["big"], "12345678901234567891");
+        assert_eq!(j["max"], "18446744073709551615");
+        assert_eq!(j["neg"], i64::MIN);
     }
 
     #[test]

@@ -61,20 +61,50 @@ pub struct RuleFile {
     /// a rule directory does not change the version).
     pub rel: String,
     pub text: String,
+    /// Why the file cannot be read as rules (not UTF-8, too large); it is rejected alone.
+    pub problem: Option<String>,
 }
 
-/// Reads every `.yml`/`.yaml` file under each of `paths` (files or directories).
+/// Largest rule file read (SigmaHQ's largest is about 40 KB).
+pub const MAX_RULE_FILE_BYTES: u64 = 1 << 20;
+
+impl RuleFile {
+    pub fn new(path: impl Into<String>, rel: impl Into<String>, text: impl Into<String>) -> RuleFile {
+        RuleFile { path: path.into(), rel: rel.into(), text: text.into(), problem: None }
+    }
+}
+
+/// Reads every `.yml`/`.yaml` file under each of `paths` (files or directories). A file that
+/// cannot be used (not UTF-8, over [`MAX_RULE_FILE_BYTES`]) comes back with its `problem`, to
+/// be rejected alone like a YAML error; only a missing path is an error.
 pub fn read_rule_files(resources: &Resources, paths: &[String]) -> anyhow::Result<Vec<RuleFile>> {
+    use std::io::Read;
     let mut files = Vec::new();
     for p in paths {
         let root = resources.resolve(p);
         for f in resources.list_files(p, &["yml", "yaml"])? {
-            let text = std::fs::read_to_string(&f).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
             let rel = match f.strip_prefix(&root) {
                 Ok(r) if !r.as_os_str().is_empty() => r.display().to_string(),
                 _ => f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
             };
-            files.push(RuleFile { path: f.display().to_string(), rel, text });
+            let mut file = RuleFile::new(f.display().to_string(), rel, String::new());
+            let mut bytes = Vec::new();
+            let read = std::fs::File::open(&f)
+                .and_then(|h| h.take(MAX_RULE_FILE_BYTES + 1).read_to_end(&mut bytes).map(|_| ()));
+            match read {
+                Err(e) => file.problem = Some(format!("cannot read: {e}")),
+                Ok(()) if bytes.len() as u64 > MAX_RULE_FILE_BYTES => {
+                    file.problem = Some(format!("file larger than {MAX_RULE_FILE_BYTES} bytes"))
+                }
+                Ok(()) => match String::from_utf8(bytes) {
+                    Ok(t) => file.text = t,
+                    Err(e) => {
+                        file.problem =
+                            Some(format!("not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to()))
+                    }
+                },
+            }
+            files.push(file);
         }
     }
     Ok(files)
@@ -99,6 +129,18 @@ pub fn compile_files(
         hasher.update(f.text.as_bytes());
         hasher.update(&[0]);
         let short = short_path(&f.path);
+        let problem = f.problem.clone().or_else(|| {
+            if f.text.len() as u64 > MAX_RULE_FILE_BYTES {
+                return Some(format!("file larger than {MAX_RULE_FILE_BYTES} bytes"));
+            }
+            // Before parsing: a deeply nested document makes the YAML parser slow and deep.
+            ward_engine::limits::check_yaml_depth(&f.text).err()
+        });
+        if let Some(why) = problem {
+            hasher.update(why.as_bytes());
+            reports.push(rejected(&short, "-", "-", why));
+            continue;
+        }
         let collection = match rsigma_parser::parse_sigma_yaml(&f.text) {
             Ok(c) => c,
             Err(e) => {

@@ -16,7 +16,7 @@ fn options() -> CompileOptions {
 }
 
 fn set(rules: &str) -> RuleSet {
-    let files = vec![RuleFile { path: "t.yml".into(), rel: "t.yml".into(), text: rules.to_string() }];
+    let files = vec![RuleFile::new("t.yml", "t.yml", rules)];
     compile_files(&files, &options(), None).unwrap()
 }
 

@@ -43,10 +43,21 @@ pub fn windash(s: &SigmaString) -> Result<Vec<SigmaString>, String> {
             }
         }
     }
-    let combos = DASHES.len().checked_pow(positions.len() as u32).unwrap_or(usize::MAX);
-    if combos > MAX_VARIANTS {
-        return Err(format!("windash on `{}` yields {combos} variants (limit {MAX_VARIANTS})", s.original));
-    }
+    let combos = u32::try_from(positions.len()).ok().and_then(|n| DASHES.len().checked_pow(n));
+    let combos = match combos {
+        Some(c) if c <= MAX_VARIANTS => c,
+        Some(c) => {
+            return Err(format!("windash on `{}` yields {c} variants (limit {MAX_VARIANTS})", s.original));
+        }
+        None => {
+            return Err(format!(
+                "windash on `{}` yields {}^{} variants (limit {MAX_VARIANTS})",
+                s.original,
+                DASHES.len(),
+                positions.len()
+            ))
+        }
+    };
     let mut out = Vec::with_capacity(combos);
     for mut k in 0..combos {
         let mut chosen = vec!['-'; items.len()];
@@ -222,6 +233,9 @@ mod tests {
         assert_eq!(windash(&SigmaString::new("-a -b")).unwrap().len(), 25);
         // After a wildcard the dash still counts as a flag start.
         assert_eq!(windash(&SigmaString::new("*-exec")).unwrap().len(), 5);
+        // Far past the limit: the count is reported, not a saturated 18446744073709551615.
+        let e = windash(&SigmaString::new(&" -a".repeat(40))).unwrap_err();
+        assert!(e.contains("5^40") && !e.contains("18446744073709551615"), "{e}");
     }
 
     #[test]
