@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use ward_engine::text::escape_text;
+
 use clap::{Args, Subcommand};
 use ward_engine::alert::Alert;
 use ward_engine::batch::EventBatch;
@@ -156,7 +158,7 @@ fn check(rules: &[PathBuf], args: &CompileArgs, json: bool) -> anyhow::Result<Ex
         return Ok(ExitCode::SUCCESS);
     }
     for (path, id, why) in set.rejections() {
-        println!("rejected  {path}  {id}: {why}");
+        println!("rejected  {}  {}: {}", escape_text(path), escape_text(id), escape_text(why));
     }
     // Rejections grouped by construct, most common first.
     let mut by_reason: BTreeMap<String, usize> = BTreeMap::new();
@@ -203,11 +205,11 @@ fn explain(rule: &PathBuf, args: &CompileArgs) -> anyhow::Result<ExitCode> {
     let mut lowered = Vec::new();
     let set = compile(std::slice::from_ref(rule), args, Some(&mut lowered))?;
     for (path, id, why) in set.rejections() {
-        println!("REJECTED {path} {id}: {why}\n");
+        println!("REJECTED {} {}: {}\n", escape_text(path), escape_text(id), escape_text(why));
     }
     for l in &lowered {
         let m = &l.meta.rule;
-        println!("rule      {} ({})", m.title, m.id);
+        println!("rule      {} ({})", escape_text(&m.title), escape_text(&m.id));
         println!("level     {}  status {}  techniques {}", m.level, m.status, m.techniques.join(", "));
         let ls = &l.logsource;
         println!(
@@ -332,7 +334,7 @@ fn test(
 ) -> anyhow::Result<ExitCode> {
     let set = compile(rules, args, None)?;
     for (path, id, why) in set.rejections() {
-        eprintln!("warning: rule rejected: {path} {id}: {why}");
+        eprintln!("warning: rule rejected: {} {}: {}", escape_text(path), escape_text(id), escape_text(why));
     }
     let bytes = std::fs::read(events).map_err(|e| anyhow::anyhow!("{}: {e}", events.display()))?;
     let records = split_events(&bytes);

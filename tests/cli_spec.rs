@@ -238,6 +238,14 @@ fn sizes_and_addresses_are_bounded_in_validation() {
     let (r, _) = validate(&big);
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(r.stderr.contains("`max_record_bytes` is 1099511627776"), "{}", r.stderr);
+    let parquet = GOOD.replace(
+        "    type: jsonl\n    inputs: [normalize]\n    path: out.jsonl",
+        "    type: parquet\n    inputs: [normalize]\n    path: out\n    row_group_size: 1099511627776",
+    );
+    assert_ne!(parquet, GOOD);
+    let (r, _) = validate(&parquet);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("`row_group_size` is 1099511627776"), "{}", r.stderr);
 }
 
 #[test]

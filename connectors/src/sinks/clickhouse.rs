@@ -141,7 +141,10 @@ impl ComponentConfig for ClickHouseSinkConfig {
             self.url
         );
         anyhow::ensure!(!self.table.is_empty(), "table: must not be empty");
-        anyhow::ensure!(self.batch_rows > 0, "batch_rows: must be at least 1");
+        use ward_engine::limits::check_range;
+        check_range("batch_rows", self.batch_rows as u64, 1, 1 << 20)?;
+        check_range("retry.failure_threshold", self.retry.failure_threshold as u64, 1, 1_000_000)?;
+        check_range("retry.server_error_retries", self.retry.server_error_retries as u64, 0, 1_000_000)?;
         let password = match &self.password_env {
             Some(var) => Some(
                 std::env::var(var)

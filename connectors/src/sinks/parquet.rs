@@ -88,9 +88,10 @@ impl ComponentConfig for ParquetSinkConfig {
 
     fn build(self, ctx: &BuildContext<'_>) -> anyhow::Result<Built> {
         ZstdLevel::try_new(self.zstd_level).map_err(|e| anyhow::anyhow!("zstd_level: {e}"))?;
-        if self.row_group_size == 0 {
-            anyhow::bail!("row_group_size must be at least 1");
-        }
+        use ward_engine::limits::check_range;
+        check_range("row_group_size", self.row_group_size as u64, 1, 16 << 20)?;
+        check_range("max_file_rows", self.max_file_rows as u64, 1, 1 << 32)?;
+        check_range("close_idle_after_epochs", self.close_idle_after_epochs, 1, 1 << 20)?;
         let dir = ctx.resources.resolve(&self.path);
         ctx.writes_under(&dir);
         Ok(Built::Sink(Arc::new(ParquetFactory { config: self, dir, sink_id: ctx.component_id.to_string() })))

@@ -79,6 +79,9 @@ impl ComponentConfig for GeneratorConfig {
     const OUTPUT: Option<StreamKind> = Some(StreamKind::Records);
 
     fn build(self, _ctx: &BuildContext<'_>) -> anyhow::Result<Built> {
+        use ward_engine::limits::check_range;
+        check_range("rate", self.rate, 0, 1_000_000_000)?;
+        check_range("interval_ms", self.interval_ms, 0, 86_400_000)?;
         let start = chrono::DateTime::parse_from_rfc3339(&self.start_time)
             .map_err(|e| anyhow::anyhow!("start_time `{}`: {e}", self.start_time))?
             .timestamp_millis();
