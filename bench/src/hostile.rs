@@ -102,14 +102,13 @@ pub fn run(sizes: &[usize], repeat: usize) -> anyhow::Result<()> {
     println!("| shape | value bytes | ms/event | ns/byte | over budget | alerts |");
     println!("|---|---|---|---|---|---|");
     for shape in shapes() {
-        let text: String = shape
+        let text = shape
             .rules
             .iter()
             .enumerate()
-            .map(|(i, d)| {
-                format!("title: t{i}\nid: hostile-{i}\nlogsource: {{ category: test }}\ndetection:\n{d}---\n")
-            })
-            .collect();
+            .map(|(i, d)| format!("title: t{i}\nid: hostile-{i}\nlogsource: {{ category: test }}\ndetection:\n{d}"))
+            .collect::<Vec<_>>()
+            .join("---\n");
         let files = vec![RuleFile::new("hostile.yml", "hostile.yml", text)];
         let set = compile_files(&files, &CompileOptions::default(), None)?;
         if set.compiled() == 0 {

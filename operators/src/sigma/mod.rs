@@ -60,6 +60,34 @@ pub struct SigmaMatchConfig {
     /// Recompile when a rule file changes (`POST /rules/reload` works either way).
     #[serde(default = "yes")]
     pub watch: bool,
+    /// Work an event may cost beyond the literal pass, in units (a byte through a DFA, or a byte
+    /// × NFA state for a regex without one): `base` + `per_byte` × the event's bytes. Tests that
+    /// do not fit are unknown; see the README's Security section.
+    #[serde(default)]
+    pub match_budget: MatchBudgetConfig,
+}
+
+/// [`matcher::MatchBudget`] as configured.
+#[derive(Clone, Copy, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MatchBudgetConfig {
+    #[serde(default = "default_budget_base")]
+    pub base: u64,
+    #[serde(default = "default_budget_per_byte")]
+    pub per_byte: u64,
+}
+
+impl Default for MatchBudgetConfig {
+    fn default() -> Self {
+        MatchBudgetConfig { base: default_budget_base(), per_byte: default_budget_per_byte() }
+    }
+}
+
+fn default_budget_base() -> u64 {
+    matcher::DEFAULT_BUDGET_BASE
+}
+fn default_budget_per_byte() -> u64 {
+    matcher::DEFAULT_BUDGET_PER_BYTE
 }
 
 fn yes() -> bool {
@@ -87,7 +115,10 @@ impl SigmaMatchConfig {
     fn compile(&self, resources: &Resources) -> anyhow::Result<RuleSet> {
         let opts = self.options(resources)?;
         let files = read_rule_files(resources, &self.rules)?;
-        compile_files(&files, &opts, None)
+        let mut set = compile_files(&files, &opts, None)?;
+        set.matcher.budget =
+            matcher::MatchBudget { base: self.match_budget.base, per_byte: self.match_budget.per_byte };
+        Ok(set)
     }
 }
 
