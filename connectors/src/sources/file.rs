@@ -217,6 +217,24 @@ impl FileSource {
         }
     }
 
+    /// Appends the record in `self.line` to `batch`, or quarantines it as oversize if it would
+    /// overflow the batch (unreachable with records ≤ MAX_RECORD_BYTES and batches cut at
+    /// BATCH_BYTES; refused rather than wrapped if it ever happened).
+    fn push_record(
+        &self,
+        batch: &mut EventBatch,
+        origin: u32,
+        partition: &Arc<str>,
+        offset: u64,
+        len: usize,
+        quarantined: &mut Vec<QuarantineRecord>,
+    ) {
+        if batch.push_raw(origin, offset, &self.line).is_err() {
+            let detail = format!("record of {len} bytes does not fit in a batch");
+            quarantined.push(self.rejected(Reason::Oversize, detail, partition, offset, &self.line, len));
+        }
+    }
+
     /// Skips the records before record `next` of a file being resumed.
     fn skip_to(&mut self, f: &mut OpenFile, next: u64) -> std::io::Result<()> {
         if self.config.framing == Framing::JsonDocuments {
@@ -377,19 +395,7 @@ impl Source for FileSource {
                         Some((reason, detail)) => {
                             quarantined.push(self.rejected(reason, detail, &f.partition, offset, &self.line, len))
                         }
-                        None => {
-                            if batch.push_raw(origin, offset, &self.line).is_err() {
-                                let detail = format!("document of {len} bytes does not fit in a batch");
-                                quarantined.push(self.rejected(
-                                    Reason::Oversize,
-                                    detail,
-                                    &f.partition,
-                                    offset,
-                                    &self.line,
-                                    len,
-                                ));
-                            }
-                        }
+                        None => self.push_record(&mut batch, origin, &f.partition, offset, len, &mut quarantined),
                     }
                 }
             } else {
@@ -413,16 +419,8 @@ impl Source for FileSource {
                                     &self.line,
                                     len,
                                 ));
-                            } else if batch.push_raw(origin, offset, &self.line).is_err() {
-                                let detail = format!("line of {len} bytes does not fit in a batch");
-                                quarantined.push(self.rejected(
-                                    Reason::Oversize,
-                                    detail,
-                                    &f.partition,
-                                    offset,
-                                    &self.line,
-                                    len,
-                                ));
+                            } else {
+                                self.push_record(&mut batch, origin, &f.partition, offset, len, &mut quarantined);
                             }
                         }
                         Err(e) => {
