@@ -203,3 +203,45 @@ fn walk(dir: &Path) -> Vec<String> {
     }
     out
 }
+
+#[test]
+fn a_failed_sink_write_completes_no_later_checkpoint_so_the_next_run_loses_nothing() {
+    // One sink write fails half way through a checkpointed run (a failpoint standing for a
+    // server that rejects an insert): the run exits with the error, and because no checkpoint
+    // completes after the failure, the next run repeats the failed records instead of
+    // skipping them.
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "spec.yaml",
+        r#"name: failing-sink
+settings:
+  epoch_interval_ms: 50
+  admin_listen: ""
+  checkpoint: {dir: checkpoints, interval: 100ms, retain: 2}
+sources:
+  - {id: gen, type: generator, count: 20000, rate: 10000, seed: 5}
+operators:
+  - {id: parse, type: parse, inputs: [gen], syslog_year: 2026}
+sinks:
+  - {id: lines, type: jsonl, inputs: [parse], path: out/events.jsonl}
+"#,
+    );
+    let spec = dir.path().join("spec.yaml");
+    let failed = std::process::Command::new(ward_bin())
+        .args(["run", spec.to_str().unwrap(), "--workers", "2", "-q"])
+        .env("FAILPOINTS", "sink-write=40*off->1*return->off")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert!(!failed.status.success() && stderr.contains("failpoint sink-write"), "{stderr}");
+    let partial = std::fs::read_to_string(dir.path().join("out/events.jsonl")).unwrap_or_default().lines().count();
+    assert!(partial < 20000, "the failure came before the end: {partial} lines");
+    run(dir.path(), 2, None);
+    let mut offsets = std::collections::BTreeMap::new();
+    for l in std::fs::read_to_string(dir.path().join("out/events.jsonl")).unwrap().lines() {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        *offsets.entry(v["ward.offset"].as_u64().unwrap()).or_insert(0) += 1;
+    }
+    assert_eq!((offsets.len(), offsets.values().max().copied()), (20000, Some(1)), "every record once");
+}

@@ -207,6 +207,19 @@ impl<'a> SinkCheckpoint<'a> {
     }
 }
 
+/// A participant's final part, and the first checkpoint it may stand in for: the state after
+/// every epoch it saw (records of later epochs than a checkpoint must not be in its part).
+struct Retired {
+    bytes: Vec<u8>,
+    from: u64,
+}
+
+impl Retired {
+    fn covers(&self, epoch: u64) -> bool {
+        epoch >= self.from
+    }
+}
+
 #[derive(Default)]
 struct Progress {
     /// Parts written per pending checkpoint.
@@ -214,7 +227,7 @@ struct Progress {
     /// When each pending checkpoint's first part was written.
     started: BTreeMap<u64, std::time::Instant>,
     /// Participants that will write no more parts, with their final part.
-    retired: BTreeMap<String, Vec<u8>>,
+    retired: BTreeMap<String, Retired>,
 }
 
 /// Collects the parts of checkpoints as participants write them and completes checkpoints.
@@ -228,6 +241,10 @@ pub struct Checkpointer {
     progress: Mutex<Progress>,
     /// Newest complete checkpoint + 1 (0: none yet).
     committed: AtomicU64,
+    /// Set when the run failed: records of the failed epochs may be missing from a sink or a
+    /// participant's state, so no checkpoint may complete from then on (the next run resumes
+    /// from the last checkpoint before the failure and repeats the rest).
+    aborted: std::sync::atomic::AtomicBool,
     /// The epoch the run resumed from (checkpoints below it are not taken again).
     start_epoch: u64,
     metrics: Option<crate::metrics::CheckpointMetrics>,
@@ -257,6 +274,7 @@ impl Checkpointer {
             expected,
             progress: Mutex::new(Progress::default()),
             committed: AtomicU64::new(start_epoch),
+            aborted: std::sync::atomic::AtomicBool::new(false),
             start_epoch,
             metrics: None,
             rulesets: None,
@@ -313,11 +331,25 @@ impl Checkpointer {
         self.complete_ready(&mut p)
     }
 
-    /// `participant` will write no more parts: `bytes` stands for it in every later checkpoint.
-    pub fn retire(&self, participant: &str, bytes: Vec<u8>) -> anyhow::Result<()> {
+    /// `participant` will write no more parts: `bytes` stands for it in every checkpoint from
+    /// `from` on, the newest epoch its state reflects. Checkpoints before `from` it did not
+    /// write a part for stay incomplete: its final state holds records of later epochs.
+    pub fn retire(&self, participant: &str, bytes: Vec<u8>, from: u64) -> anyhow::Result<()> {
         let mut p = self.progress.lock().unwrap_or_else(|e| e.into_inner());
-        p.retired.insert(participant.to_string(), bytes);
+        p.retired.insert(participant.to_string(), Retired { bytes, from });
         self.complete_ready(&mut p)
+    }
+
+    /// The run failed: no checkpoint completes any more (parts may still be written, they are
+    /// never named by a manifest).
+    pub fn abort(&self) {
+        // Under the progress lock, so that no checkpoint is half way through completing.
+        let _p = self.progress.lock().unwrap_or_else(|e| e.into_inner());
+        self.aborted.store(true, Ordering::SeqCst);
+    }
+
+    pub fn aborted(&self) -> bool {
+        self.aborted.load(Ordering::SeqCst)
     }
 
     /// Every participant retired: the run is over.
@@ -330,11 +362,16 @@ impl Checkpointer {
     /// `exhausted`: every source was read to its end.
     pub fn finish(&self, epoch: u64, exhausted: bool) -> anyhow::Result<()> {
         let mut p = self.progress.lock().unwrap_or_else(|e| e.into_inner());
+        if self.aborted() {
+            anyhow::bail!("the run failed: no closing checkpoint");
+        }
         if !self.expected.iter().all(|n| p.retired.contains_key(n)) {
             anyhow::bail!("the run ended before every participant retired");
         }
-        let epoch =
-            epoch.max(p.pending.keys().next_back().map_or(0, |e| e + 1)).max(self.committed.load(Ordering::SeqCst));
+        let epoch = epoch
+            .max(p.pending.keys().next_back().map_or(0, |e| e + 1))
+            .max(self.committed.load(Ordering::SeqCst))
+            .max(p.retired.values().map(|r| r.from).max().unwrap_or(0));
         let mut parts = BTreeMap::new();
         self.complete(epoch, &mut parts, &p.retired, Some(exhausted))?;
         p.pending.clear();
@@ -357,10 +394,15 @@ impl Checkpointer {
     }
 
     fn complete_ready(&self, p: &mut Progress) -> anyhow::Result<()> {
+        if self.aborted() {
+            return Ok(());
+        }
         let ready: Vec<u64> = p
             .pending
             .iter()
-            .filter(|(_, parts)| self.expected.iter().all(|n| parts.contains_key(n) || p.retired.contains_key(n)))
+            .filter(|(e, parts)| {
+                self.expected.iter().all(|n| parts.contains_key(n) || p.retired.get(n).is_some_and(|r| r.covers(**e)))
+            })
             .map(|(e, _)| *e)
             .collect();
         for epoch in ready {
@@ -380,12 +422,12 @@ impl Checkpointer {
         &self,
         epoch: u64,
         parts: &mut BTreeMap<String, PartInfo>,
-        retired: &BTreeMap<String, Vec<u8>>,
+        retired: &BTreeMap<String, Retired>,
         closing: Option<bool>,
     ) -> anyhow::Result<()> {
         for name in &self.expected {
             if !parts.contains_key(name) {
-                let bytes = retired.get(name).map(Vec::as_slice).unwrap_or_default();
+                let bytes = retired.get(name).map(|r| r.bytes.as_slice()).unwrap_or_default();
                 let info = self.write_part(epoch, name, bytes)?;
                 parts.insert(name.clone(), info);
             }
@@ -478,9 +520,11 @@ mod tests {
             c.write(e, "a-w0", b"a").unwrap();
             c.write(e, "b-w0", b"b").unwrap();
         }
-        // An incomplete checkpoint, then b retires: its final part completes 8.
+        // Incomplete checkpoints, then b retires with the state after epoch 8: its final part
+        // completes 8 but cannot stand in for 7, whose epochs it has passed.
+        c.write(7, "a-w0", b"a7").unwrap();
         c.write(8, "a-w0", b"a8").unwrap();
-        c.retire("b-w0", b"final".to_vec()).unwrap();
+        c.retire("b-w0", b"final".to_vec(), 8).unwrap();
         let epochs: Vec<u64> = list(dir.path()).unwrap().iter().map(|m| m.epoch).collect();
         assert_eq!(epochs, vec![6, 8], "two kept");
         assert_eq!((metrics.checkpoint.completed.get(), metrics.checkpoint.epoch.get()), (4, 8));
@@ -489,6 +533,20 @@ mod tests {
         let r = Restored::latest(dir.path()).unwrap().unwrap();
         assert_eq!((r.part("a-w0"), r.part("b-w0")), (Some(&b"a8"[..]), Some(&b"final"[..])));
         assert_eq!(r.parts_with_prefix("b-").count(), 1);
+    }
+
+    #[test]
+    fn after_a_failure_no_checkpoint_completes() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = checkpointer(dir.path(), &["a-w0", "b-w0"], 0);
+        c.write(2, "a-w0", b"a2").unwrap();
+        c.abort();
+        c.write(2, "b-w0", b"b2").unwrap();
+        c.retire("a-w0", Vec::new(), 2).unwrap();
+        c.retire("b-w0", Vec::new(), 2).unwrap();
+        assert_eq!(c.committed(), None);
+        assert!(c.finish(3, true).is_err());
+        assert!(list(dir.path()).unwrap().is_empty());
     }
 
     #[test]

@@ -164,6 +164,7 @@ impl Checkpointing {
     /// A participant could not write or restore its state: the run must not go on as if it had.
     pub fn fail(&self, what: String) {
         tracing::error!("{what}; stopping");
+        self.checkpointer.abort();
         self.failures.lock().unwrap_or_else(|p| p.into_inner()).push(what);
         self.stop.store(true, Ordering::SeqCst);
     }
@@ -216,6 +217,9 @@ impl Shared {
             *f = Some(what);
         } else {
             tracing::debug!("{what}");
+        }
+        if let Some(ck) = &self.checkpoint {
+            ck.checkpointer.abort();
         }
         self.stop.store(true, Ordering::SeqCst);
     }
@@ -645,12 +649,13 @@ fn build_source<'s>(
         }
     }
     // A source that stops reading hands its final position to the checkpointer.
+    // (Its records so far are all at epochs up to `at`, its capability's time.)
     let retire = {
         let shared = shared.clone();
         let (checkpoint, part, id) = (checkpoint.clone(), part.clone(), id.clone());
-        move |source: &dyn Source| {
+        move |source: &dyn Source, at: Epoch| {
             if let Some(ck) = &checkpoint {
-                if let Err(e) = source.checkpoint().and_then(|b| ck.checkpointer.retire(&part, b)) {
+                if let Err(e) = source.checkpoint().and_then(|b| ck.checkpointer.retire(&part, b, at)) {
                     shared.fail(format!("source `{id}`: checkpoint: {e:#}"));
                 }
             }
@@ -675,7 +680,7 @@ fn build_source<'s>(
                 }
             }
             if shared.stop.load(Ordering::SeqCst) {
-                retire(&*source);
+                retire(&*source, *cap.time());
                 caps = None;
                 return;
             }
@@ -712,7 +717,7 @@ fn build_source<'s>(
                         return;
                     }
                     Ok(SourcePoll::Done) => {
-                        retire(&*source);
+                        retire(&*source, *cap.time());
                         caps = None;
                         return;
                     }
@@ -826,6 +831,9 @@ fn build_sink<'s>(
         // Checkpoints prepared and not yet committed; the frontier last seen.
         let mut prepared: Vec<Epoch> = Vec::new();
         let mut seen: Epoch = 0;
+        // The newest epoch of a record received or a checkpoint prepared: the final part
+        // stands in for checkpoints from there on only.
+        let mut newest: Epoch = 0;
         // Records arrive ahead of their epoch's completion; they reach the sink only once
         // their epoch is complete, so a checkpoint's part holds exactly its epochs' records.
         let mut pending: BTreeMap<Epoch, Vec<Payload>> = BTreeMap::new();
@@ -835,7 +843,9 @@ fn build_sink<'s>(
                 return;
             };
             input.for_each(|cap, data| {
-                let stash = pending.entry(cap.least().copied().unwrap_or_default()).or_default();
+                let epoch = cap.least().copied().unwrap_or_default();
+                newest = newest.max(epoch);
+                let stash = pending.entry(epoch).or_default();
                 stash.extend(data.drain(..).filter(|p| !matches!(p, Payload::Progress(_))));
             });
             let frontier = frontiers[0].frontier();
@@ -848,7 +858,7 @@ fn build_sink<'s>(
                         let started = Instant::now();
                         let n = payload.len() as u64;
                         metrics.records_in.inc_by(n);
-                        match s.write(&payload) {
+                        match write_payload(s.as_mut(), &payload) {
                             Ok(()) => metrics.records_out.inc_by(n),
                             Err(e) => {
                                 metrics.errors.inc();
@@ -869,13 +879,14 @@ fn build_sink<'s>(
                                 let bytes = s.prepare(c)?;
                                 ck.checkpointer.write(c, &part, &bytes)?;
                                 prepared.push(c);
+                                newest = newest.max(c);
                             }
                             seen = seen.max(f);
                         }
                         None => {
                             write_upto(s, None);
-                            let bytes = s.retire_part(seen)?;
-                            ck.checkpointer.retire(&part, bytes)?;
+                            let bytes = s.retire_part(newest)?;
+                            ck.checkpointer.retire(&part, bytes, newest)?;
                         }
                     }
                     if let Some(done) = ck.checkpointer.committed() {
@@ -917,6 +928,12 @@ fn build_sink<'s>(
             }
         }
     });
+}
+
+/// A sink write; the `sink-write` failpoint makes it fail for the tests of failed runs.
+fn write_payload(sink: &mut dyn Sink, payload: &Payload) -> anyhow::Result<()> {
+    fail::fail_point!("sink-write", |_| Err(anyhow::anyhow!("failpoint sink-write")));
+    sink.write(payload)
 }
 
 /// Stand-ins that keep the dataflow's shape identical on every worker when a component

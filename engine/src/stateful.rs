@@ -164,6 +164,8 @@ fn route_stage<'s>(
         let mut newest_by_epoch: BTreeMap<Epoch, NewestByPartition> = BTreeMap::new();
         let mut origin_newest: Vec<EventTime> = Vec::new();
         let mut checkpointed: Epoch = 0;
+        // The newest epoch records arrived at (the final part reflects every epoch up to it).
+        let mut newest_epoch: Epoch = 0;
         let mut sent = WATERMARK_MIN;
         // The latest epoch records were routed at: a watermark mark must not overtake them,
         // so it goes out at that epoch or later (the keyed stage processes epochs in order).
@@ -178,6 +180,7 @@ fn route_stage<'s>(
             let mut router = router.borrow_mut();
             input.for_each(|cap, data| {
                 let epoch = cap.least().copied().unwrap_or(0);
+                newest_epoch = newest_epoch.max(epoch);
                 router.begin_epoch(epoch);
                 let mut quarantined: Vec<QuarantineRecord> = Vec::new();
                 let mut passed: Vec<Payload> = Vec::new();
@@ -389,7 +392,7 @@ fn route_stage<'s>(
                     state.sort();
                     let result = encode(&state).and_then(|bytes| match due {
                         Some(c) => ck.checkpointer.write(c, &part, &bytes),
-                        None if held.is_some() => ck.checkpointer.retire(&part, bytes),
+                        None if held.is_some() => ck.checkpointer.retire(&part, bytes, newest_epoch),
                         None => Ok(()),
                     });
                     if let Err(e) = result {
@@ -455,14 +458,15 @@ fn late_detail(t: EventTime, watermark: EventTime) -> String {
     )
 }
 
-/// Writes this worker's part of checkpoint `due` (or, with `None`, its final part): the state of
-/// the key groups it owns and its watermark. A failure stops the run.
+/// Writes this worker's part of checkpoint `Ok(c)` (or its final part, `Err(newest)`: the state
+/// after epoch `newest`): the state of the key groups it owns and its watermark. A failure stops
+/// the run.
 fn write_snapshot(
     op: &dyn KeyedOperator,
     me: usize,
     workers: usize,
     watermark: EventTime,
-    due: Option<u64>,
+    due: Result<u64, u64>,
     part: &str,
     checkpoint: Option<&Checkpointing>,
 ) {
@@ -472,8 +476,8 @@ fn write_snapshot(
         .filter(|r| r.as_ref().map_or(true, |(_, b)| !b.is_empty()))
         .collect();
     let result = groups.and_then(|g| encode(&(watermark, g))).and_then(|bytes| match due {
-        Some(c) => ck.checkpointer.write(c, part, &bytes),
-        None => ck.checkpointer.retire(part, bytes),
+        Ok(c) => ck.checkpointer.write(c, part, &bytes),
+        Err(newest) => ck.checkpointer.retire(part, bytes, newest),
     });
     if let Err(e) = result {
         ck.fail(format!("{part}: checkpoint: {e:#}"));
@@ -524,6 +528,8 @@ fn keyed_stage<'s>(
         let mut marks = vec![WATERMARK_MIN; inputs * workers];
         let mut watermark = restored_watermark;
         let mut checkpointed: Epoch = 0;
+        // The newest epoch processed (the final part is the state after it).
+        let mut processed: Epoch = 0;
         let mut forwarded = WATERMARK_MIN;
         let mut result = OperatorOutput::default();
         let mut next_tick = Instant::now();
@@ -546,10 +552,11 @@ fn keyed_stage<'s>(
                 // the state now, before this epoch (the frontier may have jumped past several
                 // epochs, so this cannot wait until after the loop).
                 if let Some(c) = checkpoint.as_ref().and_then(|ck| ck.checkpointer.due(checkpointed, epoch)) {
-                    write_snapshot(&*op, me, workers, watermark, Some(c), &part, checkpoint.as_deref());
+                    write_snapshot(&*op, me, workers, watermark, Ok(c), &part, checkpoint.as_deref());
                     checkpointed = c + 1;
                 }
                 let messages = entry.remove();
+                processed = processed.max(epoch);
                 let started = Instant::now();
                 op.begin_epoch(epoch);
                 for m in messages {
@@ -593,7 +600,7 @@ fn keyed_stage<'s>(
                 let upto = frontier.iter().next().copied();
                 let due = upto.and_then(|f| ck.checkpointer.due(checkpointed, f));
                 if due.is_some() || upto.is_none() {
-                    write_snapshot(&*op, me, workers, watermark, due, &part, Some(&**ck));
+                    write_snapshot(&*op, me, workers, watermark, due.ok_or(processed), &part, Some(&**ck));
                     if let Some(c) = due {
                         checkpointed = c + 1;
                     }

@@ -673,6 +673,9 @@ impl ClickHouseSink {
                     if !is_connection_error(&e) {
                         server_errors += 1;
                         if server_errors > self.config.retry.server_error_retries {
+                            // The rows stay buffered: nothing is dropped on the way out, and the
+                            // run's failure keeps any later checkpoint from claiming them.
+                            self.buf = Vec::from(data);
                             anyhow::bail!("inserting into {}.{}: {e}", self.config.database, self.config.table);
                         }
                     }

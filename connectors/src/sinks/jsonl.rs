@@ -202,14 +202,6 @@ impl Sink for JsonlSink {
         }
     }
 
-    fn retire_part(&mut self, last: u64) -> anyhow::Result<Vec<u8>> {
-        if self.committed.is_some() {
-            // Appended at `finish` as the run's end; its closing checkpoint covers them.
-            return Ok(Vec::new());
-        }
-        self.prepare(last)
-    }
-
     fn finish(&mut self) -> anyhow::Result<()> {
         let Some(c) = &mut self.committed else { return self.flush() };
         c.append(u64::MAX)?;
