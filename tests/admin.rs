@@ -1,4 +1,4 @@
-//! The admin endpoint under attack (DESIGN.md §7): slow connections cannot take the file
+//! The admin endpoint under attack (docs/architecture.md §7): slow connections cannot take the file
 //! descriptors a checkpointing run needs, mutating routes need the token and refuse foreign
 //! hosts and origins, and routes answer 405 to methods they do not serve.
 

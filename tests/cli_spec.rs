@@ -201,7 +201,7 @@ fn fields_table_lists_ecs_lite() {
     assert!(f.stdout.contains("| `@timestamp` | Timestamp |"));
 }
 
-// Hostile specs (DESIGN.md §10): each is refused with a reason, never a crash or an abort.
+// Hostile specs (docs/architecture.md §10): each is refused with a reason, never a crash or an abort.
 
 #[test]
 fn each_cycle_is_reported_with_its_own_members() {

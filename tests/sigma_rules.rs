@@ -36,6 +36,35 @@ fn sigmahq_rules_meet_the_compile_goal() {
 }
 
 #[test]
+fn every_sigmahq_detection_rule_loads_under_the_default_placeholder_policy() {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(sigma())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("rules"))
+        .collect();
+    dirs.sort();
+    assert!(dirs.len() >= 4, "{dirs:?}");
+    for dir in &dirs {
+        let report = check_json(&[dir]);
+        assert_eq!(report["rejected"], 0, "{}: {}", dir.display(), report["rejections"]);
+        assert_eq!(report["compiled_percent"].as_f64(), Some(100.0), "{}", dir.display());
+    }
+    // The placeholder rules load with a note naming each placeholder left without values...
+    let placeholders = sigma().join("rules-placeholder");
+    let report = check_json(&[&placeholders]);
+    let notes = report["notes"].as_array().unwrap();
+    assert!(report["compiled"].as_u64().unwrap() >= 20, "{report}");
+    let noted: std::collections::BTreeSet<&str> = notes.iter().map(|n| n["id"].as_str().unwrap()).collect();
+    assert_eq!(noted.len() as u64, report["compiled"].as_u64().unwrap(), "every placeholder rule has a note");
+    assert!(notes.iter().all(|n| n["note"].as_str().unwrap().contains("placeholder `%")), "{notes:?}");
+    // ...and under `reject`, each is rejected naming it.
+    let r = ward(&["rules", "check", "--json", "--placeholders-missing", "reject", &placeholders.to_string_lossy()]);
+    let strict: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(strict["rejected"], report["compiled"], "{}", r.stdout);
+    assert_eq!(strict["compiled"], 0, "{}", r.stdout);
+}
+
+#[test]
 fn unsupported_rules_are_rejected_naming_the_construct() {
     let report = check_json(&[&sigma().join("unsupported")]);
     let rejections = report["rejections"].as_array().unwrap();

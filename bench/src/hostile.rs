@@ -1,4 +1,4 @@
-//! `ward-bench hostile`: Sigma matching time per byte on attacker-shaped events (DESIGN.md §10).
+//! `ward-bench hostile`: Sigma matching time per byte on attacker-shaped events (docs/architecture.md §10).
 //!
 //! Each shape pairs a rule form with a value written to make a naive matcher quadratic (or
 //! worse), at growing sizes. Matching is linear when the time per byte stays flat.

@@ -10,11 +10,11 @@ use ward_engine::admin::AdminRoutes;
 use ward_engine::alert::Alert;
 use ward_engine::batch::{EventBatch, Key, Slot, Value};
 use ward_engine::clock::EpochClock;
-use ward_engine::component::{Built, OperatorOutput, WorkerContext};
+use ward_engine::component::{OperatorOutput, WorkerContext};
 use ward_engine::fields::ids;
 use ward_engine::keyed::KeyedOperator;
 use ward_engine::metrics::Metrics;
-use ward_engine::registry::{BuildContext, ComponentConfig};
+use ward_engine::registry::{BuildContext, Built, ComponentConfig};
 use ward_engine::resources::Resources;
 
 use crate::ALLOCATED_BYTES as ALLOCATED;

@@ -3,7 +3,7 @@
 //!
 //! It runs on its own thread with a one-thread Tokio runtime (and at most two blocking threads
 //! for handlers), away from the timely workers, and it is built so that a hostile client can
-//! never take what the dataflow needs (DESIGN.md §7): at most `max_connections` connections
+//! never take what the dataflow needs (docs/architecture.md §7): at most `max_connections` connections
 //! are open at once (never more than an eighth of the file-descriptor limit; further ones are
 //! closed on accept), request headers must arrive within [`HEADER_READ_TIMEOUT`] and a
 //! connection lives at most [`CONNECTION_TIMEOUT`], bodies are capped at [`MAX_BODY_BYTES`].

@@ -1,4 +1,4 @@
-//! Detection alerts: the typed stream that sigma-match (and later correlation) emits and the
+//! Detection alerts: the typed stream that sigma-match and correlate emit and the
 //! alert sinks accept. An alert is self-contained: it names the rule, the rule-set version, what
 //! matched, and where the event came from, so it can be traced back without the rule files.
 

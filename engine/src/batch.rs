@@ -1,7 +1,7 @@
 //! Event batches: the unit operators exchange.
 //!
 //! A batch stores many events in a few flat vectors, so building, filtering and shipping a
-//! batch costs a handful of allocations however many events it holds (DESIGN.md §3):
+//! batch costs a handful of allocations however many events it holds (docs/architecture.md §3):
 //! - `raw`: the payloads as the source read them; never changed after the source, so parsers
 //!   can point into it instead of copying (borrowed strings);
 //! - `heap`: bytes that operators derive (unescaped strings, lower-cased values, addresses);
@@ -124,7 +124,7 @@ pub struct Slot {
 }
 
 /// Where a batch's events came from: a source component and one of its partitions
-/// (a file path now, a Kafka topic-partition later).
+/// (a file path, a Kafka topic-partition, a generator instance).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Origin {
     pub source: Arc<str>,

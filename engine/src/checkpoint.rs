@@ -1,4 +1,4 @@
-//! Checkpoints (DESIGN.md §4): consistent cuts of a running pipeline, written to a directory
+//! Checkpoints (docs/architecture.md §4): consistent cuts of a running pipeline, written to a directory
 //! and restored on start.
 //!
 //! Checkpoint `c` holds, for every *participant* (a source, route stage, stateful operator or
@@ -16,7 +16,8 @@
 //!
 //! A directory without a manifest is an incomplete checkpoint and is ignored (and removed
 //! once a later checkpoint completes). The newest `retain` complete checkpoints are kept.
-//! Participants are named `<kind>-<component>[-i<input>]-w<worker>`; keyed state is one part
+//! Participants are named `<kind>.<component>[.i<input>].w<worker>` (kinds: `source`, `route`,
+//! `keyed`, `sink`; see [`part_prefix`]); keyed state is one part
 //! per worker holding its key groups, so a checkpoint written by N workers restores onto M.
 
 use std::collections::{BTreeMap, BTreeSet};

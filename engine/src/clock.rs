@@ -1,4 +1,4 @@
-//! The run's epoch clock: one counter for all sources and workers (DESIGN.md §4).
+//! The run's epoch clock: one counter for all sources and workers (docs/architecture.md §4).
 //!
 //! Sources stamp batches with [`EpochClock::current`]. Something that must take effect at the
 //! same epoch on every worker (a rule-set switch) calls [`EpochClock::schedule`], which names

@@ -235,13 +235,3 @@ pub trait SinkFactory: Send + Sync {
         Ok(())
     }
 }
-
-/// A component with a validated config, ready to be instantiated per worker.
-#[derive(Clone)]
-pub enum Built {
-    Source(Arc<dyn SourceFactory>),
-    Operator(Arc<dyn OperatorFactory>),
-    Sink(Arc<dyn SinkFactory>),
-    /// A stateful operator: keyed state exchanged by key group, driven by event time.
-    Keyed(Arc<dyn crate::keyed::KeyedOperatorFactory>),
-}

@@ -136,6 +136,7 @@ pub mod ids {
     pub const EVENT_ID: FieldId = FieldId(1);
     pub const EVENT_KIND: FieldId = FieldId(2);
     pub const EVENT_DATASET: FieldId = FieldId(9);
+    pub const EVENT_MODULE: FieldId = FieldId(10);
     pub const EVENT_ORIGINAL: FieldId = FieldId(13);
     pub const HOST_NAME: FieldId = FieldId(17);
     pub const USER_NAME: FieldId = FieldId(20);
@@ -183,6 +184,7 @@ mod tests {
             (ids::EVENT_ID, "event.id"),
             (ids::EVENT_KIND, "event.kind"),
             (ids::EVENT_DATASET, "event.dataset"),
+            (ids::EVENT_MODULE, "event.module"),
             (ids::EVENT_ORIGINAL, "event.original"),
             (ids::HOST_NAME, "host.name"),
             (ids::USER_NAME, "user.name"),

@@ -1,8 +1,7 @@
-//! Keyed, stateful operators (DESIGN.md §4.4).
+//! Keyed, stateful operators (docs/architecture.md, "Keyed state").
 //!
-//! A stateful operator's state is a map from keys to per-key state. Keys hash (xxh3, stable
-//! across versions and platforms) into [`KEY_GROUPS`] key groups; worker `w` of `W` owns a
-//! contiguous range of key groups, and records travel to the owner of their key (timely
+//! A stateful operator's state is a map from keys to per-key state. Keys hash into key groups
+//! ([`crate::key_groups`]); records travel to the worker owning their key's group (timely
 //! exchange). State is snapshotted and restored per key group, so a checkpoint written by N
 //! workers can be restored onto M.
 //!
@@ -18,38 +17,6 @@ use crate::alert::Alert;
 use crate::batch::EventBatch;
 use crate::component::{OperatorOutput, WorkerContext};
 use crate::time::EventTime;
-
-/// Number of key groups: the unit of state redistribution.
-pub const KEY_GROUPS: u16 = 256;
-
-/// The key group of a key hash.
-#[inline]
-pub fn key_group(hash: u64) -> u16 {
-    // The high bits: xxh3's are as good as the low ones, and this keeps `hash % W` routing
-    // elsewhere independent of the group.
-    (hash >> 56) as u16 % KEY_GROUPS
-}
-
-/// The worker that owns key group `group` among `workers`: contiguous ranges.
-#[inline]
-pub fn worker_for(group: u16, workers: usize) -> usize {
-    group as usize * workers / KEY_GROUPS as usize
-}
-
-/// Key groups owned by worker `index` of `workers`.
-pub fn owned_groups(index: usize, workers: usize) -> impl Iterator<Item = u16> {
-    (0..KEY_GROUPS).filter(move |g| worker_for(*g, workers) == index)
-}
-
-/// Hashes key parts into a key: parts are separated so ("ab","c") and ("a","bc") differ.
-pub fn hash_key<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> u64 {
-    let mut h = xxhash_rust::xxh3::Xxh3::new();
-    for p in parts {
-        h.update(p);
-        h.update(&[0x1f]);
-    }
-    h.digest()
-}
 
 /// A record as a router sees it.
 #[derive(Clone, Copy)]
@@ -139,32 +106,4 @@ pub fn encode<T: Serialize>(value: &T) -> anyhow::Result<Vec<u8>> {
 
 pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> anyhow::Result<T> {
     postcard::from_bytes(bytes).map_err(|e| anyhow::anyhow!("cannot decode state: {e}"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn key_groups_cover_workers_contiguously() {
-        for workers in 1..=7 {
-            let mut seen = vec![0usize; workers];
-            let mut last = 0;
-            for g in 0..KEY_GROUPS {
-                let w = worker_for(g, workers);
-                assert!(w >= last && w < workers);
-                last = w;
-                seen[w] += 1;
-            }
-            assert!(seen.iter().all(|n| *n >= (KEY_GROUPS as usize / workers)));
-        }
-    }
-
-    #[test]
-    fn key_hash_is_stable_and_separates_parts() {
-        assert_ne!(hash_key([b"ab".as_slice(), b"c"]), hash_key([b"a".as_slice(), b"bc"]));
-        // Stable across builds: checkpoints depend on it.
-        assert_eq!(hash_key([b"alice".as_slice()]), hash_key([b"alice".as_slice()]));
-        assert_eq!(key_group(u64::MAX), 255);
-    }
 }

@@ -1,4 +1,4 @@
-//! Bounds on every size and count a spec can set (DESIGN.md §10): a value outside them fails
+//! Bounds on every size and count a spec can set (docs/architecture.md §10): a value outside them fails
 //! validation with the setting's name and the allowed range, instead of aborting on an
 //! allocation or overflowing an offset at run time.
 

@@ -1,4 +1,4 @@
-//! Prometheus metrics (DESIGN.md §7): `ward_*`, units in the name, per component.
+//! Prometheus metrics (docs/architecture.md §7): `ward_*`, units in the name, per component.
 //!
 //! Components get a [`ComponentMetrics`] with the label values already resolved, so the hot
 //! path updates plain atomics once per batch, never per event and never via a label lookup.
@@ -23,12 +23,14 @@ pub struct Metrics {
     batch_seconds: HistogramVec,
     pub events_per_second: Gauge,
     pub epoch: IntGauge,
-    /// Checkpoints (DESIGN.md §7: duration, size, age).
+    /// Checkpoints (docs/architecture.md §7: duration, size, age).
     pub checkpoint: CheckpointMetrics,
     /// The admin endpoint's connections.
     pub admin: AdminMetrics,
     pub workers: IntGauge,
     pub ready: IntGauge,
+    /// Families components register for themselves (Kafka partitions, SLA times, breakers).
+    pub families: Arc<Families>,
     reloads: IntCounterVec,
     reload_failures: IntCounterVec,
     alerts: IntCounterVec,
@@ -40,14 +42,6 @@ pub struct Metrics {
     watermark: GaugeVec,
     late: IntCounterVec,
     state_keys: IntGaugeVec,
-    sla_tta: HistogramVec,
-    sla_ttc: HistogramVec,
-    sla_breaches: IntCounterVec,
-    sink_retries: IntCounterVec,
-    circuit_state: IntGaugeVec,
-    kafka_lag: IntGaugeVec,
-    kafka_high_watermark: IntGaugeVec,
-    kafka_fetched: IntCounterVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -97,18 +91,6 @@ impl Metrics {
             let g = GaugeVec::new(Opts::new(name, help), &["component"]).expect("valid metric");
             registry.register(Box::new(g.clone())).expect("unique metric");
             g
-        };
-        let histogram = |name: &str, help: &str| {
-            // 1 minute … about 2 days.
-            let h = HistogramVec::new(
-                HistogramOpts::new(name, help).buckets(vec![
-                    60.0, 300.0, 600.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 86400.0, 172800.0,
-                ]),
-                &["component", "priority"],
-            )
-            .expect("valid metric");
-            registry.register(Box::new(h.clone())).expect("unique metric");
-            h
         };
         let checkpoint = CheckpointMetrics {
             completed: {
@@ -167,14 +149,6 @@ impl Metrics {
                 &["component"],
             ),
             state_keys: gauge_vec("ward_state_keys", "Keys with live state in a stateful operator", &["component"]),
-            sla_tta: histogram("ward_sla_tta_seconds", "Time to acknowledge of cases, by priority"),
-            sla_ttc: histogram("ward_sla_ttc_seconds", "Time to contain of cases, by priority"),
-            sla_breaches: counter(
-                &registry,
-                "ward_sla_breaches_total",
-                "SLA deadlines breached, by priority and SLA (acknowledge, contain)",
-                &["component", "priority", "sla"],
-            ),
             alerts: counter(&registry, "ward_alerts_total", "Alerts a detector raised", &["component"]),
             match_over_budget: counter(
                 &registry,
@@ -186,33 +160,6 @@ impl Metrics {
                 &registry,
                 "ward_sigma_undecided_total",
                 "Rule evaluations left undecided by the work budget (no alert raised; see the warning log)",
-                &["component"],
-            ),
-            kafka_lag: gauge_vec(
-                "ward_kafka_consumer_lag",
-                "Kafka source: records of a partition not yet read (librdkafka's consumer_lag; -1 unknown)",
-                &["component", "partition"],
-            ),
-            kafka_high_watermark: gauge_vec(
-                "ward_kafka_high_watermark_offset",
-                "Kafka source: a partition's high watermark offset as the broker reports it",
-                &["component", "partition"],
-            ),
-            kafka_fetched: counter(
-                &registry,
-                "ward_kafka_fetched_records_total",
-                "Kafka source: records fetched from a partition (rate() gives the fetch rate)",
-                &["component", "partition"],
-            ),
-            sink_retries: counter(
-                &registry,
-                "ward_sink_retries_total",
-                "Sink writes that failed and were retried",
-                &["component"],
-            ),
-            circuit_state: gauge_vec(
-                "ward_sink_circuit_state",
-                "A sink's circuit breaker: 0 closed, 1 open (writes failing), 2 half-open (probing)",
                 &["component"],
             ),
             rules_loaded,
@@ -265,6 +212,7 @@ impl Metrics {
             epoch: gauge("ward_epoch", "Current checkpoint epoch (the timely timestamp sources emit at)"),
             workers: gauge("ward_workers", "Worker threads in this process"),
             ready: gauge("ward_ready", "1 once the dataflow is built and running"),
+            families: Arc::new(Families { registry: registry.clone(), made: Default::default() }),
             registry,
         })
     }
@@ -290,16 +238,7 @@ impl Metrics {
             watermark: self.watermark.with_label_values(&[id]),
             late: self.late.with_label_values(&[id]),
             state_keys: self.state_keys.with_label_values(&[id]),
-            sla_tta: self.sla_tta.clone(),
-            sla_ttc: self.sla_ttc.clone(),
-            sla_breaches: self.sla_breaches.clone(),
-            kafka: KafkaMetrics {
-                lag: self.kafka_lag.clone(),
-                high_watermark: self.kafka_high_watermark.clone(),
-                fetched: self.kafka_fetched.clone(),
-            },
-            sink_retries: self.sink_retries.with_label_values(&[id]),
-            circuit_state: self.circuit_state.with_label_values(&[id]),
+            families: self.families.clone(),
             quarantined: Reason::ALL.iter().map(|r| self.quarantined.with_label_values(&[id, r.as_str()])).collect(),
         }
     }
@@ -325,14 +264,6 @@ impl Metrics {
         TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding cannot fail");
         String::from_utf8(buf).expect("exposition is UTF-8")
     }
-}
-
-/// Per-partition metrics of Kafka sources, labelled (component, `topic/partition`).
-#[derive(Clone)]
-pub struct KafkaMetrics {
-    pub lag: IntGaugeVec,
-    pub high_watermark: IntGaugeVec,
-    pub fetched: IntCounterVec,
 }
 
 #[derive(Clone)]
@@ -374,14 +305,8 @@ pub struct ComponentMetrics {
     pub watermark: Gauge,
     pub late: IntCounter,
     pub state_keys: IntGauge,
-    sla_tta: HistogramVec,
-    sla_ttc: HistogramVec,
-    sla_breaches: IntCounterVec,
-    /// Kafka sources: per-partition figures (label values: component, `topic/partition`).
-    pub kafka: KafkaMetrics,
-    /// Sinks: failed writes retried, and the circuit breaker (0 closed, 1 open, 2 half-open).
-    pub sink_retries: IntCounter,
-    pub circuit_state: IntGauge,
+    /// Where the component registers families of its own.
+    pub families: Arc<Families>,
     quarantined: Vec<IntCounter>,
 }
 
@@ -402,15 +327,6 @@ impl ComponentMetrics {
         self.watermark.set(t as f64 / 1000.0);
         self.watermark_lag.set((now - t) as f64 / 1000.0);
     }
-    pub fn observe_tta(&self, priority: &str, seconds: f64) {
-        self.sla_tta.with_label_values(&[&*self.id, priority]).observe(seconds);
-    }
-    pub fn observe_ttc(&self, priority: &str, seconds: f64) {
-        self.sla_ttc.with_label_values(&[&*self.id, priority]).observe(seconds);
-    }
-    pub fn sla_breached(&self, priority: &str, sla: &str) {
-        self.sla_breaches.with_label_values(&[&*self.id, priority, sla]).inc();
-    }
     pub fn quarantined(&self, reason: Reason) -> &IntCounter {
         let i = Reason::ALL.iter().position(|r| *r == reason).expect("every reason has a counter");
         &self.quarantined[i]
@@ -421,6 +337,60 @@ impl ComponentMetrics {
     /// Quarantined counts by reason, non-zero only.
     pub fn quarantined_by_reason(&self) -> Vec<(Reason, u64)> {
         Reason::ALL.iter().zip(&self.quarantined).filter(|(_, c)| c.get() > 0).map(|(r, c)| (*r, c.get())).collect()
+    }
+}
+
+/// Metric families a component kind registers for itself, by name: the first instance to ask
+/// registers the family, later ones (other workers, other components of the kind) get the same
+/// one. So the engine's registry needs to know nothing about Kafka partitions, SLA times or a
+/// sink's circuit breaker.
+pub struct Families {
+    registry: Registry,
+    made: std::sync::Mutex<std::collections::HashMap<String, Box<dyn std::any::Any + Send + Sync>>>,
+}
+
+impl Families {
+    fn get_or_make<T: Clone + Send + Sync + 'static>(
+        &self,
+        name: &str,
+        make: impl FnOnce() -> T,
+        collector: impl FnOnce(&T) -> Box<dyn prometheus::core::Collector>,
+    ) -> T {
+        let mut made = self.made.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(existing) = made.get(name) {
+            return existing
+                .downcast_ref::<T>()
+                .unwrap_or_else(|| panic!("metric family {name} registered twice with different types"))
+                .clone();
+        }
+        let family = make();
+        self.registry.register(collector(&family)).expect("unique metric");
+        made.insert(name.to_string(), Box::new(family.clone()));
+        family
+    }
+
+    pub fn counter_vec(&self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+        self.get_or_make(
+            name,
+            || IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
+            |f| Box::new(f.clone()),
+        )
+    }
+
+    pub fn gauge_vec(&self, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+        self.get_or_make(
+            name,
+            || IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"),
+            |f| Box::new(f.clone()),
+        )
+    }
+
+    pub fn histogram_vec(&self, name: &str, help: &str, labels: &[&str], buckets: Vec<f64>) -> HistogramVec {
+        self.get_or_make(
+            name,
+            || HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels).expect("valid metric"),
+            |f| Box::new(f.clone()),
+        )
     }
 }
 
@@ -440,5 +410,20 @@ mod tests {
         assert!(text.contains("ward_records_quarantined_total{component=\"parse\",reason=\"invalid_json\"} 1"));
         assert!(text.contains("ward_batch_duration_seconds_bucket{component=\"parse\""));
         assert_eq!(c.quarantined_total(), 1);
+    }
+
+    #[test]
+    fn components_register_their_own_families_once() {
+        let m = Metrics::new();
+        let (a, b) = (m.component("k1"), m.component("k2"));
+        let lag = a.families.gauge_vec("ward_test_lag", "test", &["component", "partition"]);
+        b.families
+            .gauge_vec("ward_test_lag", "test", &["component", "partition"])
+            .with_label_values(&["k2", "p"])
+            .set(3);
+        lag.with_label_values(&["k1", "p"]).set(5);
+        let text = m.render();
+        assert!(text.contains("ward_test_lag{component=\"k1\",partition=\"p\"} 5"), "{text}");
+        assert!(text.contains("ward_test_lag{component=\"k2\",partition=\"p\"} 3"), "{text}");
     }
 }

@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 
-use crate::component::{Built, StreamKind};
+use std::sync::Arc;
+
+use crate::component::StreamKind;
 use crate::resources::Resources;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -25,6 +27,16 @@ impl Section {
             Section::Sink => "sinks",
         }
     }
+}
+
+/// A component with a validated config, ready to be instantiated per worker.
+#[derive(Clone)]
+pub enum Built {
+    Source(Arc<dyn crate::component::SourceFactory>),
+    Operator(Arc<dyn crate::component::OperatorFactory>),
+    Sink(Arc<dyn crate::component::SinkFactory>),
+    /// A stateful operator: keyed state exchanged by key group, driven by event time.
+    Keyed(Arc<dyn crate::keyed::KeyedOperatorFactory>),
 }
 
 /// What a config's `build` may use.

@@ -3,10 +3,10 @@
 //! reports what happened.
 //!
 //! Time: the timely timestamp is the checkpoint epoch (`u64`), advanced by one clock for all
-//! sources every `epoch_interval_ms`; event time travels inside the records (DESIGN.md §4).
+//! sources every `epoch_interval_ms`; event time travels inside the records (docs/architecture.md §4).
 //! Sources hold a capability at the current epoch and downgrade it at batch boundaries, so
 //! when every operator's input frontier passes `e`, epoch `e` is complete everywhere: the
-//! point where a later checkpoint coordinator snapshots state and sinks commit.
+//! point where participants write their checkpoint parts and sinks commit.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -24,9 +24,9 @@ use crate::admin::AdminServer;
 use crate::batch::EventBatch;
 use crate::checkpoint::{part_prefix, CheckpointConfig, Checkpointer, Restored, SinkCheckpoint};
 use crate::clock::EpochClock;
-use crate::component::{Built, Operator, OperatorOutput, Payload, Progress, Sink, Source, SourcePoll, WorkerContext};
+use crate::component::{Operator, OperatorOutput, Payload, Progress, Sink, Source, SourcePoll, WorkerContext};
 use crate::metrics::{ComponentMetrics, Metrics};
-use crate::registry::Section;
+use crate::registry::{Built, Section};
 use crate::spec::{ComponentSpec, InputRef, Port, Spec};
 
 type Epoch = u64;

@@ -11,8 +11,8 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use crate::admin::AdminRoutes;
-use crate::component::{Built, StreamKind};
-use crate::registry::{BuildContext, ComponentKind, Registry, Section};
+use crate::component::StreamKind;
+use crate::registry::{BuildContext, Built, ComponentKind, Registry, Section};
 use crate::resources::Resources;
 
 /// The reserved input name for the quarantine output of every component at once.
@@ -76,7 +76,7 @@ pub struct Settings {
     /// or instead of any name (on another address).
     #[serde(default)]
     pub admin_allowed_hosts: Vec<String>,
-    /// Periodic checkpoints (DESIGN.md §4): off when absent.
+    /// Periodic checkpoints (docs/architecture.md §4): off when absent.
     #[serde(default)]
     pub checkpoint: Option<crate::checkpoint::CheckpointConfig>,
     /// After SIGINT/SIGTERM, how long in-flight batches may take to drain (e.g. while a sink is

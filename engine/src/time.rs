@@ -1,4 +1,4 @@
-//! Event time and watermarks (DESIGN.md §4).
+//! Event time and watermarks (docs/architecture.md §4).
 //!
 //! Event time travels in the records (`@timestamp` of events, `event_time_ms` of alerts); the
 //! timely timestamp stays the checkpoint epoch. A watermark `w` promises that no more records
@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::alert::Alert;
 use crate::batch::{EventBatch, Value};
 use crate::fields::ids;
 
@@ -75,11 +74,6 @@ pub fn event_time(batch: &EventBatch, row: usize) -> Option<EventTime> {
     })
 }
 
-/// The event time of an alert: the time of the event (or window end) that raised it.
-pub fn alert_time(alert: &Alert) -> Option<EventTime> {
-    alert.event_time_ms
-}
-
 struct Partition {
     newest: EventTime,
     last_active: Instant,
@@ -132,7 +126,7 @@ impl WatermarkTracker {
     }
 
     fn partition(&mut self, source: &str, partition: &str, now: Instant) -> &mut Partition {
-        let key = crate::keyed::hash_key([source.as_bytes(), partition.as_bytes()]);
+        let key = crate::key_groups::hash_key([source.as_bytes(), partition.as_bytes()]);
         let sources = &self.sources;
         self.partitions.entry(key).or_insert_with(|| {
             let config = sources.get(source).cloned().unwrap_or_default();

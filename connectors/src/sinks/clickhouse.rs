@@ -10,7 +10,7 @@
 //! whole record as JSON). `columns:` maps any other name. `ward_id` is a deterministic row id:
 //! xxh3 of the event's provenance, or of the record's JSON.
 //!
-//! Exactly once (DESIGN.md §5): every row of a checkpoint's epochs is inserted before the
+//! Exactly once (docs/architecture.md §5): every row of a checkpoint's epochs is inserted before the
 //! checkpoint completes, and after a crash the replay from the checkpoint produces the same
 //! rows with the same ids, so a `ReplacingMergeTree` ordered by the id keeps each once (read
 //! with `FINAL`); on servers that have it, `insert_deduplication_token` also makes a replayed
@@ -26,9 +26,9 @@ use clickhouse_types::data_types::DataTypeNode;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use ward_engine::batch::{EventBatch, Key, Value};
-use ward_engine::component::{Built, Payload, Sink, SinkFactory, StreamKind, WorkerContext};
+use ward_engine::component::{Payload, Sink, SinkFactory, StreamKind, WorkerContext};
 use ward_engine::fields::{FieldId, CORE_FIELDS};
-use ward_engine::registry::{BuildContext, ComponentConfig, Section};
+use ward_engine::registry::{BuildContext, Built, ComponentConfig, Section};
 
 use super::clickhouse_rowbinary::{self as rowbinary, Cell};
 
@@ -298,8 +298,20 @@ impl SinkFactory for ClickHouseFactory {
     fn create(&self, ctx: &WorkerContext) -> anyhow::Result<Box<dyn Sink>> {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let breaker = Breaker {
-            state: ctx.metrics.circuit_state.clone(),
-            retries: ctx.metrics.sink_retries.clone(),
+            state: ctx
+                .metrics
+                .families
+                .gauge_vec(
+                    "ward_sink_circuit_state",
+                    "A sink's circuit breaker: 0 closed, 1 open (writes failing), 2 half-open (probing)",
+                    &["component"],
+                )
+                .with_label_values(&[&*ctx.component_id]),
+            retries: ctx
+                .metrics
+                .families
+                .counter_vec("ward_sink_retries_total", "Sink writes that failed and were retried", &["component"])
+                .with_label_values(&[&*ctx.component_id]),
             threshold: self.config.retry.failure_threshold.max(1),
             sink: ctx.component_id.clone(),
         };

@@ -7,10 +7,10 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use schemars::JsonSchema;
 use serde::Deserialize;
-use ward_engine::component::{Built, Payload, Sink, SinkFactory, StreamKind, WorkerContext};
+use ward_engine::component::{Payload, Sink, SinkFactory, StreamKind, WorkerContext};
 
 use super::jsonl_committed::{self, CommittedFile};
-use ward_engine::registry::{BuildContext, ComponentConfig, Section};
+use ward_engine::registry::{BuildContext, Built, ComponentConfig, Section};
 
 /// Write events, quarantined records or alerts as JSON lines.
 #[derive(Clone, Debug, Deserialize, JsonSchema)]

@@ -1,6 +1,6 @@
 //! The `kafka` sink: alerts (or cases, quarantined records, events) as JSON records on a topic.
 //!
-//! With checkpoints it is exactly once for `read_committed` consumers (DESIGN.md §5): each
+//! With checkpoints it is exactly once for `read_committed` consumers (docs/architecture.md §5): each
 //! worker has a transactional producer with a stable `transactional.id` (`<prefix>-w<worker>`).
 //! A worker's records since the last checkpoint go into that checkpoint's part, so they survive
 //! a crash, and are produced in one transaction once the checkpoint is durable. Every record
@@ -33,8 +33,8 @@ use rdkafka::{Offset, TopicPartitionList};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use ward_engine::checkpoint::SinkCheckpoint;
-use ward_engine::component::{Built, Payload, Sink, SinkFactory, StreamKind, WorkerContext};
-use ward_engine::registry::{BuildContext, ComponentConfig, Section};
+use ward_engine::component::{Payload, Sink, SinkFactory, StreamKind, WorkerContext};
+use ward_engine::registry::{BuildContext, Built, ComponentConfig, Section};
 
 /// Write alerts, cases, quarantined records or events as JSON records to a Kafka topic.
 #[derive(Clone, Debug, Deserialize, JsonSchema)]

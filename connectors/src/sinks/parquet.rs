@@ -28,9 +28,9 @@ use parquet::file::properties::WriterProperties;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use ward_engine::batch::{value_to_json, EventBatch, Key, Value};
-use ward_engine::component::{Built, Payload, Sink, SinkFactory, StreamKind, WorkerContext};
+use ward_engine::component::{Payload, Sink, SinkFactory, StreamKind, WorkerContext};
 use ward_engine::fields::{ids, FieldId, FieldType, CORE_FIELDS};
-use ward_engine::registry::{BuildContext, ComponentConfig, Section};
+use ward_engine::registry::{BuildContext, Built, ComponentConfig, Section};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]

@@ -11,9 +11,9 @@ use std::sync::Arc;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use ward_engine::batch::EventBatch;
-use ward_engine::component::{Built, Source, SourceFactory, SourcePoll, StreamKind, WorkerContext};
+use ward_engine::component::{Source, SourceFactory, SourcePoll, StreamKind, WorkerContext};
 use ward_engine::quarantine::{QuarantineRecord, Reason};
-use ward_engine::registry::{BuildContext, ComponentConfig, Section};
+use ward_engine::registry::{BuildContext, Built, ComponentConfig, Section};
 
 use ward_engine::framing::{read_document, Piece};
 

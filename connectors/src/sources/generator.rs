@@ -26,8 +26,8 @@ use chrono::{Datelike, Timelike};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use ward_engine::batch::EventBatch;
-use ward_engine::component::{Built, Source, SourceFactory, SourcePoll, StreamKind, WorkerContext};
-use ward_engine::registry::{BuildContext, ComponentConfig, Section};
+use ward_engine::component::{Source, SourceFactory, SourcePoll, StreamKind, WorkerContext};
+use ward_engine::registry::{BuildContext, Built, ComponentConfig, Section};
 
 /// Generate synthetic security telemetry.
 #[derive(Clone, Debug, Deserialize, JsonSchema)]

@@ -1,4 +1,4 @@
-//! The `kafka` source (DESIGN.md §5): topics' partitions assigned deterministically across
+//! The `kafka` source (docs/architecture.md §5): topics' partitions assigned deterministically across
 //! workers — partition `i` of the sorted (topic, partition) list goes to worker `i mod W`, no
 //! consumer-group rebalancing in the data path — read with librdkafka (rdkafka).
 //!
@@ -23,9 +23,9 @@ use rdkafka::{Offset, TopicPartitionList};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use ward_engine::batch::EventBatch;
-use ward_engine::component::{Built, Source, SourceFactory, SourcePoll, StreamKind, WorkerContext};
+use ward_engine::component::{Source, SourceFactory, SourcePoll, StreamKind, WorkerContext};
 use ward_engine::quarantine::{QuarantineRecord, Reason};
-use ward_engine::registry::{BuildContext, ComponentConfig, Section};
+use ward_engine::registry::{BuildContext, Built, ComponentConfig, Section};
 
 /// Read records from Kafka topics.
 #[derive(Clone, Debug, Deserialize, JsonSchema)]
@@ -127,9 +127,40 @@ impl KafkaFactory {
 
 /// Turns librdkafka's statistics (every second, served by `poll`) into per-partition metrics
 /// for the partitions this worker reads.
+/// Per-partition families of the Kafka source, labelled (component, `topic/partition`).
+#[derive(Clone)]
+struct PartitionMetrics {
+    lag: prometheus::IntGaugeVec,
+    high_watermark: prometheus::IntGaugeVec,
+    fetched: prometheus::IntCounterVec,
+}
+
+impl PartitionMetrics {
+    fn register(families: &ward_engine::metrics::Families) -> Self {
+        let labels = &["component", "partition"];
+        PartitionMetrics {
+            lag: families.gauge_vec(
+                "ward_kafka_consumer_lag",
+                "Kafka source: records of a partition not yet read (librdkafka's consumer_lag; -1 unknown)",
+                labels,
+            ),
+            high_watermark: families.gauge_vec(
+                "ward_kafka_high_watermark_offset",
+                "Kafka source: a partition's high watermark offset as the broker reports it",
+                labels,
+            ),
+            fetched: families.counter_vec(
+                "ward_kafka_fetched_records_total",
+                "Kafka source: records fetched from a partition (rate() gives the fetch rate)",
+                labels,
+            ),
+        }
+    }
+}
+
 #[derive(Default)]
 struct Stats {
-    metrics: Option<(Arc<str>, ward_engine::metrics::KafkaMetrics)>,
+    metrics: Option<(Arc<str>, PartitionMetrics)>,
     /// Records fetched per partition at the last report (the counter grows by the difference).
     fetched: std::sync::Mutex<HashMap<(String, i32), u64>>,
 }
@@ -161,7 +192,7 @@ impl ConsumerContext for Stats {}
 impl SourceFactory for KafkaFactory {
     fn create(&self, ctx: &WorkerContext) -> anyhow::Result<Box<dyn Source>> {
         let consumer = self.consumer_with(Stats {
-            metrics: Some((ctx.component_id.clone(), ctx.metrics.kafka.clone())),
+            metrics: Some((ctx.component_id.clone(), PartitionMetrics::register(&ctx.metrics.families))),
             fetched: Default::default(),
         })?;
         let mut all = Vec::new();

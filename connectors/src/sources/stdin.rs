@@ -8,9 +8,9 @@ use std::time::Duration;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use ward_engine::batch::EventBatch;
-use ward_engine::component::{Built, Source, SourceFactory, SourcePoll, StreamKind, WorkerContext};
+use ward_engine::component::{Source, SourceFactory, SourcePoll, StreamKind, WorkerContext};
 use ward_engine::quarantine::{QuarantineRecord, Reason};
-use ward_engine::registry::{BuildContext, ComponentConfig, Section};
+use ward_engine::registry::{BuildContext, Built, ComponentConfig, Section};
 
 use super::file::read_line_bounded;
 

@@ -1,5 +1,5 @@
 //! `correlate`: Sigma correlation rules over alerts, with exact sliding windows on event time
-//! (DESIGN.md §6).
+//! (docs/architecture.md §6).
 //!
 //! Alerts of the rules a correlation references are routed by the hash of their group-by
 //! values to the worker owning that key group; windows live there (see `window.rs`) and are
@@ -20,10 +20,11 @@ use serde::Deserialize;
 use ward_engine::alert::Alert;
 use ward_engine::clock::{EpochClock, Versions};
 use ward_engine::coalesce::Coalescer;
-use ward_engine::component::{Built, OperatorOutput, StreamKind, WorkerContext};
-use ward_engine::keyed::{owned_groups, KeyedOperator, KeyedOperatorFactory, RecordRef, Route, Router, KEY_GROUPS};
+use ward_engine::component::{OperatorOutput, StreamKind, WorkerContext};
+use ward_engine::key_groups::{owned_groups, KEY_GROUPS};
+use ward_engine::keyed::{KeyedOperator, KeyedOperatorFactory, RecordRef, Route, Router};
 use ward_engine::metrics::ComponentMetrics;
-use ward_engine::registry::{BuildContext, ComponentConfig, Section};
+use ward_engine::registry::{BuildContext, Built, ComponentConfig, Section};
 use ward_engine::resources::{Resources, WatchGuard};
 use ward_engine::time::EventTime;
 use xxhash_rust::xxh3::Xxh3;

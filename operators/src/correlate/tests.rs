@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use ward_engine::alert::Alert;
 use ward_engine::component::OperatorOutput;
-use ward_engine::keyed::KEY_GROUPS;
+use ward_engine::key_groups::KEY_GROUPS;
 use ward_engine::time::WATERMARK_END;
 
 use super::rules::CorrelationSet;
@@ -286,12 +286,12 @@ fn snapshot_mid_stream_and_restore_continue_like_an_uninterrupted_run() {
         // Restore onto two "workers" owning halves of the key groups.
         let mut halves: Vec<Windows> = (0..2)
             .map(|w| {
-                let owned = (0..KEY_GROUPS).map(|g| ward_engine::keyed::worker_for(g, 2) == w).collect();
+                let owned = (0..KEY_GROUPS).map(|g| ward_engine::key_groups::worker_for(g, 2) == w).collect();
                 Windows::new(set.clone(), "v".into(), "c".into(), owned)
             })
             .collect();
         for (g, bytes) in snapshots.iter().enumerate() {
-            halves[ward_engine::keyed::worker_for(g as u16, 2)].restore(g as u16, bytes).unwrap();
+            halves[ward_engine::key_groups::worker_for(g as u16, 2)].restore(g as u16, bytes).unwrap();
         }
         for h in &mut halves {
             h.advance(wm, &mut out);

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 use ward_engine::alert::{priority_for_level, Alert, AlertOrigin, CorrelationInfo};
 use ward_engine::component::OperatorOutput;
-use ward_engine::keyed::{hash_key, key_group, KEY_GROUPS};
+use ward_engine::key_groups::{hash_key, key_group, KEY_GROUPS};
 use ward_engine::time::{EventTime, WATERMARK_MIN};
 
 use super::rules::{Correlation, CorrelationSet, Kind};

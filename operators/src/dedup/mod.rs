@@ -1,4 +1,4 @@
-//! `dedup`: drops duplicate events within an event-time horizon (DESIGN.md §6).
+//! `dedup`: drops duplicate events within an event-time horizon (docs/architecture.md §6).
 //!
 //! Events are keyed by the values of the configured fields (default `event.id`; an event with
 //! none of them is keyed by its raw payload) and routed by key to the worker owning the key's
@@ -15,12 +15,11 @@ use std::time::Duration;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use ward_engine::batch::{EventBatch, Key};
-use ward_engine::component::{Built, OperatorOutput, StreamKind, WorkerContext};
+use ward_engine::component::{OperatorOutput, StreamKind, WorkerContext};
 use ward_engine::fields::FieldId;
-use ward_engine::keyed::{
-    decode, encode, key_group, KeyedOperator, KeyedOperatorFactory, RecordRef, Route, Router, KEY_GROUPS,
-};
-use ward_engine::registry::{BuildContext, ComponentConfig, Section};
+use ward_engine::key_groups::{key_group, KEY_GROUPS};
+use ward_engine::keyed::{decode, encode, KeyedOperator, KeyedOperatorFactory, RecordRef, Route, Router};
+use ward_engine::registry::{BuildContext, Built, ComponentConfig, Section};
 use ward_engine::time::{event_time, EventTime, WATERMARK_MIN};
 
 /// Drop duplicate events (same key fields) within an event-time horizon.

@@ -10,9 +10,9 @@ use std::sync::{Arc, Once};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use ward_engine::batch::{EventBatch, Heap, Key, Slot, Value};
-use ward_engine::component::{Built, Operator, OperatorFactory, OperatorOutput, StreamKind, WorkerContext};
+use ward_engine::component::{Operator, OperatorFactory, OperatorOutput, StreamKind, WorkerContext};
 use ward_engine::fields::{ids, FieldId};
-use ward_engine::registry::{BuildContext, ComponentConfig, Section};
+use ward_engine::registry::{BuildContext, Built, ComponentConfig, Section};
 use ward_engine::resources::{Reloadable, Resources};
 
 /// One threat-intel file.

@@ -11,10 +11,10 @@ use std::sync::Arc;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use ward_engine::batch::{Bytes, EventBatch, Heap, Key, Raw, Slot, Value};
-use ward_engine::component::{Built, Operator, OperatorFactory, OperatorOutput, StreamKind, WorkerContext};
+use ward_engine::component::{Operator, OperatorFactory, OperatorOutput, StreamKind, WorkerContext};
 use ward_engine::fields::{ids, FieldId, FieldType};
 use ward_engine::quarantine::Reason;
-use ward_engine::registry::{BuildContext, ComponentConfig, Section};
+use ward_engine::registry::{BuildContext, Built, ComponentConfig, Section};
 use ward_engine::resources::Resources;
 
 use self::coerce::{coerce, Input, TsOptions};
@@ -35,7 +35,7 @@ pub enum Unmatched {
 #[serde(deny_unknown_fields)]
 pub struct NormalizeConfig {
     /// Pack files (relative to the spec) or built-in packs (`builtin:windows`,
-    /// `builtin:linux-sshd`, `builtin:zeek`, `builtin:fortigate`, `builtin:generic-json`).
+    /// `builtin:linux-auth`, `builtin:zeek`, `builtin:fortigate`, `builtin:generic-json`).
     /// The first pack whose `when` holds handles a record.
     pub packs: Vec<String>,
     #[serde(default)]
@@ -341,12 +341,9 @@ impl Normalizer {
             }
         }
         if let Some(module) = &pack.module {
-            if !out[start..].iter().any(|s| s.key == Key::Core(FieldId::lookup("event.module").expect("core field"))) {
+            if !out[start..].iter().any(|s| s.key == Key::Core(ids::EVENT_MODULE)) {
                 let r = heap.push_str(module);
-                out.push(Slot {
-                    key: Key::Core(FieldId::lookup("event.module").expect("core field")),
-                    value: Value::Str(r),
-                });
+                out.push(Slot { key: Key::Core(ids::EVENT_MODULE), value: Value::Str(r) });
             }
         }
         for req in &pack.required {

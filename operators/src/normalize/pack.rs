@@ -1,7 +1,7 @@
 //! Normalization packs: declarative YAML mapping one input shape to ECS-lite.
 //!
 //! ```yaml
-//! name: linux-sshd
+//! name: linux-auth
 //! module: linux
 //! when: [{ field: syslog.appname, equals: sshd }]     # which records the pack handles
 //! timestamp_formats: [rfc3339]                          # defaults for timestamp fields

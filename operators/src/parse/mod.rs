@@ -18,9 +18,9 @@ use std::sync::Arc;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use ward_engine::batch::{EventBatch, Origin};
-use ward_engine::component::{Built, Operator, OperatorFactory, OperatorOutput, StreamKind, WorkerContext};
+use ward_engine::component::{Operator, OperatorFactory, OperatorOutput, StreamKind, WorkerContext};
 use ward_engine::quarantine::Reason;
-use ward_engine::registry::{BuildContext, ComponentConfig, Section};
+use ward_engine::registry::{BuildContext, Built, ComponentConfig, Section};
 
 use self::writer::FieldWriter;
 

@@ -66,13 +66,6 @@ impl<'a> FieldWriter<'a> {
         self.put(key, Value::Str(v));
     }
 
-    /// A string value under a key already turned into a [`Key`].
-    #[inline]
-    pub fn put_keyed_str(&mut self, key: Key, value: &str) {
-        let v = self.text(value);
-        self.slots.push(Slot { key, value: Value::Str(v) });
-    }
-
     #[inline]
     pub fn put_keyed(&mut self, key: Key, value: Value) {
         self.slots.push(Slot { key, value });

@@ -1,4 +1,4 @@
-//! Regexes whose cost per event is bounded and deterministic (DESIGN.md §10).
+//! Regexes whose cost per event is bounded and deterministic (docs/architecture.md §10).
 //!
 //! A rule's regex (and every wildcard pattern, which becomes one) is compiled two ways at load:
 //! - a **dense DFA**, fully determinized within [`DFA_SIZE_LIMIT`]: one table step per byte

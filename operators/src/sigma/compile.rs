@@ -41,7 +41,36 @@ pub struct CompileOptions {
     pub logsources: Logsources,
     /// Values for `expand` placeholders (`%name%`).
     pub placeholders: HashMap<String, Vec<String>>,
+    /// What a placeholder without configured values does.
+    pub placeholders_missing: PlaceholdersMissing,
     pub unrouted: Unrouted,
+}
+
+/// What an `|expand` placeholder (`%name%`) without configured values does, as pySigma's
+/// placeholder transformations offer. Under `match_nothing` and `wildcard` the rule loads and
+/// its report carries a note naming the placeholder.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PlaceholdersMissing {
+    /// The rule is rejected.
+    Reject,
+    /// The value holding the placeholder matches nothing (a selection of only such values
+    /// never holds; a filter made of them never excludes).
+    #[default]
+    MatchNothing,
+    /// The placeholder stands for any text (`*`).
+    Wildcard,
+}
+
+impl PlaceholdersMissing {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "reject" => Some(Self::Reject),
+            "match_nothing" => Some(Self::MatchNothing),
+            "wildcard" => Some(Self::Wildcard),
+            _ => None,
+        }
+    }
 }
 
 impl CompileOptions {
@@ -49,7 +78,10 @@ impl CompileOptions {
     pub fn fingerprint(&self) -> String {
         let mut placeholders: Vec<_> = self.placeholders.iter().collect();
         placeholders.sort();
-        format!("{:x}|{:x}|{:?}|{placeholders:?}", self.mapping.fingerprint, self.logsources.fingerprint, self.unrouted)
+        format!(
+            "{:x}|{:x}|{:?}|{placeholders:?}|{:?}",
+            self.mapping.fingerprint, self.logsources.fingerprint, self.unrouted, self.placeholders_missing
+        )
     }
 }
 
@@ -59,6 +91,7 @@ impl Default for CompileOptions {
             mapping: FieldMapping::builtin(),
             logsources: Logsources::builtin(),
             placeholders: HashMap::new(),
+            placeholders_missing: PlaceholdersMissing::default(),
             unrouted: Unrouted::Any,
         }
     }
@@ -269,11 +302,13 @@ struct Lowering<'a> {
     product: Option<&'a str>,
     /// Sigma field name → the keys it resolved to, for `explain`.
     fields_seen: BTreeMap<String, Vec<FieldKey>>,
+    /// What loaded differently from the rule as written (placeholders without values).
+    notes: Vec<String>,
 }
 
 impl<'a> Lowering<'a> {
     fn new(opts: &'a CompileOptions, product: Option<&'a str>) -> Self {
-        Lowering { opts, product, fields_seen: BTreeMap::new() }
+        Lowering { opts, product, fields_seen: BTreeMap::new(), notes: Vec::new() }
     }
 
     fn field(&mut self, name: &str) -> FieldRef {
@@ -456,11 +491,34 @@ impl<'a> Lowering<'a> {
         for t in &m.transforms {
             match t {
                 Modifier::Expand => {
-                    let lookup = |name: &str| self.opts.placeholders.get(name).cloned();
+                    let missing = std::cell::RefCell::new(Vec::new());
+                    let policy = self.opts.placeholders_missing;
+                    let lookup = |name: &str| match self.opts.placeholders.get(name) {
+                        Some(v) => Some(v.clone()),
+                        None if policy == PlaceholdersMissing::Reject => None,
+                        None => {
+                            missing.borrow_mut().push(name.to_string());
+                            Some(if policy == PlaceholdersMissing::Wildcard { vec!["*".into()] } else { Vec::new() })
+                        }
+                    };
                     let mut next = Vec::new();
                     for s in &strings {
-                        for x in values::expand(&s.original, &lookup)? {
-                            next.push(SigmaString::new(&x));
+                        match values::expand(&s.original, &lookup) {
+                            Ok(xs) => next.extend(xs.iter().map(|x| SigmaString::new(x))),
+                            // An unconfigured placeholder under `match_nothing`: no value.
+                            Err(_) if policy == PlaceholdersMissing::MatchNothing && !missing.borrow().is_empty() => {}
+                            Err(e) => return Err(e),
+                        }
+                    }
+                    for name in missing.into_inner() {
+                        let note = match policy {
+                            PlaceholdersMissing::Wildcard => {
+                                format!("placeholder `%{name}%` has no values: replaced by `*`")
+                            }
+                            _ => format!("placeholder `%{name}%` has no values: its values match nothing"),
+                        };
+                        if !self.notes.contains(&note) {
+                            self.notes.push(note);
                         }
                     }
                     strings = next;
@@ -729,6 +787,8 @@ pub struct RuleReport {
     pub id: String,
     pub title: String,
     pub status: Status,
+    /// How the rule loaded differently from what it says (e.g. placeholders without values).
+    pub notes: Vec<String>,
 }
 
 /// A lowered rule, kept for `explain`.
@@ -742,6 +802,8 @@ pub struct LoweredRule {
     pub selections: Vec<NamedSelection>,
     pub fields: BTreeMap<String, Vec<FieldKey>>,
     pub filters: Vec<String>,
+    /// How the rule loaded differently from what it says (shown by `explain`).
+    pub notes: Vec<String>,
     /// Whether a routing entry specific to the rule's logsource covered it (else it runs on
     /// every event of its product, or every event).
     pub routed: bool,
@@ -819,6 +881,7 @@ pub fn lower_rule(opts: &CompileOptions, rule: &SigmaRule, path: &str) -> Result
         selections,
         fields: l.fields_seen,
         filters: Vec::new(),
+        notes: l.notes,
         routed,
     })
 }
@@ -852,6 +915,7 @@ pub fn apply_filter(
         }
         let mut l = Lowering::new(opts, r.logsource.product.as_deref());
         let (f, _) = l.detections(&filter.detection).map_err(|e| format!("filter `{}`: {e}", filter.title))?;
+        r.notes.extend(l.notes.into_iter().map(|n| format!("filter `{}`: {n}", filter.title)));
         let cond = std::mem::replace(&mut r.cond, Expr::True);
         r.cond = Expr::And(vec![cond, Expr::Not(Box::new(f))]);
         r.filters.push(filter.id.clone().unwrap_or_else(|| filter.title.clone()));
@@ -1129,12 +1193,18 @@ impl MatcherBuilder {
         }
         let mut core_lookup: Vec<Vec<FieldIdx>> = vec![Vec::new(); FieldId::all().count()];
         let mut ext_lookup: ahash::HashMap<Box<str>, Vec<FieldIdx>> = Default::default();
+        let mut data_lookup: ahash::HashMap<Box<str>, Vec<FieldIdx>> = Default::default();
         let mut fields = Vec::with_capacity(self.fields.len());
         for (i, fb) in self.fields.into_iter().enumerate() {
             for k in &fb.keys {
                 match k {
                     FieldKey::Core(id) => core_lookup[id.0 as usize].push(i as FieldIdx),
-                    FieldKey::Ext(name) => ext_lookup.entry(name.as_str().into()).or_default().push(i as FieldIdx),
+                    FieldKey::Ext(name) => {
+                        ext_lookup.entry(name.as_str().into()).or_default().push(i as FieldIdx);
+                        if let Some(data) = name.strip_prefix(super::mapping::EVENT_DATA) {
+                            data_lookup.entry(data.into()).or_default().push(i as FieldIdx);
+                        }
+                    }
                 }
             }
             let display = fb.display.clone();
@@ -1145,6 +1215,7 @@ impl MatcherBuilder {
             fields,
             core_lookup,
             ext_lookup,
+            data_lookup,
             keywords: self.keywords.build()?,
             atoms: self.atoms,
             atom_rules,

@@ -156,6 +156,36 @@ impl Logsources {
     }
 }
 
+/// Where EVTX-JSON keeps Windows event data fields.
+pub const EVENT_DATA: &str = "Event.EventData.";
+const USER_DATA: &str = "Event.UserData.";
+/// Longest event data name [`windows_data_name`] rewrites (longer names are left as they are).
+pub const DATA_NAME_MAX: usize = 128;
+
+/// The name Sigma rules use for a Windows event data field that EVTX-JSON keeps elsewhere or
+/// spells otherwise, as SigmaHQ's conventions do: `Event.UserData.<Element>.<Name>` (WMI-Activity,
+/// some Security and application channels) is `<Name>`, and names with spaces (Microsoft
+/// Defender's `Threat Name`) lose them (`ThreatName`). `None` for any other key. Written into
+/// `buf`, so the hot path does not allocate.
+pub fn windows_data_name<'a>(key: &str, buf: &'a mut [u8; DATA_NAME_MAX]) -> Option<&'a str> {
+    let name = if let Some(rest) = key.strip_prefix(USER_DATA) {
+        rest.split_once('.')?.1
+    } else {
+        let rest = key.strip_prefix(EVENT_DATA)?;
+        if !rest.contains(' ') {
+            return None;
+        }
+        rest
+    };
+    let mut n = 0;
+    for &c in name.as_bytes().iter().filter(|c| **c != b' ') {
+        *buf.get_mut(n)? = c;
+        n += 1;
+    }
+    // Only ASCII spaces were removed: still UTF-8.
+    std::str::from_utf8(&buf[..n]).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,6 +209,21 @@ mod tests {
             m.resolve(None, "process.command_line"),
             vec![FieldKey::Core(FieldId::lookup("process.command_line").unwrap())]
         );
+    }
+
+    #[test]
+    fn user_data_and_spaced_names_take_the_sigma_names() {
+        let mut buf = [0u8; DATA_NAME_MAX];
+        assert_eq!(
+            windows_data_name("Event.UserData.Operation_ClientFailure.ClientProcessId", &mut buf),
+            Some("ClientProcessId")
+        );
+        assert_eq!(windows_data_name("Event.EventData.Threat Name", &mut buf), Some("ThreatName"));
+        assert_eq!(windows_data_name("Event.EventData.Image", &mut buf), None, "already the Sigma name");
+        assert_eq!(windows_data_name("Event.UserData.NoElement", &mut buf), None);
+        assert_eq!(windows_data_name("Event.System.Computer", &mut buf), None);
+        let long = format!("Event.EventData.{}", "a b".repeat(100));
+        assert_eq!(windows_data_name(&long, &mut buf), None, "too long to be a real name");
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! The compiled, cross-rule matcher (DESIGN.md §6).
+//! The compiled, cross-rule matcher (docs/architecture.md §6).
 //!
 //! Every test a rule makes on a field is an *atom*. Literal atoms of all rules on one field share
 //! that field's Aho-Corasick automata (one ASCII-case-insensitive, one cased) plus hash tables
@@ -171,6 +171,9 @@ pub struct Matcher {
     pub fields: Vec<FieldInfo>,
     pub core_lookup: Vec<Vec<FieldIdx>>,
     pub ext_lookup: ahash::HashMap<Box<str>, Vec<FieldIdx>>,
+    /// Fields under `Event.EventData.`, by the name after it: Windows event data kept under
+    /// `Event.UserData.<Element>.` or spelled with spaces is found through these.
+    pub data_lookup: ahash::HashMap<Box<str>, Vec<FieldIdx>>,
     pub keywords: Scan,
     pub atoms: Vec<Atom>,
     pub atom_rules: Vec<Vec<RuleIdx>>,
@@ -399,7 +402,19 @@ impl Matcher {
     fn fields_for(&self, b: Bytes<'_>, key: Key) -> &[FieldIdx] {
         match key {
             Key::Core(f) => self.core_lookup.get(f.0 as usize).map(Vec::as_slice).unwrap_or(&[]),
-            Key::Ext(r) => self.ext_lookup.get(b.str(r)).map(Vec::as_slice).unwrap_or(&[]),
+            Key::Ext(r) => {
+                let name = b.str(r);
+                if let Some(fields) = self.ext_lookup.get(name) {
+                    return fields;
+                }
+                if self.data_lookup.is_empty() {
+                    return &[];
+                }
+                let mut buf = [0u8; super::mapping::DATA_NAME_MAX];
+                super::mapping::windows_data_name(name, &mut buf)
+                    .and_then(|n| self.data_lookup.get(n))
+                    .map_or(&[], Vec::as_slice)
+            }
         }
     }
 

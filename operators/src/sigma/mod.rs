@@ -1,4 +1,4 @@
-//! `sigma-match`: evaluates Sigma rules on normalized events and emits alerts (DESIGN.md §6).
+//! `sigma-match`: evaluates Sigma rules on normalized events and emits alerts (docs/architecture.md §6).
 //!
 //! Rules are parsed by `rsigma-parser`, lowered and compiled into one cross-rule [`Matcher`]
 //! (see `matcher.rs`), and swapped on every worker at the same epoch when the rule files change
@@ -24,13 +24,13 @@ use ward_engine::alert::{priority_for_level, Alert, AlertOrigin};
 use ward_engine::batch::{EventBatch, Key, Value};
 use ward_engine::clock::{EpochClock, Versions};
 use ward_engine::coalesce::Coalescer;
-use ward_engine::component::{Built, Operator, OperatorFactory, OperatorOutput, StreamKind, WorkerContext};
+use ward_engine::component::{Operator, OperatorFactory, OperatorOutput, StreamKind, WorkerContext};
 use ward_engine::fields::ids;
 use ward_engine::metrics::ComponentMetrics;
-use ward_engine::registry::{BuildContext, ComponentConfig, Section};
+use ward_engine::registry::{BuildContext, Built, ComponentConfig, Section};
 use ward_engine::resources::{Resources, WatchGuard};
 
-pub use compile::{CompileOptions, Status, Unrouted};
+pub use compile::{CompileOptions, PlaceholdersMissing, Status, Unrouted};
 pub use ruleset::{compile_files, read_rule_files, RuleFile, RuleSet};
 
 use matcher::{RuleIdx, Scratch};
@@ -51,6 +51,11 @@ pub struct SigmaMatchConfig {
     /// Values for `|expand` placeholders: `admins: [root, administrator]` for `%admins%`.
     #[serde(default)]
     pub placeholders: BTreeMap<String, Vec<String>>,
+    /// What a placeholder without values does: `reject` (the rule), `match_nothing` (its values
+    /// match nothing; the default) or `wildcard` (it stands for any text). Rules loaded under
+    /// the last two are logged with their placeholders.
+    #[serde(default)]
+    pub placeholders_missing: PlaceholdersMissing,
     /// Rules whose logsource has no routing entry: `any` (run on every event) or `reject`.
     #[serde(default)]
     pub unrouted: Unrouted,
@@ -108,6 +113,7 @@ impl SigmaMatchConfig {
             mapping,
             logsources,
             placeholders: self.placeholders.clone().into_iter().collect(),
+            placeholders_missing: self.placeholders_missing,
             unrouted: self.unrouted,
         })
     }
@@ -142,6 +148,17 @@ impl ComponentConfig for SigmaMatchConfig {
             rejected = set.rejected(),
             "rule set loaded (`ward rules check` lists rejected rules)"
         );
+        let notes = set.notes();
+        if !notes.is_empty() {
+            let listed: Vec<String> = notes.iter().take(20).map(|(_, id, n)| format!("{id}: {n}")).collect();
+            tracing::warn!(
+                component = ctx.component_id,
+                rules = notes.len(),
+                "rules loaded differently from what they say ({}{})",
+                listed.join("; "),
+                if notes.len() > listed.len() { "; ..." } else { "" }
+            );
+        }
         let handle = Arc::new(RuleHandle {
             component: ctx.component_id.to_string(),
             resources: ctx.resources.clone(),
@@ -312,7 +329,14 @@ fn extract_fields(
         let found = keys.iter().find_map(|k| {
             slots.iter().find(|s| match (k, s.key) {
                 (mapping::FieldKey::Core(id), Key::Core(c)) => *id == c,
-                (mapping::FieldKey::Ext(n), Key::Ext(_)) => b.key_name(s.key) == n,
+                (mapping::FieldKey::Ext(n), Key::Ext(_)) => {
+                    let name = b.key_name(s.key);
+                    name == n || {
+                        let mut buf = [0u8; mapping::DATA_NAME_MAX];
+                        let data = n.strip_prefix(mapping::EVENT_DATA);
+                        data.is_some() && mapping::windows_data_name(name, &mut buf) == data
+                    }
+                }
                 _ => false,
             })
         });

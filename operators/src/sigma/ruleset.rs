@@ -41,6 +41,14 @@ impl RuleSet {
     pub fn rejected(&self) -> usize {
         self.count(|s| matches!(s, Status::Rejected(_)))
     }
+    /// (path, id, note) of every note on a loaded rule (e.g. a placeholder without values).
+    pub fn notes(&self) -> Vec<(&str, &str, &str)> {
+        self.reports
+            .iter()
+            .flat_map(|r| r.notes.iter().map(move |n| (r.path.as_str(), r.id.as_str(), n.as_str())))
+            .collect()
+    }
+
     /// (path, id, reason) of every rejected rule.
     pub fn rejections(&self) -> Vec<(&str, &str, &str)> {
         self.reports
@@ -172,6 +180,7 @@ pub fn compile_files(
                         id,
                         title: rule.title.clone(),
                         status: Status::Compiled,
+                        notes: l.notes.clone(),
                     });
                     lowered.push(l);
                 }
@@ -200,6 +209,7 @@ pub fn compile_files(
             id: flt.id.clone().unwrap_or_else(|| "-".into()),
             title: flt.title.clone(),
             status,
+            notes: Vec::new(),
         });
     }
     let detections: Vec<(String, Option<String>)> =
@@ -211,7 +221,7 @@ pub fn compile_files(
             Some(r) => Status::Rejected(r.3.clone()),
             None => Status::Correlation,
         };
-        reports.push(RuleReport { path: path.clone(), id, title: c.title.clone(), status });
+        reports.push(RuleReport { path: path.clone(), id, title: c.title.clone(), status, notes: Vec::new() });
     }
     let mut extract = HashMap::new();
     for (rule_id, fields) in &correlation_set.needed_fields {
@@ -282,7 +292,13 @@ fn parse_failure(error: &str, condition: &str) -> String {
 }
 
 fn rejected(path: &str, id: &str, title: &str, why: String) -> RuleReport {
-    RuleReport { path: path.to_string(), id: id.to_string(), title: title.to_string(), status: Status::Rejected(why) }
+    RuleReport {
+        path: path.to_string(),
+        id: id.to_string(),
+        title: title.to_string(),
+        status: Status::Rejected(why),
+        notes: Vec::new(),
+    }
 }
 
 /// Paths in reports relative to the working directory when below it.

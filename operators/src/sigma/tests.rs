@@ -184,7 +184,8 @@ fn null_and_exists() {
 fn expand_placeholders() {
     let ev = [r#"{"u":"root"}"#, r#"{"u":"administrator"}"#, r#"{"u":"bob"}"#];
     assert_eq!(hits("  s:\n    u|expand: '%admins%'\n  condition: s\n", &ev), vec![0, 1]);
-    assert!(rejection("  s:\n    u|expand: '%nobody%'\n  condition: s\n").contains("%nobody%"));
+    // Without values, under the default policy (`match_nothing`; see the test below).
+    assert_eq!(hits("  s:\n    u|expand: '%nobody%'\n  condition: s\n", &ev), Vec::<u64>::new());
 }
 
 #[test]
@@ -313,7 +314,7 @@ fn unsupported_constructs_are_rejected_with_reasons() {
     assert!(rejection(tf).contains("timeframe"));
 }
 
-// Hostile input (DESIGN.md §10): rule forms that a naive matcher makes quadratic, on values an
+// Hostile input (docs/architecture.md §10): rule forms that a naive matcher makes quadratic, on values an
 // attacker writes. Work is counted (bytes given to regex searches), so the bounds are exact.
 
 /// The set, the detector after one event, and the alerts.
@@ -435,4 +436,120 @@ fn over_budget_events_are_evaluated_by_cheap_tests_and_counted() {
     let (_, det, alerts) = run_one(&rules, &event);
     assert_eq!(det.stats().over_budget, 0);
     assert_eq!(alerts.iter().map(|a| a.rule.id.as_str()).collect::<Vec<_>>(), vec!["r1", "r2", "r3"]);
+}
+
+/// Runs Windows EVTX-JSON events through the built-in Windows pack and `rules`; the offsets of
+/// the events that raised an alert, and the alerts.
+fn windows_hits(rules: &str, events: &[String]) -> (Vec<u64>, Vec<ward_engine::alert::Alert>) {
+    let s = set(rules);
+    assert_eq!(s.rejected(), 0, "rule rejected: {:?}", s.rejections());
+    let refs: Vec<&str> = events.iter().map(String::as_str).collect();
+    let packs = Arc::new(crate::normalize::load_packs(&["builtin:windows".into()], &Resources::new(".")).unwrap());
+    let mut norm = crate::normalize::Normalizer::new("n".into(), packs, crate::normalize::Unmatched::Keep, false);
+    let mut out = OperatorOutput::default();
+    norm.process(batch(&refs), 0, &mut out);
+    let mut alerts = Vec::new();
+    Detector::new("sigma".into(), false).detect(&s, &out.events[0], &mut alerts);
+    (alerts.iter().map(|a| a.origin.offset).collect(), alerts)
+}
+
+fn windows_event(channel: &str, provider: &str, id: u32, data: &str) -> String {
+    format!(
+        r##"{{"Event":{{"System":{{"Provider":{{"#attributes":{{"Name":"{provider}"}}}},"EventID":{id},"Channel":"{channel}","Computer":"ws-1","TimeCreated":{{"#attributes":{{"SystemTime":"2024-01-01T00:00:00Z"}}}}}},{data}}}}}"##
+    )
+}
+
+#[test]
+fn event_data_under_user_data_matches_the_sigma_field_names() {
+    // WMI-Activity keeps its fields under Event.UserData.<Element>, as exported.
+    let rules = "title: wmi consumer\nid: wmi1\nlogsource: { product: windows, service: wmi }\n\
+detection:\n  sel:\n    EventID: 5861\n    PossibleCause|contains: 'CommandLineEventConsumer'\n  condition: sel\n";
+    let wmi = "Microsoft-Windows-WMI-Activity/Operational";
+    let provider = "Microsoft-Windows-WMI-Activity";
+    let events = [
+        windows_event(
+            wmi,
+            provider,
+            5861,
+            r#""UserData":{"Operation_ESStoConsumerBinding":{"Namespace":"//./root/subscription","ESS":"evil","CONSUMER":"CommandLineEventConsumer=\"evil\"","PossibleCause":"Binding EventFilter: instance of CommandLineEventConsumer"}}"#,
+        ),
+        windows_event(
+            wmi,
+            provider,
+            5861,
+            r#""UserData":{"Operation_ESStoConsumerBinding":{"PossibleCause":"Binding EventFilter: instance of LogFileEventConsumer"}}"#,
+        ),
+        // The same data under EventData still matches; another channel does not.
+        windows_event(wmi, provider, 5861, r#""EventData":{"PossibleCause":"CommandLineEventConsumer"}"#),
+        windows_event(
+            "Application",
+            provider,
+            5861,
+            r#""UserData":{"X":{"PossibleCause":"CommandLineEventConsumer"}}"#,
+        ),
+    ];
+    let (offsets, alerts) = windows_hits(rules, &events);
+    assert_eq!(offsets, vec![0, 2]);
+    // The alert shows the value it matched, under the Sigma name.
+    let fields: Vec<&(String, String)> = alerts[0].matches.iter().flat_map(|m| &m.fields).collect();
+    assert!(fields.iter().any(|(n, v)| n == "PossibleCause" && v.contains("CommandLineEventConsumer")), "{fields:?}");
+}
+
+#[test]
+fn event_data_names_with_spaces_match_the_names_without() {
+    // Microsoft Defender writes `Threat Name`, `Process Name`; Sigma rules say ThreatName.
+    let rules = "title: defender\nid: def1\nlogsource: { product: windows, service: windefend }\n\
+detection:\n  sel:\n    EventID: 1116\n    ThreatName|contains: 'Mimikatz'\n    ProcessName|endswith: '\\powershell.exe'\n  condition: sel\n";
+    let channel = "Microsoft-Windows-Windows Defender/Operational";
+    let provider = "Microsoft-Windows-Windows Defender";
+    let events = [
+        windows_event(
+            channel,
+            provider,
+            1116,
+            r#""EventData":{"Threat Name":"HackTool:Win32/Mimikatz!MTB","Process Name":"C:\\Windows\\System32\\WindowsPowerShell\\v1.0\\powershell.exe","Source Name":"Real-Time Protection"}"#,
+        ),
+        windows_event(
+            channel,
+            provider,
+            1116,
+            r#""EventData":{"Threat Name":"Trojan:Win32/Other","Process Name":"C:\\x\\powershell.exe"}"#,
+        ),
+        windows_event(
+            channel,
+            provider,
+            1116,
+            r#""EventData":{"ThreatName":"HackTool:Win32/Mimikatz","ProcessName":"C:\\powershell.exe"}"#,
+        ),
+    ];
+    assert_eq!(windows_hits(rules, &events).0, vec![0, 2]);
+}
+
+#[test]
+fn placeholders_without_values_follow_the_policy() {
+    let rule = "title: t\nid: p1\nlogsource: { category: test }\ndetection:\n  sel:\n    User|expand: '%unknown%'\n  other:\n    Image: a\n  condition: sel or other\n";
+    let ev = [r#"{"User":"anyone"}"#, r#"{"Image":"a"}"#, r#"{"User":"%unknown%"}"#];
+    for (policy, want) in [
+        (PlaceholdersMissing::Reject, None),
+        (PlaceholdersMissing::MatchNothing, Some(vec![1])),
+        (PlaceholdersMissing::Wildcard, Some(vec![0, 1, 2])),
+    ] {
+        let mut o = options();
+        o.placeholders_missing = policy;
+        let s = compile_files(&[RuleFile::new("t.yml", "t.yml", rule)], &o, None).unwrap();
+        let Some(want) = want else {
+            let why = s.rejections().first().map(|r| r.2.to_string()).unwrap_or_default();
+            assert!(why.contains("placeholder `%unknown%` has no values"), "{policy:?}: {why}");
+            continue;
+        };
+        assert_eq!(s.rejected(), 0, "{policy:?}: {:?}", s.rejections());
+        let notes = s.notes();
+        assert!(notes.len() == 1 && notes[0].2.contains("%unknown%"), "{policy:?}: {notes:?}");
+        let mut alerts = Vec::new();
+        Detector::new(Arc::from("sigma"), false).detect(&s, &batch(&ev), &mut alerts);
+        assert_eq!(alerts.iter().map(|a| a.origin.offset).collect::<Vec<_>>(), want, "{policy:?}");
+    }
+    // A configured placeholder is expanded whatever the policy, without a note.
+    let s = set("title: t\nid: p2\nlogsource: { category: test }\ndetection:\n  sel:\n    User|expand: '%admins%'\n  condition: sel\n");
+    assert!(s.notes().is_empty() && s.rejected() == 0);
 }

@@ -1,4 +1,4 @@
-//! `sla`: cases and SLA timers (DESIGN.md §6).
+//! `sla`: cases and SLA timers (docs/architecture.md §6).
 //!
 //! Alerts open cases or join one: alerts with the same entity (the values of the `entity`
 //! fields, default `host.name`) join the entity's open case when they come within
@@ -37,13 +37,12 @@ use serde::{Deserialize, Serialize};
 use ward_engine::alert::Alert;
 use ward_engine::batch::{value_to_json, EventBatch, Value};
 use ward_engine::case::{CaseEventKind, CaseRecord, SlaKind};
-use ward_engine::component::{Built, OperatorOutput, StreamKind, WorkerContext};
-use ward_engine::keyed::{
-    decode, encode, hash_key, key_group, KeyedOperator, KeyedOperatorFactory, RecordRef, Route, Router,
-};
-use ward_engine::metrics::ComponentMetrics;
+use ward_engine::component::{OperatorOutput, StreamKind, WorkerContext};
+use ward_engine::key_groups::{hash_key, key_group};
+use ward_engine::keyed::{decode, encode, KeyedOperator, KeyedOperatorFactory, RecordRef, Route, Router};
+use ward_engine::metrics::Families;
 use ward_engine::quarantine::{QuarantineRecord, Reason};
-use ward_engine::registry::{BuildContext, ComponentConfig, Section};
+use ward_engine::registry::{BuildContext, Built, ComponentConfig, Section};
 use ward_engine::time::{event_time, EventTime, WATERMARK_MIN};
 
 pub use policy::SlaPolicy;
@@ -238,13 +237,50 @@ struct SlaFactory {
     settings: Arc<Settings>,
 }
 
+/// The SLA operator's own families: times to acknowledge and contain, and breaches.
+#[derive(Clone)]
+pub struct SlaMetrics {
+    component: Arc<str>,
+    tta: prometheus::HistogramVec,
+    ttc: prometheus::HistogramVec,
+    breaches: prometheus::IntCounterVec,
+}
+
+impl SlaMetrics {
+    pub fn register(families: &Families, component: &Arc<str>) -> Self {
+        // 1 minute … about 2 days.
+        let buckets = vec![60.0, 300.0, 600.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 86400.0, 172800.0];
+        let labels = &["component", "priority"];
+        SlaMetrics {
+            component: component.clone(),
+            tta: families.histogram_vec(
+                "ward_sla_tta_seconds",
+                "Time to acknowledge of cases, by priority",
+                labels,
+                buckets.clone(),
+            ),
+            ttc: families.histogram_vec(
+                "ward_sla_ttc_seconds",
+                "Time to contain of cases, by priority",
+                labels,
+                buckets,
+            ),
+            breaches: families.counter_vec(
+                "ward_sla_breaches_total",
+                "SLA deadlines breached, by priority and SLA (acknowledge, contain)",
+                &["component", "priority", "sla"],
+            ),
+        }
+    }
+}
+
 impl KeyedOperatorFactory for SlaFactory {
     fn router(&self, _ctx: &WorkerContext) -> anyhow::Result<Box<dyn Router>> {
         Ok(Box::new(SlaRouter { settings: self.settings.clone() }))
     }
     fn operator(&self, ctx: &WorkerContext) -> anyhow::Result<Box<dyn KeyedOperator>> {
         let mut sla = Sla::new(self.settings.clone(), ctx.component_id.clone());
-        sla.metrics = Some(ctx.metrics.clone());
+        sla.metrics = Some(SlaMetrics::register(&ctx.metrics.families, &ctx.component_id));
         Ok(Box::new(sla))
     }
 }
@@ -347,7 +383,7 @@ struct GroupState {
 pub struct Sla {
     settings: Arc<Settings>,
     component: Arc<str>,
-    metrics: Option<ComponentMetrics>,
+    metrics: Option<SlaMetrics>,
     /// Entity key → its cases (the last is the one alerts may join).
     cases: HashMap<u64, Vec<Case>>,
     /// (threshold, entity key, case serial): wake-ups; stale ones are skipped.
@@ -536,8 +572,10 @@ impl Sla {
             let prio = priority_name(case.priority);
             if let Some(m) = &self.metrics {
                 match sla {
-                    SlaKind::Acknowledge => m.observe_tta(prio, took as f64 / 1000.0),
-                    SlaKind::Contain => m.observe_ttc(prio, took as f64 / 1000.0),
+                    SlaKind::Acknowledge => {
+                        m.tta.with_label_values(&[&*m.component, prio]).observe(took as f64 / 1000.0)
+                    }
+                    SlaKind::Contain => m.ttc.with_label_values(&[&*m.component, prio]).observe(took as f64 / 1000.0),
                 }
             }
             let mut r = self.record(kind, key, case, clock);
@@ -602,7 +640,7 @@ impl Sla {
             let case = &self.cases[&key][index];
             if kind == CaseEventKind::Breached {
                 if let Some(m) = &self.metrics {
-                    m.sla_breached(priority_name(case.priority), sla_name(sla));
+                    m.breaches.with_label_values(&[&*m.component, priority_name(case.priority), sla_name(sla)]).inc();
                 }
             }
             let mut r = self.record(kind, key, case, at);

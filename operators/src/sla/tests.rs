@@ -1,7 +1,7 @@
 use super::*;
 use ward_engine::batch::{Key, Slot};
 use ward_engine::fields::ids;
-use ward_engine::keyed::KEY_GROUPS;
+use ward_engine::key_groups::KEY_GROUPS;
 use ward_engine::time::WATERMARK_END;
 
 const T0: i64 = 1_767_261_600_000;
@@ -349,7 +349,7 @@ fn key_groups_restore_onto_two_workers() {
     let snaps: Vec<Vec<u8>> = (0..KEY_GROUPS).map(|g| s.snapshot(g).unwrap()).collect();
     let mut halves = [sla(), sla()];
     for (g, b) in snaps.iter().enumerate() {
-        halves[ward_engine::keyed::worker_for(g as u16, 2)].restore(g as u16, b).unwrap();
+        halves[ward_engine::key_groups::worker_for(g as u16, 2)].restore(g as u16, b).unwrap();
     }
     assert_eq!(halves[0].live_keys() + halves[0].pending.len() + halves[1].live_keys() + halves[1].pending.len(), 6);
     let mut whole = OperatorOutput::default();
@@ -409,7 +409,7 @@ fn cases_never_contained_are_released_after_retention() {
 fn metrics_count_breaches_and_observe_tta() {
     let metrics = ward_engine::metrics::Metrics::new();
     let mut s = sla();
-    s.metrics = Some(metrics.component("sla"));
+    s.metrics = Some(super::SlaMetrics::register(&metrics.families, &"sla".into()));
     let mut out = OperatorOutput::default();
     s.process_alert(alert(1, "h", "critical", 25, T0), true, &mut out);
     s.process_alert(alert(2, "g", "medium", 0, T0), true, &mut out);

@@ -1,4 +1,4 @@
-//! `suppress`: collapses equal alerts into one per key and event-time bucket (DESIGN.md §6).
+//! `suppress`: collapses equal alerts into one per key and event-time bucket (docs/architecture.md §6).
 //!
 //! Alerts with the same key (default: rule id, host.id, user.name) in the same event-time
 //! bucket (default 5 minutes, aligned to the epoch) collapse into one representative: the
@@ -18,9 +18,10 @@ use std::time::Duration;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use ward_engine::alert::{Alert, Suppression};
-use ward_engine::component::{Built, OperatorOutput, StreamKind, WorkerContext};
-use ward_engine::keyed::{decode, encode, key_group, KeyedOperator, KeyedOperatorFactory, RecordRef, Route, Router};
-use ward_engine::registry::{BuildContext, ComponentConfig, Section};
+use ward_engine::component::{OperatorOutput, StreamKind, WorkerContext};
+use ward_engine::key_groups::key_group;
+use ward_engine::keyed::{decode, encode, KeyedOperator, KeyedOperatorFactory, RecordRef, Route, Router};
+use ward_engine::registry::{BuildContext, Built, ComponentConfig, Section};
 use ward_engine::time::{EventTime, WATERMARK_MIN};
 
 /// Collapse equal alerts (same key, same event-time bucket) into one with a repeat count.
@@ -243,7 +244,7 @@ impl KeyedOperator for Suppress {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ward_engine::keyed::KEY_GROUPS;
+    use ward_engine::key_groups::KEY_GROUPS;
 
     fn alert(n: u64, rule: &str, host: &str, t: EventTime) -> Alert {
         let mut a = crate::testing::alert(n, rule, "high", t);
