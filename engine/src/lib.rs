@@ -18,6 +18,7 @@ pub mod limits;
 pub mod metrics;
 pub mod quarantine;
 pub mod registry;
+pub mod reload;
 pub mod resources;
 pub mod runtime;
 pub mod spec;

@@ -13,19 +13,17 @@ pub mod window;
 #[cfg(test)]
 mod tests;
 
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 
 use schemars::JsonSchema;
 use serde::Deserialize;
 use ward_engine::alert::Alert;
-use ward_engine::clock::{EpochClock, Versions};
-use ward_engine::coalesce::Coalescer;
 use ward_engine::component::{OperatorOutput, StreamKind, WorkerContext};
 use ward_engine::key_groups::{owned_groups, KEY_GROUPS};
 use ward_engine::keyed::{KeyedOperator, KeyedOperatorFactory, RecordRef, Route, Router};
-use ward_engine::metrics::ComponentMetrics;
 use ward_engine::registry::{BuildContext, Built, ComponentConfig, Section};
-use ward_engine::resources::{Resources, WatchGuard};
+use ward_engine::reload::{ReloadHandle, ReloadSpec, Versioned};
+use ward_engine::resources::Resources;
 use ward_engine::time::EventTime;
 use xxhash_rust::xxh3::Xxh3;
 
@@ -110,121 +108,69 @@ impl ComponentConfig for CorrelateConfig {
             correlations = loaded.set.rules.len(),
             "correlation rules loaded"
         );
-        let handle = Arc::new(CorrelationHandle {
-            component: ctx.component_id.to_string(),
-            resources: ctx.resources.clone(),
-            config: self,
-            versions: Versions::new(loaded),
-            clock: OnceLock::new(),
-            metrics: OnceLock::new(),
-            reloads: Coalescer::new(),
-            watch: Mutex::new(None),
-        });
-        let h = handle.clone();
-        ctx.admin.register("GET", "/correlations", ctx.component_id, Arc::new(move |_| (200, h.describe())));
-        let h = handle.clone();
-        ctx.admin.register(
-            "POST",
-            "/rules/reload",
-            ctx.component_id,
-            Arc::new(move |_| match h.reload() {
-                Ok(v) => (200, v),
-                Err(v) => (422, v),
-            }),
+        let paths = self.rules.clone();
+        let handle = ReloadHandle::new(
+            ReloadSpec {
+                component: ctx.component_id.to_string(),
+                what: "correlation rules",
+                resources: ctx.resources.clone(),
+                paths: self.rules.clone(),
+                watch: self.watch,
+                load: Box::new(move |resources, _running: &CorrelationRules| reload(resources, &paths)),
+                summary: Box::new(|r: &CorrelationRules| {
+                    let mut m = serde_json::Map::new();
+                    m.insert("correlations".into(), r.set.rules.len().into());
+                    m
+                }),
+                publish: Box::new(|m, previous, r| m.set_ruleset_version(previous.map(|p| &*p.version), &r.version)),
+            },
+            loaded,
         );
+        let h = handle.clone();
+        ctx.admin.register("GET", "/correlations", ctx.component_id, Arc::new(move |_| (200, describe(&h))));
+        handle.register_reload_route(ctx.admin);
         Ok(Built::Keyed(Arc::new(CorrelateFactory { handle })))
     }
 }
 
 /// The correlation rule sets of one component, shared by its workers.
-pub struct CorrelationHandle {
-    component: String,
-    resources: Resources,
-    config: CorrelateConfig,
-    versions: Versions<CorrelationRules>,
-    clock: OnceLock<Arc<EpochClock>>,
-    metrics: OnceLock<ComponentMetrics>,
-    /// Concurrent reload requests share one recompile.
-    reloads: Coalescer<Result<serde_json::Value, serde_json::Value>>,
-    watch: Mutex<Option<WatchGuard>>,
+pub type CorrelationHandle = ReloadHandle<CorrelationRules>;
+
+impl Versioned for CorrelationRules {
+    fn version(&self) -> &str {
+        &self.version
+    }
 }
 
-impl CorrelationHandle {
-    fn describe(&self) -> serde_json::Value {
-        let (since, r) = self.versions.current_since();
-        serde_json::json!({
-            "component": self.component,
-            "version": &*r.version,
-            "since_epoch": since,
-            "correlations": r.set.rules.iter().map(|c| serde_json::json!({
-                "id": c.rule.id, "title": c.rule.title, "type": c.kind.name(), "group_by": c.group_by,
-                "timespan_ms": c.timespan_ms, "condition": c.condition, "generate": c.generate,
-                "rules": c.inputs.iter().map(|i| &i.rule_id).collect::<Vec<_>>(),
-            })).collect::<Vec<_>>(),
-        })
+/// The rule files again, refused unless every correlation compiles.
+fn reload(resources: &Resources, paths: &[String]) -> Result<CorrelationRules, Vec<serde_json::Value>> {
+    let files =
+        read_rule_files(resources, paths).map_err(|e| vec![serde_json::json!({ "reason": format!("{e:#}") })])?;
+    let new = CorrelationRules::load(&files);
+    if new.set.rejected.is_empty() {
+        Ok(new)
+    } else {
+        Err(new
+            .set
+            .rejected
+            .iter()
+            .map(|(p, id, _, why)| serde_json::json!({"path": p, "id": id, "reason": why}))
+            .collect())
     }
+}
 
-    /// Reads the rule files again and, if every correlation compiles, schedules the switch.
-    pub fn reload(&self) -> Result<serde_json::Value, serde_json::Value> {
-        self.reloads.run(|| self.reload_now())
-    }
-
-    fn reload_now(&self) -> Result<serde_json::Value, serde_json::Value> {
-        let running = self.versions.current();
-        let refuse = |errors: Vec<serde_json::Value>| {
-            if let Some(m) = self.metrics.get() {
-                m.reload_failures.inc();
-            }
-            tracing::warn!(component = %self.component, ?errors, "correlation reload refused; the running set stays");
-            Err(serde_json::json!({ "status": "refused", "running_version": &*running.version, "errors": errors }))
-        };
-        let files = match read_rule_files(&self.resources, &self.config.rules) {
-            Ok(f) => f,
-            Err(e) => return refuse(vec![serde_json::json!({ "reason": format!("{e:#}") })]),
-        };
-        let new = CorrelationRules::load(&files);
-        if !new.set.rejected.is_empty() {
-            return refuse(
-                new.set
-                    .rejected
-                    .iter()
-                    .map(|(p, id, _, why)| serde_json::json!({"path": p, "id": id, "reason": why}))
-                    .collect(),
-            );
-        }
-        if new.version == running.version {
-            return Ok(serde_json::json!({ "status": "unchanged", "version": &*running.version }));
-        }
-        let (version, count) = (new.version.clone(), new.set.rules.len());
-        let first = self.versions.install(self.clock.get().map(|c| &**c), Arc::new(new));
-        if let Some(m) = self.metrics.get() {
-            m.reloads.inc();
-            m.set_ruleset_version(Some(&running.version), &version);
-        }
-        tracing::info!(component = %self.component, version = %version, first_epoch = first, "correlation rules reloaded");
-        Ok(serde_json::json!({
-            "status": "reloaded", "version": &*version, "previous_version": &*running.version,
-            "first_epoch": first, "correlations": count,
-        }))
-    }
-
-    fn start(self: &Arc<Self>, ctx: &WorkerContext) {
-        let _ = self.clock.set(ctx.clock.clone());
-        if self.metrics.set(ctx.metrics.clone()).is_ok() {
-            ctx.metrics.set_ruleset_version(None, &self.versions.current().version);
-            if self.config.watch {
-                let weak = Arc::downgrade(self);
-                match self.resources.watch(&self.config.rules, move || {
-                    if let Some(h) = weak.upgrade() {
-                        let _ = h.reload();
-                    }
-                }) {
-                    Ok(g) => *self.watch.lock().unwrap_or_else(|p| p.into_inner()) = Some(g),
-                    Err(e) => tracing::warn!(component = %self.component, error = %e, "cannot watch the rule files"),
-                }
-            }
-        }
-    }
+fn describe(handle: &CorrelationHandle) -> serde_json::Value {
+    let (since, r) = handle.current_since();
+    serde_json::json!({
+        "component": handle.component(),
+        "version": &*r.version,
+        "since_epoch": since,
+        "correlations": r.set.rules.iter().map(|c| serde_json::json!({
+            "id": c.rule.id, "title": c.rule.title, "type": c.kind.name(), "group_by": c.group_by,
+            "timespan_ms": c.timespan_ms, "condition": c.condition, "generate": c.generate,
+            "rules": c.inputs.iter().map(|i| &i.rule_id).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+    })
 }
 
 struct CorrelateFactory {
@@ -236,13 +182,13 @@ impl KeyedOperatorFactory for CorrelateFactory {
         self.handle.start(ctx);
         Ok(Box::new(CorrelateRouter {
             handle: self.handle.clone(),
-            rules: self.handle.versions.current(),
+            rules: self.handle.current(),
             scratch: String::new(),
         }))
     }
 
     fn operator(&self, ctx: &WorkerContext) -> anyhow::Result<Box<dyn KeyedOperator>> {
-        let rules = self.handle.versions.current();
+        let rules = self.handle.current();
         let mut owned = vec![false; KEY_GROUPS as usize];
         for g in owned_groups(ctx.worker_index, ctx.workers) {
             owned[g as usize] = true;
@@ -262,7 +208,7 @@ struct CorrelateRouter {
 
 impl Router for CorrelateRouter {
     fn begin_epoch(&mut self, epoch: u64) {
-        self.rules = self.handle.versions.for_epoch(epoch);
+        self.rules = self.handle.for_epoch(epoch);
     }
 
     fn route(&mut self, record: RecordRef<'_>, keys: &mut Vec<u64>) -> Route {
@@ -290,7 +236,7 @@ struct CorrelateOperator {
 
 impl KeyedOperator for CorrelateOperator {
     fn begin_epoch(&mut self, epoch: u64) {
-        let rules = self.handle.versions.for_epoch(epoch);
+        let rules = self.handle.for_epoch(epoch);
         if !Arc::ptr_eq(&rules.set, self.windows.set()) {
             self.windows.replace_set(rules.set.clone(), rules.version.clone());
         }

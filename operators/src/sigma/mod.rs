@@ -16,19 +16,18 @@ pub mod values;
 mod tests;
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 
 use schemars::JsonSchema;
 use serde::Deserialize;
 use ward_engine::alert::{priority_for_level, Alert, AlertOrigin};
 use ward_engine::batch::{EventBatch, Key, Value};
-use ward_engine::clock::{EpochClock, Versions};
-use ward_engine::coalesce::Coalescer;
 use ward_engine::component::{Operator, OperatorFactory, OperatorOutput, StreamKind, WorkerContext};
 use ward_engine::fields::ids;
 use ward_engine::metrics::ComponentMetrics;
 use ward_engine::registry::{BuildContext, Built, ComponentConfig, Section};
-use ward_engine::resources::{Resources, WatchGuard};
+use ward_engine::reload::{ReloadHandle, ReloadSpec, Versioned};
+use ward_engine::resources::Resources;
 
 pub use compile::{CompileOptions, PlaceholdersMissing, Status, Unrouted};
 pub use ruleset::{compile_files, read_rule_files, RuleFile, RuleSet};
@@ -159,92 +158,50 @@ impl ComponentConfig for SigmaMatchConfig {
                 if notes.len() > listed.len() { "; ..." } else { "" }
             );
         }
-        let handle = Arc::new(RuleHandle {
-            component: ctx.component_id.to_string(),
-            resources: ctx.resources.clone(),
-            config: self.clone(),
-            versions: Versions::new(set),
-            clock: OnceLock::new(),
-            metrics: OnceLock::new(),
-            reloads: Coalescer::new(),
-            watch: Mutex::new(None),
-        });
-        let h = handle.clone();
-        ctx.admin.register("GET", "/rules", ctx.component_id, Arc::new(move |_| (200, h.describe())));
-        let h = handle.clone();
-        ctx.admin.register(
-            "POST",
-            "/rules/reload",
-            ctx.component_id,
-            Arc::new(move |_| match h.reload() {
-                Ok(v) => (200, v),
-                Err(v) => (422, v),
-            }),
+        let config = self.clone();
+        let handle = ReloadHandle::new(
+            ReloadSpec {
+                component: ctx.component_id.to_string(),
+                what: "rule set",
+                resources: ctx.resources.clone(),
+                paths: self.rules.clone(),
+                watch: self.watch,
+                load: Box::new(move |resources, running: &RuleSet| config.reload(resources, running)),
+                summary: Box::new(|set: &RuleSet| {
+                    let mut m = serde_json::Map::new();
+                    m.insert("compiled".into(), set.compiled().into());
+                    m.insert("rejected".into(), set.rejected().into());
+                    m
+                }),
+                publish: Box::new(|m, previous, set| {
+                    m.rules_compiled.set(set.compiled() as i64);
+                    m.rules_rejected.set(set.rejected() as i64);
+                    m.set_ruleset_version(previous.map(|p| p.version.as_str()), &set.version);
+                }),
+            },
+            set,
         );
-        Ok(Built::Operator(Arc::new(SigmaFactory { handle })))
+        let h = handle.clone();
+        ctx.admin.register("GET", "/rules", ctx.component_id, Arc::new(move |_| (200, describe(&h))));
+        handle.register_reload_route(ctx.admin);
+        Ok(Built::Operator(Arc::new(SigmaFactory { handle, include_event: self.include_event })))
     }
 }
 
 /// The rule sets of one sigma-match component, shared by its worker instances.
-pub struct RuleHandle {
-    component: String,
-    resources: Resources,
-    config: SigmaMatchConfig,
-    /// Workers use the newest set whose first epoch is at or before the batch's epoch.
-    versions: Versions<RuleSet>,
-    clock: OnceLock<Arc<EpochClock>>,
-    metrics: OnceLock<ComponentMetrics>,
-    /// Concurrent reload requests share one recompile.
-    reloads: Coalescer<Result<serde_json::Value, serde_json::Value>>,
-    watch: Mutex<Option<WatchGuard>>,
+pub type RuleHandle = ReloadHandle<RuleSet>;
+
+impl Versioned for RuleSet {
+    fn version(&self) -> &str {
+        &self.version
+    }
 }
 
-impl RuleHandle {
-    pub fn current(&self) -> Arc<RuleSet> {
-        self.versions.current()
-    }
-
-    pub fn for_epoch(&self, epoch: u64) -> Arc<RuleSet> {
-        self.versions.for_epoch(epoch)
-    }
-
-    fn describe(&self) -> serde_json::Value {
-        let (since, set) = self.versions.current_since();
-        serde_json::json!({
-            "component": self.component,
-            "version": set.version,
-            "since_epoch": since,
-            "files": set.files,
-            "compiled": set.compiled(),
-            "rejected": set.rejected(),
-            "correlations": set.correlations.rules.len(),
-            "rejections": set.rejections().iter().map(|(p, id, why)| serde_json::json!({"path": p, "id": id, "reason": why})).collect::<Vec<_>>(),
-        })
-    }
-
-    /// Compiles the rule files again and, if the result is acceptable, schedules the switch.
-    /// The JSON describes the outcome either way.
-    pub fn reload(&self) -> Result<serde_json::Value, serde_json::Value> {
-        self.reloads.run(|| self.reload_now())
-    }
-
-    fn reload_now(&self) -> Result<serde_json::Value, serde_json::Value> {
-        let running = self.current();
-        let refuse = |errors: Vec<serde_json::Value>| {
-            if let Some(m) = self.metrics.get() {
-                m.reload_failures.inc();
-            }
-            tracing::warn!(component = %self.component, ?errors, "rule reload refused; the running set stays");
-            Err(serde_json::json!({
-                "status": "refused",
-                "running_version": running.version,
-                "errors": errors,
-            }))
-        };
-        let new = match self.config.compile(&self.resources) {
-            Ok(s) => s,
-            Err(e) => return refuse(vec![serde_json::json!({ "reason": format!("{e:#}") })]),
-        };
+impl SigmaMatchConfig {
+    /// A new rule set from the files, refused if it does not compile or rejects rules the
+    /// running set did not.
+    fn reload(&self, resources: &Resources, running: &RuleSet) -> Result<RuleSet, Vec<serde_json::Value>> {
+        let new = self.compile(resources).map_err(|e| vec![serde_json::json!({ "reason": format!("{e:#}") })])?;
         let old: std::collections::HashSet<_> = running.rejections().into_iter().collect();
         let added: Vec<serde_json::Value> = new
             .rejections()
@@ -252,56 +209,31 @@ impl RuleHandle {
             .filter(|r| !old.contains(r))
             .map(|(p, id, why)| serde_json::json!({"path": p, "id": id, "reason": why}))
             .collect();
-        if !added.is_empty() {
-            return refuse(added);
-        }
-        if new.version == running.version {
-            return Ok(serde_json::json!({ "status": "unchanged", "version": running.version }));
-        }
-        let new = Arc::new(new);
-        let first = self.versions.install(self.clock.get().map(|c| &**c), new.clone());
-        if let Some(m) = self.metrics.get() {
-            m.reloads.inc();
-            publish_metrics(m, Some(&running.version), &new);
-        }
-        tracing::info!(component = %self.component, version = %new.version, first_epoch = first, "rule set reloaded");
-        Ok(serde_json::json!({
-            "status": "reloaded",
-            "version": new.version,
-            "previous_version": running.version,
-            "first_epoch": first,
-            "compiled": new.compiled(),
-            "rejected": new.rejected(),
-        }))
-    }
-
-    fn start(self: &Arc<Self>, ctx: &WorkerContext) {
-        let _ = self.clock.set(ctx.clock.clone());
-        if self.metrics.set(ctx.metrics.clone()).is_ok() {
-            publish_metrics(&ctx.metrics, None, &self.current());
-            if self.config.watch {
-                let weak = Arc::downgrade(self);
-                match self.resources.watch(&self.config.rules, move || {
-                    if let Some(h) = weak.upgrade() {
-                        let _ = h.reload();
-                    }
-                }) {
-                    Ok(g) => *self.watch.lock().unwrap_or_else(|p| p.into_inner()) = Some(g),
-                    Err(e) => tracing::warn!(component = %self.component, error = %e, "cannot watch the rule files"),
-                }
-            }
+        if added.is_empty() {
+            Ok(new)
+        } else {
+            Err(added)
         }
     }
 }
 
-fn publish_metrics(m: &ComponentMetrics, previous: Option<&str>, set: &RuleSet) {
-    m.rules_compiled.set(set.compiled() as i64);
-    m.rules_rejected.set(set.rejected() as i64);
-    m.set_ruleset_version(previous, &set.version);
+fn describe(handle: &RuleHandle) -> serde_json::Value {
+    let (since, set) = handle.current_since();
+    serde_json::json!({
+        "component": handle.component(),
+        "version": set.version,
+        "since_epoch": since,
+        "files": set.files,
+        "compiled": set.compiled(),
+        "rejected": set.rejected(),
+        "correlations": set.correlations.rules.len(),
+        "rejections": set.rejections().iter().map(|(p, id, why)| serde_json::json!({"path": p, "id": id, "reason": why})).collect::<Vec<_>>(),
+    })
 }
 
 struct SigmaFactory {
     handle: Arc<RuleHandle>,
+    include_event: bool,
 }
 
 impl OperatorFactory for SigmaFactory {
@@ -309,7 +241,7 @@ impl OperatorFactory for SigmaFactory {
         self.handle.start(ctx);
         Ok(Box::new(SigmaOperator {
             handle: self.handle.clone(),
-            detector: Detector::new(ctx.component_id.clone(), self.handle.config.include_event),
+            detector: Detector::new(ctx.component_id.clone(), self.include_event),
             metrics: ctx.metrics.clone(),
         }))
     }
