@@ -21,10 +21,10 @@ use ward_connectors::sources::generator::{Generator, GeneratorConfig};
 use ward_engine::batch::EventBatch;
 use ward_engine::component::{Operator, OperatorOutput, Payload, Sink, Source, SourcePoll};
 use ward_engine::registry::Registry;
-use ward_engine::resources::{Reloadable, Resources};
+use ward_engine::resources::Resources;
 use ward_engine::runtime::{run, RunOptions};
 use ward_engine::spec::Spec;
-use ward_operators::enrich::{EnrichConfig, EnrichData, Enricher, RiskWeights, ThreatIntelFile};
+use ward_operators::enrich::{EnrichConfig, Enricher, RiskWeights, ThreatIntelFile};
 use ward_operators::normalize::{builtin, load_packs, Normalizer, Unmatched};
 use ward_operators::parse::{syslog::SyslogOptions, Format, Parser as RecordParser};
 
@@ -249,7 +249,7 @@ fn stages(count: u64, zstd_level: i32) -> anyhow::Result<()> {
         risk: RiskWeights::default(),
         watch: false,
     };
-    let data = Reloadable::new(&Resources::new("."), move |r| EnrichData::load(&cfg, r))?;
+    let data = cfg.handle("enrich", &Resources::new("."))?;
     let mut enricher = Enricher::new(data, RiskWeights::default());
     let (enriched, t_enrich) = time(|| run_op(&mut enricher, normalized));
     let dir = tempfile::tempdir()?;

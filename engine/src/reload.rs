@@ -147,12 +147,12 @@ impl<T: Versioned> ReloadHandle<T> {
         }
     }
 
-    /// Registers `POST /rules/reload` for this component on the admin endpoint.
-    pub fn register_reload_route(self: &Arc<Self>, admin: &crate::admin::AdminRoutes) {
+    /// Registers `POST <path>` (e.g. `/rules/reload`) for this component on the admin endpoint.
+    pub fn register_reload_route(self: &Arc<Self>, admin: &crate::admin::AdminRoutes, path: &str) {
         let h = self.clone();
         admin.register(
             "POST",
-            "/rules/reload",
+            path,
             &self.spec.component,
             Arc::new(move |_| match h.reload() {
                 Ok(v) => (200, v),

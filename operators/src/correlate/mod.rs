@@ -128,7 +128,7 @@ impl ComponentConfig for CorrelateConfig {
         );
         let h = handle.clone();
         ctx.admin.register("GET", "/correlations", ctx.component_id, Arc::new(move |_| (200, describe(&h))));
-        handle.register_reload_route(ctx.admin);
+        handle.register_reload_route(ctx.admin, "/rules/reload");
         Ok(Built::Keyed(Arc::new(CorrelateFactory { handle })))
     }
 }

@@ -1,11 +1,13 @@
 //! The `enrich` operator: threat-intel matches, GeoIP/ASN, asset inventory and a risk score.
-//! Its files are reloaded when they change (at the next batch), without a restart.
+//! Its files are reloaded when they change, without a restart, through the engine's reload
+//! handle: every worker switches to the new data at the same epoch, so outputs stay
+//! deterministic across a reload.
 
 pub mod ti;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Once};
+use std::sync::Arc;
 
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -13,7 +15,8 @@ use ward_engine::batch::{EventBatch, Heap, Key, Slot, Value};
 use ward_engine::component::{Operator, OperatorFactory, OperatorOutput, StreamKind, WorkerContext};
 use ward_engine::fields::{ids, FieldId};
 use ward_engine::registry::{BuildContext, Built, ComponentConfig, Section};
-use ward_engine::resources::{Reloadable, Resources};
+use ward_engine::reload::{ReloadHandle, ReloadSpec, Versioned};
+use ward_engine::resources::Resources;
 
 /// One threat-intel file.
 #[derive(Clone, Debug, Deserialize, JsonSchema)]
@@ -90,17 +93,47 @@ impl ComponentConfig for EnrichConfig {
     const OUTPUT: Option<StreamKind> = Some(StreamKind::Events);
 
     fn build(self, ctx: &BuildContext<'_>) -> anyhow::Result<Built> {
-        let config = self.clone();
-        let data = Reloadable::new(ctx.resources, move |res| EnrichData::load(&config, res))?;
+        let data = self.handle(ctx.component_id, ctx.resources)?;
+        data.register_reload_route(ctx.admin, "/enrich/reload");
+        let h = data.clone();
+        ctx.admin.register("GET", "/enrich", ctx.component_id, Arc::new(move |_| (200, describe(&h))));
+        Ok(Built::Operator(Arc::new(EnrichFactory { data, risk: Arc::new(self.risk) })))
+    }
+}
+
+impl EnrichConfig {
+    /// Loads the files and wraps them in a reload handle (watching them when `watch`).
+    pub fn handle(&self, component: &str, resources: &Resources) -> anyhow::Result<Arc<EnrichHandle>> {
+        let first = EnrichData::load(self, resources)?;
         let mut paths: Vec<String> = self.threat_intel.iter().map(|t| t.path.clone()).collect();
         paths.extend(self.geoip.iter().chain(&self.asn).chain(&self.assets).cloned());
-        Ok(Built::Operator(Arc::new(EnrichFactory {
-            data,
-            risk: Arc::new(self.risk),
-            watch_paths: if self.watch { paths } else { Vec::new() },
-            watch_once: Once::new(),
-        })))
+        let config = self.clone();
+        let spec = ReloadSpec {
+            component: component.to_string(),
+            what: "enrichment files",
+            resources: resources.clone(),
+            paths,
+            watch: self.watch,
+            load: Box::new(move |res, _running| {
+                EnrichData::load(&config, res).map_err(|e| vec![serde_json::json!({ "reason": format!("{e:#}") })])
+            }),
+            summary: Box::new(EnrichData::summary),
+            publish: Box::new(|_, _, _| {}),
+        };
+        Ok(ReloadHandle::new(spec, first))
     }
+}
+
+/// The enrichment data of one enrich component, shared by its worker instances.
+pub type EnrichHandle = ReloadHandle<EnrichData>;
+
+fn describe(h: &EnrichHandle) -> serde_json::Value {
+    let (since, data) = h.current_since();
+    let mut out = data.summary();
+    out.insert("component".into(), h.component().into());
+    out.insert("version".into(), data.version.clone().into());
+    out.insert("since_epoch".into(), since.into());
+    serde_json::Value::Object(out)
 }
 
 #[derive(Clone, Debug)]
@@ -116,13 +149,33 @@ pub struct EnrichData {
     pub geo: Option<maxminddb::Reader<Vec<u8>>>,
     pub asn: Option<maxminddb::Reader<Vec<u8>>>,
     pub assets: HashMap<String, Asset>,
+    /// Hash of every file's path and content: a reload that reads the same bytes changes nothing.
+    pub version: String,
+}
+
+impl Versioned for EnrichData {
+    fn version(&self) -> &str {
+        &self.version
+    }
 }
 
 impl EnrichData {
     pub fn load(config: &EnrichConfig, res: &Resources) -> anyhow::Result<EnrichData> {
+        let hash = std::cell::RefCell::new(xxhash_rust::xxh3::Xxh3::new());
+        let read = |path: &str| -> anyhow::Result<Vec<u8>> {
+            let bytes = res.read(path)?;
+            let mut h = hash.borrow_mut();
+            h.update(path.as_bytes());
+            h.update(&(bytes.len() as u64).to_le_bytes());
+            h.update(&bytes);
+            Ok(bytes)
+        };
+        let read_string = |path: &str| -> anyhow::Result<String> {
+            String::from_utf8(read(path)?).map_err(|_| anyhow::anyhow!("{path}: not UTF-8 text"))
+        };
         let mut index = ti::TiIndex::default();
         for f in &config.threat_intel {
-            let text = res.read_string(&f.path)?;
+            let text = read_string(&f.path)?;
             let default_feed = f.feed.clone().unwrap_or_else(|| {
                 std::path::Path::new(&f.path).file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
             });
@@ -131,14 +184,12 @@ impl EnrichData {
         let mmdb = |p: &Option<String>| -> anyhow::Result<Option<maxminddb::Reader<Vec<u8>>>> {
             match p {
                 None => Ok(None),
-                Some(p) => {
-                    Ok(Some(maxminddb::Reader::from_source(res.read(p)?).map_err(|e| anyhow::anyhow!("{p}: {e}"))?))
-                }
+                Some(p) => Ok(Some(maxminddb::Reader::from_source(read(p)?).map_err(|e| anyhow::anyhow!("{p}: {e}"))?)),
             }
         };
         let mut assets = HashMap::new();
         if let Some(p) = &config.assets {
-            let text = res.read_string(p)?;
+            let text = read_string(p)?;
             let mut rdr = csv::ReaderBuilder::new().trim(csv::Trim::All).from_reader(text.as_bytes());
             let headers = rdr.headers().map_err(|e| anyhow::anyhow!("{p}: {e}"))?.clone();
             let col = |name: &str| headers.iter().position(|h| h.eq_ignore_ascii_case(name));
@@ -162,56 +213,45 @@ impl EnrichData {
                 );
             }
         }
-        Ok(EnrichData { ti: index, geo: mmdb(&config.geoip)?, asn: mmdb(&config.asn)?, assets })
+        let (geo, asn) = (mmdb(&config.geoip)?, mmdb(&config.asn)?);
+        let version = format!("{:016x}", hash.borrow().digest());
+        Ok(EnrichData { ti: index, geo, asn, assets, version })
+    }
+
+    /// Sizes of what is loaded, for `GET /enrich` and the reload answer.
+    pub fn summary(&self) -> serde_json::Map<String, serde_json::Value> {
+        let mut m = serde_json::Map::new();
+        m.insert("indicators".into(), self.ti.len().into());
+        m.insert("assets".into(), self.assets.len().into());
+        m.insert("geoip".into(), self.geo.is_some().into());
+        m.insert("asn".into(), self.asn.is_some().into());
+        m
     }
 }
 
 struct EnrichFactory {
-    data: Arc<Reloadable<EnrichData>>,
+    data: Arc<EnrichHandle>,
     risk: Arc<RiskWeights>,
-    watch_paths: Vec<String>,
-    watch_once: Once,
 }
 
 impl OperatorFactory for EnrichFactory {
     fn create(&self, ctx: &WorkerContext) -> anyhow::Result<Box<dyn Operator>> {
-        let mut result = Ok(());
-        // Watch once per pipeline, not per worker; validation builds the config without watching.
-        self.watch_once.call_once(|| result = self.data.watch(&self.watch_paths));
-        result?;
-        Ok(Box::new(Enricher {
-            data: self.data.clone(),
-            risk: self.risk.clone(),
-            spare: Vec::new(),
-            scratch: String::new(),
-            seen_generation: self.data.generation(),
-            seen_failures: self.data.failures(),
-            metrics: Some(ctx.metrics.clone()),
-        }))
+        // The first worker connects the handle to the run's clock and starts the file watcher.
+        self.data.start(ctx);
+        Ok(Box::new(Enricher::new(self.data.clone(), (*self.risk).clone())))
     }
 }
 
 pub struct Enricher {
-    data: Arc<Reloadable<EnrichData>>,
+    data: Arc<EnrichHandle>,
     risk: Arc<RiskWeights>,
     spare: Vec<Slot>,
     scratch: String,
-    seen_generation: u64,
-    seen_failures: u64,
-    metrics: Option<ward_engine::metrics::ComponentMetrics>,
 }
 
 impl Enricher {
-    pub fn new(data: Arc<Reloadable<EnrichData>>, risk: RiskWeights) -> Self {
-        Enricher {
-            seen_generation: data.generation(),
-            seen_failures: data.failures(),
-            data,
-            risk: Arc::new(risk),
-            spare: Vec::new(),
-            scratch: String::new(),
-            metrics: None,
-        }
+    pub fn new(data: Arc<EnrichHandle>, risk: RiskWeights) -> Self {
+        Enricher { data, risk: Arc::new(risk), spare: Vec::new(), scratch: String::new() }
     }
 }
 
@@ -232,14 +272,8 @@ const HASH_FIELDS: [FieldId; 4] =
     [ids::FILE_HASH_SHA256, ids::FILE_HASH_SHA1, ids::FILE_HASH_MD5, ids::PROCESS_HASH_SHA256];
 
 impl Operator for Enricher {
-    fn process(&mut self, mut batch: EventBatch, _epoch: u64, out: &mut OperatorOutput) {
-        let data = self.data.current();
-        let (generation, failures) = (self.data.generation(), self.data.failures());
-        if let Some(m) = &self.metrics {
-            m.reloads.inc_by(generation.saturating_sub(self.seen_generation));
-            m.reload_failures.inc_by(failures.saturating_sub(self.seen_failures));
-        }
-        (self.seen_generation, self.seen_failures) = (generation, failures);
+    fn process(&mut self, mut batch: EventBatch, epoch: u64, out: &mut OperatorOutput) {
+        let data = self.data.for_epoch(epoch);
         let w = &*self.risk;
         let mut slots = std::mem::take(&mut self.spare);
         slots.clear();

@@ -36,8 +36,12 @@ fn batch(events: &[&[(&str, &str)]]) -> EventBatch {
 }
 
 fn run(e: &mut Enricher, b: EventBatch) -> Vec<serde_json::Value> {
+    run_at(e, b, 0)
+}
+
+fn run_at(e: &mut Enricher, b: EventBatch, epoch: u64) -> Vec<serde_json::Value> {
     let mut out = OperatorOutput::default();
-    e.process(b, 0, &mut out);
+    e.process(b, epoch, &mut out);
     assert!(out.quarantine.is_empty());
     out.events.iter().flat_map(|b| (0..b.len()).map(move |i| b.row_to_json(i))).collect()
 }
@@ -45,8 +49,9 @@ fn run(e: &mut Enricher, b: EventBatch) -> Vec<serde_json::Value> {
 #[test]
 fn ti_geo_asn_assets_and_risk() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path());
-    let data = Reloadable::new(&Resources::new(dir.path()), move |r| EnrichData::load(&cfg, r)).unwrap();
+    let mut cfg = config(dir.path());
+    cfg.watch = false;
+    let data = cfg.handle("enrich", &Resources::new(dir.path())).unwrap();
     let mut e = Enricher::new(data, RiskWeights::default());
     let got = run(
         &mut e,
@@ -92,41 +97,48 @@ fn ti_geo_asn_assets_and_risk() {
 }
 
 #[test]
-fn files_reload_on_change_without_restart() {
+fn files_reload_on_change_at_one_epoch_and_a_broken_file_keeps_the_running_data() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path());
-    let data = Reloadable::new(&Resources::new(dir.path()), move |r| EnrichData::load(&cfg, r)).unwrap();
-    data.watch(&["ti.txt".to_string()]).unwrap();
+    let data = cfg.handle("enrich", &Resources::new(dir.path())).unwrap();
+    let clock = Arc::new(ward_engine::clock::EpochClock::starting_at(7));
+    let metrics = ward_engine::metrics::Metrics::new();
+    let ctx = WorkerContext {
+        component_id: "enrich".into(),
+        worker_index: 0,
+        workers: 1,
+        resources: Resources::new(dir.path()),
+        metrics: metrics.component("enrich"),
+        clock: clock.clone(),
+        resumed_from: None,
+        checkpointing: false,
+    };
+    data.start(&ctx);
+    let first_version = data.current().version.clone();
     let mut e = Enricher::new(data.clone(), RiskWeights::default());
     let ev: &[(&str, &str)] = &[("destination.ip", "192.0.2.77")];
-    assert!(run(&mut e, batch(&[ev]))[0].get("threat.indicator.type").is_none());
+    assert!(run_at(&mut e, batch(&[ev]), 7)[0].get("threat.indicator.type").is_none());
 
+    // The watcher reloads the changed file; the new data applies from the next epoch on, on
+    // every worker, so batches of the running epoch still see the old indicators.
     std::fs::write(dir.path().join("ti.txt"), "192.0.2.0/24,fresh-feed\n").unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while data.generation() == 0 && std::time::Instant::now() < deadline {
+    while data.current().version == first_version && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    let got = run(&mut e, batch(&[ev]));
-    assert_eq!(got[0]["threat.feed.name"], "fresh-feed");
+    let (since, _) = data.current_since();
+    assert_eq!(since, 8, "switched at the first epoch no batch carries yet");
+    assert!(run_at(&mut e, batch(&[ev]), 7)[0].get("threat.indicator.type").is_none());
+    assert_eq!(run_at(&mut e, batch(&[ev]), 8)[0]["threat.feed.name"], "fresh-feed");
+    assert_eq!(data.reload().unwrap()["status"], "unchanged", "same bytes, same version");
 
-    // A broken file keeps the previous indicators.
+    // A broken file is refused with its reason and keeps the running indicators.
     std::fs::write(dir.path().join("ti.txt"), "this is not an indicator\n").unwrap();
-    while data.failures() == 0 && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    assert!(data.failures() > 0);
-    let got = run(&mut e, batch(&[ev]));
-    assert_eq!(got[0]["threat.feed.name"], "fresh-feed");
-}
-
-#[test]
-fn bad_files_fail_at_load() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = config(dir.path());
-    std::fs::write(dir.path().join("assets.csv"), "host,criticality\nx,high\n").unwrap();
-    let err = EnrichData::load(&cfg, &Resources::new(dir.path())).err().unwrap().to_string();
-    assert!(err.contains("criticality must be an integer"), "{err}");
-    cfg.assets = None;
-    cfg.geoip = Some("missing.mmdb".into());
-    assert!(EnrichData::load(&cfg, &Resources::new(dir.path())).is_err());
+    let refused = data.reload().unwrap_err();
+    assert_eq!(refused["status"], "refused");
+    assert!(refused["errors"][0]["reason"].as_str().unwrap().contains("ti.txt"), "{refused}");
+    let m = metrics.component("enrich");
+    assert!(m.reload_failures.get() >= 1);
+    assert_eq!(m.reloads.get(), 1);
+    assert_eq!(run_at(&mut e, batch(&[ev]), 9)[0]["threat.feed.name"], "fresh-feed");
 }

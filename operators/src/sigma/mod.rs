@@ -183,7 +183,7 @@ impl ComponentConfig for SigmaMatchConfig {
         );
         let h = handle.clone();
         ctx.admin.register("GET", "/rules", ctx.component_id, Arc::new(move |_| (200, describe(&h))));
-        handle.register_reload_route(ctx.admin);
+        handle.register_reload_route(ctx.admin, "/rules/reload");
         Ok(Built::Operator(Arc::new(SigmaFactory { handle, include_event: self.include_event })))
     }
 }
