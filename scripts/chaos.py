@@ -2,6 +2,7 @@
 """Ward's chaos test: kill -9 a Kafka pipeline again and again, then check every sink.
 
 A generator stream (with its attack scenarios) is produced into Kafka while the pipeline
+(pipelines/detection.yaml, configured through its environment variables)
     kafka -> parse -> normalize -> enrich -> dedup -> sigma-match -> correlate -> sla
       -> ClickHouse (events, alerts), Parquet (events), the alerts topic (Kafka, transactional)
 runs with checkpoints; the Ward process is killed with SIGKILL at random moments (failpoints
@@ -133,41 +134,18 @@ def read_committed(brokers, topic, partitions, quiet=5.0):
     return out
 
 
-SPEC = """name: chaos
-settings:
-  epoch_interval_ms: 100
-  admin_listen: ""
-  checkpoint: {{dir: {checkpoints}, interval: 1s, retain: {retain}}}
-sources:
-  - {{id: kafka, type: kafka, brokers: "{brokers}", topics: [input], stop_when_idle: 8s}}
-operators:
-  - {{id: parse, type: parse, inputs: [kafka], syslog_year: 2026}}
-  - {{id: normalize, type: normalize, inputs: [parse], packs: [builtin:windows, builtin:linux-auth, builtin:zeek, builtin:fortigate, builtin:generic-json]}}
-  - id: enrich
-    type: enrich
-    inputs: [normalize]
-    threat_intel: [{{path: {repo}/rules/ti/demo-indicators.txt}}]
-    geoip: {repo}/rules/geo/ward-test-city.mmdb
-    asn: {repo}/rules/geo/ward-test-asn.mmdb
-    assets: {repo}/rules/assets/demo-assets.csv
-  - {{id: dedup, type: dedup, inputs: [enrich], key: [event.id], horizon: 10m}}
-  - {{id: detect, type: sigma-match, inputs: [dedup], rules: [{repo}/rules/sigma/ward], watch: false, include_event: false}}
-  - {{id: correlate, type: correlate, inputs: [detect], rules: [{repo}/rules/sigma/ward], watch: false}}
-  - {{id: sla, type: sla, inputs: [correlate]}}
-sinks:
-{sinks}
-"""
+# The pipeline under test is the shipped production spec, configured through its environment
+# variables: the chaos run and the uninterrupted reference differ only in where they write.
+DETECTION = os.path.join(REPO, "pipelines", "detection.yaml")
 
-CHAOS_SINKS = """  - {{id: ch_events, type: clickhouse, inputs: [enrich], url: "http://127.0.0.1:{http}", database: ward, table: events}}
-  - {{id: ch_alerts, type: clickhouse, inputs: [correlate], url: "http://127.0.0.1:{http}", database: ward, table: alerts}}
-  - {{id: parquet, type: parquet, inputs: [enrich], path: {out}/parquet}}
-  - {{id: alerts_topic, type: kafka, inputs: [correlate], brokers: "{brokers}", topic: alerts}}
-  - {{id: cases, type: jsonl, inputs: [sla], path: {out}/cases.jsonl}}
-  - {{id: rejected, type: jsonl, inputs: [quarantine], path: {out}/quarantine.jsonl}}"""
 
-REFERENCE_SINKS = """  - {{id: alerts, type: jsonl, inputs: [correlate], path: {out}/alerts.jsonl}}
-  - {{id: cases, type: jsonl, inputs: [sla], path: {out}/cases.jsonl}}
-  - {{id: rejected, type: jsonl, inputs: [quarantine], path: {out}/quarantine.jsonl}}"""
+def detection_env(s, checkpoints, out, database, alerts_topic, retain):
+    return dict(os.environ,
+                WARD_KAFKA_BROKERS=s.brokers, WARD_INPUT_TOPIC="input", WARD_STOP_WHEN_IDLE="8s",
+                WARD_ADMIN_LISTEN="", WARD_WATCH_RULES="false", WARD_CHECKPOINT_DIR=checkpoints,
+                WARD_CHECKPOINT_RETAIN=str(retain), WARD_CLICKHOUSE_URL=f"http://127.0.0.1:{s.http_port}",
+                WARD_CLICKHOUSE_DATABASE=database, WARD_ALERTS_TOPIC=alerts_topic, WARD_OUT=out)
+
 
 PRODUCER = """name: chaos-producer
 settings: {{admin_listen: "", epoch_interval_ms: 200}}
@@ -218,21 +196,23 @@ def main():
 
 
 def run(args, ward, rng, rate, work, s):
-    create_topics(s.brokers, [("input", 4), ("alerts", 3)])
-    s.apply(os.path.join(REPO, "pipelines/clickhouse/schema-18.16.sql"))
+    create_topics(s.brokers, [("input", 4), ("alerts", 3), ("alerts_reference", 3)])
+    schema = os.path.join(REPO, "pipelines/clickhouse/schema-18.16.sql")
+    s.apply(schema)
+    with open(schema) as f:
+        s.apply(write(os.path.join(work, "reference-schema.sql"), f.read().replace("ward.", "reference.")
+                      .replace("DATABASE IF NOT EXISTS ward;", "DATABASE IF NOT EXISTS reference;")))
     out = os.path.join(work, "out")
-    chaos = write(os.path.join(work, "chaos.yaml"), SPEC.format(
-        checkpoints=os.path.join(work, "checkpoints"), retain=args.retain, brokers=s.brokers, repo=REPO,
-        sinks=CHAOS_SINKS.format(http=s.http_port, out=out, brokers=s.brokers)))
+    ckdir = os.path.join(work, "checkpoints")
+    chaos_env = detection_env(s, ckdir, out, "ward", "alerts", args.retain)
     producer = write(os.path.join(work, "producer.yaml"), PRODUCER.format(events=args.events, rate=rate, brokers=s.brokers))
 
     log("producing into topic `input` while the pipeline runs")
     prod = subprocess.Popen([ward, "run", producer, "-q"], stderr=subprocess.PIPE)
     # Failpoints hold checkpoint writes and sink commits open for a moment, so random kills
     # land inside them too (the pause happens with a probability, to keep the run moving).
-    env = dict(os.environ, FAILPOINTS="checkpoint-manifest=20%sleep(150);checkpoint-part=10%sleep(50);checkpoint-prune=20%sleep(100);sink-commit=20%sleep(150)")
+    env = dict(chaos_env, FAILPOINTS="checkpoint-manifest=20%sleep(150);checkpoint-part=10%sleep(50);checkpoint-prune=20%sleep(100);sink-commit=20%sleep(150)")
     recoveries = []
-    ckdir = os.path.join(work, "checkpoints")
 
     def newest_checkpoint():
         done = [d for d in os.listdir(ckdir) if os.path.exists(os.path.join(ckdir, d, "MANIFEST.json"))] \
@@ -241,7 +221,7 @@ def run(args, ward, rng, rate, work, s):
 
     for i in range(args.kills):
         before = newest_checkpoint()
-        p = subprocess.Popen([ward, "run", chaos, "--workers", str(args.workers), "-q"], env=env,
+        p = subprocess.Popen([ward, "run", DETECTION, "--workers", str(args.workers), "-q"], env=env,
                              stderr=subprocess.DEVNULL)
         started = time.time()
         # Kill once the run has made progress (a checkpoint of its own), at a random moment
@@ -262,18 +242,19 @@ def run(args, ward, rng, rate, work, s):
         return False
     log("all produced; final run to the end (stops when the topic is idle)")
     t = time.time()
-    final = subprocess.run([ward, "run", chaos, "--workers", str(args.workers), "-q"], capture_output=True, text=True)
+    final = subprocess.run([ward, "run", DETECTION, "--workers", str(args.workers), "-q"], env=chaos_env,
+                           capture_output=True, text=True)
     if final.returncode != 0:
         log("final run failed: " + final.stderr[-3000:])
         return False
     log(f"final run took {time.time() - t:.1f}s")
 
-    log("reference: an uninterrupted run of the same input, without checkpoints")
+    log("reference: an uninterrupted run of the same input (ClickHouse database and alerts topic `reference`)")
     ref_out = os.path.join(work, "reference")
-    reference = write(os.path.join(work, "reference.yaml"), SPEC.replace(
-        "  checkpoint: {{dir: {checkpoints}, interval: 1s, retain: {retain}}}\n", "").format(
-        brokers=s.brokers, repo=REPO, sinks=REFERENCE_SINKS.format(out=ref_out)))
-    r = subprocess.run([ward, "run", reference, "--workers", str(args.workers), "-q"], capture_output=True, text=True)
+    ref_env = detection_env(s, os.path.join(work, "reference-checkpoints"), ref_out, "reference",
+                            "alerts_reference", args.retain)
+    r = subprocess.run([ward, "run", DETECTION, "--workers", str(args.workers), "-q"], env=ref_env,
+                       capture_output=True, text=True)
     if r.returncode != 0:
         log("reference run failed: " + r.stderr[-3000:])
         return False
@@ -289,12 +270,17 @@ def verify(args, s, out, ref_out):
     quarantined = sum(1 for l in open(os.path.join(ref_out, "quarantine.jsonl"))
                       if json.loads(l)["component"] in ("parse", "normalize", "enrich"))
     expected_events = args.events - quarantined
-    ref_alerts = collections.Counter(json.loads(l)["alert_id"] for l in open(os.path.join(ref_out, "alerts.jsonl")))
     checks = []
 
     def check(name, got, want):
         checks.append(got == want)
         log(f"{'ok  ' if got == want else 'FAIL'} {name}: {got} (expected {want})")
+
+    # The reference, uninterrupted: its ClickHouse alerts and its alerts topic agree.
+    ref_alerts = collections.Counter(s.query("SELECT alert_id FROM reference.alerts FINAL").split())
+    ref_topic = collections.Counter(k for k, _ in read_committed(s.brokers, "alerts_reference", 3))
+    check("reference alerts: topic = ClickHouse", ref_topic == ref_alerts, True)
+    check("reference alerts: none twice", max(ref_alerts.values(), default=0), 1)
 
     # ClickHouse, after FINAL: each input event once.
     ch_final = int(s.query("SELECT count() FROM ward.events FINAL"))

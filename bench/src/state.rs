@@ -32,6 +32,7 @@ fn operator<C: ComponentConfig>(config: serde_json::Value) -> anyhow::Result<Box
         resources: &resources,
         admin: &admin,
         io: &Default::default(),
+        downstream_alert_keys: &[],
     })?
     else {
         anyhow::bail!("{} is not a keyed operator", C::TYPE);

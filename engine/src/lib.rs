@@ -12,6 +12,7 @@ pub mod coalesce;
 pub mod component;
 pub mod fields;
 pub mod framing;
+pub mod interpolate;
 pub mod key_groups;
 pub mod keyed;
 pub mod limits;

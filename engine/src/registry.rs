@@ -48,6 +48,18 @@ pub struct BuildContext<'a> {
     /// The files a component reads and writes, declared while it is built, so validation can
     /// refuse a sink that would truncate a source's input or two sinks writing one file.
     pub io: &'a std::cell::RefCell<Vec<FileUse>>,
+    /// Alert fields that components downstream of this one read (suppress keys, the SLA
+    /// entity...): a detector copies them into every alert it raises, so they are there even
+    /// when the alert does not carry its event.
+    pub downstream_alert_keys: &'a [AlertKey],
+}
+
+/// An alert field a component reads (its [`ComponentConfig::alert_keys`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AlertKey {
+    /// The component that reads it.
+    pub reader: String,
+    pub field: String,
 }
 
 /// A file or directory a component reads or writes.
@@ -94,8 +106,15 @@ pub trait ComponentConfig: DeserializeOwned + JsonSchema + Sized + 'static {
     /// Checks the config beyond its shape (files exist, patterns compile) and prepares the
     /// per-worker factory. Errors are reported at the component's position in the spec.
     fn build(self, ctx: &BuildContext<'_>) -> anyhow::Result<Built>;
+
+    /// Alert fields this component reads (`alert.field(...)`), so the detectors upstream copy
+    /// them into their alerts. Asked before any component is built.
+    fn alert_keys(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
+type AlertKeysFn = fn(&marked_yaml::Node) -> Vec<String>;
 type BuildFn = fn(&marked_yaml::Node, &BuildContext<'_>) -> Result<Built, ConfigError>;
 type SchemaFn = fn(&mut schemars::SchemaGenerator) -> schemars::Schema;
 
@@ -115,9 +134,15 @@ pub struct ComponentKind {
     pub output: Option<StreamKind>,
     build: BuildFn,
     schema: SchemaFn,
+    alert_keys: AlertKeysFn,
 }
 
 impl ComponentKind {
+    /// The alert fields a component with this config reads (none when the config is invalid:
+    /// building it reports why).
+    pub fn alert_keys(&self, config: &marked_yaml::Node) -> Vec<String> {
+        (self.alert_keys)(config)
+    }
     pub fn build(&self, config: &marked_yaml::Node, ctx: &BuildContext<'_>) -> Result<Built, ConfigError> {
         (self.build)(config, ctx)
     }
@@ -132,6 +157,10 @@ fn build_fn<C: ComponentConfig>(node: &marked_yaml::Node, ctx: &BuildContext<'_>
         message: describe_from_node_error(&e),
     })?;
     config.build(ctx).map_err(|e| ConfigError { marker: None, message: format!("{e:#}") })
+}
+
+fn alert_keys_fn<C: ComponentConfig>(node: &marked_yaml::Node) -> Vec<String> {
+    marked_yaml::from_node::<C>(node).map(|c| c.alert_keys()).unwrap_or_default()
 }
 
 fn describe_from_node_error(e: &marked_yaml::FromNodeError) -> String {
@@ -166,6 +195,7 @@ impl Registry {
             output: C::OUTPUT,
             build: build_fn::<C>,
             schema: schema_fn::<C>,
+            alert_keys: alert_keys_fn::<C>,
         };
         let previous = self.kinds.insert((C::SECTION, C::TYPE), kind);
         assert!(previous.is_none(), "component type {} registered twice", C::TYPE);

@@ -262,13 +262,24 @@ impl Spec {
     }
 
     /// Validates spec text; `file` is used in messages, `resources` resolves relative paths.
+    /// `${NAME}` and `${NAME:-default}` are replaced from the environment first.
     pub fn parse(file: &Path, text: &str, resources: Resources, registry: &Registry) -> Result<Spec, SpecErrors> {
+        let text = crate::interpolate::interpolate(text, |name| std::env::var(name).ok()).map_err(|errors| {
+            SpecErrors(
+                errors
+                    .into_iter()
+                    .map(|e| SpecError { file: file.to_path_buf(), line: e.line, column: e.column, message: e.message })
+                    .collect(),
+            )
+        })?;
+        let text = text.as_str();
         let mut v = Validator {
             file: file.to_path_buf(),
             errors: Vec::new(),
             broken: Default::default(),
             admin: AdminRoutes::new(),
             io: Default::default(),
+            downstream_alert_keys: HashMap::new(),
         };
         let spec = v.run(text, resources, registry);
         match spec {
@@ -356,6 +367,8 @@ struct Validator {
     admin: AdminRoutes,
     /// Files the components declared they read or write.
     io: std::cell::RefCell<Vec<crate::registry::FileUse>>,
+    /// Per component, the alert fields its downstream components read.
+    downstream_alert_keys: HashMap<String, Vec<crate::registry::AlertKey>>,
 }
 
 struct Pending {
@@ -402,6 +415,7 @@ impl Validator {
         let mut settings = Settings::default();
         let mut pending: Vec<Pending> = Vec::new();
         let mut seen_sections = false;
+        self.downstream_alert_keys = downstream_alert_keys(map, registry);
         for (key, value) in map.iter() {
             match key.as_str() {
                 "name" => match value.as_scalar() {
@@ -585,7 +599,14 @@ impl Validator {
             config.remove(k);
         }
         let config_node = Node::from(config);
-        let ctx = BuildContext { component_id: &id, resources, admin: &self.admin, io: &self.io };
+        let downstream = self.downstream_alert_keys.get(&id).cloned().unwrap_or_default();
+        let ctx = BuildContext {
+            component_id: &id,
+            resources,
+            admin: &self.admin,
+            io: &self.io,
+            downstream_alert_keys: &downstream,
+        };
         let built = match kind.build(&config_node, &ctx) {
             Ok(b) => Some(b),
             Err(e) => {
@@ -916,6 +937,61 @@ fn valid_id(id: &str) -> bool {
     let mut chars = id.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+/// For every component, the alert fields read by the components downstream of it (a first,
+/// forgiving pass over the spec: whatever is malformed here is reported when it is built).
+fn downstream_alert_keys(
+    root: &marked_yaml::types::MarkedMappingNode,
+    registry: &Registry,
+) -> HashMap<String, Vec<crate::registry::AlertKey>> {
+    let mut readers: HashMap<String, Vec<String>> = HashMap::new();
+    let mut children: HashMap<String, Vec<String>> = HashMap::new();
+    for (section, key) in [(Section::Operator, "operators"), (Section::Sink, "sinks")] {
+        let Some(seq) = root.get_node(key).and_then(Node::as_sequence) else { continue };
+        for item in seq.iter() {
+            let Some(map) = item.as_mapping() else { continue };
+            let (Some(id), Some(kind)) =
+                (map.get_scalar("id"), map.get_scalar("type").and_then(|t| registry.get(section, t.as_str())))
+            else {
+                continue;
+            };
+            let mut config = map.clone();
+            for k in ["id", "type", "inputs", "event_time"] {
+                config.remove(k);
+            }
+            let keys = kind.alert_keys(&Node::from(config));
+            if !keys.is_empty() {
+                readers.insert(id.as_str().to_string(), keys);
+            }
+            for input in map.get_sequence("inputs").into_iter().flat_map(|s| s.iter()) {
+                if let Some(InputRef::Component { id: from, port: Port::Main }) =
+                    input.as_scalar().map(|s| parse_input(s.as_str()))
+                {
+                    children.entry(from).or_default().push(id.as_str().to_string());
+                }
+            }
+        }
+    }
+    let mut out = HashMap::new();
+    for start in children.keys() {
+        let mut keys = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        let mut stack = children[start].clone();
+        while let Some(c) = stack.pop() {
+            if !seen.insert(c.clone()) {
+                continue;
+            }
+            for field in readers.get(&c).into_iter().flatten() {
+                keys.push(crate::registry::AlertKey { reader: c.clone(), field: field.clone() });
+            }
+            stack.extend(children.get(&c).into_iter().flatten().cloned());
+        }
+        if !keys.is_empty() {
+            out.insert(start.clone(), keys);
+        }
+    }
+    out
 }
 
 fn parse_input(s: &str) -> InputRef {

@@ -40,8 +40,8 @@ pub struct KafkaSourceConfig {
     /// Where a run without a checkpoint starts: `earliest`, `latest` or an RFC 3339 time.
     #[serde(default = "default_start")]
     pub start: String,
-    /// End the source once no record arrived for this long (default: read forever).
-    #[serde(default, with = "humantime_serde")]
+    /// End the source once no record arrived for this long (default, or `never`: read forever).
+    #[serde(default, deserialize_with = "duration_or_never")]
     #[schemars(with = "Option<String>")]
     pub stop_when_idle: Option<Duration>,
     /// librdkafka properties passed through (TLS, SASL, fetch sizes...). Values are never logged.
@@ -55,6 +55,15 @@ pub struct KafkaSourceConfig {
 
 fn default_true() -> bool {
     true
+}
+
+/// A duration, or `never` (so a spec can say "forever" through an environment variable).
+fn duration_or_never<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let text = Option::<String>::deserialize(d)?;
+    match text.as_deref().map(str::trim) {
+        None | Some("never") => Ok(None),
+        Some(t) => humantime::parse_duration(t).map(Some).map_err(|e| serde::de::Error::custom(format!("`{t}`: {e}"))),
+    }
 }
 
 fn default_start() -> String {
