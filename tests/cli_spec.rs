@@ -280,3 +280,34 @@ fn a_sink_on_a_source_input_or_two_sinks_on_one_file_are_refused() {
     // The input survives: validation refused to run the truncating spec.
     assert_eq!(std::fs::read_to_string(dir.path().join("in/a.log")).unwrap(), "x\n");
 }
+
+/// A suppress key or SLA entity that no alert can carry (a typo of a Ward field) is refused at
+/// the detector upstream, naming the component that reads it; Ward fields, Sigma names and
+/// extension fields pass.
+#[test]
+fn alert_keys_that_no_alert_can_carry_are_rejected() {
+    let rules = repo().join("rules/sigma/ward");
+    let spec = |suppress_key: &str, entity: &str| {
+        GOOD.replace(
+            "sinks:\n",
+            &format!(
+                "  - {{ id: detect, type: sigma-match, inputs: [normalize], rules: ['{}'], watch: false, include_event: false }}\n  \
+                 - {{ id: suppress, type: suppress, inputs: [detect], key: [rule.id, {suppress_key}] }}\n  \
+                 - {{ id: sla, type: sla, inputs: [suppress], entity: [{entity}] }}\n\
+                 sinks:\n  - {{ id: cases, type: jsonl, inputs: [sla], path: cases.jsonl }}\n",
+                rules.display()
+            ),
+        )
+    };
+    let (ok, _) = validate(&spec("host.id", "TargetUserName"));
+    assert_eq!(ok.code, 0, "{}", ok.stderr);
+    let (ok, _) = validate(&spec("ext.src_user", "src_user"));
+    assert_eq!(ok.code, 0, "{}", ok.stderr);
+    assert_rejected(
+        &spec("hostt.id", "host.name"),
+        14,
+        Some(5),
+        "`suppress` reads alert field `hostt.id`, which no alert can carry",
+    );
+    assert_rejected(&spec("host.id", "user.nmae"), 14, Some(5), "`sla` reads alert field `user.nmae`");
+}

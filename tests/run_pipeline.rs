@@ -465,3 +465,54 @@ fn sigint_while_a_sink_hangs_is_acknowledged_and_the_drain_is_bounded() {
     assert!(stderr.contains("did not finish within 2s"), "{stderr}");
     assert!(waited >= Duration::from_secs(2), "exited before the shutdown timeout: {waited:?}");
 }
+
+/// Suppression and SLA read host and user fields of alerts. Without the event in the alert
+/// (`include_event: false`) sigma-match copies those fields into the alert, so both give the
+/// same suppressed alerts and the same cases as with the event.
+#[test]
+fn alerts_without_their_event_carry_the_fields_suppress_and_sla_read() {
+    let run = |include_event: bool| {
+        let dir = tempfile::tempdir().unwrap();
+        let rules = repo().join("rules");
+        let spec = write(
+            dir.path(),
+            "spec.yaml",
+            &format!(
+                r#"name: keys
+settings: {{admin_listen: ""}}
+sources:
+  - {{id: gen, type: generator, count: 20000, seed: 7}}
+operators:
+  - {{id: parse, type: parse, inputs: [gen], syslog_year: 2026}}
+  - {{id: normalize, type: normalize, inputs: [parse], packs: [builtin:windows, builtin:linux-auth, builtin:zeek, builtin:fortigate, builtin:generic-json]}}
+  - {{id: enrich, type: enrich, inputs: [normalize], assets: {rules}/assets/demo-assets.csv, watch: false}}
+  - {{id: detect, type: sigma-match, inputs: [enrich], rules: [{rules}/sigma/ward], watch: false, include_event: {include_event}}}
+  - {{id: suppress, type: suppress, inputs: [detect], window: 1h}}
+  - {{id: sla, type: sla, inputs: [suppress]}}
+sinks:
+  - {{id: alerts, type: jsonl, inputs: [suppress], path: alerts.jsonl}}
+  - {{id: cases, type: jsonl, inputs: [sla], path: cases.jsonl}}
+  - {{id: q, type: jsonl, inputs: [quarantine], path: q.jsonl}}
+"#,
+                rules = rules.display()
+            ),
+        );
+        let r = ward(&["run", &spec, "-q"]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let alerts: Vec<String> = sorted_lines(&dir.path().join("alerts.jsonl"))
+            .iter()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                format!("{} {} {}", v["alert_id"], v["rule"]["id"], v["suppression"]["count"])
+            })
+            .collect();
+        (alerts, sorted_lines(&dir.path().join("cases.jsonl")))
+    };
+    let (with_event, cases_with_event) = run(true);
+    let (without, cases_without) = run(false);
+    let rules: std::collections::BTreeSet<&str> = with_event.iter().map(|l| l.split(' ').nth(1).unwrap()).collect();
+    assert!(with_event.len() > rules.len(), "suppression keeps alerts of different hosts apart: {with_event:?}");
+    assert_eq!(without, with_event, "the same alerts survive suppression");
+    assert!(!cases_with_event.is_empty());
+    assert_eq!(cases_without, cases_with_event, "the same cases, entities and priorities");
+}

@@ -14,10 +14,7 @@ pub struct InterpolationError {
 /// Replaces the variables in `text`, looking each up with `lookup`. One pass over the text;
 /// values may not contain line breaks (they would move every later line of the spec and could
 /// change its structure).
-pub fn interpolate(
-    text: &str,
-    lookup: impl Fn(&str) -> Option<String>,
-) -> Result<String, Vec<InterpolationError>> {
+pub fn interpolate(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, Vec<InterpolationError>> {
     if !text.contains('$') {
         return Ok(text.to_string());
     }

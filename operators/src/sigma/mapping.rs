@@ -62,6 +62,27 @@ impl FieldMapping {
         Self::parse(BUILTIN_FIELD_MAPPING, "builtin field mapping").expect("the built-in field mapping is valid")
     }
 
+    /// Whether some product's mapping lists `sigma_field`.
+    pub fn knows(&self, sigma_field: &str) -> bool {
+        self.products.values().chain([&self.default]).any(|p| p.fields.contains_key(sigma_field))
+    }
+
+    /// Every key `sigma_field` may be found under for any product (products in name order,
+    /// then the default), without repeats.
+    pub fn resolve_any(&self, sigma_field: &str) -> Vec<FieldKey> {
+        let mut products: Vec<&str> = self.products.keys().map(String::as_str).collect();
+        products.sort_unstable();
+        let mut out = Vec::new();
+        for p in products.into_iter().map(Some).chain([None]) {
+            for k in self.resolve(p, sigma_field) {
+                if !out.contains(&k) {
+                    out.push(k);
+                }
+            }
+        }
+        out
+    }
+
     /// Every key a Sigma field of a rule of `product` may be found under, most specific first.
     pub fn resolve(&self, product: Option<&str>, sigma_field: &str) -> Vec<FieldKey> {
         if let Some(core) = FieldId::lookup(sigma_field) {

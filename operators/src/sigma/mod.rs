@@ -6,6 +6,7 @@
 //! running set stays.
 
 pub mod bounded_regex;
+pub mod carry;
 pub mod compile;
 pub mod mapping;
 pub mod matcher;
@@ -140,6 +141,8 @@ impl ComponentConfig for SigmaMatchConfig {
             anyhow::bail!("`rules` names no rule directory or file");
         }
         let set = self.compile(ctx.resources)?;
+        let carry = carry::carried_fields(ctx.downstream_alert_keys, &self.options(ctx.resources)?.mapping)
+            .map_err(anyhow::Error::msg)?;
         tracing::info!(
             component = ctx.component_id,
             version = %set.version,
@@ -184,7 +187,11 @@ impl ComponentConfig for SigmaMatchConfig {
         let h = handle.clone();
         ctx.admin.register("GET", "/rules", ctx.component_id, Arc::new(move |_| (200, describe(&h))));
         handle.register_reload_route(ctx.admin, "/rules/reload");
-        Ok(Built::Operator(Arc::new(SigmaFactory { handle, include_event: self.include_event })))
+        Ok(Built::Operator(Arc::new(SigmaFactory {
+            handle,
+            include_event: self.include_event,
+            carry: Arc::new(carry),
+        })))
     }
 }
 
@@ -234,6 +241,7 @@ fn describe(handle: &RuleHandle) -> serde_json::Value {
 struct SigmaFactory {
     handle: Arc<RuleHandle>,
     include_event: bool,
+    carry: Arc<carry::Carried>,
 }
 
 impl OperatorFactory for SigmaFactory {
@@ -241,7 +249,7 @@ impl OperatorFactory for SigmaFactory {
         self.handle.start(ctx);
         Ok(Box::new(SigmaOperator {
             handle: self.handle.clone(),
-            detector: Detector::new(ctx.component_id.clone(), self.include_event),
+            detector: Detector::new(ctx.component_id.clone(), self.include_event).carrying(self.carry.clone()),
             metrics: ctx.metrics.clone(),
         }))
     }
@@ -305,6 +313,8 @@ impl Operator for SigmaOperator {
 pub struct Detector {
     component: Arc<str>,
     include_event: bool,
+    /// Fields downstream components read, copied into every alert.
+    carry: Arc<carry::Carried>,
     scratch: Scratch,
     matched: Vec<RuleIdx>,
     /// Events over the match budget, with the rules they left undecided (when kept).
@@ -320,6 +330,21 @@ pub struct OverBudget {
     pub undecided: Vec<String>,
 }
 
+impl Detector {
+    /// What correlation rules need of this rule's alerts, then what downstream keys read.
+    fn alert_fields(&self, set: &RuleSet, rule_id: &str, batch: &EventBatch, row: usize) -> Vec<(String, String)> {
+        let mut fields = set.extract.get(rule_id).map(|wanted| extract_fields(batch, row, wanted)).unwrap_or_default();
+        if !self.carry.is_empty() {
+            for (name, value) in extract_fields(batch, row, &self.carry) {
+                if !fields.iter().any(|(n, _)| *n == name) {
+                    fields.push((name, value));
+                }
+            }
+        }
+        fields
+    }
+}
+
 /// Warnings about events over budget, at most this often per worker.
 const OVER_BUDGET_WARNING_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -328,11 +353,18 @@ impl Detector {
         Detector {
             component,
             include_event,
+            carry: Arc::default(),
             scratch: Scratch::default(),
             matched: Vec::new(),
             over_budget: None,
             last_warning: None,
         }
+    }
+
+    /// Copies `fields` (found under their keys) into every alert.
+    pub fn carrying(mut self, fields: Arc<carry::Carried>) -> Self {
+        self.carry = fields;
+        self
     }
 
     /// Keeps a record of every event over budget (for `ward rules test`), taken by
@@ -444,7 +476,7 @@ impl Detector {
             event_time_ms,
             origin: AlertOrigin { source: p.source.to_string(), partition: p.partition.to_string(), offset: p.offset },
             event: self.include_event.then(|| batch.row_to_json(row)),
-            fields: set.extract.get(id).map(|wanted| extract_fields(batch, row, wanted)).unwrap_or_default(),
+            fields: self.alert_fields(set, id, batch, row),
             correlation: None,
             suppression: None,
         }

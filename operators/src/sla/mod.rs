@@ -140,6 +140,13 @@ impl ComponentConfig for SlaConfig {
             }),
         })))
     }
+
+    /// The entity, and what the priority formula reads (`policy::Priority`).
+    fn alert_keys(&self) -> Vec<String> {
+        let mut keys = self.entity.clone();
+        keys.extend(policy::ALERT_FIELDS.iter().map(|f| f.to_string()));
+        keys
+    }
 }
 
 /// The validated configuration, shared by a component's routers and operators.

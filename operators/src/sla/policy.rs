@@ -67,6 +67,9 @@ pub fn priority_name(p: Priority) -> &'static str {
     }
 }
 
+/// The alert fields the priority score reads: the asset's criticality and a threat-intel match.
+pub const ALERT_FIELDS: [&str; 2] = ["ward.asset.criticality", "threat.indicator.matched"];
+
 impl SlaPolicy {
     /// Parses and checks a policy; `name` prefixes errors (serde's carry line and column).
     pub fn parse(name: &str, text: &str) -> anyhow::Result<SlaPolicy> {
@@ -90,11 +93,12 @@ impl SlaPolicy {
     }
 
     /// The priority score of an alert (see `rules/sla/default.yaml`).
+    /// Reads the alert fields [`ALERT_FIELDS`] besides the rule level.
     pub fn score(&self, alert: &Alert) -> f64 {
         let w = &self.score;
         let severity = w.severity.get(alert.rule.level.to_ascii_lowercase().as_str()).copied().unwrap_or(0.0);
-        let criticality = alert.field("ward.asset.criticality").parse::<f64>().unwrap_or(0.0);
-        let ti = if alert.field("threat.indicator.matched").is_empty() { 0.0 } else { w.threat_intel };
+        let criticality = alert.field(ALERT_FIELDS[0]).parse::<f64>().unwrap_or(0.0);
+        let ti = if alert.field(ALERT_FIELDS[1]).is_empty() { 0.0 } else { w.threat_intel };
         severity + w.asset_criticality * criticality + ti
     }
 

@@ -63,6 +63,10 @@ impl ComponentConfig for SuppressConfig {
         }
         Ok(Built::Keyed(Arc::new(SuppressFactory { key: Arc::new(self.key), window_ms })))
     }
+
+    fn alert_keys(&self) -> Vec<String> {
+        self.key.clone()
+    }
 }
 
 /// (key hash of the fields and bucket, rendered key, bucket start) of an alert.
