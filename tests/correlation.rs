@@ -265,3 +265,43 @@ fn late_records_are_quarantined_and_an_idle_partition_does_not_hold_back_forever
     let rules: BTreeSet<String> = alerts.iter().map(|l| l.split(' ').next().unwrap().to_string()).collect();
     assert!(rules.contains("\"bf-then-admin\""), "{alerts:#?}");
 }
+
+/// A Sigma 1 aggregation (`| count() by … >= N` with `timeframe`) loads as its Sigma 2
+/// equivalent: the same alert as the hand-written event_count correlation, under the Sigma 1
+/// rule's id, and `rules explain` / `rules check` say what was converted.
+#[test]
+fn sigma1_count_by_with_timeframe_fires_like_its_correlation() {
+    let dir = tempfile::tempdir().unwrap();
+    let sigma1 = "title: Brute Force (Sigma 1)\nid: bf-sigma1\nlevel: high\n\
+                  logsource: {product: windows, service: security}\n\
+                  detection:\n  selection: {EventID: 4625}\n  timeframe: 10m\n  \
+                  condition: selection | count() by TargetUserName >= 5\n";
+    let rules = write(dir.path(), "rules.yml", &(rules() + "---\n" + sigma1));
+    let events = write(dir.path(), "events.jsonl", &scenario().join("\n"));
+    let r = ward(&["rules", "test", &rules, "--events", &events, "--pack", "windows"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let lines: Vec<serde_json::Value> = r.stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let of = |id: &str| lines.iter().filter(|l| l["rule"]["id"] == id).cloned().collect::<Vec<_>>();
+    let (converted, written) = (of("bf-sigma1"), of("brute-force"));
+    assert_eq!(converted.len(), 1, "{}", r.stdout);
+    for k in ["group_by", "event_index", "window", "value"] {
+        assert_eq!(converted[0][k], written[0][k], "{k}");
+    }
+    assert_eq!(converted[0]["rule"]["title"], "Brute Force (Sigma 1)");
+
+    let sigma1_file = write(dir.path(), "sigma1.yml", sigma1);
+    let explain = ward(&["rules", "explain", &sigma1_file]);
+    assert_eq!(explain.code, 0, "{}", explain.stderr);
+    assert!(
+        explain.stdout.contains("rule      Brute Force (Sigma 1) (events) (bf-sigma1-events)"),
+        "{}",
+        explain.stdout
+    );
+    assert!(explain.stdout.contains("feed the event_count correlation bf-sigma1"), "{}", explain.stdout);
+    let check = ward(&["rules", "check", "--json", &sigma1_file]);
+    let report: serde_json::Value = serde_json::from_str(&check.stdout).unwrap();
+    assert_eq!((report["compiled"].as_u64(), report["correlations"].as_u64()), (Some(1), Some(1)), "{report}");
+    assert!(report["notes"]
+        .to_string()
+        .contains("converted from the Sigma 1 aggregation `count() by TargetUserName >= 5`"));
+}

@@ -11,6 +11,7 @@ pub mod compile;
 pub mod mapping;
 pub mod matcher;
 pub mod ruleset;
+pub mod sigma1;
 pub mod values;
 
 #[cfg(test)]

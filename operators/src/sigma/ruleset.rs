@@ -131,6 +131,8 @@ pub fn compile_files(
     let mut filters = Vec::new();
     let mut correlations = Vec::new();
     let mut first_seen: HashMap<String, String> = HashMap::new();
+    // Rules converted from Sigma 1 aggregations, with what the conversion did.
+    let mut converted_notes: HashMap<String, String> = HashMap::new();
     for f in files {
         hasher.update(f.rel.as_bytes());
         hasher.update(&[0]);
@@ -149,7 +151,12 @@ pub fn compile_files(
             reports.push(rejected(&short, "-", "-", why));
             continue;
         }
-        let collection = match rsigma_parser::parse_sigma_yaml(&f.text) {
+        let converted = super::sigma1::convert(&f.text);
+        let text = converted.as_ref().map_or(f.text.as_str(), |c| c.text.as_str());
+        if let Some(c) = &converted {
+            converted_notes.extend(c.notes.iter().cloned());
+        }
+        let collection = match rsigma_parser::parse_sigma_yaml(text) {
             Ok(c) => c,
             Err(e) => {
                 reports.push(rejected(&short, "-", "-", format!("cannot parse: {e}")));
@@ -158,7 +165,7 @@ pub fn compile_files(
         };
         if !collection.errors.is_empty() {
             let parsed: Vec<&str> = collection.rules.iter().filter_map(|r| r.id.as_deref()).collect();
-            let unparsed = unparsed_documents(&f.text, &parsed);
+            let unparsed = unparsed_documents(text, &parsed);
             for (i, e) in collection.errors.iter().enumerate() {
                 let (id, title, condition) = unparsed.get(i).cloned().unwrap_or_default();
                 reports.push(rejected(&short, &id, &title, parse_failure(e, &condition)));
@@ -171,7 +178,10 @@ pub fn compile_files(
                 continue;
             }
             match lower_rule(opts, rule, &short) {
-                Ok(l) => {
+                Ok(mut l) => {
+                    if let Some(note) = converted_notes.get(&id) {
+                        l.notes.push(note.clone());
+                    }
                     if let Some(id) = &rule.id {
                         first_seen.insert(id.clone(), short.clone());
                     }
@@ -221,7 +231,8 @@ pub fn compile_files(
             Some(r) => Status::Rejected(r.3.clone()),
             None => Status::Correlation,
         };
-        reports.push(RuleReport { path: path.clone(), id, title: c.title.clone(), status, notes: Vec::new() });
+        let notes = converted_notes.get(&id).cloned().into_iter().collect();
+        reports.push(RuleReport { path: path.clone(), id, title: c.title.clone(), status, notes });
     }
     let mut extract = HashMap::new();
     for (rule_id, fields) in &correlation_set.needed_fields {
@@ -280,10 +291,15 @@ fn unparsed_documents(text: &str, parsed: &[&str]) -> Vec<(String, String, Strin
 /// A one-line reason for a document the parser refused, naming the construct when known.
 fn parse_failure(error: &str, condition: &str) -> String {
     let one_line = error.split_whitespace().collect::<Vec<_>>().join(" ");
-    if condition.contains(" | ") || condition.contains(" near ") {
-        return format!(
-            "condition `{condition}` uses a Sigma 1 aggregation (`| count() …` / `near`), which Sigma 2 replaced by correlation rules"
-        );
+    if condition.contains('|') || condition.contains(" near ") {
+        let why = if condition.contains("near") {
+            "`near` has no exact Sigma 2 equivalent here (each selection would have to be a rule of its own in a \
+             temporal correlation)"
+        } else {
+            "only `count()`, `count(field)`, `sum(field)` and `avg(field)` [by field] compared with a number, with a \
+             `timeframe`, convert to a Sigma 2 correlation (this one has no timeframe or another function)"
+        };
+        return format!("condition `{condition}` uses a Sigma 1 aggregation: {why}; write it as a correlation rule");
     }
     if !condition.is_empty() && one_line.starts_with("Condition") {
         return format!("cannot parse condition `{condition}`: {one_line}");
