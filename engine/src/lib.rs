@@ -10,6 +10,7 @@ pub mod checkpoint;
 pub mod clock;
 pub mod coalesce;
 pub mod component;
+mod dataflow;
 pub mod fields;
 pub mod framing;
 pub mod interpolate;
@@ -23,7 +24,6 @@ pub mod reload;
 pub mod resources;
 pub mod runtime;
 pub mod spec;
-pub mod stateful;
 pub mod text;
 pub mod time;
 

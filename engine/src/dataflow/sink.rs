@@ -1,0 +1,141 @@
+//! A sink's stage: records wait until their epoch is complete, then reach the sink in epoch
+//! order; with checkpoints the sink prepares each checkpoint's part and commits it once the
+//! checkpoint is complete (docs/architecture.md §5).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+
+use super::context::RunContext;
+use super::{Epoch, PayloadStream};
+use crate::checkpoint::part_prefix;
+use crate::component::{Payload, Sink};
+use crate::metrics::ComponentMetrics;
+use crate::spec::ComponentSpec;
+
+pub(crate) fn build_sink<'s>(
+    input: PayloadStream<'s>,
+    run: Arc<RunContext>,
+    c: &ComponentSpec,
+    sink: Box<dyn Sink>,
+    metrics: ComponentMetrics,
+) {
+    let worker = input.scope().index();
+    let mut builder = OperatorBuilder::new(format!("sink:{}", c.id), input.scope());
+    let mut input = builder.new_input(input, Pipeline);
+    builder.set_notify_for(0, timely::progress::operate::FrontierInterest::Always);
+    let id = c.id.clone();
+    let mut sink = Some(sink);
+    let part = format!("{}{worker}", part_prefix("sink", &c.id, None));
+    builder.build(move |_caps| {
+        let mut completed: Option<Epoch> = None;
+        // Checkpoints prepared and not yet committed; the frontier last seen.
+        let mut prepared: Vec<Epoch> = Vec::new();
+        let mut seen: Epoch = 0;
+        // The newest epoch of a record received or a checkpoint prepared: the final part
+        // stands in for checkpoints from there on only.
+        let mut newest: Epoch = 0;
+        // Records arrive ahead of their epoch's completion; they reach the sink only once
+        // their epoch is complete, so a checkpoint's part holds exactly its epochs' records.
+        let mut pending: BTreeMap<Epoch, Vec<Payload>> = BTreeMap::new();
+        move |frontiers| {
+            let Some(s) = sink.as_mut() else {
+                input.for_each(|_, data| data.clear());
+                return;
+            };
+            input.for_each(|cap, data| {
+                let epoch = cap.least().copied().unwrap_or_default();
+                newest = newest.max(epoch);
+                let stash = pending.entry(epoch).or_default();
+                stash.extend(data.drain(..).filter(|p| !matches!(p, Payload::Progress(_))));
+            });
+            let frontier = frontiers[0].frontier();
+            let mut write_upto = |s: &mut Box<dyn Sink>, upto: Option<Epoch>| {
+                while let Some(entry) = pending.first_entry() {
+                    if upto.is_some_and(|u| *entry.key() > u) {
+                        break;
+                    }
+                    for payload in entry.remove() {
+                        let started = Instant::now();
+                        let n = payload.len() as u64;
+                        metrics.records_in.inc_by(n);
+                        match write_payload(s.as_mut(), &payload) {
+                            Ok(()) => metrics.records_out.inc_by(n),
+                            Err(e) => {
+                                metrics.errors.inc();
+                                run.fail(format!("sink `{id}`: {e:#}"));
+                            }
+                        }
+                        metrics.batch_seconds.observe(started.elapsed().as_secs_f64());
+                    }
+                }
+            };
+            let f = frontier.iter().next().copied();
+            if let Some(ck) = run.checkpointer() {
+                let mut step = || -> anyhow::Result<()> {
+                    match f {
+                        Some(f) => {
+                            if let Some(c) = ck.due(seen, f) {
+                                write_upto(s, Some(c));
+                                let bytes = s.prepare(c)?;
+                                ck.write(c, &part, &bytes)?;
+                                prepared.push(c);
+                                newest = newest.max(c);
+                            }
+                            seen = seen.max(f);
+                        }
+                        None => {
+                            write_upto(s, None);
+                            let bytes = s.retire_part(newest)?;
+                            ck.retire(&part, bytes, newest)?;
+                        }
+                    }
+                    if let Some(done) = ck.committed() {
+                        for c in prepared.iter().filter(|c| **c <= done) {
+                            fail::fail_point!("sink-commit");
+                            s.commit(*c)?;
+                        }
+                        prepared.retain(|c| *c > done);
+                    }
+                    Ok(())
+                };
+                if let Err(e) = step() {
+                    metrics.errors.inc();
+                    run.fail(format!("sink `{id}`: checkpoint: {e:#}"));
+                }
+            }
+            // Everything of complete epochs goes to the sink.
+            match f {
+                None => write_upto(s, None),
+                Some(0) => {}
+                Some(f) => write_upto(s, Some(f - 1)),
+            }
+            match f {
+                None => {
+                    if let Err(e) = s.finish() {
+                        metrics.errors.inc();
+                        run.fail(format!("sink `{id}`: {e:#}"));
+                    }
+                    sink = None;
+                }
+                Some(f) if f > 0 && completed.is_none_or(|c| c < f - 1) => {
+                    completed = Some(f - 1);
+                    if let Err(e) = s.epoch_complete(f - 1) {
+                        metrics.errors.inc();
+                        run.fail(format!("sink `{id}`: {e:#}"));
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+    });
+}
+
+/// A sink write; the `sink-write` failpoint makes it fail for the tests of failed runs.
+fn write_payload(sink: &mut dyn Sink, payload: &Payload) -> anyhow::Result<()> {
+    fail::fail_point!("sink-write", |_| Err(anyhow::anyhow!("failpoint sink-write")));
+    sink.write(payload)
+}
