@@ -305,3 +305,20 @@ fn sigma1_count_by_with_timeframe_fires_like_its_correlation() {
         .to_string()
         .contains("converted from the Sigma 1 aggregation `count() by TargetUserName >= 5`"));
 }
+
+/// In a running pipeline the converted Sigma 1 rule raises its correlation alert from the
+/// correlate operator, and the generated detection rule's own matches are absorbed.
+#[test]
+fn pipeline_runs_a_converted_sigma1_aggregation() {
+    let dir = tempfile::tempdir().unwrap();
+    let sigma1 = "title: Brute Force (Sigma 1)\nid: bf-sigma1\nlevel: high\n\
+                  logsource: {product: windows, service: security}\n\
+                  detection:\n  selection: {EventID: 4625}\n  timeframe: 10m\n  \
+                  condition: selection | count() by TargetUserName >= 5\n";
+    write(dir.path(), "rules.yml", sigma1);
+    write(dir.path(), "events.jsonl", &scenario().join("\n"));
+    spec(dir.path(), "events.jsonl", "alerts.jsonl");
+    let (alerts, q) = run_as(dir.path(), "2", |v| format!("{} {}", v["rule"]["id"], v["correlation"]["group_by"]));
+    assert!(q.is_empty(), "{q:?}");
+    assert_eq!(alerts, [r#""bf-sigma1" [["TargetUserName","svc"]]"#], "one correlation alert, no events-rule alerts");
+}

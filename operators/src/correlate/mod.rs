@@ -7,7 +7,6 @@
 //! or rules no correlation references) pass through unchanged. Correlation rules are read
 //! from the same files as the detection rules and reload with them, switching at an epoch.
 
-pub mod rules;
 pub mod window;
 
 #[cfg(test)]
@@ -27,8 +26,8 @@ use ward_engine::resources::Resources;
 use ward_engine::time::EventTime;
 use xxhash_rust::xxh3::Xxh3;
 
+use crate::sigma::correlation::{self, CorrelationSet};
 use crate::sigma::{read_rule_files, RuleFile};
-use rules::CorrelationSet;
 use window::Windows;
 
 /// Evaluate Sigma correlation rules (event_count, value_count, temporal, temporal_ordered,
@@ -71,7 +70,8 @@ impl CorrelationRules {
             if f.problem.is_some() || ward_engine::limits::check_yaml_depth(&f.text).is_err() {
                 continue;
             }
-            let Ok(collection) = rsigma_parser::parse_sigma_yaml(&f.text) else { continue };
+            let text = crate::sigma::sigma1::as_sigma2(&f.text);
+            let Ok(collection) = rsigma_parser::parse_sigma_yaml(&text) else { continue };
             for r in &collection.rules {
                 detections.push((r.id.clone().unwrap_or_else(|| r.title.clone()), r.name.clone()));
             }
@@ -80,7 +80,7 @@ impl CorrelationRules {
             }
         }
         CorrelationRules {
-            set: Arc::new(rules::compile(&detections, &correlations)),
+            set: Arc::new(correlation::compile(&detections, &correlations)),
             version: format!("{:016x}", hasher.digest()).into(),
         }
     }

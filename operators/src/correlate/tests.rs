@@ -8,9 +8,9 @@ use ward_engine::component::OperatorOutput;
 use ward_engine::key_groups::KEY_GROUPS;
 use ward_engine::time::WATERMARK_END;
 
-use super::rules::CorrelationSet;
 use super::window::Windows;
 use super::CorrelationRules;
+use crate::sigma::correlation::CorrelationSet;
 use crate::sigma::RuleFile;
 
 const MIN: i64 = 60_000;

@@ -26,7 +26,7 @@ use ward_engine::component::OperatorOutput;
 use ward_engine::key_groups::{hash_key, key_group, KEY_GROUPS};
 use ward_engine::time::{EventTime, WATERMARK_MIN};
 
-use super::rules::{Correlation, CorrelationSet, Kind};
+use crate::sigma::correlation::{Correlation, CorrelationSet, Kind};
 
 /// Contributing alerts listed in a correlation alert, at most.
 pub const MAX_CONTRIBUTING: usize = 1000;

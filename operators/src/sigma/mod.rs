@@ -8,6 +8,7 @@
 pub mod bounded_regex;
 pub mod carry;
 pub mod compile;
+pub mod correlation;
 pub mod mapping;
 pub mod matcher;
 pub mod ruleset;

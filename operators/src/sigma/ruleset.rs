@@ -6,7 +6,7 @@ use std::path::Path;
 
 use std::sync::Arc;
 
-use crate::correlate::rules::CorrelationSet;
+use super::correlation::CorrelationSet;
 
 use super::mapping::FieldKey;
 use ward_engine::resources::Resources;
@@ -224,7 +224,7 @@ pub fn compile_files(
     }
     let detections: Vec<(String, Option<String>)> =
         lowered.iter().map(|l| (l.meta.rule.id.clone(), l.name.clone())).collect();
-    let correlation_set = crate::correlate::rules::compile(&detections, &correlations);
+    let correlation_set = super::correlation::compile(&detections, &correlations);
     for (path, c) in &correlations {
         let id = c.id.clone().or_else(|| c.name.clone()).unwrap_or_else(|| c.title.clone());
         let status = match correlation_set.rejected.iter().find(|r| r.0 == *path && r.1 == id) {

@@ -30,6 +30,15 @@ pub const EVENTS_SUFFIX: &str = "-events";
 const METADATA: [&str; 10] =
     ["title", "status", "description", "references", "author", "date", "modified", "tags", "falsepositives", "level"];
 
+/// The text to parse for a rule file: converted when it holds a convertible aggregation.
+/// sigma-match and correlate both parse through this, so they see the same rules.
+pub fn as_sigma2(text: &str) -> std::borrow::Cow<'_, str> {
+    match convert(text) {
+        Some(c) => std::borrow::Cow::Owned(c.text),
+        None => std::borrow::Cow::Borrowed(text),
+    }
+}
+
 /// `None` when the file holds no convertible aggregation (it is then parsed as it is).
 pub fn convert(text: &str) -> Option<Converted> {
     if !text.contains("timeframe") || !text.contains('|') {
