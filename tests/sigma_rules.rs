@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use common::*;
 
 fn sigma() -> PathBuf {
-    shared_dir().join("sigma")
+    sigmahq_dir()
 }
 
 fn check_json(dirs: &[&Path]) -> serde_json::Value {

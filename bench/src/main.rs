@@ -101,7 +101,7 @@ enum Cmd {
     /// The Sigma matcher: Ward vs rsigma-eval vs sigma-rust, and Ward with 100 … all rules.
     Sigma {
         /// Rule directory (default: the SigmaHQ Windows rules beside the repository).
-        #[arg(long, default_value = "../shared/sigma/rules/windows")]
+        #[arg(long, default_value = "rules/sigmahq/rules/windows")]
         rules: String,
         /// Generator events for Ward's runs.
         #[arg(long, default_value_t = 300_000)]

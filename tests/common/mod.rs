@@ -77,19 +77,9 @@ pub fn http(port: u16, method: &str, path: &str) -> Option<(u16, String)> {
     Some((status, body))
 }
 
-/// The shared Sigma corpus (SigmaHQ snapshot, regression data, specification): `$WARD_SHARED`,
-/// else `../shared` beside the repository, else `/work/shared`.
-pub fn shared_dir() -> PathBuf {
-    let candidates = [
-        std::env::var_os("WARD_SHARED").map(PathBuf::from),
-        Some(repo().join("../shared")),
-        Some(PathBuf::from("/work/shared")),
-    ];
-    candidates
-        .into_iter()
-        .flatten()
-        .find(|p| p.join("sigma/rules").is_dir())
-        .expect("the Sigma corpus: set WARD_SHARED to the directory holding sigma/ and sigma-specification/")
+/// The SigmaHQ snapshot inside the repository (rules, unsupported rules, regression data).
+pub fn sigmahq_dir() -> PathBuf {
+    repo().join("rules/sigmahq")
 }
 
 /// A Windows Security event in the EVTX-JSON shape the Windows pack reads; `data` is the body of
