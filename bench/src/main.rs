@@ -19,6 +19,7 @@ use clap::{Parser, Subcommand};
 use ward_connectors::sinks::parquet::{ParquetSink, ParquetSinkConfig, PartitionBy};
 use ward_connectors::sources::generator::{Generator, GeneratorConfig};
 use ward_engine::batch::EventBatch;
+use ward_engine::checkpoint::CheckpointConfig;
 use ward_engine::component::{Operator, OperatorOutput, Payload, Sink, Source, SourcePoll};
 use ward_engine::registry::Registry;
 use ward_engine::resources::Resources;
@@ -138,33 +139,22 @@ fn registry() -> Registry {
 
 fn pipeline(count: u64, workers: &[usize], repeat: usize, checkpoint_ms: Option<u64>) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let rules = repo().join("rules");
-    let checkpoint =
-        checkpoint_ms.map_or(String::new(), |ms| format!(", checkpoint: {{ dir: chk, interval: {ms}ms }}"));
-    let spec_text = format!(
-        r#"name: bench
-settings: {{ admin_listen: ""{checkpoint} }}
-sources:
-  - {{ id: gen, type: generator, count: {count}, seed: 42 }}
-operators:
-  - {{ id: parse, type: parse, inputs: [gen], syslog_year: 2026 }}
-  - {{ id: normalize, type: normalize, inputs: [parse], packs: [builtin:windows, builtin:linux-auth, builtin:zeek, builtin:fortigate, builtin:generic-json] }}
-  - id: enrich
-    type: enrich
-    inputs: [normalize]
-    threat_intel: [{{ path: {rules}/ti/demo-indicators.txt }}]
-    geoip: {rules}/geo/ward-test-city.mmdb
-    asn: {rules}/geo/ward-test-asn.mmdb
-    assets: {rules}/assets/demo-assets.csv
-sinks:
-  - {{ id: parquet, type: parquet, inputs: [enrich], path: out }}
-  - {{ id: q, type: jsonl, inputs: [quarantine], path: quarantine.jsonl }}
-"#,
-        rules = rules.display()
-    );
-    let spec_path = dir.path().join("bench.yaml");
-    std::fs::write(&spec_path, spec_text)?;
-    let spec = Spec::load(&spec_path, &registry()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let spec_path = repo().join("bench/specs/ingest.yaml");
+    let text = std::fs::read_to_string(&spec_path)?;
+    let out = dir.path().display().to_string();
+    let vars = |name: &str| match name {
+        "BENCH_EVENTS" => Some(count.to_string()),
+        "BENCH_OUT" => Some(out.clone()),
+        _ => std::env::var(name).ok(),
+    };
+    let resources = Resources::new(repo().join("bench/specs"));
+    let mut spec =
+        Spec::parse_with_vars(&spec_path, &text, resources, &registry(), &vars).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if let Some(ms) = checkpoint_ms {
+        let mut config = CheckpointConfig::with_dir(&dir.path().join("chk").display().to_string());
+        config.interval = std::time::Duration::from_millis(ms);
+        spec.settings.checkpoint = Some(config);
+    }
     match checkpoint_ms {
         None => println!("pipeline: generator -> parse -> normalize -> enrich -> parquet, {count} events"),
         Some(ms) => println!("the same with checkpoints every {ms} ms (Parquet exactly once: files close at each)"),

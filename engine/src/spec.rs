@@ -264,7 +264,18 @@ impl Spec {
     /// Validates spec text; `file` is used in messages, `resources` resolves relative paths.
     /// `${NAME}` and `${NAME:-default}` are replaced from the environment first.
     pub fn parse(file: &Path, text: &str, resources: Resources, registry: &Registry) -> Result<Spec, SpecErrors> {
-        let text = crate::interpolate::interpolate(text, |name| std::env::var(name).ok()).map_err(|errors| {
+        Spec::parse_with_vars(file, text, resources, registry, &|name| std::env::var(name).ok())
+    }
+
+    /// [`Spec::parse`] with the variables looked up by `vars` instead of the environment.
+    pub fn parse_with_vars(
+        file: &Path,
+        text: &str,
+        resources: Resources,
+        registry: &Registry,
+        vars: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Spec, SpecErrors> {
+        let text = crate::interpolate::interpolate(text, vars).map_err(|errors| {
             SpecErrors(
                 errors
                     .into_iter()
