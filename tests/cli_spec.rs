@@ -311,3 +311,29 @@ fn alert_keys_that_no_alert_can_carry_are_rejected() {
     );
     assert_rejected(&spec("host.id", "user.nmae"), 14, Some(5), "`sla` reads alert field `user.nmae`");
 }
+
+/// `${NAME}` and `${NAME:-default}` come from the environment; an unset variable without a
+/// default is reported at its line and column.
+#[test]
+fn environment_variables_fill_the_spec() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = GOOD
+        .replace("    count: 10\n", "    count: ${WARD_TEST_COUNT}\n")
+        .replace("path: out.jsonl", "path: ${WARD_TEST_OUT:-out.jsonl}");
+    let path = write(dir.path(), "spec.yaml", &text);
+    let validate = |env: &[(&str, &str)]| {
+        let out = std::process::Command::new(ward_bin())
+            .args(["validate", &path])
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (code, stderr) = validate(&[("WARD_TEST_COUNT", "25")]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let (code, stderr) = validate(&[]);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains(&format!("{path}:5:12: environment variable WARD_TEST_COUNT is not set")), "{stderr}");
+    let (code, stderr) = validate(&[("WARD_TEST_COUNT", "many")]);
+    assert_eq!(code, Some(2), "a value is validated like written text: {stderr}");
+}
