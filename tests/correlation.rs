@@ -266,16 +266,19 @@ fn late_records_are_quarantined_and_an_idle_partition_does_not_hold_back_forever
     assert!(rules.contains("\"bf-then-admin\""), "{alerts:#?}");
 }
 
+/// The brute-force rule above in Sigma 1 form: an aggregation with a timeframe.
+const SIGMA1_BRUTE_FORCE: &str = "title: Brute Force (Sigma 1)\nid: bf-sigma1\nlevel: high\n\
+    logsource: {product: windows, service: security}\n\
+    detection:\n  selection: {EventID: 4625}\n  timeframe: 10m\n  \
+    condition: selection | count() by TargetUserName >= 5\n";
+
 /// A Sigma 1 aggregation (`| count() by … >= N` with `timeframe`) loads as its Sigma 2
 /// equivalent: the same alert as the hand-written event_count correlation, under the Sigma 1
 /// rule's id, and `rules explain` / `rules check` say what was converted.
 #[test]
 fn sigma1_count_by_with_timeframe_fires_like_its_correlation() {
     let dir = tempfile::tempdir().unwrap();
-    let sigma1 = "title: Brute Force (Sigma 1)\nid: bf-sigma1\nlevel: high\n\
-                  logsource: {product: windows, service: security}\n\
-                  detection:\n  selection: {EventID: 4625}\n  timeframe: 10m\n  \
-                  condition: selection | count() by TargetUserName >= 5\n";
+    let sigma1 = SIGMA1_BRUTE_FORCE;
     let rules = write(dir.path(), "rules.yml", &(rules() + "---\n" + sigma1));
     let events = write(dir.path(), "events.jsonl", &scenario().join("\n"));
     let r = ward(&["rules", "test", &rules, "--events", &events, "--pack", "windows"]);
@@ -311,10 +314,7 @@ fn sigma1_count_by_with_timeframe_fires_like_its_correlation() {
 #[test]
 fn pipeline_runs_a_converted_sigma1_aggregation() {
     let dir = tempfile::tempdir().unwrap();
-    let sigma1 = "title: Brute Force (Sigma 1)\nid: bf-sigma1\nlevel: high\n\
-                  logsource: {product: windows, service: security}\n\
-                  detection:\n  selection: {EventID: 4625}\n  timeframe: 10m\n  \
-                  condition: selection | count() by TargetUserName >= 5\n";
+    let sigma1 = SIGMA1_BRUTE_FORCE;
     write(dir.path(), "rules.yml", sigma1);
     write(dir.path(), "events.jsonl", &scenario().join("\n"));
     spec(dir.path(), "events.jsonl", "alerts.jsonl");
