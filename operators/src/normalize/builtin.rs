@@ -3,6 +3,9 @@
 
 const PACKS: &[(&str, &str)] = &[
     ("windows", include_str!("../../../pipelines/packs/windows.yaml")),
+    ("winlogbeat", include_str!("../../../pipelines/packs/winlogbeat.yaml")),
+    ("nxlog", include_str!("../../../pipelines/packs/nxlog.yaml")),
+    ("windows-flat", include_str!("../../../pipelines/packs/windows-flat.yaml")),
     ("linux-auth", include_str!("../../../pipelines/packs/linux-auth.yaml")),
     ("zeek", include_str!("../../../pipelines/packs/zeek.yaml")),
     ("fortigate", include_str!("../../../pipelines/packs/fortigate.yaml")),
@@ -17,7 +20,9 @@ pub fn names() -> Vec<&'static str> {
     PACKS.iter().map(|(n, _)| *n).collect()
 }
 
-/// All built-in packs in the order the demo uses them.
+/// All built-in packs in precedence order: where two could claim an event, the first does
+/// (EVTX-JSON, then Winlogbeat, NXLog and the flat Windows shape, the other products, and
+/// generic JSON last).
 pub fn all_refs() -> Vec<String> {
     names().into_iter().map(|n| format!("builtin:{n}")).collect()
 }

@@ -252,6 +252,34 @@ fn is_null_marker(pack: &Pack, b: Bytes<'_>, v: Value) -> bool {
     }
 }
 
+/// An input field under the name the pack gives it (`rename`, `rename_prefixes`,
+/// `nest_unmapped`), before any mapping; unchanged when the pack renames nothing.
+fn rename_input(pack: &Pack, s: Slot, raw: Raw<'_>, heap: &mut Heap<'_>, scratch: &mut String) -> Slot {
+    let Key::Ext(k) = s.key else { return s };
+    if !pack.renames() {
+        return s;
+    }
+    let b = heap.bytes(raw);
+    let name = b.str(k);
+    // Ward's own fields (`ward.parser`, ...) are not the input's.
+    if name.starts_with("ward.") {
+        return s;
+    }
+    scratch.clear();
+    if let Some(to) = pack.rename.get(name.as_bytes()) {
+        scratch.push_str(to);
+    } else if let Some((from, to)) = pack.rename_prefixes.iter().find(|(from, _)| name.starts_with(from.as_str())) {
+        scratch.push_str(to);
+        scratch.push_str(&name[from.len()..]);
+    } else if let Some(under) = pack.nest_unmapped.as_deref().filter(|u| !name.starts_with(*u)) {
+        scratch.push_str(under);
+        scratch.push_str(name);
+    } else {
+        return s;
+    }
+    Slot { key: Key::Ext(heap.push_str(scratch)), value: s.value }
+}
+
 impl Normalizer {
     /// Rewrites one row's slots into `out`. Returns Err to quarantine the row.
     #[allow(clippy::too_many_arguments)]
@@ -264,8 +292,9 @@ impl Normalizer {
         out: &mut Vec<Slot>,
         start: usize,
     ) -> Result<(), (Reason, String)> {
-        // Field mappings.
+        // Field mappings, on the names the pack gives its input.
         for s in old {
+            let s = &rename_input(pack, *s, raw, heap, &mut self.scratch);
             let mapped = match s.key {
                 Key::Ext(k) => {
                     let b = heap.bytes(raw);

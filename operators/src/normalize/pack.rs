@@ -55,6 +55,31 @@ pub struct PackFile {
     pub fields: Vec<MappingSpec>,
     #[serde(default)]
     pub rules: Vec<RuleSpec>,
+    /// Another built-in pack whose `fields` and `rules` apply after this pack's (and whose
+    /// `module`, `null_values` and `required` apply unless this pack sets them): a shape adapter
+    /// renames its input to the other pack's names and inherits the rest.
+    #[serde(default)]
+    pub extends: Option<String>,
+    /// Input fields renamed before any mapping, by exact name (`winlog.channel:
+    /// Event.System.Channel`).
+    #[serde(default)]
+    pub rename: BTreeMap<String, String>,
+    /// Input fields whose name starts with `from` are renamed to start with `to` instead: a
+    /// shipper's raw event data (`winlog.event_data.Image`) lands where another shape keeps it
+    /// (`Event.EventData.Image`), so mappings, rules and queries see one name.
+    #[serde(default)]
+    pub rename_prefixes: Vec<PrefixRename>,
+    /// Every other input field moves under this prefix (flat shapes keep event data at the top
+    /// level: `Image` becomes `Event.EventData.Image`).
+    #[serde(default)]
+    pub nest_unmapped: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PrefixRename {
+    pub from: String,
+    pub to: String,
 }
 
 fn default_formats() -> Vec<String> {
@@ -222,6 +247,18 @@ pub struct Pack {
     /// input field per event.
     pub mappings: ahash::AHashMap<Box<[u8]>, Vec<Mapping>>,
     pub rules: Vec<Rule>,
+    /// Input names renamed before mapping: exact names, then (from, to) prefixes in order,
+    /// then everything else under `nest_unmapped`.
+    pub rename: ahash::AHashMap<Box<[u8]>, String>,
+    pub rename_prefixes: Vec<(String, String)>,
+    pub nest_unmapped: Option<String>,
+}
+
+impl Pack {
+    /// Whether the pack renames input fields at all (most do not: no work per field).
+    pub fn renames(&self) -> bool {
+        !self.rename.is_empty() || !self.rename_prefixes.is_empty() || self.nest_unmapped.is_some()
+    }
 }
 
 fn compile_mapping(m: &MappingSpec) -> Result<Mapping, String> {
@@ -342,23 +379,59 @@ impl Pack {
             required,
             mappings,
             rules,
+            rename: file.rename.iter().map(|(k, v)| (k.as_bytes().into(), v.clone())).collect(),
+            rename_prefixes: file.rename_prefixes.iter().map(|r| (r.from.clone(), r.to.clone())).collect(),
+            nest_unmapped: file.nest_unmapped.clone(),
         })
     }
 
     /// Parses and compiles a pack file; errors carry line and column.
     pub fn from_yaml(name: &str, text: &str) -> Result<Pack, String> {
-        let file: PackFile = marked_yaml::from_yaml_with_options(
-            0,
-            text,
-            marked_yaml::LoaderOptions::default().error_on_duplicate_keys(true),
-        )
+        let mut file = parse_file(name, text)?;
+        if let Some(base_name) = file.extends.clone() {
+            let short = base_name.strip_prefix("builtin:").unwrap_or(&base_name);
+            let base_text = super::builtin::get(short)
+                .ok_or_else(|| format!("{name}: `extends: {base_name}` names no built-in pack"))?;
+            let base = parse_file(&base_name, base_text)?;
+            if base.extends.is_some() {
+                return Err(format!("{name}: `{base_name}` extends another pack itself; extend the pack it extends"));
+            }
+            file = file.extending(base);
+        }
+        Pack::compile(&file).map_err(|e| format!("{name}: {e}"))
+    }
+}
+
+fn parse_file(name: &str, text: &str) -> Result<PackFile, String> {
+    marked_yaml::from_yaml_with_options(0, text, marked_yaml::LoaderOptions::default().error_on_duplicate_keys(true))
         .map_err(|e| match &e {
             marked_yaml::FromYamlError::FromNode(n) => match n.start_mark() {
                 Some(m) => format!("{name}:{}:{}: {n}", m.line(), m.column()),
                 None => format!("{name}: {n}"),
             },
             marked_yaml::FromYamlError::ParseYaml(p) => format!("{name}: {p}"),
-        })?;
-        Pack::compile(&file).map_err(|e| format!("{name}: {e}"))
+        })
+}
+
+impl PackFile {
+    /// This pack on top of `base`: its renames and `when`, then its own mappings and the base's;
+    /// the base's rules, then its own; the base's settings where it sets none.
+    fn extending(mut self, base: PackFile) -> PackFile {
+        self.fields.extend(base.fields);
+        let own_rules = std::mem::take(&mut self.rules);
+        self.rules = base.rules.into_iter().chain(own_rules).collect();
+        self.module = self.module.or(base.module);
+        self.timezone = self.timezone.or(base.timezone);
+        if self.timestamp_formats == default_formats() {
+            self.timestamp_formats = base.timestamp_formats;
+        }
+        if self.null_values.is_empty() {
+            self.null_values = base.null_values;
+        }
+        if self.required.is_empty() {
+            self.required = base.required;
+        }
+        self.extends = None;
+        self
     }
 }

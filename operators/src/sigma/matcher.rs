@@ -37,6 +37,18 @@ pub type RuleIdx = u32;
 /// The pseudo-field for keyword searches: every string value of the event.
 pub const KEYWORDS: FieldIdx = FieldIdx::MAX;
 
+/// The text of a value keyword search looks at: every string of the input, not what Ward
+/// derived itself (`event.id`, made from the record's provenance when the input has none, and
+/// `ward.*` fields), which would make keyword matches depend on file names and offsets.
+fn keyword_text(b: Bytes<'_>, slot: &Slot) -> Option<ward_engine::batch::StrRef> {
+    let Value::Str(r) = slot.value else { return None };
+    match slot.key {
+        Key::Core(f) if f == ward_engine::fields::ids::EVENT_ID => None,
+        Key::Ext(k) if b.str(k).starts_with("ward.") => None,
+        _ => Some(r),
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum CmpOp {
     Lt,
@@ -679,7 +691,7 @@ impl Matcher {
         let mut found = false;
         if field == KEYWORDS {
             for slot in slots {
-                if let Value::Str(r) = slot.value {
+                if let Some(r) = keyword_text(b, slot) {
                     if consider(s, slot.value, b.str(r)) {
                         found = true;
                         break;
@@ -751,7 +763,7 @@ impl Matcher {
                 if s.keywords_gen != s.generation {
                     s.keywords_gen = s.generation;
                     for slot in slots {
-                        if let Value::Str(r) = slot.value {
+                        if let Some(r) = keyword_text(b, slot) {
                             self.scan(&self.keywords, s, b.str(r), false);
                         }
                     }

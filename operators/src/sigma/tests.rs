@@ -210,6 +210,8 @@ fn keywords_search_every_text_field() {
         [r#"{"a":"nothing","b":"has MIMIKATZ inside"}"#, r#"{"a":"clean"}"#, r#"{"m":"sekurlsa::logonpasswords"}"#];
     assert_eq!(hits("  keywords:\n    - mimikatz\n    - 'sekurlsa::*'\n  condition: keywords\n", &ev), vec![0, 2]);
     assert_eq!(hits("  keywords:\n    '|all': [has, inside]\n  condition: keywords\n", &ev), vec![0]);
+    // What Ward adds itself (`ward.parser: json`, a provenance-derived `event.id`) is not searched.
+    assert_eq!(hits("  keywords:\n    - json\n  condition: keywords\n", &ev), Vec::<u64>::new());
 }
 
 #[test]
