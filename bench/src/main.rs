@@ -195,6 +195,7 @@ fn bench_generator(count: u64) -> Generator {
         interval_ms: 10,
         scenarios: true,
         malformed_every: 0,
+        windows_shape: Default::default(),
     };
     Generator::new("gen".into(), cfg, 1_767_600_000_000, 0, 1)
 }

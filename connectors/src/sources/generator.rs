@@ -53,6 +53,21 @@ pub struct GeneratorConfig {
     /// One record in N is deliberately malformed (0: none).
     #[serde(default)]
     pub malformed_every: u64,
+    /// How Windows events are shaped: `evtx-json` (EVTX exported as JSON), `winlogbeat`
+    /// (Winlogbeat 8 ECS documents), `nxlog` (`im_msvistalog` + `to_json()`) or `flat` (the
+    /// flat Sigma convention). The same events in every shape.
+    #[serde(default)]
+    pub windows_shape: WindowsShape,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum WindowsShape {
+    #[default]
+    EvtxJson,
+    Winlogbeat,
+    Nxlog,
+    Flat,
 }
 
 fn default_count() -> u64 {
@@ -230,6 +245,13 @@ impl Generator {
 
     /// Writes record `k` into `self.buf`.
     pub fn record(&mut self, k: u64) {
+        self.write_record(k);
+        if self.config.windows_shape != WindowsShape::EvtxJson && self.buf.starts_with(br#"{"Event":{"System""#) {
+            reshape(&mut self.buf, self.config.windows_shape);
+        }
+    }
+
+    fn write_record(&mut self, k: u64) {
         self.buf.clear();
         let ts = self.start_ms + (k * self.config.interval_ms) as i64;
         let mut rng = Rng(mix(self.config.seed ^ mix(k)));
@@ -541,6 +563,59 @@ impl Generator {
 }
 
 /// A JSON string literal (quotes and escapes), written without allocating twice.
+/// Rewrites an EVTX-JSON record in `buf` into `shape` (a malformed record stays as it is).
+fn reshape(buf: &mut Vec<u8>, shape: WindowsShape) {
+    use serde_json::{json, Map, Value};
+    let Ok(record) = serde_json::from_slice::<Value>(buf) else { return };
+    let system = &record["Event"]["System"];
+    let text = |v: &Value| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
+    let time = text(&system["TimeCreated"]["#attributes"]["SystemTime"]);
+    let event_id = system["EventID"].as_i64().unwrap_or_default();
+    let (channel, computer) = (text(&system["Channel"]), text(&system["Computer"]));
+    let provider = text(&system["Provider"]["#attributes"]["Name"]);
+    let record_id = system["EventRecordID"].clone();
+    let data = record["Event"]["EventData"].as_object().cloned().unwrap_or_default();
+    let out = match shape {
+        WindowsShape::EvtxJson => return,
+        WindowsShape::Winlogbeat => json!({
+            "@timestamp": time,
+            "event": {"code": event_id.to_string(), "provider": provider, "kind": "event"},
+            "host": {"name": computer},
+            "winlog": {"event_id": event_id.to_string(), "channel": channel, "provider_name": provider,
+                       "computer_name": computer, "record_id": record_id, "event_data": data},
+        }),
+        WindowsShape::Nxlog => {
+            // As NXLog writes it with `DateFormat YYYY-MM-DD hh:mm:ss.s` (milliseconds kept, so
+            // event time is the same in every shape).
+            let local = time.replace('T', " ").trim_end_matches('Z').to_string();
+            let mut r = Map::new();
+            r.insert("EventTime".into(), local.into());
+            r.insert("Hostname".into(), computer.into());
+            r.insert("EventID".into(), event_id.into());
+            r.insert("SourceName".into(), provider.into());
+            r.insert("Channel".into(), channel.into());
+            r.insert("RecordNumber".into(), record_id);
+            r.insert("Severity".into(), "INFO".into());
+            r.insert("SourceModuleType".into(), "im_msvistalog".into());
+            r.extend(data);
+            Value::Object(r)
+        }
+        WindowsShape::Flat => {
+            let mut r = Map::new();
+            r.insert("EventID".into(), event_id.into());
+            r.insert("Channel".into(), channel.into());
+            r.insert("Provider_Name".into(), provider.into());
+            r.insert("Computer".into(), computer.into());
+            r.insert("EventRecordID".into(), record_id);
+            r.insert("TimeCreated".into(), time.into());
+            r.extend(data);
+            Value::Object(r)
+        }
+    };
+    buf.clear();
+    let _ = serde_json::to_writer(&mut *buf, &out);
+}
+
 fn json_str(s: &str) -> JsonStr<'_> {
     JsonStr(s)
 }
@@ -650,6 +725,7 @@ mod tests {
             interval_ms: 10,
             scenarios: true,
             malformed_every,
+            windows_shape: WindowsShape::EvtxJson,
         };
         Generator::new("gen".into(), cfg, 1_767_600_000_000, worker, workers)
     }
