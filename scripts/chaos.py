@@ -116,7 +116,7 @@ def create_topics(brokers, topics):
         f.result(30)
 
 
-def read_committed(brokers, topic, partitions, quiet=5.0):
+def read_committed(brokers, topic, partitions, quiet=10.0):
     """Every record a read_committed consumer sees, as (key, headers) — until quiet for `quiet` s."""
     from confluent_kafka import Consumer, TopicPartition
 

@@ -158,7 +158,9 @@ fn read_committed(brokers: &str, topic: &str, partitions: i32) -> Vec<(String, S
     let mut out = Vec::new();
     let mut quiet = std::time::Instant::now();
     let started = std::time::Instant::now();
-    while quiet.elapsed() < Duration::from_secs(3) && started.elapsed() < Duration::from_secs(120) {
+    // Quiet for 10 s ends the read: under load the broker can pause longer than a fetch between
+    // batches, and stopping early would look like lost records.
+    while quiet.elapsed() < Duration::from_secs(10) && started.elapsed() < Duration::from_secs(120) {
         if let Some(m) = consumer.poll(Duration::from_millis(100)) {
             let m = m.unwrap();
             let epoch = m.headers().and_then(|h| {

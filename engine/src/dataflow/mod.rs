@@ -28,10 +28,11 @@ use timely::dataflow::{Scope, Stream};
 
 pub(crate) use context::RunContext;
 use operator::build_operator;
+use route::InputTiming;
 use sink::build_sink;
 use source::build_source;
 use standins::{Discard, DropAll, Exhausted, NoState, PassThrough};
-use stateful::{build_stateful, InputTiming};
+use stateful::build_stateful;
 
 use crate::component::Payload;
 use crate::keyed::{KeyedOperator, Routed, Router};

@@ -12,7 +12,6 @@ use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 
 use super::context::RunContext;
-use super::stateful::InputTiming;
 use super::{Epoch, PayloadStream, RoutedStream};
 use crate::alert::Alert;
 use crate::batch::EventBatch;
@@ -21,7 +20,23 @@ use crate::key_groups::{key_group, worker_for};
 use crate::keyed::{decode, encode, RecordRef, Route, Routed, RoutedBody, Router};
 use crate::metrics::ComponentMetrics;
 use crate::quarantine::{QuarantineRecord, Reason};
-use crate::time::{describe, event_time, EventTime, Observed, WatermarkTracker, WATERMARK_MIN};
+use crate::time::{describe, event_time, EventTime, EventTimeConfig, Observed, WatermarkTracker, WATERMARK_MIN};
+
+/// Where an input's event time comes from.
+#[derive(Clone, Debug, Default)]
+pub struct InputTiming {
+    /// Sources read directly (through stateless operators only), with their settings.
+    pub sources: HashMap<String, EventTimeConfig>,
+    /// Stateful operators upstream whose watermark marks this input follows.
+    pub upstream: Vec<Arc<str>>,
+}
+
+impl InputTiming {
+    /// Records come through another stateful operator (its marks order them).
+    pub(crate) fn forwarded(&self) -> bool {
+        !self.upstream.is_empty()
+    }
+}
 
 /// (source, partition) → newest event time.
 type NewestByPartition = HashMap<(Arc<str>, Arc<str>), EventTime>;

@@ -12,7 +12,6 @@
 //! what a checkpoint of `e` must hold.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -20,27 +19,10 @@ use timely::dataflow::operators::Concatenate;
 
 use super::context::RunContext;
 use super::keyed_stage::keyed_stage;
-use super::route::route_stage;
+use super::route::{route_stage, InputTiming};
 use super::PayloadStream;
 use crate::keyed::{KeyedOperator, Router};
 use crate::metrics::ComponentMetrics;
-use crate::time::EventTimeConfig;
-
-/// Where an input's event time comes from.
-#[derive(Clone, Debug, Default)]
-pub struct InputTiming {
-    /// Sources read directly (through stateless operators only), with their settings.
-    pub sources: HashMap<String, EventTimeConfig>,
-    /// Stateful operators upstream whose watermark marks this input follows.
-    pub upstream: Vec<Arc<str>>,
-}
-
-impl InputTiming {
-    /// Records come through another stateful operator (its marks order them).
-    pub(crate) fn forwarded(&self) -> bool {
-        !self.upstream.is_empty()
-    }
-}
 
 /// Builds the route stages, the exchange and the keyed operator. Returns the main and the
 /// quarantine output of the component.
