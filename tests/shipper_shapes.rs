@@ -152,10 +152,8 @@ fn alerts(dir: &std::path::Path, name: &str, lines: &[Value]) -> BTreeSet<(Strin
 fn regression_records_raise_the_same_alerts_in_every_shippers_shape() {
     let records = regression_records();
     assert!(records.len() >= 40, "regression records: {}", records.len());
-    let dir = tempfile::tempdir().unwrap();
-    let keep = std::env::var_os("WARD_KEEP").map(std::path::PathBuf::from);
-    let dir_path = keep.clone().unwrap_or_else(|| dir.path().to_path_buf());
-    let dir = &dir_path;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
     let exported = alerts(dir, "evtx.jsonl", &records);
     assert!(exported.len() >= records.len() / 2, "the exports raise their rules: {}", exported.len());
     let converted: Vec<Windows> = records.iter().map(windows).collect();

@@ -121,9 +121,12 @@ impl SigmaMatchConfig {
     }
 
     fn compile(&self, resources: &Resources) -> anyhow::Result<RuleSet> {
-        let opts = self.options(resources)?;
+        self.compile_with(resources, &self.options(resources)?)
+    }
+
+    fn compile_with(&self, resources: &Resources, opts: &CompileOptions) -> anyhow::Result<RuleSet> {
         let files = read_rule_files(resources, &self.rules)?;
-        let mut set = compile_files(&files, &opts, None)?;
+        let mut set = compile_files(&files, opts, None)?;
         set.matcher.budget =
             matcher::MatchBudget { base: self.match_budget.base, per_byte: self.match_budget.per_byte };
         Ok(set)
@@ -142,9 +145,10 @@ impl ComponentConfig for SigmaMatchConfig {
         if self.rules.is_empty() {
             anyhow::bail!("`rules` names no rule directory or file");
         }
-        let set = self.compile(ctx.resources)?;
-        let carry = carry::carried_fields(ctx.downstream_alert_keys, &self.options(ctx.resources)?.mapping)
-            .map_err(anyhow::Error::msg)?;
+        // The mapping file is read once: it resolves the rules and the carried fields.
+        let opts = self.options(ctx.resources)?;
+        let set = self.compile_with(ctx.resources, &opts)?;
+        let carry = carry::carried_fields(ctx.downstream_alert_keys, &opts.mapping).map_err(anyhow::Error::msg)?;
         tracing::info!(
             component = ctx.component_id,
             version = %set.version,
