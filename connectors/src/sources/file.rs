@@ -15,7 +15,7 @@ use ward_engine::component::{Source, SourceFactory, SourcePoll, StreamKind, Work
 use ward_engine::quarantine::{QuarantineRecord, Reason};
 use ward_engine::registry::{BuildContext, Built, ComponentConfig, Section};
 
-use ward_engine::framing::{read_document, Piece};
+use ward_engine::framing::{Piece, RecordReader};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -23,7 +23,9 @@ pub enum Framing {
     /// One record per line (JSON lines, syslog, CSV, ...).
     #[default]
     Lines,
-    /// A stream of JSON documents, possibly pretty-printed over many lines (EVTX exports).
+    /// A stream of JSON documents, possibly pretty-printed over many lines (EVTX exports), or
+    /// JSON lines; delivery envelopes (CloudTrail `Records`, Azure `records`, EventBridge
+    /// `detail`) are split into their records unless `unwrap_envelopes: false`.
     JsonDocuments,
 }
 
@@ -50,6 +52,14 @@ pub struct FileSourceConfig {
     /// Lines longer than this are quarantined as `oversize` (and not held in memory whole).
     #[serde(default = "default_max_line")]
     pub max_record_bytes: usize,
+    /// With `json_documents`: a `{"Records": [...]}` or `{"records": [...]}` document yields one
+    /// record per element, an EventBridge event its `detail` (default true).
+    #[serde(default = "default_true")]
+    pub unwrap_envelopes: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_max_line() -> usize {
@@ -163,8 +173,9 @@ struct OpenFile {
     reader: Box<dyn BufRead>,
     /// Number of the next record (1-based line, or document index for JSON documents).
     next_offset: u64,
-    /// For JSON documents: the byte offset reached in the (decompressed) stream.
-    byte_pos: u64,
+    /// For JSON documents: the splitter, which knows the byte offset reached in the
+    /// (decompressed) stream.
+    records: RecordReader,
 }
 
 impl FileSource {
@@ -192,7 +203,8 @@ impl FileSource {
         } else {
             Box::new(file)
         };
-        Ok(OpenFile { partition: path.to_string_lossy().into_owned().into(), reader, next_offset: 1, byte_pos: 0 })
+        let records = RecordReader::new(self.config.unwrap_envelopes);
+        Ok(OpenFile { partition: path.to_string_lossy().into_owned().into(), reader, next_offset: 1, records })
     }
 
     /// A record rejected while reading (before any payload became a batch row).
@@ -239,7 +251,7 @@ impl FileSource {
     fn skip_to(&mut self, f: &mut OpenFile, next: u64) -> std::io::Result<()> {
         if self.config.framing == Framing::JsonDocuments {
             while f.next_offset < next {
-                if read_document(&mut *f.reader, &mut self.line, 0, &mut f.byte_pos)?.is_none() {
+                if f.records.next(&mut *f.reader, &mut self.line, 0)?.is_none() {
                     break;
                 }
                 f.next_offset += 1;
@@ -360,7 +372,7 @@ impl Source for FileSource {
             if self.config.framing == Framing::JsonDocuments {
                 // One document at a time, bounded like lines; a bad one is quarantined alone.
                 while batch.len() < max_rows && !batch.is_full() {
-                    let found = match read_document(&mut *f.reader, &mut self.line, max, &mut f.byte_pos) {
+                    let found = match f.records.next(&mut *f.reader, &mut self.line, max) {
                         Ok(Some(found)) => found,
                         Ok(None) => {
                             finished = true;
@@ -368,7 +380,7 @@ impl Source for FileSource {
                         }
                         Err(e) => {
                             let offset = f.next_offset;
-                            let detail = format!("read error at byte {}: {e}", f.byte_pos);
+                            let detail = format!("read error at byte {}: {e}", f.records.pos());
                             quarantined.push(self.rejected(Reason::ReadError, detail, &f.partition, offset, &[], 0));
                             finished = true;
                             break;
@@ -377,17 +389,27 @@ impl Source for FileSource {
                     let offset = f.next_offset;
                     f.next_offset += 1;
                     let (len, at) = (found.len, found.start);
+                    // A record of an envelope says which one, so it can be found in the file.
+                    let what = match found.element {
+                        Some(e) => format!("record {} of the document at byte {}", e.index, e.document_start),
+                        None => "document".to_string(),
+                    };
                     let problem = match found.piece {
-                        Piece::Junk => {
-                            Some((Reason::InvalidJson, format!("{len} bytes at byte {at} are not a JSON document")))
-                        }
+                        Piece::Junk => Some((
+                            Reason::InvalidJson,
+                            format!("{len} bytes at byte {at} ({what}) are not a JSON document"),
+                        )),
                         Piece::Truncated => Some((
                             Reason::InvalidJson,
-                            format!("JSON document at byte {at} cut off by the end of the file"),
+                            format!("JSON {what} at byte {at} cut off by the end of the file"),
+                        )),
+                        Piece::BrokenString => Some((
+                            Reason::InvalidJson,
+                            format!("JSON {what} at byte {at} has a line break inside a string (cut at that line)"),
                         )),
                         Piece::Document if len > max => Some((
                             Reason::Oversize,
-                            format!("document of {len} bytes at byte {at} > max_record_bytes {max}"),
+                            format!("{what} of {len} bytes at byte {at} > max_record_bytes {max}"),
                         )),
                         Piece::Document => None,
                     };
@@ -455,7 +477,13 @@ mod tests {
     use std::io::Write;
 
     fn config(framing: Framing) -> FileSourceConfig {
-        FileSourceConfig { path: String::new(), framing, compression: Compression::Auto, max_record_bytes: 64 }
+        FileSourceConfig {
+            path: String::new(),
+            framing,
+            compression: Compression::Auto,
+            max_record_bytes: 64,
+            unwrap_envelopes: true,
+        }
     }
 
     /// (partition, offset, payload) of every record and quarantined record a source yields.
@@ -591,6 +619,40 @@ mod tests {
         next.restore(&[&first.checkpoint().unwrap()]).unwrap();
         got.extend(drain(&mut next, usize::MAX));
         assert_eq!(got.iter().map(|r| r.1).collect::<Vec<_>>(), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn a_gzipped_cloudtrail_file_yields_one_record_per_element_and_resumes_inside_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("123456789012_CloudTrail_eu-west-1_20261201T0000Z_x.json.gz");
+        let mut enc = flate2::write::GzEncoder::new(std::fs::File::create(&path).unwrap(), flate2::Compression::fast());
+        let records: Vec<String> = (0..6).map(|i| format!("{{\"eventName\":\"E{i}\"}}")).collect();
+        let mut body = records[..3].join(",");
+        body.push_str(&format!(",{{\"eventName\":\"{}\"}},", "x".repeat(100)));
+        body.push_str(&records[3..].join(","));
+        enc.write_all(format!("{{\"Records\":[{body}]}}").as_bytes()).unwrap();
+        enc.finish().unwrap();
+        let source = || FileSource::new("ct".into(), config(Framing::JsonDocuments), vec![path.clone()]);
+        let mut all = drain(&mut source(), usize::MAX);
+        all.sort();
+        let offsets: Vec<u64> = all.iter().map(|r| r.1).collect();
+        assert_eq!(offsets, vec![1, 2, 3, 4, 5, 6, 7], "every record has its own position");
+        assert_eq!(all[3].2, "<quarantined>", "the oversize record alone is quarantined");
+        assert_eq!(all[6].2, records[5]);
+        for stop in [1, 4, 5] {
+            let mut first = source();
+            let mut got = drain(&mut first, stop);
+            let mut next = source();
+            next.restore(&[&first.checkpoint().unwrap()]).unwrap();
+            got.extend(drain(&mut next, usize::MAX));
+            got.sort();
+            assert_eq!(got, all, "stopped after {stop}");
+        }
+        // Unwrapping off: the file is one (oversize) document.
+        let mut whole = config(Framing::JsonDocuments);
+        whole.unwrap_envelopes = false;
+        let mut s = FileSource::new("ct".into(), whole, vec![path.clone()]);
+        assert_eq!(drain(&mut s, usize::MAX).len(), 1);
     }
 }
 
