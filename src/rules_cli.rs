@@ -11,7 +11,7 @@ use ward_engine::text::escape_text;
 use clap::{Args, Subcommand};
 use ward_engine::alert::Alert;
 use ward_engine::batch::EventBatch;
-use ward_engine::component::{Operator, OperatorOutput};
+use ward_engine::component::{Operator, OperatorOutput, Source, SourcePoll};
 use ward_engine::resources::Resources;
 use ward_engine::time::WATERMARK_END;
 use ward_operators::correlate::window::Windows;
@@ -265,33 +265,36 @@ fn explain(rule: &PathBuf, args: &CompileArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Events of a test file as separate records: concatenated JSON documents (pretty-printed or
-/// one per line), or else one record per non-empty line.
-/// The records of an events file, each with its `event_index`: pretty-printed JSON documents
-/// one after another (index = the document's position), else lines (index = the 0-based line
-/// number; blank lines count but are no events). A line that is not UTF-8 is reported and
-/// skipped, as the pipeline would quarantine it.
-fn split_events(bytes: &[u8]) -> Vec<(u64, Vec<u8>)> {
-    if let Ok(text) = std::str::from_utf8(bytes) {
-        if text.trim_start().starts_with('{') {
-            if let Ok(docs) = ward_engine::batch::split_json_documents(text) {
-                // One document per line is JSON lines: keep line numbers (blank lines count).
-                if docs.iter().any(|d| d.contains('\n')) {
-                    return docs.into_iter().enumerate().map(|(i, d)| (i as u64, d.as_bytes().to_vec())).collect();
-                }
-            }
-        }
+/// How `ward rules test` reads an events file (plain or gzip): JSON lines and raw lines by
+/// line (index = 0-based line number; blank lines count but are no events); pretty-printed
+/// JSON documents and delivery envelopes (`{"Records": [...]}`, `{"records": [...]}`,
+/// EventBridge `detail`) by record (index = 0-based record number). Decided from the first
+/// line: a complete JSON object that is no envelope means JSON lines.
+fn events_framing(path: &std::path::Path) -> anyhow::Result<ward_connectors::sources::file::Framing> {
+    use std::io::{BufRead, Read};
+    use ward_connectors::sources::file::Framing;
+    let file = std::fs::File::open(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let mut head = std::io::BufReader::new(file);
+    let gzip = head.fill_buf()?.starts_with(&[0x1f, 0x8b]);
+    let reader: Box<dyn Read> =
+        if gzip { Box::new(flate2::bufread::MultiGzDecoder::new(head)) } else { Box::new(head) };
+    // The first line, up to 1 MiB: longer ones are envelopes or single documents anyway.
+    let mut first = Vec::new();
+    std::io::BufReader::new(reader.take(1 << 20)).read_until(b'\n', &mut first)?;
+    let text = String::from_utf8_lossy(&first);
+    let trimmed = text.trim_start_matches('\u{feff}').trim();
+    if !trimmed.starts_with('{') && !trimmed.starts_with('[') {
+        return Ok(Framing::Lines);
     }
-    let mut out = Vec::new();
-    for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        match std::str::from_utf8(line) {
-            Ok(l) if l.trim().is_empty() => {}
-            Ok(_) => out.push((i as u64, line.to_vec())),
-            Err(e) => eprintln!("warning: event {i} (line {}) is not valid UTF-8 ({e}); skipped", i + 1),
+    Ok(match serde_json::from_str::<serde_json::Value>(trimmed) {
+        Ok(serde_json::Value::Object(o))
+            if !(o.get("Records").or(o.get("records")).is_some_and(|v| v.is_array())
+                || (o.contains_key("detail-type") && o.get("detail").is_some_and(|v| v.is_object()))) =>
+        {
+            Framing::Lines
         }
-    }
-    out
+        _ => Framing::JsonDocuments,
+    })
 }
 
 /// Runs the rule set's correlation rules over the detection alerts on their event time; at the
@@ -320,7 +323,7 @@ fn correlate(set: &RuleSet, alerts: &[Alert]) -> Vec<(Alert, Vec<u64>)> {
     windows.advance(WATERMARK_END, &mut out);
     // Level by level: a chained alert comes after the ones it references.
     let mut events_of: HashMap<String, Vec<u64>> =
-        alerts.iter().map(|a| (a.alert_id.clone(), vec![a.origin.offset])).collect();
+        alerts.iter().map(|a| (a.alert_id.clone(), vec![event_index(a)])).collect();
     let mut result = Vec::new();
     for a in out.alerts {
         let mut idx: Vec<u64> = a
@@ -344,6 +347,105 @@ fn correlate(set: &RuleSet, alerts: &[Alert]) -> Vec<(Alert, Vec<u64>)> {
     result
 }
 
+/// Records longer than this are reported and skipped.
+const MAX_TEST_RECORD: usize = 16 << 20;
+
+/// The 0-based index in the events file of the event behind an alert (positions are 1-based).
+fn event_index(a: &Alert) -> u64 {
+    a.origin.offset.saturating_sub(1)
+}
+
+/// The state of `ward rules test` while it streams the events file.
+struct TestRun {
+    parser: Parser,
+    normalizer: Normalizer,
+    detector: Detector,
+    source: Arc<str>,
+    partition: Arc<str>,
+    events: u64,
+    /// Alerts of the current batch (printed and dropped after it).
+    alerts: Vec<Alert>,
+    alerts_printed: u64,
+    /// Alerts of rules that feed correlation rules, kept for correlating at the end.
+    for_correlation: Vec<Alert>,
+    /// With `--expect`: rule id → event indices alerted on.
+    actual: BTreeMap<String, BTreeSet<u64>>,
+    track_actual: bool,
+}
+
+impl TestRun {
+    /// parse → normalize → detect for one batch of records; records no parser understands
+    /// are searched as plain messages (Sigma keyword rules).
+    fn batch(&mut self, set: &RuleSet, mut batch: EventBatch) {
+        let blank: Vec<bool> = (0..batch.len()).map(|r| batch_is_blank(batch.raw_payload(r))).collect();
+        batch.retain_rows(|r| !blank[r]);
+        self.events += batch.len() as u64;
+        let raws: HashMap<u64, Vec<u8>> =
+            (0..batch.len()).map(|r| (batch.provenance(r).offset, batch.raw_payload(r).to_vec())).collect();
+        let mut parsed = OperatorOutput::default();
+        self.parser.process(batch, 0, &mut parsed);
+        let mut batches = std::mem::take(&mut parsed.events);
+        if !parsed.quarantine.is_empty() {
+            let mut plain = EventBatch::new();
+            let o = plain.origin_index(&self.source, &self.partition);
+            for q in &parsed.quarantine {
+                let index = q.offset.saturating_sub(1);
+                let Some(raw) = raws.get(&q.offset) else { continue };
+                let Ok(text) = std::str::from_utf8(raw) else {
+                    eprintln!("warning: event {index} is not valid UTF-8; skipped");
+                    continue;
+                };
+                if text.trim_start().starts_with('{') {
+                    eprintln!("warning: event {index} is not valid JSON ({}); searched as a plain message", q.detail);
+                }
+                if plain.push_raw(o, q.offset, serde_json::json!({ "message": text }).to_string().as_bytes()).is_err() {
+                    eprintln!("warning: event {index} does not fit in a batch; skipped");
+                }
+            }
+            let mut out = OperatorOutput::default();
+            self.parser.process(plain, 0, &mut out);
+            batches.extend(out.events);
+        }
+        for b in batches {
+            let mut out = OperatorOutput::default();
+            self.normalizer.process(b, 0, &mut out);
+            for q in &out.quarantine {
+                let index = q.offset.saturating_sub(1);
+                eprintln!("warning: event {index} not normalized ({}): {}", q.reason.as_str(), q.detail);
+            }
+            for nb in &out.events {
+                self.detector.detect(set, nb, &mut self.alerts);
+            }
+        }
+        // Batches come in file order: sorting each one prints every alert in order.
+        self.alerts.sort_by(|a, b| a.origin.offset.cmp(&b.origin.offset).then(a.rule.id.cmp(&b.rule.id)));
+        for a in self.alerts.drain(..) {
+            if self.track_actual {
+                self.actual.entry(a.rule.id.clone()).or_default().insert(event_index(&a));
+            }
+            let mut line = serde_json::json!({
+                "rule": { "id": a.rule.id, "title": a.rule.title, "level": a.rule.level },
+                "event_index": event_index(&a),
+                "alert_id": a.alert_id,
+                "matches": a.matches,
+                "ruleset_version": a.ruleset_version,
+            });
+            if let Some(e) = &a.event {
+                line["event"] = e.clone();
+            }
+            println!("{line}");
+            self.alerts_printed += 1;
+            if set.correlations.inputs_of.contains_key(&a.rule.id) {
+                self.for_correlation.push(a);
+            }
+        }
+    }
+}
+
+fn batch_is_blank(raw: &[u8]) -> bool {
+    raw.iter().all(|b| b.is_ascii_whitespace())
+}
+
 fn test(
     rules: &[PathBuf],
     events: &PathBuf,
@@ -356,70 +458,58 @@ fn test(
     for (path, id, why) in set.rejections() {
         eprintln!("warning: rule rejected: {} {}: {}", escape_text(path), escape_text(id), escape_text(why));
     }
-    let bytes = std::fs::read(events).map_err(|e| anyhow::anyhow!("{}: {e}", events.display()))?;
-    let records = split_events(&bytes);
-    drop(bytes);
-    let component: Arc<str> = "rules-test".into();
-    let source: Arc<str> = "events".into();
-    let partition: Arc<str> = events.display().to_string().into();
-    let mut parser = Parser::new(component.clone(), Format::Auto, 1 << 24, Default::default());
-    let mut batches = Vec::new();
-    let mut fallback = Vec::new();
-    for chunk in records.chunks(1024) {
-        let mut batch = EventBatch::new();
-        let origin = batch.origin_index(&source, &partition);
-        for (i, r) in chunk {
-            if batch.push_raw(origin, *i, r).is_err() {
-                eprintln!("warning: event {i} does not fit in a batch; skipped");
-            }
-        }
-        let mut parsed = OperatorOutput::default();
-        parser.process(batch, 0, &mut parsed);
-        batches.append(&mut parsed.events);
-        fallback.append(&mut parsed.quarantine);
-    }
-    // Lines no parser understands are searched as plain messages (Sigma keyword rules).
-    let index: BTreeMap<u64, &[u8]> = records.iter().map(|(i, r)| (*i, r.as_slice())).collect();
-    for chunk in fallback.chunks(1024) {
-        let mut plain = EventBatch::new();
-        let o = plain.origin_index(&source, &partition);
-        for q in chunk {
-            let raw = index.get(&q.offset).map(|r| String::from_utf8_lossy(r)).unwrap_or_default();
-            if raw.trim_start().starts_with('{') {
-                eprintln!("warning: event {} is not valid JSON ({}); searched as a plain message", q.offset, q.detail);
-            }
-            if plain.push_raw(o, q.offset, serde_json::json!({ "message": raw }).to_string().as_bytes()).is_err() {
-                eprintln!("warning: event {} does not fit in a batch; skipped", q.offset);
-            }
-        }
-        let mut out = OperatorOutput::default();
-        parser.process(plain, 0, &mut out);
-        batches.extend(out.events);
-    }
-
     let pack_refs = match pack {
         Some(p) if p.contains(':') || p.ends_with(".yaml") || p.ends_with(".yml") => vec![p.to_string()],
         Some(p) => vec![format!("builtin:{p}")],
         None => ward_operators::normalize::builtin::all_refs(),
     };
     let packs = Arc::new(load_packs(&pack_refs, &Resources::new("."))?);
-    let mut normalizer = Normalizer::new(component.clone(), packs, Unmatched::Keep, false);
-    let mut detector = Detector::new(component, with_event);
-    let mut alerts = Vec::new();
-    for b in batches {
-        let mut out = OperatorOutput::default();
-        normalizer.process(b, 0, &mut out);
-        for q in &out.quarantine {
-            eprintln!("warning: event {} not normalized ({}): {}", q.offset, q.reason.as_str(), q.detail);
-        }
-        for nb in &out.events {
-            detector.detect(&set, nb, &mut alerts);
-        }
+    let component: Arc<str> = "rules-test".into();
+    let mut run = TestRun {
+        parser: Parser::new(component.clone(), Format::Auto, MAX_TEST_RECORD, Default::default()),
+        normalizer: Normalizer::new(component.clone(), packs, Unmatched::Keep, false),
+        detector: Detector::new(component, with_event),
+        source: "events".into(),
+        partition: events.display().to_string().into(),
+        events: 0,
+        alerts: Vec::new(),
+        alerts_printed: 0,
+        for_correlation: Vec::new(),
+        actual: BTreeMap::new(),
+        track_actual: expect.is_some(),
+    };
+    // Streamed: one batch in memory at a time, whatever the file size.
+    let config = ward_connectors::sources::file::FileSourceConfig {
+        path: events.display().to_string(),
+        framing: events_framing(events)?,
+        compression: Default::default(),
+        max_record_bytes: MAX_TEST_RECORD,
+        unwrap_envelopes: true,
+    };
+    let mut reader = ward_connectors::sources::file::FileSource::new(run.source.clone(), config, vec![events.clone()]);
+    let progress = indicatif::ProgressBar::new_spinner();
+    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        progress.enable_steady_tick(std::time::Duration::from_millis(200));
     }
-    alerts.sort_by(|a, b| a.origin.offset.cmp(&b.origin.offset).then(a.rule.id.cmp(&b.rule.id)));
-    let correlations = correlate(&set, &alerts);
-
-    let mut actual: BTreeMap<String, BTreeSet<u64>> = BTreeMap::new();
+    loop {
+        let (batch, rejected) = match reader.poll(1024)? {
+            SourcePoll::Batch(b) => (Some(b), Vec::new()),
+            SourcePoll::Both(b, q) => (Some(b), q),
+            SourcePoll::Quarantine(q) => (None, q),
+            SourcePoll::Pending(_) => continue,
+            SourcePoll::Done => break,
+        };
+        for q in rejected {
+            eprintln!("warning: event {} not read ({}): {}", q.offset.saturating_sub(1), q.reason.as_str(), q.detail);
+        }
+        if let Some(b) = batch {
+            run.batch(&set, b);
+        }
+        progress.set_message(format!("{} events, {} alerts", run.events, run.alerts_printed));
+    }
+    progress.finish_and_clear();
+    let TestRun { events: event_count, alerts_printed, for_correlation, mut actual, .. } = run;
+    let correlations = correlate(&set, &for_correlation);
     for (a, indices) in &correlations {
         actual.entry(a.rule.id.clone()).or_default().extend(indices.iter().copied());
         let c = a.correlation.as_ref().expect("correlation alerts carry their correlation");
@@ -436,24 +526,10 @@ fn test(
         });
         println!("{line}");
     }
-    for a in &alerts {
-        actual.entry(a.rule.id.clone()).or_default().insert(a.origin.offset);
-        let mut line = serde_json::json!({
-            "rule": { "id": a.rule.id, "title": a.rule.title, "level": a.rule.level },
-            "event_index": a.origin.offset,
-            "alert_id": a.alert_id,
-            "matches": a.matches,
-            "ruleset_version": a.ruleset_version,
-        });
-        if let Some(e) = &a.event {
-            line["event"] = e.clone();
-        }
-        println!("{line}");
-    }
     eprintln!(
         "{} events, {} alerts, {} correlation alerts, rule set {} ({} rules, {} correlations)",
-        records.len(),
-        alerts.len(),
+        event_count,
+        alerts_printed,
         correlations.len(),
         set.version,
         set.compiled(),
