@@ -161,6 +161,9 @@ fn check(rules: &[PathBuf], args: &CompileArgs, json: bool) -> anyhow::Result<Ex
             "correlations": set.correlations.rules.len(),
             "filters": filters,
             "unrouted": set.unrouted,
+            "routing": set.routing.iter().map(|(product, (routed, unrouted))| serde_json::json!({
+                "product": product, "routed": routed, "unrouted": unrouted, "packs": packs_for(product),
+            })).collect::<Vec<_>>(),
             "notes": set.notes().iter().map(|(p, id, note)| serde_json::json!({"path": p, "id": id, "note": note})).collect::<Vec<_>>(),
             "rejections": set.rejections().iter().map(|(p, id, why)| serde_json::json!({"path": p, "id": id, "reason": why})).collect::<Vec<_>>(),
         });
@@ -190,11 +193,26 @@ fn check(rules: &[PathBuf], args: &CompileArgs, json: bool) -> anyhow::Result<Ex
     println!("  correlations  {:>6}  (loaded for the correlation operator)", set.correlations.rules.len());
     println!("  filters       {:>6}", filters);
     println!("  unrouted      {:>6}  (compiled; no logsource entry narrows them)", set.unrouted);
+    println!("  routing by logsource product (compiled rules with a routing entry / without; packs):");
+    for (product, (routed, unrouted)) in &set.routing {
+        let packs = packs_for(product);
+        let packs = if packs.is_empty() { "no built-in pack".to_string() } else { packs.join(", ") };
+        println!("      {product:<14} {routed:>5} / {unrouted:<5} {packs}");
+    }
     let noted = set.reports.iter().filter(|r| !r.notes.is_empty()).count();
     if noted > 0 {
         println!("  with notes    {noted:>6}  (compiled differently from what they say: see `note` lines)");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The built-in packs whose events a rule of `product` runs on.
+fn packs_for(product: &str) -> Vec<&'static str> {
+    ward_operators::normalize::builtin::modules()
+        .into_iter()
+        .filter(|(_, module)| module == product)
+        .map(|(name, _)| name)
+        .collect()
 }
 
 /// The construct a rejection names, for the summary.

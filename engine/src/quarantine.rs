@@ -49,6 +49,8 @@ pub enum Reason {
     /// An acknowledgement or containment update for a case the `sla` operator does not hold
     /// (never opened, already contained, or past its retention).
     UnknownCase,
+    /// A VPC flow log record whose field count differs from its format.
+    InvalidVpcFlow,
 }
 
 impl Reason {
@@ -71,6 +73,7 @@ impl Reason {
         Reason::LateEvent,
         Reason::MissingEventTime,
         Reason::UnknownCase,
+        Reason::InvalidVpcFlow,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -93,6 +96,7 @@ impl Reason {
             Reason::LateEvent => "late_event",
             Reason::MissingEventTime => "missing_event_time",
             Reason::UnknownCase => "unknown_case",
+            Reason::InvalidVpcFlow => "invalid_vpc_flow",
         }
     }
 }

@@ -235,8 +235,12 @@ fn apply_mapping(
             let mut local = String::new();
             let inp = input(v, raw, heap, &mut local);
             let formats = m.formats.as_deref().unwrap_or(&pack.formats);
-            coerce(ty, inp, &TsOptions { formats, timezone: pack.timezone }, heap)
-                .map_err(|(r, d)| (r, format!("{}: {d}", target_name(&m.to))))?
+            match coerce(ty, inp, &TsOptions { formats, timezone: pack.timezone }, heap) {
+                Ok(v) => v,
+                // A lenient mapping leaves a value of the wrong shape where it was.
+                Err(_) if m.lenient => return Ok(()),
+                Err((r, d)) => return Err((r, format!("{}: {d}", target_name(&m.to)))),
+            }
         }
     };
     let key = target_key(heap, &m.to);
@@ -308,7 +312,7 @@ impl Normalizer {
                     for m in ms {
                         apply_mapping(m, pack, s.value, raw, heap, &mut self.scratch, out)?;
                     }
-                    if ms.iter().any(|m| m.copy) {
+                    if ms.iter().any(|m| m.copy || m.lenient) {
                         out.push(*s);
                     }
                 }

@@ -106,6 +106,10 @@ pub struct MappingSpec {
     /// Timestamp formats for this field (overrides the pack's).
     #[serde(default)]
     pub formats: Option<Vec<String>>,
+    /// A value that does not convert to the target's type (a host name where an address is
+    /// expected) is not mapped, instead of quarantining the event; the input field stays.
+    #[serde(default)]
+    pub lenient: bool,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, JsonSchema, PartialEq, Eq)]
@@ -189,6 +193,7 @@ pub struct Mapping {
     pub uppercase: bool,
     pub transform: Option<Transform>,
     pub formats: Option<Vec<TsFormat>>,
+    pub lenient: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -270,7 +275,15 @@ fn compile_mapping(m: &MappingSpec) -> Result<Mapping, String> {
     if (m.lowercase || m.uppercase || m.transform.is_some()) && to.field_type() != FieldType::Str {
         return Err(format!("mapping {} -> {}: lowercase/uppercase/transform need a string field", m.from, m.to));
     }
-    Ok(Mapping { to, copy: m.copy, lowercase: m.lowercase, uppercase: m.uppercase, transform: m.transform, formats })
+    Ok(Mapping {
+        to,
+        copy: m.copy,
+        lowercase: m.lowercase,
+        uppercase: m.uppercase,
+        transform: m.transform,
+        formats,
+        lenient: m.lenient,
+    })
 }
 
 fn compile_condition(c: &ConditionSpec) -> Result<Condition, String> {

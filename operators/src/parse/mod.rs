@@ -9,6 +9,7 @@ pub mod json;
 pub mod kv;
 pub mod leef;
 pub mod syslog;
+pub mod vpc_flow;
 pub mod writer;
 pub mod zeek;
 
@@ -39,6 +40,8 @@ pub enum Format {
     ZeekTsv,
     /// CSV whose first line is a header.
     Csv,
+    /// Amazon VPC flow logs in the text format (default v2 fields, or those a header names).
+    VpcFlow,
 }
 
 /// Parse raw records into fields.
@@ -102,6 +105,7 @@ impl OperatorFactory for ParseFactory {
 struct PartitionState {
     zeek: zeek::ZeekHeader,
     csv: csv::CsvState,
+    vpc_flow: vpc_flow::VpcFlowState,
 }
 
 pub struct Parser {
@@ -141,6 +145,7 @@ impl Parser {
                     Err(e) => Outcome::Rejected(Reason::InvalidCsv, e),
                 }
             }
+            Format::VpcFlow => self.vpc_flow(t, origin, w),
             Format::Auto => {
                 let s = t.trim_start();
                 match s.as_bytes().first() {
@@ -154,10 +159,23 @@ impl Parser {
                     {
                         self.zeek(t, origin, w)
                     }
+                    _ if vpc_flow::is_header(s) || vpc_flow::looks_like_default_row(s) => self.vpc_flow(s, origin, w),
+                    _ if self.partitions.get(&partition_key(origin)).is_some_and(|p| p.vpc_flow.has_header()) => {
+                        self.vpc_flow(s, origin, w)
+                    }
                     _ if kv::looks_like_kv(s) => run(kv::parse_kv(s, w).map(|_| ()), "kv", Reason::InvalidKv),
                     _ => Outcome::Rejected(Reason::UnknownFormat, "no format matched (auto-detection)".into()),
                 }
             }
+        }
+    }
+
+    fn vpc_flow(&mut self, t: &str, origin: &Origin, w: &mut FieldWriter<'_>) -> Outcome {
+        let state = self.partitions.entry(partition_key(origin)).or_default();
+        match state.vpc_flow.parse_line(t, w) {
+            Ok(true) => Outcome::Event("vpc_flow"),
+            Ok(false) => Outcome::Header,
+            Err(e) => Outcome::Rejected(Reason::InvalidVpcFlow, e),
         }
     }
 

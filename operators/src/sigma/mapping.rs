@@ -252,7 +252,8 @@ mod tests {
         let l = Logsources::builtin();
         let r = l.applicable(Some("windows"), Some("process_creation"), None);
         assert_eq!(r.len(), 2, "product entry and category entry");
-        assert!(l.applicable(Some("aws"), None, Some("cloudtrail")).is_empty());
+        assert_eq!(l.applicable(Some("aws"), None, Some("cloudtrail")).len(), 2);
+        assert!(l.applicable(Some("onelogin"), None, Some("onelogin.events")).is_empty());
         assert_eq!(l.applicable(Some("windows"), None, Some("security")).len(), 2);
     }
 

@@ -29,6 +29,8 @@ pub struct RuleSet {
     pub files: usize,
     /// Compiled rules whose logsource no specific routing entry covered.
     pub unrouted: usize,
+    /// Per logsource product (`-`: none): compiled rules (with a routing entry, without).
+    pub routing: std::collections::BTreeMap<String, (usize, usize)>,
 }
 
 impl RuleSet {
@@ -244,9 +246,15 @@ pub fn compile_files(
     }
     let mut builder = MatcherBuilder::default();
     let mut unrouted = 0;
+    let mut routing: std::collections::BTreeMap<String, (usize, usize)> = Default::default();
     for l in &lowered {
         builder.add(l);
-        if !l.routed {
+        let product = l.logsource.product.clone().unwrap_or_else(|| "-".into());
+        let tally = routing.entry(product).or_default();
+        if l.routed {
+            tally.0 += 1;
+        } else {
+            tally.1 += 1;
             unrouted += 1;
         }
     }
@@ -262,6 +270,7 @@ pub fn compile_files(
         extract,
         files: files.len(),
         unrouted,
+        routing,
     })
 }
 

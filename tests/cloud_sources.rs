@@ -1,0 +1,87 @@
+//! Cloud, identity and network sources as they are delivered (CloudTrail log files, Azure
+//! diagnostic-log documents, EventBridge envelopes, VPC flow text, Suricata EVE, Okta, M365 and
+//! GCP audit records in `rules/samples/`): each is split into its records, claimed by its
+//! built-in pack without `--pack`, routed to its product's rules, and the SigmaHQ rules (or
+//! Ward's own, for products SigmaHQ has none for) raise exactly the expected alerts.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::*;
+
+/// (sample file, expected (event index, rule id) pairs).
+const SAMPLES: &[(&str, &[(u64, &str)])] = &[
+    // Records 1 (StopLogging) and 3 (DeleteTrail, denied): "AWS CloudTrail Important Change".
+    (
+        "aws-cloudtrail.json.gz",
+        &[(1, "4db60cc0-36fb-42b7-9b58-a5b53019fb74"), (3, "4db60cc0-36fb-42b7-9b58-a5b53019fb74")],
+    ),
+    // EventBridge envelopes unwrapped: only the severity-8 finding.
+    ("aws-guardduty-eventbridge.json", &[(1, "6b1e2c3d-4f5a-4b6c-8d7e-9f0a1b2c3d41")]),
+    // Header line 0; REJECTs to 22 and 3389 (lines 2 and 4); the NODATA record has no address.
+    ("aws-vpcflow.log", &[(2, "6b1e2c3d-4f5a-4b6c-8d7e-9f0a1b2c3d43"), (4, "6b1e2c3d-4f5a-4b6c-8d7e-9f0a1b2c3d43")]),
+    // One `{"records": [...]}` document: sign-in, failed sign-in, NSG rule write, risk event.
+    (
+        "azure-diagnostic-logs.json",
+        &[
+            (0, "5afa454e-030c-4ab4-9253-a90aa7fcc581"),
+            (2, "d22b4df4-5a67-4859-a578-8c9a0b5af9df"),
+            (3, "e3393cba-31f0-4207-831e-aef90ab17a8c"),
+        ],
+    ),
+    ("gcp-audit.json", &[(0, "234f9f48-904b-4736-a34c-55d23919e4b7"), (1, "ee2803f0-71c8-4831-b48b-a1fc57601ee4")]),
+    ("m365-audit.json", &[(1, "2e669ed8-742e-4fe5-b3c4-5a59b486c2ee")]),
+    ("okta-system-log.json", &[(1, "19951c21-229d-4ccb-8774-b993c3ff3c5c")]),
+    // The severity-1 alert that was allowed; the blocked one (5) is filtered.
+    ("suricata-eve.json", &[(1, "6b1e2c3d-4f5a-4b6c-8d7e-9f0a1b2c3d42")]),
+];
+
+#[test]
+fn every_sample_source_raises_exactly_its_expected_alerts_without_flags() {
+    // Not `rules/network`: its Cisco keyword rules have no routing (no pack) and so run on
+    // every event, where `username` matches CloudTrail's userName.
+    let rules =
+        [sigmahq_dir().join("rules/cloud"), sigmahq_dir().join("rules/identity"), repo().join("rules/sigma/ward")];
+    let rules: Vec<String> = rules.iter().map(|p| p.to_string_lossy().into_owned()).collect();
+    for (file, expected) in SAMPLES {
+        let events = repo().join("rules/samples").join(file).to_string_lossy().into_owned();
+        let mut args: Vec<&str> = vec!["rules", "test"];
+        args.extend(rules.iter().map(String::as_str));
+        args.extend(["--events", &events]);
+        let r = ward(&args);
+        assert_eq!(r.code, 0, "{file}: {}", r.stderr);
+        assert!(!r.stderr.contains("not normalized") && !r.stderr.contains("not read"), "{file}: {}", r.stderr);
+        let got: BTreeSet<(u64, String)> = r
+            .stdout
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .map(|a| (a["event_index"].as_u64().unwrap(), a["rule"]["id"].as_str().unwrap().to_string()))
+            .collect();
+        let want: BTreeSet<(u64, String)> = expected.iter().map(|(i, id)| (*i, id.to_string())).collect();
+        assert_eq!(got, want, "{file}");
+    }
+}
+
+#[test]
+fn rules_check_reports_every_rule_of_a_product_with_a_pack_as_routed() {
+    let r = ward(&["rules", "check", "--json", &sigmahq_dir().join("rules").to_string_lossy()]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let report: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let routing = report["routing"].as_array().unwrap();
+    let mut with_packs = 0;
+    for p in routing {
+        let has_pack = !p["packs"].as_array().unwrap().is_empty();
+        if has_pack {
+            with_packs += 1;
+            assert_eq!(p["unrouted"], 0, "rules of a product Ward has a pack for lack a routing entry: {p}");
+            assert!(p["routed"].as_u64().unwrap() > 0, "{p}");
+        }
+    }
+    let product = |name: &str| routing.iter().find(|p| p["product"] == name).cloned().unwrap_or_default();
+    for name in ["aws", "azure", "gcp", "m365", "okta", "windows", "linux", "zeek"] {
+        assert!(product(name)["routed"].as_u64().unwrap_or(0) > 0, "{name}: {}", product(name));
+    }
+    assert!(with_packs >= 9, "{routing:?}");
+    assert!(product("macos")["packs"].as_array().unwrap().is_empty(), "no macOS pack yet");
+}
