@@ -2,6 +2,8 @@
 
 mod checkpoint_cli;
 mod demo;
+mod events_file;
+mod packs_cli;
 mod rules_cli;
 
 use std::path::{Path, PathBuf};
@@ -62,6 +64,9 @@ enum Command {
     /// Checkpoints: what a checkpoint directory holds.
     #[command(subcommand)]
     Checkpoint(checkpoint_cli::CheckpointCommand),
+    /// Normalization packs: list them, detect which one claims the events of a file.
+    #[command(subcommand)]
+    Packs(packs_cli::PacksCommand),
 }
 
 #[derive(clap::Args, Clone)]
@@ -262,6 +267,7 @@ fn main() -> ExitCode {
         }
         Command::Rules(cmd) => rules_cli::run(cmd),
         Command::Checkpoint(cmd) => checkpoint_cli::run(cmd),
+        Command::Packs(cmd) => packs_cli::run(cmd),
         Command::Fields => {
             println!("| field | type | description |\n|---|---|---|");
             for f in ward_engine::fields::FieldId::all() {

@@ -11,7 +11,9 @@ use ward_engine::text::escape_text;
 use clap::{Args, Subcommand};
 use ward_engine::alert::Alert;
 use ward_engine::batch::EventBatch;
-use ward_engine::component::{Operator, OperatorOutput, Source, SourcePoll};
+use ward_engine::component::{Operator, OperatorOutput};
+
+use crate::events_file;
 use ward_engine::resources::Resources;
 use ward_engine::time::WATERMARK_END;
 use ward_operators::correlate::window::Windows;
@@ -283,38 +285,6 @@ fn explain(rule: &PathBuf, args: &CompileArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// How `ward rules test` reads an events file (plain or gzip): JSON lines and raw lines by
-/// line (index = 0-based line number; blank lines count but are no events); pretty-printed
-/// JSON documents and delivery envelopes (`{"Records": [...]}`, `{"records": [...]}`,
-/// EventBridge `detail`) by record (index = 0-based record number). Decided from the first
-/// line: a complete JSON object that is no envelope means JSON lines.
-fn events_framing(path: &std::path::Path) -> anyhow::Result<ward_connectors::sources::file::Framing> {
-    use std::io::{BufRead, Read};
-    use ward_connectors::sources::file::Framing;
-    let file = std::fs::File::open(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    let mut head = std::io::BufReader::new(file);
-    let gzip = head.fill_buf()?.starts_with(&[0x1f, 0x8b]);
-    let reader: Box<dyn Read> =
-        if gzip { Box::new(flate2::bufread::MultiGzDecoder::new(head)) } else { Box::new(head) };
-    // The first line, up to 1 MiB: longer ones are envelopes or single documents anyway.
-    let mut first = Vec::new();
-    std::io::BufReader::new(reader.take(1 << 20)).read_until(b'\n', &mut first)?;
-    let text = String::from_utf8_lossy(&first);
-    let trimmed = text.trim_start_matches('\u{feff}').trim();
-    if !trimmed.starts_with('{') && !trimmed.starts_with('[') {
-        return Ok(Framing::Lines);
-    }
-    Ok(match serde_json::from_str::<serde_json::Value>(trimmed) {
-        Ok(serde_json::Value::Object(o))
-            if !(o.get("Records").or(o.get("records")).is_some_and(|v| v.is_array())
-                || (o.contains_key("detail-type") && o.get("detail").is_some_and(|v| v.is_object()))) =>
-        {
-            Framing::Lines
-        }
-        _ => Framing::JsonDocuments,
-    })
-}
-
 /// Runs the rule set's correlation rules over the detection alerts on their event time; at the
 /// end the watermark passes every window. Returns each correlation alert with the indices of
 /// the input events behind it (through chains).
@@ -365,9 +335,6 @@ fn correlate(set: &RuleSet, alerts: &[Alert]) -> Vec<(Alert, Vec<u64>)> {
     result
 }
 
-/// Records longer than this are reported and skipped.
-const MAX_TEST_RECORD: usize = 16 << 20;
-
 /// The 0-based index in the events file of the event behind an alert (positions are 1-based).
 fn event_index(a: &Alert) -> u64 {
     a.origin.offset.saturating_sub(1)
@@ -394,36 +361,13 @@ struct TestRun {
 impl TestRun {
     /// parse → normalize → detect for one batch of records; records no parser understands
     /// are searched as plain messages (Sigma keyword rules).
-    fn batch(&mut self, set: &RuleSet, mut batch: EventBatch) {
-        let blank: Vec<bool> = (0..batch.len()).map(|r| batch_is_blank(batch.raw_payload(r))).collect();
-        batch.retain_rows(|r| !blank[r]);
-        self.events += batch.len() as u64;
-        let raws: HashMap<u64, Vec<u8>> =
-            (0..batch.len()).map(|r| (batch.provenance(r).offset, batch.raw_payload(r).to_vec())).collect();
-        let mut parsed = OperatorOutput::default();
-        self.parser.process(batch, 0, &mut parsed);
-        let mut batches = std::mem::take(&mut parsed.events);
-        if !parsed.quarantine.is_empty() {
-            let mut plain = EventBatch::new();
-            let o = plain.origin_index(&self.source, &self.partition);
-            for q in &parsed.quarantine {
-                let index = q.offset.saturating_sub(1);
-                let Some(raw) = raws.get(&q.offset) else { continue };
-                let Ok(text) = std::str::from_utf8(raw) else {
-                    eprintln!("warning: event {index} is not valid UTF-8; skipped");
-                    continue;
-                };
-                if text.trim_start().starts_with('{') {
-                    eprintln!("warning: event {index} is not valid JSON ({}); searched as a plain message", q.detail);
-                }
-                if plain.push_raw(o, q.offset, serde_json::json!({ "message": text }).to_string().as_bytes()).is_err() {
-                    eprintln!("warning: event {index} does not fit in a batch; skipped");
-                }
-            }
-            let mut out = OperatorOutput::default();
-            self.parser.process(plain, 0, &mut out);
-            batches.extend(out.events);
+    fn batch(&mut self, set: &RuleSet, batch: EventBatch) {
+        let parsed = events_file::parse(&mut self.parser, batch, &self.source, &self.partition);
+        self.events += parsed.events;
+        for (index, note) in &parsed.notes {
+            eprintln!("warning: event {index} {note}");
         }
+        let batches = parsed.batches;
         for b in batches {
             let mut out = OperatorOutput::default();
             self.normalizer.process(b, 0, &mut out);
@@ -460,10 +404,6 @@ impl TestRun {
     }
 }
 
-fn batch_is_blank(raw: &[u8]) -> bool {
-    raw.iter().all(|b| b.is_ascii_whitespace())
-}
-
 fn test(
     rules: &[PathBuf],
     events: &PathBuf,
@@ -484,7 +424,7 @@ fn test(
     let packs = Arc::new(load_packs(&pack_refs, &Resources::new("."))?);
     let component: Arc<str> = "rules-test".into();
     let mut run = TestRun {
-        parser: Parser::new(component.clone(), Format::Auto, MAX_TEST_RECORD, Default::default()),
+        parser: Parser::new(component.clone(), Format::Auto, events_file::MAX_RECORD, Default::default()),
         normalizer: Normalizer::new(component.clone(), packs, Unmatched::Keep, false),
         detector: Detector::new(component, with_event),
         source: "events".into(),
@@ -497,26 +437,12 @@ fn test(
         track_actual: expect.is_some(),
     };
     // Streamed: one batch in memory at a time, whatever the file size.
-    let config = ward_connectors::sources::file::FileSourceConfig {
-        path: events.display().to_string(),
-        framing: events_framing(events)?,
-        compression: Default::default(),
-        max_record_bytes: MAX_TEST_RECORD,
-        unwrap_envelopes: true,
-    };
-    let mut reader = ward_connectors::sources::file::FileSource::new(run.source.clone(), config, vec![events.clone()]);
+    let mut reader = events_file::EventsFile::open(events, run.source.clone())?;
     let progress = indicatif::ProgressBar::new_spinner();
     if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         progress.enable_steady_tick(std::time::Duration::from_millis(200));
     }
-    loop {
-        let (batch, rejected) = match reader.poll(1024)? {
-            SourcePoll::Batch(b) => (Some(b), Vec::new()),
-            SourcePoll::Both(b, q) => (Some(b), q),
-            SourcePoll::Quarantine(q) => (None, q),
-            SourcePoll::Pending(_) => continue,
-            SourcePoll::Done => break,
-        };
+    while let Some((batch, rejected)) = reader.next()? {
         for q in rejected {
             eprintln!("warning: event {} not read ({}): {}", q.offset.saturating_sub(1), q.reason.as_str(), q.detail);
         }

@@ -85,3 +85,48 @@ fn rules_check_reports_every_rule_of_a_product_with_a_pack_as_routed() {
     assert!(with_packs >= 9, "{routing:?}");
     assert!(product("macos")["packs"].as_array().unwrap().is_empty(), "no macOS pack yet");
 }
+
+#[test]
+fn packs_detect_counts_claims_and_explains_what_no_product_pack_claimed() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("mixed.jsonl");
+    std::fs::write(
+        &file,
+        concat!(
+            "{\"foo\":1}\n",
+            "{\"eventSource\":\"s3.amazonaws.com\",\"eventName\":\"GetObject\"}\n",
+            "{\"Event\":{\"System\":{\"EventID\":4625}}}\n",
+            "{\"uuid\":\"u1\",\"eventType\":\"user.session.start\",\"published\":\"2026-12-01T10:00:00Z\"}\n",
+        ),
+    )
+    .unwrap();
+    let r = ward(&["packs", "detect", "--json", &file.to_string_lossy()]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let j: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let pack = |name: &str| j["packs"].as_array().unwrap().iter().find(|p| p["pack"] == name).cloned().unwrap();
+    assert_eq!(j["events"], 4);
+    assert_eq!(pack("okta")["normalized"], 1);
+    assert_eq!(pack("windows")["events"], 1);
+    assert_eq!(pack("windows")["quarantined"]["missing_field"]["count"], 1, "no timestamp: {}", pack("windows"));
+    assert_eq!(pack("generic-json")["events"], 2);
+    assert_eq!(j["generic_only"], 2);
+    let cloudtrail = &j["generic_only_examples"][1];
+    assert_eq!(cloudtrail["event_index"], 1);
+    assert_eq!(cloudtrail["closest"][0]["pack"], "aws-cloudtrail");
+    assert_eq!(cloudtrail["closest"][0]["conditions_held"], 2);
+    assert!(cloudtrail["closest"][0]["missed"].as_str().unwrap().contains("eventVersion"), "{cloudtrail}");
+    // Every sample delivery is claimed by its own pack, whole.
+    for (file, pack_name, n) in [
+        ("aws-cloudtrail.json.gz", "aws-cloudtrail", 4),
+        ("azure-diagnostic-logs.json", "azure", 4),
+        ("aws-vpcflow.log", "aws-vpcflow", 4),
+        ("suricata-eve.json", "suricata", 6),
+    ] {
+        let path = repo().join("rules/samples").join(file);
+        let r = ward(&["packs", "detect", "--json", &path.to_string_lossy()]);
+        let j: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+        let p = j["packs"].as_array().unwrap().iter().find(|p| p["pack"] == pack_name).cloned().unwrap();
+        assert_eq!((p["events"].as_u64(), p["normalized"].as_u64()), (Some(n), Some(n)), "{file}: {j}");
+        assert_eq!(j["generic_only"], 0, "{file}");
+    }
+}

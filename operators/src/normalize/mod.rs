@@ -193,6 +193,49 @@ fn holds(b: Bytes<'_>, slots: &[Slot], c: &Condition) -> bool {
     matches!(c.test, Test::Exists(false)) && !found
 }
 
+/// Why a pack did not claim an event: how many of its `when` conditions held, and the first
+/// that did not.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Miss {
+    pub pack: usize,
+    pub held: usize,
+    pub failed: String,
+}
+
+/// The pack that claims row `row` of a parsed batch (the first in order whose `when` holds,
+/// as the normalize operator picks), or why each pack did not.
+pub fn claim(packs: &[Pack], batch: &EventBatch, row: usize) -> Result<usize, Vec<Miss>> {
+    let (b, slots) = (batch.bytes(), batch.row_slots(row));
+    let mut misses = Vec::new();
+    for (i, p) in packs.iter().enumerate() {
+        match p.when.iter().position(|c| !holds(b, slots, c)) {
+            None => return Ok(i),
+            Some(k) => {
+                let held = k + p.when[k + 1..].iter().filter(|c| holds(b, slots, c)).count();
+                misses.push(Miss { pack: i, held, failed: describe(&p.when[k]) })
+            }
+        }
+    }
+    Err(misses)
+}
+
+/// A `when` condition in words (`winlog.event_id` exists, `event_type` = "alert", ...).
+pub fn describe(c: &Condition) -> String {
+    let field = match &c.field {
+        Target::Core(id) => id.name().to_string(),
+        Target::Ext(n) => n.clone(),
+    };
+    match &c.test {
+        Test::Exists(true) => format!("`{field}` exists"),
+        Test::Exists(false) => format!("`{field}` is absent"),
+        Test::Equals(v) => format!("`{field}` = {v:?}"),
+        Test::OneOf(vs) => format!("`{field}` one of {vs:?}"),
+        Test::StartsWith(v) => format!("`{field}` starts with {v:?}"),
+        Test::Contains(v) => format!("`{field}` contains {v:?}"),
+        Test::Matches(r) => format!("`{field}` matches /{}/", r.as_str()),
+    }
+}
+
 fn target_key(heap: &mut Heap<'_>, t: &Target) -> Key {
     match t {
         Target::Core(id) => Key::Core(*id),
