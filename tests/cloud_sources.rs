@@ -130,3 +130,68 @@ fn packs_detect_counts_claims_and_explains_what_no_product_pack_claimed() {
         assert_eq!(j["generic_only"], 0, "{file}");
     }
 }
+
+/// The generator's cloud sources (`cloud: true`) through the pipeline with every built-in
+/// pack: each block's eight attacks raise exactly their rule's alert, and the benign cloud
+/// background (a fifth of the stream) raises none.
+#[test]
+fn generator_cloud_attacks_raise_their_alerts_and_nothing_else_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("ward-cloud");
+    std::fs::create_dir(&rules).unwrap();
+    for f in [
+        "aws_guardduty_high_severity_finding.yml",
+        "suricata_high_severity_alert.yml",
+        "aws_vpcflow_rejected_admin_ports.yml",
+    ] {
+        std::fs::copy(repo().join("rules/sigma/ward").join(f), rules.join(f)).unwrap();
+    }
+    let spec = dir.path().join("spec.yaml");
+    std::fs::write(
+        &spec,
+        format!(
+            r#"name: cloud
+settings: {{admin_listen: ""}}
+sources:
+  - {{id: gen, type: generator, count: 3000, seed: 5, cloud: true}}
+operators:
+  - {{id: parse, type: parse, inputs: [gen], syslog_year: 2026}}
+  - {{id: normalize, type: normalize, inputs: [parse]}}
+  - {{id: detect, type: sigma-match, inputs: [normalize], rules: ["{cloud}", "{identity}", "{ward}"], watch: false}}
+sinks:
+  - {{id: alerts, type: jsonl, inputs: [detect], path: alerts.jsonl}}
+  - {{id: q, type: jsonl, inputs: [quarantine], path: q.jsonl}}
+"#,
+            cloud = sigmahq_dir().join("rules/cloud").display(),
+            identity = sigmahq_dir().join("rules/identity").display(),
+            ward = rules.display(),
+        ),
+    )
+    .unwrap();
+    let r = ward(&["run", &spec.to_string_lossy(), "-q"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let text = std::fs::read_to_string(dir.path().join("alerts.jsonl")).unwrap();
+    let got: BTreeSet<(u64, String)> = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|a| (a["origin"]["offset"].as_u64().unwrap(), a["rule"]["id"].as_str().unwrap().to_string()))
+        .collect();
+    let attacks = [
+        "4db60cc0-36fb-42b7-9b58-a5b53019fb74", // CloudTrail StopLogging
+        "19951c21-229d-4ccb-8774-b993c3ff3c5c", // Okta API token created
+        "d22b4df4-5a67-4859-a578-8c9a0b5af9df", // Azure NSG rule written
+        "6b1e2c3d-4f5a-4b6c-8d7e-9f0a1b2c3d41", // GuardDuty severity 8
+        "6b1e2c3d-4f5a-4b6c-8d7e-9f0a1b2c3d42", // Suricata severity 1
+        "6b1e2c3d-4f5a-4b6c-8d7e-9f0a1b2c3d43", // VPC flow REJECT to 3389
+        "2e669ed8-742e-4fe5-b3c4-5a59b486c2ee", // M365 activity by terminated user
+        "234f9f48-904b-4736-a34c-55d23919e4b7", // GCP DLP re-identification
+    ];
+    let want: BTreeSet<(u64, String)> = (0..3u64)
+        .flat_map(|block| {
+            attacks.iter().enumerate().map(move |(i, id)| (block * 1000 + 500 + i as u64, id.to_string()))
+        })
+        .collect();
+    assert_eq!(got, want, "alerts (offset, rule)");
+    let quarantined = std::fs::read_to_string(dir.path().join("q.jsonl")).unwrap_or_default();
+    assert!(quarantined.is_empty(), "nothing quarantined: {}", quarantined.lines().next().unwrap_or(""));
+}

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 mod correlate;
 mod hostile;
+mod packs;
 mod sigma;
 mod state;
 
@@ -116,6 +117,14 @@ enum Cmd {
         #[arg(long, default_value_t = 3)]
         repeat: usize,
     },
+    /// Pack detection: normalize with every built-in pack vs only the one that claims the
+    /// events, per source (Windows shapes, cloud and network samples).
+    Packs {
+        #[arg(long, default_value_t = 200_000)]
+        count: u64,
+        #[arg(long, default_value_t = 5)]
+        repeat: usize,
+    },
     /// Sigma matching time per byte on attacker-shaped events (quadratic-matching attacks).
     Hostile {
         /// Value sizes in bytes.
@@ -196,6 +205,7 @@ fn bench_generator(count: u64) -> Generator {
         scenarios: true,
         malformed_every: 0,
         windows_shape: Default::default(),
+        cloud: false,
     };
     Generator::new("gen".into(), cfg, 1_767_600_000_000, 0, 1)
 }
@@ -299,5 +309,6 @@ fn main() -> anyhow::Result<()> {
             sigma::run(sigma::Args { rules, count, competitor_count, sizes, repeat })
         }
         Cmd::Hostile { sizes, repeat } => hostile::run(&sizes, repeat),
+        Cmd::Packs { count, repeat } => packs::run(count, repeat),
     }
 }

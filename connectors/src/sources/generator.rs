@@ -14,6 +14,12 @@
 //! - block % 4 == 3: SSH brute force on a Linux host, a successful login, sudo to root and
 //!   `usermod` adding the account to `sudo`.
 //!
+//! With `cloud: true`, one background record in five is a cloud, identity or network record, and
+//! every block carries at positions 500-507: CloudTrail `StopLogging`, an Okta API token
+//! created, an Azure NSG rule written, a GuardDuty finding of severity 8, a Suricata
+//! severity-1 alert, a VPC flow REJECT to RDP, an M365 "activity performed by terminated
+//! user" alert and a GCP DLP re-identification.
+//!
 //! With `malformed_every: N`, one record in N is deliberately broken (truncated JSON,
 //! truncated syslog, invalid UTF-8, a bad timestamp, unknown text) to exercise quarantine.
 
@@ -58,6 +64,12 @@ pub struct GeneratorConfig {
     /// flat Sigma convention). The same events in every shape.
     #[serde(default)]
     pub windows_shape: WindowsShape,
+    /// Also produce cloud, identity and network sources as they are delivered: CloudTrail
+    /// records, GuardDuty findings, VPC flow log text, Suricata EVE, Okta, Azure diagnostic
+    /// records, M365 audit and GCP audit entries (one in five background records), with one
+    /// attack per source at positions 500-507 of every block.
+    #[serde(default)]
+    pub cloud: bool,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, JsonSchema)]
@@ -265,6 +277,17 @@ impl Generator {
         if self.config.scenarios && self.scenario(block, p, ts, k, &mut rng) {
             return;
         }
+        if self.config.cloud {
+            if self.config.scenarios && (500..=507).contains(&p) {
+                self.cloud_attack(p - 500, ts, k);
+                return;
+            }
+            if rng.below(5) == 0 {
+                let which = rng.below(8);
+                self.cloud_benign(which, ts, k, &mut rng);
+                return;
+            }
+        }
         match rng.below(100) {
             0..=24 => {
                 let (image, cmd) = BENIGN[rng.below(BENIGN.len() as u64) as usize];
@@ -348,6 +371,143 @@ impl Generator {
             _ => return false,
         }
         true
+    }
+
+    /// A benign record of cloud source `which` (0-7, in the order of `cloud_attack`).
+    fn cloud_benign(&mut self, which: u64, ts: i64, k: u64, rng: &mut Rng) {
+        let user = rng.pick(USERS);
+        match which {
+            0 => self.cloudtrail(ts, k, user, "ec2.amazonaws.com", "DescribeInstances", "10.10.1.20"),
+            1 => self.okta(ts, k, user, "user.session.start", "User login to Okta"),
+            2 => self.azure_signin(ts, k, user),
+            3 => {
+                let q = rng.pick(DOMAINS);
+                self.suricata(
+                    ts,
+                    k,
+                    "dns",
+                    &format!(r#""dns":{{"type":"query","id":{},"rrname":"{q}","rrtype":"A"}}"#, rng.below(65536)),
+                );
+            }
+            4 => self.vpc_flow(ts, "10.0.1.5", "52.94.76.10", 49152 + rng.below(16000), 443, "ACCEPT"),
+            5 => self.m365(ts, k, user, "SharePoint", "FileAccessed", None),
+            6 => self.gcp(ts, k, user, "compute.googleapis.com", "v1.compute.instances.list"),
+            _ => self.guardduty(ts, k, 2, "Recon:EC2/PortProbeUnprotectedPort"),
+        }
+    }
+
+    /// The attack of cloud source `which` that a SigmaHQ (or Ward) rule detects.
+    fn cloud_attack(&mut self, which: u64, ts: i64, k: u64) {
+        match which {
+            0 => self.cloudtrail(ts, k, "mallory", "cloudtrail.amazonaws.com", "StopLogging", TI_IP),
+            1 => self.okta(ts, k, "mallory", "system.api_token.create", "Create API token"),
+            2 => {
+                self.buf.extend_from_slice(br#"{"time":""#);
+                self.win_time(ts);
+                let _ = write!(
+                    self.buf,
+                    r#"","resourceId":"/SUBSCRIPTIONS/AAAA/RESOURCEGROUPS/PROD/PROVIDERS/MICROSOFT.NETWORK/NETWORKSECURITYGROUPS/WEB-NSG","operationName":"MICROSOFT.NETWORK/NETWORKSECURITYGROUPS/SECURITYRULES/WRITE","category":"Administrative","resultType":"Success","callerIpAddress":"{TI_IP}","correlationId":"gen-{k}","level":"Information","properties":{{"message":"Microsoft.Network/networkSecurityGroups/securityRules/write"}}}}"#
+                );
+            }
+            3 => self.guardduty(ts, k, 8, "UnauthorizedAccess:EC2/SSHBruteForce"),
+            4 => self.suricata(
+                ts,
+                k,
+                "alert",
+                r#""alert":{"action":"allowed","gid":1,"signature_id":2027865,"rev":3,"signature":"ET MALWARE Observed Cobalt Strike CnC Domain in TLS SNI","category":"A Network Trojan was detected","severity":1}"#,
+            ),
+            5 => self.vpc_flow(ts, TI_IP, "10.0.1.5", 51515, 3389, "REJECT"),
+            6 => self.m365(ts, k, "SecurityComplianceAlerts", "SecurityComplianceCenter", "AlertTriggered", Some("Activity performed by terminated user")),
+            _ => self.gcp(ts, k, "mallory", "dlp.googleapis.com", "projects.content.reidentify"),
+        }
+    }
+
+    fn cloudtrail(&mut self, ts: i64, k: u64, user: &str, source: &str, name: &str, ip: &str) {
+        self.buf.extend_from_slice(br#"{"eventVersion":"1.09","userIdentity":{"type":"IAMUser","principalId":"AIDA"#);
+        let _ = write!(
+            self.buf,
+            r#"{k}","arn":"arn:aws:iam::123456789012:user/{user}","accountId":"123456789012","userName":"{user}"}},"eventTime":""#
+        );
+        self.win_time(ts);
+        let _ = write!(
+            self.buf,
+            r#"","eventSource":"{source}","eventName":"{name}","awsRegion":"eu-west-1","sourceIPAddress":"{ip}","userAgent":"aws-cli/2.15.0","requestParameters":{{}},"responseElements":null,"requestID":"req-{k}","eventID":"gen-ct-{k}","readOnly":false,"eventType":"AwsApiCall","managementEvent":true,"recipientAccountId":"123456789012"}}"#
+        );
+    }
+
+    fn okta(&mut self, ts: i64, k: u64, user: &str, event_type: &str, message: &str) {
+        let _ = write!(self.buf, r#"{{"uuid":"gen-okta-{k}","published":""#);
+        self.win_time(ts);
+        let _ = write!(
+            self.buf,
+            r#"","eventType":"{event_type}","version":"0","severity":"INFO","displayMessage":"{message}","actor":{{"id":"00u{k}","type":"User","alternateId":"{user}@corp.example","displayName":"{user}"}},"client":{{"ipAddress":"198.51.100.20","userAgent":{{"rawUserAgent":"Mozilla/5.0"}}}},"outcome":{{"result":"SUCCESS"}},"target":[]}}"#
+        );
+    }
+
+    fn azure_signin(&mut self, ts: i64, k: u64, user: &str) {
+        self.buf.extend_from_slice(br#"{"time":""#);
+        self.win_time(ts);
+        let _ = write!(
+            self.buf,
+            r#"","resourceId":"/tenants/11111111-2222-3333-4444-555555555555/providers/Microsoft.aadiam","operationName":"Sign-in activity","category":"SignInLogs","tenantId":"11111111-2222-3333-4444-555555555555","resultType":"0","callerIpAddress":"198.51.100.30","correlationId":"gen-{k}","properties":{{"userPrincipalName":"{user}@corp.example","appDisplayName":"Office 365","ipAddress":"198.51.100.30","status":{{"errorCode":0}},"clientAppUsed":"Browser","conditionalAccessStatus":"success","authenticationRequirement":"multiFactorAuthentication","resourceDisplayName":"Office 365 Exchange Online"}}}}"#
+        );
+    }
+
+    fn suricata(&mut self, ts: i64, k: u64, event_type: &str, body: &str) {
+        self.buf.extend_from_slice(br#"{"timestamp":""#);
+        self.win_time(ts);
+        let _ = write!(
+            self.buf,
+            r#"","flow_id":{},"in_iface":"eth0","event_type":"{event_type}","src_ip":"10.0.1.5","src_port":{},"dest_ip":"185.220.101.9","dest_port":443,"proto":"TCP",{body}}}"#,
+            1_000_000 + k,
+            49152 + k % 16000
+        );
+    }
+
+    fn vpc_flow(&mut self, ts: i64, src: &str, dst: &str, sport: u64, dport: u64, action: &str) {
+        let start = ts / 1000;
+        let _ = write!(
+            self.buf,
+            "2 123456789012 eni-0a1b2c3d {src} {dst} {sport} {dport} 6 3 180 {start} {} {action} OK",
+            start + 60
+        );
+    }
+
+    fn m365(&mut self, ts: i64, k: u64, user: &str, workload: &str, operation: &str, alert: Option<&str>) {
+        let t = chrono::DateTime::from_timestamp_millis(ts).unwrap_or_default();
+        let _ = write!(
+            self.buf,
+            r#"{{"CreationTime":"{}","Id":"gen-m365-{k}","Operation":"{operation}","OrganizationId":"org1","RecordType":{},"UserKey":"{user}","UserType":0,"Workload":"{workload}","ResultStatus":"{}","UserId":"{user}""#,
+            t.format("%Y-%m-%dT%H:%M:%S"),
+            if alert.is_some() { 40 } else { 6 },
+            if alert.is_some() { "success" } else { "Succeeded" },
+        );
+        if let Some(name) = alert {
+            let _ = write!(self.buf, r#","Name":"{name}","Severity":"Medium","Category":"ThreatManagement""#);
+        }
+        self.buf.push(b'}');
+    }
+
+    fn gcp(&mut self, ts: i64, k: u64, user: &str, service: &str, method: &str) {
+        let _ = write!(
+            self.buf,
+            r#"{{"protoPayload":{{"@type":"type.googleapis.com/google.cloud.audit.AuditLog","authenticationInfo":{{"principalEmail":"{user}@corp.example"}},"requestMetadata":{{"callerIp":"198.51.100.50"}},"serviceName":"{service}","methodName":"{method}","resourceName":"projects/prod-1"}},"insertId":"gen-gcp-{k}","resource":{{"type":"audited_resource","labels":{{"project_id":"prod-1"}}}},"timestamp":""#
+        );
+        self.win_time(ts);
+        self.buf.extend_from_slice(
+            br#"","severity":"NOTICE","logName":"projects/prod-1/logs/cloudaudit.googleapis.com%2Factivity"}"#,
+        );
+    }
+
+    fn guardduty(&mut self, ts: i64, k: u64, severity: u64, kind: &str) {
+        let _ = write!(
+            self.buf,
+            r#"{{"schemaVersion":"2.0","accountId":"123456789012","region":"eu-west-1","partition":"aws","id":"gen-gd-{k}","type":"{kind}","resource":{{"resourceType":"Instance","instanceDetails":{{"instanceId":"i-0abc1234def567890"}}}},"service":{{"serviceName":"guardduty","action":{{"actionType":"NETWORK_CONNECTION","networkConnectionAction":{{"remoteIpDetails":{{"ipAddressV4":"{TI_IP}"}}}}}}}},"severity":{severity},"createdAt":""#
+        );
+        self.win_time(ts);
+        self.buf.extend_from_slice(br#"","updatedAt":""#);
+        self.win_time(ts);
+        let _ = write!(self.buf, r#"","title":"{kind}"}}"#);
     }
 
     fn malformed(&mut self, n: u64, ts: i64) {
@@ -726,6 +886,7 @@ mod tests {
             scenarios: true,
             malformed_every,
             windows_shape: WindowsShape::EvtxJson,
+            cloud: false,
         };
         Generator::new("gen".into(), cfg, 1_767_600_000_000, worker, workers)
     }

@@ -35,8 +35,9 @@ pub enum Unmatched {
 #[serde(deny_unknown_fields)]
 pub struct NormalizeConfig {
     /// Pack files (relative to the spec) or built-in packs (`builtin:windows`,
-    /// `builtin:linux-auth`, `builtin:zeek`, `builtin:fortigate`, `builtin:generic-json`).
-    /// The first pack whose `when` holds handles a record.
+    /// `builtin:aws-cloudtrail`, ...: `ward packs list`). The first pack whose `when` holds
+    /// handles a record. Default: every built-in pack, in their precedence order.
+    #[serde(default = "builtin::all_refs")]
     pub packs: Vec<String>,
     #[serde(default)]
     pub unmatched: Unmatched,
