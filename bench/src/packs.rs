@@ -113,19 +113,20 @@ pub fn run(count: u64, repeat: usize) -> anyhow::Result<()> {
         let (parsed, (t_parse, _)) = time(|| run_op(&mut parser, input));
         let one = Arc::new(load_packs(&[format!("builtin:{pack}")], &Resources::new("."))?);
         let position = all_packs.iter().position(|p| p.name == pack).map(|i| i + 1).unwrap_or(0);
-        let best = |packs: &Arc<Vec<ward_operators::normalize::pack::Pack>>| {
-            let mut best = Duration::MAX;
-            let mut out = 0;
-            for _ in 0..repeat {
-                let mut norm = Normalizer::new("normalize".into(), packs.clone(), Unmatched::Keep, false);
-                let (events, (t, _)) = time(|| run_op(&mut norm, parsed.clone()));
-                out = events.iter().map(EventBatch::len).sum::<usize>();
-                best = best.min(t);
-            }
-            (best, out)
+        // Interleaved, best of `repeat` each: this machine's speed drifts between runs.
+        let once = |packs: &Arc<Vec<ward_operators::normalize::pack::Pack>>| {
+            let mut norm = Normalizer::new("normalize".into(), packs.clone(), Unmatched::Keep, false);
+            let (events, (t, _)) = time(|| run_op(&mut norm, parsed.clone()));
+            (t, events.iter().map(EventBatch::len).sum::<usize>())
         };
-        let (t_all, n_all) = best(&all_packs);
-        let (t_one, n_one) = best(&one);
+        let (mut t_all, mut t_one) = (Duration::MAX, Duration::MAX);
+        let (mut n_all, mut n_one) = (0, 0);
+        for _ in 0..repeat {
+            let (t, n) = once(&all_packs);
+            (t_all, n_all) = (t_all.min(t), n);
+            let (t, n) = once(&one);
+            (t_one, n_one) = (t_one.min(t), n);
+        }
         assert_eq!(n_all, n_one, "{name}: the same events come out");
         let extra = t_all.as_secs_f64() / t_one.as_secs_f64() - 1.0;
         let extra_total = (t_parse + t_all).as_secs_f64() / (t_parse + t_one).as_secs_f64() - 1.0;

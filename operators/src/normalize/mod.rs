@@ -5,6 +5,7 @@
 pub mod builtin;
 pub mod coerce;
 pub mod pack;
+mod select;
 
 use std::sync::Arc;
 
@@ -99,6 +100,7 @@ impl OperatorFactory for NormalizeFactory {
 pub struct Normalizer {
     component: Arc<str>,
     packs: Arc<Vec<Pack>>,
+    selector: select::PackSelector,
     unmatched: Unmatched,
     keep_original: bool,
     /// Reused between batches: the rewritten slots, and a string for values read from the heap.
@@ -111,6 +113,7 @@ impl Normalizer {
     pub fn new(component: Arc<str>, packs: Arc<Vec<Pack>>, unmatched: Unmatched, keep_original: bool) -> Self {
         Normalizer {
             component,
+            selector: select::PackSelector::new(&packs),
             packs,
             unmatched,
             keep_original,
@@ -483,7 +486,9 @@ impl Operator for Normalizer {
             let row = rows[i];
             let old = &slots[row.slots_start as usize..row.slots_end as usize];
             let start = new_slots.len();
-            let pack = packs.iter().find(|p| p.when.iter().all(|c| holds(heap.bytes(raw), old, c)));
+            let b = heap.bytes(raw);
+            let pack =
+                self.selector.candidates(b, old).map(|i| &packs[i]).find(|p| p.when.iter().all(|c| holds(b, old, c)));
             let result = match pack {
                 Some(p) => self.row(p, old, raw, &mut heap, &mut new_slots, start),
                 None if self.unmatched == Unmatched::Quarantine => {
