@@ -100,7 +100,7 @@ struct Unclaimed {
     closest: Vec<(String, usize, usize, String)>,
 }
 
-fn detect(file: &PathBuf, packs: &[String], examples: usize, json: bool) -> anyhow::Result<ExitCode> {
+fn detect(file: &std::path::Path, packs: &[String], examples: usize, json: bool) -> anyhow::Result<ExitCode> {
     let packs: Arc<Vec<Pack>> = Arc::new(load_packs(&pack_refs(packs), &Resources::new("."))?);
     let component: Arc<str> = "packs-detect".into();
     let source: Arc<str> = "events".into();

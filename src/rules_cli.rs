@@ -406,7 +406,7 @@ impl TestRun {
 
 fn test(
     rules: &[PathBuf],
-    events: &PathBuf,
+    events: &std::path::Path,
     pack: Option<&str>,
     expect: Option<&PathBuf>,
     with_event: bool,
