@@ -71,9 +71,19 @@ enum Command {
 
 #[derive(clap::Args, Clone)]
 struct RunArgs {
-    /// Worker threads.
-    #[arg(long, short, default_value_t = 1)]
+    /// Worker threads (per process, in a cluster).
+    #[arg(long, short, default_value_t = 1, env = "WARD_WORKERS")]
     workers: usize,
+    /// This process's index in a cluster (0-based; with --peers).
+    #[arg(long, env = "WARD_PROCESS", conflicts_with = "process_from_hostname")]
+    process: Option<usize>,
+    /// Take the process index from the host name's last `-N` (a StatefulSet pod `ward-3` is 3).
+    #[arg(long)]
+    process_from_hostname: bool,
+    /// Every process of the cluster, HOST:PORT, in the same order on every process; process I
+    /// listens on the I-th. Without it, a single process.
+    #[arg(long, env = "WARD_PEERS", value_delimiter = ',')]
+    peers: Vec<String>,
     /// Admin endpoint address (overrides the spec; empty string disables it).
     #[arg(long)]
     admin: Option<String>,
@@ -128,8 +138,16 @@ fn run_spec(spec: &Spec, args: &RunArgs) -> ExitCode {
         let _ = signal_hook::flag::register(sig, stop.clone());
     }
     spawn_shutdown_watchdog(stop.clone(), args.shutdown_timeout.unwrap_or(spec.settings.shutdown_timeout));
+    let cluster = match cluster_of(args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
     let opts = RunOptions {
         workers: args.workers,
+        cluster,
         admin_listen: args.admin.clone(),
         progress: !args.quiet,
         checkpoint_dir: args.checkpoint_dir.clone(),
@@ -153,6 +171,28 @@ fn run_spec(spec: &Spec, args: &RunArgs) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// The cluster settings of `ward run`: none without peers (a single process), else the
+/// process index from --process / WARD_PROCESS or the host name.
+fn cluster_of(args: &RunArgs) -> anyhow::Result<Option<runtime::Cluster>> {
+    if args.peers.is_empty() {
+        if args.process.is_some() || args.process_from_hostname {
+            anyhow::bail!("--process and --process-from-hostname need --peers (or WARD_PEERS)");
+        }
+        return Ok(None);
+    }
+    let process = if args.process_from_hostname {
+        let host = std::env::var("HOSTNAME")
+            .ok()
+            .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|h| h.trim().to_string()))
+            .ok_or_else(|| anyhow::anyhow!("--process-from-hostname: no HOSTNAME and no /etc/hostname"))?;
+        runtime::Cluster::process_from_hostname(&host)?
+    } else {
+        args.process
+            .ok_or_else(|| anyhow::anyhow!("--peers needs --process (or WARD_PROCESS) or --process-from-hostname"))?
+    };
+    Ok(Some(runtime::Cluster::new(process, args.peers.clone())?))
 }
 
 /// Acknowledges the first SIGINT/SIGTERM and bounds the drain that follows: sources stop at

@@ -90,6 +90,9 @@ pub struct Routed {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum RoutedBody {
     Events(EventBatch),
+    /// As JSON text between processes: an alert's serde form (optional fields left out, an
+    /// embedded JSON event) suits JSON, not the binary encoding of timely's networking.
+    #[serde(with = "alerts_as_json")]
     Alerts(Vec<(Alert, bool)>),
     /// Input `input` of the operator on worker `worker` has watermark `time`.
     Watermark {
@@ -99,6 +102,22 @@ pub enum RoutedBody {
     },
 }
 
+mod alerts_as_json {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use crate::alert::Alert;
+
+    pub fn serialize<S: Serializer>(alerts: &[(Alert, bool)], s: S) -> Result<S::Ok, S::Error> {
+        let text = serde_json::to_string(alerts).map_err(serde::ser::Error::custom)?;
+        text.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(Alert, bool)>, D::Error> {
+        let text = String::deserialize(d)?;
+        serde_json::from_str(&text).map_err(serde::de::Error::custom)
+    }
+}
+
 /// Serializes state for snapshots (compact, stable for a given type).
 pub fn encode<T: Serialize>(value: &T) -> anyhow::Result<Vec<u8>> {
     postcard::to_stdvec(value).map_err(|e| anyhow::anyhow!("cannot encode state: {e}"))
@@ -106,4 +125,31 @@ pub fn encode<T: Serialize>(value: &T) -> anyhow::Result<Vec<u8>> {
 
 pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> anyhow::Result<T> {
     postcard::from_bytes(bytes).map_err(|e| anyhow::anyhow!("cannot decode state: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alerts_cross_processes_in_a_binary_encoding_without_loss() {
+        // Binary encodings (timely's bincode, postcard) cannot skip optional fields or decode a
+        // JSON value; the alerts travel as JSON text inside them.
+        let alert: Alert = serde_json::from_value(serde_json::json!({
+            "alert_id": "a1", "priority": 3, "ruleset_version": "v", "detector": "d", "matches": [],
+            "event_id": null, "event_time_ms": 5,
+            "rule": {"id": "r", "title": "t", "level": "high", "status": "test", "tags": [], "techniques": []},
+            "origin": {"source": "s", "partition": "p", "offset": 7},
+            "event": {"process.name": "cmd.exe", "n": [1, {"x": null}]},
+            "fields": [["TargetUserName", "bob"]],
+        }))
+        .unwrap();
+        let routed = Routed { target: 2, body: RoutedBody::Alerts(vec![(alert.clone(), true)]) };
+        let bytes = encode(&routed).unwrap();
+        let back: Routed = decode(&bytes).unwrap();
+        match back.body {
+            RoutedBody::Alerts(a) => assert_eq!(a, vec![(alert, true)]),
+            other => panic!("{other:?}"),
+        }
+    }
 }

@@ -23,6 +23,8 @@ use crate::spec::{ComponentSpec, Spec};
 #[derive(Clone, Debug)]
 pub struct RunOptions {
     pub workers: usize,
+    /// This process's place in a cluster of processes (none: a single process).
+    pub cluster: Option<Cluster>,
     /// Overrides the spec's admin address; `Some("")` disables the endpoint.
     pub admin_listen: Option<String>,
     /// Show a progress line on stderr (only when stderr is a terminal).
@@ -34,7 +36,7 @@ pub struct RunOptions {
 
 impl Default for RunOptions {
     fn default() -> Self {
-        RunOptions { workers: 1, admin_listen: None, progress: false, checkpoint_dir: None }
+        RunOptions { workers: 1, cluster: None, admin_listen: None, progress: false, checkpoint_dir: None }
     }
 }
 
@@ -159,6 +161,38 @@ pub fn run(spec: &Spec, opts: &RunOptions, stop: Arc<AtomicBool>) -> anyhow::Res
     run_with_metrics(spec, opts, stop, Metrics::new())
 }
 
+/// Process `process` of a cluster whose processes listen on `peers` (the same list, in the same
+/// order, on every process), each with the same number of workers, over timely's networking.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cluster {
+    pub process: usize,
+    pub peers: Vec<String>,
+}
+
+impl Cluster {
+    /// Checks the process index against the peer list.
+    pub fn new(process: usize, peers: Vec<String>) -> anyhow::Result<Cluster> {
+        if peers.is_empty() {
+            anyhow::bail!("a cluster needs its peer list (--peers HOST:PORT,HOST:PORT,...)");
+        }
+        if process >= peers.len() {
+            anyhow::bail!("process index {process} is not below the number of peers ({})", peers.len());
+        }
+        if let Some(bad) = peers.iter().find(|p| !p.contains(':')) {
+            anyhow::bail!("peer `{bad}` is not HOST:PORT");
+        }
+        Ok(Cluster { process, peers })
+    }
+
+    /// The process index in a StatefulSet pod's host name (`ward-3` → 3).
+    pub fn process_from_hostname(hostname: &str) -> anyhow::Result<usize> {
+        let host = hostname.split('.').next().unwrap_or(hostname);
+        host.rsplit_once('-').and_then(|(_, n)| n.parse().ok()).ok_or_else(|| {
+            anyhow::anyhow!("host name `{hostname}` does not end in -<ordinal> (as StatefulSet pods do)")
+        })
+    }
+}
+
 pub fn run_with_metrics(
     spec: &Spec,
     opts: &RunOptions,
@@ -178,6 +212,15 @@ pub fn run_with_metrics(
         tracing::info!("admin endpoint on http://{}/metrics", a.local_addr);
     }
 
+    if let (Some(c), true) = (&opts.cluster, spec.settings.checkpoint.is_some() || opts.checkpoint_dir.is_some()) {
+        // Each process's checkpointer sees only its own workers' parts: a manifest written by
+        // one of them would not be a cut across the cluster.
+        anyhow::bail!(
+            "process {} of a cluster of {}: checkpoints are not supported in a cluster yet; run without `settings.checkpoint` and --checkpoint-dir",
+            c.process,
+            c.peers.len()
+        );
+    }
     let checkpoint = match (&spec.settings.checkpoint, &opts.checkpoint_dir) {
         (None, None) => (None, None),
         (config, dir) => {
@@ -224,7 +267,29 @@ pub fn run_with_metrics(
     let ready_workers = Arc::new(AtomicU64::new(0));
     let worker_run = run.clone();
     let ready = ready_workers.clone();
-    let guards = timely::execute(timely::Config::process(workers), move |worker| {
+    let config = match &opts.cluster {
+        None => timely::Config::process(workers),
+        Some(c) => {
+            tracing::info!(
+                "process {} of {} ({} workers each), waiting for peers {}",
+                c.process,
+                c.peers.len(),
+                workers,
+                c.peers.join(",")
+            );
+            timely::Config {
+                communication: timely::CommunicationConfig::Cluster {
+                    threads: workers,
+                    process: c.process,
+                    addresses: c.peers.clone(),
+                    report: false,
+                    zerocopy: false,
+                },
+                worker: timely::WorkerConfig::default(),
+            }
+        }
+    };
+    let guards = timely::execute(config, move |worker| {
         let run = worker_run.clone();
         worker.dataflow::<Epoch, _, _>(|scope| build_dataflow(scope, &run));
         if ready.fetch_add(1, Ordering::SeqCst) + 1 == workers as u64 {
@@ -383,5 +448,20 @@ fn warn_changed_rulesets(run: &RunContext) {
                 restored.manifest.epoch
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cluster;
+
+    #[test]
+    fn cluster_settings() {
+        assert_eq!(Cluster::process_from_hostname("ward-3").unwrap(), 3);
+        assert_eq!(Cluster::process_from_hostname("ward-detection-12.ward-headless.ns.svc").unwrap(), 12);
+        assert!(Cluster::process_from_hostname("laptop").is_err());
+        assert!(Cluster::new(2, vec!["a:1".into(), "b:2".into()]).is_err());
+        assert!(Cluster::new(0, vec!["nocolon".into()]).is_err());
+        assert_eq!(Cluster::new(1, vec!["a:1".into(), "b:2".into()]).unwrap().process, 1);
     }
 }
