@@ -132,3 +132,54 @@ fn cluster_settings_are_checked_before_anything_runs() {
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert!(r.stderr.contains("not supported in a cluster yet"), "{}", r.stderr);
 }
+
+/// A cluster cannot go on without one of its processes: when one is killed, the others say so
+/// and exit non-zero within seconds, so an orchestrator restarts them.
+#[test]
+fn the_other_processes_exit_non_zero_soon_after_one_is_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = write(
+        dir.path(),
+        "endless.yaml",
+        &std::fs::read_to_string(spec(dir.path())).unwrap().replace("count: 12000", "count: 0, rate: 2000"),
+    );
+    let peers: Vec<String> = free_ports(3).iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let mut children: Vec<std::process::Child> = (0..3)
+        .map(|i| {
+            Command::new(ward_bin())
+                .args(["run", &spec, "-q"])
+                .env("WARD_PROCESS", i.to_string())
+                .env("WARD_PEERS", peers.join(","))
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    // Running: the alerts of every process grow.
+    let started = Instant::now();
+    while lines_of(dir.path(), "events").len() < 2_000 {
+        assert!(started.elapsed() < Duration::from_secs(60), "the cluster does not run");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    children[1].kill().unwrap();
+    let _ = children[1].wait();
+    let killed = Instant::now();
+    for i in [0, 2] {
+        let status = loop {
+            if let Some(s) = children[i].try_wait().unwrap() {
+                break s;
+            }
+            if killed.elapsed() > Duration::from_secs(15) {
+                let _ = children[i].kill();
+                panic!("process {i} still runs 15 s after its peer was killed");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut err = String::new();
+        std::io::Read::read_to_string(children[i].stderr.as_mut().unwrap(), &mut err).unwrap();
+        assert_eq!(status.code(), Some(1), "process {i}: {err}");
+        assert!(err.contains("lost a peer of the cluster"), "process {i}: {err}");
+        assert!(!err.contains("stack backtrace"), "a clear error, not a panic: {err}");
+    }
+}

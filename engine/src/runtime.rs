@@ -193,6 +193,30 @@ impl Cluster {
     }
 }
 
+/// A timely cluster cannot go on without one of its processes: its network threads panic when
+/// a peer's connection breaks. Say so plainly and exit non-zero (the orchestrator restarts the
+/// processes, which resume from the newest checkpoint) instead of a panic and a backtrace.
+fn exit_when_a_peer_is_lost(cluster: &Cluster) {
+    let (process, peers) = (cluster.process, cluster.peers.len());
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.contains("timely communication error") || message.contains("MergeQueue poisoned") {
+            let thread = std::thread::current().name().unwrap_or("?").to_string();
+            eprintln!(
+                "error: process {process} of {peers}: lost a peer of the cluster ({message}, in {thread}); exiting so that all processes restart and resume"
+            );
+            std::process::exit(1);
+        }
+        previous(info);
+    }));
+}
+
 pub fn run_with_metrics(
     spec: &Spec,
     opts: &RunOptions,
@@ -270,6 +294,7 @@ pub fn run_with_metrics(
     let config = match &opts.cluster {
         None => timely::Config::process(workers),
         Some(c) => {
+            exit_when_a_peer_is_lost(c);
             tracing::info!(
                 "process {} of {} ({} workers each), waiting for peers {}",
                 c.process,
