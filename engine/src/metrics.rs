@@ -52,7 +52,17 @@ fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntC
 
 impl Metrics {
     pub fn new() -> Arc<Metrics> {
-        let registry = Registry::new();
+        Self::with_registry(Registry::new())
+    }
+
+    /// Metrics of process `process` of a cluster: every series carries `process="N"`, so the
+    /// pods' `/metrics` can be told apart (and summed) after scraping.
+    pub fn for_process(process: usize) -> Arc<Metrics> {
+        let labels = std::collections::HashMap::from([("process".to_string(), process.to_string())]);
+        Self::with_registry(Registry::new_custom(None, Some(labels)).expect("a valid constant label"))
+    }
+
+    fn with_registry(registry: Registry) -> Arc<Metrics> {
         let batch_seconds = HistogramVec::new(
             HistogramOpts::new("ward_batch_duration_seconds", "Time a component spent on one batch")
                 .buckets(prometheus::exponential_buckets(0.00001, 4.0, 10).expect("valid buckets")),
@@ -410,6 +420,17 @@ mod tests {
         assert!(text.contains("ward_records_quarantined_total{component=\"parse\",reason=\"invalid_json\"} 1"));
         assert!(text.contains("ward_batch_duration_seconds_bucket{component=\"parse\""));
         assert_eq!(c.quarantined_total(), 1);
+    }
+
+    #[test]
+    fn a_cluster_process_labels_every_series_with_its_index() {
+        let m = Metrics::for_process(2);
+        m.component("parse").records_in.inc_by(3);
+        let text = m.render();
+        assert!(text.contains("ward_records_in_total{component=\"parse\",process=\"2\"} 3"), "{text}");
+        let unlabelled =
+            text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()).find(|l| !l.contains("process=\"2\""));
+        assert!(unlabelled.is_none(), "{unlabelled:?}");
     }
 
     #[test]

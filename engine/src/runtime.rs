@@ -158,7 +158,11 @@ fn participants(spec: &Spec, workers: usize) -> BTreeSet<String> {
 /// Runs a pipeline to completion. `stop` ends it early (set by SIGINT/SIGTERM handlers):
 /// sources stop reading, in-flight batches drain, sinks flush.
 pub fn run(spec: &Spec, opts: &RunOptions, stop: Arc<AtomicBool>) -> anyhow::Result<RunSummary> {
-    run_with_metrics(spec, opts, stop, Metrics::new())
+    let metrics = match &opts.cluster {
+        Some(c) => Metrics::for_process(c.process),
+        None => Metrics::new(),
+    };
+    run_with_metrics(spec, opts, stop, metrics)
 }
 
 /// Process `process` of a cluster whose processes listen on `peers` (the same list, in the same
