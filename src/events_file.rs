@@ -98,8 +98,9 @@ pub fn parse(parser: &mut Parser, mut batch: EventBatch, source: &Arc<str>, part
         (0..batch.len()).map(|r| batch.raw_payload(r).iter().all(|b| b.is_ascii_whitespace())).collect();
     batch.retain_rows(|r| !blank[r]);
     let events = batch.len() as u64;
-    let raws: HashMap<u64, Vec<u8>> =
-        (0..batch.len()).map(|r| (batch.provenance(r).offset, batch.raw_payload(r).to_vec())).collect();
+    // The records as read, for those no parser understands (one copy per batch, not per record).
+    let raws = batch.clone();
+    let row_of: HashMap<u64, usize> = (0..raws.len()).map(|r| (raws.provenance(r).offset, r)).collect();
     let mut parsed = OperatorOutput::default();
     parser.process(batch, 0, &mut parsed);
     let mut batches = std::mem::take(&mut parsed.events);
@@ -110,7 +111,8 @@ pub fn parse(parser: &mut Parser, mut batch: EventBatch, source: &Arc<str>, part
         let o = plain.origin_index(source, partition);
         for q in &parsed.quarantine {
             let index = q.offset.saturating_sub(1);
-            let Some(raw) = raws.get(&q.offset) else { continue };
+            let Some(&row) = row_of.get(&q.offset) else { continue };
+            let raw = raws.raw_payload(row);
             let Ok(text) = std::str::from_utf8(raw) else {
                 notes.push((index, "is not valid UTF-8; skipped".to_string()));
                 continue;

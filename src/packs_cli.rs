@@ -140,10 +140,15 @@ fn detect(file: &std::path::Path, packs: &[String], examples: usize, json: bool)
             for row in 0..b.len() {
                 let index = b.provenance(row).offset.saturating_sub(1);
                 let format = match b.get_by_name(row, "ward.parser") {
-                    Some(Value::Str(r)) => b.bytes().str(r).to_string(),
-                    _ => "?".to_string(),
+                    Some(Value::Str(r)) => b.bytes().str(r),
+                    _ => "?",
                 };
-                *formats.entry(format).or_default() += 1;
+                match formats.get_mut(format) {
+                    Some(n) => *n += 1,
+                    None => {
+                        formats.insert(format.to_string(), 1);
+                    }
+                }
                 match claim(&packs, &b, row) {
                     Ok(p) => {
                         claimed[p].events += 1;

@@ -196,6 +196,11 @@ fn pipeline(count: u64, workers: &[usize], repeat: usize, checkpoint_ms: Option<
 
 /// The generator stream every single-thread benchmark uses: seeded, with attack scenarios.
 fn bench_generator(count: u64) -> Generator {
+    shaped_generator(count, Default::default())
+}
+
+/// The benchmark's generator (seed 42, scenarios on) with Windows events in `windows_shape`.
+fn shaped_generator(count: u64, windows_shape: ward_connectors::sources::generator::WindowsShape) -> Generator {
     let cfg = GeneratorConfig {
         count,
         rate: 0,
@@ -204,7 +209,7 @@ fn bench_generator(count: u64) -> Generator {
         interval_ms: 10,
         scenarios: true,
         malformed_every: 0,
-        windows_shape: Default::default(),
+        windows_shape,
         cloud: false,
     };
     Generator::new("gen".into(), cfg, 1_767_600_000_000, 0, 1)

@@ -6,29 +6,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ward_connectors::sources::generator::{Generator, GeneratorConfig, WindowsShape};
+use ward_connectors::sources::generator::WindowsShape;
 use ward_engine::batch::EventBatch;
 use ward_engine::component::{Source, SourcePoll};
 use ward_engine::resources::Resources;
 use ward_operators::normalize::{builtin, load_packs, Normalizer, Unmatched};
 use ward_operators::parse::{syslog::SyslogOptions, Format, Parser as RecordParser};
 
-use super::{repo, run_op, time};
+use super::{repo, run_op, shaped_generator, time};
 
 /// Raw record batches of `count` events: the Windows records of the generator in `shape`.
 fn windows_records(count: u64, shape: WindowsShape) -> Vec<Vec<u8>> {
-    let cfg = GeneratorConfig {
-        count: count * 3,
-        rate: 0,
-        seed: 42,
-        start_time: "2026-01-05T08:00:00Z".into(),
-        interval_ms: 10,
-        scenarios: true,
-        malformed_every: 0,
-        windows_shape: shape,
-        cloud: false,
-    };
-    let mut g = Generator::new("gen".into(), cfg, 1_767_600_000_000, 0, 1);
+    let mut g = shaped_generator(count * 3, shape);
     let mut out = Vec::new();
     while let Ok(SourcePoll::Batch(b)) = g.poll(1024) {
         for r in 0..b.len() {

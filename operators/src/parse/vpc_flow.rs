@@ -4,25 +4,8 @@
 
 use super::writer::FieldWriter;
 
-/// The default (version 2) format, used until a header names another.
-pub const DEFAULT_FIELDS: &[&str] = &[
-    "version",
-    "account-id",
-    "interface-id",
-    "srcaddr",
-    "dstaddr",
-    "srcport",
-    "dstport",
-    "protocol",
-    "packets",
-    "bytes",
-    "start",
-    "end",
-    "action",
-    "log-status",
-];
-
 /// Every field name the flow log format defines (versions 2 to 8); a header is a line of these.
+/// The first 14 are the default (version 2) format, used until a header names another.
 const KNOWN_FIELDS: &[&str] = &[
     "version",
     "account-id",
@@ -38,6 +21,7 @@ const KNOWN_FIELDS: &[&str] = &[
     "end",
     "action",
     "log-status",
+    // Versions 3 and later.
     "vpc-id",
     "subnet-id",
     "instance-id",
@@ -67,6 +51,9 @@ const KNOWN_FIELDS: &[&str] = &[
     "resource-id",
     "encryption-status",
 ];
+
+/// The default (version 2) format.
+pub const DEFAULT_FIELDS: &[&str] = KNOWN_FIELDS.split_at(14).0;
 
 /// Column layout of one flow log file.
 #[derive(Clone, Debug, Default)]
