@@ -84,6 +84,14 @@ struct RunArgs {
     /// listens on the I-th. Without it, a single process.
     #[arg(long, env = "WARD_PEERS", value_delimiter = ',')]
     peers: Vec<String>,
+    /// In a cluster: exit non-zero when a peer has been silent this long (a cut link or a hung
+    /// process), so that all processes restart and resume, e.g. `10s`.
+    #[arg(long, env = "WARD_PEER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    peer_timeout: std::time::Duration,
+    /// In a cluster: exit non-zero when the processes have not all connected (and restored)
+    /// within this long after start, e.g. `2m`.
+    #[arg(long, env = "WARD_CONNECT_TIMEOUT", default_value = "2m", value_parser = humantime::parse_duration)]
+    connect_timeout: std::time::Duration,
     /// Admin endpoint address (overrides the spec; empty string disables it).
     #[arg(long)]
     admin: Option<String>,
@@ -132,9 +140,13 @@ fn run_spec(spec: &Spec, args: &RunArgs) -> ExitCode {
     // limit allows instead of the usual soft 1,024.
     let _ = rlimit::increase_nofile_limit(u64::MAX);
     let stop = Arc::new(AtomicBool::new(false));
+    // Its own flag: in a cluster `stop` is also set when another process was asked to stop,
+    // and this process's own signal must then still drain, not end it at once.
+    let signalled = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         // A second signal while draining ends the process at once.
-        let _ = signal_hook::flag::register_conditional_shutdown(sig, 130, stop.clone());
+        let _ = signal_hook::flag::register_conditional_shutdown(sig, 130, signalled.clone());
+        let _ = signal_hook::flag::register(sig, signalled.clone());
         let _ = signal_hook::flag::register(sig, stop.clone());
     }
     spawn_shutdown_watchdog(stop.clone(), args.shutdown_timeout.unwrap_or(spec.settings.shutdown_timeout));
@@ -192,7 +204,8 @@ fn cluster_of(args: &RunArgs) -> anyhow::Result<Option<runtime::Cluster>> {
         args.process
             .ok_or_else(|| anyhow::anyhow!("--peers needs --process (or WARD_PROCESS) or --process-from-hostname"))?
     };
-    Ok(Some(runtime::Cluster::new(process, args.peers.clone())?))
+    let cluster = runtime::Cluster::new(process, args.peers.clone())?;
+    Ok(Some(cluster.with_timeouts(args.peer_timeout, args.connect_timeout)?))
 }
 
 /// Acknowledges the first SIGINT/SIGTERM and bounds the drain that follows: sources stop at

@@ -15,13 +15,13 @@ fn free_ports(n: usize) -> Vec<u16> {
     listeners.iter().map(|l| l.local_addr().unwrap().port()).collect()
 }
 
-/// Sorted lines of every `<stem>-*.jsonl` in `dir`.
+/// Sorted lines of `<stem>.jsonl` and of every process's `<stem>.p<I>.jsonl` in `dir`.
 fn lines_of(dir: &std::path::Path, stem: &str) -> Vec<String> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        if name.starts_with(&format!("{stem}-")) && name.ends_with(".jsonl") {
+        if (name == format!("{stem}.jsonl") || name.starts_with(&format!("{stem}.p"))) && name.ends_with(".jsonl") {
             out.extend(std::fs::read_to_string(&path).unwrap().lines().map(str::to_string));
         }
     }
@@ -42,9 +42,9 @@ operators:
   - {{id: detect, type: sigma-match, inputs: [normalize], rules: ["{rules}"], watch: false}}
   - {{id: correlate, type: correlate, inputs: [detect], rules: ["{rules}"], watch: false}}
 sinks:
-  - {{id: events, type: jsonl, inputs: [normalize], path: "events-${{WARD_PROCESS:-single}}.jsonl"}}
-  - {{id: alerts, type: jsonl, inputs: [correlate], path: "alerts-${{WARD_PROCESS:-single}}.jsonl"}}
-  - {{id: q, type: jsonl, inputs: [quarantine], path: "quarantine-${{WARD_PROCESS:-single}}.jsonl"}}
+  - {{id: events, type: jsonl, inputs: [normalize], path: events.jsonl}}
+  - {{id: alerts, type: jsonl, inputs: [correlate], path: alerts.jsonl}}
+  - {{id: q, type: jsonl, inputs: [quarantine], path: quarantine.jsonl}}
 "#,
         rules = rules.display()
     );
@@ -105,7 +105,7 @@ fn a_cluster_of_processes_gives_the_outputs_of_one_process_with_one_worker() {
         }
         // Every process did part of the work.
         for p in 0..processes {
-            let n = std::fs::read_to_string(dir.path().join(format!("events-{p}.jsonl"))).unwrap().lines().count();
+            let n = std::fs::read_to_string(dir.path().join(format!("events.p{p}.jsonl"))).unwrap().lines().count();
             assert!(n > 1000, "process {p} wrote {n} events");
         }
     }
@@ -121,16 +121,9 @@ fn cluster_settings_are_checked_before_anything_runs() {
     let r = ward(&["run", &spec, "--process", "0"]);
     assert_eq!(r.code, 2);
     assert!(r.stderr.contains("need --peers"), "{}", r.stderr);
-    let with_checkpoints = write(
-        dir.path(),
-        "ck.yaml",
-        &std::fs::read_to_string(&spec)
-            .unwrap()
-            .replace("admin_listen: \"\"", "admin_listen: \"\", checkpoint: {dir: ck}"),
-    );
-    let r = ward(&["run", &with_checkpoints, "--process", "0", "--peers", "127.0.0.1:1"]);
-    assert_eq!(r.code, 1, "{}", r.stderr);
-    assert!(r.stderr.contains("not supported in a cluster yet"), "{}", r.stderr);
+    let r = ward(&["run", &spec, "--process", "0", "--peers", "127.0.0.1:1", "--peer-timeout", "100ms"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("at least 1s"), "{}", r.stderr);
 }
 
 /// A cluster cannot go on without one of its processes: when one is killed, the others say so
@@ -182,4 +175,175 @@ fn the_other_processes_exit_non_zero_soon_after_one_is_killed() {
         assert!(err.contains("lost a peer of the cluster"), "process {i}: {err}");
         assert!(!err.contains("stack backtrace"), "a clear error, not a panic: {err}");
     }
+}
+
+fn checkpointed_spec(dir: &std::path::Path) -> String {
+    let rules = repo().join("rules/sigma/ward");
+    let text = format!(
+        r#"name: cluster-checkpoints
+settings:
+  epoch_interval_ms: 100
+  admin_listen: ""
+  checkpoint: {{dir: checkpoints, interval: 300ms, retain: 2}}
+sources:
+  # 40,000 records over about 8 seconds, with the generator's attack scenarios.
+  - {{id: gen, type: generator, count: 40000, rate: 5000, seed: 11, malformed_every: 2000}}
+operators:
+  - {{id: parse, type: parse, inputs: [gen], syslog_year: 2026}}
+  - {{id: normalize, type: normalize, inputs: [parse]}}
+  - {{id: dedup, type: dedup, inputs: [normalize]}}
+  - {{id: detect, type: sigma-match, inputs: [dedup], rules: ["{rules}"], watch: false, include_event: false}}
+  - {{id: correlate, type: correlate, inputs: [detect], rules: ["{rules}"], watch: false}}
+  - {{id: sla, type: sla, inputs: [correlate]}}
+sinks:
+  - {{id: events, type: parquet, inputs: [dedup], path: out/events, partition_by: hour}}
+  - {{id: alerts, type: jsonl, inputs: [correlate], path: out/alerts.jsonl}}
+  - {{id: cases, type: jsonl, inputs: [sla], path: out/cases.jsonl}}
+  - {{id: q, type: jsonl, inputs: [quarantine], path: out/quarantine.jsonl}}
+"#,
+        rules = rules.display()
+    );
+    write(dir, "spec.yaml", &text)
+}
+
+/// Every output of `checkpointed_spec`: (rows, distinct records, most copies) of the Parquet
+/// events read by pyarrow with a digest of their keys, and the sorted JSON lines of the rest.
+fn checkpointed_outputs(dir: &std::path::Path) -> Vec<(String, Vec<String>)> {
+    let events = python(
+        r#"
+import sys, collections, hashlib, pyarrow.parquet as pq
+t = pq.read_table(sys.argv[1])
+keys = collections.Counter(zip(t.column('ward.partition').to_pylist(), t.column('ward.offset').to_pylist()))
+digest = hashlib.sha256(repr(sorted(keys)).encode()).hexdigest()[:16]
+print(t.num_rows, len(keys), max(keys.values()), digest)
+"#,
+        &[&dir.join("out/events").to_string_lossy()],
+    );
+    let mut all = vec![("events".to_string(), vec![events.trim().to_string()])];
+    for stem in ["alerts", "cases", "quarantine"] {
+        all.push((stem.to_string(), lines_of(&dir.join("out"), stem)));
+    }
+    all
+}
+
+/// Starts `processes` × `workers` of `spec` (one process: no peers).
+fn start(spec: &str, processes: usize, workers: usize) -> Vec<std::process::Child> {
+    let peers: Vec<String> = free_ports(processes).iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    (0..processes)
+        .map(|i| {
+            let mut cmd = Command::new(ward_bin());
+            cmd.args(["run", spec, "-q", "--workers", &workers.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped());
+            if processes > 1 {
+                cmd.env("WARD_PROCESS", i.to_string()).env("WARD_PEERS", peers.join(","));
+            }
+            cmd.spawn().unwrap()
+        })
+        .collect()
+}
+
+/// Waits (bounded) for every child to exit; their exit codes and standard errors.
+fn wait_all(children: &mut [std::process::Child], bound: Duration) -> Vec<(Option<i32>, String)> {
+    let deadline = Instant::now() + bound;
+    children
+        .iter_mut()
+        .enumerate()
+        .map(|(i, c)| {
+            let status = loop {
+                if let Some(s) = c.try_wait().unwrap() {
+                    break s;
+                }
+                if Instant::now() > deadline {
+                    let _ = c.kill();
+                    panic!("process {i} still runs after {bound:?}");
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            };
+            let mut err = String::new();
+            if let Some(e) = c.stderr.as_mut() {
+                std::io::Read::read_to_string(e, &mut err).unwrap();
+            }
+            (status.code(), err)
+        })
+        .collect()
+}
+
+/// The newest complete checkpoint's manifest under `dir/checkpoints`.
+fn newest_manifest(dir: &std::path::Path) -> Option<serde_json::Value> {
+    let mut dirs: Vec<_> = std::fs::read_dir(dir.join("checkpoints")).ok()?.map(|e| e.unwrap().path()).collect();
+    dirs.sort();
+    dirs.iter().rev().find_map(|d| serde_json::from_str(&std::fs::read_to_string(d.join("MANIFEST.json")).ok()?).ok())
+}
+
+/// Waits until a checkpoint newer than `after` is complete.
+fn wait_for_checkpoint(dir: &std::path::Path, after: u64) -> u64 {
+    let started = Instant::now();
+    loop {
+        if let Some(e) = newest_manifest(dir).and_then(|m| m["epoch"].as_u64()).filter(|e| *e > after) {
+            return e;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "no checkpoint after {after}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The cluster's checkpoints are one cut across its processes: a cluster killed (kill -9 of
+/// one process) resumes from them, a cluster stopped by a signal to one process stops as a
+/// whole with a closing checkpoint, and a checkpoint of 2×2 restores onto 3×1 and onto 1×2 —
+/// with exactly the outputs of one uninterrupted process.
+#[test]
+fn cluster_checkpoints_survive_kill_9_and_rescale_with_the_outputs_of_one_process() {
+    let reference = tempfile::tempdir().unwrap();
+    let spec = checkpointed_spec(reference.path());
+    let r = wait_all(&mut start(&spec, 1, 1), Duration::from_secs(120));
+    assert_eq!(r[0].0, Some(0), "{}", r[0].1);
+    let want = checkpointed_outputs(reference.path());
+    // 40,000 records less the malformed ones the parser quarantines, each once.
+    assert!(want[0].1[0].starts_with("39980 39980 1 "), "{:?}", want[0]);
+    assert!(
+        want[1].1.len() > 20 && want[2].1.len() > 5 && !want[3].1.is_empty(),
+        "{:?}",
+        want.iter().map(|(n, l)| (n, l.len())).collect::<Vec<_>>()
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let spec = checkpointed_spec(dir.path());
+    // 2×2, one process killed after a few checkpoints: the other exits non-zero.
+    let mut cluster = start(&spec, 2, 2);
+    let first = wait_for_checkpoint(dir.path(), 0);
+    let first = wait_for_checkpoint(dir.path(), first + 3);
+    let m = newest_manifest(dir.path()).unwrap();
+    assert_eq!((m["processes"].as_u64(), m["workers"].as_u64()), (Some(2), Some(2)), "{m}");
+    let parts: Vec<&str> = m["parts"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert!(
+        parts.contains(&"keyed.correlate.w3") && parts.contains(&"sink.events.w0"),
+        "parts of every process: {parts:?}"
+    );
+    cluster[1].kill().unwrap();
+    let r = wait_all(&mut cluster, Duration::from_secs(15));
+    assert_eq!(r[0].0, Some(1), "the survivor exits non-zero: {}", r[0].1);
+
+    // 3×1 from the 2×2 checkpoint; a SIGTERM to one process stops the whole cluster cleanly.
+    let mut cluster = start(&spec, 3, 1);
+    let resumed = wait_for_checkpoint(dir.path(), first);
+    wait_for_checkpoint(dir.path(), resumed + 3);
+    let _ = Command::new("kill").args(["-TERM", &cluster[2].id().to_string()]).status();
+    for (i, (code, err)) in wait_all(&mut cluster, Duration::from_secs(30)).iter().enumerate() {
+        assert_eq!(*code, Some(0), "process {i} stops cleanly: {err}");
+    }
+    let m = newest_manifest(dir.path()).unwrap();
+    assert_eq!((m["closing"].as_bool(), m["final_checkpoint"].as_bool()), (Some(true), Some(false)), "{m}");
+    let partial = lines_of(&dir.path().join("out"), "alerts").len();
+    assert!(partial < want[1].1.len(), "stopped in the middle: {partial} alerts");
+
+    // 1×2 to the end.
+    let r = wait_all(&mut start(&spec, 1, 2), Duration::from_secs(120));
+    assert_eq!(r[0].0, Some(0), "{}", r[0].1);
+    let got = checkpointed_outputs(dir.path());
+    for ((name, w), (_, g)) in want.iter().zip(&got) {
+        assert_eq!(g.len(), w.len(), "{name}: {:?}", if name == "events" { g.clone() } else { Vec::new() });
+        assert!(g == w, "{name} differ");
+    }
+    assert_eq!(newest_manifest(dir.path()).unwrap()["final_checkpoint"].as_bool(), Some(true));
 }

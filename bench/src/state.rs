@@ -41,6 +41,7 @@ fn operator<C: ComponentConfig>(config: serde_json::Value) -> anyhow::Result<Box
         component_id: C::TYPE.into(),
         worker_index: 0,
         workers: 1,
+        processes: 1,
         resources,
         metrics: Metrics::new().component(C::TYPE),
         clock: Arc::new(EpochClock::new()),

@@ -17,8 +17,15 @@
 //! A directory without a manifest is an incomplete checkpoint and is ignored (and removed
 //! once a later checkpoint completes). The newest `retain` complete checkpoints are kept.
 //! Participants are named `<kind>.<component>[.i<input>].w<worker>` (kinds: `source`, `route`,
-//! `keyed`, `sink`; see [`part_prefix`]); keyed state is one part
-//! per worker holding its key groups, so a checkpoint written by N workers restores onto M.
+//! `keyed`, `sink`; see [`part_prefix`]), with the worker's index in the whole cluster; keyed
+//! state is one part per worker holding its key groups, so a checkpoint written by N workers
+//! restores onto M.
+//!
+//! In a cluster of processes the directory is shared. Each process's checkpointer sees only its
+//! own participants: when they all wrote their parts of `c`, it does not write a manifest but
+//! hands a [`PartsReport`] to the cluster's control stream (`dataflow::control`); process 0
+//! writes the manifest once every process reported, and only when that news comes back through
+//! the control stream ([`Checkpointer::mark_committed`]) do sinks commit.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
@@ -76,8 +83,11 @@ pub struct Manifest {
     pub pipeline: String,
     /// Records of epochs ≤ this are in the checkpoint.
     pub epoch: u64,
-    /// Workers of the run that wrote it (any count can restore it).
+    /// Workers per process of the run that wrote it (any count can restore it).
     pub workers: usize,
+    /// Processes of the run that wrote it (1: a single process).
+    #[serde(default = "one")]
+    pub processes: usize,
     pub created_ms: i64,
     /// Written at the end of a bounded run: every source was exhausted.
     pub final_checkpoint: bool,
@@ -92,6 +102,42 @@ pub struct Manifest {
     #[serde(default)]
     pub rulesets: BTreeMap<String, String>,
     pub parts: Vec<PartInfo>,
+}
+
+fn one() -> usize {
+    1
+}
+
+/// What one process of a cluster holds of a checkpoint: every part its participants wrote
+/// (`closing`: the run's closing checkpoint, with whether every local source was exhausted).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PartsReport {
+    pub epoch: u64,
+    pub process: usize,
+    pub closing: Option<bool>,
+    pub parts: Vec<PartInfo>,
+}
+
+/// Which former workers' leftovers (parts, files, transactions) this process settles when a run
+/// resumes or closes: each former worker belongs to one process of the run now, so processes
+/// that share storage never settle the same thing twice. A former worker's process in the run
+/// that wrote the checkpoint is `worker / workers_per_process`; it is settled by that process's
+/// index modulo the processes now (the same process when the cluster keeps its shape).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ownership {
+    pub process: usize,
+    pub processes: usize,
+    /// Workers per process of the run that wrote the checkpoints.
+    pub workers_per_process: usize,
+}
+
+impl Ownership {
+    /// A single process settles everything.
+    pub const SINGLE: Ownership = Ownership { process: 0, processes: 1, workers_per_process: 1 };
+
+    pub fn owns(&self, worker: usize) -> bool {
+        (worker / self.workers_per_process.max(1)) % self.processes.max(1) == self.process
+    }
 }
 
 /// Reads the detectors' running rule-set versions (component → version).
@@ -192,19 +238,22 @@ pub fn part_prefix(kind: &str, component: &str, input: Option<usize>) -> String 
 /// One retained checkpoint as a sink sees it when a run resumes.
 pub struct SinkCheckpoint<'a> {
     pub manifest: &'a Manifest,
-    /// (worker that wrote it, its `prepare` bytes).
+    /// (worker that wrote it, its `prepare` bytes), of the workers this process settles.
     pub parts: Vec<(usize, &'a [u8])>,
+    /// The former workers this process settles (for what a sink finds beyond its parts).
+    pub owner: Ownership,
 }
 
 impl<'a> SinkCheckpoint<'a> {
-    /// The parts of sink `id` in `restored`.
-    pub fn of(restored: &'a Restored, id: &str) -> SinkCheckpoint<'a> {
+    /// The parts of sink `id` in `restored` that `owner`'s process settles.
+    pub fn of(restored: &'a Restored, id: &str, owner: Ownership) -> SinkCheckpoint<'a> {
         let prefix = part_prefix("sink", id, None);
         let parts = restored
             .parts_with_prefix(&prefix)
             .filter_map(|(name, bytes)| Some((name.strip_prefix(&prefix)?.parse().ok()?, bytes)))
+            .filter(|(worker, _)| owner.owns(*worker))
             .collect();
-        SinkCheckpoint { manifest: &restored.manifest, parts }
+        SinkCheckpoint { manifest: &restored.manifest, parts, owner }
     }
 }
 
@@ -251,6 +300,15 @@ pub struct Checkpointer {
     metrics: Option<crate::metrics::CheckpointMetrics>,
     /// The detectors' running rule-set versions, for the manifest.
     rulesets: Option<RulesetVersions>,
+    /// In a cluster: this process's place, and the reports of its complete local parts not yet
+    /// sent on the control stream.
+    cluster: Option<ClusterPlace>,
+}
+
+struct ClusterPlace {
+    process: usize,
+    processes: usize,
+    outbox: Mutex<Vec<PartsReport>>,
 }
 
 impl Checkpointer {
@@ -279,7 +337,58 @@ impl Checkpointer {
             start_epoch,
             metrics: None,
             rulesets: None,
+            cluster: None,
         })
+    }
+
+    /// Process `process` of `processes`: complete local parts are reported
+    /// ([`Checkpointer::take_reports`]), manifests are written by process 0 from every report.
+    pub fn in_cluster(mut self, process: usize, processes: usize) -> Self {
+        self.cluster = Some(ClusterPlace { process, processes, outbox: Mutex::new(Vec::new()) });
+        self
+    }
+
+    /// Reports of checkpoints whose local parts are all written, oldest first.
+    pub fn take_reports(&self) -> Vec<PartsReport> {
+        self.cluster
+            .as_ref()
+            .map(|c| std::mem::take(&mut *c.outbox.lock().unwrap_or_else(|e| e.into_inner())))
+            .unwrap_or_default()
+    }
+
+    /// Process 0 of a cluster: every process reported its parts of `epoch`; `parts` are all of
+    /// them. Writes the manifest (the checkpoint is complete from here on) and prunes.
+    pub fn write_cluster_manifest(
+        &self,
+        epoch: u64,
+        parts: Vec<PartInfo>,
+        closing: Option<bool>,
+    ) -> anyhow::Result<()> {
+        let _p = self.progress.lock().unwrap_or_else(|e| e.into_inner());
+        if self.aborted() {
+            anyhow::bail!("the run failed: checkpoint {epoch} does not complete");
+        }
+        let processes = self.cluster.as_ref().map_or(1, |c| c.processes);
+        self.write_manifest(epoch, parts, closing, processes)?;
+        self.prune(epoch)
+    }
+
+    /// The cluster's checkpoint `epoch` is complete (its manifest is written): sinks may
+    /// commit up to it.
+    pub fn mark_committed(&self, epoch: u64) {
+        let mut p = self.progress.lock().unwrap_or_else(|e| e.into_inner());
+        if self.committed.fetch_max(epoch + 1, Ordering::SeqCst) > epoch {
+            return;
+        }
+        if let Some(m) = &self.metrics {
+            if let Some(started) = p.started.get(&epoch) {
+                m.duration.observe(started.elapsed().as_secs_f64());
+            }
+            m.completed.inc();
+            m.epoch.set(epoch as i64);
+            m.timestamp.set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
+        }
+        p.started.retain(|e, _| *e > epoch);
     }
 
     /// Reports completed checkpoints in these metrics.
@@ -359,9 +468,23 @@ impl Checkpointer {
         self.expected.iter().all(|n| p.retired.contains_key(n))
     }
 
+    /// The epoch of the last checkpoint of a run that ends now, `next` or later: after every
+    /// checkpoint begun and every epoch a participant's final state reflects.
+    pub fn closing_epoch(&self, next: u64) -> u64 {
+        let p = self.progress.lock().unwrap_or_else(|e| e.into_inner());
+        next.max(p.pending.keys().next_back().map_or(0, |e| e + 1))
+            .max(self.committed.load(Ordering::SeqCst))
+            .max(p.retired.values().map(|r| r.from).max().unwrap_or(0))
+    }
+
     /// Writes the last checkpoint of a run after `epoch`, once every participant retired;
-    /// `exhausted`: every source was read to its end.
+    /// `exhausted`: every source was read to its end. In a cluster, `epoch` is the one closing
+    /// epoch process 0 chose, and this process's parts are reported instead.
     pub fn finish(&self, epoch: u64, exhausted: bool) -> anyhow::Result<()> {
+        let epoch = match self.cluster {
+            Some(_) => epoch,
+            None => self.closing_epoch(epoch),
+        };
         let mut p = self.progress.lock().unwrap_or_else(|e| e.into_inner());
         if self.aborted() {
             anyhow::bail!("the run failed: no closing checkpoint");
@@ -369,10 +492,6 @@ impl Checkpointer {
         if !self.expected.iter().all(|n| p.retired.contains_key(n)) {
             anyhow::bail!("the run ended before every participant retired");
         }
-        let epoch = epoch
-            .max(p.pending.keys().next_back().map_or(0, |e| e + 1))
-            .max(self.committed.load(Ordering::SeqCst))
-            .max(p.retired.values().map(|r| r.from).max().unwrap_or(0));
         let mut parts = BTreeMap::new();
         self.complete(epoch, &mut parts, &p.retired, Some(exhausted))?;
         p.pending.clear();
@@ -409,12 +528,14 @@ impl Checkpointer {
         for epoch in ready {
             let mut parts = p.pending.remove(&epoch).unwrap_or_default();
             self.complete(epoch, &mut parts, &p.retired, None)?;
-            if let (Some(m), Some(started)) = (&self.metrics, p.started.get(&epoch)) {
-                m.duration.observe(started.elapsed().as_secs_f64());
-            }
             // Older pending checkpoints can no longer complete usefully.
             p.pending.retain(|e, _| *e > epoch);
-            p.started.retain(|e, _| *e > epoch);
+            if self.cluster.is_none() {
+                if let (Some(m), Some(started)) = (&self.metrics, p.started.get(&epoch)) {
+                    m.duration.observe(started.elapsed().as_secs_f64());
+                }
+                p.started.retain(|e, _| *e > epoch);
+            }
         }
         Ok(())
     }
@@ -433,29 +554,48 @@ impl Checkpointer {
                 parts.insert(name.clone(), info);
             }
         }
+        if let Some(c) = &self.cluster {
+            let report = PartsReport { epoch, process: c.process, closing, parts: parts.values().cloned().collect() };
+            c.outbox.lock().unwrap_or_else(|e| e.into_inner()).push(report);
+            return Ok(());
+        }
+        self.write_manifest(epoch, parts.values().cloned().collect(), closing, 1)?;
+        self.committed.fetch_max(epoch + 1, Ordering::SeqCst);
+        if let Some(m) = &self.metrics {
+            m.completed.inc();
+            m.epoch.set(epoch as i64);
+        }
+        self.prune(epoch)
+    }
+
+    fn write_manifest(
+        &self,
+        epoch: u64,
+        parts: Vec<PartInfo>,
+        closing: Option<bool>,
+        processes: usize,
+    ) -> anyhow::Result<()> {
         let manifest = Manifest {
             layout_version: LAYOUT_VERSION,
             pipeline: self.pipeline.clone(),
             epoch,
             workers: self.workers,
+            processes,
             created_ms: chrono::Utc::now().timestamp_millis(),
             final_checkpoint: closing == Some(true),
             closing: closing.is_some(),
             run: self.start_epoch,
             rulesets: self.rulesets.as_ref().map(|f| f()).unwrap_or_default(),
-            parts: parts.values().cloned().collect(),
+            parts,
         };
         let dir = checkpoint_dir(&self.root, epoch);
         write_atomic(&dir.join(MANIFEST), &serde_json::to_vec_pretty(&manifest)?)?;
-        self.committed.fetch_max(epoch + 1, Ordering::SeqCst);
         if let Some(m) = &self.metrics {
-            m.completed.inc();
-            m.epoch.set(epoch as i64);
             m.bytes.set(manifest.parts.iter().map(|p| p.bytes).sum::<u64>() as i64);
             m.timestamp.set(manifest.created_ms as f64 / 1000.0);
         }
         tracing::debug!("checkpoint {epoch} complete");
-        self.prune(epoch)
+        Ok(())
     }
 
     /// Keeps the newest `retain` complete checkpoints; removes incomplete ones older than `epoch`.

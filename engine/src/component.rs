@@ -85,8 +85,11 @@ impl Payload {
 #[derive(Clone)]
 pub struct WorkerContext {
     pub component_id: Arc<str>,
+    /// The worker's index in the whole cluster, and the number of workers in it.
     pub worker_index: usize,
     pub workers: usize,
+    /// Processes in the cluster (1: a single process); each has `workers / processes` workers.
+    pub processes: usize,
     pub resources: Resources,
     /// The component's counters (shared by its instances on all workers).
     pub metrics: crate::metrics::ComponentMetrics,
@@ -97,6 +100,13 @@ pub struct WorkerContext {
     pub resumed_from: Option<u64>,
     /// The run takes checkpoints: sinks hold back what `prepare` covers until `commit`.
     pub checkpointing: bool,
+}
+
+impl WorkerContext {
+    /// The process this worker runs in.
+    pub fn process(&self) -> usize {
+        self.worker_index / (self.workers / self.processes.max(1)).max(1)
+    }
 }
 
 /// What a source's poll produced.

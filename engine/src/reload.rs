@@ -207,6 +207,7 @@ mod tests {
             component_id: "c".into(),
             worker_index: 0,
             workers: 1,
+            processes: 1,
             resources: Resources::new(dir.path()),
             metrics: metrics.component("c"),
             clock: clock.clone(),

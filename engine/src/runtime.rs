@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::admin::AdminServer;
-use crate::checkpoint::{part_prefix, CheckpointConfig, Checkpointer, Restored, SinkCheckpoint};
-use crate::dataflow::{build_dataflow, Epoch, RunContext};
+use crate::checkpoint::{part_prefix, CheckpointConfig, Checkpointer, Ownership, Restored, SinkCheckpoint};
+use crate::dataflow::{build_control, build_dataflow, ControlState, Epoch, RunContext};
 use crate::metrics::{ComponentMetrics, Metrics};
 use crate::registry::{Built, Section};
 use crate::spec::{ComponentSpec, Spec};
@@ -131,10 +131,10 @@ impl RunSummary {
 }
 
 /// Every participant of a run: each writes a part of every checkpoint.
-fn participants(spec: &Spec, workers: usize) -> BTreeSet<String> {
+fn participants(spec: &Spec, workers: std::ops::Range<usize>) -> BTreeSet<String> {
     let mut names = BTreeSet::new();
     for c in &spec.components {
-        for w in 0..workers {
+        for w in workers.clone() {
             match &c.built {
                 Built::Source(_) => {
                     names.insert(format!("{}{w}", part_prefix("source", &c.id, None)));
@@ -171,6 +171,10 @@ pub fn run(spec: &Spec, opts: &RunOptions, stop: Arc<AtomicBool>) -> anyhow::Res
 pub struct Cluster {
     pub process: usize,
     pub peers: Vec<String>,
+    /// A peer silent this long is taken for lost (see `dataflow::control`).
+    pub peer_timeout: Duration,
+    /// All processes must be connected and restored this long after start.
+    pub connect_timeout: Duration,
 }
 
 impl Cluster {
@@ -185,7 +189,21 @@ impl Cluster {
         if let Some(bad) = peers.iter().find(|p| !p.contains(':')) {
             anyhow::bail!("peer `{bad}` is not HOST:PORT");
         }
-        Ok(Cluster { process, peers })
+        Ok(Cluster { process, peers, peer_timeout: Duration::from_secs(10), connect_timeout: Duration::from_secs(120) })
+    }
+
+    pub fn with_timeouts(mut self, peer: Duration, connect: Duration) -> anyhow::Result<Cluster> {
+        if peer < Duration::from_secs(1) {
+            anyhow::bail!("the peer timeout must be at least 1s (heartbeats go every quarter of it)");
+        }
+        self.peer_timeout = peer;
+        self.connect_timeout = connect.max(peer);
+        Ok(self)
+    }
+
+    /// The global indices of this process's workers.
+    pub fn workers_of(&self, workers: usize) -> std::ops::Range<usize> {
+        self.process * workers..(self.process + 1) * workers
     }
 
     /// The process index in a StatefulSet pod's host name (`ward-3` → 3).
@@ -221,6 +239,26 @@ fn exit_when_a_peer_is_lost(cluster: &Cluster) {
     }));
 }
 
+/// The processes of a cluster wait for each other on start (timely's networking retries its
+/// connections for ever): bound that wait, with a clear error.
+fn exit_unless_connected_in_time(cluster: &Cluster, state: Arc<ControlState>, finished: Arc<AtomicBool>) {
+    let (process, peers, timeout) = (cluster.process, cluster.peers.clone(), cluster.connect_timeout);
+    std::thread::spawn(move || {
+        let started = Instant::now();
+        while !state.ready() && !finished.load(Ordering::SeqCst) {
+            if started.elapsed() > timeout {
+                eprintln!(
+                    "error: process {process} of {}: the cluster did not form within {timeout:.0?} (peers {}; connection errors are printed above); exiting",
+                    peers.len(),
+                    peers.join(",")
+                );
+                std::process::exit(1);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+}
+
 pub fn run_with_metrics(
     spec: &Spec,
     opts: &RunOptions,
@@ -240,15 +278,8 @@ pub fn run_with_metrics(
         tracing::info!("admin endpoint on http://{}/metrics", a.local_addr);
     }
 
-    if let (Some(c), true) = (&opts.cluster, spec.settings.checkpoint.is_some() || opts.checkpoint_dir.is_some()) {
-        // Each process's checkpointer sees only its own workers' parts: a manifest written by
-        // one of them would not be a cut across the cluster.
-        anyhow::bail!(
-            "process {} of a cluster of {}: checkpoints are not supported in a cluster yet; run without `settings.checkpoint` and --checkpoint-dir",
-            c.process,
-            c.peers.len()
-        );
-    }
+    let (process, processes) = opts.cluster.as_ref().map_or((0, 1), |c| (c.process, c.peers.len()));
+    let local_workers = opts.cluster.as_ref().map_or(0..workers, |c| c.workers_of(workers));
     let checkpoint = match (&spec.settings.checkpoint, &opts.checkpoint_dir) {
         (None, None) => (None, None),
         (config, dir) => {
@@ -259,13 +290,13 @@ pub fn run_with_metrics(
             if let Some(r) = &restored {
                 tracing::info!("resuming from checkpoint {} in {}", r.manifest.epoch, root.display());
             }
-            let checkpointer = Checkpointer::new(
+            let mut checkpointer = Checkpointer::new(
                 root,
                 &config,
                 spec.settings.epoch_interval_ms,
                 &spec.name,
                 workers,
-                participants(spec, workers),
+                participants(spec, local_workers.clone()),
                 start,
             )?
             .with_metrics(metrics.checkpoint.clone())
@@ -273,12 +304,19 @@ pub fn run_with_metrics(
                 let m = metrics.clone();
                 Arc::new(move || m.ruleset_versions())
             });
-            // Sinks settle what the previous run left before anything runs.
+            if opts.cluster.is_some() {
+                checkpointer = checkpointer.in_cluster(process, processes);
+            }
+            // Sinks settle what the previous run left before anything runs (in a cluster, each
+            // process what its share of the former workers left: the run cannot start before
+            // every process has connected, so all of this is done before anything is written).
             if let Some(latest) = &restored {
+                let owner = Ownership { process, processes, workers_per_process: latest.manifest.workers };
                 settle_sinks(
                     spec,
                     checkpointer.root(),
                     latest.manifest.epoch,
+                    owner,
                     "cannot resume from the checkpoint",
                     |f, v| f.restore(v),
                 )?;
@@ -287,7 +325,9 @@ pub fn run_with_metrics(
         }
     };
     let (checkpointer, restored) = checkpoint;
-    let run = Arc::new(RunContext::new(spec.clone(), metrics.clone(), stop.clone(), checkpointer, restored));
+    let run = Arc::new(
+        RunContext::new(spec.clone(), metrics.clone(), stop.clone(), checkpointer, restored).in_cluster_of(processes),
+    );
     let finished = Arc::new(AtomicBool::new(false));
     let clock = spawn_epoch_clock(run.clone(), finished.clone());
     let monitor = spawn_monitor(run.clone(), finished.clone(), opts.progress);
@@ -295,10 +335,13 @@ pub fn run_with_metrics(
     let ready_workers = Arc::new(AtomicU64::new(0));
     let worker_run = run.clone();
     let ready = ready_workers.clone();
+    let control_state = Arc::new(ControlState::default());
+    let control = opts.cluster.as_ref().map(|c| (control_state.clone(), c.peers.len(), c.peer_timeout));
     let config = match &opts.cluster {
         None => timely::Config::process(workers),
         Some(c) => {
             exit_when_a_peer_is_lost(c);
+            exit_unless_connected_in_time(c, control_state.clone(), finished.clone());
             tracing::info!(
                 "process {} of {} ({} workers each), waiting for peers {}",
                 c.process,
@@ -320,12 +363,29 @@ pub fn run_with_metrics(
     };
     let guards = timely::execute(config, move |worker| {
         let run = worker_run.clone();
+        let pipeline = worker.next_dataflow_index();
         worker.dataflow::<Epoch, _, _>(|scope| build_dataflow(scope, &run));
+        // In a cluster, the control stream beside it (every worker builds the same dataflows).
+        let mut control = control
+            .clone()
+            .map(|(state, processes, timeout)| build_control(worker, run.clone(), state, processes, timeout));
         if ready.fetch_add(1, Ordering::SeqCst) + 1 == workers as u64 {
-            run.metrics.ready.set(1);
+            // In a cluster, ready once every process is (the control stream says so).
+            if control.is_none() {
+                run.metrics.ready.set(1);
+            }
             warn_changed_rulesets(&run);
         }
-        while worker.step_or_park(Some(Duration::from_millis(20))) {}
+        match control.as_mut() {
+            None => while worker.step_or_park(Some(Duration::from_millis(20))) {},
+            Some(control) => loop {
+                let more = worker.step_or_park(Some(Duration::from_millis(20)));
+                control.pump(!worker.installed_dataflows().contains(&pipeline));
+                if !more && control.finished() {
+                    break;
+                }
+            },
+        }
     })
     .map_err(|e| anyhow::anyhow!("cannot start workers: {e}"))?;
     let results = guards.join();
@@ -341,11 +401,16 @@ pub fn run_with_metrics(
     }
     if let Some(ck) = run.checkpointer() {
         // Every participant retired with its final state: one last checkpoint, so a restart
-        // neither repeats nor loses anything.
-        if ck.all_retired() {
+        // neither repeats nor loses anything (in a cluster it was agreed on the control stream).
+        let owner = Ownership { process, processes, workers_per_process: workers };
+        if opts.cluster.is_some() {
+            if control_state.closed() {
+                settle_sinks(spec, ck.root(), u64::MAX, owner, "closing", |f, v| f.closed(v))?;
+            }
+        } else if ck.all_retired() {
             let exhausted = !stop.load(Ordering::SeqCst);
             ck.finish(run.clock.current() + 1, exhausted)?;
-            settle_sinks(spec, ck.root(), u64::MAX, "closing", |f, v| f.closed(v))?;
+            settle_sinks(spec, ck.root(), u64::MAX, owner, "closing", |f, v| f.closed(v))?;
         }
     }
 
@@ -448,6 +513,7 @@ fn settle_sinks(
     spec: &Spec,
     root: &std::path::Path,
     upto: u64,
+    owner: Ownership,
     what: &str,
     settle: impl Fn(&dyn crate::component::SinkFactory, &[SinkCheckpoint<'_>]) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
@@ -458,7 +524,7 @@ fn settle_sinks(
         .collect::<anyhow::Result<_>>()?;
     for c in spec.components.iter() {
         if let Built::Sink(factory) = &c.built {
-            let views: Vec<SinkCheckpoint<'_>> = retained.iter().map(|r| SinkCheckpoint::of(r, &c.id)).collect();
+            let views: Vec<SinkCheckpoint<'_>> = retained.iter().map(|r| SinkCheckpoint::of(r, &c.id, owner)).collect();
             settle(factory.as_ref(), &views).map_err(|e| anyhow::anyhow!("sink `{}`: {what}: {e:#}", c.id))?;
         }
     }

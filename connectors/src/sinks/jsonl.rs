@@ -1,12 +1,19 @@
 //! The `jsonl` sink: one JSON object per line, to a file or standard output. Accepts events,
 //! quarantined records and alerts. Workers share one writer and write whole batches at a time.
+//!
+//! In a cluster of processes each process writes its own file, `NAME.p<I>.EXT` beside `path`
+//! (processes never share a writer), and a process that resumes settles the files of the former
+//! processes it took over (see `checkpoint::Ownership`), so the files together hold every line
+//! exactly once whatever the cluster's shape before and after.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use schemars::JsonSchema;
 use serde::Deserialize;
+use ward_engine::checkpoint::SinkCheckpoint;
 use ward_engine::component::{Payload, Sink, SinkFactory, StreamKind, WorkerContext};
 
 use super::jsonl_committed::{self, CommittedFile};
@@ -55,16 +62,42 @@ struct JsonlFactory {
     committed: OnceLock<Result<Arc<Mutex<CommittedFile>>, String>>,
 }
 
+/// The file process `process` of `processes` writes: `path` itself for a single process.
+pub fn process_file(path: &Path, process: usize, processes: usize) -> PathBuf {
+    if processes <= 1 {
+        return path.to_path_buf();
+    }
+    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = match path.extension() {
+        Some(ext) => format!("{stem}.p{process}.{}", ext.to_string_lossy()),
+        None => format!("{stem}.p{process}"),
+    };
+    path.with_file_name(name)
+}
+
 impl SinkFactory for JsonlFactory {
-    fn restore(&self, retained: &[ward_engine::checkpoint::SinkCheckpoint<'_>]) -> anyhow::Result<()> {
-        match &self.path {
-            Some(p) => jsonl_committed::restore(p, retained),
-            None => Ok(()),
+    fn restore(&self, retained: &[SinkCheckpoint<'_>]) -> anyhow::Result<()> {
+        let (Some(path), Some(last)) = (&self.path, retained.last()) else { return Ok(()) };
+        // Each former process wrote its own file with its own workers' lines: settle every
+        // file this process took over with the parts of that process's workers.
+        let (before, workers) = (last.manifest.processes.max(1), last.manifest.workers.max(1));
+        for q in (0..before).filter(|q| q % last.owner.processes.max(1) == last.owner.process) {
+            let of_q: Vec<SinkCheckpoint<'_>> = retained
+                .iter()
+                .map(|c| SinkCheckpoint {
+                    manifest: c.manifest,
+                    parts: c.parts.iter().filter(|(w, _)| w / workers == q).copied().collect(),
+                    owner: c.owner,
+                })
+                .collect();
+            jsonl_committed::restore(&process_file(path, q, before), &of_q)?;
         }
+        Ok(())
     }
 
     fn create(&self, ctx: &WorkerContext) -> anyhow::Result<Box<dyn Sink>> {
-        if let (true, Some(path)) = (ctx.checkpointing, &self.path) {
+        let file = self.path.as_ref().map(|p| process_file(p, ctx.process(), ctx.processes));
+        if let (true, Some(path)) = (ctx.checkpointing, &file) {
             let file = self
                 .committed
                 .get_or_init(|| {
@@ -87,7 +120,7 @@ impl SinkFactory for JsonlFactory {
         let writer = self
             .writer
             .get_or_init(|| {
-                let w: Box<dyn Write + Send> = match &self.path {
+                let w: Box<dyn Write + Send> = match &file {
                     None => Box::new(BufWriter::new(std::io::stdout())),
                     Some(p) => {
                         if let Some(dir) = p.parent() {
@@ -208,5 +241,18 @@ impl Sink for JsonlSink {
         let data = std::mem::take(&mut self.buf);
         let mut file = c.file.lock().map_err(|_| anyhow::anyhow!("file lock poisoned"))?;
         file.commit_end(c.run, c.worker, &data)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_process_of_a_cluster_has_its_own_file() {
+        let p = Path::new("out/alerts.jsonl");
+        assert_eq!(process_file(p, 0, 1), p);
+        assert_eq!(process_file(p, 2, 3), Path::new("out/alerts.p2.jsonl"));
+        assert_eq!(process_file(Path::new("alerts"), 1, 2), Path::new("alerts.p1"));
     }
 }

@@ -183,7 +183,7 @@ pub fn restore(path: &Path, retained: &[SinkCheckpoint<'_>]) -> anyhow::Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ward_engine::checkpoint::Manifest;
+    use ward_engine::checkpoint::{Manifest, Ownership};
 
     fn manifest(epoch: u64, closing: bool, run: u64) -> Manifest {
         Manifest {
@@ -191,6 +191,7 @@ mod tests {
             pipeline: "p".into(),
             epoch,
             workers: 2,
+            processes: 1,
             created_ms: 0,
             final_checkpoint: false,
             closing,
@@ -218,8 +219,16 @@ mod tests {
         // Worker 1's part of 6 still holds its segment of checkpoint 5, which never completed.
         let b6 = encode_segments(&[(5, b"b5\n".to_vec()), (6, b"b6\n".to_vec())]).unwrap();
         let retained = [
-            SinkCheckpoint { manifest: &m3, parts: vec![(0, a3.as_slice()), (1, b3.as_slice())] },
-            SinkCheckpoint { manifest: &m6, parts: vec![(0, a6.as_slice()), (1, b6.as_slice())] },
+            SinkCheckpoint {
+                manifest: &m3,
+                parts: vec![(0, a3.as_slice()), (1, b3.as_slice())],
+                owner: Ownership::SINGLE,
+            },
+            SinkCheckpoint {
+                manifest: &m6,
+                parts: vec![(0, a6.as_slice()), (1, b6.as_slice())],
+                owner: Ownership::SINGLE,
+            },
         ];
         restore(&path, &retained).unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "a3\nb3\na6\nb5\nb6\n");
@@ -231,11 +240,11 @@ mod tests {
         // A closing checkpoint of run 7 keeps that run's end appends.
         f.commit_end(7, 0, b"a-end\n").unwrap();
         let closing = manifest(10, true, 7);
-        restore(&path, &[SinkCheckpoint { manifest: &closing, parts: vec![] }]).unwrap();
+        restore(&path, &[SinkCheckpoint { manifest: &closing, parts: vec![], owner: Ownership::SINGLE }]).unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "a3\nb3\na6\nb5\nb6\nb9\na-end\n");
         // A later run's checkpoint keeps that end too (it was settled when run 11 started).
         let later = manifest(14, false, 11);
-        restore(&path, &[SinkCheckpoint { manifest: &later, parts: vec![] }]).unwrap();
+        restore(&path, &[SinkCheckpoint { manifest: &later, parts: vec![], owner: Ownership::SINGLE }]).unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "a3\nb3\na6\nb5\nb6\nb9\na-end\n");
     }
 }

@@ -119,6 +119,13 @@ fn checkpoint_of(name: &str, sink: &str) -> Option<(u64, Option<u64>)> {
     Some((run, if c == "end" { None } else { Some(c.parse().ok()?) }))
 }
 
+/// The worker that wrote a file of this sink (hidden or not), from its name.
+fn worker_of(name: &str, sink: &str) -> Option<usize> {
+    let rest = name.strip_prefix('.').unwrap_or(name).strip_prefix(&format!("part-{sink}-r"))?;
+    let (_, rest) = rest.split_once("-w")?;
+    rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+}
+
 impl SinkFactory for ParquetFactory {
     fn create(&self, ctx: &WorkerContext) -> anyhow::Result<Box<dyn Sink>> {
         std::fs::create_dir_all(&self.dir).map_err(|e| anyhow::anyhow!("{}: {e}", self.dir.display()))?;
@@ -134,6 +141,7 @@ impl SinkFactory for ParquetFactory {
             return Ok(());
         }
         let resumed = retained.last().map(|c| c.manifest);
+        let owner = retained.last().map(|c| c.owner);
         // Files the checkpoints cover: visible now, if the crash came before the rename.
         for (_, part) in retained.iter().flat_map(|c| c.parts.iter()).filter(|(_, p)| !p.is_empty()) {
             let files: PreparedFiles = ward_engine::keyed::decode(part)?;
@@ -156,6 +164,10 @@ impl SinkFactory for ParquetFactory {
                     continue;
                 }
                 let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
+                // In a cluster sharing the directory, each process settles its share of workers.
+                if owner.is_some_and(|o| worker_of(name, &self.sink_id).is_some_and(|w| !o.owns(w))) {
+                    continue;
+                }
                 let stale = if name.starts_with(&hidden_prefix) {
                     true
                 } else {
@@ -171,7 +183,12 @@ impl SinkFactory for ParquetFactory {
                     }
                 };
                 if stale {
-                    std::fs::remove_file(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+                    match std::fs::remove_file(&path) {
+                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                            anyhow::bail!("{}: {e}", path.display())
+                        }
+                        _ => {}
+                    }
                 }
             }
         }
@@ -746,5 +763,8 @@ mod tests {
         assert_eq!(checkpoint_of("part-events-r000000000013-w000-cend-000002.parquet", "events"), Some((13, None)));
         assert_eq!(checkpoint_of("part-events-w000-000000.parquet", "events"), None, "written without checkpoints");
         assert_eq!(checkpoint_of("part-other-r000000000004-w001-c000000000009-000001.parquet", "events"), None);
+        assert_eq!(worker_of(".part-events-r000000000004-w012-c000000000009-000001.parquet", "events"), Some(12));
+        assert_eq!(worker_of("part-events-r000000000004-w001-cend-000001.parquet", "events"), Some(1));
+        assert_eq!(worker_of("part-other-r000000000004-w001-cend-000001.parquet", "events"), None);
     }
 }

@@ -21,6 +21,8 @@ pub(crate) struct RunContext {
     failure: Mutex<Option<String>>,
     checkpointer: Option<Checkpointer>,
     restored: Option<Restored>,
+    /// Processes in the cluster (1: a single process).
+    pub processes: usize,
 }
 
 impl RunContext {
@@ -40,7 +42,13 @@ impl RunContext {
             failure: Mutex::new(None),
             checkpointer,
             restored,
+            processes: 1,
         }
+    }
+
+    pub fn in_cluster_of(mut self, processes: usize) -> Self {
+        self.processes = processes.max(1);
+        self
     }
 
     /// A component failed (it could not start, read, write, checkpoint or restore): no later
@@ -62,6 +70,11 @@ impl RunContext {
 
     pub fn failure(&self) -> Option<String> {
         self.failure.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Stops the run as a signal does (in a cluster: another process was asked to stop).
+    pub fn request_stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
     }
 
     /// The run was asked to stop (a signal or a failure).
@@ -98,6 +111,7 @@ impl RunContext {
             component_id: c.id.as_str().into(),
             worker_index: index,
             workers: peers,
+            processes: self.processes,
             resources: self.spec.resources.clone(),
             metrics: self.metrics.component(&c.id),
             clock: self.clock.clone(),

@@ -11,6 +11,7 @@
 //! [`RunContext`] (stop flag, failure channel, checkpointer, restored parts).
 
 pub(crate) mod context;
+mod control;
 mod emit;
 mod keyed_stage;
 mod operator;
@@ -27,6 +28,7 @@ use timely::dataflow::operators::Concatenate;
 use timely::dataflow::{Scope, Stream};
 
 pub(crate) use context::RunContext;
+pub(crate) use control::{build_control, ControlState};
 use operator::build_operator;
 use route::InputTiming;
 use sink::build_sink;

@@ -107,6 +107,7 @@ fn files_reload_on_change_at_one_epoch_and_a_broken_file_keeps_the_running_data(
         component_id: "enrich".into(),
         worker_index: 0,
         workers: 1,
+        processes: 1,
         resources: Resources::new(dir.path()),
         metrics: metrics.component("enrich"),
         clock: clock.clone(),
