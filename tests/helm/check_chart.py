@@ -1,0 +1,116 @@
+"""Checks Ward's Helm chart with Helm's own code (helm-python-sdk binds Helm 4's Go SDK) and the
+rendered objects with Kubernetes' own API schemas (kubernetes-models, through node):
+
+    python3 tests/helm/check_chart.py CHART NODE_MODULES_DIR OUT_DIR
+
+lints the chart (strict), validates value sets against values.schema.json (good ones accepted,
+bad ones refused with the offending key), renders the default values and several realistic
+sets, validates every rendered object, checks what the renders must say, and writes each
+set's objects to OUT_DIR/<set>.json for the test that runs them. Exits non-zero on a failure.
+"""
+import json
+import subprocess
+import sys
+
+import helm_python as helm
+import yaml
+
+chart_dir, modules, out_dir = sys.argv[1], sys.argv[2], sys.argv[3]
+failures = []
+
+
+def check(ok, what):
+    print(("ok   " if ok else "FAIL ") + what)
+    if not ok:
+        failures.append(what)
+
+
+report = helm.lint(chart_dir, strict=True)
+check(not report["errors"] and all(m["severity"] < 2 for m in report["messages"]), f"lint (strict): {report}")
+
+chart = helm.Chart.load(chart_dir)
+SETS = {
+    "default": {},
+    "three-replicas": {"replicas": 3, "workers": 1, "peerTimeout": "3s"},
+    "existing-claim": {"checkpoints": {"existingClaim": "ward-nfs", "interval": "2s"}},
+    "monitoring": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}},
+    "secrets": {
+        "clickhouse": {"url": "https://ch.example:8443", "existingSecret": "ward-clickhouse"},
+        "kafka": {"brokers": "k1:9093,k2:9093", "securityProtocol": "sasl_ssl", "existingSecret": "ward-kafka"},
+        "admin": {"existingSecret": "ward-admin"},
+        "rules": {"files": {"local.yml": "title: x\nlogsource: {product: windows}\ndetection: {sel: {EventID: 1}, condition: sel}\n"}},
+        "enrichment": {"files": {"indicators.txt": "198.51.100.7\n"}},
+    },
+}
+BAD = {
+    "replicas": {"replicas": 0},
+    "workers": {"workers": "two"},
+    "peerTimeout": {"peerTimeout": "ten seconds"},
+    "securityProtocol": {"kafka": {"securityProtocol": "telnet"}},
+    "url": {"clickhouse": {"url": "clickhouse:8123"}},
+    "unknown": {"replica": 3},
+}
+for name, values in BAD.items():
+    try:
+        chart.validate_schema(chart.merge_values(values))
+        check(False, f"schema refuses bad values {values}")
+    except helm.HelmError as e:
+        check(name in str(e) or "additional" in str(e).lower(), f"schema refuses {values}: {str(e)[:160]}")
+
+
+def objects(rendered):
+    docs = []
+    for path, text in sorted(rendered.items()):
+        if path.endswith(".txt"):
+            continue
+        docs.extend(d for d in yaml.safe_load_all(text) if d)
+    return docs
+
+
+def env_of(container):
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
+
+
+for name, values in SETS.items():
+    chart.validate_schema(chart.merge_values(values))
+    rendered = chart.render(values, name="ward", namespace="detect", is_install=True)
+    docs = objects(rendered)
+    r = subprocess.run(["node", f"{chart_dir}/../../tests/helm/validate-k8s.mjs", modules],
+                       input=json.dumps(docs), capture_output=True, text=True)
+    check(r.returncode == 0, f"{name}: every object valid for Kubernetes' schemas:\n{r.stdout}{r.stderr}")
+    kinds = {d["kind"]: d for d in docs}
+    sts = kinds["StatefulSet"]
+    pod = sts["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    env = env_of(c)
+    replicas = values.get("replicas", 3)
+    peers = env["WARD_PEERS"].split(",")
+    check(len(peers) == replicas and peers[1].startswith("ward-1.ward-peers.detect.svc"), f"{name}: peers {peers}")
+    check(sts["spec"]["podManagementPolicy"] == "Parallel" and sts["spec"]["serviceName"] == "ward-peers", f"{name}: parallel pods, headless service")
+    check("--process-from-hostname" in c["args"], f"{name}: process index from the pod ordinal")
+    headless = [d for d in docs if d["kind"] == "Service" and d["spec"].get("clusterIP") == "None"]
+    check(len(headless) == 1 and headless[0]["spec"]["publishNotReadyAddresses"], f"{name}: headless service publishes not-ready pods")
+    sc = c["securityContext"]
+    check(pod["securityContext"]["runAsNonRoot"] and sc["readOnlyRootFilesystem"] and sc["capabilities"]["drop"] == ["ALL"],
+          f"{name}: restricted security context")
+    check(c["readinessProbe"]["httpGet"]["path"] == "/readyz" and c["livenessProbe"]["httpGet"]["path"] == "/healthz", f"{name}: probes")
+    claim = [v for v in pod["volumes"] if v["name"] == "shared"][0]["persistentVolumeClaim"]["claimName"]
+    want_claim = values.get("checkpoints", {}).get("existingClaim") or "ward-shared"
+    check(claim == want_claim and (("PersistentVolumeClaim" in kinds) == (want_claim == "ward-shared")), f"{name}: checkpoint claim {claim}")
+    check(("ServiceMonitor" in kinds) == bool(values.get("serviceMonitor", {}).get("enabled")), f"{name}: ServiceMonitor only when enabled")
+    check("PodDisruptionBudget" in kinds, f"{name}: PodDisruptionBudget")
+    # Credentials only by reference: no password or token value anywhere in the objects.
+    text = json.dumps(docs)
+    if name == "secrets":
+        check(env["WARD_CLICKHOUSE_PASSWORD"] == {"secretKeyRef": {"name": "ward-clickhouse", "key": "password"}}, f"{name}: ClickHouse password from its Secret")
+        check(env["WARD_KAFKA_PASSWORD"]["secretKeyRef"]["name"] == "ward-kafka" and env["WARD_ADMIN_TOKEN"]["secretKeyRef"]["name"] == "ward-admin", f"{name}: Kafka and admin secrets")
+        check(env.get("WARD_RULES") == "/etc/ward/rules" and "ward-rules" in text and "ward-enrichment" in text, f"{name}: rules and enrichment ConfigMaps mounted")
+    check("Secret" not in kinds, f"{name}: the chart creates no Secret")
+    with open(f"{out_dir}/{name}.json", "w") as f:
+        json.dump(docs, f)
+    # The spec the pods run.
+    with open(f"{out_dir}/{name}.pipeline.yaml", "w") as f:
+        f.write([d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "ward-spec"][0]["data"]["pipeline.yaml"])
+
+print(f"{len(failures)} failure(s)")
+sys.exit(1 if failures else 0)
