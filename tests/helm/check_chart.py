@@ -42,6 +42,33 @@ SETS = {
         "enrichment": {"files": {"indicators.txt": "198.51.100.7\n"}},
     },
 }
+# What tests/helm.rs runs in network namespaces: three pods' processes on a generated stream.
+RUN_SPEC = """name: chart-run
+settings:
+  epoch_interval_ms: 100
+  admin_listen: "${WARD_ADMIN_LISTEN}"
+  checkpoint: {dir: "${WARD_CHECKPOINT_DIR}", interval: "${WARD_CHECKPOINT_INTERVAL}", retain: 2}
+sources:
+  - {id: gen, type: generator, count: 40000, rate: 4000, seed: 5, malformed_every: 2000}
+operators:
+  - {id: parse, type: parse, inputs: [gen], syslog_year: 2026}
+  - {id: normalize, type: normalize, inputs: [parse]}
+  - {id: dedup, type: dedup, inputs: [normalize]}
+  - {id: detect, type: sigma-match, inputs: [dedup], rules: ["${WARD_RULES:-/usr/share/ward/rules/sigma/ward}"], include_event: false}
+  - {id: correlate, type: correlate, inputs: [detect], rules: ["${WARD_RULES:-/usr/share/ward/rules/sigma/ward}"]}
+sinks:
+  - {id: events, type: parquet, inputs: [dedup], path: "${WARD_OUT}/events", partition_by: hour}
+  - {id: alerts, type: jsonl, inputs: [correlate], path: "${WARD_OUT}/alerts.jsonl"}
+  - {id: rejected, type: jsonl, inputs: [quarantine], path: "${WARD_OUT}/quarantine.jsonl"}
+"""
+SETS["netns-run"] = {
+    "replicas": 3,
+    "workers": 1,
+    "peerTimeout": "3s",
+    "connectTimeout": "60s",
+    "checkpoints": {"interval": "300ms"},
+    "pipeline": {"spec": RUN_SPEC},
+}
 BAD = {
     "replicas": {"replicas": 0},
     "workers": {"workers": "two"},
@@ -84,6 +111,7 @@ for name, values in SETS.items():
     c = pod["containers"][0]
     env = env_of(c)
     replicas = values.get("replicas", 3)
+    check(c["command"] == ["/usr/local/bin/ward"] and c["args"][:2] == ["run", "/etc/ward/spec/pipeline.yaml"], f"{name}: command")
     peers = env["WARD_PEERS"].split(",")
     check(len(peers) == replicas and peers[1].startswith("ward-1.ward-peers.detect.svc"), f"{name}: peers {peers}")
     check(sts["spec"]["podManagementPolicy"] == "Parallel" and sts["spec"]["serviceName"] == "ward-peers", f"{name}: parallel pods, headless service")

@@ -221,6 +221,8 @@ pub(crate) struct ControlPlane {
     state: Arc<ControlState>,
     started: Instant,
     peer_timeout: Duration,
+    /// For a process not heard from at all yet (still building or restoring).
+    connect_timeout: Duration,
     last_beat: Instant,
     sent_hello: bool,
     sent_stop: bool,
@@ -235,6 +237,7 @@ pub(crate) fn build_control(
     state: Arc<ControlState>,
     processes: usize,
     peer_timeout: Duration,
+    connect_timeout: Duration,
 ) -> ControlPlane {
     let workers_per_process = (worker.peers() / processes.max(1)).max(1);
     let process = worker.index() / workers_per_process;
@@ -290,6 +293,7 @@ pub(crate) fn build_control(
         state,
         started: Instant::now(),
         peer_timeout,
+        connect_timeout,
         last_beat: Instant::now(),
         sent_hello: false,
         sent_stop: false,
@@ -396,7 +400,7 @@ impl ControlPlane {
     /// longer than the peer timeout: its link is cut or it hangs.
     fn check_peers(&self) {
         let expected: Vec<usize> = if self.process == 0 { (0..self.processes).collect() } else { vec![0] };
-        let startup = self.peer_timeout.max(Duration::from_secs(120));
+        let startup = self.peer_timeout.max(self.connect_timeout);
         let silent = self.state.silent(&expected, self.started, self.peer_timeout, startup);
         if let Some((peer, quiet)) = silent.first() {
             eprintln!(
