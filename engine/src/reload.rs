@@ -51,6 +51,8 @@ pub struct ReloadHandle<T> {
     /// Workers use the newest version whose first epoch is at or before the batch's epoch.
     versions: Versions<T>,
     clock: OnceLock<Arc<EpochClock>>,
+    /// Processes in the run's cluster.
+    cluster: OnceLock<usize>,
     metrics: OnceLock<ComponentMetrics>,
     /// Concurrent reload requests share one load.
     reloads: Coalescer<Result<Value, Value>>,
@@ -63,6 +65,7 @@ impl<T: Versioned> ReloadHandle<T> {
             spec,
             versions: Versions::new(first),
             clock: OnceLock::new(),
+            cluster: OnceLock::new(),
             metrics: OnceLock::new(),
             reloads: Coalescer::new(),
             watch: Mutex::new(None),
@@ -94,6 +97,18 @@ impl<T: Versioned> ReloadHandle<T> {
 
     fn reload_now(&self) -> Result<Value, Value> {
         let running = self.current();
+        if let Some(processes) = self.cluster.get().filter(|n| **n > 1) {
+            // Each process would switch at an epoch of its own clock: workers of different
+            // processes would match the same epoch with different rules.
+            return Err(json!({
+                "status": "refused",
+                "running_version": running.version(),
+                "errors": [{"reason": format!(
+                    "{} reload is not switched across a cluster of {processes} processes yet: restart the cluster (it resumes from its newest checkpoint with the new files)",
+                    self.spec.what
+                )}],
+            }));
+        }
         let new = match (self.spec.load)(&self.spec.resources, &running) {
             Ok(new) => new,
             Err(errors) => {
@@ -127,11 +142,16 @@ impl<T: Versioned> ReloadHandle<T> {
     /// clock, the component's metrics) and starts watching the files.
     pub fn start(self: &Arc<Self>, ctx: &WorkerContext) {
         let _ = self.clock.set(ctx.clock.clone());
+        let _ = self.cluster.set(ctx.processes);
         if self.metrics.set(ctx.metrics.clone()).is_err() {
             return;
         }
         (self.spec.publish)(&ctx.metrics, None, &self.current());
         if !self.spec.watch {
+            return;
+        }
+        if ctx.processes > 1 {
+            tracing::info!(component = %self.spec.component, "not watching the files of the {}: reloads are not switched across a cluster yet", self.spec.what);
             return;
         }
         let weak = Arc::downgrade(self);
@@ -231,5 +251,29 @@ mod tests {
         let c = metrics.component("c");
         assert_eq!((c.reloads.get(), c.reload_failures.get()), (1, 1));
         assert!(metrics.render().contains(r#"ward_ruleset_info{component="c",version="v2"} 1"#));
+    }
+
+    #[test]
+    fn in_a_cluster_a_reload_is_refused_rather_than_switched_at_one_process_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = handle(dir.path());
+        let metrics = crate::metrics::Metrics::new();
+        let ctx = WorkerContext {
+            component_id: "c".into(),
+            worker_index: 2,
+            workers: 4,
+            processes: 2,
+            resources: Resources::new(dir.path()),
+            metrics: metrics.component("c"),
+            clock: Arc::new(EpochClock::starting_at(5)),
+            resumed_from: None,
+            checkpointing: false,
+        };
+        h.start(&ctx);
+        std::fs::write(dir.path().join("v.txt"), "v2").unwrap();
+        let refused = h.reload().unwrap_err();
+        let reason = refused["errors"][0]["reason"].as_str().unwrap_or_default();
+        assert!(reason.contains("restart the cluster"), "{refused}");
+        assert_eq!(h.current().0, "v1");
     }
 }

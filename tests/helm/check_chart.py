@@ -98,6 +98,7 @@ def env_of(container):
     return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
 
 
+annotations = {}
 for name, values in SETS.items():
     chart.validate_schema(chart.merge_values(values))
     rendered = chart.render(values, name="ward", namespace="detect", is_install=True)
@@ -134,11 +135,17 @@ for name, values in SETS.items():
         check(env["WARD_KAFKA_PASSWORD"]["secretKeyRef"]["name"] == "ward-kafka" and env["WARD_ADMIN_TOKEN"]["secretKeyRef"]["name"] == "ward-admin", f"{name}: Kafka and admin secrets")
         check(env.get("WARD_RULES") == "/etc/ward/rules" and "ward-rules" in text and "ward-enrichment" in text, f"{name}: rules and enrichment ConfigMaps mounted")
     check("Secret" not in kinds, f"{name}: the chart creates no Secret")
+    annotations[name] = sts["spec"]["template"]["metadata"]["annotations"]
     with open(f"{out_dir}/{name}.json", "w") as f:
         json.dump(docs, f)
     # The spec the pods run.
     with open(f"{out_dir}/{name}.pipeline.yaml", "w") as f:
         f.write([d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "ward-spec"][0]["data"]["pipeline.yaml"])
 
+# New rules restart the pods (the checksum changes); other values leave the files' checksum alone.
+check(annotations["secrets"]["checksum/files"] != annotations["default"]["checksum/files"]
+      and annotations["monitoring"]["checksum/files"] == annotations["default"]["checksum/files"],
+      "new rules change the pods' checksum/files annotation (a rolling restart)")
+check(annotations["netns-run"]["checksum/spec"] != annotations["default"]["checksum/spec"], "a new spec changes checksum/spec")
 print(f"{len(failures)} failure(s)")
 sys.exit(1 if failures else 0)
