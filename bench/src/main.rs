@@ -10,6 +10,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod cluster;
 mod correlate;
 mod hostile;
 mod packs;
@@ -123,6 +124,17 @@ enum Cmd {
         #[arg(long, default_value_t = 200_000)]
         count: u64,
         #[arg(long, default_value_t = 5)]
+        repeat: usize,
+    },
+    /// The `ward` binary as a cluster of processes on 127.0.0.1: 1×2 vs 2×1 throughput, and the
+    /// time from a restart after kill -9 to the first output.
+    Cluster {
+        /// The `ward` binary (a release build).
+        #[arg(long)]
+        ward: PathBuf,
+        #[arg(long, default_value_t = 3_000_000)]
+        count: u64,
+        #[arg(long, default_value_t = 2)]
         repeat: usize,
     },
     /// Sigma matching time per byte on attacker-shaped events (quadratic-matching attacks).
@@ -315,5 +327,6 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Hostile { sizes, repeat } => hostile::run(&sizes, repeat),
         Cmd::Packs { count, repeat } => packs::run(count, repeat),
+        Cmd::Cluster { ward, count, repeat } => cluster::run(ward, count, repeat),
     }
 }
