@@ -347,3 +347,137 @@ fn cluster_checkpoints_survive_kill_9_and_rescale_with_the_outputs_of_one_proces
     }
     assert_eq!(newest_manifest(dir.path()).unwrap()["final_checkpoint"].as_bool(), Some(true));
 }
+
+/// Every value under `key` anywhere in `v`.
+fn all_of<'v>(v: &'v serde_json::Value, key: &str, out: &mut Vec<&'v serde_json::Value>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, x) in m {
+                if k == key {
+                    out.push(x);
+                }
+                all_of(x, key, out);
+            }
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(|x| all_of(x, key, out)),
+        _ => {}
+    }
+}
+
+fn rules_of(port: u16) -> serde_json::Value {
+    let (status, body) = http_get(port, "/rules").expect("the admin endpoint answers");
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// A rule reload asked of one process of three is compiled by every process and switched at
+/// one epoch for the whole cluster; a broken one is refused on every process, which says why.
+#[test]
+fn a_rule_reload_on_one_process_switches_every_process_at_one_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules");
+    std::fs::create_dir_all(&rules).unwrap();
+    let late = "proc_creation_encoded_powershell.yml";
+    for e in std::fs::read_dir(repo().join("rules/sigma/ward")).unwrap() {
+        let p = e.unwrap().path();
+        if p.file_name().unwrap() != late {
+            std::fs::copy(&p, rules.join(p.file_name().unwrap())).unwrap();
+        }
+    }
+    let spec = write(
+        dir.path(),
+        "spec.yaml",
+        r#"name: cluster-reload
+settings: {epoch_interval_ms: 100}
+sources:
+  - {id: gen, type: generator, count: 0, rate: 3000, seed: 9}
+operators:
+  - {id: parse, type: parse, inputs: [gen], syslog_year: 2026}
+  - {id: normalize, type: normalize, inputs: [parse]}
+  - {id: detect, type: sigma-match, inputs: [normalize], rules: [rules], watch: false, include_event: false}
+sinks:
+  - {id: alerts, type: jsonl, inputs: [detect], path: alerts.jsonl}
+"#,
+    );
+    let peers: Vec<String> = free_ports(3).iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let admin: Vec<u16> = free_ports(3);
+    let mut cluster: Vec<std::process::Child> = (0..3)
+        .map(|i| {
+            Command::new(ward_bin())
+                .args(["run", &spec, "-q", "--admin", &format!("127.0.0.1:{}", admin[i])])
+                .env("WARD_PROCESS", i.to_string())
+                .env("WARD_PEERS", peers.join(","))
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let started = Instant::now();
+    while !admin.iter().all(|p| http_get(*p, "/readyz").is_some_and(|(s, _)| s == 200)) {
+        assert!(started.elapsed() < Duration::from_secs(60), "the cluster is not ready");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let version = |port: u16| {
+        let r = rules_of(port);
+        let mut v = Vec::new();
+        all_of(&r, "version", &mut v);
+        let mut e = Vec::new();
+        all_of(&r, "since_epoch", &mut e);
+        (v[0].as_str().unwrap().to_string(), e[0].as_u64().unwrap())
+    };
+    let (v1, _) = version(admin[0]);
+    std::thread::sleep(Duration::from_millis(1500));
+
+    // Asked of process 1: every process switches at the epoch the answer names.
+    std::fs::copy(repo().join("rules/sigma/ward").join(late), rules.join(late)).unwrap();
+    let (status, body) = http(admin[1], "POST", "/rules/reload").unwrap();
+    assert_eq!(status, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let mut first = Vec::new();
+    all_of(&answer, "first_epoch", &mut first);
+    let epoch = first[0].as_u64().unwrap();
+    let v2 = {
+        let mut v = Vec::new();
+        all_of(&answer, "version", &mut v);
+        v[0].as_str().unwrap().to_string()
+    };
+    assert_ne!(v1, v2);
+    for (i, port) in admin.iter().enumerate() {
+        assert_eq!(version(*port), (v2.clone(), epoch), "process {i} runs the new rules from the same epoch");
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+
+    // A broken rule, asked of process 2: refused everywhere; every process says why.
+    std::fs::write(
+        rules.join("broken.yml"),
+        "title: broken\nlogsource: {product: windows}\ndetection: {condition: nope}\n",
+    )
+    .unwrap();
+    let (status, body) = http(admin[2], "POST", "/rules/reload").unwrap();
+    assert_eq!(status, 422, "{body}");
+    for (i, port) in admin.iter().enumerate() {
+        assert_eq!(version(*port).0, v2, "process {i} keeps the running rules");
+        let r = rules_of(*port);
+        let mut why = Vec::new();
+        all_of(&r, "last_refusal", &mut why);
+        assert!(why.iter().any(|w| w.to_string().contains("broken")), "process {i}: {r}");
+    }
+
+    let _ = Command::new("kill").args(["-TERM", &cluster[0].id().to_string()]).status();
+    for (i, (code, err)) in wait_all(&mut cluster, Duration::from_secs(30)).iter().enumerate() {
+        assert_eq!(*code, Some(0), "process {i}: {err}");
+    }
+    // Alerts of the added rule come only from the new rule set, and both sets alerted.
+    let mut versions = std::collections::BTreeMap::new();
+    for line in lines_of(dir.path(), "alerts") {
+        let a: serde_json::Value = serde_json::from_str(&line).unwrap();
+        let (rule, v) =
+            (a["rule"]["id"].as_str().unwrap().to_string(), a["ruleset_version"].as_str().unwrap().to_string());
+        if rule == "6e2a1c55-3f4b-4b7e-9a51-1f0d8c3b7a01" {
+            assert_eq!(v, v2, "the added rule alerts only under the new rule set");
+        }
+        *versions.entry(v).or_insert(0) += 1;
+    }
+    assert!(versions.contains_key(&v1) && versions.contains_key(&v2), "{versions:?}");
+}

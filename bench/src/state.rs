@@ -47,6 +47,7 @@ fn operator<C: ComponentConfig>(config: serde_json::Value) -> anyhow::Result<Box
         clock: Arc::new(EpochClock::new()),
         resumed_from: None,
         checkpointing: false,
+        switches: None,
     })
 }
 

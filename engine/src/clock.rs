@@ -13,6 +13,8 @@ use std::sync::Mutex;
 pub struct EpochClock {
     current: AtomicU64,
     advancing: Mutex<()>,
+    /// Holds in place (a cluster-wide switch is being agreed): the clock does not advance.
+    held: std::sync::atomic::AtomicUsize,
 }
 
 impl EpochClock {
@@ -22,17 +24,31 @@ impl EpochClock {
 
     /// A clock resuming at `epoch` (after a checkpoint).
     pub fn starting_at(epoch: u64) -> Self {
-        EpochClock { current: AtomicU64::new(epoch), advancing: Mutex::new(()) }
+        EpochClock { current: AtomicU64::new(epoch), advancing: Mutex::new(()), held: Default::default() }
     }
 
     pub fn current(&self) -> u64 {
         self.current.load(Ordering::SeqCst)
     }
 
-    /// Moves to the next epoch and returns it.
+    /// Moves to the next epoch and returns it (stays, while held).
     pub fn advance(&self) -> u64 {
         let _guard = self.advancing.lock().unwrap_or_else(|p| p.into_inner());
+        if self.held.load(Ordering::SeqCst) > 0 {
+            return self.current.load(Ordering::SeqCst);
+        }
         self.current.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// Keeps the clock where it is until as many [`EpochClock::release`]s: records go on
+    /// flowing at the current epoch; no later epoch begins.
+    pub fn hold(&self) {
+        let _guard = self.advancing.lock().unwrap_or_else(|p| p.into_inner());
+        self.held.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub fn release(&self) {
+        let _ = self.held.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |h| h.checked_sub(1));
     }
 
     /// Runs `publish` with the first epoch no batch can carry yet (current + 1), holding the
@@ -70,6 +86,17 @@ impl<T> Versions<T> {
     pub fn for_epoch(&self, epoch: u64) -> std::sync::Arc<T> {
         let h = self.history.load();
         h.iter().rev().find(|(first, _)| *first <= epoch).or(h.first()).map(|(_, s)| s.clone()).expect("non-empty")
+    }
+
+    /// Installs `next` from epoch `first` on: the caller makes sure no batch carries `first`
+    /// yet (a cluster-wide switch holds every process's clock below it).
+    pub fn install_at(&self, first: u64, next: std::sync::Arc<T>) {
+        let mut h: Vec<(u64, std::sync::Arc<T>)> = self.history.load().as_ref().clone();
+        h.push((first, next));
+        if h.len() > HISTORY {
+            h.remove(0);
+        }
+        self.history.store(std::sync::Arc::new(h));
     }
 
     /// Installs `next` at the first epoch no batch carries yet (epoch 0 without a clock).

@@ -100,6 +100,8 @@ pub struct WorkerContext {
     pub resumed_from: Option<u64>,
     /// The run takes checkpoints: sinks hold back what `prepare` covers until `commit`.
     pub checkpointing: bool,
+    /// In a cluster: where reloads are agreed by every process (see `switch`).
+    pub switches: Option<Arc<crate::switch::SwitchBoard>>,
 }
 
 impl WorkerContext {

@@ -16,6 +16,10 @@ use crate::coalesce::Coalescer;
 use crate::component::WorkerContext;
 use crate::metrics::ComponentMetrics;
 use crate::resources::{Resources, WatchGuard};
+use crate::switch::{SwitchBoard, Switchable};
+
+/// How long a reload waits for the cluster to agree.
+const CLUSTER_ROUND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Something a [`ReloadHandle`] switches between.
 pub trait Versioned: Send + Sync + 'static {
@@ -51,8 +55,12 @@ pub struct ReloadHandle<T> {
     /// Workers use the newest version whose first epoch is at or before the batch's epoch.
     versions: Versions<T>,
     clock: OnceLock<Arc<EpochClock>>,
-    /// Processes in the run's cluster.
-    cluster: OnceLock<usize>,
+    /// In a cluster: where every process agrees on a switch.
+    board: OnceLock<Arc<SwitchBoard>>,
+    /// A version loaded for a cluster-wide switch, until it is switched to or dropped.
+    pending: Mutex<Option<Arc<T>>>,
+    /// Why the last reload was refused (for `/rules`).
+    last_refusal: Mutex<Option<Value>>,
     metrics: OnceLock<ComponentMetrics>,
     /// Concurrent reload requests share one load.
     reloads: Coalescer<Result<Value, Value>>,
@@ -65,7 +73,9 @@ impl<T: Versioned> ReloadHandle<T> {
             spec,
             versions: Versions::new(first),
             clock: OnceLock::new(),
-            cluster: OnceLock::new(),
+            board: OnceLock::new(),
+            pending: Mutex::new(None),
+            last_refusal: Mutex::new(None),
             metrics: OnceLock::new(),
             reloads: Coalescer::new(),
             watch: Mutex::new(None),
@@ -97,17 +107,9 @@ impl<T: Versioned> ReloadHandle<T> {
 
     fn reload_now(&self) -> Result<Value, Value> {
         let running = self.current();
-        if let Some(processes) = self.cluster.get().filter(|n| **n > 1) {
-            // Each process would switch at an epoch of its own clock: workers of different
-            // processes would match the same epoch with different rules.
-            return Err(json!({
-                "status": "refused",
-                "running_version": running.version(),
-                "errors": [{"reason": format!(
-                    "{} reload is not switched across a cluster of {processes} processes yet: restart the cluster (it resumes from its newest checkpoint with the new files)",
-                    self.spec.what
-                )}],
-            }));
+        if let Some(board) = self.board.get() {
+            // In a cluster every process loads the files and all switch at one epoch.
+            return board.propose(&self.spec.component, CLUSTER_ROUND_TIMEOUT);
         }
         let new = match (self.spec.load)(&self.spec.resources, &running) {
             Ok(new) => new,
@@ -116,7 +118,9 @@ impl<T: Versioned> ReloadHandle<T> {
                     m.reload_failures.inc();
                 }
                 tracing::warn!(component = %self.spec.component, ?errors, "{} reload refused; the running version stays", self.spec.what);
-                return Err(json!({ "status": "refused", "running_version": running.version(), "errors": errors }));
+                let answer = json!({ "status": "refused", "running_version": running.version(), "errors": errors });
+                *self.last_refusal.lock().unwrap_or_else(|p| p.into_inner()) = Some(answer.clone());
+                return Err(answer);
             }
         };
         if new.version() == running.version() {
@@ -129,31 +133,25 @@ impl<T: Versioned> ReloadHandle<T> {
             (self.spec.publish)(m, Some(&running), &new);
         }
         tracing::info!(component = %self.spec.component, version = %new.version(), first_epoch = first, "{} reloaded", self.spec.what);
-        let mut out = Map::new();
-        out.insert("status".into(), "reloaded".into());
-        out.insert("version".into(), new.version().into());
-        out.insert("previous_version".into(), running.version().into());
-        out.insert("first_epoch".into(), first.into());
-        out.extend((self.spec.summary)(&new));
-        Ok(Value::Object(out))
+        Ok(self.answer(&running, &new, first))
     }
 
     /// Called by every worker instance; the first one connects the handle to the run (its
     /// clock, the component's metrics) and starts watching the files.
     pub fn start(self: &Arc<Self>, ctx: &WorkerContext) {
         let _ = self.clock.set(ctx.clock.clone());
-        let _ = self.cluster.set(ctx.processes);
         if self.metrics.set(ctx.metrics.clone()).is_err() {
             return;
+        }
+        if let Some(board) = &ctx.switches {
+            let _ = self.board.set(board.clone());
+            board.join(&self.spec.component, Arc::new(Member(Arc::downgrade(self))));
         }
         (self.spec.publish)(&ctx.metrics, None, &self.current());
         if !self.spec.watch {
             return;
         }
-        if ctx.processes > 1 {
-            tracing::info!(component = %self.spec.component, "not watching the files of the {}: reloads are not switched across a cluster yet", self.spec.what);
-            return;
-        }
+
         let weak = Arc::downgrade(self);
         match self.spec.resources.watch(&self.spec.paths, move || {
             if let Some(h) = weak.upgrade() {
@@ -165,6 +163,22 @@ impl<T: Versioned> ReloadHandle<T> {
                 tracing::warn!(component = %self.spec.component, error = %e, "cannot watch the files of the {}", self.spec.what)
             }
         }
+    }
+
+    /// Why the last reload was refused, if it was.
+    pub fn last_refusal(&self) -> Option<Value> {
+        self.last_refusal.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// What the reload answer says about a newly running version.
+    fn answer(&self, previous: &T, new: &T, first: u64) -> Value {
+        let mut out = Map::new();
+        out.insert("status".into(), "reloaded".into());
+        out.insert("version".into(), new.version().into());
+        out.insert("previous_version".into(), previous.version().into());
+        out.insert("first_epoch".into(), first.into());
+        out.extend((self.spec.summary)(new));
+        Value::Object(out)
     }
 
     /// Registers `POST <path>` (e.g. `/rules/reload`) for this component on the admin endpoint.
@@ -179,6 +193,50 @@ impl<T: Versioned> ReloadHandle<T> {
                 Err(v) => (422, v),
             }),
         );
+    }
+}
+
+/// A handle as a member of the cluster's switch board.
+struct Member<T>(std::sync::Weak<ReloadHandle<T>>);
+
+impl<T: Versioned> Switchable for Member<T> {
+    fn prepare(&self) -> Result<Option<String>, Vec<Value>> {
+        let Some(h) = self.0.upgrade() else { return Ok(None) };
+        let running = h.current();
+        match (h.spec.load)(&h.spec.resources, &running) {
+            Ok(new) if new.version() == running.version() => Ok(None),
+            Ok(new) => {
+                let version = new.version().to_string();
+                *h.pending.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(new));
+                Ok(Some(version))
+            }
+            Err(errors) => {
+                if let Some(m) = h.metrics.get() {
+                    m.reload_failures.inc();
+                }
+                Err(errors)
+            }
+        }
+    }
+
+    fn switch_at(&self, epoch: u64) -> Value {
+        let Some(h) = self.0.upgrade() else { return Value::Null };
+        let Some(new) = h.pending.lock().unwrap_or_else(|p| p.into_inner()).take() else { return Value::Null };
+        let running = h.current();
+        h.versions.install_at(epoch, new.clone());
+        if let Some(m) = h.metrics.get() {
+            m.reloads.inc();
+            (h.spec.publish)(m, Some(&running), &new);
+        }
+        tracing::info!(component = %h.spec.component, version = %new.version(), first_epoch = epoch, "{} reloaded on every process of the cluster", h.spec.what);
+        h.answer(&running, &new, epoch)
+    }
+
+    fn cancel(&self, why: &Value) {
+        let Some(h) = self.0.upgrade() else { return };
+        h.pending.lock().unwrap_or_else(|p| p.into_inner()).take();
+        tracing::warn!(component = %h.spec.component, %why, "{} reload refused by the cluster; the running version stays", h.spec.what);
+        *h.last_refusal.lock().unwrap_or_else(|p| p.into_inner()) = Some(why.clone());
     }
 }
 
@@ -233,6 +291,7 @@ mod tests {
             clock: clock.clone(),
             resumed_from: None,
             checkpointing: false,
+            switches: None,
         };
         h.start(&ctx);
         std::fs::write(dir.path().join("v.txt"), "v1").unwrap();
@@ -254,9 +313,13 @@ mod tests {
     }
 
     #[test]
-    fn in_a_cluster_a_reload_is_refused_rather_than_switched_at_one_process_alone() {
+    fn in_a_cluster_a_reload_waits_for_the_cluster_and_switches_at_the_agreed_epoch() {
+        use crate::switch::{Outcome, SwitchReport};
         let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("v.txt"), "v1").unwrap();
         let h = handle(dir.path());
+        let clock = Arc::new(EpochClock::starting_at(5));
+        let board = crate::switch::SwitchBoard::new(clock.clone());
         let metrics = crate::metrics::Metrics::new();
         let ctx = WorkerContext {
             component_id: "c".into(),
@@ -265,15 +328,37 @@ mod tests {
             processes: 2,
             resources: Resources::new(dir.path()),
             metrics: metrics.component("c"),
-            clock: Arc::new(EpochClock::starting_at(5)),
+            clock: clock.clone(),
             resumed_from: None,
             checkpointing: false,
+            switches: Some(board.clone()),
         };
         h.start(&ctx);
         std::fs::write(dir.path().join("v.txt"), "v2").unwrap();
-        let refused = h.reload().unwrap_err();
-        let reason = refused["errors"][0]["reason"].as_str().unwrap_or_default();
-        assert!(reason.contains("restart the cluster"), "{refused}");
-        assert_eq!(h.current().0, "v1");
+        // The leader's part, played here: prepare, switch at 9, end.
+        let leader = {
+            let board = board.clone();
+            std::thread::spawn(move || {
+                let wait = |board: &crate::switch::SwitchBoard| loop {
+                    let r = board.take_reports();
+                    if !r.is_empty() {
+                        return r;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                };
+                assert!(matches!(&wait(&board)[..], [SwitchReport::Propose { .. }]));
+                board.prepare(1, "c");
+                assert!(
+                    matches!(&wait(&board)[..], [SwitchReport::Prepared { version: Ok(Some(v)), epoch: 5, .. }] if v == "v2")
+                );
+                board.switch(1, "c", 9);
+                board.end(1, "c", Outcome::Reloaded { epoch: 9 });
+            })
+        };
+        let answer = h.reload().unwrap();
+        leader.join().unwrap();
+        assert_eq!((answer["status"].as_str(), answer["first_epoch"].as_u64()), (Some("reloaded"), Some(9)));
+        assert_eq!((h.for_epoch(8).0.as_str(), h.for_epoch(9).0.as_str()), ("v1", "v2"));
+        assert_eq!(clock.advance(), 6, "released after the round");
     }
 }

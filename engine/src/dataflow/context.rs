@@ -23,6 +23,8 @@ pub(crate) struct RunContext {
     restored: Option<Restored>,
     /// Processes in the cluster (1: a single process).
     pub processes: usize,
+    /// In a cluster: reloads agreed by every process.
+    pub switches: Option<Arc<crate::switch::SwitchBoard>>,
 }
 
 impl RunContext {
@@ -43,11 +45,15 @@ impl RunContext {
             checkpointer,
             restored,
             processes: 1,
+            switches: None,
         }
     }
 
     pub fn in_cluster_of(mut self, processes: usize) -> Self {
         self.processes = processes.max(1);
+        if processes > 1 {
+            self.switches = Some(crate::switch::SwitchBoard::new(self.clock.clone()));
+        }
         self
     }
 
@@ -117,6 +123,7 @@ impl RunContext {
             clock: self.clock.clone(),
             resumed_from: self.resumed_from(),
             checkpointing: self.checkpointer.is_some(),
+            switches: self.switches.clone(),
         }
     }
 }

@@ -33,16 +33,35 @@ use timely::worker::Worker;
 
 use super::context::RunContext;
 use crate::checkpoint::{PartInfo, PartsReport};
+use crate::switch::{SwitchDecision, SwitchLeader, SwitchReport};
 
 /// From a process to the leader.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub(crate) enum Report {
-    Hello { process: usize, resumed_from: Option<u64> },
+    Hello {
+        process: usize,
+        resumed_from: Option<u64>,
+    },
     Parts(PartsReport),
-    Retired { process: usize, proposal: u64 },
-    Stop { process: usize },
-    Failed { process: usize, why: String },
-    Beat { process: usize },
+    Retired {
+        process: usize,
+        proposal: u64,
+    },
+    Stop {
+        process: usize,
+    },
+    Failed {
+        process: usize,
+        why: String,
+    },
+    Beat {
+        process: usize,
+    },
+    /// A cluster-wide reload (`switch`).
+    Switch {
+        process: usize,
+        report: SwitchReport,
+    },
 }
 
 /// From the leader to every process.
@@ -54,6 +73,7 @@ pub(crate) enum Decision {
     Stop { by: usize },
     Failed { process: usize, why: String },
     Beat,
+    Switch(SwitchDecision),
 }
 
 /// The leader's bookkeeping: pure, so that its rules are unit-tested without a cluster.
@@ -66,6 +86,7 @@ pub(crate) struct Leader {
     written: u64,
     closing: Option<u64>,
     stopped: bool,
+    switches: SwitchLeader,
 }
 
 impl Leader {
@@ -78,6 +99,7 @@ impl Leader {
             written: resumed_from.map_or(0, |e| e + 1),
             closing: None,
             stopped: false,
+            switches: SwitchLeader::new(processes),
         }
     }
 
@@ -151,6 +173,9 @@ impl Leader {
                 vec![Decision::Stop { by: process }]
             }
             Report::Failed { process, why } => vec![Decision::Failed { process, why }],
+            Report::Switch { process, report } => {
+                self.switches.handle(process, report).into_iter().map(Decision::Switch).collect()
+            }
             Report::Beat { process } => {
                 // The leader's own heartbeat paces the answers.
                 if process == 0 {
@@ -342,6 +367,14 @@ fn apply(run: &RunContext, state: &ControlState, process: usize, d: Decision) {
             }
         }
         Decision::Beat => {}
+        Decision::Switch(d) => {
+            let Some(board) = &run.switches else { return };
+            match d {
+                SwitchDecision::Prepare { round, component } => board.prepare(round, &component),
+                SwitchDecision::Switch { round, component, epoch } => board.switch(round, &component, epoch),
+                SwitchDecision::End { round, component, outcome } => board.end(round, &component, outcome),
+            }
+        }
     }
 }
 
@@ -358,6 +391,9 @@ impl ControlPlane {
         }
         if let Some(ck) = run.checkpointer() {
             out.extend(ck.take_reports().into_iter().map(Report::Parts));
+        }
+        if let Some(board) = &run.switches {
+            out.extend(board.take_reports().into_iter().map(|report| Report::Switch { process: self.process, report }));
         }
         match run.failure() {
             Some(why) => {

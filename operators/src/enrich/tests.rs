@@ -113,6 +113,7 @@ fn files_reload_on_change_at_one_epoch_and_a_broken_file_keeps_the_running_data(
         clock: clock.clone(),
         resumed_from: None,
         checkpointing: false,
+        switches: None,
     };
     data.start(&ctx);
     let first_version = data.current().version.clone();

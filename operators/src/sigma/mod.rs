@@ -241,6 +241,7 @@ fn describe(handle: &RuleHandle) -> serde_json::Value {
         "rejected": set.rejected(),
         "correlations": set.correlations.rules.len(),
         "rejections": set.rejections().iter().map(|(p, id, why)| serde_json::json!({"path": p, "id": id, "reason": why})).collect::<Vec<_>>(),
+        "last_refusal": handle.last_refusal(),
     })
 }
 
