@@ -69,6 +69,7 @@ operators:
   - {{id: correlate, type: correlate, inputs: [detect], rules: ["{r}"], watch: false}}
 sinks:
   - {{id: alerts, type: jsonl, inputs: [correlate], path: alerts.jsonl}}
+  - {{id: rejected, type: jsonl, inputs: [quarantine], path: quarantine.jsonl}}
 "#,
             r = rules.display()
         ),
@@ -112,6 +113,8 @@ operators:
   - {{id: correlate, type: correlate, inputs: [detect], rules: ["{r}"], watch: false}}
 sinks:
   - {{id: events, type: jsonl, inputs: [normalize], path: events.jsonl}}
+  - {{id: alerts, type: jsonl, inputs: [correlate], path: alerts.jsonl}}
+  - {{id: rejected, type: jsonl, inputs: [quarantine], path: quarantine.jsonl}}
 "#,
             r = rules.display()
         ),
@@ -139,7 +142,7 @@ sinks:
         let _ = c.wait();
     }
     println!(
-        "restart: 3 processes x 1 worker, checkpoints every 1s, 20,000 records/s; after kill -9 of one, the others were down in {:.2}s; restarted, the first new output {:.2}s after the start",
+        "restart: 3 processes x 1 worker, checkpoints every 1s, 20,000 records/s; after kill -9 of one, the others were down in {:.2}s; restarted, the first new output (committed with the first checkpoint after the restore) {:.2}s after the start",
         all_down.as_secs_f64(),
         first.as_secs_f64()
     );
