@@ -3,8 +3,9 @@
 //! Each worker keeps what it writes in memory until a checkpoint is prepared; the lines then go
 //! into the checkpoint (so they survive a crash) and are appended to the file only when the
 //! checkpoint is durable. Every append is recorded in a commit log beside the file
-//! (`<file>.ward-commits`: `<checkpoint|end-RUN> <worker> <offset> <length>` per line), written
-//! after the appended bytes are synced. Before a run resumes, the file is cut back to what the
+//! (`<file>.ward-commits`: `<checkpoint|end-RUN> <worker> <offset> <length>` per line, after a
+//! first `base <offset>` line saying where Ward's commits begin), written after the appended
+//! bytes are synced. Before a run resumes, the file is cut back to what the
 //! log says was committed by checkpoints up to the one resumed from (dropping partial appends
 //! and what a run's end wrote if its closing checkpoint never completed), and the lines of any
 //! retained checkpoint the log does not show are appended.
@@ -75,8 +76,12 @@ impl CommittedFile {
             std::fs::create_dir_all(dir)?;
         }
         if fresh {
-            File::create(path)?;
-            File::create(log_path(path))?;
+            File::create(path)?.sync_all()?;
+            // Where Ward's commits begin: without it, a crash between the first append and its
+            // log line would leave bytes a resume takes for the file's own earlier content.
+            let mut log = File::create(log_path(path))?;
+            log.write_all(b"base 0\n")?;
+            log.sync_all()?;
         }
         let file = OpenOptions::new().create(true).append(true).open(path)?;
         let log = OpenOptions::new().create(true).append(true).open(log_path(path))?;
@@ -128,6 +133,7 @@ pub fn restore(path: &Path, retained: &[SinkCheckpoint<'_>]) -> anyhow::Result<(
     let log = log_path(path);
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     let entries: Vec<Entry> = text.lines().filter_map(Entry::parse).collect();
+    let marked = text.lines().find_map(|l| l.strip_prefix("base ")?.trim().parse::<u64>().ok());
     let keep = |e: &Entry| match e.tag {
         Tag::Checkpoint(c) => c <= resumed.epoch,
         // Ends of earlier runs were settled when the run that wrote `resumed` started.
@@ -138,7 +144,7 @@ pub fn restore(path: &Path, retained: &[SinkCheckpoint<'_>]) -> anyhow::Result<(
         File::open(path)?.read_to_end(&mut data)?;
     }
     // What stays: the bytes before Ward's first commit, then every kept commit in log order.
-    let base = entries.first().map_or(data.len() as u64, |e| e.start).min(data.len() as u64) as usize;
+    let base = marked.or(entries.first().map(|e| e.start)).unwrap_or(data.len() as u64).min(data.len() as u64) as usize;
     let mut content = data[..base].to_vec();
     let mut kept = Vec::new();
     for e in entries.iter().filter(|e| keep(e)) {
@@ -170,7 +176,7 @@ pub fn restore(path: &Path, retained: &[SinkCheckpoint<'_>]) -> anyhow::Result<(
         File::open(&tmp)?.sync_all()?;
         std::fs::rename(&tmp, path)?;
     }
-    let rendered: String = kept.iter().map(Entry::render).collect();
+    let rendered: String = std::iter::once(format!("base {base}\n")).chain(kept.iter().map(Entry::render)).collect();
     if rendered != text {
         let tmp = log.with_extension("ward-tmp");
         std::fs::write(&tmp, rendered)?;
@@ -246,5 +252,29 @@ mod tests {
         let later = manifest(14, false, 11);
         restore(&path, &[SinkCheckpoint { manifest: &later, parts: vec![], owner: Ownership::SINGLE }]).unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "a3\nb3\na6\nb5\nb6\nb9\na-end\n");
+    }
+
+    #[test]
+    fn a_crash_between_the_first_append_and_its_log_line_adds_nothing_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.jsonl");
+        CommittedFile::open(&path, true).unwrap();
+        // The first append's bytes are synced; the process dies before the log line.
+        OpenOptions::new().append(true).open(&path).unwrap().write_all(b"a3\n").unwrap();
+        let m3 = manifest(3, false, 0);
+        let part = encode_segments(&[(3, b"a3\n".to_vec())]).unwrap();
+        restore(
+            &path,
+            &[SinkCheckpoint { manifest: &m3, parts: vec![(0, part.as_slice())], owner: Ownership::SINGLE }],
+        )
+        .unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "a3\n", "once, from the checkpoint");
+        // And again (a second resume from the same checkpoint changes nothing).
+        restore(
+            &path,
+            &[SinkCheckpoint { manifest: &m3, parts: vec![(0, part.as_slice())], owner: Ownership::SINGLE }],
+        )
+        .unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "a3\n");
     }
 }
