@@ -243,32 +243,6 @@ fn start(spec: &str, processes: usize, workers: usize) -> Vec<std::process::Chil
         .collect()
 }
 
-/// Waits (bounded) for every child to exit; their exit codes and standard errors.
-fn wait_all(children: &mut [std::process::Child], bound: Duration) -> Vec<(Option<i32>, String)> {
-    let deadline = Instant::now() + bound;
-    children
-        .iter_mut()
-        .enumerate()
-        .map(|(i, c)| {
-            let status = loop {
-                if let Some(s) = c.try_wait().unwrap() {
-                    break s;
-                }
-                if Instant::now() > deadline {
-                    let _ = c.kill();
-                    panic!("process {i} still runs after {bound:?}");
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            };
-            let mut err = String::new();
-            if let Some(e) = c.stderr.as_mut() {
-                std::io::Read::read_to_string(e, &mut err).unwrap();
-            }
-            (status.code(), err)
-        })
-        .collect()
-}
-
 /// The newest complete checkpoint's manifest under `dir/checkpoints`.
 fn newest_manifest(dir: &std::path::Path) -> Option<serde_json::Value> {
     let mut dirs: Vec<_> = std::fs::read_dir(dir.join("checkpoints")).ok()?.map(|e| e.unwrap().path()).collect();

@@ -181,32 +181,6 @@ fn start(pods: &[Pod], netns: &Netns, mounts: &Mounts) -> Vec<Child> {
         .collect()
 }
 
-fn wait_all(children: &mut [Child], bound: Duration) -> Vec<(Option<i32>, String)> {
-    let deadline = Instant::now() + bound;
-    children
-        .iter_mut()
-        .enumerate()
-        .map(|(i, c)| {
-            let status = loop {
-                if let Some(s) = c.try_wait().unwrap() {
-                    break s;
-                }
-                if Instant::now() > deadline {
-                    let _ = c.kill();
-                    let _ = c.wait();
-                    panic!("process {i} still runs after {bound:?}");
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            };
-            let mut err = String::new();
-            if let Some(e) = c.stderr.as_mut() {
-                std::io::Read::read_to_string(e, &mut err).unwrap();
-            }
-            (status.code(), err)
-        })
-        .collect()
-}
-
 fn newest_checkpoint(dir: &Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
     entries

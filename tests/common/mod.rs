@@ -287,3 +287,31 @@ pub fn run_and_kill(spec: &Path, workers: usize, after: std::time::Duration) {
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
 }
+
+/// Waits (bounded) for every child to exit; their exit codes and standard errors. A child still
+/// running at the bound is killed and the test fails.
+pub fn wait_all(children: &mut [std::process::Child], bound: std::time::Duration) -> Vec<(Option<i32>, String)> {
+    let deadline = std::time::Instant::now() + bound;
+    children
+        .iter_mut()
+        .enumerate()
+        .map(|(i, c)| {
+            let status = loop {
+                if let Some(s) = c.try_wait().unwrap() {
+                    break s;
+                }
+                if std::time::Instant::now() > deadline {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    panic!("process {i} still runs after {bound:?}");
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            };
+            let mut err = String::new();
+            if let Some(e) = c.stderr.as_mut() {
+                std::io::Read::read_to_string(e, &mut err).unwrap();
+            }
+            (status.code(), err)
+        })
+        .collect()
+}

@@ -215,23 +215,20 @@ impl ControlState {
         self.heard.lock().unwrap_or_else(|e| e.into_inner()).insert(process, Instant::now());
     }
 
-    /// The processes of `expected` not heard from for `timeout`; one never heard from yet
+    /// The first process of `expected` not heard from for `timeout`; one never heard from yet
     /// (still building its dataflow or restoring) has `startup` from `since`.
     fn silent(
         &self,
-        expected: &[usize],
+        mut expected: std::ops::Range<usize>,
         since: Instant,
         timeout: Duration,
         startup: Duration,
-    ) -> Vec<(usize, Duration)> {
+    ) -> Option<(usize, Duration)> {
         let heard = self.heard.lock().unwrap_or_else(|e| e.into_inner());
-        expected
-            .iter()
-            .filter_map(|p| match heard.get(p) {
-                Some(t) => Some((*p, t.elapsed())).filter(|(_, quiet)| *quiet > timeout),
-                None => Some((*p, since.elapsed())).filter(|(_, quiet)| *quiet > startup),
-            })
-            .collect()
+        expected.find_map(|p| match heard.get(&p) {
+            Some(t) => Some((p, t.elapsed())).filter(|(_, quiet)| *quiet > timeout),
+            None => Some((p, since.elapsed())).filter(|(_, quiet)| *quiet > startup),
+        })
     }
 }
 
@@ -435,10 +432,10 @@ impl ControlPlane {
     /// Exits the process when the leader (or, on the leader, a process) has been silent for
     /// longer than the peer timeout: its link is cut or it hangs.
     fn check_peers(&self) {
-        let expected: Vec<usize> = if self.process == 0 { (0..self.processes).collect() } else { vec![0] };
+        // The leader listens to every process; the others to the leader.
+        let expected = if self.process == 0 { 0..self.processes } else { 0..1 };
         let startup = self.peer_timeout.max(self.connect_timeout);
-        let silent = self.state.silent(&expected, self.started, self.peer_timeout, startup);
-        if let Some((peer, quiet)) = silent.first() {
+        if let Some((peer, quiet)) = self.state.silent(expected, self.started, self.peer_timeout, startup) {
             eprintln!(
                 "error: process {} of {}: no word from process {peer} for {:.1}s (peer timeout {:.0?}): its link is cut or it hangs; exiting so that all processes restart and resume",
                 self.process,
