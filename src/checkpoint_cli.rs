@@ -1,25 +1,28 @@
-//! `ward checkpoint list|inspect DIR`: what a checkpoint directory holds.
+//! `ward checkpoint list|inspect LOCATION`: what a checkpoint directory or object store holds.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Subcommand;
 use ward_engine::checkpoint::{list, Restored};
+use ward_engine::storage::{open, StorageOptions, Store};
 
 #[derive(Subcommand)]
 pub enum CheckpointCommand {
-    /// The complete checkpoints in DIR, oldest first: epoch, time, workers, parts, bytes.
+    /// The complete checkpoints in a directory or object store (`s3://bucket/prefix`, reached
+    /// with the standard AWS_* environment), oldest first: epoch, time, workers, parts, bytes.
     List {
-        dir: PathBuf,
+        #[arg(value_name = "DIR_OR_URL")]
+        dir: String,
         /// Print JSON (one manifest per line).
         #[arg(long)]
         json: bool,
     },
     /// One checkpoint (default: the newest): its manifest and every part, checked against it.
     Inspect {
-        dir: PathBuf,
+        #[arg(value_name = "DIR_OR_URL")]
+        dir: String,
         /// The checkpoint's epoch.
         #[arg(long)]
         epoch: Option<u64>,
@@ -49,8 +52,14 @@ fn emit(out: &str) {
     let _ = std::io::stdout().lock().write_all(out.as_bytes());
 }
 
-fn list_cmd(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
-    let manifests = list(dir)?;
+fn store(location: &str) -> anyhow::Result<std::sync::Arc<dyn Store>> {
+    let cwd = std::env::current_dir()?;
+    open(location, &cwd, &StorageOptions::default(), None, "checkpoint")
+}
+
+fn list_cmd(dir: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let store = store(dir)?;
+    let manifests = list(store.as_ref())?;
     let mut out = String::new();
     if json {
         for m in &manifests {
@@ -60,7 +69,7 @@ fn list_cmd(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     if manifests.is_empty() {
-        eprintln!("no complete checkpoint in {}", dir.display());
+        eprintln!("no complete checkpoint in {}", store.location());
         return Ok(ExitCode::SUCCESS);
     }
     writeln!(out, "{:>12}  {:<29}  {:>7}  {:>5}  {:>12}  final", "epoch", "written", "workers", "parts", "bytes")?;
@@ -81,8 +90,9 @@ fn list_cmd(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn inspect(dir: &Path, epoch: Option<u64>) -> anyhow::Result<ExitCode> {
-    let manifests = list(dir)?;
+fn inspect(dir: &str, epoch: Option<u64>) -> anyhow::Result<ExitCode> {
+    let store = store(dir)?;
+    let manifests = list(store.as_ref())?;
     let manifest = match epoch {
         Some(e) => manifests.into_iter().find(|m| m.epoch == e),
         None => manifests.into_iter().last(),
@@ -92,7 +102,7 @@ fn inspect(dir: &Path, epoch: Option<u64>) -> anyhow::Result<ExitCode> {
         anyhow::bail!(
             "no complete checkpoint{} in {}",
             epoch.map_or(String::new(), |e| format!(" {e}")),
-            dir.display()
+            store.location()
         );
     };
     writeln!(
@@ -111,7 +121,7 @@ fn inspect(dir: &Path, epoch: Option<u64>) -> anyhow::Result<ExitCode> {
     }
     let parts = manifest.parts.clone();
     // Reading it back verifies every part's size and checksum.
-    Restored::load(dir, manifest)?;
+    Restored::load(store.as_ref(), manifest)?;
     writeln!(out, "{:<48} {:>12}  xxh3", "part", "bytes")?;
     for p in parts {
         writeln!(out, "{:<48} {:>12}  {}", p.name, p.bytes, p.xxh3)?;

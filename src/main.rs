@@ -101,10 +101,10 @@ struct RunArgs {
     /// Also write the run summary as JSON to this file.
     #[arg(long)]
     summary_json: Option<PathBuf>,
-    /// Take checkpoints in this directory (overrides the spec's `settings.checkpoint.dir`) and
-    /// resume from the newest complete one found there.
-    #[arg(long)]
-    checkpoint_dir: Option<PathBuf>,
+    /// Take checkpoints in this directory or object store (`s3://bucket/prefix`; overrides the
+    /// spec's `settings.checkpoint`) and resume from the newest complete one found there.
+    #[arg(long, value_name = "DIR_OR_URL")]
+    checkpoint_dir: Option<String>,
     /// After SIGINT/SIGTERM, exit with code 1 if draining takes longer than this (overrides
     /// `settings.shutdown_timeout`, default 30s), e.g. `10s`.
     #[arg(long, value_parser = humantime::parse_duration)]

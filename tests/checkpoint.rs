@@ -128,7 +128,13 @@ fn a_damaged_checkpoint_is_reported() {
     run(dir.path(), 1, None);
     let root = dir.path().join("checkpoints");
     let newest = std::fs::read_dir(&root).unwrap().map(|e| e.unwrap().path()).max().unwrap();
-    std::fs::write(newest.join("parts/source.gen.w0.bin"), b"garbage").unwrap();
+    // Parts are named `<participant>.<writer token>.bin`.
+    let part = std::fs::read_dir(newest.join("parts"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("source.gen.w0."))
+        .unwrap();
+    std::fs::write(part, b"garbage").unwrap();
     let r = ward(&["checkpoint", "inspect", root.to_str().unwrap()]);
     assert_ne!(r.code, 0);
     assert!(r.stderr.contains("does not match the manifest"), "{}", r.stderr);

@@ -279,7 +279,12 @@ fn stages(count: u64, zstd_level: i32) -> anyhow::Result<()> {
         max_file_rows: 1_000_000,
         close_idle_after_epochs: 60,
     };
-    let mut sink = ParquetSink::new(pq, dir.path().to_path_buf(), "bench", 0);
+    let mut sink = ParquetSink::new(
+        pq,
+        std::sync::Arc::new(ward_engine::storage::LocalStore::new(dir.path().to_path_buf())),
+        "bench",
+        0,
+    )?;
     let (_, t_parquet) = time(|| -> anyhow::Result<()> {
         for b in enriched {
             sink.write(&Payload::Events(b))?;

@@ -33,6 +33,7 @@ fn operator<C: ComponentConfig>(config: serde_json::Value) -> anyhow::Result<Box
         admin: &admin,
         io: &Default::default(),
         downstream_alert_keys: &[],
+        storage: &Default::default(),
     })?
     else {
         anyhow::bail!("{} is not a keyed operator", C::TYPE);

@@ -1,5 +1,5 @@
-//! Checkpoints (docs/architecture.md §4): consistent cuts of a running pipeline, written to a directory
-//! and restored on start.
+//! Checkpoints (docs/architecture.md §4): consistent cuts of a running pipeline, written to a
+//! directory or an object store ([`crate::storage`]) and restored on start.
 //!
 //! Checkpoint `c` holds, for every *participant* (a source, route stage, stateful operator or
 //! sink instance on one worker), its state after exactly the records of epochs ≤ `c`. Every
@@ -10,12 +10,18 @@
 //! Layout (version 1):
 //!
 //! ```text
-//! DIR/chk-000000000042/parts/<participant>.bin   one file per participant
-//! DIR/chk-000000000042/MANIFEST.json             written last (temporary file, fsync, rename)
+//! LOCATION/chk-000000000042/parts/<participant>.<writer>.bin   one object per participant
+//! LOCATION/chk-000000000042/MANIFEST.json                      created last, only if absent
 //! ```
 //!
-//! A directory without a manifest is an incomplete checkpoint and is ignored (and removed
-//! once a later checkpoint completes). The newest `retain` complete checkpoints are kept.
+//! Parts are immutable: `<writer>` is a token of the process that wrote them, so writers never
+//! overwrite each other's parts, and the manifest names the objects it vouches for (with size
+//! and checksum). The manifest is created with a conditional put (create-if-absent: S3's
+//! `If-None-Match: *`, a hard link on a filesystem), so no rename is needed and two runs that
+//! share a location by mistake can never both commit an epoch: the second finds the first's
+//! manifest and stops with an error. A checkpoint without a manifest is incomplete and is
+//! ignored (and removed once a later checkpoint completes). The newest `retain` complete
+//! checkpoints are kept; pruning removes a manifest before its parts.
 //! Participants are named `<kind>.<component>[.i<input>].w<worker>` (kinds: `source`, `route`,
 //! `keyed`, `sink`; see [`part_prefix`]), with the worker's index in the whole cluster; keyed
 //! state is one part per worker holding its key groups, so a checkpoint written by N workers
@@ -28,14 +34,14 @@
 //! the control stream ([`Checkpointer::mark_committed`]) do sinks commit.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+
+use crate::storage::{Created, Store};
 
 pub const LAYOUT_VERSION: u32 = 1;
 const MANIFEST: &str = "MANIFEST.json";
@@ -44,8 +50,15 @@ const MANIFEST: &str = "MANIFEST.json";
 #[derive(Clone, Debug, Deserialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct CheckpointConfig {
-    /// Directory for checkpoints (relative to the spec). `ward run --checkpoint-dir` overrides it.
+    /// Directory for checkpoints (relative to the spec), or an object-store URL like `url`.
+    /// `ward run --checkpoint-dir` overrides it.
+    #[serde(default)]
     pub dir: String,
+    /// An object store for checkpoints: `s3://bucket/prefix` (also `gs://`, `az://`,
+    /// `file:///path`), reached as `settings.storage` says, with credentials from the
+    /// environment.
+    #[serde(default)]
+    pub url: Option<String>,
     /// How often a checkpoint is taken (rounded to whole epochs).
     #[serde(default = "default_interval", with = "humantime_serde")]
     #[schemars(with = "String")]
@@ -58,7 +71,12 @@ pub struct CheckpointConfig {
 impl CheckpointConfig {
     /// Default interval and retention.
     pub fn with_dir(dir: &str) -> Self {
-        CheckpointConfig { dir: dir.to_string(), interval: default_interval(), retain: default_retain() }
+        CheckpointConfig { dir: dir.to_string(), url: None, interval: default_interval(), retain: default_retain() }
+    }
+
+    /// Where checkpoints go: the URL, else the directory.
+    pub fn location(&self) -> &str {
+        self.url.as_deref().unwrap_or(&self.dir)
     }
 }
 
@@ -72,6 +90,9 @@ fn default_retain() -> usize {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PartInfo {
     pub name: String,
+    /// The part's object under `chk-…/parts/` (empty in checkpoints of earlier versions: `<name>.bin`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub file: String,
     pub bytes: u64,
     /// xxh3-64 of the part's bytes, hex.
     pub xxh3: String,
@@ -101,6 +122,9 @@ pub struct Manifest {
     /// Rule-set version (content hash) each detector was running when the checkpoint completed.
     #[serde(default)]
     pub rulesets: BTreeMap<String, String>,
+    /// The token of the process that wrote the manifest (parts carry their writers' tokens).
+    #[serde(default)]
+    pub writer: String,
     pub parts: Vec<PartInfo>,
 }
 
@@ -143,40 +167,46 @@ impl Ownership {
 /// Reads the detectors' running rule-set versions (component → version).
 pub type RulesetVersions = Arc<dyn Fn() -> BTreeMap<String, String> + Send + Sync>;
 
-fn checkpoint_dir(root: &Path, epoch: u64) -> PathBuf {
-    root.join(format!("chk-{epoch:012}"))
+fn checkpoint_key(epoch: u64) -> String {
+    format!("chk-{epoch:012}")
 }
 
-/// Writes `bytes` to `path` through a temporary file, fsynced, then renamed.
-fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    fail::fail_point!("checkpoint-manifest");
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
+fn manifest_key(epoch: u64) -> String {
+    format!("{}/{MANIFEST}", checkpoint_key(epoch))
+}
+
+fn part_key(epoch: u64, part: &PartInfo) -> String {
+    match part.file.as_str() {
+        "" => format!("{}/parts/{}.bin", checkpoint_key(epoch), part.name),
+        file => format!("{}/parts/{file}", checkpoint_key(epoch)),
     }
-    Ok(())
 }
 
-/// The complete checkpoints under `root`, oldest first.
-pub fn list(root: &Path) -> anyhow::Result<Vec<Manifest>> {
+/// Every object of every checkpoint (complete or not) in `store`, by epoch.
+fn objects(store: &dyn Store) -> anyhow::Result<BTreeMap<u64, Vec<String>>> {
+    let mut out: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+    for e in store.list("")? {
+        let Some(epoch) = e.key.strip_prefix("chk-").and_then(|r| r.split('/').next()).and_then(|n| n.parse().ok())
+        else {
+            continue;
+        };
+        out.entry(epoch).or_default().push(e.key);
+    }
+    Ok(out)
+}
+
+/// The complete checkpoints in `store`, oldest first.
+pub fn list(store: &dyn Store) -> anyhow::Result<Vec<Manifest>> {
     let mut out = Vec::new();
-    let entries = match std::fs::read_dir(root) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => return Err(anyhow::anyhow!("{}: {e}", root.display())),
-    };
-    for entry in entries {
-        let path = entry?.path();
-        let manifest = path.join(MANIFEST);
-        if !manifest.is_file() {
+    for (epoch, keys) in objects(store)? {
+        let key = manifest_key(epoch);
+        if !keys.contains(&key) {
             continue;
         }
-        let text = std::fs::read_to_string(&manifest)?;
-        let m: Manifest = serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", manifest.display()))?;
+        // Pruned since the listing: no longer complete.
+        let Some(bytes) = store.get(&key)? else { continue };
+        let m: Manifest =
+            serde_json::from_slice(&bytes).map_err(|e| anyhow::anyhow!("{}/{key}: {e}", store.location()))?;
         out.push(m);
     }
     out.sort_by_key(|m| m.epoch);
@@ -191,21 +221,22 @@ pub struct Restored {
 }
 
 impl Restored {
-    /// The newest complete checkpoint under `root`, its parts verified against the manifest.
-    pub fn latest(root: &Path) -> anyhow::Result<Option<Restored>> {
-        let Some(manifest) = list(root)?.pop() else { return Ok(None) };
-        Restored::load(root, manifest).map(Some)
+    /// The newest complete checkpoint in `store`, its parts verified against the manifest.
+    pub fn latest(store: &dyn Store) -> anyhow::Result<Option<Restored>> {
+        let Some(manifest) = list(store)?.pop() else { return Ok(None) };
+        Restored::load(store, manifest).map(Some)
     }
 
-    pub fn load(root: &Path, manifest: Manifest) -> anyhow::Result<Restored> {
-        let dir = checkpoint_dir(root, manifest.epoch).join("parts");
+    pub fn load(store: &dyn Store, manifest: Manifest) -> anyhow::Result<Restored> {
         let mut parts = BTreeMap::new();
         for p in &manifest.parts {
-            let path = dir.join(format!("{}.bin", p.name));
-            let bytes = std::fs::read(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            let key = part_key(manifest.epoch, p);
+            let shown = || format!("{}/{key}", store.location());
+            let bytes =
+                store.get(&key)?.ok_or_else(|| anyhow::anyhow!("{}: missing (named by the manifest)", shown()))?;
             let hash = format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&bytes));
             if bytes.len() as u64 != p.bytes || hash != p.xxh3 {
-                anyhow::bail!("{}: does not match the manifest (size or checksum)", path.display());
+                anyhow::bail!("{}: does not match the manifest (size or checksum)", shown());
             }
             parts.insert(p.name.clone(), bytes);
         }
@@ -282,7 +313,9 @@ struct Progress {
 
 /// Collects the parts of checkpoints as participants write them and completes checkpoints.
 pub struct Checkpointer {
-    root: PathBuf,
+    store: Arc<dyn Store>,
+    /// This process's token, in the names of the parts it writes and in its manifests.
+    writer: String,
     pipeline: String,
     workers: usize,
     interval_epochs: u64,
@@ -314,7 +347,7 @@ struct ClusterPlace {
 impl Checkpointer {
     /// `expected`: every participant of the run, known before any worker starts.
     pub fn new(
-        root: PathBuf,
+        store: Arc<dyn Store>,
         config: &CheckpointConfig,
         epoch_ms: u64,
         pipeline: &str,
@@ -322,10 +355,10 @@ impl Checkpointer {
         expected: BTreeSet<String>,
         start_epoch: u64,
     ) -> anyhow::Result<Checkpointer> {
-        std::fs::create_dir_all(&root).map_err(|e| anyhow::anyhow!("checkpoint dir {}: {e}", root.display()))?;
         let interval_epochs = (config.interval.as_millis() as u64 / epoch_ms.max(1)).max(1);
         Ok(Checkpointer {
-            root,
+            store,
+            writer: crate::storage::process_token().to_string(),
             pipeline: pipeline.to_string(),
             workers,
             interval_epochs,
@@ -402,8 +435,8 @@ impl Checkpointer {
         self
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
     }
 
     /// The newest checkpoint epoch `c` with `from ≤ c < to`: what a participant whose frontier
@@ -499,18 +532,15 @@ impl Checkpointer {
     }
 
     fn write_part(&self, epoch: u64, participant: &str, bytes: &[u8]) -> anyhow::Result<PartInfo> {
-        let dir = checkpoint_dir(&self.root, epoch).join("parts");
-        std::fs::create_dir_all(&dir)?;
-        let path = dir.join(format!("{participant}.bin"));
-        let mut f = std::fs::File::create(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        f.write_all(bytes)?;
-        fail::fail_point!("checkpoint-part");
-        f.sync_all()?;
-        Ok(PartInfo {
+        let info = PartInfo {
             name: participant.to_string(),
+            file: format!("{participant}.{}.bin", self.writer),
             bytes: bytes.len() as u64,
             xxh3: format!("{:016x}", xxhash_rust::xxh3::xxh3_64(bytes)),
-        })
+        };
+        fail::fail_point!("checkpoint-part");
+        self.store.put(&part_key(epoch, &info), bytes)?;
+        Ok(info)
     }
 
     fn complete_ready(&self, p: &mut Progress) -> anyhow::Result<()> {
@@ -586,10 +616,28 @@ impl Checkpointer {
             closing: closing.is_some(),
             run: self.start_epoch,
             rulesets: self.rulesets.as_ref().map(|f| f()).unwrap_or_default(),
+            writer: self.writer.clone(),
             parts,
         };
-        let dir = checkpoint_dir(&self.root, epoch);
-        write_atomic(&dir.join(MANIFEST), &serde_json::to_vec_pretty(&manifest)?)?;
+        let bytes = serde_json::to_vec_pretty(&manifest)?;
+        let key = manifest_key(epoch);
+        if self.store.create(&key, &bytes)? == Created::Exists {
+            // Ours, if a retried request had already created it; anyone else's means another
+            // run commits to the same location: never both.
+            let theirs = self.store.get(&key)?;
+            if theirs.as_deref() != Some(&bytes[..]) {
+                let writer = theirs
+                    .and_then(|b| serde_json::from_slice::<Manifest>(&b).ok())
+                    .map_or_else(|| "unknown".to_string(), |m| m.writer);
+                self.aborted.store(true, Ordering::SeqCst);
+                anyhow::bail!(
+                    "checkpoint {epoch} in {} was committed by another writer ({writer}, this one is {}): \
+                     two runs are using the same checkpoint location; this one stops",
+                    self.store.location(),
+                    self.writer
+                );
+            }
+        }
         if let Some(m) = &self.metrics {
             m.bytes.set(manifest.parts.iter().map(|p| p.bytes).sum::<u64>() as i64);
             m.timestamp.set(manifest.created_ms as f64 / 1000.0);
@@ -600,28 +648,25 @@ impl Checkpointer {
 
     /// Keeps the newest `retain` complete checkpoints; removes incomplete ones older than `epoch`.
     fn prune(&self, epoch: u64) -> anyhow::Result<()> {
-        let complete: Vec<u64> = list(&self.root)?.into_iter().map(|m| m.epoch).collect();
+        let all = objects(self.store.as_ref())?;
+        let complete: Vec<u64> =
+            all.iter().filter(|(e, keys)| keys.contains(&manifest_key(**e))).map(|(e, _)| *e).collect();
         let keep: BTreeSet<u64> = complete.iter().rev().take(self.retain).copied().collect();
-        for entry in std::fs::read_dir(&self.root)? {
-            let path = entry?.path();
-            let Some(e) = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(|n| n.strip_prefix("chk-"))
-                .and_then(|n| n.parse::<u64>().ok())
-            else {
-                continue;
-            };
-            let complete_here = complete.contains(&e);
-            if complete_here && !keep.contains(&e) {
+        for (e, keys) in &all {
+            let complete_here = complete.contains(e);
+            if complete_here && !keep.contains(e) {
                 // The manifest goes first: a crash midway leaves an incomplete checkpoint (ignored,
                 // removed later), never a complete one with parts missing.
-                std::fs::remove_file(path.join(MANIFEST))?;
-                std::fs::File::open(&path)?.sync_all()?;
+                let manifest = manifest_key(*e);
+                self.store.delete(&manifest)?;
                 fail::fail_point!("checkpoint-prune");
-                std::fs::remove_dir_all(&path)?;
-            } else if !complete_here && e < epoch {
-                std::fs::remove_dir_all(&path)?;
+                for k in keys.iter().filter(|k| **k != manifest) {
+                    self.store.delete(k)?;
+                }
+            } else if !complete_here && *e < epoch {
+                for k in keys {
+                    self.store.delete(k)?;
+                }
             }
         }
         Ok(())
@@ -632,18 +677,17 @@ impl Checkpointer {
 mod tests {
     use super::*;
 
+    use crate::storage::LocalStore;
+    use std::path::Path;
+
+    fn store(dir: &Path) -> Arc<dyn Store> {
+        Arc::new(LocalStore::new(dir.to_path_buf()))
+    }
+
     fn checkpointer(dir: &Path, expected: &[&str], start: u64) -> Checkpointer {
-        let config = CheckpointConfig { dir: String::new(), interval: Duration::from_secs(2), retain: 2 };
-        Checkpointer::new(
-            dir.to_path_buf(),
-            &config,
-            1000,
-            "p",
-            2,
-            expected.iter().map(|s| s.to_string()).collect(),
-            start,
-        )
-        .unwrap()
+        let config = CheckpointConfig { dir: String::new(), url: None, interval: Duration::from_secs(2), retain: 2 };
+        Checkpointer::new(store(dir), &config, 1000, "p", 2, expected.iter().map(|s| s.to_string()).collect(), start)
+            .unwrap()
     }
 
     #[test]
@@ -654,7 +698,7 @@ mod tests {
         assert_eq!((c.due(0, 1), c.due(0, 3), c.due(3, 5), c.due(5, 9)), (None, Some(2), Some(4), Some(8)));
         c.write(2, "a-w0", b"a2").unwrap();
         assert_eq!(c.committed(), None);
-        assert!(list(dir.path()).unwrap().is_empty(), "no manifest before every part is in");
+        assert!(list(store(dir.path()).as_ref()).unwrap().is_empty(), "no manifest before every part is in");
         c.write(2, "b-w0", b"b2").unwrap();
         assert_eq!(c.committed(), Some(2));
         for e in [4, 6] {
@@ -666,12 +710,12 @@ mod tests {
         c.write(7, "a-w0", b"a7").unwrap();
         c.write(8, "a-w0", b"a8").unwrap();
         c.retire("b-w0", b"final".to_vec(), 8).unwrap();
-        let epochs: Vec<u64> = list(dir.path()).unwrap().iter().map(|m| m.epoch).collect();
+        let epochs: Vec<u64> = list(store(dir.path()).as_ref()).unwrap().iter().map(|m| m.epoch).collect();
         assert_eq!(epochs, vec![6, 8], "two kept");
         assert_eq!((metrics.checkpoint.completed.get(), metrics.checkpoint.epoch.get()), (4, 8));
         assert_eq!(metrics.checkpoint.bytes.get(), 7, "a8 + final");
         assert!(metrics.render().contains("ward_checkpoint_duration_seconds_count 4"));
-        let r = Restored::latest(dir.path()).unwrap().unwrap();
+        let r = Restored::latest(store(dir.path()).as_ref()).unwrap().unwrap();
         assert_eq!((r.part("a-w0"), r.part("b-w0")), (Some(&b"a8"[..]), Some(&b"final"[..])));
         assert_eq!(r.parts_with_prefix("b-").count(), 1);
     }
@@ -687,7 +731,7 @@ mod tests {
         c.retire("b-w0", Vec::new(), 2).unwrap();
         assert_eq!(c.committed(), None);
         assert!(c.finish(3, true).is_err());
-        assert!(list(dir.path()).unwrap().is_empty());
+        assert!(list(store(dir.path()).as_ref()).unwrap().is_empty());
     }
 
     #[test]
@@ -695,8 +739,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let c = checkpointer(dir.path(), &["a-w0"], 0);
         c.write(2, "a-w0", b"state").unwrap();
-        std::fs::write(dir.path().join("chk-000000000002/parts/a-w0.bin"), b"other").unwrap();
-        let err = Restored::latest(dir.path()).unwrap_err().to_string();
+        let m = list(store(dir.path()).as_ref()).unwrap().pop().unwrap();
+        std::fs::write(dir.path().join("chk-000000000002/parts").join(&m.parts[0].file), b"other").unwrap();
+        let err = Restored::latest(store(dir.path()).as_ref()).unwrap_err().to_string();
         assert!(err.contains("does not match the manifest"), "{err}");
     }
 

@@ -24,6 +24,7 @@ pub mod reload;
 pub mod resources;
 pub mod runtime;
 pub mod spec;
+pub mod storage;
 pub mod switch;
 pub mod text;
 pub mod time;

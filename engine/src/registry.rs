@@ -52,6 +52,8 @@ pub struct BuildContext<'a> {
     /// entity...): a detector copies them into every alert it raises, so they are there even
     /// when the alert does not carry its event.
     pub downstream_alert_keys: &'a [AlertKey],
+    /// `settings.storage`: how components reach object-store locations.
+    pub storage: &'a crate::storage::StorageOptions,
 }
 
 /// An alert field a component reads (its [`ComponentConfig::alert_keys`]).

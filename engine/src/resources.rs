@@ -18,6 +18,11 @@ impl Resources {
         Resources { base: base.into() }
     }
 
+    /// The directory relative paths are resolved against.
+    pub fn base(&self) -> &Path {
+        &self.base
+    }
+
     pub fn resolve(&self, path: &str) -> PathBuf {
         let p = Path::new(path);
         if p.is_absolute() {

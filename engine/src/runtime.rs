@@ -31,7 +31,8 @@ pub struct RunOptions {
     pub progress: bool,
     /// Overrides the spec's checkpoint directory (checkpoints with the default settings if the
     /// spec has none).
-    pub checkpoint_dir: Option<std::path::PathBuf>,
+    /// Checkpoint location (a directory or an object-store URL), overriding the spec's.
+    pub checkpoint_dir: Option<String>,
 }
 
 impl Default for RunOptions {
@@ -284,14 +285,22 @@ pub fn run_with_metrics(
         (None, None) => (None, None),
         (config, dir) => {
             let config = config.clone().unwrap_or_else(|| CheckpointConfig::with_dir(""));
-            let root = dir.clone().unwrap_or_else(|| spec.resources.resolve(&config.dir));
-            let restored = Restored::latest(&root)?;
+            let location = dir.clone().unwrap_or_else(|| config.location().to_string());
+            let store = crate::storage::open(
+                &location,
+                spec.resources.base(),
+                &spec.settings.storage,
+                Some(&metrics.families),
+                "checkpoint",
+            )
+            .map_err(|e| anyhow::anyhow!("checkpoint location: {e:#}"))?;
+            let restored = Restored::latest(store.as_ref())?;
             let start = restored.as_ref().map_or(0, |r| r.manifest.epoch + 1);
             if let Some(r) = &restored {
-                tracing::info!("resuming from checkpoint {} in {}", r.manifest.epoch, root.display());
+                tracing::info!("resuming from checkpoint {} in {}", r.manifest.epoch, store.location());
             }
             let mut checkpointer = Checkpointer::new(
-                root,
+                store,
                 &config,
                 spec.settings.epoch_interval_ms,
                 &spec.name,
@@ -314,7 +323,7 @@ pub fn run_with_metrics(
                 let owner = Ownership { process, processes, workers_per_process: latest.manifest.workers };
                 settle_sinks(
                     spec,
-                    checkpointer.root(),
+                    checkpointer.store().as_ref(),
                     latest.manifest.epoch,
                     owner,
                     "cannot resume from the checkpoint",
@@ -406,12 +415,12 @@ pub fn run_with_metrics(
         let owner = Ownership { process, processes, workers_per_process: workers };
         if opts.cluster.is_some() {
             if control_state.closed() {
-                settle_sinks(spec, ck.root(), u64::MAX, owner, "closing", |f, v| f.closed(v))?;
+                settle_sinks(spec, ck.store().as_ref(), u64::MAX, owner, "closing", |f, v| f.closed(v))?;
             }
         } else if ck.all_retired() {
             let exhausted = !stop.load(Ordering::SeqCst);
             ck.finish(run.clock.current() + 1, exhausted)?;
-            settle_sinks(spec, ck.root(), u64::MAX, owner, "closing", |f, v| f.closed(v))?;
+            settle_sinks(spec, ck.store().as_ref(), u64::MAX, owner, "closing", |f, v| f.closed(v))?;
         }
     }
 
@@ -512,16 +521,16 @@ fn spawn_monitor(run: Arc<RunContext>, finished: Arc<AtomicBool>, progress: bool
 /// Hands every sink the complete checkpoints up to `upto` (oldest first) through `settle`.
 fn settle_sinks(
     spec: &Spec,
-    root: &std::path::Path,
+    store: &dyn crate::storage::Store,
     upto: u64,
     owner: Ownership,
     what: &str,
     settle: impl Fn(&dyn crate::component::SinkFactory, &[SinkCheckpoint<'_>]) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
-    let retained: Vec<Restored> = crate::checkpoint::list(root)?
+    let retained: Vec<Restored> = crate::checkpoint::list(store)?
         .into_iter()
         .filter(|m| m.epoch <= upto)
-        .map(|m| Restored::load(root, m))
+        .map(|m| Restored::load(store, m))
         .collect::<anyhow::Result<_>>()?;
     for c in spec.components.iter() {
         if let Built::Sink(factory) = &c.built {

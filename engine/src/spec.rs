@@ -79,6 +79,10 @@ pub struct Settings {
     /// Periodic checkpoints (docs/architecture.md §4): off when absent.
     #[serde(default)]
     pub checkpoint: Option<crate::checkpoint::CheckpointConfig>,
+    /// How object-store locations (`s3://…` checkpoints and Parquet paths) are reached:
+    /// endpoint, region, plain HTTP, addressing style, timeouts and the retry budget.
+    #[serde(default)]
+    pub storage: crate::storage::StorageOptions,
     /// After SIGINT/SIGTERM, how long in-flight batches may take to drain (e.g. while a sink is
     /// in an outage). Past it Ward exits with code 1 without committing more: nothing
     /// committed is lost and the next run resumes from the newest checkpoint.
@@ -148,6 +152,26 @@ impl Settings {
             let ms = c.interval.as_millis().min(u64::MAX as u128) as u64;
             range("checkpoint.interval (ms)", ms, 1, 86_400_000);
         }
+        let st = &self.storage;
+        range(
+            "storage.request_timeout (ms)",
+            st.request_timeout.as_millis().min(u64::MAX as u128) as u64,
+            100,
+            600_000,
+        );
+        range("storage.retry_budget (ms)", st.retry_budget.as_millis().min(u64::MAX as u128) as u64, 0, 3_600_000);
+        if let Some(c) = &self.checkpoint {
+            match (c.dir.is_empty(), &c.url) {
+                (false, Some(_)) => out.push("settings: checkpoint: `dir` or `url`, not both".to_string()),
+                (true, None) => out
+                    .push("settings: checkpoint: `dir` (a directory) or `url` (an object store) is needed".to_string()),
+                _ => {
+                    if let Err(e) = crate::storage::check_location(c.location()) {
+                        out.push(format!("settings: checkpoint: {e}"));
+                    }
+                }
+            }
+        }
         if let Err(e) = parse_listen_address(&self.admin_listen) {
             out.push(format!("settings: admin_listen: {e}"));
         }
@@ -176,6 +200,7 @@ impl Default for Settings {
             admin_max_connections: default_admin_max_connections(),
             admin_allowed_hosts: Vec::new(),
             checkpoint: None,
+            storage: Default::default(),
             shutdown_timeout: default_shutdown_timeout(),
         }
     }
@@ -291,6 +316,7 @@ impl Spec {
             admin: AdminRoutes::new(),
             io: Default::default(),
             downstream_alert_keys: HashMap::new(),
+            storage: Default::default(),
         };
         let spec = v.run(text, resources, registry);
         match spec {
@@ -380,6 +406,8 @@ struct Validator {
     io: std::cell::RefCell<Vec<crate::registry::FileUse>>,
     /// Per component, the alert fields its downstream components read.
     downstream_alert_keys: HashMap<String, Vec<crate::registry::AlertKey>>,
+    /// `settings.storage`, read before the components (which may open object stores).
+    storage: crate::storage::StorageOptions,
 }
 
 struct Pending {
@@ -427,6 +455,9 @@ impl Validator {
         let mut pending: Vec<Pending> = Vec::new();
         let mut seen_sections = false;
         self.downstream_alert_keys = downstream_alert_keys(map, registry);
+        if let Some(Ok(s)) = map.get_node("settings").map(marked_yaml::from_node::<Settings>) {
+            self.storage = s.storage;
+        }
         for (key, value) in map.iter() {
             match key.as_str() {
                 "name" => match value.as_scalar() {
@@ -611,12 +642,14 @@ impl Validator {
         }
         let config_node = Node::from(config);
         let downstream = self.downstream_alert_keys.get(&id).cloned().unwrap_or_default();
+        let storage = self.storage.clone();
         let ctx = BuildContext {
             component_id: &id,
             resources,
             admin: &self.admin,
             io: &self.io,
             downstream_alert_keys: &downstream,
+            storage: &storage,
         };
         let built = match kind.build(&config_node, &ctx) {
             Ok(b) => Some(b),

@@ -1,9 +1,12 @@
 //! The `parquet` sink: ECS-lite columns, provenance and the extension map, zstd-compressed,
 //! in `date=YYYY-MM-DD/hour=HH` directories by event time.
 //!
-//! Each worker writes its own files, named `part-{sink}-w{worker}-{seq}.parquet`. A file is
-//! written under a hidden `.inprogress` name and renamed when closed, so readers never see
-//! a partial file.
+//! `path` is a directory or an object-store location (`s3://bucket/events`; see
+//! `ward_engine::storage`). Each worker writes its own files, named
+//! `part-{sink}-w{worker}-{seq}.parquet`. A file is written under a hidden `.…inprogress` name
+//! (in an object store: written to a local spool file, then uploaded under the hidden name)
+//! and renamed when closed, so readers never see a partial file. Hidden names carry the
+//! writing process's token, so two processes never write the same hidden object.
 //!
 //! With checkpoints the sink is exactly once: every checkpoint closes the open files, which stay
 //! hidden until the checkpoint is durable and are then renamed to
@@ -16,6 +19,8 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+use ward_engine::storage::Store;
 
 use arrow_array::builder::{
     BooleanBuilder, Float64Builder, Int64Builder, MapBuilder, StringBuilder, TimestampMillisecondBuilder, UInt64Builder,
@@ -47,7 +52,8 @@ pub enum PartitionBy {
 #[derive(Clone, Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ParquetSinkConfig {
-    /// Output directory, relative to the spec.
+    /// Output directory (relative to the spec), or an object-store location such as
+    /// `s3://bucket/events` (reached as `settings.storage` says).
     pub path: String,
     /// Rows per row group.
     #[serde(default = "default_row_group")]
@@ -92,15 +98,17 @@ impl ComponentConfig for ParquetSinkConfig {
         check_range("row_group_size", self.row_group_size as u64, 1, 16 << 20)?;
         check_range("max_file_rows", self.max_file_rows as u64, 1, 1 << 32)?;
         check_range("close_idle_after_epochs", self.close_idle_after_epochs, 1, 1 << 20)?;
-        let dir = ctx.resources.resolve(&self.path);
-        ctx.writes_under(&dir);
-        Ok(Built::Sink(Arc::new(ParquetFactory { config: self, dir, sink_id: ctx.component_id.to_string() })))
+        let store = ward_engine::storage::open(&self.path, ctx.resources.base(), ctx.storage, None, ctx.component_id)?;
+        if let Some(dir) = store.local_root() {
+            ctx.writes_under(dir);
+        }
+        Ok(Built::Sink(Arc::new(ParquetFactory { config: self, store, sink_id: ctx.component_id.to_string() })))
     }
 }
 
 struct ParquetFactory {
     config: ParquetSinkConfig,
-    dir: PathBuf,
+    store: Arc<dyn Store>,
     sink_id: String,
 }
 
@@ -128,8 +136,11 @@ fn worker_of(name: &str, sink: &str) -> Option<usize> {
 
 impl SinkFactory for ParquetFactory {
     fn create(&self, ctx: &WorkerContext) -> anyhow::Result<Box<dyn Sink>> {
-        std::fs::create_dir_all(&self.dir).map_err(|e| anyhow::anyhow!("{}: {e}", self.dir.display()))?;
-        let mut sink = ParquetSink::new(self.config.clone(), self.dir.clone(), &ctx.component_id, ctx.worker_index);
+        if let Some(dir) = self.store.local_root() {
+            std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+        }
+        self.store.attach_metrics(&ctx.metrics.families, &ctx.component_id);
+        let mut sink = ParquetSink::new(self.config.clone(), self.store.clone(), &ctx.component_id, ctx.worker_index)?;
         if ctx.checkpointing {
             sink.run = Some(ctx.resumed_from.map_or(0, |e| e + 1));
         }
@@ -137,59 +148,38 @@ impl SinkFactory for ParquetFactory {
     }
 
     fn restore(&self, retained: &[ward_engine::checkpoint::SinkCheckpoint<'_>]) -> anyhow::Result<()> {
-        if !self.dir.exists() {
-            return Ok(());
-        }
         let resumed = retained.last().map(|c| c.manifest);
         let owner = retained.last().map(|c| c.owner);
         // Files the checkpoints cover: visible now, if the crash came before the rename.
         for (_, part) in retained.iter().flat_map(|c| c.parts.iter()).filter(|(_, p)| !p.is_empty()) {
             let files: PreparedFiles = ward_engine::keyed::decode(part)?;
             for (hidden, name) in files {
-                match std::fs::rename(self.dir.join(&hidden), self.dir.join(&name)) {
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                        anyhow::bail!("{}: {e}", self.dir.join(&hidden).display())
-                    }
-                    _ => {}
-                }
+                self.store.rename(&hidden, &name)?;
             }
         }
         let hidden_prefix = format!(".part-{}-r", self.sink_id);
-        let mut stack = vec![self.dir.clone()];
-        while let Some(d) = stack.pop() {
-            for entry in std::fs::read_dir(&d)? {
-                let path = entry?.path();
-                if path.is_dir() {
-                    stack.push(path);
-                    continue;
+        for entry in self.store.list("")? {
+            let name = entry.key.rsplit('/').next().unwrap_or(&entry.key);
+            // In a cluster sharing the directory, each process settles its share of workers.
+            if owner.is_some_and(|o| worker_of(name, &self.sink_id).is_some_and(|w| !o.owns(w))) {
+                continue;
+            }
+            let stale = if name.starts_with(&hidden_prefix) {
+                true
+            } else {
+                match (checkpoint_of(name, &self.sink_id), resumed) {
+                    (None, _) => false,
+                    // Closed at the end of a run: it belongs to that run's closing
+                    // checkpoint (ends of earlier runs were settled when the run that
+                    // wrote `m` started).
+                    (Some((run, None)), Some(m)) => !(run < m.run || (m.closing && m.run == run)),
+                    (Some((_, None)), None) => true,
+                    (Some((_, Some(c))), Some(m)) => c > m.epoch,
+                    (Some((_, Some(_))), None) => false,
                 }
-                let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
-                // In a cluster sharing the directory, each process settles its share of workers.
-                if owner.is_some_and(|o| worker_of(name, &self.sink_id).is_some_and(|w| !o.owns(w))) {
-                    continue;
-                }
-                let stale = if name.starts_with(&hidden_prefix) {
-                    true
-                } else {
-                    match (checkpoint_of(name, &self.sink_id), resumed) {
-                        (None, _) => false,
-                        // Closed at the end of a run: it belongs to that run's closing
-                        // checkpoint (ends of earlier runs were settled when the run that
-                        // wrote `m` started).
-                        (Some((run, None)), Some(m)) => !(run < m.run || (m.closing && m.run == run)),
-                        (Some((_, None)), None) => true,
-                        (Some((_, Some(c))), Some(m)) => c > m.epoch,
-                        (Some((_, Some(_))), None) => false,
-                    }
-                };
-                if stale {
-                    match std::fs::remove_file(&path) {
-                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                            anyhow::bail!("{}: {e}", path.display())
-                        }
-                        _ => {}
-                    }
-                }
+            };
+            if stale {
+                self.store.delete(&entry.key)?;
             }
         }
         Ok(())
@@ -229,8 +219,11 @@ const UNIQUE_COLUMNS: &[&str] = &["@timestamp", "event.id", "ward.offset", "proc
 struct OpenFile {
     writer: ArrowWriter<File>,
     cols: Columns,
-    tmp: PathBuf,
-    target: PathBuf,
+    /// Where the file is written (in place for a local store, else a spool file).
+    local: PathBuf,
+    /// Its hidden key and final key in the store.
+    tmp: String,
+    target: String,
     rows: usize,
     /// The number of completed epochs when the file last received rows.
     touched: u64,
@@ -238,7 +231,10 @@ struct OpenFile {
 
 pub struct ParquetSink {
     config: ParquetSinkConfig,
-    dir: PathBuf,
+    store: Arc<dyn Store>,
+    /// Where open files are written: the store's directory, or a local spool for an object
+    /// store (files are uploaded when they close).
+    spool: PathBuf,
     sink_id: String,
     worker: usize,
     schema: SchemaRef,
@@ -258,7 +254,13 @@ pub struct ParquetSink {
 }
 
 impl ParquetSink {
-    pub fn new(config: ParquetSinkConfig, dir: PathBuf, sink_id: &str, worker: usize) -> Self {
+    pub fn new(config: ParquetSinkConfig, store: Arc<dyn Store>, sink_id: &str, worker: usize) -> anyhow::Result<Self> {
+        let spool = match store.local_root() {
+            Some(dir) => dir.to_path_buf(),
+            None => std::env::temp_dir()
+                .join(format!("ward-spool-{}", ward_engine::storage::process_token()))
+                .join(format!("{sink_id}-w{worker}")),
+        };
         let mut props = WriterProperties::builder()
             .set_compression(Compression::ZSTD(ZstdLevel::try_new(config.zstd_level).unwrap_or_default()))
             .set_max_row_group_row_count(Some(config.row_group_size));
@@ -267,9 +269,10 @@ impl ParquetSink {
             props = props.set_column_dictionary_enabled(parquet::schema::types::ColumnPath::from(*col), false);
         }
         let props = props.build();
-        ParquetSink {
+        Ok(ParquetSink {
             config,
-            dir,
+            store,
+            spool,
             sink_id: sink_id.to_string(),
             worker,
             schema: event_schema(),
@@ -282,7 +285,7 @@ impl ParquetSink {
             first: Vec::new(),
             count: Vec::new(),
             text: String::new(),
-        }
+        })
     }
 
     /// The partition of a row: hour or day bucket of its event time (None: no time).
@@ -297,15 +300,16 @@ impl ParquetSink {
         }
     }
 
-    fn partition_dir(&self, bucket: Option<i64>) -> PathBuf {
+    /// The partition's directory under the sink's location (`""`: the top).
+    fn partition_key(&self, bucket: Option<i64>) -> String {
         match bucket {
-            None => self.dir.join("date=unknown"),
-            Some(i64::MIN) => self.dir.clone(),
+            None => "date=unknown".to_string(),
+            Some(i64::MIN) => String::new(),
             Some(h) => {
                 let t = chrono::DateTime::from_timestamp(h * 3600, 0).unwrap_or_default();
-                let day = self.dir.join(format!("date={}", t.format("%Y-%m-%d")));
+                let day = format!("date={}", t.format("%Y-%m-%d"));
                 match self.config.partition_by {
-                    PartitionBy::Hour => day.join(format!("hour={}", t.format("%H"))),
+                    PartitionBy::Hour => format!("{day}/hour={}", t.format("%H")),
                     _ => day,
                 }
             }
@@ -314,8 +318,7 @@ impl ParquetSink {
 
     fn file_for(&mut self, bucket: Option<i64>) -> anyhow::Result<&mut OpenFile> {
         if !self.open.contains_key(&bucket) {
-            let dir = self.partition_dir(bucket);
-            std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+            let dir = self.partition_key(bucket);
             let seq = self.seq.entry(bucket).or_insert(0);
             let name = match self.run {
                 // The checkpoint is set when the file closes (`{c}` below).
@@ -323,27 +326,40 @@ impl ParquetSink {
                 None => format!("part-{}-w{:03}-{:06}.parquet", self.sink_id, self.worker, seq),
             };
             *seq += 1;
-            let target = dir.join(&name);
-            let tmp = dir.join(format!(".{}.inprogress", name.replace("-c{c}", "")));
-            let file = File::create(&tmp).map_err(|e| anyhow::anyhow!("{}: {e}", tmp.display()))?;
+            let key = |n: &str| if dir.is_empty() { n.to_string() } else { format!("{dir}/{n}") };
+            let target = key(&name);
+            let tmp =
+                key(&format!(".{}.{}.inprogress", name.replace("-c{c}", ""), ward_engine::storage::process_token()));
+            let local = self.spool.join(&tmp);
+            if let Some(parent) = local.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| anyhow::anyhow!("{}: {e}", parent.display()))?;
+            }
+            let file = File::create(&local).map_err(|e| anyhow::anyhow!("{}: {e}", local.display()))?;
             let writer = ArrowWriter::try_new(file, self.schema.clone(), Some(self.props.clone()))?;
-            self.open
-                .insert(bucket, OpenFile { writer, cols: Columns::new(), tmp, target, rows: 0, touched: self.epochs });
+            self.open.insert(
+                bucket,
+                OpenFile { writer, cols: Columns::new(), local, tmp, target, rows: 0, touched: self.epochs },
+            );
         }
         Ok(self.open.get_mut(&bucket).expect("inserted above"))
     }
 
-    fn close(schema: &SchemaRef, f: OpenFile) -> anyhow::Result<()> {
-        let (tmp, target) = Self::close_hidden(schema, f)?;
-        std::fs::rename(&tmp, &target).map_err(|e| anyhow::anyhow!("{}: {e}", target.display()))?;
+    fn close(&self, f: OpenFile) -> anyhow::Result<()> {
+        let (tmp, target) = self.close_hidden(f)?;
+        self.store.rename(&tmp, &target)?;
         Ok(())
     }
 
-    /// Completes a file (footer written, synced) under its hidden name.
-    fn close_hidden(schema: &SchemaRef, mut f: OpenFile) -> anyhow::Result<(PathBuf, PathBuf)> {
-        Self::flush(schema, &mut f)?;
+    /// Completes a file (footer written, synced) under its hidden key in the store.
+    fn close_hidden(&self, mut f: OpenFile) -> anyhow::Result<(String, String)> {
+        Self::flush(&self.schema, &mut f)?;
         let file = f.writer.into_inner()?;
-        file.sync_all()?;
+        if self.store.local_root().is_some() {
+            file.sync_all()?;
+        } else {
+            drop(file);
+            self.store.upload(&f.local, &f.tmp)?;
+        }
         Ok((f.tmp, f.target))
     }
 
@@ -351,18 +367,18 @@ impl ParquetSink {
     fn close_all_hidden(&mut self, tag: &str) -> anyhow::Result<PreparedFiles> {
         let mut files = Vec::new();
         for (_, f) in std::mem::take(&mut self.open) {
-            let (tmp, target) = Self::close_hidden(&self.schema, f)?;
-            let target = target.to_string_lossy().replace("-c{c}-", &format!("-c{tag}-"));
-            let rel = |p: &Path| p.strip_prefix(&self.dir).unwrap_or(p).to_string_lossy().into_owned();
-            files.push((rel(&tmp), rel(Path::new(&target))));
+            let (tmp, target) = self.close_hidden(f)?;
+            files.push((tmp, target.replace("-c{c}-", &format!("-c{tag}-"))));
         }
         Ok(files)
     }
 
     fn publish(&self, files: &PreparedFiles) -> anyhow::Result<()> {
         for (hidden, name) in files {
-            let (from, to) = (self.dir.join(hidden), self.dir.join(name));
-            std::fs::rename(&from, &to).map_err(|e| anyhow::anyhow!("{}: {e}", from.display()))?;
+            if !self.store.rename(hidden, name)? {
+                // A retried rename whose first attempt had moved it already.
+                tracing::debug!("{}: {hidden} was already renamed", self.store.location());
+            }
         }
         Ok(())
     }
@@ -630,7 +646,7 @@ impl Sink for ParquetSink {
             .collect();
         for k in done {
             if let Some(f) = self.open.remove(&k) {
-                Self::close(&self.schema, f)?;
+                self.close(f)?;
             }
         }
         Ok(())
@@ -667,7 +683,7 @@ impl Sink for ParquetSink {
             return self.publish(&files);
         }
         for (_, f) in std::mem::take(&mut self.open) {
-            Self::close(&self.schema, f)?;
+            self.close(f)?;
         }
         Ok(())
     }
@@ -736,7 +752,8 @@ mod tests {
             max_file_rows: 1_000_000,
             close_idle_after_epochs: 2,
         };
-        let mut sink = ParquetSink::new(config, dir.path().to_path_buf(), "s", 0);
+        let store = Arc::new(ward_engine::storage::LocalStore::new(dir.path().to_path_buf()));
+        let mut sink = ParquetSink::new(config, store, "s", 0).unwrap();
         let hour = 491_000;
         sink.write(&Payload::Events(batch(hour, 10))).unwrap();
         sink.epoch_complete(0).unwrap();

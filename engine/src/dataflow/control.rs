@@ -458,7 +458,7 @@ mod tests {
     use super::*;
 
     fn report(epoch: u64, process: usize, closing: Option<bool>) -> Report {
-        let parts = vec![PartInfo { name: format!("p{process}"), bytes: 1, xxh3: "0".into() }];
+        let parts = vec![PartInfo { name: format!("p{process}"), file: String::new(), bytes: 1, xxh3: "0".into() }];
         Report::Parts(PartsReport { epoch, process, closing, parts })
     }
 
