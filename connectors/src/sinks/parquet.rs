@@ -375,9 +375,13 @@ impl ParquetSink {
 
     fn publish(&self, files: &PreparedFiles) -> anyhow::Result<()> {
         for (hidden, name) in files {
-            if !self.store.rename(hidden, name)? {
-                // A retried rename whose first attempt had moved it already.
-                tracing::debug!("{}: {hidden} was already renamed", self.store.location());
+            // Absent: a retried rename whose first attempt moved it already — or another
+            // process settled this location, which must stop this run, not lose the file.
+            if !self.store.rename(hidden, name)? && !self.store.exists(name)? {
+                anyhow::bail!(
+                    "{}: {hidden} vanished before its checkpoint committed (is another run writing to this location?)",
+                    self.store.location()
+                );
             }
         }
         Ok(())

@@ -91,6 +91,14 @@ impl Store for LocalStore {
         }
     }
 
+    fn exists(&self, key: &str) -> anyhow::Result<bool> {
+        match std::fs::metadata(self.path(key)) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(self.err(key, e)),
+        }
+    }
+
     fn list(&self, dir: &str) -> anyhow::Result<Vec<Entry>> {
         let mut out = Vec::new();
         let mut stack = vec![self.root.join(dir.trim_end_matches('/'))];
@@ -105,7 +113,12 @@ impl Store for LocalStore {
             for entry in entries {
                 let entry = entry.map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
                 let path = entry.path();
-                let meta = entry.metadata().map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+                let meta = match entry.metadata() {
+                    Ok(m) => m,
+                    // Renamed or removed since the directory was read (a writer's temporary file).
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => anyhow::bail!("{}: {e}", path.display()),
+                };
                 if meta.is_dir() {
                     stack.push(path);
                 } else if let Ok(rel) = path.strip_prefix(&self.root) {
@@ -118,10 +131,21 @@ impl Store for LocalStore {
     }
 
     fn delete(&self, key: &str) -> anyhow::Result<()> {
-        match std::fs::remove_file(self.path(key)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(self.err(key, e)),
-            _ => Ok(()),
+        let path = self.path(key);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(self.err(key, e)),
+            _ => {}
         }
+        // Directories exist only for the keys under them (as in an object store): remove the
+        // ones left empty, up to the root.
+        let mut dir = path.parent();
+        while let Some(d) = dir.filter(|d| *d != self.root && d.starts_with(&self.root)) {
+            if std::fs::remove_dir(d).is_err() {
+                break;
+            }
+            dir = d.parent();
+        }
+        Ok(())
     }
 
     fn rename(&self, from: &str, to: &str) -> anyhow::Result<bool> {
@@ -175,6 +199,7 @@ mod tests {
         assert!(!s.rename("a/parts/x.bin", "z/x.bin").unwrap());
         s.delete("z/x.bin").unwrap();
         s.delete("z/x.bin").unwrap();
+        assert!(!dir.path().join("root/z").exists(), "an emptied directory goes too");
         assert_eq!(s.get("z/x.bin").unwrap(), None);
         assert!(std::fs::read_dir(dir.path().join("root/a")).unwrap().all(|e| !e
             .unwrap()

@@ -57,6 +57,7 @@ pub trait Store: Send + Sync {
     fn create(&self, key: &str, bytes: &[u8]) -> anyhow::Result<Created>;
     /// `None` when absent.
     fn get(&self, key: &str) -> anyhow::Result<Option<Vec<u8>>>;
+    fn exists(&self, key: &str) -> anyhow::Result<bool>;
     /// Every object under the directory `dir` (`""`: everything), sorted by key.
     fn list(&self, dir: &str) -> anyhow::Result<Vec<Entry>>;
     /// Removes `key`; absent is fine.

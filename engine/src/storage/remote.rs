@@ -219,11 +219,10 @@ impl RemoteStore {
     }
 
     fn fail(&self, op: &str, key: &str, e: &object_store::Error) -> anyhow::Error {
-        let hint = match e {
-            object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. } => {
-                " (the store refused the credentials: check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, the profile or the role, and the bucket's policy)"
-            }
-            _ => "",
+        let hint = if denied(e) {
+            " (the store refused the credentials: check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, the profile or the role, and the bucket's policy)"
+        } else {
+            ""
         };
         anyhow::anyhow!("{}: {op} `{key}`: {}{hint}", self.shown, scrub(&e.to_string(), &self.secrets))
     }
@@ -290,9 +289,21 @@ fn expected(e: &anyhow::Error) -> Option<&object_store::Error> {
     e.downcast_ref::<Expected>().map(|x| &x.0)
 }
 
+/// Whether the store refused the request's credentials or permissions. Some requests (a
+/// listing) report a 403 as a generic error, so the answer's text is read too.
+fn denied(e: &object_store::Error) -> bool {
+    if matches!(e, object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. }) {
+        return true;
+    }
+    let text = e.to_string();
+    ["403 Forbidden", "401 Unauthorized", "SignatureDoesNotMatch", "InvalidAccessKeyId", "AccessDenied"]
+        .iter()
+        .any(|m| text.contains(m))
+}
+
 /// Whether a failure can pass by itself (a retry may succeed).
 fn passing(e: &object_store::Error) -> bool {
-    !matches!(
+    !denied(e) && !matches!(
         e,
         object_store::Error::NotFound { .. }
             | object_store::Error::AlreadyExists { .. }
@@ -365,6 +376,15 @@ impl Store for RemoteStore {
                 Ok(Some(b.to_vec()))
             }
             Err(e) if matches!(expected(&e), Some(object_store::Error::NotFound { .. })) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn exists(&self, key: &str) -> anyhow::Result<bool> {
+        let path = self.path(key);
+        match self.call("head", key, || self.store.head(&path)) {
+            Ok(_) => Ok(true),
+            Err(e) if matches!(expected(&e), Some(object_store::Error::NotFound { .. })) => Ok(false),
             Err(e) => Err(e),
         }
     }
