@@ -40,18 +40,26 @@ fn check_chart(out: &Path) {
 fn the_chart_lints_renders_and_validates_and_its_default_spec_is_valid() {
     let out = tempfile::tempdir().unwrap();
     check_chart(out.path());
-    // The spec the chart ships, with the environment the chart gives it.
-    let objects: Vec<serde_json::Value> =
-        serde_json::from_str(&std::fs::read_to_string(out.path().join("default.json")).unwrap()).unwrap();
-    let pod = Pod::from_statefulset(&objects, 0);
-    let spec = out.path().join("default.pipeline.yaml");
-    let mut cmd = Command::new(ward_bin());
-    cmd.args(["validate", spec.to_str().unwrap()]).env_clear().env("WARD_RULES", repo().join("rules/sigma/ward"));
-    for (k, v) in &pod.env {
-        cmd.env(k, v);
+    // The spec the chart ships, with the environment the chart gives it: on the shared volume,
+    // and in object storage.
+    for set in ["default", "object-storage"] {
+        let objects: Vec<serde_json::Value> =
+            serde_json::from_str(&std::fs::read_to_string(out.path().join(format!("{set}.json"))).unwrap()).unwrap();
+        let pod = Pod::from_statefulset(&objects, 0);
+        let spec = out.path().join(format!("{set}.pipeline.yaml"));
+        let mut cmd = Command::new(ward_bin());
+        cmd.args(["validate", spec.to_str().unwrap()]).env_clear().env("WARD_RULES", repo().join("rules/sigma/ward"));
+        for (k, v) in &pod.env {
+            cmd.env(k, v);
+        }
+        let r = cmd.output().unwrap();
+        assert!(
+            r.status.success(),
+            "{set}: {}{}",
+            String::from_utf8_lossy(&r.stdout),
+            String::from_utf8_lossy(&r.stderr)
+        );
     }
-    let r = cmd.output().unwrap();
-    assert!(r.status.success(), "{}{}", String::from_utf8_lossy(&r.stdout), String::from_utf8_lossy(&r.stderr));
 }
 
 /// One replica's process as the StatefulSet renders it.

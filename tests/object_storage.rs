@@ -213,18 +213,14 @@ fn wrong_credentials_and_plain_http_endpoints_fail_clearly_without_leaking_secre
 
     // 192.0.2.0/24 is TEST-NET-1: never routed, and refused before any connection.
     for (how, env) in [("AWS_ENDPOINT_URL", "http://192.0.2.10:9000")] {
-        let out = Command::new(ward_bin())
-            .args(["run", &spec, "-q"])
-            .envs(s3.env())
-            .env(how, env)
-            .output()
-            .unwrap();
+        let out = Command::new(ward_bin()).args(["run", &spec, "-q"]).envs(s3.env()).env(how, env).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success());
         assert!(err.contains("plain HTTP to a host that is not loopback: refused"), "{err}");
     }
     // In the spec, validation already refuses it, with the file and line.
-    let text = std::fs::read_to_string(&spec).unwrap().replace("retry_budget: 2s", "endpoint: \"http://192.0.2.10:9000\"");
+    let text =
+        std::fs::read_to_string(&spec).unwrap().replace("retry_budget: 2s", "endpoint: \"http://192.0.2.10:9000\"");
     let bad_spec = write(dir.path(), "bad.yaml", &text);
     let r = ward(&["validate", &bad_spec]);
     assert_ne!(r.code, 0);

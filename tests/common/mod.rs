@@ -386,7 +386,10 @@ impl SeaweedS3 {
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
         let log = std::fs::read_to_string(s.dir.path().join("weed.log")).unwrap_or_default();
-        panic!("SeaweedFS did not answer S3 within 30 s:\n{}", log.lines().rev().take(20).collect::<Vec<_>>().join("\n"));
+        panic!(
+            "SeaweedFS did not answer S3 within 30 s:\n{}",
+            log.lines().rev().take(20).collect::<Vec<_>>().join("\n")
+        );
     }
 
     pub fn endpoint(&self) -> String {

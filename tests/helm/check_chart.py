@@ -42,6 +42,13 @@ SETS = {
         "enrichment": {"files": {"indicators.txt": "198.51.100.7\n"}},
     },
 }
+# Checkpoints and Parquet in S3, credentials from a Secret, a role on a service account: no
+# shared volume at all.
+SETS["object-storage"] = {
+    "objectStorage": {"url": "s3://ward-data/prod", "endpoint": "https://minio.example:9000", "region": "eu-west-1",
+                      "existingSecret": "ward-s3"},
+    "serviceAccount": {"create": True, "annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/ward"}},
+}
 # What tests/helm.rs runs in network namespaces: three pods' processes on a generated stream.
 RUN_SPEC = """name: chart-run
 settings:
@@ -76,6 +83,8 @@ BAD = {
     "securityProtocol": {"kafka": {"securityProtocol": "telnet"}},
     "url": {"clickhouse": {"url": "clickhouse:8123"}},
     "unknown": {"replica": 3},
+    "objectStorage": {"objectStorage": {"url": "ftp://bucket/x"}},
+    "endpoint": {"objectStorage": {"endpoint": "https://user:secret@minio:9000"}},
 }
 for name, values in BAD.items():
     try:
@@ -123,9 +132,25 @@ for name, values in SETS.items():
     check(pod["securityContext"]["runAsNonRoot"] and sc["readOnlyRootFilesystem"] and sc["capabilities"]["drop"] == ["ALL"],
           f"{name}: restricted security context")
     check(c["readinessProbe"]["httpGet"]["path"] == "/readyz" and c["livenessProbe"]["httpGet"]["path"] == "/healthz", f"{name}: probes")
-    claim = [v for v in pod["volumes"] if v["name"] == "shared"][0]["persistentVolumeClaim"]["claimName"]
-    want_claim = values.get("checkpoints", {}).get("existingClaim") or "ward-shared"
-    check(claim == want_claim and (("PersistentVolumeClaim" in kinds) == (want_claim == "ward-shared")), f"{name}: checkpoint claim {claim}")
+    spec_text = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "ward-spec"][0]["data"]["pipeline.yaml"]
+    if "objectStorage" in values:
+        volumes = [v["name"] for v in pod["volumes"]]
+        check("shared" not in volumes and "PersistentVolumeClaim" not in kinds, f"{name}: no shared volume, no claim: {volumes}")
+        check(env["WARD_CHECKPOINT_DIR"] == "s3://ward-data/prod/checkpoints" and env["WARD_PARQUET"] == "s3://ward-data/prod/parquet",
+              f"{name}: checkpoints and Parquet under the URL")
+        check(env["AWS_SECRET_ACCESS_KEY"] == {"secretKeyRef": {"name": "ward-s3", "key": "secret-access-key"}}
+              and env["AWS_ENDPOINT_URL"] == "https://minio.example:9000" and env["AWS_REGION"] == "eu-west-1",
+              f"{name}: AWS environment, the secret by reference")
+        sa = kinds.get("ServiceAccount", {})
+        check(pod.get("serviceAccountName") == "ward" and sa.get("metadata", {}).get("annotations", {}).get("eks.amazonaws.com/role-arn"),
+              f"{name}: a service account with the role annotation")
+        check("type: jsonl" not in spec_text and "WARD_CASES_TOPIC" in spec_text and "{{" not in spec_text,
+              f"{name}: cases and quarantine to Kafka topics, nothing on a volume")
+    else:
+        claim = [v for v in pod["volumes"] if v["name"] == "shared"][0]["persistentVolumeClaim"]["claimName"]
+        want_claim = values.get("checkpoints", {}).get("existingClaim") or "ward-shared"
+        check(claim == want_claim and (("PersistentVolumeClaim" in kinds) == (want_claim == "ward-shared")), f"{name}: checkpoint claim {claim}")
+        check("ServiceAccount" not in kinds and "serviceAccountName" not in pod, f"{name}: the namespace's default service account")
     check(("ServiceMonitor" in kinds) == bool(values.get("serviceMonitor", {}).get("enabled")), f"{name}: ServiceMonitor only when enabled")
     check("PodDisruptionBudget" in kinds, f"{name}: PodDisruptionBudget")
     # Credentials only by reference: no password or token value anywhere in the objects.

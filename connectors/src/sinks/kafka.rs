@@ -202,6 +202,11 @@ impl KafkaSinkFactory {
                 }
             }
         }
+        // Every record acknowledged before the marker moves: a broker that applies a
+        // transaction's offset commit before its end (Tansu does) would otherwise hold a moved
+        // marker after a crash while the records were still in the producer's queue — a loss
+        // recovery cannot see.
+        producer.flush(timeout).map_err(|e| anyhow::anyhow!("kafka produce to {}: {e}", self.config.topic))?;
         let mark = epoch.or(marker_epoch).map_or(0, |e| e as i64 + 1);
         let mut offsets = TopicPartitionList::new();
         offsets.add_partition_offset(&self.config.topic, 0, Offset::Offset(mark))?;

@@ -34,6 +34,10 @@ pub struct RemoteStore {
     shown: String,
     budget: Duration,
     metrics: OnceLock<StorageMetrics>,
+    /// Set when an operation spent its whole retry budget, cleared by the next success: while
+    /// set, operations are tried once, so a run that is stopping for an outage stops at once
+    /// instead of spending a budget per pending operation.
+    exhausted: std::sync::atomic::AtomicBool,
     /// Credential values to scrub from messages.
     secrets: Vec<String>,
 }
@@ -198,7 +202,15 @@ impl RemoteStore {
         }
         .map_err(|e| anyhow::anyhow!("{shown}: {}", scrub(&e.to_string(), &secrets)))?;
         secrets.retain(|s| s.len() >= 4);
-        Ok(RemoteStore { store, prefix, shown, budget: options.retry_budget, metrics: OnceLock::new(), secrets })
+        Ok(RemoteStore {
+            store,
+            prefix,
+            shown,
+            budget: options.retry_budget,
+            metrics: OnceLock::new(),
+            exhausted: Default::default(),
+            secrets,
+        })
     }
 
     fn path(&self, key: &str) -> ObjectPath {
@@ -237,11 +249,20 @@ impl RemoteStore {
         let started = Instant::now();
         let mut failed = 0u64;
         let mut backoff = Duration::from_millis(100);
+        use std::sync::atomic::Ordering::Relaxed;
+        let budget = if self.exhausted.load(Relaxed) { Duration::ZERO } else { self.budget };
         let result = block_on(async {
             loop {
                 match attempt().await {
-                    Ok(v) => return Ok(v),
-                    Err(e) if !passing(&e) || started.elapsed() + backoff > self.budget => return Err(e),
+                    Ok(v) => {
+                        self.exhausted.store(false, Relaxed);
+                        return Ok(v);
+                    }
+                    Err(e) if !passing(&e) => return Err(e),
+                    Err(e) if started.elapsed() + backoff > budget => {
+                        self.exhausted.store(true, Relaxed);
+                        return Err(e);
+                    }
                     Err(e) => {
                         failed += 1;
                         if failed == 1 || failed.is_power_of_two() {
@@ -303,19 +324,20 @@ fn denied(e: &object_store::Error) -> bool {
 
 /// Whether a failure can pass by itself (a retry may succeed).
 fn passing(e: &object_store::Error) -> bool {
-    !denied(e) && !matches!(
-        e,
-        object_store::Error::NotFound { .. }
-            | object_store::Error::AlreadyExists { .. }
-            | object_store::Error::Precondition { .. }
-            | object_store::Error::NotModified { .. }
-            | object_store::Error::PermissionDenied { .. }
-            | object_store::Error::Unauthenticated { .. }
-            | object_store::Error::InvalidPath { .. }
-            | object_store::Error::NotSupported { .. }
-            | object_store::Error::NotImplemented { .. }
-            | object_store::Error::UnknownConfigurationKey { .. }
-    )
+    !denied(e)
+        && !matches!(
+            e,
+            object_store::Error::NotFound { .. }
+                | object_store::Error::AlreadyExists { .. }
+                | object_store::Error::Precondition { .. }
+                | object_store::Error::NotModified { .. }
+                | object_store::Error::PermissionDenied { .. }
+                | object_store::Error::Unauthenticated { .. }
+                | object_store::Error::InvalidPath { .. }
+                | object_store::Error::NotSupported { .. }
+                | object_store::Error::NotImplemented { .. }
+                | object_store::Error::UnknownConfigurationKey { .. }
+        )
 }
 
 fn scrub(text: &str, secrets: &[String]) -> String {

@@ -37,3 +37,21 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- define "ward.claim" -}}
 {{- default (printf "%s-shared" (include "ward.fullname" .)) .Values.checkpoints.existingClaim -}}
 {{- end -}}
+
+{{/* The pods' service account: the one created, an existing one, or none (the default). */}}
+{{- define "ward.serviceAccount" -}}
+{{- if .Values.serviceAccount.create -}}
+{{ default (include "ward.fullname" .) .Values.serviceAccount.name }}
+{{- else -}}
+{{ .Values.serviceAccount.name }}
+{{- end -}}
+{{- end -}}
+
+{{/* The pipeline spec: values' own, or the chart's (a template: it depends on the storage layout). */}}
+{{- define "ward.spec" -}}
+{{- if .Values.pipeline.spec -}}
+{{ .Values.pipeline.spec }}
+{{- else -}}
+{{ tpl (.Files.Get "files/pipeline.yaml") . }}
+{{- end -}}
+{{- end -}}
