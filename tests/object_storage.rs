@@ -225,6 +225,10 @@ fn wrong_credentials_and_plain_http_endpoints_fail_clearly_without_leaking_secre
     let r = ward(&["validate", &bad_spec]);
     assert_ne!(r.code, 0);
     assert!(r.stderr.contains("bad.yaml:") && r.stderr.contains("not loopback: refused"), "{}", r.stderr);
+    // JSONL is appended: it cannot go to an object store, and validation says so.
+    let text = std::fs::read_to_string(&spec).unwrap().replace("path: quarantine.jsonl", "path: \"s3://ward/q.jsonl\"");
+    let r = ward(&["validate", &write(dir.path(), "jsonl.yaml", &text)]);
+    assert!(r.code != 0 && r.stderr.contains("JSONL is appended"), "{}", r.stderr);
     // Allowed explicitly, it validates.
     let text = std::fs::read_to_string(&bad_spec).unwrap().replace("endpoint:", "allow_http: true, endpoint:");
     std::fs::write(&bad_spec, text).unwrap();

@@ -39,6 +39,11 @@ impl ComponentConfig for JsonlSinkConfig {
     const OUTPUT: Option<StreamKind> = None;
 
     fn build(self, ctx: &BuildContext<'_>) -> anyhow::Result<Built> {
+        anyhow::ensure!(
+            !ward_engine::storage::is_remote(&self.path),
+            "`path` must be a file: JSONL is appended, which object stores cannot do (send these records to a \
+             `kafka` sink, or events to a `parquet` sink, which write to object stores)"
+        );
         let path = if self.path == "-" { None } else { Some(ctx.resources.resolve(&self.path)) };
         if let Some(p) = &path {
             ctx.writes(p);
