@@ -170,24 +170,52 @@ fn ward_with(s3: &SeaweedS3, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Two runs wrongly sharing one checkpoint location (a split brain made by hand): the manifest
-/// of an epoch is created only if absent, so exactly one commits it; the other notices and
-/// exits non-zero, and every checkpoint left reads back whole.
+/// Two runs wrongly sharing one checkpoint location (a split brain made by hand): the second
+/// starts from the first's checkpoint, a little behind it. A manifest is created only if absent,
+/// and a run that finds a newer checkpoint than the one it just made stops, so the second never
+/// commits over the first: it notices and exits non-zero, the first goes on to the end, and every checkpoint reads back
+/// whole. (Their other outputs go to files of their own, so only the checkpoints are shared.)
 #[test]
 fn two_runs_racing_for_one_checkpoint_location_never_both_commit_an_epoch() {
     let s3 = SeaweedS3::start();
     s3.create_bucket("ward");
     let dir = tempfile::tempdir().unwrap();
-    let spec = spec(dir.path(), "race", 20_000, 5_000, "");
-    let mut both = vec![start(&s3, &spec, ""), start(&s3, &spec, "")];
+    let text = r#"name: race
+settings:
+  epoch_interval_ms: 100
+  admin_listen: ""
+  checkpoint: {url: "s3://ward/race/checkpoints", interval: 300ms, retain: 2}
+sources:
+  - {id: gen, type: generator, count: 30000, rate: 5000, seed: 5}
+operators:
+  - {id: parse, type: parse, inputs: [gen], syslog_year: 2026}
+sinks:
+  - {id: events, type: jsonl, inputs: [parse], path: "${RACE_OUT}/events.jsonl"}
+  - {id: q, type: jsonl, inputs: [quarantine], path: "${RACE_OUT}/quarantine.jsonl"}
+"#;
+    let spec = write(dir.path(), "spec.yaml", text);
+    let run = |out: &str| {
+        std::fs::create_dir_all(dir.path().join(out)).unwrap();
+        Command::new(ward_bin())
+            .args(["run", &spec, "-q"])
+            .envs(s3.env())
+            .env("RACE_OUT", dir.path().join(out))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut first = run("a");
+    wait_for_checkpoint(&s3, "race", None, &mut first);
+    let second = run("b");
+    let mut both = vec![first, second];
     let r = wait_all(&mut both, Duration::from_secs(120));
     let codes: Vec<Option<i32>> = r.iter().map(|(c, _)| *c).collect();
-    assert_eq!(codes.iter().filter(|c| **c == Some(0)).count(), 1, "exactly one run goes on: {codes:?}");
-    let (_, loser) = r.iter().find(|(c, _)| *c != Some(0)).unwrap();
-    assert!(loser.contains("was committed by another writer"), "{loser}");
-    assert!(!loser.contains("panicked"), "{loser}");
+    assert_eq!(codes, vec![Some(0), Some(1)], "the first goes on, the second stops: {r:?}");
+    assert!(r[1].1.contains("two runs are using the same checkpoint location"), "{}", r[1].1);
+    assert!(!r[1].1.contains("panicked"), "{}", r[1].1);
     let out = ward_with(&s3, &["checkpoint", "inspect", "s3://ward/race/checkpoints"]);
-    assert!(out.contains("every part matches the manifest"), "{out}");
+    assert!(out.contains("every part matches the manifest") && out.contains("final"), "{out}");
 }
 
 /// A wrong secret is refused with a message that names the bucket and never the secret; a

@@ -622,7 +622,10 @@ impl Checkpointer {
         };
         let bytes = serde_json::to_vec_pretty(&manifest)?;
         let key = manifest_key(epoch);
-        if self.store.create(&key, &bytes)? == Created::Exists {
+        let created = self.store.create(&key, &bytes)?;
+        // Read back: a store whose conditional put is not atomic under a race (SeaweedFS
+        // answered two simultaneous creates with success) shows the winner here.
+        if created == Created::Exists || self.store.get(&key)?.as_deref() != Some(&bytes[..]) {
             // Ours, if a retried request had already created it; anyone else's means another
             // run commits to the same location: never both.
             let theirs = self.store.get(&key)?;
@@ -654,6 +657,17 @@ impl Checkpointer {
         let all = objects(self.store.as_ref())?;
         let complete: Vec<u64> =
             all.iter().filter(|(e, keys)| keys.contains(&manifest_key(**e))).map(|(e, _)| *e).collect();
+        // A newer complete checkpoint than the one just made: another run, ahead of this one,
+        // commits to the same location (its older manifests may be pruned already, so the
+        // conditional create alone would not notice).
+        if let Some(newer) = complete.iter().find(|e| **e > epoch) {
+            self.aborted.store(true, Ordering::SeqCst);
+            anyhow::bail!(
+                "a newer checkpoint ({newer}) than this run's {epoch} is in {}: two runs are using the same \
+                 checkpoint location; this one stops",
+                self.store.location()
+            );
+        }
         let keep: BTreeSet<u64> = complete.iter().rev().take(self.retain).copied().collect();
         for (e, keys) in &all {
             let complete_here = complete.contains(e);
