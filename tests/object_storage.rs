@@ -240,12 +240,15 @@ fn wrong_credentials_and_plain_http_endpoints_fail_clearly_without_leaking_secre
     assert!(!err.contains(secret) && !err.contains(S3_SECRET_KEY), "never the secret: {err}");
 
     // 192.0.2.0/24 is TEST-NET-1: never routed, and refused before any connection.
-    for (how, env) in [("AWS_ENDPOINT_URL", "http://192.0.2.10:9000")] {
-        let out = Command::new(ward_bin()).args(["run", &spec, "-q"]).envs(s3.env()).env(how, env).output().unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success());
-        assert!(err.contains("plain HTTP to a host that is not loopback: refused"), "{err}");
-    }
+    let out = Command::new(ward_bin())
+        .args(["run", &spec, "-q"])
+        .envs(s3.env())
+        .env("AWS_ENDPOINT_URL", "http://192.0.2.10:9000")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("plain HTTP to a host that is not loopback: refused"), "{err}");
     // In the spec, validation already refuses it, with the file and line.
     let text =
         std::fs::read_to_string(&spec).unwrap().replace("retry_budget: 2s", "endpoint: \"http://192.0.2.10:9000\"");

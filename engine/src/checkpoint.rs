@@ -41,7 +41,7 @@ use std::time::Duration;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::storage::{Created, Store};
+use crate::storage::Store;
 
 pub const LAYOUT_VERSION: u32 = 1;
 const MANIFEST: &str = "MANIFEST.json";
@@ -622,25 +622,24 @@ impl Checkpointer {
         };
         let bytes = serde_json::to_vec_pretty(&manifest)?;
         let key = manifest_key(epoch);
-        let created = self.store.create(&key, &bytes)?;
-        // Read back: a store whose conditional put is not atomic under a race (SeaweedFS
-        // answered two simultaneous creates with success) shows the winner here.
-        if created == Created::Exists || self.store.get(&key)?.as_deref() != Some(&bytes[..]) {
-            // Ours, if a retried request had already created it; anyone else's means another
-            // run commits to the same location: never both.
-            let theirs = self.store.get(&key)?;
-            if theirs.as_deref() != Some(&bytes[..]) {
-                let writer = theirs
-                    .and_then(|b| serde_json::from_slice::<Manifest>(&b).ok())
-                    .map_or_else(|| "unknown".to_string(), |m| m.writer);
-                self.aborted.store(true, Ordering::SeqCst);
-                anyhow::bail!(
-                    "checkpoint {epoch} in {} was committed by another writer ({writer}, this one is {}): \
-                     two runs are using the same checkpoint location; this one stops",
-                    self.store.location(),
-                    self.writer
-                );
-            }
+        fail::fail_point!("checkpoint-manifest");
+        self.store.create(&key, &bytes)?;
+        // What the store holds decides, whatever the create answered: ours (also when a retried
+        // request had created it already), or another run's — which also catches a store whose
+        // conditional put is not atomic under a race (SeaweedFS let two simultaneous creates
+        // succeed). Never both commit.
+        let stored = self.store.get(&key)?;
+        if stored.as_deref() != Some(&bytes[..]) {
+            let writer = stored
+                .and_then(|b| serde_json::from_slice::<Manifest>(&b).ok())
+                .map_or_else(|| "unknown".to_string(), |m| m.writer);
+            self.aborted.store(true, Ordering::SeqCst);
+            anyhow::bail!(
+                "checkpoint {epoch} in {} was committed by another writer ({writer}, this one is {}): \
+                 two runs are using the same checkpoint location; this one stops",
+                self.store.location(),
+                self.writer
+            );
         }
         if let Some(m) = &self.metrics {
             m.bytes.set(manifest.parts.iter().map(|p| p.bytes).sum::<u64>() as i64);

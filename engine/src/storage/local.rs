@@ -69,7 +69,6 @@ impl Store for LocalStore {
     fn create(&self, key: &str, bytes: &[u8]) -> anyhow::Result<Created> {
         let path = self.path(key);
         let tmp = self.write_temp(&path, bytes).map_err(|e| self.err(key, e))?;
-        fail::fail_point!("checkpoint-manifest");
         // A hard link never replaces an existing file: only one writer can create the key.
         let linked = std::fs::hard_link(&tmp, &path);
         let _ = std::fs::remove_file(&tmp);

@@ -153,10 +153,13 @@ pub fn check_location(location: &str) -> anyhow::Result<()> {
     }
     // Userinfo is never echoed: it may hold a secret.
     let shown = match location.split_once("://") {
-        Some((scheme, rest)) => match rest.split_once('@') {
-            Some((_, host)) if !host.contains('/') || rest.find('@') < rest.find('/') => format!("{scheme}://…@{host}"),
-            _ => location.to_string(),
-        },
+        Some((scheme, rest)) => {
+            let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
+            match authority.rfind('@') {
+                Some(at) => format!("{scheme}://…@{}", &rest[at + 1..]),
+                None => location.to_string(),
+            }
+        }
         None => location.to_string(),
     };
     let url = url::Url::parse(location).map_err(|e| anyhow::anyhow!("`{shown}`: not a URL: {e}"))?;
