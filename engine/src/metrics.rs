@@ -23,6 +23,9 @@ pub struct Metrics {
     batch_seconds: HistogramVec,
     pub events_per_second: Gauge,
     pub epoch: IntGauge,
+    /// Flow control: bytes the sources have in flight, and the time they spent waiting.
+    pub in_flight_bytes: IntGauge,
+    pub backpressure_seconds: prometheus::Counter,
     /// Checkpoints (docs/architecture.md §7: duration, size, age).
     pub checkpoint: CheckpointMetrics,
     /// The admin endpoint's connections.
@@ -220,6 +223,19 @@ impl Metrics {
             batch_seconds,
             events_per_second,
             epoch: gauge("ward_epoch", "Current checkpoint epoch (the timely timestamp sources emit at)"),
+            in_flight_bytes: gauge(
+                "ward_in_flight_bytes",
+                "Bytes of records the sources emitted that not every sink has written yet (bounded by max_in_flight_bytes)",
+            ),
+            backpressure_seconds: {
+                let c = prometheus::Counter::new(
+                    "ward_source_backpressure_seconds_total",
+                    "Time sources spent waiting because max_in_flight_bytes were in flight (summed over workers)",
+                )
+                .expect("valid metric");
+                registry.register(Box::new(c.clone())).expect("unique metric");
+                c
+            },
             workers: gauge("ward_workers", "Worker threads in this process"),
             ready: gauge("ward_ready", "1 once the dataflow is built and running"),
             families: Arc::new(Families { registry: registry.clone(), made: Default::default() }),

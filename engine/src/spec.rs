@@ -60,6 +60,12 @@ pub struct Settings {
     /// Largest number of records a source puts in one batch.
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
+    /// Flow control: bytes of records (as the sources read them) this process's sources may
+    /// have in flight, emitted but not yet written by every sink. Past it sources stop polling
+    /// until the sinks catch up, so a slow or stalled sink holds memory at about this bound
+    /// instead of letting batches queue without limit.
+    #[serde(default = "default_max_in_flight_bytes")]
+    pub max_in_flight_bytes: u64,
     /// Address of the admin HTTP endpoint (`/metrics`, `/healthz`, `/readyz`). Empty disables it.
     #[serde(default = "default_admin")]
     pub admin_listen: String,
@@ -100,6 +106,9 @@ fn default_epoch_ms() -> u64 {
 }
 fn default_batch_size() -> usize {
     1024
+}
+fn default_max_in_flight_bytes() -> u64 {
+    512 << 20
 }
 fn default_admin() -> String {
     "127.0.0.1:9464".to_string()
@@ -146,6 +155,7 @@ impl Settings {
         };
         range("epoch_interval_ms", self.epoch_interval_ms, 1, 3_600_000);
         range("batch_size", self.batch_size as u64, 1, MAX_BATCH_SIZE as u64);
+        range("max_in_flight_bytes", self.max_in_flight_bytes, 1 << 20, 1 << 40);
         range("admin_max_connections", self.admin_max_connections as u64, 1, 65_536);
         if let Some(c) = &self.checkpoint {
             range("checkpoint.retain", c.retain as u64, 1, 10_000);
@@ -195,6 +205,7 @@ impl Default for Settings {
         Settings {
             epoch_interval_ms: default_epoch_ms(),
             batch_size: default_batch_size(),
+            max_in_flight_bytes: default_max_in_flight_bytes(),
             admin_listen: default_admin(),
             admin_token_env: default_admin_token_env(),
             admin_max_connections: default_admin_max_connections(),

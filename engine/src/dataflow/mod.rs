@@ -13,6 +13,7 @@
 pub(crate) mod context;
 mod control;
 mod emit;
+mod flow;
 mod keyed_stage;
 mod operator;
 mod route;
@@ -46,6 +47,11 @@ pub(crate) type PayloadStream<'s> = Stream<'s, Epoch, Vec<Payload>>;
 pub(crate) type RoutedStream<'s> = Stream<'s, Epoch, Vec<Routed>>;
 
 pub(crate) fn build_dataflow<'s>(scope: Scope<'s, Epoch>, run: &Arc<RunContext>) {
+    let local_workers = (scope.peers() / run.processes.max(1)).max(1) as u64;
+    let flow = flow::FlowControl::new(
+        run.spec.settings.max_in_flight_bytes / local_workers,
+        run.metrics.in_flight_bytes.clone(),
+    );
     let mut main: HashMap<String, PayloadStream<'s>> = HashMap::new();
     let mut quarantine: HashMap<String, PayloadStream<'s>> = HashMap::new();
     // Sinks last, so that `quarantine` inputs see every producer.
@@ -64,7 +70,7 @@ pub(crate) fn build_dataflow<'s>(scope: Scope<'s, Epoch>, run: &Arc<RunContext>)
                     run.fail(format!("source `{}`: {e:#}", c.id));
                     Box::new(Exhausted)
                 });
-                let (m, q) = build_source(scope, run.clone(), c, source, metrics);
+                let (m, q) = build_source(scope, run.clone(), c, source, metrics, flow.clone());
                 main.insert(c.id.clone(), m);
                 quarantine.insert(c.id.clone(), q);
             }
@@ -96,10 +102,10 @@ pub(crate) fn build_dataflow<'s>(scope: Scope<'s, Epoch>, run: &Arc<RunContext>)
             Built::Sink(factory) => {
                 let input = inputs_of(scope, c, &main, &quarantine);
                 match factory.create(&ctx) {
-                    Ok(sink) => build_sink(input, run.clone(), c, sink, metrics),
+                    Ok(sink) => build_sink(input, run.clone(), c, sink, metrics, &flow),
                     Err(e) => {
                         run.fail(format!("sink `{}`: {e:#}", c.id));
-                        build_sink(input, run.clone(), c, Box::new(Discard), metrics)
+                        build_sink(input, run.clone(), c, Box::new(Discard), metrics, &flow)
                     }
                 }
             }

@@ -1,6 +1,7 @@
 //! A sink's stage: records wait until their epoch is complete, then reach the sink in epoch
 //! order; with checkpoints the sink prepares each checkpoint's part and commits it once the
-//! checkpoint is complete (docs/architecture.md §5).
+//! checkpoint is complete (docs/architecture.md §5). Its `written` output holds a capability
+//! at the oldest epoch not yet handed to the sink, for flow control ([`super::flow`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -8,8 +9,10 @@ use std::time::Instant;
 
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::operators::Probe;
 
 use super::context::RunContext;
+use super::flow::FlowControl;
 use super::{Epoch, PayloadStream};
 use crate::checkpoint::part_prefix;
 use crate::component::{Payload, Sink};
@@ -22,15 +25,22 @@ pub(crate) fn build_sink<'s>(
     c: &ComponentSpec,
     sink: Box<dyn Sink>,
     metrics: ComponentMetrics,
+    flow: &FlowControl,
 ) {
     let worker = input.scope().index();
     let mut builder = OperatorBuilder::new(format!("sink:{}", c.id), input.scope());
     let mut input = builder.new_input(input, Pipeline);
+    let (_written_out, written) = builder.new_output::<Vec<()>>();
+    written.probe_with(flow.written());
     builder.set_notify_for(0, timely::progress::operate::FrontierInterest::Always);
     let id = c.id.clone();
     let mut sink = Some(sink);
     let part = format!("{}{worker}", part_prefix("sink", &c.id, None));
-    builder.build(move |_caps| {
+    // `sink-write-worker-N=sleep(ms)` slows the sinks of one worker only (the flow-control test).
+    let stall_point = format!("sink-write-worker-{worker}");
+    builder.build(move |mut caps| {
+        // At the oldest epoch not yet written (dropped once everything is).
+        let mut unwritten = caps.pop();
         let mut completed: Option<Epoch> = None;
         // Checkpoints prepared and not yet committed; the frontier last seen.
         let mut prepared: Vec<Epoch> = Vec::new();
@@ -44,6 +54,7 @@ pub(crate) fn build_sink<'s>(
         move |frontiers| {
             let Some(s) = sink.as_mut() else {
                 input.for_each(|_, data| data.clear());
+                unwritten = None;
                 return;
             };
             input.for_each(|cap, data| {
@@ -62,6 +73,7 @@ pub(crate) fn build_sink<'s>(
                         let started = Instant::now();
                         let n = payload.len() as u64;
                         metrics.records_in.inc_by(n);
+                        fail::fail_point!(&stall_point);
                         match write_payload(s.as_mut(), &payload) {
                             Ok(()) => metrics.records_out.inc_by(n),
                             Err(e) => {
@@ -112,6 +124,11 @@ pub(crate) fn build_sink<'s>(
                 None => write_upto(s, None),
                 Some(0) => {}
                 Some(f) => write_upto(s, Some(f - 1)),
+            }
+            match (f, unwritten.as_mut()) {
+                (None, _) => unwritten = None,
+                (Some(f), Some(cap)) if *cap.time() < f => cap.downgrade(&f),
+                _ => {}
             }
             match f {
                 None => {

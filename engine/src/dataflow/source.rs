@@ -1,7 +1,9 @@
 //! A source's stage: polls the source for a bounded slice of time per activation, stamps its
 //! batches with the current epoch (holding a capability it downgrades as the clock advances),
 //! writes its position into checkpoints, and retires with its final position when it ends.
+//! It polls only while the worker has room for more in-flight bytes ([`super::flow`]).
 
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -9,6 +11,7 @@ use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::Scope;
 
 use super::context::RunContext;
+use super::flow::FlowControl;
 use super::{Epoch, PayloadStream};
 use crate::checkpoint::part_prefix;
 use crate::component::{Payload, Progress, Source, SourcePoll};
@@ -21,6 +24,7 @@ pub(crate) fn build_source<'s>(
     c: &ComponentSpec,
     mut source: Box<dyn Source>,
     metrics: ComponentMetrics,
+    flow: Rc<FlowControl>,
 ) -> (PayloadStream<'s>, PayloadStream<'s>) {
     let mut builder = OperatorBuilder::new(format!("source:{}", c.id), scope);
     let info = builder.operator_info();
@@ -55,6 +59,8 @@ pub(crate) fn build_source<'s>(
         let mut announced = false;
         // The newest complete checkpoint the source was told about.
         let mut notified: Option<Epoch> = None;
+        // Since when the source has been waiting for room (flow control).
+        let mut waiting: Option<Instant> = None;
         move |_frontiers| {
             let Some((cap, qcap)) = caps.as_mut() else {
                 return;
@@ -96,6 +102,16 @@ pub(crate) fn build_source<'s>(
             // Produce for a bounded slice of time, then yield so other operators run.
             let budget = Instant::now() + Duration::from_millis(5);
             loop {
+                if !flow.has_room() {
+                    // Sinks are behind: look again shortly (the clock still advances the
+                    // capability above, so the epochs in flight can complete).
+                    waiting.get_or_insert_with(Instant::now);
+                    activator.activate_after(Duration::from_millis(2));
+                    return;
+                }
+                if let Some(since) = waiting.take() {
+                    run.metrics.backpressure_seconds.inc_by(since.elapsed().as_secs_f64());
+                }
                 let started = Instant::now();
                 let (batch, records) = match source.poll(batch_size) {
                     Ok(SourcePoll::Batch(batch)) => (Some(batch), None),
@@ -123,14 +139,18 @@ pub(crate) fn build_source<'s>(
                     metrics.bytes_in.inc_by(batch.raw_len() as u64);
                     metrics.batch_seconds.observe(started.elapsed().as_secs_f64());
                     if !batch.is_empty() {
+                        flow.emitted(*cap.time(), batch.raw_len() as u64);
                         out.activate().give(&*cap, &mut vec![Payload::Events(batch)]);
                     }
                 }
                 if let Some(records) = records {
                     metrics.records_in.inc_by(records.len() as u64);
+                    let mut bytes = 0;
                     for r in &records {
                         metrics.quarantined(r.reason).inc();
+                        bytes += r.payload.len() as u64;
                     }
+                    flow.emitted(*qcap.time(), bytes);
                     qout.activate().give(&*qcap, &mut vec![Payload::Quarantine(records)]);
                 }
                 if Instant::now() >= budget {
