@@ -16,6 +16,7 @@ Measures, on a Tansu broker and a ClickHouse 18.16 server started on 127.0.0.1:
 import argparse
 import importlib.util
 import os
+import resource
 import signal
 import statistics
 import subprocess
@@ -86,14 +87,19 @@ def pipeline(ward, s, work, n, workers):
             text = "\n".join(l for l in text.splitlines() if "checkpoint:" not in l) + "\n"
         path = chaos.write(os.path.join(work, f"pipeline-{len(results)}.yaml"), text)
         t = time.time()
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         r = subprocess.run([ward, "run", path, "--workers", str(workers), "-q"], capture_output=True, text=True)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
         wall = time.time() - t
+        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
         if r.returncode != 0:
             sys.exit(f"pipeline failed: {r.stderr[-2000:]}")
         rows = int(s.query("SELECT count() FROM ward.events FINAL"))
         rate = n / (wall - idle)
         results[label] = rate
-        log(f"pipeline, {label}: {n:,} records in {wall - idle:.1f}s = {rate:,.0f} events/s ({rows:,} rows in ClickHouse)")
+        results[label + " cpu"] = cpu / n
+        log(f"pipeline, {label}: {n:,} records in {wall - idle:.1f}s = {rate:,.0f} events/s, "
+            f"{cpu * 1e6 / n:.1f} µs CPU per event ({rows:,} rows in ClickHouse)")
     off, on = results["checkpoints off"], results["checkpoints every 1 s"]
     log(f"checkpoint overhead: {100 * (1 - on / off):.1f}% (goal <= 10%)")
     return results

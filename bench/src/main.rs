@@ -117,6 +117,9 @@ enum Cmd {
         sizes: Vec<String>,
         #[arg(long, default_value_t = 3)]
         repeat: usize,
+        /// Leave sigma-rust out of the side-by-side run (it takes minutes).
+        #[arg(long)]
+        no_sigma_rust: bool,
     },
     /// Pack detection: normalize with every built-in pack vs only the one that claims the
     /// events, per source (Windows shapes, cloud and network samples).
@@ -327,8 +330,8 @@ fn main() -> anyhow::Result<()> {
         Cmd::Stages { count, zstd_level } => stages(count, zstd_level),
         Cmd::Correlate { keys, alerts_per_key } => correlate::run(keys, alerts_per_key),
         Cmd::State { keys } => state::run(keys),
-        Cmd::Sigma { rules, count, competitor_count, sizes, repeat } => {
-            sigma::run(sigma::Args { rules, count, competitor_count, sizes, repeat })
+        Cmd::Sigma { rules, count, competitor_count, sizes, repeat, no_sigma_rust } => {
+            sigma::run(sigma::Args { rules, count, competitor_count, sizes, repeat, sigma_rust: !no_sigma_rust })
         }
         Cmd::Hostile { sizes, repeat } => hostile::run(&sizes, repeat),
         Cmd::Packs { count, repeat } => packs::run(count, repeat),

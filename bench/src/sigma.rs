@@ -22,6 +22,7 @@ pub struct Args {
     pub competitor_count: u64,
     pub sizes: Vec<String>,
     pub repeat: usize,
+    pub sigma_rust: bool,
 }
 
 /// Generator batches, parsed; and normalized.
@@ -191,6 +192,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         rs_m
     );
 
+    if !args.sigma_rust {
+        println!("\nward / rsigma-eval: {:.1}x", rs_s / ward_s);
+        return Ok(());
+    }
     let sr_rules: Vec<sigma_rust::Rule> =
         files.iter().filter_map(|f| sigma_rust::rule_from_yaml(&f.text).ok()).collect();
     let sr_events: Vec<sigma_rust::Event> =

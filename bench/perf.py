@@ -1,0 +1,152 @@
+#!/usr/bin/env python3
+"""Ward's performance table in one command: CPU per event and events/s of every row.
+
+    cargo build --release -p ward -p ward-bench
+    python3 bench/perf.py [--events 1000000] [--workers 2] [--repeat 2] [--skip kafka,sigma]
+
+Rows (CPU seconds of the `ward` process from its rusage, so load beside it does not count;
+"per core" is 1 / CPU per event):
+  ingest    generator -> parse -> normalize -> enrich -> Parquet (+ quarantine)   bench/specs/ingest.yaml
+  detect    the same + dedup -> sigma-match (all SigmaHQ Windows rules + the demo rules)
+            -> correlate -> alerts JSONL                                          bench/specs/detect.yaml
+  sigma     the matcher alone, one thread: 100 rules vs all, and rsigma-eval side by side
+            (`ward-bench sigma`)
+  kafka     Tansu -> full pipeline -> ClickHouse + Parquet + alerts topic, checkpoints every
+            1 s (`bench/kafka.py --only pipeline`)
+Peak RSS is the process's maximum resident set (ru_maxrss). The best of --repeat runs is kept.
+"""
+
+import argparse
+import os
+import re
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(REPO, "target"))
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def run_ward(ward, spec, events, workers, work):
+    """One run of a bench spec: (wall s, CPU s, peak RSS MiB, records read)."""
+    out = os.path.join(work, "out")
+    shutil.rmtree(out, ignore_errors=True)
+    env = dict(os.environ, BENCH_EVENTS=str(events), BENCH_OUT=out)
+    t = time.time()
+    p = subprocess.Popen([ward, "run", spec, "--workers", str(workers)], env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    err = p.stderr.read()
+    _, status, usage = os.wait4(p.pid, 0)
+    wall = time.time() - t
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"{spec} failed:\n{err[-3000:]}")
+    m = re.search(r"(\d+) records read", err)
+    read = int(m.group(1)) if m else 0
+    if read != events:
+        sys.exit(f"{spec}: read {read} records, expected {events}:\n{err[-3000:]}")
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, read
+
+
+def pipeline_row(name, ward, spec, args, work):
+    best = None
+    for i in range(args.repeat):
+        wall, cpu, rss, n = run_ward(ward, spec, args.events, args.workers, work)
+        us = cpu * 1e6 / n
+        log(f"  {name} run {i + 1}: {n:,} events in {wall:.2f}s = {n / wall:,.0f} events/s, "
+            f"{us:.2f} µs CPU/event, peak RSS {rss:,.0f} MiB")
+        if best is None or us < best["us"]:
+            best = {"us": us, "eps": n / wall, "rss": rss}
+    return best
+
+
+def sigma_rows(bench, args):
+    cmd = [bench, "sigma", "--count", str(args.sigma_events), "--competitor-count", "10000",
+           "--sizes", "100,all", "--repeat", "3", "--no-sigma-rust"]
+    log("  " + " ".join(cmd))
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f"ward-bench sigma failed:\n{r.stderr[-3000:]}")
+    rows = {}
+    section = None
+    for line in r.stdout.splitlines():
+        if line.startswith("Ward matcher alone"):
+            section = "alone"
+        elif line.startswith("side by side"):
+            section = "side"
+        cols = line.split()
+        if section == "alone" and len(cols) == 5 and cols[0].isdigit():
+            rows.setdefault("alone", []).append((int(cols[0]), float(cols[2]), float(cols[3])))
+    m = re.search(r"ward / rsigma-eval: ([\d.]+)x", r.stdout)
+    rows["rsigma"] = float(m.group(1)) if m else None
+    log("    " + "\n    ".join(r.stdout.strip().splitlines()))
+    return rows
+
+
+def kafka_row(ward, args):
+    cmd = [sys.executable, os.path.join(REPO, "bench", "kafka.py"), "--only", "pipeline",
+           "--events", str(args.events), "--workers", str(args.workers), "--ward", ward]
+    log("  " + " ".join(cmd))
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f"bench/kafka.py failed:\n{r.stderr[-3000:]}")
+    m = re.search(r"pipeline, checkpoints every 1 s: .*?= ([\d,]+) events/s, ([\d.]+) µs CPU", r.stderr + r.stdout)
+    if not m:
+        sys.exit(f"no pipeline figure in bench/kafka.py's output:\n{r.stderr[-3000:]}")
+    return {"eps": float(m.group(1).replace(",", "")), "us": float(m.group(2))}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ward", default=os.path.join(TARGET, "release", "ward"))
+    ap.add_argument("--bench", default=os.path.join(TARGET, "release", "ward-bench"))
+    ap.add_argument("--events", type=int, default=1_000_000, help="generator records per pipeline run")
+    ap.add_argument("--sigma-events", type=int, default=300_000, help="events for the matcher alone")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--skip", default="", help="rows to leave out: ingest,detect,sigma,kafka")
+    args = ap.parse_args()
+    skip = set(filter(None, args.skip.split(",")))
+    for exe in (args.ward, args.bench):
+        if not os.path.exists(exe):
+            sys.exit(f"{exe} not found: cargo build --release -p ward -p ward-bench")
+    work = tempfile.mkdtemp(prefix="ward-perf-")
+    table = []
+    try:
+        for name, spec in (("ingest", "ingest.yaml"), ("detect", "detect.yaml")):
+            if name not in skip:
+                log(f"{name}: {args.events:,} events, {args.workers} workers, best of {args.repeat}")
+                table.append((name, pipeline_row(name, args.ward, os.path.join(REPO, "bench", "specs", spec), args, work)))
+        sigma = sigma_rows(args.bench, args) if "sigma" not in skip else None
+        kafka = kafka_row(args.ward, args) if "kafka" not in skip else None
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    goals = {"ingest": 3.3, "detect": 7.0}
+    print(f"\n| row | CPU per event | events/s per core | events/s ({args.workers} workers) | peak RSS | goal |")
+    print("|---|---|---|---|---|---|")
+    labels = {"ingest": "generator → parse → normalize → enrich → Parquet",
+              "detect": "… + dedup → sigma-match (all Windows rules) → correlate → alerts"}
+    for name, r in table:
+        print(f"| {labels[name]} | {r['us']:.2f} µs | {1e6 / r['us']:,.0f} | {r['eps']:,.0f} | {r['rss']:,.0f} MiB "
+              f"| ≤ {goals[name]} µs |")
+    if kafka:
+        print(f"| Kafka → full pipeline → ClickHouse + Parquet + alerts topic, 1 s checkpoints | {kafka['us']:.2f} µs "
+              f"| {1e6 / kafka['us']:,.0f} | {kafka['eps']:,.0f} | | ≥ 252,000 events/s |")
+    if sigma and sigma.get("alone"):
+        (n_small, eps_small, ns_small), (n_all, eps_all, ns_all) = sigma["alone"][0], sigma["alone"][-1]
+        print(f"| Sigma matcher alone, {n_small} rules | {ns_small / 1000:.2f} µs | {eps_small:,.0f} | | | |")
+        print(f"| Sigma matcher alone, all {n_all} rules | {ns_all / 1000:.2f} µs | {eps_all:,.0f} | | | ≥ 500,000/core |")
+        print(f"| all rules vs {n_small} rules, time per event | {ns_all / ns_small:.2f}× | | | | ≤ 2× |")
+        if sigma.get("rsigma"):
+            print(f"| Ward vs rsigma-eval, same events and rules | {sigma['rsigma']:.1f}× faster | | | | ≥ 50× |")
+
+
+if __name__ == "__main__":
+    main()
