@@ -290,7 +290,7 @@ fn stages(count: u64, zstd_level: i32) -> anyhow::Result<()> {
     )?;
     let (_, t_parquet) = time(|| -> anyhow::Result<()> {
         for b in enriched {
-            sink.write(&Payload::Events(b))?;
+            sink.write(&Payload::Events(b.into()))?;
         }
         sink.finish()
     });

@@ -47,7 +47,10 @@ impl StreamKind {
 /// The data of one timely message. Records and events share a representation.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Payload {
-    Events(EventBatch),
+    /// Shared, so a stream read by several consumers is not copied for each (timely's fan-out
+    /// clones a message for every consumer but the last); an operator that changes a batch
+    /// copies it only if another consumer still holds it.
+    Events(Arc<EventBatch>),
     Quarantine(Vec<QuarantineRecord>),
     Alerts(Vec<Alert>),
     Cases(Vec<CaseRecord>),

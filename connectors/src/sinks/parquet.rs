@@ -759,9 +759,9 @@ mod tests {
         let store = Arc::new(ward_engine::storage::LocalStore::new(dir.path().to_path_buf()));
         let mut sink = ParquetSink::new(config, store, "s", 0).unwrap();
         let hour = 491_000;
-        sink.write(&Payload::Events(batch(hour, 10))).unwrap();
+        sink.write(&Payload::Events(batch(hour, 10).into())).unwrap();
         sink.epoch_complete(0).unwrap();
-        sink.write(&Payload::Events(batch(hour + 1, 5))).unwrap();
+        sink.write(&Payload::Events(batch(hour + 1, 5).into())).unwrap();
         assert!(list_files(dir.path()).is_empty(), "open files are hidden");
         sink.epoch_complete(1).unwrap();
         // The first hour got nothing for two epochs: closed and visible.

@@ -32,7 +32,7 @@ pub(crate) fn emit(
     if !result.cases.is_empty() {
         msg.push(Payload::Cases(std::mem::take(&mut result.cases)));
     }
-    msg.extend(result.events.drain(..).filter(|b| !b.is_empty()).map(Payload::Events));
+    msg.extend(result.events.drain(..).filter(|b| !b.is_empty()).map(|b| Payload::Events(std::sync::Arc::new(b))));
     if !msg.is_empty() {
         main.activate().give(at, &mut msg);
     }

@@ -1,6 +1,7 @@
 //! A stateless operator's stage: batches in, the operator's output out through [`emit`], at
 //! the batch's epoch; event-time progress passes through unchanged.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use timely::dataflow::channels::pact::Pipeline;
@@ -28,7 +29,7 @@ pub(crate) fn build_operator<'s>(
             input.for_each(|cap, data| {
                 for payload in data.drain(..) {
                     let batch = match payload {
-                        Payload::Events(batch) => batch,
+                        Payload::Events(batch) => Arc::unwrap_or_clone(batch),
                         // Event-time progress passes stateless operators unchanged.
                         p @ Payload::Progress(_) => {
                             out.activate().give(&cap, &mut vec![p]);

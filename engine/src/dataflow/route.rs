@@ -151,7 +151,7 @@ pub(crate) fn route_stage<'s>(
                             }
                         }
                         Payload::Progress(Progress::Watermark { from, time }) => tracker.mark(&from, time),
-                        Payload::Events(mut batch) => {
+                        Payload::Events(batch) => {
                             received += batch.len() as u64;
                             row_target.clear();
                             // For checkpoints: the newest on-time event per origin of the batch,
@@ -205,7 +205,7 @@ pub(crate) fn route_stage<'s>(
                                 }
                             }
                             if !pass_rows.is_empty() {
-                                passed.push(Payload::Events(pass_rows));
+                                passed.push(Payload::Events(Arc::new(pass_rows)));
                             }
                             for (o, t) in
                                 batch.origins().iter().zip(&origin_newest).filter(|(_, t)| **t > WATERMARK_MIN)
@@ -219,7 +219,7 @@ pub(crate) fn route_stage<'s>(
                                 // The whole batch goes to one worker: no copy.
                                 let w = first as usize;
                                 if outbox.events[w].is_empty() {
-                                    outbox.events[w] = std::mem::take(&mut batch);
+                                    outbox.events[w] = Arc::unwrap_or_clone(batch);
                                 } else {
                                     for row in 0..batch.len() {
                                         outbox.events[w].push_row_from(&batch, row);

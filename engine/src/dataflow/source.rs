@@ -140,7 +140,7 @@ pub(crate) fn build_source<'s>(
                     metrics.batch_seconds.observe(started.elapsed().as_secs_f64());
                     if !batch.is_empty() {
                         flow.emitted(*cap.time(), batch.raw_len() as u64);
-                        out.activate().give(&*cap, &mut vec![Payload::Events(batch)]);
+                        out.activate().give(&*cap, &mut vec![Payload::Events(Arc::new(batch))]);
                     }
                 }
                 if let Some(records) = records {
