@@ -19,7 +19,6 @@ Peak RSS is the process's maximum resident set (ru_maxrss). The best of --repeat
 import argparse
 import os
 import re
-import resource
 import shutil
 import subprocess
 import sys
@@ -73,16 +72,14 @@ def sigma_rows(bench, args):
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     if r.returncode != 0:
         sys.exit(f"ward-bench sigma failed:\n{r.stderr[-3000:]}")
-    rows = {}
-    section = None
+    rows = {"alone": []}
+    alone = False
     for line in r.stdout.splitlines():
-        if line.startswith("Ward matcher alone"):
-            section = "alone"
-        elif line.startswith("side by side"):
-            section = "side"
+        if line.startswith(("Ward matcher alone", "side by side")):
+            alone = line.startswith("Ward matcher alone")
         cols = line.split()
-        if section == "alone" and len(cols) == 5 and cols[0].isdigit():
-            rows.setdefault("alone", []).append((int(cols[0]), float(cols[2]), float(cols[3])))
+        if alone and len(cols) == 5 and cols[0].isdigit():
+            rows["alone"].append((int(cols[0]), float(cols[2]), float(cols[3])))
     m = re.search(r"ward / rsigma-eval: ([\d.]+)x", r.stdout)
     rows["rsigma"] = float(m.group(1)) if m else None
     log("    " + "\n    ".join(r.stdout.strip().splitlines()))

@@ -6,6 +6,7 @@
 //! the ECS field mapping); the other evaluators get each event as a flat JSON object under
 //! Sigma's field names (`Image`, `CommandLine`, `EventID`, ...), the shape they expect.
 
+use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -192,29 +193,25 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         rs_m
     );
 
-    if !args.sigma_rust {
-        println!("\nward / rsigma-eval: {:.1}x", rs_s / ward_s);
-        return Ok(());
+    let mut ratios = format!("ward / rsigma-eval: {:.1}x", rs_s / ward_s);
+    if args.sigma_rust {
+        let sr_rules: Vec<sigma_rust::Rule> =
+            files.iter().filter_map(|f| sigma_rust::rule_from_yaml(&f.text).ok()).collect();
+        let sr_events: Vec<sigma_rust::Event> =
+            shaped.iter().filter_map(|e| sigma_rust::event_from_json(&e.to_string()).ok()).collect();
+        let (sr_s, sr_m) =
+            best(1, || sr_events.iter().map(|e| sr_rules.iter().filter(|r| r.is_match(e)).count()).sum::<usize>());
+        println!(
+            "{:<14} {:>10} {:>14.0} {:>12.1} {:>10}",
+            "sigma-rust",
+            sr_rules.len(),
+            sr_events.len() as f64 / sr_s,
+            sr_s * 1e9 / sr_events.len() as f64,
+            sr_m
+        );
+        let _ = write!(ratios, "   ward / sigma-rust: {:.1}x", (sr_s / sr_events.len() as f64) / (ward_s / n as f64));
     }
-    let sr_rules: Vec<sigma_rust::Rule> =
-        files.iter().filter_map(|f| sigma_rust::rule_from_yaml(&f.text).ok()).collect();
-    let sr_events: Vec<sigma_rust::Event> =
-        shaped.iter().filter_map(|e| sigma_rust::event_from_json(&e.to_string()).ok()).collect();
-    let (sr_s, sr_m) =
-        best(1, || sr_events.iter().map(|e| sr_rules.iter().filter(|r| r.is_match(e)).count()).sum::<usize>());
-    println!(
-        "{:<14} {:>10} {:>14.0} {:>12.1} {:>10}",
-        "sigma-rust",
-        sr_rules.len(),
-        sr_events.len() as f64 / sr_s,
-        sr_s * 1e9 / sr_events.len() as f64,
-        sr_m
-    );
-    println!(
-        "\nward / rsigma-eval: {:.1}x   ward / sigma-rust: {:.1}x",
-        rs_s / ward_s,
-        (sr_s / sr_events.len() as f64) / (ward_s / n as f64)
-    );
+    println!("\n{ratios}");
     println!("(match counts differ by design: Ward routes by logsource and maps fields to ECS-lite; the others see flat Sigma fields without logsource)");
     Ok(())
 }

@@ -60,9 +60,9 @@ impl FlowControl {
         self.gauge.add(bytes as i64);
     }
 
-    /// Whether the worker's sources may poll: releases the epochs every sink has written, then
-    /// compares what is left with the budget.
-    pub fn has_room(&self) -> bool {
+    /// Forgets the epochs every sink has written (called by sources before they poll and by
+    /// sinks as they write, so the gauge also falls once the sources have finished).
+    pub fn release(&self) {
         let mut f = self.in_flight.borrow_mut();
         while let Some(&(epoch, bytes)) = f.by_epoch.front() {
             if self.written.less_equal(&epoch) {
@@ -72,7 +72,12 @@ impl FlowControl {
             f.total -= bytes;
             self.gauge.sub(bytes as i64);
         }
-        f.total < self.budget
+    }
+
+    /// Whether the worker's sources may poll: what is still in flight is below the budget.
+    pub fn has_room(&self) -> bool {
+        self.release();
+        self.in_flight.borrow().total < self.budget
     }
 
     #[cfg(test)]

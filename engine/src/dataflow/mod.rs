@@ -102,10 +102,10 @@ pub(crate) fn build_dataflow<'s>(scope: Scope<'s, Epoch>, run: &Arc<RunContext>)
             Built::Sink(factory) => {
                 let input = inputs_of(scope, c, &main, &quarantine);
                 match factory.create(&ctx) {
-                    Ok(sink) => build_sink(input, run.clone(), c, sink, metrics, &flow),
+                    Ok(sink) => build_sink(input, run.clone(), c, sink, metrics, flow.clone()),
                     Err(e) => {
                         run.fail(format!("sink `{}`: {e:#}", c.id));
-                        build_sink(input, run.clone(), c, Box::new(Discard), metrics, &flow)
+                        build_sink(input, run.clone(), c, Box::new(Discard), metrics, flow.clone())
                     }
                 }
             }

@@ -4,6 +4,7 @@
 //! at the oldest epoch not yet handed to the sink, for flow control ([`super::flow`]).
 
 use std::collections::BTreeMap;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -25,7 +26,7 @@ pub(crate) fn build_sink<'s>(
     c: &ComponentSpec,
     sink: Box<dyn Sink>,
     metrics: ComponentMetrics,
-    flow: &FlowControl,
+    flow: Rc<FlowControl>,
 ) {
     let worker = input.scope().index();
     let mut builder = OperatorBuilder::new(format!("sink:{}", c.id), input.scope());
@@ -52,6 +53,7 @@ pub(crate) fn build_sink<'s>(
         // their epoch is complete, so a checkpoint's part holds exactly its epochs' records.
         let mut pending: BTreeMap<Epoch, Vec<Payload>> = BTreeMap::new();
         move |frontiers| {
+            flow.release();
             let Some(s) = sink.as_mut() else {
                 input.for_each(|_, data| data.clear());
                 unwritten = None;
@@ -73,8 +75,7 @@ pub(crate) fn build_sink<'s>(
                         let started = Instant::now();
                         let n = payload.len() as u64;
                         metrics.records_in.inc_by(n);
-                        fail::fail_point!(&stall_point);
-                        match write_payload(s.as_mut(), &payload) {
+                        match write_payload(s.as_mut(), &payload, &stall_point) {
                             Ok(()) => metrics.records_out.inc_by(n),
                             Err(e) => {
                                 metrics.errors.inc();
@@ -151,8 +152,10 @@ pub(crate) fn build_sink<'s>(
     });
 }
 
-/// A sink write; the `sink-write` failpoint makes it fail for the tests of failed runs.
-fn write_payload(sink: &mut dyn Sink, payload: &Payload) -> anyhow::Result<()> {
+/// A sink write; the `sink-write` failpoint makes it fail for the tests of failed runs, and
+/// `stall_point` (`sink-write-worker-N`) can slow down one worker's writes.
+fn write_payload(sink: &mut dyn Sink, payload: &Payload, stall_point: &str) -> anyhow::Result<()> {
+    fail::fail_point!(stall_point);
     fail::fail_point!("sink-write", |_| Err(anyhow::anyhow!("failpoint sink-write")));
     sink.write(payload)
 }
