@@ -46,6 +46,48 @@ pub struct BoundedRegex {
     fallback: Regex,
     /// NFA states: the fallback's worst-case cost per byte.
     states: u64,
+    gate: Option<Gate>,
+}
+
+/// Literals of which one occurs in every value the pattern matches (its prefixes or suffixes,
+/// as regex-syntax extracts them for the regex crate's own prefilters), so the matcher can
+/// find them with its shared automata and run the pattern only where one occurs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Gate {
+    pub literals: Vec<Vec<u8>>,
+    /// The pattern matches exactly where one of the literals occurs: no need to run it.
+    pub exact: bool,
+}
+
+/// More literals than this make a poor gate (case-insensitive words expand to many).
+const GATE_MAX_LITERALS: usize = 64;
+
+fn gate_of(hir: &regex_syntax::hir::Hir) -> Option<Gate> {
+    use regex_syntax::hir::literal::{ExtractKind, Extractor};
+    // Assertions (`\b`, `^`) extract as empty exact literals: a match is then more than its
+    // literals.
+    let no_looks = hir.properties().look_set().is_empty();
+    let mut best: Option<Gate> = None;
+    for kind in [ExtractKind::Prefix, ExtractKind::Suffix] {
+        let mut seq = Extractor::new().kind(kind.clone()).extract(hir);
+        // Trims literals the way the regex crate does for its prefilters, and gives up on
+        // sets too short to be selective (the sequence becomes infinite).
+        match kind {
+            ExtractKind::Prefix => seq.optimize_for_prefix_by_preference(),
+            _ => seq.optimize_for_suffix_by_preference(),
+        }
+        let Some(lits) = seq.literals() else { continue };
+        if lits.is_empty() || lits.len() > GATE_MAX_LITERALS || lits.iter().any(|l| l.as_bytes().is_empty()) {
+            continue;
+        }
+        let gate =
+            Gate { literals: lits.iter().map(|l| l.as_bytes().to_vec()).collect(), exact: no_looks && seq.is_exact() };
+        let shortest = |g: &Gate| g.literals.iter().map(Vec::len).min().unwrap_or(0);
+        if best.as_ref().is_none_or(|b| shortest(&gate) > shortest(b)) {
+            best = Some(gate);
+        }
+    }
+    best
 }
 
 impl std::fmt::Debug for BoundedRegex {
@@ -96,7 +138,13 @@ impl BoundedRegex {
             let ascii = (0x80..=0xFF).fold(config, |c, b| c.quit(b, true));
             dense::Builder::new().configure(ascii).build_from_nfa(&nfa).ok()
         });
-        Ok(BoundedRegex { source: pattern.to_string(), dfa, anchored, fallback, states })
+        let gate = gate_of(&hir);
+        Ok(BoundedRegex { source: pattern.to_string(), dfa, anchored, fallback, states, gate })
+    }
+
+    /// Literals one of which every match contains (None: no selective set).
+    pub fn gate(&self) -> Option<&Gate> {
+        self.gate.as_ref()
     }
 
     pub fn as_str(&self) -> &str {
@@ -182,6 +230,19 @@ mod tests {
         assert_eq!(r.is_match("run cmd now", &mut budget), Some(true));
         assert_eq!(r.is_match("é cmd é", &mut budget), Some(true));
         assert_eq!(r.is_match("écmdé", &mut budget), Some(false));
+    }
+
+    #[test]
+    fn gates_are_literals_every_match_contains() {
+        let g = re("(?si)\u{0399}").gate().cloned().expect("a gate");
+        assert!(g.exact, "a lone literal is its own gate");
+        assert!(g.literals.contains(&"\u{03B9}".as_bytes().to_vec()), "case variants: {g:?}");
+        let g = re(r"route\s+print").gate().cloned().expect("a gate");
+        assert!(!g.exact && g.literals == vec![b"route".to_vec()], "{g:?}");
+        let g = re(r"\bcmd\b").gate().cloned().expect("a gate");
+        assert!(!g.exact, "an assertion is more than its literals");
+        assert!(re(r"\w+").gate().is_none());
+        assert!(re(r"(?s).*").gate().is_none());
     }
 
     #[test]

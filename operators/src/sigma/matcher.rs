@@ -134,13 +134,26 @@ pub struct Hit {
 }
 pub const NO_VERIFY: u32 = u32::MAX;
 
-/// The eager tests on one field.
+/// Literals searched in one pass, and what an occurrence of each pattern means.
+pub struct Literals {
+    pub ac: AhoCorasick,
+    pub hits: Vec<Vec<Hit>>,
+    /// The longest pattern's length: an anchored search looks at no more of the value.
+    pub longest: usize,
+}
+
+/// The eager tests on one field. Literals are split by where they must occur, so that the
+/// common `startswith`/`endswith` tests cost at most their own length per value instead of
+/// riding (and firing) all along a long value in the overlapping pass. Index 0 of each pair is
+/// ASCII-case-insensitive, 1 cased.
 #[derive(Default)]
 pub struct Scan {
-    pub ci: Option<AhoCorasick>,
-    pub ci_hits: Vec<Vec<Hit>>,
-    pub cs: Option<AhoCorasick>,
-    pub cs_hits: Vec<Vec<Hit>>,
+    /// Literals that may occur anywhere (`contains`, wildcard gates): one overlapping pass.
+    pub anywhere: [Option<Literals>; 2],
+    /// `startswith` literals: an anchored pass from the value's start.
+    pub prefix: [Option<Literals>; 2],
+    /// `endswith` literals, reversed: an anchored pass over the value's tail read backwards.
+    pub suffix: [Option<Literals>; 2],
     /// Whole-value equality, keyed by the ASCII-lowercased value.
     pub ci_eq: ahash::HashMap<Box<[u8]>, Vec<AtomId>>,
     pub cs_eq: ahash::HashMap<Box<[u8]>, Vec<AtomId>>,
@@ -148,7 +161,9 @@ pub struct Scan {
 
 impl Scan {
     pub fn is_empty(&self) -> bool {
-        self.ci.is_none() && self.cs.is_none() && self.ci_eq.is_empty() && self.cs_eq.is_empty()
+        [&self.anywhere, &self.prefix, &self.suffix].iter().all(|l| l.iter().all(Option::is_none))
+            && self.ci_eq.is_empty()
+            && self.cs_eq.is_empty()
     }
 }
 
@@ -156,7 +171,22 @@ pub struct FieldInfo {
     /// How the field is shown (the Sigma field name as first resolved).
     pub display: String,
     pub keys: Vec<super::mapping::FieldKey>,
-    pub scan: Scan,
+    /// The field's eager tests by scan group, `None` (route conditions and rules without a
+    /// route: scanned on every event) first, then one per route whose rules test the field
+    /// (scanned only on events the route admits).
+    pub scans: Vec<(Option<u32>, Scan)>,
+}
+
+impl FieldInfo {
+    /// The tests scanned on every event.
+    fn always_scan(&self) -> Option<&Scan> {
+        self.scans.first().filter(|(g, _)| g.is_none()).map(|(_, s)| s)
+    }
+    /// The tests of routed rules, by route.
+    fn routed_scans(&self) -> &[(Option<u32>, Scan)] {
+        let skip = self.scans.first().is_some_and(|(g, _)| g.is_none()) as usize;
+        &self.scans[skip..]
+    }
 }
 
 /// A selection of a rule, for the alert's "matched" section.
@@ -193,6 +223,10 @@ pub struct Matcher {
     pub atom_groups: Vec<Vec<u32>>,
     pub groups: usize,
     pub routes: Vec<Cond>,
+    /// Eager atom → the routes it triggers (as `atom_rules` for rules).
+    pub atom_routes: Vec<Vec<u32>>,
+    /// Routes without trigger atoms, evaluated on every event.
+    pub always_routes: Vec<u32>,
     pub rules: Vec<CompiledRule>,
     /// Rules without trigger atoms, evaluated on every event their route admits.
     pub always: Vec<RuleIdx>,
@@ -263,6 +297,9 @@ pub struct Scratch {
     group_unknown_gen: Vec<u32>,
     route_gen: Vec<u32>,
     route_val: Vec<Tri>,
+    /// Routes triggered by the current event's first pass (each once: `route_cand_gen`).
+    route_candidates: Vec<u32>,
+    route_cand_gen: Vec<u32>,
     /// Per value scanned: which verification regexes already ran on it, and their result.
     value_gen: u32,
     verify_gen: Vec<u32>,
@@ -278,6 +315,8 @@ pub struct Scratch {
     candidates: Vec<RuleIdx>,
     present: Vec<(FieldIdx, Value)>,
     lower: Vec<u8>,
+    /// The tail of the value being scanned, reversed (for `endswith` literals).
+    reversed: Vec<u8>,
     fmt: String,
     fmt2: String,
     ref_ends: Vec<usize>,
@@ -357,6 +396,7 @@ impl Scratch {
         if self.route_gen.len() != m.routes.len() {
             self.route_gen = vec![0; m.routes.len()];
             self.route_val = vec![Tri::False; m.routes.len()];
+            self.route_cand_gen = vec![0; m.routes.len()];
         }
         if self.verify_gen.len() != m.verify.len() {
             self.verify_gen = vec![0; m.verify.len()];
@@ -370,10 +410,13 @@ impl Scratch {
             self.group_gen.iter_mut().for_each(|g| *g = 0);
             self.group_unknown_gen.iter_mut().for_each(|g| *g = 0);
             self.route_gen.iter_mut().for_each(|g| *g = 0);
+            self.route_cand_gen.iter_mut().for_each(|g| *g = 0);
+            self.keywords_gen = 0;
             self.generation = 1;
         }
         self.present.clear();
         self.candidates.clear();
+        self.route_candidates.clear();
         self.undecided.clear();
         self.over_budget = false;
     }
@@ -450,6 +493,12 @@ impl Matcher {
         if !trigger {
             return;
         }
+        for &r in &self.atom_routes[a] {
+            if s.route_cand_gen[r as usize] != g {
+                s.route_cand_gen[r as usize] = g;
+                s.route_candidates.push(r);
+            }
+        }
         for &r in &self.atom_rules[a] {
             if s.rule_gen[r as usize] != g {
                 s.rule_gen[r as usize] = g;
@@ -460,26 +509,27 @@ impl Matcher {
 
     fn scan(&self, scan: &Scan, s: &mut Scratch, value: &str, trigger: bool) {
         let bytes = value.as_bytes();
-        let len = bytes.len();
         s.next_value();
-        for (ac, hits) in [(&scan.ci, &scan.ci_hits), (&scan.cs, &scan.cs_hits)] {
-            let Some(ac) = ac else { continue };
-            for m in ac.find_overlapping_iter(bytes) {
-                s.stats.occurrences += 1;
-                for h in &hits[m.pattern().as_usize()] {
-                    let a = h.atom as usize;
-                    if s.atom_gen[a] == s.generation && s.atom_val[a] == Tri::True {
-                        continue; // Already holds: nothing to verify again.
-                    }
-                    if !anchored(h.anchor, m.start(), m.end(), len) {
-                        continue;
-                    }
-                    let v = if h.verify == NO_VERIFY { Tri::True } else { self.verify(s, h.verify, value) };
-                    if v != Tri::False {
-                        self.fire(s, h.atom, trigger, v);
-                    }
-                }
+        for lits in scan.anywhere.iter().flatten() {
+            for m in lits.ac.find_overlapping_iter(bytes) {
+                let (start, end) = (m.start(), m.end());
+                self.occurrence(&lits.hits[m.pattern().as_usize()], s, value, trigger, |a| {
+                    anchored(a, start, end, bytes.len())
+                });
             }
+        }
+        for lits in scan.prefix.iter().flatten() {
+            let head = &bytes[..bytes.len().min(lits.longest)];
+            self.anchored_pass(lits, head, s, value, trigger);
+        }
+        if scan.suffix.iter().any(Option::is_some) {
+            let mut tail = std::mem::take(&mut s.reversed);
+            for lits in scan.suffix.iter().flatten() {
+                tail.clear();
+                tail.extend(bytes.iter().rev().take(lits.longest));
+                self.anchored_pass(lits, &tail, s, value, trigger);
+            }
+            s.reversed = tail;
         }
         if !scan.ci_eq.is_empty() {
             s.lower.clear();
@@ -493,6 +543,41 @@ impl Matcher {
         if let Some(atoms) = scan.cs_eq.get(bytes) {
             for &a in atoms {
                 self.fire(s, a, trigger, Tri::True);
+            }
+        }
+    }
+
+    /// Every pattern of the anchored automaton `lits` that starts at `hay`'s first byte (`hay`
+    /// is the value's head, or its tail reversed): at most `lits.longest` bytes of work.
+    fn anchored_pass(&self, lits: &Literals, hay: &[u8], s: &mut Scratch, value: &str, trigger: bool) {
+        let input = aho_corasick::Input::new(hay).anchored(aho_corasick::Anchored::Yes);
+        let mut state = aho_corasick::automaton::OverlappingState::start();
+        loop {
+            // Cannot fail: the automaton is built for anchored searches with standard semantics.
+            if lits.ac.try_find_overlapping(input.clone(), &mut state).is_err() {
+                debug_assert!(false, "anchored overlapping search refused");
+                break;
+            }
+            let Some(m) = state.get_match() else { break };
+            self.occurrence(&lits.hits[m.pattern().as_usize()], s, value, trigger, |_| true);
+        }
+    }
+
+    /// One occurrence of a pattern: the atoms it makes hold (where `placed` accepts its anchor),
+    /// verified first when gated.
+    fn occurrence(&self, hits: &[Hit], s: &mut Scratch, value: &str, trigger: bool, placed: impl Fn(Anchor) -> bool) {
+        s.stats.occurrences += 1;
+        for h in hits {
+            let a = h.atom as usize;
+            if s.atom_gen[a] == s.generation && s.atom_val[a] == Tri::True {
+                continue; // Already holds: nothing to verify again.
+            }
+            if !placed(h.anchor) {
+                continue;
+            }
+            let v = if h.verify == NO_VERIFY { Tri::True } else { self.verify(s, h.verify, value) };
+            if v != Tri::False {
+                self.fire(s, h.atom, trigger, v);
             }
         }
     }
@@ -524,6 +609,9 @@ impl Matcher {
             .sum();
         s.budget = self.budget.for_event(event_bytes);
         let mut fmt = std::mem::take(&mut s.fmt);
+        // First pass: every slot's fields, and the tests scanned on every event (route
+        // conditions, rules without a route).
+        let mut routed = false;
         for slot in slots {
             let fields = self.fields_for(b, slot.key);
             if fields.is_empty() {
@@ -532,17 +620,46 @@ impl Matcher {
             let mut scanned = false;
             for &f in fields {
                 s.present.push((f, slot.value));
-                scanned |= !self.fields[f as usize].scan.is_empty();
+                let info = &self.fields[f as usize];
+                scanned |= info.always_scan().is_some();
+                routed |= !info.routed_scans().is_empty();
             }
             if !scanned {
                 continue;
             }
             let Some(t) = text(b, slot.value, &mut fmt) else { continue };
             for &f in fields {
-                let scan = &self.fields[f as usize].scan;
-                if !scan.is_empty() {
+                if let Some(scan) = self.fields[f as usize].always_scan() {
                     self.scan(scan, s, t, true);
                 }
+            }
+        }
+        // The routes that admit the event (decided once, then reused by every rule), and a
+        // second pass with only their rules' tests: an event meets the literals of the rules
+        // routed to it, not those of every rule.
+        if routed && !self.routes.is_empty() {
+            let mut admitted = false;
+            let candidates = std::mem::take(&mut s.route_candidates);
+            for &r in candidates.iter().chain(&self.always_routes) {
+                admitted |= self.route_holds(r, s, b, slots) != Tri::False;
+            }
+            s.route_candidates = candidates;
+            if admitted {
+                let present = std::mem::take(&mut s.present);
+                for &(f, v) in &present {
+                    let scans = self.fields[f as usize].routed_scans();
+                    if scans.is_empty() {
+                        continue;
+                    }
+                    let Some(t) = text(b, v, &mut fmt) else { continue };
+                    for (route, scan) in scans {
+                        let r = route.expect("routed scans have a route") as usize;
+                        if s.route_gen[r] == s.generation && s.route_val[r] != Tri::False {
+                            self.scan(scan, s, t, true);
+                        }
+                    }
+                }
+                s.present = present;
             }
         }
         s.fmt = fmt;
@@ -568,14 +685,7 @@ impl Matcher {
         let rule = &self.rules[r as usize];
         let mut route_val = Tri::True;
         if let Some(route) = rule.route {
-            let g = s.generation;
-            let i = route as usize;
-            if s.route_gen[i] != g {
-                let v = self.eval(&self.routes[i], s, b, slots);
-                s.route_gen[i] = g;
-                s.route_val[i] = v;
-            }
-            route_val = s.route_val[i];
+            route_val = self.route_holds(route, s, b, slots);
             if route_val == Tri::False {
                 return Tri::False;
             }
@@ -585,6 +695,17 @@ impl Matcher {
             (Tri::True, v) => v,
             _ => Tri::Unknown,
         }
+    }
+
+    /// Whether route `r` admits the event (evaluated once per event).
+    fn route_holds(&self, r: u32, s: &mut Scratch, b: Bytes<'_>, slots: &[Slot]) -> Tri {
+        let i = r as usize;
+        if s.route_gen[i] != s.generation {
+            let v = self.eval(&self.routes[i], s, b, slots);
+            s.route_gen[i] = s.generation;
+            s.route_val[i] = v;
+        }
+        s.route_val[i]
     }
 
     /// Evaluates a condition in three-valued (Kleene) logic.

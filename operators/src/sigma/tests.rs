@@ -414,6 +414,27 @@ fn oversized_regexes_are_rejected_at_load_with_the_reason() {
 }
 
 #[test]
+fn regexes_run_only_where_their_literals_occur() {
+    let rules = [
+        "  s:\n    logline|re: 'route\\s+print'\n  condition: s\n",
+        // A non-ASCII literal compared case-insensitively is a regex too; its case variants are
+        // the whole pattern, so it is decided by the automata alone.
+        "  s:\n    logline|contains: '\u{0399}'\n  condition: s\n",
+    ];
+    let long = "x".repeat(10_000);
+    let (_, det, alerts) = run_one(&rules, &serde_json::json!({ "logline": long }).to_string());
+    assert!(alerts.is_empty());
+    assert_eq!(det.stats().searched_bytes, 0, "no literal, no search");
+    let (_, det, alerts) =
+        run_one(&rules, &serde_json::json!({ "logline": "ROUTE print \u{03B9}" }).to_string());
+    assert_eq!(alerts.iter().map(|a| a.rule.id.as_str()).collect::<Vec<_>>(), vec!["r1"], "the regex is cased");
+    assert_eq!(det.stats().searched_bytes, 0, "a wrong-case literal does not run the cased regex");
+    let (_, det, alerts) = run_one(&rules, &serde_json::json!({ "logline": "route  print" }).to_string());
+    assert_eq!(alerts.iter().map(|a| a.rule.id.as_str()).collect::<Vec<_>>(), vec!["r0"]);
+    assert_eq!(det.stats().searched_bytes, "route  print".len() as u64);
+}
+
+#[test]
 fn over_budget_events_are_evaluated_by_cheap_tests_and_counted() {
     // The budget runs out on a long value: the literal rule still alerts, the regex rules are
     // reported undecided, and a negated undecided test never alerts.
@@ -421,7 +442,7 @@ fn over_budget_events_are_evaluated_by_cheap_tests_and_counted() {
         "  s:\n    logline|re: 'a[ab]{30}z'\n  condition: s\n",
         "  s:\n    logline|re: 'b[ab]{30}z'\n  condition: not s\n",
         "  s:\n    logline|contains: 'needle'\n  condition: s\n",
-        "  s:\n    logline|contains: 'needle'\n  f:\n    logline|re: 'q[ab]{30}z'\n  condition: s and not f\n",
+        "  s:\n    logline|contains: 'needle'\n  f:\n    logline|re: 'a[ab]{30}q'\n  condition: s and not f\n",
     ];
     let value = format!("needle{}", "ab".repeat(50_000));
     let event = serde_json::json!({ "logline": value }).to_string();

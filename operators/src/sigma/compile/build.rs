@@ -5,14 +5,15 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+use aho_corasick::{AhoCorasickBuilder, MatchKind, StartKind};
 use ward_engine::fields::FieldId;
 
 use super::{AtomSpec, Expr, FieldRef, LoweredRule};
 use crate::sigma::bounded_regex::BoundedRegex;
 use crate::sigma::mapping::FieldKey;
 use crate::sigma::matcher::{
-    Atom, AtomId, CompiledRule, Cond, FieldIdx, FieldInfo, Hit, Lazy, Matcher, Scan, Selection, KEYWORDS, NO_VERIFY,
+    Atom, AtomId, CompiledRule, Cond, FieldIdx, FieldInfo, Hit, Lazy, Literals, Matcher, Scan, Selection, KEYWORDS,
+    NO_VERIFY,
 };
 use crate::sigma::values::Anchor;
 
@@ -28,63 +29,128 @@ pub struct MatcherBuilder {
     routes: Vec<Cond>,
     route_ids: HashMap<String, u32>,
     rules: Vec<CompiledRule>,
-    triggers: Vec<Option<Vec<AtomId>>>,
     groups: Vec<Vec<AtomId>>,
     group_ids: HashMap<Vec<AtomId>, u32>,
     verify: Vec<Arc<BoundedRegex>>,
+    /// Per atom: its places in a field's scans (eager atoms only).
+    placements: Vec<Option<(FieldIdx, Vec<Placement>)>>,
+    /// (atom, scan group) pairs already placed.
+    placed: std::collections::HashSet<(AtomId, Option<u32>)>,
+    /// The scan group the atoms being interned belong to: `None` while compiling a route's
+    /// condition or a rule without a route, else the rule's route.
+    current: Option<u32>,
+    /// Per atom: how many conditions refer to it (how rare a trigger it is).
+    uses: Vec<u32>,
 }
 
 /// Value lists at least this long become one `AnyEager` group.
 const GROUP_MIN: usize = 4;
 
+/// The literals of one field that share a search: their patterns (deduplicated) and what an
+/// occurrence of each means.
 #[derive(Default)]
-struct FieldBuild {
-    display: String,
-    keys: Vec<FieldKey>,
-    ci: Vec<Vec<u8>>,
-    ci_ids: HashMap<Vec<u8>, usize>,
-    ci_hits: Vec<Vec<Hit>>,
-    cs: Vec<Vec<u8>>,
-    cs_ids: HashMap<Vec<u8>, usize>,
-    cs_hits: Vec<Vec<Hit>>,
+struct LiteralsBuild {
+    patterns: Vec<Vec<u8>>,
+    ids: HashMap<Vec<u8>, usize>,
+    hits: Vec<Vec<Hit>>,
+}
+
+impl LiteralsBuild {
+    fn add(&mut self, pattern: Vec<u8>, hit: Hit) {
+        let id = match self.ids.get(&pattern) {
+            Some(&id) => id,
+            None => {
+                self.patterns.push(pattern.clone());
+                self.hits.push(Vec::new());
+                self.ids.insert(pattern, self.patterns.len() - 1);
+                self.patterns.len() - 1
+            }
+        };
+        self.hits[id].push(hit);
+    }
+
+    fn build(self, ci: bool, anchored: bool) -> Result<Option<Literals>, String> {
+        if self.patterns.is_empty() {
+            return Ok(None);
+        }
+        // The automaton kind is left to the crate: a full DFA for all SigmaHQ Windows rules
+        // measured no faster and took 1 GB.
+        let ac = AhoCorasickBuilder::new()
+            .match_kind(MatchKind::Standard)
+            .ascii_case_insensitive(ci)
+            .start_kind(if anchored { StartKind::Anchored } else { StartKind::Unanchored })
+            .build(&self.patterns)
+            .map_err(|e| e.to_string())?;
+        let longest = self.patterns.iter().map(Vec::len).max().unwrap_or(0);
+        Ok(Some(Literals { ac, hits: self.hits, longest }))
+    }
+}
+
+/// One scan group's eager literals on a field, by where they must occur (see [`Scan`]): index
+/// 0 ASCII-case-insensitive, 1 cased.
+#[derive(Default)]
+struct ScanBuild {
+    anywhere: [LiteralsBuild; 2],
+    prefix: [LiteralsBuild; 2],
+    suffix: [LiteralsBuild; 2],
     ci_eq: HashMap<Vec<u8>, Vec<AtomId>>,
     cs_eq: HashMap<Vec<u8>, Vec<AtomId>>,
 }
 
+/// Where an eager atom's test lives in a field's scans, kept so that every scan group whose
+/// rules use the atom gets its own copy.
+#[derive(Clone)]
+enum Placement {
+    Equal { pattern: Vec<u8>, cased: bool, atom: AtomId },
+    Literal { pattern: Vec<u8>, cased: bool, hit: Hit },
+}
+
+/// A field and its scan groups: `None` holds the literals of route conditions and of rules
+/// without a route (scanned on every event), `Some(route)` those of the rules routed there
+/// (scanned only on events the route admits).
+#[derive(Default)]
+struct FieldBuild {
+    display: String,
+    keys: Vec<FieldKey>,
+    by_route: std::collections::BTreeMap<Option<u32>, ScanBuild>,
+}
+
 impl FieldBuild {
+    fn build(self) -> Result<Vec<(Option<u32>, Scan)>, String> {
+        self.by_route.into_iter().map(|(g, b)| Ok((g, b.build()?))).collect()
+    }
+}
+
+impl ScanBuild {
+    fn place(&mut self, p: &Placement) {
+        match p {
+            Placement::Equal { pattern, cased, atom } => {
+                let table = if *cased { &mut self.cs_eq } else { &mut self.ci_eq };
+                table.entry(pattern.clone()).or_default().push(*atom);
+            }
+            Placement::Literal { pattern, cased, hit } => self.literal(pattern, *cased, *hit),
+        }
+    }
+
+    /// A literal that must occur at `hit.anchor` (not `Whole`: those are table lookups).
+    /// Suffixes are kept reversed: they are searched from the value's end backwards.
     fn literal(&mut self, pattern: &[u8], cased: bool, hit: Hit) {
-        let (pats, ids, hits) = if cased {
-            (&mut self.cs, &mut self.cs_ids, &mut self.cs_hits)
-        } else {
-            (&mut self.ci, &mut self.ci_ids, &mut self.ci_hits)
-        };
-        let id = *ids.entry(pattern.to_vec()).or_insert_with(|| {
-            pats.push(pattern.to_vec());
-            hits.push(Vec::new());
-            pats.len() - 1
-        });
-        hits[id].push(hit);
+        let c = cased as usize;
+        match hit.anchor {
+            Anchor::Start => self.prefix[c].add(pattern.to_vec(), hit),
+            Anchor::End => self.suffix[c].add(pattern.iter().rev().copied().collect(), hit),
+            Anchor::Anywhere | Anchor::Whole => self.anywhere[c].add(pattern.to_vec(), hit),
+        }
     }
 
     fn build(self) -> Result<Scan, String> {
-        let ac = |pats: &[Vec<u8>], ci: bool| -> Result<Option<AhoCorasick>, String> {
-            if pats.is_empty() {
-                return Ok(None);
-            }
-            // The automaton kind is left to the crate: a full DFA for all SigmaHQ Windows rules
-            // measured no faster and took 1 GB.
-            AhoCorasickBuilder::new()
-                .match_kind(MatchKind::Standard)
-                .ascii_case_insensitive(ci)
-                .build(pats)
-                .map(Some)
-                .map_err(|e| e.to_string())
-        };
+        let [any_ci, any_cs] = self.anywhere;
+        let [pre_ci, pre_cs] = self.prefix;
+        let [suf_ci, suf_cs] = self.suffix;
         Ok(Scan {
-            ci: ac(&self.ci, true)?,
-            ci_hits: self.ci_hits,
-            cs: ac(&self.cs, false)?,
-            cs_hits: self.cs_hits,
+            anywhere: [any_ci.build(true, false)?, any_cs.build(false, false)?],
+            prefix: [pre_ci.build(true, true)?, pre_cs.build(false, true)?],
+            suffix: [suf_ci.build(true, true)?, suf_cs.build(false, true)?],
             ci_eq: self.ci_eq.into_iter().map(|(k, v)| (k.into_boxed_slice(), v)).collect(),
             cs_eq: self.cs_eq.into_iter().map(|(k, v)| (k.into_boxed_slice(), v)).collect(),
         })
@@ -107,42 +173,68 @@ impl MatcherBuilder {
         }
     }
 
-    fn field_build(&mut self, f: FieldIdx) -> &mut FieldBuild {
-        if f == KEYWORDS {
-            &mut self.keywords
-        } else {
-            &mut self.fields[f as usize]
+    /// Puts eager atom `a`'s test into the current scan group of its field (keyword literals
+    /// into the one group the keyword scan has).
+    fn place(&mut self, a: AtomId) {
+        let Some((field, places)) = &self.placements[a as usize] else { return };
+        let (field, group) = if *field == KEYWORDS { (KEYWORDS, None) } else { (*field, self.current) };
+        if !self.placed.insert((a, group)) {
+            return;
         }
+        let fb = if field == KEYWORDS { &mut self.keywords } else { &mut self.fields[field as usize] };
+        let scan = fb.by_route.entry(group).or_default();
+        places.iter().for_each(|p| scan.place(p));
     }
 
     fn atom(&mut self, spec: &AtomSpec) -> AtomId {
         let key = spec.dedup_key();
         if let Some(&a) = self.atom_ids.get(&key) {
+            self.uses[a as usize] += 1;
+            self.place(a);
             return a;
         }
         let a = self.atoms.len() as AtomId;
         let field = self.field(spec.field());
+        let mut placement = None;
         let atom = match spec {
             AtomSpec::Literal { pattern, anchor, cased, .. } => {
-                let fb = self.field_build(field);
-                if *anchor == Anchor::Whole {
-                    let table = if *cased { &mut fb.cs_eq } else { &mut fb.ci_eq };
-                    table.entry(pattern.clone()).or_default().push(a);
+                placement = Some(vec![if *anchor == Anchor::Whole {
+                    Placement::Equal { pattern: pattern.clone(), cased: *cased, atom: a }
                 } else {
-                    fb.literal(pattern, *cased, Hit { atom: a, anchor: *anchor, verify: NO_VERIFY });
-                }
+                    let hit = Hit { atom: a, anchor: *anchor, verify: NO_VERIFY };
+                    Placement::Literal { pattern: pattern.clone(), cased: *cased, hit }
+                }]);
                 Atom::Eager
             }
             AtomSpec::Glob { regex, gate: Some((g, cased)), .. } => {
                 self.verify.push(regex.clone());
                 let v = (self.verify.len() - 1) as u32;
-                let fb = self.field_build(field);
-                fb.literal(g, *cased, Hit { atom: a, anchor: Anchor::Anywhere, verify: v });
+                let hit = Hit { atom: a, anchor: Anchor::Anywhere, verify: v };
+                placement = Some(vec![Placement::Literal { pattern: g.clone(), cased: *cased, hit }]);
                 Atom::Eager
             }
-            AtomSpec::Glob { regex, gate: None, .. } | AtomSpec::Regex { regex, .. } => {
-                Atom::Lazy(Lazy::Regex { field, re: regex.clone() })
-            }
+            // A regex with a selective literal set is gated like a wildcard: found by the
+            // field's automata, run only on values that hold a literal (or not at all when
+            // the literals are the whole pattern).
+            AtomSpec::Glob { regex, gate: None, .. } | AtomSpec::Regex { regex, .. } => match regex.gate() {
+                Some(gate) => {
+                    let verify = if gate.exact {
+                        NO_VERIFY
+                    } else {
+                        self.verify.push(regex.clone());
+                        (self.verify.len() - 1) as u32
+                    };
+                    let hit = Hit { atom: a, anchor: Anchor::Anywhere, verify };
+                    let places = gate
+                        .literals
+                        .iter()
+                        .map(|l| Placement::Literal { pattern: l.clone(), cased: true, hit })
+                        .collect();
+                    placement = Some(places);
+                    Atom::Eager
+                }
+                None => Atom::Lazy(Lazy::Regex { field, re: regex.clone() }),
+            },
             AtomSpec::Cidr { net, .. } => Atom::Lazy(Lazy::Cidr { field, net: *net }),
             AtomSpec::Compare { op, value, part, .. } => {
                 Atom::Lazy(Lazy::Compare { field, op: *op, value: *value, part: *part })
@@ -157,9 +249,12 @@ impl MatcherBuilder {
         // Keyword literals are scanned on demand (see `Lazy::Keyword`), so they trigger nothing.
         let keyword = field == KEYWORDS && matches!(atom, Atom::Eager);
         let atom = if keyword { Atom::Lazy(Lazy::Keyword) } else { atom };
+        self.eager.push(matches!(atom, Atom::Eager));
         self.atoms.push(atom);
-        self.eager.push(spec.is_eager() && !keyword);
         self.atom_ids.insert(key, a);
+        self.placements.push(placement.map(|p| (field, p)));
+        self.uses.push(1);
+        self.place(a);
         a
     }
 
@@ -218,7 +313,12 @@ impl MatcherBuilder {
             Cond::True | Cond::Not(_) => None,
             Cond::Atom(a) => self.eager[*a as usize].then(|| vec![*a]),
             Cond::AnyEager(g) => Some(self.groups[*g as usize].clone()),
-            Cond::And(xs) => xs.iter().filter_map(|x| self.triggers(x)).min_by_key(|t| t.len()),
+            // The conjunct whose triggers are rarest (fewest references across all conditions,
+            // a stand-in for how often they occur): fewer needless evaluations.
+            Cond::And(xs) => xs
+                .iter()
+                .filter_map(|x| self.triggers(x))
+                .min_by_key(|t| (t.iter().map(|&a| self.uses[a as usize] as u64).sum::<u64>(), t.len())),
             Cond::Or(xs) | Cond::AtLeast(_, xs) => {
                 let mut all = Vec::new();
                 for x in xs {
@@ -232,7 +332,9 @@ impl MatcherBuilder {
     }
 
     pub fn add(&mut self, r: &LoweredRule) {
-        let cond = self.cond(&r.cond);
+        // A route's atoms are scanned on every event (they decide which routes hold); a rule's
+        // in the scan group of its route, scanned only on events the route admits.
+        self.current = None;
         let route = r.route.as_ref().map(|e| {
             let key = format!("{:?}|{:?}|{:?}", r.logsource.product, r.logsource.category, r.logsource.service);
             if let Some(&id) = self.route_ids.get(&key) {
@@ -244,6 +346,8 @@ impl MatcherBuilder {
             self.route_ids.insert(key, id);
             id
         });
+        self.current = route;
+        let cond = self.cond(&r.cond);
         let selections = r
             .selections
             .iter()
@@ -260,23 +364,24 @@ impl MatcherBuilder {
                 Selection { name: name.clone(), cond, fields }
             })
             .collect();
-        self.triggers.push(self.triggers(&cond));
         self.rules.push(CompiledRule { meta: r.meta.clone(), cond, route, selections });
     }
 
     pub fn build(self) -> Result<Matcher, String> {
-        let mut atom_rules = vec![Vec::new(); self.atoms.len()];
-        let mut always = Vec::new();
-        for (r, t) in self.triggers.iter().enumerate() {
-            match t {
-                Some(atoms) => {
-                    for &a in atoms {
-                        atom_rules[a as usize].push(r as u32);
-                    }
+        // Triggers are chosen once every rule is in, when the atoms' reference counts are known.
+        let by_atom = |conds: &mut dyn Iterator<Item = &Cond>| {
+            let mut atom_to = vec![Vec::new(); self.atoms.len()];
+            let mut always = Vec::new();
+            for (i, c) in conds.enumerate() {
+                match self.triggers(c) {
+                    Some(atoms) => atoms.iter().for_each(|&a| atom_to[a as usize].push(i as u32)),
+                    None => always.push(i as u32),
                 }
-                None => always.push(r as u32),
             }
-        }
+            (atom_to, always)
+        };
+        let (atom_rules, always) = by_atom(&mut self.rules.iter().map(|r| &r.cond));
+        let (atom_routes, always_routes) = by_atom(&mut self.routes.iter());
         let mut atom_groups = vec![Vec::new(); self.atoms.len()];
         for (g, atoms) in self.groups.iter().enumerate() {
             for &a in atoms {
@@ -301,19 +406,21 @@ impl MatcherBuilder {
             }
             let display = fb.display.clone();
             let keys = fb.keys.clone();
-            fields.push(FieldInfo { display, keys, scan: fb.build()? });
+            fields.push(FieldInfo { display, keys, scans: fb.build()? });
         }
         Ok(Matcher {
             fields,
             core_lookup,
             ext_lookup,
             data_lookup,
-            keywords: self.keywords.build()?,
+            keywords: self.keywords.build()?.pop().map(|(_, scan)| scan).unwrap_or_default(),
             atoms: self.atoms,
             atom_rules,
             atom_groups,
             groups: self.groups.len(),
             routes: self.routes,
+            atom_routes,
+            always_routes,
             rules: self.rules,
             always,
             verify: self.verify,

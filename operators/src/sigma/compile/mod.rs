@@ -193,10 +193,6 @@ impl AtomSpec {
             | AtomSpec::FieldRef { field, .. } => field,
         }
     }
-
-    pub(super) fn is_eager(&self) -> bool {
-        matches!(self, AtomSpec::Literal { .. } | AtomSpec::Glob { gate: Some(_), .. })
-    }
 }
 
 /// A rule's logic before interning.
