@@ -664,10 +664,18 @@ pub fn split_json_documents(text: &str) -> Result<Vec<&str>, String> {
 }
 
 pub fn format_timestamp_ms(ms: i64) -> String {
-    match chrono::DateTime::from_timestamp_millis(ms) {
-        Some(t) => t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
-        None => ms.to_string(),
-    }
+    let mut s = String::with_capacity(24);
+    write_timestamp_ms(&mut s, ms);
+    s
+}
+
+/// [`format_timestamp_ms`] appended to `out` (no allocation once `out` has room).
+pub fn write_timestamp_ms(out: &mut String, ms: i64) {
+    use std::fmt::Write as _;
+    let _ = match chrono::DateTime::from_timestamp_millis(ms) {
+        Some(t) => write!(out, "{}", t.format("%Y-%m-%dT%H:%M:%S%.3fZ")),
+        None => write!(out, "{ms}"),
+    };
 }
 
 #[cfg(test)]

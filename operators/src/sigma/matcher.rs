@@ -1,11 +1,19 @@
 //! The compiled, cross-rule matcher (docs/architecture.md §6).
 //!
-//! Every test a rule makes on a field is an *atom*. Literal atoms of all rules on one field share
-//! that field's Aho-Corasick automata (one ASCII-case-insensitive, one cased) plus hash tables
-//! for whole-value equality; wildcard atoms ride on a literal fragment (their *gate*) and are
-//! verified by a regex only when the gate occurs. These *eager* atoms are decided in one pass
-//! over the event's fields. Everything else (regexes, CIDR, numeric and time comparisons,
-//! exists/null, field references) is *lazy*: decided on first use and memoized per event.
+//! Every test a rule makes on a field is an *atom*. Literal atoms on one field share that
+//! field's Aho-Corasick automata (ASCII-case-insensitive and cased) plus hash tables for
+//! whole-value equality; wildcard atoms ride on a literal fragment (their *gate*) and are
+//! verified by a regex only when the gate occurs, and so do regexes with a selective set of
+//! prefix or suffix literals (run only where one occurs, or never when the literals are the
+//! whole pattern). These *eager* atoms are decided in passes over the event's fields. The rest
+//! (regexes without such literals, CIDR, numeric and time comparisons, exists/null, field
+//! references) is *lazy*: decided on first use and memoized per event.
+//!
+//! A field's eager tests are split into *scan groups* by logsource route: the first pass scans
+//! the tests of route conditions and of rules without a route; the routes those decide are
+//! evaluated once; a second pass scans only the tests of the rules routed where the event is
+//! admitted. A Sysmon process event thus never meets the literals of registry or firewall
+//! rules, and a Zeek record none of the Windows rules'.
 //!
 //! A rule's condition is evaluated only when one of its *trigger* atoms (eager atoms without
 //! which the condition cannot hold) fired in the pass; rules with no such atoms (pure negations,
@@ -25,7 +33,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use aho_corasick::AhoCorasick;
-use ward_engine::batch::{format_timestamp_ms, Bytes, Key, Slot, Value};
+use ward_engine::batch::{write_timestamp_ms, Bytes, Key, Slot, Value};
 
 use super::bounded_regex::BoundedRegex;
 use super::values::Anchor;
@@ -138,22 +146,13 @@ pub const NO_VERIFY: u32 = u32::MAX;
 pub struct Literals {
     pub ac: AhoCorasick,
     pub hits: Vec<Vec<Hit>>,
-    /// The longest pattern's length: an anchored search looks at no more of the value.
-    pub longest: usize,
 }
 
-/// The eager tests on one field. Literals are split by where they must occur, so that the
-/// common `startswith`/`endswith` tests cost at most their own length per value instead of
-/// riding (and firing) all along a long value in the overlapping pass. Index 0 of each pair is
-/// ASCII-case-insensitive, 1 cased.
+/// The eager tests on one field (of one scan group).
 #[derive(Default)]
 pub struct Scan {
-    /// Literals that may occur anywhere (`contains`, wildcard gates): one overlapping pass.
-    pub anywhere: [Option<Literals>; 2],
-    /// `startswith` literals: an anchored pass from the value's start.
-    pub prefix: [Option<Literals>; 2],
-    /// `endswith` literals, reversed: an anchored pass over the value's tail read backwards.
-    pub suffix: [Option<Literals>; 2],
+    /// Literals, found with one overlapping pass each: index 0 ASCII-case-insensitive, 1 cased.
+    pub literals: [Option<Literals>; 2],
     /// Whole-value equality, keyed by the ASCII-lowercased value.
     pub ci_eq: ahash::HashMap<Box<[u8]>, Vec<AtomId>>,
     pub cs_eq: ahash::HashMap<Box<[u8]>, Vec<AtomId>>,
@@ -161,9 +160,7 @@ pub struct Scan {
 
 impl Scan {
     pub fn is_empty(&self) -> bool {
-        [&self.anywhere, &self.prefix, &self.suffix].iter().all(|l| l.iter().all(Option::is_none))
-            && self.ci_eq.is_empty()
-            && self.cs_eq.is_empty()
+        self.literals.iter().all(Option::is_none) && self.ci_eq.is_empty() && self.cs_eq.is_empty()
     }
 }
 
@@ -315,8 +312,6 @@ pub struct Scratch {
     candidates: Vec<RuleIdx>,
     present: Vec<(FieldIdx, Value)>,
     lower: Vec<u8>,
-    /// The tail of the value being scanned, reversed (for `endswith` literals).
-    reversed: Vec<u8>,
     fmt: String,
     fmt2: String,
     ref_ends: Vec<usize>,
@@ -358,7 +353,7 @@ pub(crate) fn text<'a>(b: Bytes<'a>, v: Value, buf: &'a mut String) -> Option<&'
         }
         Value::Timestamp(ms) => {
             buf.clear();
-            buf.push_str(&format_timestamp_ms(ms));
+            write_timestamp_ms(buf, ms);
             Some(buf)
         }
         Value::Ip(r) => {
@@ -510,26 +505,13 @@ impl Matcher {
     fn scan(&self, scan: &Scan, s: &mut Scratch, value: &str, trigger: bool) {
         let bytes = value.as_bytes();
         s.next_value();
-        for lits in scan.anywhere.iter().flatten() {
+        for lits in scan.literals.iter().flatten() {
             for m in lits.ac.find_overlapping_iter(bytes) {
                 let (start, end) = (m.start(), m.end());
                 self.occurrence(&lits.hits[m.pattern().as_usize()], s, value, trigger, |a| {
                     anchored(a, start, end, bytes.len())
                 });
             }
-        }
-        for lits in scan.prefix.iter().flatten() {
-            let head = &bytes[..bytes.len().min(lits.longest)];
-            self.anchored_pass(lits, head, s, value, trigger);
-        }
-        if scan.suffix.iter().any(Option::is_some) {
-            let mut tail = std::mem::take(&mut s.reversed);
-            for lits in scan.suffix.iter().flatten() {
-                tail.clear();
-                tail.extend(bytes.iter().rev().take(lits.longest));
-                self.anchored_pass(lits, &tail, s, value, trigger);
-            }
-            s.reversed = tail;
         }
         if !scan.ci_eq.is_empty() {
             s.lower.clear();
@@ -544,22 +526,6 @@ impl Matcher {
             for &a in atoms {
                 self.fire(s, a, trigger, Tri::True);
             }
-        }
-    }
-
-    /// Every pattern of the anchored automaton `lits` that starts at `hay`'s first byte (`hay`
-    /// is the value's head, or its tail reversed): at most `lits.longest` bytes of work.
-    fn anchored_pass(&self, lits: &Literals, hay: &[u8], s: &mut Scratch, value: &str, trigger: bool) {
-        let input = aho_corasick::Input::new(hay).anchored(aho_corasick::Anchored::Yes);
-        let mut state = aho_corasick::automaton::OverlappingState::start();
-        loop {
-            // Cannot fail: the automaton is built for anchored searches with standard semantics.
-            if lits.ac.try_find_overlapping(input.clone(), &mut state).is_err() {
-                debug_assert!(false, "anchored overlapping search refused");
-                break;
-            }
-            let Some(m) = state.get_match() else { break };
-            self.occurrence(&lits.hits[m.pattern().as_usize()], s, value, trigger, |_| true);
         }
     }
 

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use aho_corasick::{AhoCorasickBuilder, MatchKind, StartKind};
+use aho_corasick::{AhoCorasickBuilder, MatchKind};
 use ward_engine::fields::FieldId;
 
 use super::{AtomSpec, Expr, FieldRef, LoweredRule};
@@ -69,7 +69,7 @@ impl LiteralsBuild {
         self.hits[id].push(hit);
     }
 
-    fn build(self, ci: bool, anchored: bool) -> Result<Option<Literals>, String> {
+    fn build(self, ci: bool) -> Result<Option<Literals>, String> {
         if self.patterns.is_empty() {
             return Ok(None);
         }
@@ -78,21 +78,16 @@ impl LiteralsBuild {
         let ac = AhoCorasickBuilder::new()
             .match_kind(MatchKind::Standard)
             .ascii_case_insensitive(ci)
-            .start_kind(if anchored { StartKind::Anchored } else { StartKind::Unanchored })
             .build(&self.patterns)
             .map_err(|e| e.to_string())?;
-        let longest = self.patterns.iter().map(Vec::len).max().unwrap_or(0);
-        Ok(Some(Literals { ac, hits: self.hits, longest }))
+        Ok(Some(Literals { ac, hits: self.hits }))
     }
 }
 
-/// One scan group's eager literals on a field, by where they must occur (see [`Scan`]): index
-/// 0 ASCII-case-insensitive, 1 cased.
+/// One scan group's eager literals on a field: index 0 ASCII-case-insensitive, 1 cased.
 #[derive(Default)]
 struct ScanBuild {
-    anywhere: [LiteralsBuild; 2],
-    prefix: [LiteralsBuild; 2],
-    suffix: [LiteralsBuild; 2],
+    literals: [LiteralsBuild; 2],
     ci_eq: HashMap<Vec<u8>, Vec<AtomId>>,
     cs_eq: HashMap<Vec<u8>, Vec<AtomId>>,
 }
@@ -133,24 +128,17 @@ impl ScanBuild {
     }
 
     /// A literal that must occur at `hit.anchor` (not `Whole`: those are table lookups).
-    /// Suffixes are kept reversed: they are searched from the value's end backwards.
+    /// Anchored literals share the overlapping pass with the others and are checked where they
+    /// occur: separate anchored automata measured slower (one more pass per value, and common
+    /// path prefixes keep an anchored search going most of the way).
     fn literal(&mut self, pattern: &[u8], cased: bool, hit: Hit) {
-        let c = cased as usize;
-        match hit.anchor {
-            Anchor::Start => self.prefix[c].add(pattern.to_vec(), hit),
-            Anchor::End => self.suffix[c].add(pattern.iter().rev().copied().collect(), hit),
-            Anchor::Anywhere | Anchor::Whole => self.anywhere[c].add(pattern.to_vec(), hit),
-        }
+        self.literals[cased as usize].add(pattern.to_vec(), hit);
     }
 
     fn build(self) -> Result<Scan, String> {
-        let [any_ci, any_cs] = self.anywhere;
-        let [pre_ci, pre_cs] = self.prefix;
-        let [suf_ci, suf_cs] = self.suffix;
+        let [ci, cs] = self.literals;
         Ok(Scan {
-            anywhere: [any_ci.build(true, false)?, any_cs.build(false, false)?],
-            prefix: [pre_ci.build(true, true)?, pre_cs.build(false, true)?],
-            suffix: [suf_ci.build(true, true)?, suf_cs.build(false, true)?],
+            literals: [ci.build(true)?, cs.build(false)?],
             ci_eq: self.ci_eq.into_iter().map(|(k, v)| (k.into_boxed_slice(), v)).collect(),
             cs_eq: self.cs_eq.into_iter().map(|(k, v)| (k.into_boxed_slice(), v)).collect(),
         })
@@ -225,10 +213,18 @@ impl MatcherBuilder {
                         (self.verify.len() - 1) as u32
                     };
                     let hit = Hit { atom: a, anchor: Anchor::Anywhere, verify };
-                    let places = gate
-                        .literals
-                        .iter()
-                        .map(|l| Placement::Literal { pattern: l.clone(), cased: true, hit })
+                    // A verified gate may match more than the pattern: its literals join the
+                    // field's case-insensitive automaton (one pass less, fewer patterns than
+                    // their case variants). An exact gate must keep their case.
+                    let mut literals = gate.literals.clone();
+                    if !gate.exact {
+                        literals.iter_mut().for_each(|l| l.make_ascii_lowercase());
+                        literals.sort_unstable();
+                        literals.dedup();
+                    }
+                    let places = literals
+                        .into_iter()
+                        .map(|pattern| Placement::Literal { pattern, cased: gate.exact, hit })
                         .collect();
                     placement = Some(places);
                     Atom::Eager
