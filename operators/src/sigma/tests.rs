@@ -465,6 +465,12 @@ fn over_budget_events_are_evaluated_by_cheap_tests_and_counted() {
 /// Runs Windows EVTX-JSON events through the built-in Windows pack and `rules`; the offsets of
 /// the events that raised an alert, and the alerts.
 fn windows_hits(rules: &str, events: &[String]) -> (Vec<u64>, Vec<ward_engine::alert::Alert>) {
+    let (offsets, alerts, _) = windows_run(rules, events);
+    (offsets, alerts)
+}
+
+/// [`windows_hits`], with the matcher's work counters.
+fn windows_run(rules: &str, events: &[String]) -> (Vec<u64>, Vec<ward_engine::alert::Alert>, matcher::MatchStats) {
     let s = set(rules);
     assert_eq!(s.rejected(), 0, "rule rejected: {:?}", s.rejections());
     let refs: Vec<&str> = events.iter().map(String::as_str).collect();
@@ -473,8 +479,38 @@ fn windows_hits(rules: &str, events: &[String]) -> (Vec<u64>, Vec<ward_engine::a
     let mut out = OperatorOutput::default();
     norm.process(batch(&refs), 0, &mut out);
     let mut alerts = Vec::new();
-    Detector::new("sigma".into(), false).detect(&s, &out.events[0], &mut alerts);
-    (alerts.iter().map(|a| a.origin.offset).collect(), alerts)
+    let mut det = Detector::new("sigma".into(), false);
+    det.detect(&s, &out.events[0], &mut alerts);
+    (alerts.iter().map(|a| a.origin.offset).collect(), alerts, det.stats())
+}
+
+#[test]
+fn an_event_meets_only_the_literals_of_the_rules_routed_to_it() {
+    let rule = |id: &str, category: &str| {
+        format!(
+            "title: {id}\nid: {id}\nlogsource: {{ product: windows, category: {category} }}\n\
+detection:\n  sel:\n    Image|endswith: '\\whoami.exe'\n  condition: sel\n"
+        )
+    };
+    let sysmon = "Microsoft-Windows-Sysmon/Operational";
+    let provider = "Microsoft-Windows-Sysmon";
+    let data = r#""EventData":{"Image":"C:\\Windows\\System32\\whoami.exe"}"#;
+    let process = windows_event(sysmon, provider, 1, data);
+    let registry = windows_event(sysmon, provider, 13, data);
+    // The registry rule's literal is not scanned on a process event, nor the process rule's on
+    // a registry event: no occurrence, no evaluation.
+    let (offsets, _, st) = windows_run(&rule("reg", "registry_set"), std::slice::from_ref(&process));
+    assert!(offsets.is_empty());
+    assert_eq!((st.occurrences, st.evaluated), (0, 0), "{st:?}");
+    let (offsets, _, st) = windows_run(&rule("proc", "process_creation"), std::slice::from_ref(&registry));
+    assert!(offsets.is_empty());
+    assert_eq!((st.occurrences, st.evaluated), (0, 0), "{st:?}");
+    // Where the route admits the event, the same literal is found and the rule alerts.
+    let both = format!("{}---\n{}", rule("proc", "process_creation"), rule("reg", "registry_set"));
+    let (offsets, alerts, st) = windows_run(&both, &[process, registry]);
+    assert_eq!(offsets, vec![0, 1]);
+    assert_eq!(alerts.iter().map(|a| a.rule.id.as_str()).collect::<Vec<_>>(), vec!["proc", "reg"]);
+    assert_eq!(st.occurrences, 2, "{st:?}");
 }
 
 fn windows_event(channel: &str, provider: &str, id: u32, data: &str) -> String {
