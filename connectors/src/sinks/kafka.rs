@@ -307,9 +307,12 @@ impl KafkaSinkFactory {
             if in_doubt {
                 self.transaction(&producer, &marker, worker, None, done, std::iter::empty())?;
             }
+            // In doubt, the marker's own checkpoint is checked against the topic too: a broker
+            // that applies the offset commit before the transaction ends (Tansu) can hold the
+            // moved marker of a transaction whose records a crash then lost.
             let todo: Vec<(u64, i64, Vec<Record>)> = segments
                 .into_iter()
-                .filter(|(epoch, _)| done.is_none_or(|d| *epoch > d))
+                .filter(|(epoch, _)| done.is_none_or(|d| *epoch > d || (in_doubt && *epoch == d)))
                 .map(|(epoch, (created, records))| (epoch, created, records))
                 .collect();
             pending.push((worker, producer, marker, todo));
