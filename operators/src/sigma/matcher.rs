@@ -158,32 +158,16 @@ pub struct Scan {
     pub cs_eq: ahash::HashMap<Box<[u8]>, Vec<AtomId>>,
 }
 
-impl Scan {
-    pub fn is_empty(&self) -> bool {
-        self.literals.iter().all(Option::is_none) && self.ci_eq.is_empty() && self.cs_eq.is_empty()
-    }
-}
-
 pub struct FieldInfo {
     /// How the field is shown (the Sigma field name as first resolved).
     pub display: String,
     pub keys: Vec<super::mapping::FieldKey>,
-    /// The field's eager tests by scan group, `None` (route conditions and rules without a
-    /// route: scanned on every event) first, then one per route whose rules test the field
-    /// (scanned only on events the route admits).
-    pub scans: Vec<(Option<u32>, Scan)>,
-}
-
-impl FieldInfo {
-    /// The tests scanned on every event.
-    fn always_scan(&self) -> Option<&Scan> {
-        self.scans.first().filter(|(g, _)| g.is_none()).map(|(_, s)| s)
-    }
-    /// The tests of routed rules, by route.
-    fn routed_scans(&self) -> &[(Option<u32>, Scan)] {
-        let skip = self.scans.first().is_some_and(|(g, _)| g.is_none()) as usize;
-        &self.scans[skip..]
-    }
+    /// The field's eager tests scanned on every event (route conditions, rules without a
+    /// route).
+    pub always: Option<Scan>,
+    /// Per route whose rules test the field, their tests (scanned only on events the route
+    /// admits).
+    pub routed: Vec<(u32, Scan)>,
 }
 
 /// A selection of a rule, for the alert's "matched" section.
@@ -507,10 +491,20 @@ impl Matcher {
         s.next_value();
         for lits in scan.literals.iter().flatten() {
             for m in lits.ac.find_overlapping_iter(bytes) {
-                let (start, end) = (m.start(), m.end());
-                self.occurrence(&lits.hits[m.pattern().as_usize()], s, value, trigger, |a| {
-                    anchored(a, start, end, bytes.len())
-                });
+                s.stats.occurrences += 1;
+                for h in &lits.hits[m.pattern().as_usize()] {
+                    let a = h.atom as usize;
+                    if s.atom_gen[a] == s.generation && s.atom_val[a] == Tri::True {
+                        continue; // Already holds: nothing to verify again.
+                    }
+                    if !anchored(h.anchor, m.start(), m.end(), bytes.len()) {
+                        continue;
+                    }
+                    let v = if h.verify == NO_VERIFY { Tri::True } else { self.verify(s, h.verify, value) };
+                    if v != Tri::False {
+                        self.fire(s, h.atom, trigger, v);
+                    }
+                }
             }
         }
         if !scan.ci_eq.is_empty() {
@@ -525,25 +519,6 @@ impl Matcher {
         if let Some(atoms) = scan.cs_eq.get(bytes) {
             for &a in atoms {
                 self.fire(s, a, trigger, Tri::True);
-            }
-        }
-    }
-
-    /// One occurrence of a pattern: the atoms it makes hold (where `placed` accepts its anchor),
-    /// verified first when gated.
-    fn occurrence(&self, hits: &[Hit], s: &mut Scratch, value: &str, trigger: bool, placed: impl Fn(Anchor) -> bool) {
-        s.stats.occurrences += 1;
-        for h in hits {
-            let a = h.atom as usize;
-            if s.atom_gen[a] == s.generation && s.atom_val[a] == Tri::True {
-                continue; // Already holds: nothing to verify again.
-            }
-            if !placed(h.anchor) {
-                continue;
-            }
-            let v = if h.verify == NO_VERIFY { Tri::True } else { self.verify(s, h.verify, value) };
-            if v != Tri::False {
-                self.fire(s, h.atom, trigger, v);
             }
         }
     }
@@ -587,15 +562,15 @@ impl Matcher {
             for &f in fields {
                 s.present.push((f, slot.value));
                 let info = &self.fields[f as usize];
-                scanned |= info.always_scan().is_some();
-                routed |= !info.routed_scans().is_empty();
+                scanned |= info.always.is_some();
+                routed |= !info.routed.is_empty();
             }
             if !scanned {
                 continue;
             }
             let Some(t) = text(b, slot.value, &mut fmt) else { continue };
             for &f in fields {
-                if let Some(scan) = self.fields[f as usize].always_scan() {
+                if let Some(scan) = &self.fields[f as usize].always {
                     self.scan(scan, s, t, true);
                 }
             }
@@ -613,13 +588,13 @@ impl Matcher {
             if admitted {
                 let present = std::mem::take(&mut s.present);
                 for &(f, v) in &present {
-                    let scans = self.fields[f as usize].routed_scans();
-                    if scans.is_empty() {
+                    let routed = &self.fields[f as usize].routed;
+                    if routed.is_empty() {
                         continue;
                     }
                     let Some(t) = text(b, v, &mut fmt) else { continue };
-                    for (route, scan) in scans {
-                        let r = route.expect("routed scans have a route") as usize;
+                    for (route, scan) in routed {
+                        let r = *route as usize;
                         if s.route_gen[r] == s.generation && s.route_val[r] != Tri::False {
                             self.scan(scan, s, t, true);
                         }

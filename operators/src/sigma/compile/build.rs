@@ -39,7 +39,7 @@ pub struct MatcherBuilder {
     /// The scan group the atoms being interned belong to: `None` while compiling a route's
     /// condition or a rule without a route, else the rule's route.
     current: Option<u32>,
-    /// Per atom: how many conditions refer to it (how rare a trigger it is).
+    /// Per atom: how often conditions and selections refer to it (how rare a trigger it is).
     uses: Vec<u32>,
 }
 
@@ -111,8 +111,16 @@ struct FieldBuild {
 }
 
 impl FieldBuild {
-    fn build(self) -> Result<Vec<(Option<u32>, Scan)>, String> {
-        self.by_route.into_iter().map(|(g, b)| Ok((g, b.build()?))).collect()
+    /// The scan of every event, and the scans per route.
+    fn build(self) -> Result<(Option<Scan>, Vec<(u32, Scan)>), String> {
+        let (mut always, mut routed) = (None, Vec::new());
+        for (group, b) in self.by_route {
+            match group {
+                None => always = Some(b.build()?),
+                Some(route) => routed.push((route, b.build()?)),
+            }
+        }
+        Ok((always, routed))
     }
 }
 
@@ -165,11 +173,11 @@ impl MatcherBuilder {
     /// into the one group the keyword scan has).
     fn place(&mut self, a: AtomId) {
         let Some((field, places)) = &self.placements[a as usize] else { return };
-        let (field, group) = if *field == KEYWORDS { (KEYWORDS, None) } else { (*field, self.current) };
+        let group = if *field == KEYWORDS { None } else { self.current };
         if !self.placed.insert((a, group)) {
             return;
         }
-        let fb = if field == KEYWORDS { &mut self.keywords } else { &mut self.fields[field as usize] };
+        let fb = if *field == KEYWORDS { &mut self.keywords } else { &mut self.fields[*field as usize] };
         let scan = fb.by_route.entry(group).or_default();
         places.iter().for_each(|p| scan.place(p));
     }
@@ -402,14 +410,15 @@ impl MatcherBuilder {
             }
             let display = fb.display.clone();
             let keys = fb.keys.clone();
-            fields.push(FieldInfo { display, keys, scans: fb.build()? });
+            let (always, routed) = fb.build()?;
+            fields.push(FieldInfo { display, keys, always, routed });
         }
         Ok(Matcher {
             fields,
             core_lookup,
             ext_lookup,
             data_lookup,
-            keywords: self.keywords.build()?.pop().map(|(_, scan)| scan).unwrap_or_default(),
+            keywords: self.keywords.build()?.0.unwrap_or_default(),
             atoms: self.atoms,
             atom_rules,
             atom_groups,
