@@ -14,9 +14,11 @@
 //! LOCATION/chk-000000000042/MANIFEST.json                      created last, only if absent
 //! ```
 //!
-//! Parts are immutable: `<writer>` is a token of the process that wrote them, so writers never
-//! overwrite each other's parts, and the manifest names the objects it vouches for (with size
-//! and checksum). The manifest is created with a conditional put (create-if-absent: S3's
+//! Parts are immutable and every object is written once: `<writer>` is a token of the process
+//! that wrote it and a sequence number within that process (`<token>-<n>`), so no object is ever
+//! overwritten — not by another writer, and not by a request of this writer's that a frozen
+//! store applies late, after the checkpoint was committed (a timed-out PUT can land seconds after
+//! its client gave up). The manifest names the objects it vouches for (with size and checksum). The manifest is created with a conditional put (create-if-absent: S3's
 //! `If-None-Match: *`, a hard link on a filesystem), so no rename is needed and two runs that
 //! share a location by mistake can never both commit an epoch: the second finds the first's
 //! manifest and stops with an error. A checkpoint without a manifest is incomplete and is
@@ -213,6 +215,29 @@ pub fn list(store: &dyn Store) -> anyhow::Result<Vec<Manifest>> {
     Ok(out)
 }
 
+/// Removes the objects in complete checkpoints that their manifests do not name: parts of a
+/// failed attempt, or requests a frozen store applied after their writer had given up (a run
+/// prunes such leftovers only in the checkpoints it completes itself). Run at start, before
+/// this run writes anything.
+pub fn remove_strays(store: &dyn Store) -> anyhow::Result<usize> {
+    let mut removed = 0;
+    for (epoch, keys) in objects(store)? {
+        let manifest = manifest_key(epoch);
+        if !keys.contains(&manifest) {
+            continue;
+        }
+        let Some(bytes) = store.get(&manifest)? else { continue };
+        let m: Manifest =
+            serde_json::from_slice(&bytes).map_err(|e| anyhow::anyhow!("{}/{manifest}: {e}", store.location()))?;
+        let named: BTreeSet<String> = m.parts.iter().map(|p| part_key(epoch, p)).collect();
+        for k in keys.iter().filter(|k| **k != manifest && !named.contains(*k)) {
+            store.delete(k)?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
 /// A complete checkpoint read back for a restore.
 #[derive(Debug)]
 pub struct Restored {
@@ -316,6 +341,8 @@ pub struct Checkpointer {
     store: Arc<dyn Store>,
     /// This process's token, in the names of the parts it writes and in its manifests.
     writer: String,
+    /// Part objects written so far: each write gets an object of its own.
+    part_writes: AtomicU64,
     pipeline: String,
     workers: usize,
     interval_epochs: u64,
@@ -359,6 +386,7 @@ impl Checkpointer {
         Ok(Checkpointer {
             store,
             writer: crate::storage::process_token().to_string(),
+            part_writes: AtomicU64::new(0),
             pipeline: pipeline.to_string(),
             workers,
             interval_epochs,
@@ -460,6 +488,10 @@ impl Checkpointer {
         // A newer checkpoint completed first (participants on other threads ran ahead): this
         // one can no longer complete usefully, and its directory may be pruned under us.
         let obsolete = || self.committed.load(Ordering::SeqCst) > epoch;
+        // A failed run completes no checkpoint: its parts would only be litter.
+        if self.aborted() {
+            return Ok(());
+        }
         let info = match self.write_part(epoch, participant, bytes) {
             Ok(info) => info,
             Err(_) if obsolete() => return Ok(()),
@@ -483,8 +515,8 @@ impl Checkpointer {
         self.complete_ready(&mut p)
     }
 
-    /// The run failed: no checkpoint completes any more (parts may still be written, they are
-    /// never named by a manifest).
+    /// The run failed: no checkpoint completes any more (a part being written now is never
+    /// named by a manifest; no part is written after this).
     pub fn abort(&self) {
         // Under the progress lock, so that no checkpoint is half way through completing.
         let _p = self.progress.lock().unwrap_or_else(|e| e.into_inner());
@@ -532,9 +564,10 @@ impl Checkpointer {
     }
 
     fn write_part(&self, epoch: u64, participant: &str, bytes: &[u8]) -> anyhow::Result<PartInfo> {
+        let n = self.part_writes.fetch_add(1, Ordering::Relaxed);
         let info = PartInfo {
             name: participant.to_string(),
-            file: format!("{participant}.{}.bin", self.writer),
+            file: format!("{participant}.{}-{n}.bin", self.writer),
             bytes: bytes.len() as u64,
             xxh3: format!("{:016x}", xxhash_rust::xxh3::xxh3_64(bytes)),
         };
@@ -763,7 +796,7 @@ mod tests {
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
-        assert_eq!(parts, vec!["a-w0.aaaa.bin"]);
+        assert_eq!(parts, vec!["a-w0.aaaa-1.bin"]);
     }
 
     #[test]
@@ -789,6 +822,34 @@ mod tests {
         std::fs::write(dir.path().join("chk-000000000002/parts").join(&m.parts[0].file), b"other").unwrap();
         let err = Restored::latest(store(dir.path()).as_ref()).unwrap_err().to_string();
         assert!(err.contains("does not match the manifest"), "{err}");
+    }
+
+    #[test]
+    fn a_late_second_write_of_a_committed_part_changes_nothing_and_is_removed_at_start() {
+        // A participant whose write's manifest step failed prepares the same epoch again, and a
+        // frozen store may apply that request after the first attempt's manifest: it must land
+        // in an object of its own, which the next run's start removes.
+        let dir = tempfile::tempdir().unwrap();
+        let c = checkpointer(dir.path(), &["a-w0"], 0);
+        c.write(2, "a-w0", b"state").unwrap();
+        c.write_part(2, "a-w0", b"other state").unwrap();
+        let parts = || std::fs::read_dir(dir.path().join("chk-000000000002/parts")).unwrap().count();
+        assert_eq!(parts(), 2);
+        let r = Restored::latest(store(dir.path()).as_ref()).unwrap().unwrap();
+        assert_eq!(r.part("a-w0"), Some(&b"state"[..]));
+        assert_eq!(remove_strays(store(dir.path()).as_ref()).unwrap(), 1);
+        assert_eq!(parts(), 1);
+        let r = Restored::latest(store(dir.path()).as_ref()).unwrap().unwrap();
+        assert_eq!(r.part("a-w0"), Some(&b"state"[..]));
+    }
+
+    #[test]
+    fn an_aborted_run_writes_no_more_parts() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = checkpointer(dir.path(), &["a-w0", "b-w0"], 0);
+        c.abort();
+        c.write(2, "a-w0", b"a2").unwrap();
+        assert!(!dir.path().join("chk-000000000002").exists());
     }
 
     #[test]

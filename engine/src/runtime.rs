@@ -295,6 +295,12 @@ pub fn run_with_metrics(
             )
             .map_err(|e| anyhow::anyhow!("checkpoint location: {e:#}"))?;
             let restored = Restored::latest(store.as_ref())?;
+            if process == 0 {
+                let strays = crate::checkpoint::remove_strays(store.as_ref())?;
+                if strays > 0 {
+                    tracing::info!("removed {strays} object(s) no checkpoint manifest names from {}", store.location());
+                }
+            }
             let start = restored.as_ref().map_or(0, |r| r.manifest.epoch + 1);
             if let Some(r) = &restored {
                 tracing::info!("resuming from checkpoint {} in {}", r.manifest.epoch, store.location());

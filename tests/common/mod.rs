@@ -379,7 +379,8 @@ impl SeaweedS3 {
             .expect("start weed");
         let s = SeaweedS3 { child: Some(child), dir, port };
         // Answering S3 (403 without a signature) and able to store objects.
-        for _ in 0..300 {
+        // (60 s: three stores start at once in the object-storage tests, on a loaded machine)
+        for _ in 0..600 {
             if http_get(port, "/").is_some_and(|(code, _)| code == 403) {
                 return s;
             }
@@ -387,7 +388,7 @@ impl SeaweedS3 {
         }
         let log = std::fs::read_to_string(s.dir.path().join("weed.log")).unwrap_or_default();
         panic!(
-            "SeaweedFS did not answer S3 within 30 s:\n{}",
+            "SeaweedFS did not answer S3 within 60 s:\n{}",
             log.lines().rev().take(20).collect::<Vec<_>>().join("\n")
         );
     }
