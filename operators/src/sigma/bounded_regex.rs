@@ -1,8 +1,12 @@
 //! Regexes whose cost per event is bounded and deterministic (docs/architecture.md §10).
 //!
-//! A rule's regex (and every wildcard pattern, which becomes one) is compiled two ways at load:
+//! A rule's regex (and every wildcard pattern, which becomes one) is compiled two ways:
 //! - a **dense DFA**, fully determinized within [`DFA_SIZE_LIMIT`]: one table step per byte
-//!   whatever the input, no cache to thrash. Most Sigma patterns fit.
+//!   whatever the input, no cache to thrash. Most Sigma patterns fit. It is determinized on the
+//!   pattern's first search, not at load: determinizing every SigmaHQ pattern took 40% of the
+//!   rule set's compile time, and many patterns never run (an exact literal gate decides them,
+//!   or their gate never occurs). Whether the DFA exists depends on the pattern alone, so the
+//!   charges below are the same whenever it is built.
 //! - the regex crate's engines (lazy DFA falling back to the PikeVM) for patterns whose DFA is
 //!   larger, and for inputs a DFA must quit on (non-ASCII bytes around a Unicode `\b`). Their
 //!   worst case is the PikeVM, O(states × bytes), so their NFA is limited to
@@ -12,6 +16,8 @@
 //! bytes for the DFA, bytes × NFA states for the fallback. Charges depend on the pattern and the
 //! value only (never on cache state or time), so whether a search runs is the same on every
 //! worker and in every replay.
+
+use std::sync::OnceLock;
 
 use regex::{Regex, RegexBuilder};
 use regex_automata::dfa::{dense, Automaton, StartKind};
@@ -39,7 +45,10 @@ pub struct Flags {
 
 pub struct BoundedRegex {
     source: String,
-    dfa: Option<dense::DFA<Vec<u32>>>,
+    /// Built on first use from `nfa` and `dfa_config` (None: too large for the limit).
+    dfa: OnceLock<Option<dense::DFA<Vec<u32>>>>,
+    nfa: thompson::NFA,
+    dfa_config: dense::Config,
     /// The pattern can only match at the start (`\A…`): DFA searches are anchored, so a
     /// value that does not start right is rejected at its first bytes.
     anchored: bool,
@@ -126,20 +135,38 @@ impl BoundedRegex {
         // A literal prefix (e.g. the text before a wildcard) lets the search skip to its
         // occurrences with memchr-speed scanning, as the regex crate does.
         let prefilter = if anchored { None } else { Prefilter::from_hir_prefix(MatchKind::LeftmostFirst, &hir) };
-        let config = dense::Config::new()
+        let dfa_config = dense::Config::new()
             .prefilter(prefilter)
             .start_kind(if anchored { StartKind::Anchored } else { StartKind::Unanchored })
             .unicode_word_boundary(true)
             .dfa_size_limit(Some(DFA_SIZE_LIMIT))
             .determinize_size_limit(Some(2 * DFA_SIZE_LIMIT));
-        let dfa = dense::Builder::new().configure(config.clone()).build_from_nfa(&nfa).ok().or_else(|| {
-            // Large Unicode classes (`\w{1,64}`) blow the DFA up; one that quits on the first
-            // non-ASCII byte stays small and decides ASCII values, the fallback the rest.
-            let ascii = (0x80..=0xFF).fold(config, |c, b| c.quit(b, true));
-            dense::Builder::new().configure(ascii).build_from_nfa(&nfa).ok()
-        });
         let gate = gate_of(&hir);
-        Ok(BoundedRegex { source: pattern.to_string(), dfa, anchored, fallback, states, gate })
+        Ok(BoundedRegex {
+            source: pattern.to_string(),
+            dfa: OnceLock::new(),
+            nfa,
+            dfa_config,
+            anchored,
+            fallback,
+            states,
+            gate,
+        })
+    }
+
+    fn dfa(&self) -> Option<&dense::DFA<Vec<u32>>> {
+        self.dfa
+            .get_or_init(|| {
+                let config = self.dfa_config.clone();
+                dense::Builder::new().configure(config.clone()).build_from_nfa(&self.nfa).ok().or_else(|| {
+                    // Large Unicode classes (`\w{1,64}`) blow the DFA up; one that quits on the
+                    // first non-ASCII byte stays small and decides ASCII values, the fallback
+                    // the rest.
+                    let ascii = (0x80..=0xFF).fold(config, |c, b| c.quit(b, true));
+                    dense::Builder::new().configure(ascii).build_from_nfa(&self.nfa).ok()
+                })
+            })
+            .as_ref()
     }
 
     /// Literals one of which every match contains (None: no selective set).
@@ -153,7 +180,7 @@ impl BoundedRegex {
 
     /// How the pattern is matched, for `ward rules explain`.
     pub fn engine(&self) -> String {
-        match &self.dfa {
+        match self.dfa() {
             Some(d) => format!("dense DFA, {} bytes", d.memory_usage()),
             None => format!("NFA of {} states, {}× cost per byte", self.states, self.states),
         }
@@ -167,7 +194,7 @@ impl BoundedRegex {
     /// Whether the pattern matches somewhere in `hay`, if the search fits in `budget` (which is
     /// charged). `None`: not searched, because it would cost more than is left.
     pub fn is_match(&self, hay: &str, budget: &mut u64) -> Option<bool> {
-        if let Some(dfa) = &self.dfa {
+        if let Some(dfa) = self.dfa() {
             let cost = hay.len() as u64 + 1;
             if cost > *budget {
                 return None;
@@ -217,7 +244,7 @@ mod tests {
     #[test]
     fn small_patterns_get_a_dfa_and_match_like_the_regex_crate() {
         let r = re(r"(?si)\A.*failed password for .* from .* port .*\z");
-        assert!(r.dfa.is_some(), "{}", r.engine());
+        assert!(r.dfa().is_some(), "{}", r.engine());
         let mut budget = u64::MAX;
         assert_eq!(r.is_match("Failed password for root from 1.2.3.4 port 22", &mut budget), Some(true));
         assert_eq!(r.is_match("Accepted password for root", &mut budget), Some(false));
