@@ -30,6 +30,8 @@ pub enum StreamKind {
     Alerts,
     /// Case and SLA records.
     Cases,
+    /// Changes of a view's rows (+1 / −1).
+    Views,
 }
 
 impl StreamKind {
@@ -40,6 +42,7 @@ impl StreamKind {
             StreamKind::Quarantine => "quarantine",
             StreamKind::Alerts => "alerts",
             StreamKind::Cases => "cases",
+            StreamKind::Views => "views",
         }
     }
 }
@@ -54,6 +57,13 @@ pub enum Payload {
     Quarantine(Vec<QuarantineRecord>),
     Alerts(Vec<Alert>),
     Cases(Vec<CaseRecord>),
+    /// A view's input updates and closed keys, from its keyed state to differential-dataflow
+    /// (never leaves the view's own stages).
+    #[serde(skip)]
+    ViewDelta(crate::view::ViewDelta),
+    /// A view's changes, consolidated per epoch.
+    #[serde(skip)]
+    ViewChanges(Vec<crate::view::ViewChange>),
     /// Event-time progress travelling with the data (not records: sinks skip it).
     Progress(Progress),
 }
@@ -76,6 +86,8 @@ impl Payload {
             Payload::Quarantine(q) => q.len(),
             Payload::Alerts(a) => a.len(),
             Payload::Cases(c) => c.len(),
+            Payload::ViewDelta(d) => d.updates.len(),
+            Payload::ViewChanges(c) => c.len(),
             Payload::Progress(_) => 0,
         }
     }
@@ -165,6 +177,8 @@ pub struct OperatorOutput {
     pub alerts: Vec<Alert>,
     /// Case and SLA records (the `sla` operator).
     pub cases: Vec<CaseRecord>,
+    /// A view's input updates and closed keys (the `view` operator).
+    pub view: crate::view::ViewDelta,
     /// Input events fully handled without being passed on (a matcher evaluated them); they
     /// count as the operator's output in the ledger.
     pub consumed: u64,

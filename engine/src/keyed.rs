@@ -49,8 +49,9 @@ pub trait Router {
 pub trait KeyedOperator {
     /// The records and watermark that follow belong to checkpoint epoch `epoch`.
     fn begin_epoch(&mut self, _epoch: u64) {}
-    /// Events whose keys this worker owns (every row has a valid event time not behind the
-    /// watermark).
+    /// Events with a key this worker owns (every row has a valid event time not behind the
+    /// watermark). An event with several keys goes to each of their owners; the owner of its
+    /// first key counts it in the ledger.
     fn process_events(&mut self, _batch: EventBatch, _out: &mut OperatorOutput) {}
     /// An alert with at least one key this worker owns. `primary`: this worker received the
     /// copy that counts in the ledger (an alert routed to several workers arrives once each).
@@ -72,6 +73,10 @@ pub trait KeyedOperator {
     fn restore(&mut self, group: u16, bytes: &[u8]) -> anyhow::Result<()>;
     /// Keys with live state (for metrics and the memory benchmark).
     fn live_keys(&self) -> usize;
+    /// Called once after a restore, before any record: what it emits goes out at the epoch of
+    /// the checkpoint restored (before every epoch of the run). Views re-feed their state this
+    /// way; other operators emit nothing.
+    fn restored(&mut self, _out: &mut OperatorOutput) {}
 }
 
 pub trait KeyedOperatorFactory: Send + Sync {

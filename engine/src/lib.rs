@@ -28,6 +28,7 @@ pub mod storage;
 pub mod switch;
 pub mod text;
 pub mod time;
+pub mod view;
 
 pub use anyhow;
 pub use marked_yaml;

@@ -37,6 +37,8 @@ pub enum Built {
     Sink(Arc<dyn crate::component::SinkFactory>),
     /// A stateful operator: keyed state exchanged by key group, driven by event time.
     Keyed(Arc<dyn crate::keyed::KeyedOperatorFactory>),
+    /// A view: keyed state feeding differential-dataflow (see [`crate::view`]).
+    View(Arc<dyn crate::view::ViewFactory>),
 }
 
 /// What a config's `build` may use.

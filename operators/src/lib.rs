@@ -12,6 +12,7 @@ pub mod sla;
 pub mod suppress;
 #[cfg(test)]
 mod testing;
+pub mod view;
 
 use ward_engine::registry::Registry;
 
@@ -25,4 +26,5 @@ pub fn register(registry: &mut Registry) {
     registry.register::<dedup::DedupConfig>();
     registry.register::<suppress::SuppressConfig>();
     registry.register::<sla::SlaConfig>();
+    registry.register::<view::ViewConfig>();
 }

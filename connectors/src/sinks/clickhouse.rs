@@ -716,7 +716,8 @@ impl Sink for ClickHouseSink {
             Payload::Alerts(a) => self.encode_records(a.iter().map(|a| serde_json::to_value(a).unwrap_or_default()))?,
             Payload::Cases(c) => self.encode_records(c.iter().map(|c| c.to_json()))?,
             Payload::Quarantine(q) => self.encode_records(q.iter().map(|r| r.to_json()))?,
-            Payload::Progress(_) => {}
+            // Not accepted (the spec checker connects no view to this sink).
+            Payload::ViewChanges(_) | Payload::ViewDelta(_) | Payload::Progress(_) => {}
         }
         self.oldest.get_or_insert_with(Instant::now);
         if self.rows >= self.config.batch_rows {

@@ -33,9 +33,10 @@ pub struct JsonlSinkConfig {
 impl ComponentConfig for JsonlSinkConfig {
     const TYPE: &'static str = "jsonl";
     const SECTION: Section = Section::Sink;
-    const DESCRIPTION: &'static str = "Write events, quarantined records or alerts as JSON lines to a file or stdout";
+    const DESCRIPTION: &'static str =
+        "Write events, quarantined records, alerts, cases or view changes as JSON lines to a file or stdout";
     const ACCEPTS: &'static [StreamKind] =
-        &[StreamKind::Events, StreamKind::Quarantine, StreamKind::Alerts, StreamKind::Cases];
+        &[StreamKind::Events, StreamKind::Quarantine, StreamKind::Alerts, StreamKind::Cases, StreamKind::Views];
     const OUTPUT: Option<StreamKind> = None;
 
     fn build(self, ctx: &BuildContext<'_>) -> anyhow::Result<Built> {
@@ -210,7 +211,13 @@ impl Sink for JsonlSink {
                     self.buf.push(b'\n');
                 }
             }
-            Payload::Progress(_) => {}
+            Payload::ViewChanges(changes) => {
+                for c in changes {
+                    serde_json::to_writer(&mut self.buf, &c.to_json())?;
+                    self.buf.push(b'\n');
+                }
+            }
+            Payload::Progress(_) | Payload::ViewDelta(_) => {}
         }
         if let (Some(writer), true) = (&self.writer, self.buf.len() > 1 << 20) {
             let mut w = writer.lock().map_err(|_| anyhow::anyhow!("writer lock poisoned"))?;

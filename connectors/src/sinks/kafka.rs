@@ -81,8 +81,14 @@ impl ComponentConfig for KafkaSinkConfig {
     const SECTION: Section = Section::Sink;
     const DESCRIPTION: &'static str =
         "Write alerts, cases, quarantined records or events as JSON to a Kafka topic (transactional, exactly once with checkpoints)";
-    const ACCEPTS: &'static [StreamKind] =
-        &[StreamKind::Alerts, StreamKind::Cases, StreamKind::Quarantine, StreamKind::Events, StreamKind::Records];
+    const ACCEPTS: &'static [StreamKind] = &[
+        StreamKind::Alerts,
+        StreamKind::Cases,
+        StreamKind::Quarantine,
+        StreamKind::Events,
+        StreamKind::Records,
+        StreamKind::Views,
+    ];
     const OUTPUT: Option<StreamKind> = None;
 
     fn build(self, ctx: &BuildContext<'_>) -> anyhow::Result<Built> {
@@ -393,6 +399,20 @@ pub struct KafkaSink {
 
 fn to_records(payload: &Payload, format: Format, out: &mut Vec<Record>) -> anyhow::Result<()> {
     match payload {
+        Payload::ViewChanges(changes) => {
+            for c in changes {
+                // Keyed by view, window and group: a row's changes stay in one partition, in order.
+                let mut key = c.shape.view.clone();
+                if let Some((start, _)) = c.key.window {
+                    key.push_str(&format!("|{start}"));
+                }
+                for v in &c.key.group {
+                    key.push_str(&format!("|{v}"));
+                }
+                out.push(Record { key, value: serde_json::to_vec(&c.to_json())? });
+            }
+        }
+        Payload::ViewDelta(_) => {}
         Payload::Alerts(alerts) => {
             for a in alerts {
                 out.push(Record { key: a.alert_id.clone(), value: serde_json::to_vec(a)? });

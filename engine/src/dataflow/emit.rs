@@ -32,6 +32,9 @@ pub(crate) fn emit(
     if !result.cases.is_empty() {
         msg.push(Payload::Cases(std::mem::take(&mut result.cases)));
     }
+    if !result.view.is_empty() {
+        msg.push(Payload::ViewDelta(std::mem::take(&mut result.view)));
+    }
     msg.extend(result.events.drain(..).filter(|b| !b.is_empty()).map(|b| Payload::Events(std::sync::Arc::new(b))));
     if !msg.is_empty() {
         main.activate().give(at, &mut msg);

@@ -102,7 +102,15 @@ pub(crate) fn keyed_stage<'s>(
         let mut forwarded = WATERMARK_MIN;
         let mut result = OperatorOutput::default();
         let mut next_tick = Instant::now();
+        let mut restored_at = run.resumed_from();
         move |frontiers| {
+            if let (Some(c), Some((cap, qcap))) = (restored_at.take(), held.as_ref()) {
+                op.restored(&mut result);
+                if *cap.time() <= c {
+                    emit(&mut result, &mut main_out, &mut q_out, &cap.delayed(&c), &qcap.delayed(&c), &metrics);
+                }
+                result = OperatorOutput::default();
+            }
             input.for_each(|cap, data| {
                 stash.entry(cap.least().copied().unwrap_or(0)).or_default().append(data);
             });

@@ -21,6 +21,7 @@ mod sink;
 mod source;
 mod standins;
 mod stateful;
+mod view;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -99,6 +100,22 @@ pub(crate) fn build_dataflow<'s>(scope: Scope<'s, Epoch>, run: &Arc<RunContext>)
                 main.insert(c.id.clone(), m);
                 quarantine.insert(c.id.clone(), q);
             }
+            Built::View(factory) => {
+                let inputs: Vec<_> = c
+                    .inputs
+                    .iter()
+                    .map(|i| (stream_of(i, &main, &quarantine, scope), input_timing(&run.spec, i)))
+                    .collect();
+                let parts = factory.router(&ctx).and_then(|r| Ok((r, factory.operator(&ctx)?)));
+                let (router, op) = parts.unwrap_or_else(|e| {
+                    run.fail(format!("view `{}`: {e:#}", c.id));
+                    (Box::new(DropAll) as Box<dyn Router>, Box::new(NoState) as Box<dyn KeyedOperator>)
+                });
+                let (m, q) =
+                    view::build_view(inputs, c.id.as_str().into(), router, op, factory.logic(), metrics, run.clone());
+                main.insert(c.id.clone(), m);
+                quarantine.insert(c.id.clone(), q);
+            }
             Built::Sink(factory) => {
                 let input = inputs_of(scope, c, &main, &quarantine);
                 match factory.create(&ctx) {
@@ -162,7 +179,7 @@ fn input_timing(spec: &Spec, input: &InputRef) -> InputTiming {
             Built::Source(_) => {
                 timing.sources.insert(c.id.clone(), c.event_time.clone());
             }
-            Built::Keyed(_) => timing.upstream.push(c.id.as_str().into()),
+            Built::Keyed(_) | Built::View(_) => timing.upstream.push(c.id.as_str().into()),
             _ => {
                 for i in &c.inputs {
                     match i {

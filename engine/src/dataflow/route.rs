@@ -121,6 +121,9 @@ pub(crate) fn route_stage<'s>(
         let mut keys: Vec<u64> = Vec::new();
         let mut targets: Vec<usize> = Vec::new();
         let mut row_target: Vec<u32> = Vec::new();
+        // (row, worker): owners of an event's other keys (a view's sliding windows), who get a
+        // copy; the owner of its first key counts it.
+        let mut also_to: Vec<(usize, u32)> = Vec::new();
         let mut outbox = Outbox::new(workers);
         let mut next_tick = Instant::now();
         move |frontiers| {
@@ -154,6 +157,7 @@ pub(crate) fn route_stage<'s>(
                         Payload::Events(batch) => {
                             received += batch.len() as u64;
                             row_target.clear();
+                            also_to.clear();
                             // For checkpoints: the newest on-time event per origin of the batch,
                             // merged into the epoch's partitions once per batch.
                             origin_newest.clear();
@@ -198,8 +202,19 @@ pub(crate) fn route_stage<'s>(
                                         out += 1;
                                     }
                                     Route::Keyed => match keys.first() {
-                                        // Events go to the owner of their first key.
-                                        Some(k) => row_target[row] = worker_for(key_group(*k), workers) as u32,
+                                        // Events go to the owner of their first key, and to the
+                                        // owners of their other keys.
+                                        Some(k) => {
+                                            let first = worker_for(key_group(*k), workers) as u32;
+                                            row_target[row] = first;
+                                            let start = also_to.len();
+                                            for k in &keys[1..] {
+                                                let w = worker_for(key_group(*k), workers) as u32;
+                                                if w != first && !also_to[start..].iter().any(|(_, x)| *x == w) {
+                                                    also_to.push((row, w));
+                                                }
+                                            }
+                                        }
                                         None => filtered += 1,
                                     },
                                 }
@@ -213,6 +228,9 @@ pub(crate) fn route_stage<'s>(
                                 let m = newest_by_epoch.entry(epoch).or_default();
                                 let slot = m.entry((o.source.clone(), o.partition.clone())).or_insert(*t);
                                 *slot = (*slot).max(*t);
+                            }
+                            for (row, w) in &also_to {
+                                outbox.events[*w as usize].push_row_from(&batch, *row);
                             }
                             let first = row_target.first().copied().unwrap_or(u32::MAX);
                             if first != u32::MAX && row_target.iter().all(|t| *t == first) {

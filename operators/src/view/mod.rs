@@ -1,0 +1,482 @@
+//! `view`: a live aggregate over events or alerts, by group and event-time window, maintained
+//! with differential-dataflow (docs/architecture.md §9; the engine side is `ward_engine::view`).
+//!
+//! ```yaml
+//! - id: alerts_per_rule_hour
+//!   type: view
+//!   inputs: [detect]
+//!   group_by: [rule.id]
+//!   window: {size: 1h}                  # tumbling; {size: 1h, slide: 5m} sliding; none: all time
+//!   measures:
+//!     - {name: alerts, fn: count}
+//!     - {name: hosts, fn: count_distinct, field: host.name}
+//!   top: {k: 10, by: alerts}            # optional: the k largest groups per window
+//! ```
+//!
+//! The keyed state holds, per open window and group, the measures' inputs with their
+//! multiplicities (a count needs none: one entry per group). A window closes when the
+//! watermark has passed its end and one more watermark step has gone by (so that the epoch
+//! that closes it holds no record of it): its inputs are retracted and its last row stays the
+//! view's row. Views without a window keep one row per group for the whole run.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+use ward_engine::alert::Alert;
+use ward_engine::batch::{EventBatch, Value};
+use ward_engine::component::{OperatorOutput, StreamKind, WorkerContext};
+use ward_engine::key_groups::{key_group, owned_groups, KEY_GROUPS};
+use ward_engine::keyed::{decode, encode, KeyedOperator, KeyedOperatorFactory, RecordRef, Route, Router};
+use ward_engine::registry::{BuildContext, Built, ComponentConfig, Section};
+use ward_engine::time::{event_time, EventTime, WATERMARK_MIN};
+use ward_engine::view::{key_hash, ViewFactory, ViewKey, ViewLogic, ViewShape, ViewUpdate, ViewValue, F64};
+
+/// At most this many windows hold one event (`size / slide` of a sliding window).
+const MAX_WINDOWS_PER_EVENT: i64 = 1_000;
+const MAX_GROUP_FIELDS: usize = 16;
+const MAX_TOP_K: usize = 10_000;
+
+/// A live aggregate by group and event-time window (differential-dataflow).
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ViewConfig {
+    /// Fields whose values group the rows: ECS-lite or extension fields of events; for alerts
+    /// `rule.id`, `rule.level`, `detector`, a correlation field or a field of the alert's event.
+    /// A field an event lacks groups as null (events: its first value).
+    #[serde(default)]
+    pub group_by: Vec<String>,
+    /// Event-time window: tumbling with `size`, sliding with `size` and `slide`. None: one row
+    /// per group over the whole run.
+    #[serde(default)]
+    pub window: Option<WindowConfig>,
+    /// What each row holds.
+    pub measures: Vec<MeasureConfig>,
+    /// Keep only the `k` largest groups of each window by one measure.
+    #[serde(default)]
+    pub top: Option<TopConfig>,
+}
+
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WindowConfig {
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub size: Duration,
+    /// Sliding windows start every `slide` (a divisor of `size`); default: `size` (tumbling).
+    #[serde(default, with = "humantime_serde")]
+    #[schemars(with = "Option<String>")]
+    pub slide: Option<Duration>,
+}
+
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MeasureConfig {
+    /// The column's name in the view's rows.
+    pub name: String,
+    #[serde(rename = "fn")]
+    pub function: MeasureFn,
+    /// The field measured (every function but `count`).
+    #[serde(default)]
+    pub field: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MeasureFn {
+    /// Records in the group.
+    Count,
+    /// Distinct non-null values of `field`.
+    CountDistinct,
+    /// Sum of `field`'s numeric values.
+    Sum,
+    /// Average of `field`'s numeric values.
+    Avg,
+    /// Smallest non-null value of `field`.
+    Min,
+    /// Largest non-null value of `field`.
+    Max,
+}
+
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TopConfig {
+    pub k: usize,
+    /// The measure ranking the groups (largest first; ties by group values).
+    pub by: String,
+}
+
+impl ComponentConfig for ViewConfig {
+    const TYPE: &'static str = "view";
+    const SECTION: Section = Section::Operator;
+    const DESCRIPTION: &'static str =
+        "Live aggregate by group and event-time window (count, distinct, sum, avg, min, max, top-k), as a change stream";
+    const ACCEPTS: &'static [StreamKind] = &[StreamKind::Events, StreamKind::Alerts];
+    const OUTPUT: Option<StreamKind> = Some(StreamKind::Views);
+
+    fn build(self, ctx: &BuildContext<'_>) -> anyhow::Result<Built> {
+        Ok(Built::View(Arc::new(ViewFactoryImpl { spec: Arc::new(self.compile(ctx.component_id)?) })))
+    }
+}
+
+/// A validated view.
+#[derive(Debug)]
+struct ViewSpec {
+    group_by: Vec<String>,
+    /// (size, slide) in ms.
+    window: Option<(i64, i64)>,
+    /// The distinct fields the measures read, in the order of a key's input values.
+    fields: Vec<String>,
+    /// Per measure: its function and the index of its field in `fields`.
+    measures: Vec<(MeasureFn, Option<usize>)>,
+    top: Option<(usize, usize)>,
+    shape: Arc<ViewShape>,
+}
+
+impl ViewConfig {
+    fn compile(self, id: &str) -> anyhow::Result<ViewSpec> {
+        if self.measures.is_empty() {
+            anyhow::bail!("`measures` is empty: a view needs at least one (e.g. {{name: events, fn: count}})");
+        }
+        if self.group_by.len() > MAX_GROUP_FIELDS {
+            anyhow::bail!("`group_by` has {} fields; at most {MAX_GROUP_FIELDS}", self.group_by.len());
+        }
+        let window = match &self.window {
+            None => None,
+            Some(w) => {
+                let size = w.size.as_millis().min(i64::MAX as u128) as i64;
+                let slide = w.slide.map_or(size, |s| s.as_millis().min(i64::MAX as u128) as i64);
+                if size <= 0 || slide <= 0 {
+                    anyhow::bail!("`window`: `size` and `slide` must be at least 1ms");
+                }
+                if slide > size || size % slide != 0 {
+                    anyhow::bail!("`window`: `slide` must divide `size` (size {size}ms, slide {slide}ms)");
+                }
+                if size / slide > MAX_WINDOWS_PER_EVENT {
+                    anyhow::bail!(
+                        "`window`: size / slide is {}: an event would be in that many windows (at most {MAX_WINDOWS_PER_EVENT})",
+                        size / slide
+                    );
+                }
+                Some((size, slide))
+            }
+        };
+        let mut names = BTreeSet::new();
+        let mut fields: Vec<String> = Vec::new();
+        let mut measures = Vec::new();
+        for m in &self.measures {
+            if m.name.is_empty() || !names.insert(m.name.as_str()) {
+                anyhow::bail!("measure `{}`: names must be non-empty and unique", m.name);
+            }
+            let field = match (m.function, &m.field) {
+                (MeasureFn::Count, None) => None,
+                (MeasureFn::Count, Some(_)) => {
+                    anyhow::bail!("measure `{}`: `count` counts records and takes no `field`", m.name)
+                }
+                (f, None) => anyhow::bail!("measure `{}`: `{f:?}` needs a `field`", m.name),
+                (_, Some(name)) => Some(match fields.iter().position(|f| f == name) {
+                    Some(i) => i,
+                    None => {
+                        fields.push(name.clone());
+                        fields.len() - 1
+                    }
+                }),
+            };
+            measures.push((m.function, field));
+        }
+        let top = match &self.top {
+            None => None,
+            Some(t) => {
+                if t.k == 0 || t.k > MAX_TOP_K {
+                    anyhow::bail!("`top.k` must be between 1 and {MAX_TOP_K}");
+                }
+                let Some(by) = self.measures.iter().position(|m| m.name == t.by) else {
+                    anyhow::bail!("`top.by`: no measure is named `{}`", t.by);
+                };
+                Some((t.k, by))
+            }
+        };
+        let shape = Arc::new(ViewShape {
+            view: id.to_string(),
+            group_by: self.group_by.clone(),
+            measures: self.measures.iter().map(|m| m.name.clone()).collect(),
+            windowed: window.is_some(),
+        });
+        Ok(ViewSpec { group_by: self.group_by, window, fields, measures, top, shape })
+    }
+}
+
+impl ViewSpec {
+    /// The windows holding event time `t`, oldest first.
+    fn windows(&self, t: i64, out: &mut Vec<Option<(i64, i64)>>) {
+        out.clear();
+        match self.window {
+            None => out.push(None),
+            Some((size, slide)) => {
+                // The last window starting at or before t, back to the first that still holds t.
+                let last = t.div_euclid(slide) * slide;
+                let mut start = last.saturating_sub(size - slide);
+                while start <= last {
+                    out.push(Some((start, start.saturating_add(size))));
+                    start += slide;
+                }
+            }
+        }
+    }
+}
+
+fn from_event(v: Option<Value>, batch: &EventBatch) -> ViewValue {
+    let b = batch.bytes();
+    match v {
+        None | Some(Value::Null) => ViewValue::Null,
+        Some(Value::Bool(x)) => ViewValue::Bool(x),
+        Some(Value::Int(i)) => ViewValue::Int(i),
+        Some(Value::Float(f)) => ViewValue::Float(F64(f)),
+        Some(Value::Str(r)) => ViewValue::Str(b.str(r).to_string()),
+        Some(Value::Timestamp(ms)) => ViewValue::Int(ms),
+        Some(Value::Ip(r)) => b.ip(r).map_or(ViewValue::Null, |ip| ViewValue::Str(ip.to_string())),
+    }
+}
+
+fn from_alert(alert: &Alert, name: &str) -> ViewValue {
+    match alert.field(name) {
+        s if s.is_empty() => ViewValue::Null,
+        s => ViewValue::Str(s.into_owned()),
+    }
+}
+
+/// A record's group, measure inputs and event time.
+fn read(spec: &ViewSpec, record: RecordRef<'_>) -> Option<(Vec<ViewValue>, Vec<ViewValue>, EventTime)> {
+    match record {
+        RecordRef::Event { batch, row } => {
+            let time = event_time(batch, row)?;
+            let group = spec.group_by.iter().map(|f| from_event(batch.get_by_name(row, f), batch)).collect();
+            let input = spec.fields.iter().map(|f| from_event(batch.get_by_name(row, f), batch)).collect();
+            Some((group, input, time))
+        }
+        RecordRef::Alert(alert) => {
+            let time = alert.event_time_ms?;
+            let group = spec.group_by.iter().map(|f| from_alert(alert, f)).collect();
+            let input = spec.fields.iter().map(|f| from_alert(alert, f)).collect();
+            Some((group, input, time))
+        }
+    }
+}
+
+struct ViewFactoryImpl {
+    spec: Arc<ViewSpec>,
+}
+
+impl KeyedOperatorFactory for ViewFactoryImpl {
+    fn router(&self, _ctx: &WorkerContext) -> anyhow::Result<Box<dyn Router>> {
+        Ok(Box::new(ViewRouter { spec: self.spec.clone(), windows: Vec::new() }))
+    }
+    fn operator(&self, ctx: &WorkerContext) -> anyhow::Result<Box<dyn KeyedOperator>> {
+        let mut owned = vec![false; KEY_GROUPS as usize];
+        for g in owned_groups(ctx.worker_index, ctx.workers) {
+            owned[g as usize] = true;
+        }
+        Ok(Box::new(View {
+            spec: self.spec.clone(),
+            owned,
+            state: HashMap::new(),
+            watermark: WATERMARK_MIN,
+            windows: Vec::new(),
+        }))
+    }
+}
+
+impl ViewFactory for ViewFactoryImpl {
+    fn logic(&self) -> Arc<dyn ViewLogic> {
+        self.spec.clone()
+    }
+}
+
+struct ViewRouter {
+    spec: Arc<ViewSpec>,
+    windows: Vec<Option<(i64, i64)>>,
+}
+
+impl Router for ViewRouter {
+    fn route(&mut self, record: RecordRef<'_>, keys: &mut Vec<u64>) -> Route {
+        let Some((group, _, time)) = read(&self.spec, record) else {
+            // No event time: the route stage quarantines such records before asking.
+            return Route::Drop;
+        };
+        self.spec.windows(time, &mut self.windows);
+        let mut key = ViewKey { window: None, group };
+        for w in &self.windows {
+            key.window = *w;
+            keys.push(key_hash(&key));
+        }
+        Route::Keyed
+    }
+}
+
+/// One key group's open keys: per key, its inputs and their multiplicities.
+type Groups = HashMap<u16, BTreeMap<ViewKey, BTreeMap<Vec<ViewValue>, i64>>>;
+
+struct View {
+    spec: Arc<ViewSpec>,
+    owned: Vec<bool>,
+    state: Groups,
+    /// The watermark as of the last step.
+    watermark: EventTime,
+    windows: Vec<Option<(i64, i64)>>,
+}
+
+impl View {
+    fn add(&mut self, record: RecordRef<'_>, out: &mut OperatorOutput) -> bool {
+        let Some((group, input, time)) = read(&self.spec, record) else { return false };
+        self.spec.windows(time, &mut self.windows);
+        let mut primary = false;
+        for (i, w) in self.windows.iter().enumerate() {
+            let key = ViewKey { window: *w, group: group.clone() };
+            let g = key_group(key_hash(&key));
+            if !self.owned[g as usize] {
+                continue;
+            }
+            primary |= i == 0;
+            *self.state.entry(g).or_default().entry(key.clone()).or_default().entry(input.clone()).or_default() += 1;
+            out.view.updates.push(ViewUpdate { key, input: input.clone(), diff: 1 });
+        }
+        primary
+    }
+
+    /// Retracts the inputs of windows that end at or before `upto`.
+    fn close(&mut self, upto: EventTime, out: &mut OperatorOutput) {
+        if self.spec.window.is_none() {
+            return;
+        }
+        for keys in self.state.values_mut() {
+            while let Some(entry) = keys.first_entry() {
+                match entry.key().window {
+                    Some((_, end)) if end <= upto => {}
+                    _ => break,
+                }
+                let (key, inputs) = entry.remove_entry();
+                for (input, n) in inputs {
+                    out.view.updates.push(ViewUpdate { key: key.clone(), input, diff: -n });
+                }
+                out.view.closed.push(key);
+            }
+        }
+        self.state.retain(|_, keys| !keys.is_empty());
+    }
+}
+
+impl KeyedOperator for View {
+    fn process_events(&mut self, batch: EventBatch, out: &mut OperatorOutput) {
+        for row in 0..batch.len() {
+            if self.add(RecordRef::Event { batch: &batch, row }, out) {
+                out.consumed += 1;
+            }
+        }
+    }
+
+    fn process_alert(&mut self, alert: Alert, primary: bool, out: &mut OperatorOutput) {
+        self.add(RecordRef::Alert(&alert), out);
+        if primary {
+            out.consumed += 1;
+        }
+    }
+
+    fn advance(&mut self, watermark: EventTime, out: &mut OperatorOutput) {
+        // Windows that ended by the previous step close now: every record of this epoch was
+        // at or after that watermark, so none of them is in such a window.
+        self.close(self.watermark, out);
+        self.watermark = watermark;
+    }
+
+    fn snapshot(&self, group: u16) -> anyhow::Result<Vec<u8>> {
+        match self.state.get(&group) {
+            None => Ok(Vec::new()),
+            Some(keys) => {
+                let entries: Vec<(&ViewKey, Vec<(&Vec<ViewValue>, i64)>)> =
+                    keys.iter().map(|(k, inputs)| (k, inputs.iter().map(|(i, n)| (i, *n)).collect())).collect();
+                encode(&(self.watermark, entries))
+            }
+        }
+    }
+
+    fn restore(&mut self, group: u16, bytes: &[u8]) -> anyhow::Result<()> {
+        let (watermark, entries): (EventTime, Vec<(ViewKey, Vec<(Vec<ViewValue>, i64)>)>) = decode(bytes)?;
+        self.watermark = self.watermark.max(watermark);
+        let keys = self.state.entry(group).or_default();
+        for (k, inputs) in entries {
+            keys.insert(k, inputs.into_iter().collect());
+        }
+        Ok(())
+    }
+
+    fn restored(&mut self, out: &mut OperatorOutput) {
+        for keys in self.state.values() {
+            for (key, inputs) in keys {
+                for (input, n) in inputs {
+                    out.view.updates.push(ViewUpdate { key: key.clone(), input: input.clone(), diff: *n });
+                }
+            }
+        }
+    }
+
+    fn live_keys(&self) -> usize {
+        self.state.values().map(BTreeMap::len).sum()
+    }
+}
+
+impl ViewLogic for ViewSpec {
+    fn shape(&self) -> Arc<ViewShape> {
+        self.shape.clone()
+    }
+
+    fn measures(&self, _key: &ViewKey, inputs: &[(&Vec<ViewValue>, isize)]) -> Vec<ViewValue> {
+        self.measures.iter().map(|(f, field)| measure(*f, field.map(|i| (i, inputs)), inputs)).collect()
+    }
+
+    fn top(&self) -> Option<(usize, usize)> {
+        self.top
+    }
+}
+
+fn measure(
+    f: MeasureFn,
+    field: Option<(usize, &[(&Vec<ViewValue>, isize)])>,
+    all: &[(&Vec<ViewValue>, isize)],
+) -> ViewValue {
+    let Some((i, inputs)) = field else {
+        return ViewValue::Int(all.iter().map(|(_, n)| *n as i64).sum());
+    };
+    let values = inputs.iter().filter_map(|(v, n)| v.get(i).filter(|v| **v != ViewValue::Null).map(|v| (v, *n as i64)));
+    match f {
+        MeasureFn::Count => ViewValue::Int(all.iter().map(|(_, n)| *n as i64).sum()),
+        MeasureFn::CountDistinct => ViewValue::Int(values.map(|(v, _)| v).collect::<BTreeSet<_>>().len() as i64),
+        MeasureFn::Min => values.map(|(v, _)| v).min().cloned().unwrap_or(ViewValue::Null),
+        MeasureFn::Max => values.map(|(v, _)| v).max().cloned().unwrap_or(ViewValue::Null),
+        MeasureFn::Sum | MeasureFn::Avg => {
+            let (mut int_sum, mut float_sum, mut all_int, mut count) = (0i64, 0f64, true, 0i64);
+            for (v, n) in values {
+                let Some(x) = v.as_f64() else { continue };
+                count += n;
+                match v {
+                    ViewValue::Int(i) if all_int => match i.checked_mul(n).and_then(|p| int_sum.checked_add(p)) {
+                        Some(s) => int_sum = s,
+                        None => all_int = false,
+                    },
+                    _ => all_int = false,
+                }
+                float_sum += x * n as f64;
+            }
+            match (f, count) {
+                (MeasureFn::Avg, 0) => ViewValue::Null,
+                (MeasureFn::Avg, c) => ViewValue::Float(F64(float_sum / c as f64)),
+                (_, _) if all_int => ViewValue::Int(int_sum),
+                _ => ViewValue::Float(F64(float_sum)),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
