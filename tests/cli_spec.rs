@@ -174,7 +174,7 @@ fn schema_validates_the_shipped_specs_and_rejects_bad_ones() {
         .iter()
         .map(|v| v["properties"]["type"]["const"].as_str().unwrap())
         .collect();
-    assert_eq!(types, ["correlate", "dedup", "enrich", "normalize", "parse", "sigma-match", "sla", "suppress"]);
+    assert_eq!(types, ["correlate", "dedup", "enrich", "normalize", "parse", "sigma-match", "sla", "suppress", "view"]);
     let dir = tempfile::tempdir().unwrap();
     let schema_path = write(dir.path(), "schema.json", &s.stdout);
     let bad = write(dir.path(), "bad.yaml", &GOOD.replace("    count: 10", "    count: 10\n    cuont: 5"));
