@@ -263,6 +263,8 @@ q = [json.loads(l) for l in open(sys.argv[1] + '/out/demo/quarantine.jsonl')]
 print(sorted(collections.Counter(r['reason'] for r in q).items()))
 c = [json.loads(l) for l in open(sys.argv[1] + '/out/demo/cases.jsonl')]
 print(json.dumps(sorted(collections.Counter(r['kind'] for r in c).items())))
+v = [json.loads(l) for l in open(sys.argv[1] + '/out/demo/views.jsonl')]
+print(json.dumps(sorted(collections.Counter(r['view'] for r in v if r['diff'] == 1))))
 "#,
         &[&out.to_string_lossy()],
     );
@@ -284,6 +286,17 @@ print(json.dumps(sorted(collections.Counter(r['kind'] for r in c).items())))
     assert!(kinds.get("case.joined").copied().unwrap_or(0) > 0, "{kinds:?}");
     assert_eq!(kinds.get("sla.breached").copied(), Some(2 * opened), "acknowledge and contain: {kinds:?}");
     assert_eq!(kinds.get("sla.warning").copied(), Some(2 * opened), "{kinds:?}");
+    // The demo's views write their changes.
+    let views: Vec<String> = serde_json::from_str(lines.next().unwrap()).unwrap();
+    for v in [
+        "alerts_per_rule_hour",
+        "events_per_source_minute",
+        "risk_per_host_5m",
+        "source_ips_per_rule_day",
+        "top_hosts_by_alerts",
+    ] {
+        assert!(views.iter().any(|x| x == v), "{v}: {views:?}");
+    }
 }
 
 #[test]
