@@ -79,11 +79,20 @@ out = sys.argv[1]
 
 def replay(name):
     rows = collections.Counter()
-    for line in open(f"{out}/{name}.jsonl"):
-        c = json.loads(line)
+    version = {}
+    changes = [json.loads(line) for line in open(f"{out}/{name}.jsonl")]
+    changes.sort(key=lambda c: (c["epoch"], c["diff"]))
+    for c in changes:
         assert c["view"] == name and c["diff"] in (1, -1), c
         key = (c.get("window_start", "")[:19], tuple(c["group"].values()))
-        rows[(key, tuple(sorted(c["measures"].items())))] += c["diff"]
+        row = (key, tuple(sorted(c["measures"].items())))
+        # A row's insertion carries its epoch as version, its retraction the same version.
+        if c["diff"] == 1:
+            assert c["version"] == c["epoch"], c
+            version[row] = c["version"]
+        else:
+            assert version.get(row) == c["version"], (c, version.get(row))
+        rows[row] += c["diff"]
     bad = [r for r, n in rows.items() if n not in (0, 1)]
     assert not bad, f"{name}: a row inserted twice or retracted without insert: {bad[:3]}"
     live = [r for r, n in rows.items() if n == 1]

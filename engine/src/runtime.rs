@@ -141,6 +141,9 @@ fn participants(spec: &Spec, workers: std::ops::Range<usize>) -> BTreeSet<String
                     names.insert(format!("{}{w}", part_prefix("source", &c.id, None)));
                 }
                 Built::Keyed(_) | Built::View(_) => {
+                    if matches!(c.built, Built::View(_)) {
+                        names.insert(format!("{}{w}", part_prefix("view", &c.id, None)));
+                    }
                     names.insert(format!("{}{w}", part_prefix("keyed", &c.id, None)));
                     for i in 0..c.inputs.len() {
                         names.insert(format!("{}{w}", part_prefix("route", &c.id, Some(i))));

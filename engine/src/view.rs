@@ -162,10 +162,13 @@ pub struct ViewShape {
 }
 
 /// A change of a view: a row inserted (`diff` +1) or retracted (−1) at checkpoint epoch `epoch`.
+/// `version` is the epoch the row was inserted at, on its insertion and on its retraction: the
+/// pair cancels out in a ClickHouse `VersionedCollapsingMergeTree` (sign, version).
 #[derive(Clone, Debug, PartialEq)]
 pub struct ViewChange {
     pub shape: Arc<ViewShape>,
     pub epoch: u64,
+    pub version: u64,
     pub key: ViewKey,
     pub measures: Vec<ViewValue>,
     pub diff: i64,
@@ -177,6 +180,7 @@ impl ViewChange {
         let mut o = serde_json::Map::new();
         o.insert("view".into(), self.shape.view.clone().into());
         o.insert("epoch".into(), self.epoch.into());
+        o.insert("version".into(), self.version.into());
         o.insert("diff".into(), self.diff.into());
         if let Some((start, end)) = self.key.window {
             o.insert("window_start".into(), crate::batch::format_timestamp_ms(start).into());
@@ -236,13 +240,14 @@ mod tests {
         let c = ViewChange {
             shape,
             epoch: 7,
+            version: 5,
             key: ViewKey { window: Some((0, 60_000)), group: vec![ViewValue::Str("h1".into())] },
             measures: vec![ViewValue::Int(3)],
             diff: -1,
         };
         assert_eq!(
             c.to_json(),
-            serde_json::json!({"view": "per_host", "epoch": 7, "diff": -1,
+            serde_json::json!({"view": "per_host", "epoch": 7, "version": 5, "diff": -1,
                 "window_start": "1970-01-01T00:00:00.000Z", "window_end": "1970-01-01T00:01:00.000Z",
                 "group": {"host.name": "h1"}, "measures": {"events": 3}})
         );

@@ -22,9 +22,12 @@ use super::context::RunContext;
 use super::stateful::build_stateful;
 use super::{Epoch, PayloadStream};
 use crate::component::Payload;
+use crate::key_groups::{key_group, owned_groups, worker_for};
+use crate::keyed::{decode, encode};
 use crate::keyed::{KeyedOperator, Router};
 use crate::metrics::ComponentMetrics;
-use crate::view::{key_hash, top_order, ViewChange, ViewKey, ViewLogic, ViewValue};
+use crate::view::{key_hash, top_order, ViewChange, ViewKey, ViewLogic, ViewShape, ViewValue};
+use std::collections::HashMap;
 
 type Row = (ViewKey, Vec<ViewValue>);
 
@@ -85,17 +88,34 @@ pub(crate) fn build_view<'s>(
             .map(|(window, (group, m))| (ViewKey { window, group }, m)),
     };
 
-    // Finishing: per epoch, by key, the consolidated changes minus closed keys' retractions and
-    // minus the restored state's re-feed.
+    // Finishing: per epoch, by key group, the consolidated changes minus closed keys'
+    // retractions and minus the restored state's re-feed, each with the epoch its row was
+    // inserted at. The live rows (key → measures, version) are this stage's state.
     let shape = logic.shape();
     let resumed = run.resumed_from();
+    let workers = scope.peers();
+    let me = scope.index();
+    let prefix = crate::checkpoint::part_prefix("view", &component, None);
+    let part = format!("{prefix}{me}");
+    let mut live = LiveRows::default();
+    if run.restored().is_some() {
+        let owned: Vec<u16> = owned_groups(me, workers).collect();
+        for bytes in run.restored_parts(&prefix) {
+            if let Err(e) = live.restore(bytes, &owned) {
+                run.fail(format!("{part}: cannot restore its state from the checkpoint: {e:#}"));
+            }
+        }
+    }
+    let owner = move |k: &ViewKey| worker_for(key_group(key_hash(k)), workers) as u64;
     let mut builder = OperatorBuilder::new(format!("view-changes:{component}"), scope);
-    let mut rows_in = builder.new_input(rows.inner, Exchange::new(|u: &(Row, Epoch, isize)| key_hash(&u.0 .0)));
-    let mut closed_in = builder.new_input(closed, Exchange::new(key_hash));
+    let mut rows_in = builder.new_input(rows.inner, Exchange::new(move |u: &(Row, Epoch, isize)| owner(&u.0 .0)));
+    let mut closed_in = builder.new_input(closed, Exchange::new(owner));
     let (mut out, changes) = builder.new_output::<Vec<Payload>>();
     builder.build(move |mut caps| {
         let mut cap = Some(caps.remove(0));
         let mut pending: BTreeMap<Epoch, (Vec<(Row, isize)>, Vec<ViewKey>)> = BTreeMap::new();
+        let mut checkpointed: Epoch = 0;
+        let mut processed: Epoch = 0;
         move |frontiers| {
             rows_in.for_each(|_cap, data| {
                 for (row, t, d) in data.drain(..) {
@@ -110,45 +130,46 @@ pub(crate) fn build_view<'s>(
                 pending.clear();
                 return;
             };
-            let done = |t: &Epoch| frontiers.iter().all(|f| !f.frontier().less_equal(t));
+            let low = frontiers.iter().filter_map(|f| f.frontier().iter().next().copied()).min();
             while let Some(entry) = pending.first_entry() {
                 let t = *entry.key();
-                if !done(&t) {
+                if low.is_some_and(|l| l <= t) {
                     break;
                 }
-                let (mut rows, mut closed) = entry.remove();
+                // A checkpoint between the epochs finished so far and this one: the state now.
+                if let Some(c) = run.checkpointer().and_then(|ck| ck.due(checkpointed, t)) {
+                    live.write(me, workers, Some(c), &part, &run);
+                    checkpointed = c + 1;
+                }
+                let (rows, closed) = entry.remove();
+                processed = processed.max(t);
                 if resumed == Some(t) {
+                    // The restored state's re-feed: the sinks hold these rows already.
                     continue;
                 }
-                closed.sort();
-                rows.sort();
-                let mut changes = Vec::new();
-                let mut i = 0;
-                while i < rows.len() {
-                    let mut j = i;
-                    let mut diff = 0isize;
-                    while j < rows.len() && rows[j].0 == rows[i].0 {
-                        diff += rows[j].1;
-                        j += 1;
-                    }
-                    let (key, m) = &rows[i].0;
-                    if diff != 0 && closed.binary_search(key).is_err() {
-                        changes.push(ViewChange {
-                            shape: shape.clone(),
-                            epoch: t,
-                            key: key.clone(),
-                            measures: m.clone(),
-                            diff: diff as i64,
-                        });
-                    }
-                    i = j;
-                }
+                let mut changes = live.apply(&shape, t, rows, closed);
                 if !changes.is_empty() {
-                    out.activate().give(&held.delayed(&t), &mut vec![Payload::ViewChanges(changes)]);
+                    out.activate()
+                        .give(&held.delayed(&t), &mut vec![Payload::ViewChanges(std::mem::take(&mut changes))]);
                 }
             }
-            let lows = frontiers.iter().filter_map(|f| f.frontier().iter().next().copied()).min();
-            match lows {
+            if let Some(ck) = run.checkpointer() {
+                let due = low.and_then(|f| ck.due(checkpointed, f));
+                if due.is_some() || low.is_none() {
+                    live.write(me, workers, due, &part, &run);
+                    match due {
+                        Some(c) => checkpointed = c + 1,
+                        None => {
+                            // Retired: the final part stands for every later checkpoint.
+                            let bytes = live.encode(me, workers);
+                            if let Err(e) = bytes.and_then(|b| ck.retire(&part, b, processed)) {
+                                run.fail(format!("{part}: checkpoint: {e:#}"));
+                            }
+                        }
+                    }
+                }
+            }
+            match low {
                 None => cap = None,
                 Some(low) => {
                     if *held.time() < low {
@@ -159,4 +180,97 @@ pub(crate) fn build_view<'s>(
         }
     });
     (changes, quarantine)
+}
+
+/// A view's live rows on one worker, by key group: each key's measures and the epoch its row
+/// was inserted at (a retraction carries it too).
+#[derive(Default)]
+struct LiveRows {
+    groups: HashMap<u16, BTreeMap<ViewKey, (Vec<ViewValue>, Epoch)>>,
+}
+
+impl LiveRows {
+    /// The changes of epoch `t`: `rows` (unconsolidated) less the retractions of `closed` keys,
+    /// whose rows are forgotten.
+    fn apply(
+        &mut self,
+        shape: &Arc<ViewShape>,
+        t: Epoch,
+        mut rows: Vec<(Row, isize)>,
+        mut closed: Vec<ViewKey>,
+    ) -> Vec<ViewChange> {
+        closed.sort();
+        for key in &closed {
+            if let Some(g) = self.groups.get_mut(&key_group(key_hash(key))) {
+                g.remove(key);
+            }
+        }
+        rows.sort();
+        let mut net: Vec<(Row, isize)> = Vec::with_capacity(rows.len());
+        for (row, d) in rows {
+            match net.last_mut() {
+                Some((r, n)) if *r == row => *n += d,
+                _ => net.push((row, d)),
+            }
+        }
+        net.retain(|((key, _), d)| *d != 0 && closed.binary_search(key).is_err());
+        let mut changes = Vec::with_capacity(net.len());
+        // Retractions first: a key's new row replaces its old one.
+        for ((key, measures), d) in net.iter().filter(|(_, d)| *d < 0) {
+            let g = self.groups.entry(key_group(key_hash(key))).or_default();
+            let version = match g.get(key) {
+                Some((m, v)) if m == measures => {
+                    let v = *v;
+                    g.remove(key);
+                    v
+                }
+                // Not the live row (cannot happen with consistent input): keep what is live.
+                Some((_, v)) => *v,
+                None => t,
+            };
+            changes.push(ViewChange {
+                shape: shape.clone(),
+                epoch: t,
+                version,
+                key: key.clone(),
+                measures: measures.clone(),
+                diff: *d as i64,
+            });
+        }
+        for ((key, measures), d) in net.into_iter().filter(|(_, d)| *d > 0) {
+            self.groups.entry(key_group(key_hash(&key))).or_default().insert(key.clone(), (measures.clone(), t));
+            changes.push(ViewChange { shape: shape.clone(), epoch: t, version: t, key, measures, diff: d as i64 });
+        }
+        changes
+    }
+
+    fn encode(&self, me: usize, workers: usize) -> anyhow::Result<Vec<u8>> {
+        let groups: Vec<(u16, Vec<(&ViewKey, &Vec<ViewValue>, Epoch)>)> = owned_groups(me, workers)
+            .filter_map(|g| self.groups.get(&g).filter(|rows| !rows.is_empty()).map(|rows| (g, rows)))
+            .map(|(g, rows)| (g, rows.iter().map(|(k, (m, v))| (k, m, *v)).collect()))
+            .collect();
+        encode(&groups)
+    }
+
+    /// Writes this worker's part of checkpoint `c` (None: nothing due). A failure stops the run.
+    fn write(&self, me: usize, workers: usize, c: Option<Epoch>, part: &str, run: &RunContext) {
+        let (Some(c), Some(ck)) = (c, run.checkpointer()) else { return };
+        if let Err(e) = self.encode(me, workers).and_then(|b| ck.write(c, part, &b)) {
+            run.fail(format!("{part}: checkpoint: {e:#}"));
+        }
+    }
+
+    fn restore(&mut self, bytes: &[u8], owned: &[u16]) -> anyhow::Result<()> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        let groups: Vec<(u16, Vec<(ViewKey, Vec<ViewValue>, Epoch)>)> = decode(bytes)?;
+        for (g, rows) in groups.into_iter().filter(|(g, _)| owned.contains(g)) {
+            let live = self.groups.entry(g).or_default();
+            for (k, m, v) in rows {
+                live.insert(k, (m, v));
+            }
+        }
+        Ok(())
+    }
 }
