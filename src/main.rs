@@ -5,6 +5,7 @@ mod demo;
 mod events_file;
 mod packs_cli;
 mod rules_cli;
+mod views_cli;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -67,6 +68,9 @@ enum Command {
     /// Normalization packs: list them, detect which one claims the events of a file.
     #[command(subcommand)]
     Packs(packs_cli::PacksCommand),
+    /// Views: the ClickHouse tables for their changes.
+    #[command(subcommand)]
+    Views(views_cli::ViewsCommand),
 }
 
 #[derive(clap::Args, Clone)]
@@ -320,6 +324,7 @@ fn main() -> ExitCode {
         }
         Command::Rules(cmd) => rules_cli::run(cmd),
         Command::Checkpoint(cmd) => checkpoint_cli::run(cmd),
+        Command::Views(cmd) => views_cli::run(cmd),
         Command::Packs(cmd) => packs_cli::run(cmd),
         Command::Fields => {
             println!("| field | type | description |\n|---|---|---|");

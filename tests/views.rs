@@ -229,3 +229,142 @@ fn a_bad_view_is_refused_with_its_line_and_reason() {
     assert_eq!(r.code, 2);
     assert!(format!("{}{}", r.stdout, r.stderr).contains("views"), "{}{}", r.stdout, r.stderr);
 }
+
+/// A spec whose views go to ClickHouse tables (and to JSONL, the reference).
+fn clickhouse_spec(dir: &Path, url: &str) {
+    let rules = repo().join("rules/sigma/ward");
+    let mut sinks = String::new();
+    for v in ["per_dataset", "top_users", "alerts_per_rule"] {
+        sinks.push_str(&format!(
+            "  - {{id: ch_{v}, type: clickhouse, inputs: [{v}], url: \"{url}\", database: ward, table: view_{v}, compression: false}}\n  - {{id: j_{v}, type: jsonl, inputs: [{v}], path: out/{v}.jsonl}}\n"
+        ));
+    }
+    write(
+        dir,
+        "spec.yaml",
+        &format!(
+            r#"name: views-ch
+settings:
+  epoch_interval_ms: 100
+  admin_listen: ""
+  checkpoint: {{dir: checkpoints, interval: 300ms, retain: 2}}
+sources:
+  - {{id: gen, type: generator, count: 30000, rate: 10000, seed: 11}}
+operators:
+  - {{id: parse, type: parse, inputs: [gen], syslog_year: 2026}}
+  - {{id: normalize, type: normalize, inputs: [parse], packs: [builtin:windows, builtin:linux-auth, builtin:zeek, builtin:fortigate, builtin:generic-json]}}
+  - {{id: detect, type: sigma-match, inputs: [normalize], rules: ["{rules}"], watch: false, include_event: false}}
+  - {{id: per_dataset, type: view, inputs: [normalize], group_by: [event.dataset], window: {{size: 1m}}, measures: [{{name: events, fn: count}}, {{name: hosts, fn: count_distinct, field: host.name}}]}}
+  - {{id: top_users, type: view, inputs: [normalize], group_by: [user.name], measures: [{{name: events, fn: count}}], top: {{k: 3, by: events}}}}
+  - {{id: alerts_per_rule, type: view, inputs: [detect], group_by: [rule.id], window: {{size: 1m}}, measures: [{{name: alerts, fn: count}}]}}
+sinks:
+{sinks}"#,
+            rules = rules.display()
+        ),
+    );
+}
+
+/// The live rows a JSONL change stream replays to, as sorted TSV lines `key… measures…`.
+fn replayed(path: &Path, columns: &[&str]) -> Vec<String> {
+    let mut rows: std::collections::BTreeMap<String, i64> = std::collections::BTreeMap::new();
+    for l in std::fs::read_to_string(path).unwrap().lines() {
+        let c: serde_json::Value = serde_json::from_str(l).unwrap();
+        let mut cells = Vec::new();
+        if let Some(w) = c["window_start"].as_str() {
+            cells.push(w[..19].replace('T', " "));
+        }
+        for col in columns {
+            let v = c["group"].get(*col).or_else(|| c["measures"].get(*col)).cloned().unwrap_or_default();
+            cells.push(match v {
+                serde_json::Value::String(s) => s,
+                serde_json::Value::Null => String::new(),
+                v => v.to_string(),
+            });
+        }
+        *rows.entry(cells.join("\t")).or_default() += c["diff"].as_i64().unwrap();
+    }
+    assert!(rows.values().all(|n| *n == 0 || *n == 1), "{path:?}: a row inserted twice");
+    rows.into_iter().filter(|(_, n)| *n == 1).map(|(r, _)| r).collect()
+}
+
+#[test]
+fn clickhouse_receives_view_changes_exactly_once_through_kill_9() {
+    let ch = ClickHouse::start();
+    let dir = tempfile::tempdir().unwrap();
+    clickhouse_spec(dir.path(), &ch.url());
+    let spec = dir.path().join("spec.yaml");
+    let ddl = ward(&["views", "ddl", spec.to_str().unwrap(), "--dialect", "18.16"]);
+    assert_eq!(ddl.code, 0, "{}", ddl.stderr);
+    ch.apply(&format!("CREATE DATABASE IF NOT EXISTS ward;\n{}", ddl.stdout));
+    for ms in [1000, 1500, 800] {
+        run_and_kill(&spec, 2, Duration::from_millis(ms));
+    }
+    run(dir.path(), 3);
+    for (view, cols, windowed) in [
+        ("per_dataset", vec!["event.dataset", "events", "hosts"], true),
+        ("top_users", vec!["user.name", "events"], false),
+        ("alerts_per_rule", vec!["rule.id", "alerts"], true),
+    ] {
+        let want = replayed(&dir.path().join(format!("out/{view}.jsonl")), &cols);
+        assert!(want.len() >= 3, "{view}: {want:?}");
+        let select: Vec<String> = cols.iter().map(|c| format!("`{}`", c.replace('.', "_"))).collect();
+        let window = if windowed { "toString(window_start), " } else { "" };
+        // Every insertion met its retraction (same version) but the live rows: summing the
+        // signs per key and measures leaves exactly the replayed rows, each once.
+        let sql = format!(
+            "SELECT {window}{cols} FROM ward.view_{view} GROUP BY {window}{cols} HAVING sum(sign) = 1 ORDER BY {window}{cols}",
+            cols = select.join(", ")
+        );
+        // TSV escapes backslashes (`CORP\\bob`).
+        let mut got: Vec<String> = ch.query(&sql).lines().map(|l| l.replace("\\\\", "\\")).collect();
+        got.sort();
+        assert_eq!(got, want, "{view}: ClickHouse vs the JSONL changes");
+        let bad = ch.query(&format!(
+            "SELECT count() FROM (SELECT {window}{cols} FROM ward.view_{view} GROUP BY {window}{cols} HAVING sum(sign) NOT IN (0, 1))",
+            cols = select.join(", ")
+        ));
+        assert_eq!(bad.trim(), "0", "{view}: a row inserted twice or retracted twice");
+        let dupes = ch.query(&format!(
+            "SELECT count() FROM (SELECT ward_id FROM ward.view_{view} GROUP BY ward_id HAVING count() > 1)"
+        ));
+        assert_eq!(dupes.trim(), "0", "{view}: a change inserted twice");
+    }
+}
+
+#[test]
+fn view_tables_run_on_modern_clickhouse_and_collapse_retracted_rows() {
+    // chdb embeds a current ClickHouse: create the demo's view tables, insert a row, its
+    // retraction and its successor, and read the view with FINAL.
+    let ddl = ward(&["views", "ddl", repo().join("pipelines/demo.yaml").to_str().unwrap()]);
+    assert_eq!(ddl.code, 0, "{}", ddl.stderr);
+    assert_eq!(ddl.stdout.matches("VersionedCollapsingMergeTree(sign, version)").count(), 5, "{}", ddl.stdout);
+    let statements = ward_connectors::sinks::clickhouse_ddl::statements(&ddl.stdout);
+    let dir = tempfile::tempdir().unwrap();
+    let out = python(
+        r#"
+import sys, json
+from chdb import session
+s = session.Session(sys.argv[2])
+s.query("CREATE DATABASE IF NOT EXISTS ward")
+for stmt in json.loads(sys.argv[1]):
+    s.query(stmt)
+t = "ward.view_alerts_per_rule_hour"
+cols = "(window_start, window_end, rule_id, rule_level, alerts, sign, version, epoch, ward_id)"
+w = "toDateTime64('2026-01-05 08:00:00', 3, 'UTC'), toDateTime64('2026-01-05 09:00:00', 3, 'UTC')"
+s.query(f"INSERT INTO {t} {cols} VALUES ({w}, 'r1', 'high', 4, 1, 3, 3, 1)")
+s.query(f"INSERT INTO {t} {cols} VALUES ({w}, 'r1', 'high', 4, -1, 3, 5, 2), ({w}, 'r1', 'high', 5, 1, 5, 5, 3)")
+print(s.query(f"SELECT rule_id, alerts, toString(window_start) FROM {t} FINAL", "TSV").data().strip())
+print(s.query(f"SELECT count() FROM {t}_inserted", "TSV").data().strip())
+print(s.query("SELECT name, type FROM system.columns WHERE database = 'ward' AND table = 'view_risk_per_host_5m' ORDER BY name", "TSV").data().strip())
+"#,
+        &[&serde_json::to_string(&statements).unwrap(), &dir.path().to_string_lossy()],
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "r1\t5\t2026-01-05 08:00:00.000", "{out}");
+    assert_eq!(lines[1], "3", "{out}");
+    for col in
+        ["host_name\tLowCardinality(String)", "risk_avg\tNullable(Float64)", "risk_max\tNullable(Int64)", "sign\tInt8"]
+    {
+        assert!(lines.contains(&col), "{col}: {out}");
+    }
+}

@@ -152,14 +152,21 @@ pub fn key_hash(key: &ViewKey) -> u64 {
     h.digest()
 }
 
-/// The names a view's rows are made of, for sinks.
+/// The names a view's rows are made of, for sinks and table definitions.
 #[derive(Debug, PartialEq, Eq)]
 pub struct ViewShape {
     pub view: String,
     pub group_by: Vec<String>,
     pub measures: Vec<String>,
+    /// Per measure: its function (`count`, `count_distinct`, `sum`, `avg`, `min`, `max`) and
+    /// the field it reads.
+    pub measure_fns: Vec<(String, Option<String>)>,
     pub windowed: bool,
 }
+
+/// Names a view's measures cannot take: the columns every view table has.
+pub const RESERVED_COLUMNS: &[&str] =
+    &["view", "epoch", "version", "sign", "diff", "window_start", "window_end", "ward_id", "group", "measures"];
 
 /// A change of a view: a row inserted (`diff` +1) or retracted (−1) at checkpoint epoch `epoch`.
 /// `version` is the epoch the row was inserted at, on its insertion and on its retraction: the
@@ -190,6 +197,29 @@ impl ViewChange {
         o.insert("group".into(), serde_json::Value::Object(group.collect()));
         let measures = self.shape.measures.iter().zip(&self.measures).map(|(n, v)| (n.clone(), v.to_json()));
         o.insert("measures".into(), serde_json::Value::Object(measures.collect()));
+        serde_json::Value::Object(o)
+    }
+}
+
+impl ViewChange {
+    /// The change as one flat record for a table: the group's fields and the measures by name,
+    /// `sign` (the difference), `version`, `epoch`, `view`, and the window's bounds in ms.
+    pub fn to_row_json(&self) -> serde_json::Value {
+        let mut o = serde_json::Map::new();
+        o.insert("view".into(), self.shape.view.clone().into());
+        o.insert("epoch".into(), self.epoch.into());
+        o.insert("version".into(), self.version.into());
+        o.insert("sign".into(), self.diff.into());
+        if let Some((start, end)) = self.key.window {
+            o.insert("window_start_ms".into(), start.into());
+            o.insert("window_end_ms".into(), end.into());
+        }
+        for (n, v) in self.shape.group_by.iter().zip(&self.key.group) {
+            o.insert(n.clone(), v.to_json());
+        }
+        for (n, v) in self.shape.measures.iter().zip(&self.measures) {
+            o.insert(n.clone(), v.to_json());
+        }
         serde_json::Value::Object(o)
     }
 }
@@ -235,6 +265,7 @@ mod tests {
             view: "per_host".into(),
             group_by: vec!["host.name".into()],
             measures: vec!["events".into()],
+            measure_fns: vec![("count".into(), None)],
             windowed: true,
         });
         let c = ViewChange {

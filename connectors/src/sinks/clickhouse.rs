@@ -17,6 +17,16 @@
 //! identical block a no-op. An outage blocks the worker in retries with exponential backoff,
 //! which back-pressures the whole dataflow (sources stop reading); nothing is dropped.
 //! `ward_sink_circuit_state` shows the breaker: 0 closed, 1 open (failing), 2 half-open (probing).
+//!
+//! View changes (README, "Views") go to a `VersionedCollapsingMergeTree` table (`ward views
+//! ddl`), where a duplicate row would not collapse away, so they are inserted differently:
+//! with checkpoints, a worker's changes of a checkpoint's epochs go into the checkpoint (its
+//! `prepare` part, with every block of older checkpoints not inserted yet) and are inserted as
+//! one block when the checkpoint is committed; after a crash, and after the run's closing
+//! checkpoint, each block the retained parts hold is inserted unless its first row's `ward_id`
+//! is in the table already (a block into one partition is atomic). The ids are looked up in
+//! `<table>_inserted`, a materialized view of every inserted change's id: collapsing removes
+//! rows from the view's own table.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
@@ -131,7 +141,7 @@ impl ComponentConfig for ClickHouseSinkConfig {
     const DESCRIPTION: &'static str =
         "Insert events, alerts, cases or quarantined records into a ClickHouse table (exactly once with checkpoints)";
     const ACCEPTS: &'static [StreamKind] =
-        &[StreamKind::Events, StreamKind::Quarantine, StreamKind::Alerts, StreamKind::Cases];
+        &[StreamKind::Events, StreamKind::Quarantine, StreamKind::Alerts, StreamKind::Cases, StreamKind::Views];
     const OUTPUT: Option<StreamKind> = None;
 
     fn build(self, _ctx: &BuildContext<'_>) -> anyhow::Result<Built> {
@@ -333,7 +343,86 @@ impl SinkFactory for ClickHouseFactory {
             oldest: None,
             first: vec![NONE; CORE_FIELDS.len()],
             text: String::new(),
+            checkpointing: ctx.checkpointing,
+            views: BTreeMap::new(),
+            prepared: BTreeMap::new(),
         }))
+    }
+
+    fn restore(&self, retained: &[ward_engine::checkpoint::SinkCheckpoint<'_>]) -> anyhow::Result<()> {
+        self.settle_views(retained)
+    }
+
+    fn closed(&self, retained: &[ward_engine::checkpoint::SinkCheckpoint<'_>]) -> anyhow::Result<()> {
+        self.settle_views(retained)
+    }
+}
+
+impl ClickHouseFactory {
+    /// Inserts the view changes the retained checkpoints' parts hold, block by block, unless a
+    /// block is in the table already (its first row's `ward_id` is).
+    fn settle_views(&self, retained: &[ward_engine::checkpoint::SinkCheckpoint<'_>]) -> anyhow::Result<()> {
+        let mut blocks: Vec<Vec<serde_json::Value>> = Vec::new();
+        for bytes in retained.iter().flat_map(|c| c.parts.iter().map(|(_, bytes)| *bytes)).filter(|b| !b.is_empty()) {
+            let part: Vec<Vec<serde_json::Value>> =
+                serde_json::from_slice(bytes).map_err(|e| anyhow::anyhow!("a checkpoint part of this sink: {e}"))?;
+            blocks.extend(part);
+        }
+        // A block in several parts (prepared before both checkpoints, committed after) once.
+        blocks.sort_by_cached_key(|b| b.first().map(|r| r.to_string()));
+        blocks.dedup();
+        if blocks.iter().all(Vec::is_empty) {
+            return Ok(());
+        }
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let breaker = Breaker {
+            state: prometheus::IntGauge::new("settle_state", "unregistered").expect("valid name"),
+            retries: prometheus::IntCounter::new("settle_retries", "unregistered").expect("valid name"),
+            threshold: self.config.retry.failure_threshold.max(1),
+            sink: "settle".into(),
+        };
+        let table = self
+            .table
+            .get_or_init(|| self.describe(&rt, &breaker).map(Arc::new).map_err(|e| format!("{e:#}")))
+            .clone()
+            .map_err(|e| anyhow::anyhow!(e))?;
+        let mut sink = ClickHouseSink {
+            client: self.client(),
+            rt,
+            config: self.config.clone(),
+            table,
+            breaker,
+            plan: None,
+            buf: Vec::new(),
+            rows: 0,
+            ids: xxhash_rust::xxh3::Xxh3::new(),
+            oldest: None,
+            first: Vec::new(),
+            text: String::new(),
+            checkpointing: true,
+            views: BTreeMap::new(),
+            prepared: BTreeMap::new(),
+        };
+        let (db, t) = (&self.config.database, &self.config.table);
+        for block in blocks.into_iter().filter(|b| !b.is_empty()) {
+            let id = xxhash_rust::xxh3::xxh3_64(block[0].to_string().as_bytes());
+            // Not the view's table: collapsing removes rows, so a block can leave no row there.
+            let inserted = super::clickhouse_ddl::INSERTED_SUFFIX;
+            let sql = format!("SELECT count() FROM {db}.{t}{inserted} WHERE ward_id = {id}");
+            let there: u64 = sink
+                .rt
+                .block_on(sink.client.query(&sql).fetch_one::<u64>())
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "checking {db}.{t}{inserted} for view changes of a checkpoint: {e} (create the view's tables with `ward views ddl`)"
+                    )
+                })?;
+            if there == 0 {
+                sink.encode_records(block.into_iter())?;
+                sink.flush()?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -444,6 +533,12 @@ pub struct ClickHouseSink {
     /// Per core field, the row's first slot holding it (reused across rows).
     first: Vec<u32>,
     text: String,
+    /// The run takes checkpoints: view changes wait for theirs.
+    checkpointing: bool,
+    /// View changes by epoch, not yet in a checkpoint.
+    views: BTreeMap<u64, Vec<serde_json::Value>>,
+    /// View changes in checkpoint `c`, inserted when it is committed.
+    prepared: BTreeMap<u64, Vec<serde_json::Value>>,
 }
 
 fn event_id(b: &EventBatch, row: usize) -> u64 {
@@ -716,8 +811,14 @@ impl Sink for ClickHouseSink {
             Payload::Alerts(a) => self.encode_records(a.iter().map(|a| serde_json::to_value(a).unwrap_or_default()))?,
             Payload::Cases(c) => self.encode_records(c.iter().map(|c| c.to_json()))?,
             Payload::Quarantine(q) => self.encode_records(q.iter().map(|r| r.to_json()))?,
-            // Not accepted (the spec checker connects no view to this sink).
-            Payload::ViewChanges(_) | Payload::ViewDelta(_) | Payload::Progress(_) => {}
+            Payload::ViewChanges(changes) if self.checkpointing => {
+                for c in changes {
+                    self.views.entry(c.epoch).or_default().push(c.to_row_json());
+                }
+                return Ok(());
+            }
+            Payload::ViewChanges(changes) => self.encode_records(changes.iter().map(|c| c.to_row_json()))?,
+            Payload::ViewDelta(_) | Payload::Progress(_) => {}
         }
         self.oldest.get_or_insert_with(Instant::now);
         if self.rows >= self.config.batch_rows {
@@ -735,9 +836,30 @@ impl Sink for ClickHouseSink {
 
     /// Every row of the checkpoint's epochs is in the table before the checkpoint completes;
     /// the checkpoint itself holds nothing of this sink.
-    fn prepare(&mut self, _epoch: u64) -> anyhow::Result<Vec<u8>> {
+    fn prepare(&mut self, epoch: u64) -> anyhow::Result<Vec<u8>> {
         self.flush()?;
-        Ok(Vec::new())
+        // View changes of epochs up to `epoch` go into the checkpoint, to be inserted at commit.
+        let later = self.views.split_off(&(epoch + 1));
+        let block: Vec<serde_json::Value> = std::mem::replace(&mut self.views, later).into_values().flatten().collect();
+        if !block.is_empty() {
+            self.prepared.insert(epoch, block);
+        }
+        if self.prepared.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Every block not inserted yet, not only this checkpoint's: an older checkpoint can be
+        // pruned before its commit reaches this sink, and a crash then must not lose its block.
+        let blocks: Vec<&Vec<serde_json::Value>> = self.prepared.values().collect();
+        Ok(serde_json::to_vec(&blocks)?)
+    }
+
+    fn commit(&mut self, epoch: u64) -> anyhow::Result<()> {
+        let later = self.prepared.split_off(&(epoch + 1));
+        for (_, block) in std::mem::replace(&mut self.prepared, later) {
+            self.encode_records(block.into_iter())?;
+            self.flush()?;
+        }
+        Ok(())
     }
 
     fn retire_part(&mut self, last: u64) -> anyhow::Result<Vec<u8>> {

@@ -269,6 +269,69 @@ pub fn schema(d: Dialect, db: &str) -> String {
     out
 }
 
+/// The table beside a view's table that keeps the ids of the changes inserted.
+pub const INSERTED_SUFFIX: &str = "_inserted";
+
+/// The table of one view's changes (README, "Views"): a `VersionedCollapsingMergeTree`
+/// whose sign is the change's difference and whose version is the epoch its row was inserted
+/// at, so a row's insertion and its retraction cancel out. Read the view with `FINAL`, or
+/// with `sum(sign)` per key. Group columns are not nullable (they are the sorting key): a
+/// missing value reads as the type's default. No partitions: the sink inserts each worker's
+/// changes of a checkpoint as one block, which a single partition keeps atomic.
+pub fn view_table(d: Dialect, db: &str, table: &str, shape: &ward_engine::view::ViewShape) -> String {
+    let column = |n: &str| n.trim_start_matches('@').replace('.', "_");
+    let field_type = |name: &str| FieldId::lookup(name).map(|f| f.field_type());
+    let mut columns: Vec<(String, String)> = Vec::new();
+    let mut order: Vec<String> = Vec::new();
+    if shape.windowed {
+        columns.push(("window_start".into(), time(d).into()));
+        columns.push(("window_end".into(), time(d).into()));
+        order.push("window_start".into());
+    }
+    for g in &shape.group_by {
+        let ty = match field_type(g) {
+            Some(FieldType::Int) => "Int64".to_string(),
+            Some(FieldType::Float) => "Float64".into(),
+            Some(FieldType::Bool) => "UInt8".into(),
+            Some(FieldType::Timestamp) => "Int64".into(),
+            _ => lc(d, "String"),
+        };
+        columns.push((column(g), ty));
+        order.push(format!("`{}`", column(g)));
+    }
+    for (name, (function, field)) in shape.measures.iter().zip(&shape.measure_fns) {
+        let of_field = match field.as_deref().and_then(field_type) {
+            Some(FieldType::Int | FieldType::Timestamp) => "Int64",
+            Some(FieldType::Float) => "Float64",
+            Some(FieldType::Bool) => "UInt8",
+            _ => "String",
+        };
+        let ty = match function.as_str() {
+            "count" | "count_distinct" => "Int64".to_string(),
+            "sum" => "Float64".into(),
+            "avg" => "Nullable(Float64)".into(),
+            _ => format!("Nullable({of_field})"),
+        };
+        columns.push((name.clone(), ty));
+    }
+    for (n, ty) in [("sign", "Int8"), ("version", "UInt64"), ("epoch", "UInt64"), ("ward_id", "UInt64")] {
+        columns.push((n.into(), ty.into()));
+    }
+    let width = columns.iter().map(|(n, _)| n.len() + 2).max().unwrap_or(0);
+    let cols: Vec<String> =
+        columns.iter().map(|(n, ty)| format!("    {:width$} {ty}", format!("`{n}`"), width = width)).collect();
+    let order = if order.is_empty() { "tuple()".to_string() } else { format!("({})", order.join(", ")) };
+    format!(
+        "-- View `{}`: its rows' changes; read with FINAL (or sum(sign) per key).\n\
+         CREATE TABLE IF NOT EXISTS {db}.{table}\n(\n{}\n)\nENGINE = VersionedCollapsingMergeTree(sign, version)\nORDER BY {order}\nSETTINGS index_granularity = 8192;\n\
+         -- The ids of every change inserted (collapsing removes rows; this keeps their ids), so a\n\
+         -- sink resuming after a crash knows which blocks are in already.\n\
+         CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.{table}{INSERTED_SUFFIX}\nENGINE = ReplacingMergeTree ORDER BY ward_id\nAS SELECT ward_id FROM {db}.{table};\n",
+        shape.view,
+        cols.join(",\n")
+    )
+}
+
 /// The statements of [`schema`], one by one (for clients that take one per request).
 pub fn statements(sql: &str) -> Vec<String> {
     sql.split(";\n")

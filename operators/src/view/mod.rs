@@ -100,6 +100,19 @@ pub enum MeasureFn {
     Max,
 }
 
+impl MeasureFn {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MeasureFn::Count => "count",
+            MeasureFn::CountDistinct => "count_distinct",
+            MeasureFn::Sum => "sum",
+            MeasureFn::Avg => "avg",
+            MeasureFn::Min => "min",
+            MeasureFn::Max => "max",
+        }
+    }
+}
+
 #[derive(Clone, Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TopConfig {
@@ -164,6 +177,15 @@ impl ViewConfig {
             }
         };
         let mut names = BTreeSet::new();
+        for m in &self.measures {
+            let column = |n: &str| n.trim_start_matches('@').replace('.', "_");
+            if ward_engine::view::RESERVED_COLUMNS.contains(&m.name.as_str()) {
+                anyhow::bail!("measure `{}`: the name is taken by a column every view has", m.name);
+            }
+            if self.group_by.iter().any(|g| column(g) == column(&m.name)) {
+                anyhow::bail!("measure `{}`: the name is a `group_by` field's", m.name);
+            }
+        }
         let mut fields: Vec<String> = Vec::new();
         let mut measures = Vec::new();
         for m in &self.measures {
@@ -202,6 +224,7 @@ impl ViewConfig {
             view: id.to_string(),
             group_by: self.group_by.clone(),
             measures: self.measures.iter().map(|m| m.name.clone()).collect(),
+            measure_fns: self.measures.iter().map(|m| (m.function.as_str().to_string(), m.field.clone())).collect(),
             windowed: window.is_some(),
         });
         Ok(ViewSpec { group_by: self.group_by, window, fields, measures, top, shape })
