@@ -306,6 +306,7 @@ impl KeyedOperatorFactory for ViewFactoryImpl {
             owned,
             state: HashMap::new(),
             watermark: WATERMARK_MIN,
+            epoch_updates: HashMap::new(),
             windows: Vec::new(),
         }))
     }
@@ -347,6 +348,8 @@ struct View {
     state: Groups,
     /// The watermark as of the last step.
     watermark: EventTime,
+    /// This epoch's updates by key and input hash: their index in the output.
+    epoch_updates: HashMap<u64, usize>,
     windows: Vec<Option<(i64, i64)>>,
 }
 
@@ -354,16 +357,48 @@ impl View {
     fn add(&mut self, record: RecordRef<'_>, out: &mut OperatorOutput) -> bool {
         let Some((group, input, time)) = read(&self.spec, record) else { return false };
         self.spec.windows(time, &mut self.windows);
+        // The keyed stage hands the epoch's updates on when the epoch ends: an empty list is a
+        // new epoch.
+        if out.view.updates.is_empty() {
+            self.epoch_updates.clear();
+        }
+        let input_hash = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::hash::DefaultHasher::new();
+            input.hash(&mut h);
+            h.finish()
+        };
         let mut primary = false;
         for (i, w) in self.windows.iter().enumerate() {
             let key = ViewKey { window: *w, group: group.clone() };
-            let g = key_group(key_hash(&key));
+            let hash = key_hash(&key);
+            let g = key_group(hash);
             if !self.owned[g as usize] {
                 continue;
             }
             primary |= i == 0;
-            *self.state.entry(g).or_default().entry(key.clone()).or_default().entry(input.clone()).or_default() += 1;
-            out.view.updates.push(ViewUpdate { key, input: input.clone(), diff: 1 });
+            let keys = self.state.entry(g).or_default();
+            match keys.get_mut(&key) {
+                Some(inputs) => match inputs.get_mut(&input) {
+                    Some(n) => *n += 1,
+                    None => {
+                        inputs.insert(input.clone(), 1);
+                    }
+                },
+                None => {
+                    keys.insert(key.clone(), BTreeMap::from([(input.clone(), 1)]));
+                }
+            }
+            // One update per key and input per epoch, however many records: differential's
+            // work is per update.
+            let slot = self.epoch_updates.entry(hash ^ input_hash.rotate_left(17)).or_insert(usize::MAX);
+            match out.view.updates.get_mut(*slot) {
+                Some(u) if u.key == key && u.input == input => u.diff += 1,
+                _ => {
+                    *slot = out.view.updates.len();
+                    out.view.updates.push(ViewUpdate { key, input: input.clone(), diff: 1 });
+                }
+            }
         }
         primary
     }

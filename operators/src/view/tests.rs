@@ -33,6 +33,7 @@ fn view(spec: &Arc<ViewSpec>) -> View {
         owned: vec![true; KEY_GROUPS as usize],
         state: HashMap::new(),
         watermark: WATERMARK_MIN,
+        epoch_updates: HashMap::new(),
         windows: Vec::new(),
     }
 }
@@ -104,7 +105,8 @@ fn a_window_closes_one_watermark_step_after_its_end_and_keeps_its_inputs_until_t
     let mut v = view(&spec);
     let mut out = OperatorOutput::default();
     v.process_events(batch(&[("a", None, 1_000), ("a", None, 2_000), ("b", None, 61_000)]), &mut out);
-    assert_eq!(out.view.updates.len(), 3);
+    // One update per key and input in an epoch: `a`'s two records are one update of +2.
+    assert_eq!(out.view.updates.iter().map(|u| u.diff).collect::<Vec<_>>(), vec![2, 1]);
     assert_eq!(out.consumed, 3);
     assert_eq!(v.live_keys(), 2);
     let mut out = OperatorOutput::default();
