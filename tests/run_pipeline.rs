@@ -313,9 +313,13 @@ sources:
   - {{ id: gen, type: generator, count: 0, rate: 4000, malformed_every: 100 }}
 operators:
   - {{ id: parse, type: parse, inputs: [gen] }}
+  - {{ id: normalize, type: normalize, inputs: [parse] }}
+  - {{ id: top_users, type: view, inputs: [normalize], group_by: [user.name], measures: [{{name: events, fn: count}}], top: {{k: 3, by: events}} }}
+  - {{ id: per_dataset, type: view, inputs: [normalize], group_by: [event.dataset], window: {{size: 1m}}, measures: [{{name: events, fn: count}}, {{name: hosts, fn: count_distinct, field: host.name}}] }}
 sinks:
   - {{ id: out, type: jsonl, inputs: [parse], path: {out} }}
   - {{ id: q, type: jsonl, inputs: [quarantine], path: {dir}/q.jsonl }}
+  - {{ id: gauges, type: metrics, inputs: [top_users, per_dataset] }}
 "#,
             out = out.display(),
             dir = dir.path().display()
@@ -358,6 +362,11 @@ sinks:
     ] {
         assert!(body.contains(family), "{family} missing from:\n{body}");
     }
+    // Views as gauges: the top 3 users, and the newest minute's rows per dataset.
+    let top = body.lines().filter(|l| l.starts_with("ward_view_top_users{")).count();
+    assert!((1..=3).contains(&top), "{top} top_users series in:\n{body}");
+    assert!(body.contains("ward_view_per_dataset{event_dataset=\""), "{body}");
+    assert!(body.contains("measure=\"hosts\""), "{body}");
     let metrics_file = write(dir.path(), "metrics.txt", &body);
     let check = std::process::Command::new("promtool")
         .args(["check", "metrics"])

@@ -15,7 +15,8 @@ pub fn register(registry: &mut Registry) {
         .register::<sinks::parquet::ParquetSinkConfig>()
         .register::<sinks::jsonl::JsonlSinkConfig>()
         .register::<sinks::clickhouse::ClickHouseSinkConfig>()
-        .register::<sinks::kafka::KafkaSinkConfig>();
+        .register::<sinks::kafka::KafkaSinkConfig>()
+        .register::<sinks::metrics::MetricsSinkConfig>();
 }
 
 /// Checks librdkafka properties before librdkafka sees them: a NUL byte would otherwise fail

@@ -411,6 +411,14 @@ impl Families {
         )
     }
 
+    pub fn float_gauge_vec(&self, name: &str, help: &str, labels: &[&str]) -> prometheus::GaugeVec {
+        self.get_or_make(
+            name,
+            || prometheus::GaugeVec::new(Opts::new(name, help), labels).expect("valid metric"),
+            |f| Box::new(f.clone()),
+        )
+    }
+
     pub fn histogram_vec(&self, name: &str, help: &str, labels: &[&str], buckets: Vec<f64>) -> HistogramVec {
         self.get_or_make(
             name,

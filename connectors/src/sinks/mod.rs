@@ -4,4 +4,5 @@ mod clickhouse_rowbinary;
 pub mod jsonl;
 mod jsonl_committed;
 pub mod kafka;
+pub mod metrics;
 pub mod parquet;
