@@ -74,14 +74,7 @@ impl SinkFactory for MetricsFactory {
     fn create(&self, ctx: &WorkerContext) -> anyhow::Result<Box<dyn Sink>> {
         let families = ctx.metrics.families.clone();
         *self.families.lock().unwrap_or_else(|p| p.into_inner()) = Some(families.clone());
-        // Rows restored from a checkpoint before any worker existed: show them now.
-        let shown = self.shown.lock().unwrap_or_else(|p| p.into_inner());
-        for (view, v) in &shown.views {
-            for (group, measures) in &v.rows {
-                set(&families, view, &v.labels, group, measures);
-            }
-        }
-        drop(shown);
+        self.show_restored(&families);
         Ok(Box::new(MetricsSink { max_series: self.max_series, shown: self.shown.clone(), families }))
     }
 
@@ -91,9 +84,21 @@ impl SinkFactory for MetricsFactory {
             return Ok(());
         };
         let restored: Shown =
-            serde_json::from_slice(bytes).map_err(|e| anyhow::anyhow!("a checkpoint part of this sink: {e}"))?;
+            ward_engine::keyed::decode(bytes).map_err(|e| anyhow::anyhow!("a checkpoint part of this sink: {e:#}"))?;
         *self.shown.lock().unwrap_or_else(|p| p.into_inner()) = restored;
         Ok(())
+    }
+}
+
+impl MetricsFactory {
+    /// Rows restored from a checkpoint before any worker existed: shown as soon as the sink is.
+    fn show_restored(&self, families: &Families) {
+        let shown = self.shown.lock().unwrap_or_else(|p| p.into_inner());
+        for (view, v) in &shown.views {
+            for (group, measures) in &v.rows {
+                set(families, view, &v.labels, group, measures);
+            }
+        }
     }
 }
 
@@ -204,7 +209,7 @@ impl Sink for MetricsSink {
 
     fn prepare(&mut self, _epoch: u64) -> anyhow::Result<Vec<u8>> {
         let shown = self.shown.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(serde_json::to_vec(&*shown)?)
+        ward_engine::keyed::encode(&*shown)
     }
 
     fn finish(&mut self) -> anyhow::Result<()> {
@@ -226,6 +231,46 @@ mod tests {
             measures: vec![ViewValue::Int(n)],
             diff,
         }
+    }
+
+    #[test]
+    fn a_resumed_run_shows_the_rows_its_checkpoint_holds() {
+        let shape = Arc::new(ViewShape {
+            view: "v".into(),
+            group_by: vec!["host.name".into()],
+            measures: vec!["events".into()],
+            measure_fns: vec![("count".into(), None)],
+            windowed: true,
+        });
+        let before = ward_engine::metrics::Metrics::new();
+        let mut sink = MetricsSink {
+            max_series: 10,
+            shown: Arc::new(Mutex::new(Shown::default())),
+            families: before.families.clone(),
+        };
+        sink.apply(&change(&shape, 0, "a", 3, 1));
+        let part = sink.prepare(4).unwrap();
+        let manifest: ward_engine::checkpoint::Manifest = serde_json::from_value(serde_json::json!({
+            "layout_version": 1, "pipeline": "p", "epoch": 4, "workers": 1, "created_ms": 0,
+            "final_checkpoint": false, "parts": []
+        }))
+        .unwrap();
+        let owner = ward_engine::checkpoint::Ownership { process: 0, processes: 1, workers_per_process: 1 };
+        let retained =
+            [ward_engine::checkpoint::SinkCheckpoint { manifest: &manifest, parts: vec![(0, &part[..])], owner }];
+        let factory = MetricsFactory {
+            max_series: 10,
+            shown: Arc::new(Mutex::new(Shown::default())),
+            families: Mutex::new(None),
+        };
+        factory.restore(&retained).unwrap();
+        let after = ward_engine::metrics::Metrics::new();
+        factory.show_restored(&after.families);
+        use prometheus::Encoder;
+        let mut buf = Vec::new();
+        prometheus::TextEncoder::new().encode(&after.registry.gather(), &mut buf).unwrap();
+        let text = String::from_utf8(buf).unwrap();
+        assert!(text.contains(r#"ward_view_v{host_name="a",measure="events"} 3"#), "{text}");
     }
 
     #[test]
