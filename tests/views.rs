@@ -11,14 +11,10 @@ use std::time::Duration;
 
 use common::*;
 
-fn spec(dir: &Path) {
-    let rules = repo().join("rules/sigma/ward");
-    write(
-        dir,
-        "spec.yaml",
-        &format!(
-            r#"name: views
-settings:
+/// Settings, the generator and parse → normalize → detect, shared by the specs below.
+fn head() -> String {
+    format!(
+        r#"settings:
   epoch_interval_ms: 100
   admin_listen: ""
   checkpoint: {{dir: checkpoints, interval: 300ms, retain: 2}}
@@ -28,7 +24,18 @@ operators:
   - {{id: parse, type: parse, inputs: [gen], syslog_year: 2026}}
   - {{id: normalize, type: normalize, inputs: [parse], packs: [builtin:windows, builtin:linux-auth, builtin:zeek, builtin:fortigate, builtin:generic-json]}}
   - {{id: detect, type: sigma-match, inputs: [normalize], rules: ["{rules}"], watch: false, include_event: false}}
-  - id: per_dataset
+"#,
+        rules = repo().join("rules/sigma/ward").display()
+    )
+}
+
+fn spec(dir: &Path) {
+    write(
+        dir,
+        "spec.yaml",
+        &format!(
+            r#"name: views
+{head}  - id: per_dataset
     type: view
     inputs: [normalize]
     group_by: [event.dataset]
@@ -67,7 +74,7 @@ sinks:
   - {{id: v4, type: jsonl, inputs: [alerts_per_rule], path: out/alerts_per_rule.jsonl}}
   - {{id: q, type: jsonl, inputs: [quarantine], path: out/quarantine.jsonl}}
 "#,
-            rules = rules.display()
+            head = head()
         ),
     );
 }
@@ -266,7 +273,6 @@ fn a_bad_view_is_refused_with_its_line_and_reason() {
 
 /// A spec whose views go to ClickHouse tables (and to JSONL, the reference).
 fn clickhouse_spec(dir: &Path, url: &str) {
-    let rules = repo().join("rules/sigma/ward");
     let mut sinks = String::new();
     for v in ["per_dataset", "top_users", "alerts_per_rule"] {
         sinks.push_str(&format!(
@@ -278,22 +284,12 @@ fn clickhouse_spec(dir: &Path, url: &str) {
         "spec.yaml",
         &format!(
             r#"name: views-ch
-settings:
-  epoch_interval_ms: 100
-  admin_listen: ""
-  checkpoint: {{dir: checkpoints, interval: 300ms, retain: 2}}
-sources:
-  - {{id: gen, type: generator, count: 30000, rate: 10000, seed: 11}}
-operators:
-  - {{id: parse, type: parse, inputs: [gen], syslog_year: 2026}}
-  - {{id: normalize, type: normalize, inputs: [parse], packs: [builtin:windows, builtin:linux-auth, builtin:zeek, builtin:fortigate, builtin:generic-json]}}
-  - {{id: detect, type: sigma-match, inputs: [normalize], rules: ["{rules}"], watch: false, include_event: false}}
-  - {{id: per_dataset, type: view, inputs: [normalize], group_by: [event.dataset], window: {{size: 1m}}, measures: [{{name: events, fn: count}}, {{name: hosts, fn: count_distinct, field: host.name}}]}}
+{head}  - {{id: per_dataset, type: view, inputs: [normalize], group_by: [event.dataset], window: {{size: 1m}}, measures: [{{name: events, fn: count}}, {{name: hosts, fn: count_distinct, field: host.name}}]}}
   - {{id: top_users, type: view, inputs: [normalize], group_by: [user.name], measures: [{{name: events, fn: count}}], top: {{k: 3, by: events}}}}
   - {{id: alerts_per_rule, type: view, inputs: [detect], group_by: [rule.id], window: {{size: 1m}}, measures: [{{name: alerts, fn: count}}]}}
 sinks:
 {sinks}"#,
-            rules = rules.display()
+            head = head()
         ),
     );
 }

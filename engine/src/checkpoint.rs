@@ -215,25 +215,30 @@ pub fn list(store: &dyn Store) -> anyhow::Result<Vec<Manifest>> {
     Ok(out)
 }
 
-/// Removes the objects in complete checkpoints that their manifests do not name: parts of a
-/// failed attempt, or requests a frozen store applied after their writer had given up (a run
-/// prunes such leftovers only in the checkpoints it completes itself). Run at start, before
-/// this run writes anything.
-pub fn remove_strays(store: &dyn Store) -> anyhow::Result<usize> {
+/// Removes the objects in the `complete` checkpoints (as [`list`] gives them) that their
+/// manifests do not name: parts of a failed attempt, or requests a frozen store applied after
+/// their writer had given up (a run prunes such leftovers only in the checkpoints it completes
+/// itself). Run at start, before this run writes anything.
+pub fn remove_strays(store: &dyn Store, complete: &[Manifest]) -> anyhow::Result<usize> {
+    let all = objects(store)?;
     let mut removed = 0;
-    for (epoch, keys) in objects(store)? {
-        let manifest = manifest_key(epoch);
-        if !keys.contains(&manifest) {
-            continue;
+    for m in complete {
+        if let Some(keys) = all.get(&m.epoch) {
+            removed += delete_unnamed(store, m.epoch, keys, &m.parts)?;
         }
-        let Some(bytes) = store.get(&manifest)? else { continue };
-        let m: Manifest =
-            serde_json::from_slice(&bytes).map_err(|e| anyhow::anyhow!("{}/{manifest}: {e}", store.location()))?;
-        let named: BTreeSet<String> = m.parts.iter().map(|p| part_key(epoch, p)).collect();
-        for k in keys.iter().filter(|k| **k != manifest && !named.contains(*k)) {
-            store.delete(k)?;
-            removed += 1;
-        }
+    }
+    Ok(removed)
+}
+
+/// Deletes the objects of checkpoint `epoch` (`keys`) that are neither its manifest nor one
+/// of the `named` parts; how many.
+fn delete_unnamed(store: &dyn Store, epoch: u64, keys: &[String], named: &[PartInfo]) -> anyhow::Result<usize> {
+    let manifest = manifest_key(epoch);
+    let named: BTreeSet<String> = named.iter().map(|p| part_key(epoch, p)).collect();
+    let mut removed = 0;
+    for k in keys.iter().filter(|k| **k != manifest && !named.contains(*k)) {
+        store.delete(k)?;
+        removed += 1;
     }
     Ok(removed)
 }
@@ -717,11 +722,7 @@ impl Checkpointer {
                     self.store.delete(k)?;
                 }
             } else if *e == epoch {
-                let manifest = manifest_key(epoch);
-                let named: BTreeSet<String> = named.iter().map(|p| part_key(epoch, p)).collect();
-                for k in keys.iter().filter(|k| **k != manifest && !named.contains(*k)) {
-                    self.store.delete(k)?;
-                }
+                delete_unnamed(self.store.as_ref(), epoch, keys, named)?;
             }
         }
         Ok(())
@@ -837,7 +838,8 @@ mod tests {
         assert_eq!(parts(), 2);
         let r = Restored::latest(store(dir.path()).as_ref()).unwrap().unwrap();
         assert_eq!(r.part("a-w0"), Some(&b"state"[..]));
-        assert_eq!(remove_strays(store(dir.path()).as_ref()).unwrap(), 1);
+        let complete = list(store(dir.path()).as_ref()).unwrap();
+        assert_eq!(remove_strays(store(dir.path()).as_ref(), &complete).unwrap(), 1);
         assert_eq!(parts(), 1);
         let r = Restored::latest(store(dir.path()).as_ref()).unwrap().unwrap();
         assert_eq!(r.part("a-w0"), Some(&b"state"[..]));

@@ -297,9 +297,10 @@ pub fn run_with_metrics(
                 "checkpoint",
             )
             .map_err(|e| anyhow::anyhow!("checkpoint location: {e:#}"))?;
-            let restored = Restored::latest(store.as_ref())?;
+            let complete = crate::checkpoint::list(store.as_ref())?;
+            let restored = complete.last().cloned().map(|m| Restored::load(store.as_ref(), m)).transpose()?;
             if process == 0 {
-                let strays = crate::checkpoint::remove_strays(store.as_ref())?;
+                let strays = crate::checkpoint::remove_strays(store.as_ref(), &complete)?;
                 if strays > 0 {
                     tracing::info!("removed {strays} object(s) no checkpoint manifest names from {}", store.location());
                 }

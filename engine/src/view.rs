@@ -240,8 +240,8 @@ pub trait ViewFactory: KeyedOperatorFactory {
 }
 
 /// Orders rows for top-k: larger measure first, then group (so ties are deterministic).
-pub fn top_order(a: &(ViewValue, Vec<ViewValue>), b: &(ViewValue, Vec<ViewValue>)) -> std::cmp::Ordering {
-    b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1))
+pub fn top_order(a: (&ViewValue, &[ViewValue]), b: (&ViewValue, &[ViewValue])) -> std::cmp::Ordering {
+    b.0.cmp(a.0).then_with(|| a.1.cmp(b.1))
 }
 
 #[cfg(test)]

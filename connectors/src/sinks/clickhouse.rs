@@ -325,28 +325,7 @@ impl SinkFactory for ClickHouseFactory {
             threshold: self.config.retry.failure_threshold.max(1),
             sink: ctx.component_id.clone(),
         };
-        let table = self
-            .table
-            .get_or_init(|| self.describe(&rt, &breaker).map(Arc::new).map_err(|e| format!("{e:#}")))
-            .clone()
-            .map_err(|e| anyhow::anyhow!(e))?;
-        Ok(Box::new(ClickHouseSink {
-            client: self.client(),
-            rt,
-            config: self.config.clone(),
-            table,
-            breaker,
-            plan: None,
-            buf: Vec::new(),
-            rows: 0,
-            ids: xxhash_rust::xxh3::Xxh3::new(),
-            oldest: None,
-            first: vec![NONE; CORE_FIELDS.len()],
-            text: String::new(),
-            checkpointing: ctx.checkpointing,
-            views: BTreeMap::new(),
-            prepared: BTreeMap::new(),
-        }))
+        self.sink(rt, breaker, ctx.checkpointing).map(|s| Box::new(s) as Box<dyn Sink>)
     }
 
     fn restore(&self, retained: &[ward_engine::checkpoint::SinkCheckpoint<'_>]) -> anyhow::Result<()> {
@@ -359,6 +338,37 @@ impl SinkFactory for ClickHouseFactory {
 }
 
 impl ClickHouseFactory {
+    /// A sink instance; the first one reads the table's columns.
+    fn sink(
+        &self,
+        rt: tokio::runtime::Runtime,
+        breaker: Breaker,
+        checkpointing: bool,
+    ) -> anyhow::Result<ClickHouseSink> {
+        let table = self
+            .table
+            .get_or_init(|| self.describe(&rt, &breaker).map(Arc::new).map_err(|e| format!("{e:#}")))
+            .clone()
+            .map_err(|e| anyhow::anyhow!(e))?;
+        Ok(ClickHouseSink {
+            client: self.client(),
+            rt,
+            config: self.config.clone(),
+            table,
+            breaker,
+            plan: None,
+            buf: Vec::new(),
+            rows: 0,
+            ids: xxhash_rust::xxh3::Xxh3::new(),
+            oldest: None,
+            first: vec![NONE; CORE_FIELDS.len()],
+            text: String::new(),
+            checkpointing,
+            views: BTreeMap::new(),
+            prepared: BTreeMap::new(),
+        })
+    }
+
     /// Inserts the view changes the retained checkpoints' parts hold, block by block, unless a
     /// block is in the table already (its first row's `ward_id` is).
     fn settle_views(&self, retained: &[ward_engine::checkpoint::SinkCheckpoint<'_>]) -> anyhow::Result<()> {
@@ -381,28 +391,7 @@ impl ClickHouseFactory {
             threshold: self.config.retry.failure_threshold.max(1),
             sink: "settle".into(),
         };
-        let table = self
-            .table
-            .get_or_init(|| self.describe(&rt, &breaker).map(Arc::new).map_err(|e| format!("{e:#}")))
-            .clone()
-            .map_err(|e| anyhow::anyhow!(e))?;
-        let mut sink = ClickHouseSink {
-            client: self.client(),
-            rt,
-            config: self.config.clone(),
-            table,
-            breaker,
-            plan: None,
-            buf: Vec::new(),
-            rows: 0,
-            ids: xxhash_rust::xxh3::Xxh3::new(),
-            oldest: None,
-            first: Vec::new(),
-            text: String::new(),
-            checkpointing: true,
-            views: BTreeMap::new(),
-            prepared: BTreeMap::new(),
-        };
+        let mut sink = self.sink(rt, breaker, true)?;
         let (db, t) = (&self.config.database, &self.config.table);
         for block in blocks.into_iter().filter(|b| !b.is_empty()) {
             let id = xxhash_rust::xxh3::xxh3_64(block[0].to_string().as_bytes());

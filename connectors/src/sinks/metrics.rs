@@ -43,7 +43,6 @@ impl ComponentConfig for MetricsSinkConfig {
         Ok(Built::Sink(Arc::new(MetricsFactory {
             max_series: self.max_series,
             shown: Arc::new(Mutex::new(Shown::default())),
-            families: Mutex::new(None),
         })))
     }
 }
@@ -67,13 +66,11 @@ struct ShownView {
 struct MetricsFactory {
     max_series: usize,
     shown: Arc<Mutex<Shown>>,
-    families: Mutex<Option<Arc<Families>>>,
 }
 
 impl SinkFactory for MetricsFactory {
     fn create(&self, ctx: &WorkerContext) -> anyhow::Result<Box<dyn Sink>> {
         let families = ctx.metrics.families.clone();
-        *self.families.lock().unwrap_or_else(|p| p.into_inner()) = Some(families.clone());
         self.show_restored(&families);
         Ok(Box::new(MetricsSink { max_series: self.max_series, shown: self.shown.clone(), families }))
     }
@@ -258,11 +255,7 @@ mod tests {
         let owner = ward_engine::checkpoint::Ownership { process: 0, processes: 1, workers_per_process: 1 };
         let retained =
             [ward_engine::checkpoint::SinkCheckpoint { manifest: &manifest, parts: vec![(0, &part[..])], owner }];
-        let factory = MetricsFactory {
-            max_series: 10,
-            shown: Arc::new(Mutex::new(Shown::default())),
-            families: Mutex::new(None),
-        };
+        let factory = MetricsFactory { max_series: 10, shown: Arc::new(Mutex::new(Shown::default())) };
         factory.restore(&retained).unwrap();
         let after = ward_engine::metrics::Metrics::new();
         factory.show_restored(&after.families);

@@ -39,7 +39,7 @@ use standins::{Discard, DropAll, Exhausted, NoState, PassThrough};
 use stateful::build_stateful;
 
 use crate::component::Payload;
-use crate::keyed::{KeyedOperator, Routed, Router};
+use crate::keyed::{KeyedOperator, KeyedOperatorFactory, Routed, Router};
 use crate::registry::{Built, Section};
 use crate::spec::{ComponentSpec, InputRef, Port, Spec};
 
@@ -86,33 +86,13 @@ pub(crate) fn build_dataflow<'s>(scope: Scope<'s, Epoch>, run: &Arc<RunContext>)
                 quarantine.insert(c.id.clone(), q);
             }
             Built::Keyed(factory) => {
-                let inputs: Vec<_> = c
-                    .inputs
-                    .iter()
-                    .map(|i| (stream_of(i, &main, &quarantine, scope), input_timing(&run.spec, i)))
-                    .collect();
-                let parts = factory.router(&ctx).and_then(|r| Ok((r, factory.operator(&ctx)?)));
-                let (router, op) = parts.unwrap_or_else(|e| {
-                    run.fail(format!("operator `{}`: {e:#}", c.id));
-                    (Box::new(DropAll) as Box<dyn Router>, Box::new(NoState) as Box<dyn KeyedOperator>)
-                });
-                let (m, q) = build_stateful(inputs, c.id.as_str().into(), router, op, metrics, run.clone());
+                let (m, q) = build_keyed(scope, c, run, &ctx, metrics, factory.as_ref(), None, &main, &quarantine);
                 main.insert(c.id.clone(), m);
                 quarantine.insert(c.id.clone(), q);
             }
             Built::View(factory) => {
-                let inputs: Vec<_> = c
-                    .inputs
-                    .iter()
-                    .map(|i| (stream_of(i, &main, &quarantine, scope), input_timing(&run.spec, i)))
-                    .collect();
-                let parts = factory.router(&ctx).and_then(|r| Ok((r, factory.operator(&ctx)?)));
-                let (router, op) = parts.unwrap_or_else(|e| {
-                    run.fail(format!("view `{}`: {e:#}", c.id));
-                    (Box::new(DropAll) as Box<dyn Router>, Box::new(NoState) as Box<dyn KeyedOperator>)
-                });
-                let (m, q) =
-                    view::build_view(inputs, c.id.as_str().into(), router, op, factory.logic(), metrics, run.clone());
+                let logic = Some(factory.logic());
+                let (m, q) = build_keyed(scope, c, run, &ctx, metrics, factory.as_ref(), logic, &main, &quarantine);
                 main.insert(c.id.clone(), m);
                 quarantine.insert(c.id.clone(), q);
             }
@@ -127,6 +107,33 @@ pub(crate) fn build_dataflow<'s>(scope: Scope<'s, Epoch>, run: &Arc<RunContext>)
                 }
             }
         }
+    }
+}
+
+/// A stateful operator's stages (a view's too, given its logic): routes, exchange, keyed state.
+#[allow(clippy::too_many_arguments)]
+fn build_keyed<'s>(
+    scope: Scope<'s, Epoch>,
+    c: &ComponentSpec,
+    run: &Arc<RunContext>,
+    ctx: &crate::component::WorkerContext,
+    metrics: crate::metrics::ComponentMetrics,
+    halves: &dyn KeyedOperatorFactory,
+    view: Option<Arc<dyn crate::view::ViewLogic>>,
+    main: &HashMap<String, PayloadStream<'s>>,
+    quarantine: &HashMap<String, PayloadStream<'s>>,
+) -> (PayloadStream<'s>, PayloadStream<'s>) {
+    let inputs: Vec<_> =
+        c.inputs.iter().map(|i| (stream_of(i, main, quarantine, scope), input_timing(&run.spec, i))).collect();
+    let parts = halves.router(ctx).and_then(|r| Ok((r, halves.operator(ctx)?)));
+    let (router, op) = parts.unwrap_or_else(|e| {
+        run.fail(format!("operator `{}`: {e:#}", c.id));
+        (Box::new(DropAll) as Box<dyn Router>, Box::new(NoState) as Box<dyn KeyedOperator>)
+    });
+    let id: Arc<str> = c.id.as_str().into();
+    match view {
+        Some(logic) => view::build_view(inputs, id, router, op, logic, metrics, run.clone()),
+        None => build_stateful(inputs, id, router, op, metrics, run.clone()),
     }
 }
 

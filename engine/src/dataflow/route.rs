@@ -124,6 +124,8 @@ pub(crate) fn route_stage<'s>(
         // (row, worker): owners of an event's other keys (a view's sliding windows), who get a
         // copy; the owner of its first key counts it.
         let mut also_to: Vec<(usize, u32)> = Vec::new();
+        // Per worker: already a target of the row being routed (reset after each row).
+        let mut targeted = vec![false; workers];
         let mut outbox = Outbox::new(workers);
         let mut next_tick = Instant::now();
         move |frontiers| {
@@ -208,11 +210,17 @@ pub(crate) fn route_stage<'s>(
                                             let first = worker_for(key_group(*k), workers) as u32;
                                             row_target[row] = first;
                                             let start = also_to.len();
+                                            targeted[first as usize] = true;
                                             for k in &keys[1..] {
-                                                let w = worker_for(key_group(*k), workers) as u32;
-                                                if w != first && !also_to[start..].iter().any(|(_, x)| *x == w) {
-                                                    also_to.push((row, w));
+                                                let w = worker_for(key_group(*k), workers);
+                                                if !targeted[w] {
+                                                    targeted[w] = true;
+                                                    also_to.push((row, w as u32));
                                                 }
+                                            }
+                                            targeted[first as usize] = false;
+                                            for (_, w) in &also_to[start..] {
+                                                targeted[*w as usize] = false;
                                             }
                                         }
                                         None => filtered += 1,

@@ -11,7 +11,7 @@
 //! keyed state re-feeds its inputs at the restored checkpoint's epoch, and the rows that
 //! produces, which sinks already hold, are not emitted again.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use differential_dataflow::collection::AsCollection;
@@ -23,11 +23,9 @@ use super::stateful::build_stateful;
 use super::{Epoch, PayloadStream};
 use crate::component::Payload;
 use crate::key_groups::{key_group, owned_groups, worker_for};
-use crate::keyed::{decode, encode};
-use crate::keyed::{KeyedOperator, Router};
+use crate::keyed::{decode, encode, KeyedOperator, Router};
 use crate::metrics::ComponentMetrics;
 use crate::view::{key_hash, top_order, ViewChange, ViewKey, ViewLogic, ViewShape, ViewValue};
-use std::collections::HashMap;
 
 type Row = (ViewKey, Vec<ViewValue>);
 
@@ -80,7 +78,7 @@ pub(crate) fn build_view<'s>(
             .reduce_named("view-top", move |_window, ranked, out| {
                 let mut best: Vec<&(ViewValue, Vec<ViewValue>, Vec<ViewValue>)> =
                     ranked.iter().map(|(r, _)| *r).collect();
-                best.sort_by(|a, b| top_order(&(a.0.clone(), a.1.clone()), &(b.0.clone(), b.1.clone())));
+                best.sort_by(|a, b| top_order((&a.0, &a.1), (&b.0, &b.1)));
                 for r in best.into_iter().take(k) {
                     out.push(((r.1.clone(), r.2.clone()), 1isize));
                 }

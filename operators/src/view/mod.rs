@@ -270,22 +270,23 @@ fn from_alert(alert: &Alert, name: &str) -> ViewValue {
     }
 }
 
-/// A record's group, measure inputs and event time.
-fn read(spec: &ViewSpec, record: RecordRef<'_>) -> Option<(Vec<ViewValue>, Vec<ViewValue>, EventTime)> {
+/// The values of `fields` in a record.
+fn values(fields: &[String], record: RecordRef<'_>) -> Vec<ViewValue> {
     match record {
         RecordRef::Event { batch, row } => {
-            let time = event_time(batch, row)?;
-            let group = spec.group_by.iter().map(|f| from_event(batch.get_by_name(row, f), batch)).collect();
-            let input = spec.fields.iter().map(|f| from_event(batch.get_by_name(row, f), batch)).collect();
-            Some((group, input, time))
+            fields.iter().map(|f| from_event(batch.get_by_name(row, f), batch)).collect()
         }
-        RecordRef::Alert(alert) => {
-            let time = alert.event_time_ms?;
-            let group = spec.group_by.iter().map(|f| from_alert(alert, f)).collect();
-            let input = spec.fields.iter().map(|f| from_alert(alert, f)).collect();
-            Some((group, input, time))
-        }
+        RecordRef::Alert(alert) => fields.iter().map(|f| from_alert(alert, f)).collect(),
     }
+}
+
+/// A record's event time and group (None: no event time).
+fn read(spec: &ViewSpec, record: RecordRef<'_>) -> Option<(EventTime, Vec<ViewValue>)> {
+    let time = match record {
+        RecordRef::Event { batch, row } => event_time(batch, row)?,
+        RecordRef::Alert(alert) => alert.event_time_ms?,
+    };
+    Some((time, values(&spec.group_by, record)))
 }
 
 struct ViewFactoryImpl {
@@ -325,7 +326,7 @@ struct ViewRouter {
 
 impl Router for ViewRouter {
     fn route(&mut self, record: RecordRef<'_>, keys: &mut Vec<u64>) -> Route {
-        let Some((group, _, time)) = read(&self.spec, record) else {
+        let Some((time, group)) = read(&self.spec, record) else {
             // No event time: the route stage quarantines such records before asking.
             return Route::Drop;
         };
@@ -355,7 +356,8 @@ struct View {
 
 impl View {
     fn add(&mut self, record: RecordRef<'_>, out: &mut OperatorOutput) -> bool {
-        let Some((group, input, time)) = read(&self.spec, record) else { return false };
+        let Some((time, group)) = read(&self.spec, record) else { return false };
+        let input = values(&self.spec.fields, record);
         self.spec.windows(time, &mut self.windows);
         // The keyed stage hands the epoch's updates on when the epoch ends: an empty list is a
         // new epoch.
@@ -490,7 +492,7 @@ impl ViewLogic for ViewSpec {
     }
 
     fn measures(&self, _key: &ViewKey, inputs: &[(&Vec<ViewValue>, isize)]) -> Vec<ViewValue> {
-        self.measures.iter().map(|(f, field)| measure(*f, field.map(|i| (i, inputs)), inputs)).collect()
+        self.measures.iter().map(|(f, field)| measure(*f, *field, inputs)).collect()
     }
 
     fn top(&self) -> Option<(usize, usize)> {
@@ -498,17 +500,14 @@ impl ViewLogic for ViewSpec {
     }
 }
 
-fn measure(
-    f: MeasureFn,
-    field: Option<(usize, &[(&Vec<ViewValue>, isize)])>,
-    all: &[(&Vec<ViewValue>, isize)],
-) -> ViewValue {
-    let Some((i, inputs)) = field else {
-        return ViewValue::Int(all.iter().map(|(_, n)| *n as i64).sum());
-    };
+/// One measure of a key from its inputs; `field`: the index of the measured value in an input
+/// (`count` has none).
+fn measure(f: MeasureFn, field: Option<usize>, inputs: &[(&Vec<ViewValue>, isize)]) -> ViewValue {
+    let records = || ViewValue::Int(inputs.iter().map(|(_, n)| *n as i64).sum());
+    let Some(i) = field else { return records() };
     let values = inputs.iter().filter_map(|(v, n)| v.get(i).filter(|v| **v != ViewValue::Null).map(|v| (v, *n as i64)));
     match f {
-        MeasureFn::Count => ViewValue::Int(all.iter().map(|(_, n)| *n as i64).sum()),
+        MeasureFn::Count => records(),
         MeasureFn::CountDistinct => ViewValue::Int(values.map(|(v, _)| v).collect::<BTreeSet<_>>().len() as i64),
         MeasureFn::Min => values.map(|(v, _)| v).min().cloned().unwrap_or(ViewValue::Null),
         MeasureFn::Max => values.map(|(v, _)| v).max().cloned().unwrap_or(ViewValue::Null),
