@@ -428,6 +428,10 @@ def verify(args, s, out, ref_out, parquet=None):
     ref_alerts = collections.Counter(s.query("SELECT alert_id FROM reference.alerts FINAL").split())
     ref_topic = collections.Counter(k for k, _ in read_committed(s.brokers, "alerts_reference", 3))
     check("reference alerts: topic = ClickHouse", ref_topic == ref_alerts, True)
+    if ref_topic != ref_alerts:
+        log(f"     reference topic: {sum(ref_topic.values())} records; ClickHouse: {sum(ref_alerts.values())} rows; "
+            f"only in the topic: {sorted((ref_topic - ref_alerts).elements())[:10]}; "
+            f"only in ClickHouse: {sorted((ref_alerts - ref_topic).elements())[:10]}")
     check("reference alerts: none twice", max(ref_alerts.values(), default=0), 1)
 
     # ClickHouse, after FINAL: each input event once.

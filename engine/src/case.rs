@@ -45,6 +45,15 @@ pub enum SlaKind {
     Contain,
 }
 
+impl SlaKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SlaKind::Acknowledge => "acknowledge",
+            SlaKind::Contain => "contain",
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CaseRecord {
     pub kind: CaseEventKind,

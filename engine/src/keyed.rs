@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::alert::Alert;
 use crate::batch::EventBatch;
+use crate::case::CaseRecord;
 use crate::component::{OperatorOutput, WorkerContext};
 use crate::time::EventTime;
 
@@ -23,6 +24,7 @@ use crate::time::EventTime;
 pub enum RecordRef<'a> {
     Event { batch: &'a EventBatch, row: usize },
     Alert(&'a Alert),
+    Case(&'a CaseRecord),
 }
 
 /// What happens to a record besides going to the workers of its keys.
@@ -56,6 +58,8 @@ pub trait KeyedOperator {
     /// An alert with at least one key this worker owns. `primary`: this worker received the
     /// copy that counts in the ledger (an alert routed to several workers arrives once each).
     fn process_alert(&mut self, _alert: Alert, _primary: bool, _out: &mut OperatorOutput) {}
+    /// A case record with at least one key this worker owns (`primary` as for alerts).
+    fn process_case(&mut self, _case: CaseRecord, _primary: bool, _out: &mut OperatorOutput) {}
     /// The watermark passed `watermark`: no more records with an earlier event time arrive.
     fn advance(&mut self, watermark: EventTime, out: &mut OperatorOutput);
     /// The earliest event time the operator may still emit (state it holds back), if any; the
@@ -97,8 +101,11 @@ pub enum RoutedBody {
     Events(EventBatch),
     /// As JSON text between processes: an alert's serde form (optional fields left out, an
     /// embedded JSON event) suits JSON, not the binary encoding of timely's networking.
-    #[serde(with = "alerts_as_json")]
+    #[serde(with = "json_text")]
     Alerts(Vec<(Alert, bool)>),
+    /// As JSON text, like alerts (optional fields left out).
+    #[serde(with = "json_text")]
+    Cases(Vec<(CaseRecord, bool)>),
     /// Input `input` of the operator on worker `worker` has watermark `time`.
     Watermark {
         input: u32,
@@ -107,17 +114,17 @@ pub enum RoutedBody {
     },
 }
 
-mod alerts_as_json {
+/// Records as JSON text inside the binary encoding.
+mod json_text {
+    use serde::de::DeserializeOwned;
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-    use crate::alert::Alert;
-
-    pub fn serialize<S: Serializer>(alerts: &[(Alert, bool)], s: S) -> Result<S::Ok, S::Error> {
-        let text = serde_json::to_string(alerts).map_err(serde::ser::Error::custom)?;
+    pub fn serialize<T: Serialize, S: Serializer>(records: &T, s: S) -> Result<S::Ok, S::Error> {
+        let text = serde_json::to_string(records).map_err(serde::ser::Error::custom)?;
         text.serialize(s)
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(Alert, bool)>, D::Error> {
+    pub fn deserialize<'de, T: DeserializeOwned, D: Deserializer<'de>>(d: D) -> Result<T, D::Error> {
         let text = String::deserialize(d)?;
         serde_json::from_str(&text).map_err(serde::de::Error::custom)
     }

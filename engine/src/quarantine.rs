@@ -161,6 +161,27 @@ impl QuarantineRecord {
         }
     }
 
+    /// Quarantines a case record (its JSON is the payload; its position is the case and the
+    /// number of alerts it held).
+    pub fn from_case(
+        case: &crate::case::CaseRecord,
+        component: &Arc<str>,
+        reason: Reason,
+        detail: impl Into<String>,
+    ) -> Self {
+        let payload = serde_json::to_vec(case).unwrap_or_default();
+        QuarantineRecord {
+            reason,
+            detail: detail.into(),
+            component: component.clone(),
+            source: "cases".into(),
+            partition: case.case_id.as_str().into(),
+            offset: case.alerts,
+            payload_len: payload.len(),
+            payload: payload[..payload.len().min(MAX_QUARANTINED_PAYLOAD)].to_vec(),
+        }
+    }
+
     /// The record as one JSON object. The payload is escaped byte by byte (printable ASCII
     /// kept, everything else as `\n`, `\t`, `\xNN`), so it is safe in any terminal or log
     /// and the exact bytes can be recovered.

@@ -144,6 +144,11 @@ pub(crate) fn keyed_stage<'s>(
                                 op.process_alert(alert, primary, &mut result);
                             }
                         }
+                        RoutedBody::Cases(cases) => {
+                            for (case, primary) in cases {
+                                op.process_case(case, primary, &mut result);
+                            }
+                        }
                         RoutedBody::Watermark { input, worker, time } => {
                             let slot = &mut marks[input as usize * workers + worker as usize];
                             *slot = (*slot).max(time);

@@ -15,6 +15,7 @@ use super::context::RunContext;
 use super::{Epoch, PayloadStream, RoutedStream};
 use crate::alert::Alert;
 use crate::batch::EventBatch;
+use crate::case::CaseRecord;
 use crate::component::{Payload, Progress};
 use crate::key_groups::{key_group, worker_for};
 use crate::keyed::{decode, encode, RecordRef, Route, Routed, RoutedBody, Router};
@@ -45,11 +46,16 @@ type NewestByPartition = HashMap<(Arc<str>, Arc<str>), EventTime>;
 struct Outbox {
     events: Vec<EventBatch>,
     alerts: Vec<Vec<(Alert, bool)>>,
+    cases: Vec<Vec<(CaseRecord, bool)>>,
 }
 
 impl Outbox {
     fn new(workers: usize) -> Self {
-        Outbox { events: (0..workers).map(|_| EventBatch::new()).collect(), alerts: vec![Vec::new(); workers] }
+        Outbox {
+            events: (0..workers).map(|_| EventBatch::new()).collect(),
+            alerts: vec![Vec::new(); workers],
+            cases: vec![Vec::new(); workers],
+        }
     }
     fn drain(&mut self) -> Vec<Routed> {
         let mut out = Vec::new();
@@ -63,7 +69,23 @@ impl Outbox {
                 out.push(Routed { target: w as u32, body: RoutedBody::Alerts(std::mem::take(a)) });
             }
         }
+        for (w, c) in self.cases.iter_mut().enumerate() {
+            if !c.is_empty() {
+                out.push(Routed { target: w as u32, body: RoutedBody::Cases(std::mem::take(c)) });
+            }
+        }
         out
+    }
+}
+
+/// The workers owning `keys`, each once, in the order of the keys.
+fn owners(keys: &[u64], workers: usize, targets: &mut Vec<usize>) {
+    targets.clear();
+    for k in keys {
+        let w = worker_for(key_group(*k), workers);
+        if !targets.contains(&w) {
+            targets.push(w);
+        }
     }
 }
 
@@ -292,13 +314,7 @@ pub(crate) fn route_stage<'s>(
                                 }
                                 keys.clear();
                                 let route = router.route(RecordRef::Alert(&alert), &mut keys);
-                                targets.clear();
-                                for k in &keys {
-                                    let w = worker_for(key_group(*k), workers);
-                                    if !targets.contains(&w) {
-                                        targets.push(w);
-                                    }
-                                }
+                                owners(&keys, workers, &mut targets);
                                 match route {
                                     Route::Drop => filtered += 1,
                                     Route::PassThrough => {
@@ -315,6 +331,43 @@ pub(crate) fn route_stage<'s>(
                                     Route::Keyed => {
                                         for (i, w) in targets.iter().enumerate() {
                                             outbox.alerts[*w].push((alert.clone(), i == 0));
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                        Payload::Cases(cases) => {
+                            received += cases.len() as u64;
+                            // Case records come only from the stateful `sla` operator, whose
+                            // watermark marks order them.
+                            for case in cases {
+                                if let Observed::Late { watermark } = tracker.observe_forwarded(case.time_ms) {
+                                    let detail = late_detail(case.time_ms, watermark);
+                                    late(
+                                        &mut quarantined,
+                                        QuarantineRecord::from_case(&case, &component, Reason::LateEvent, detail),
+                                    );
+                                    continue;
+                                }
+                                keys.clear();
+                                let route = router.route(RecordRef::Case(&case), &mut keys);
+                                owners(&keys, workers, &mut targets);
+                                match route {
+                                    Route::Drop => filtered += 1,
+                                    Route::Keyed if targets.is_empty() => filtered += 1,
+                                    Route::Keyed => {
+                                        for (i, w) in targets.iter().enumerate() {
+                                            outbox.cases[*w].push((case.clone(), i == 0));
+                                        }
+                                    }
+                                    Route::PassThrough => {
+                                        for w in &targets {
+                                            outbox.cases[*w].push((case.clone(), false));
+                                        }
+                                        out += 1;
+                                        match passed.last_mut() {
+                                            Some(Payload::Cases(v)) => v.push(case),
+                                            _ => passed.push(Payload::Cases(vec![case])),
                                         }
                                     }
                                 }

@@ -126,7 +126,7 @@ impl Router for DedupRouter {
                 keys.push(key_of(&self.key, batch, row));
                 Route::Keyed
             }
-            RecordRef::Alert(_) => Route::PassThrough,
+            RecordRef::Alert(_) | RecordRef::Case(_) => Route::PassThrough,
         }
     }
 }

@@ -310,6 +310,8 @@ impl Router for SlaRouter {
         keys.push(match record {
             RecordRef::Alert(a) => self.settings.entity_key(a),
             RecordRef::Event { batch, row } => update_key(&self.settings, batch, row),
+            // Not an input of this operator (its ACCEPTS).
+            RecordRef::Case(_) => return Route::PassThrough,
         });
         Route::Keyed
     }

@@ -116,7 +116,7 @@ impl Router for SuppressRouter {
                 keys.push(key_of(&self.key, self.window_ms, a).0);
                 Route::Keyed
             }
-            RecordRef::Event { .. } => Route::PassThrough,
+            RecordRef::Event { .. } | RecordRef::Case(_) => Route::PassThrough,
         }
     }
 }

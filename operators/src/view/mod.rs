@@ -1,4 +1,4 @@
-//! `view`: a live aggregate over events or alerts, by group and event-time window, maintained
+//! `view`: a live aggregate over events, alerts or case records, by group and event-time window, maintained
 //! with differential-dataflow (docs/architecture.md §9; the engine side is `ward_engine::view`).
 //!
 //! ```yaml
@@ -11,6 +11,7 @@
 //!     - {name: alerts, fn: count}
 //!     - {name: hosts, fn: count_distinct, field: host.name}
 //!   top: {k: 10, by: alerts}            # optional: the k largest groups per window
+//!   where: {rule.level: [high, critical]}  # optional: only records with these values
 //! ```
 //!
 //! The keyed state holds, per open window and group, the measures' inputs with their
@@ -27,6 +28,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use ward_engine::alert::Alert;
 use ward_engine::batch::{EventBatch, Value};
+use ward_engine::case::CaseRecord;
 use ward_engine::component::{OperatorOutput, StreamKind, WorkerContext};
 use ward_engine::key_groups::{key_group, owned_groups, KEY_GROUPS};
 use ward_engine::keyed::{decode, encode, KeyedOperator, KeyedOperatorFactory, RecordRef, Route, Router};
@@ -57,6 +59,38 @@ pub struct ViewConfig {
     /// Keep only the `k` largest groups of each window by one measure.
     #[serde(default)]
     pub top: Option<TopConfig>,
+    /// Only records whose fields have these values (one value or a list of them per field;
+    /// every field must match). The others are counted as filtered.
+    #[serde(default, rename = "where")]
+    pub filter: BTreeMap<String, OneOrMany>,
+}
+
+/// One scalar or a list of them.
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(Scalar),
+    Many(Vec<Scalar>),
+}
+
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum Scalar {
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(String),
+}
+
+impl Scalar {
+    fn text(&self) -> String {
+        match self {
+            Scalar::Bool(b) => b.to_string(),
+            Scalar::Int(i) => i.to_string(),
+            Scalar::Float(f) => f.to_string(),
+            Scalar::Str(s) => s.clone(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, JsonSchema)]
@@ -126,7 +160,7 @@ impl ComponentConfig for ViewConfig {
     const SECTION: Section = Section::Operator;
     const DESCRIPTION: &'static str =
         "Live aggregate by group and event-time window (count, distinct, sum, avg, min, max, top-k), as a change stream";
-    const ACCEPTS: &'static [StreamKind] = &[StreamKind::Events, StreamKind::Alerts];
+    const ACCEPTS: &'static [StreamKind] = &[StreamKind::Events, StreamKind::Alerts, StreamKind::Cases];
     const OUTPUT: Option<StreamKind> = Some(StreamKind::Views);
 
     fn build(self, ctx: &BuildContext<'_>) -> anyhow::Result<Built> {
@@ -145,6 +179,8 @@ struct ViewSpec {
     /// Per measure: its function and the index of its field in `fields`.
     measures: Vec<(MeasureFn, Option<usize>)>,
     top: Option<(usize, usize)>,
+    /// `where`: per field, the values (as text) a record must have one of.
+    filter: Vec<(String, Vec<String>)>,
     shape: Arc<ViewShape>,
 }
 
@@ -227,7 +263,18 @@ impl ViewConfig {
             measure_fns: self.measures.iter().map(|m| (m.function.as_str().to_string(), m.field.clone())).collect(),
             windowed: window.is_some(),
         });
-        Ok(ViewSpec { group_by: self.group_by, window, fields, measures, top, shape })
+        let mut filter = Vec::new();
+        for (field, values) in self.filter {
+            let values: Vec<String> = match values {
+                OneOrMany::One(v) => vec![v.text()],
+                OneOrMany::Many(v) => v.iter().map(Scalar::text).collect(),
+            };
+            if values.is_empty() {
+                anyhow::bail!("`where.{field}`: the list of values is empty (no record would pass)");
+            }
+            filter.push((field, values));
+        }
+        Ok(ViewSpec { group_by: self.group_by, window, fields, measures, top, filter, shape })
     }
 }
 
@@ -263,6 +310,29 @@ fn from_event(v: Option<Value>, batch: &EventBatch) -> ViewValue {
     }
 }
 
+/// A case record's field: its own (`kind`, `priority`, `tta_ms`, ...) or an entity key's value
+/// (`host.name`, ...).
+fn from_case(case: &CaseRecord, name: &str) -> ViewValue {
+    let text = |s: &str| ViewValue::Str(s.to_string());
+    let int = |v: Option<i64>| v.map_or(ViewValue::Null, ViewValue::Int);
+    match name {
+        "kind" => text(case.kind.as_str()),
+        "case_id" => text(&case.case_id),
+        "priority" => text(&case.priority),
+        "score" => ViewValue::Float(F64(case.score)),
+        "opened_ms" => ViewValue::Int(case.opened_ms),
+        "time_ms" => ViewValue::Int(case.time_ms),
+        "deadline_ms" => int(case.deadline_ms),
+        "tta_ms" => int(case.tta_ms),
+        "ttc_ms" => int(case.ttc_ms),
+        "alerts" => ViewValue::Int(case.alerts as i64),
+        "sla" => case.sla.map_or(ViewValue::Null, |k| text(k.as_str())),
+        "alert_id" => case.alert_id.as_deref().map_or(ViewValue::Null, text),
+        "rule_id" | "rule.id" => case.rule_id.as_deref().map_or(ViewValue::Null, text),
+        _ => case.entity.iter().find(|(n, _)| n == name).map_or(ViewValue::Null, |(_, v)| text(v)),
+    }
+}
+
 fn from_alert(alert: &Alert, name: &str) -> ViewValue {
     match alert.field(name) {
         s if s.is_empty() => ViewValue::Null,
@@ -277,15 +347,51 @@ fn values(fields: &[String], record: RecordRef<'_>) -> Vec<ViewValue> {
             fields.iter().map(|f| from_event(batch.get_by_name(row, f), batch)).collect()
         }
         RecordRef::Alert(alert) => fields.iter().map(|f| from_alert(alert, f)).collect(),
+        RecordRef::Case(case) => fields.iter().map(|f| from_case(case, f)).collect(),
     }
 }
 
-/// A record's event time and group (None: no event time).
+/// Whether `record` passes the view's `where` (strings compared without copying them).
+fn passes(filter: &[(String, Vec<String>)], record: RecordRef<'_>) -> bool {
+    let text_of = |v: ViewValue| match v {
+        ViewValue::Null => String::new(),
+        ViewValue::Bool(b) => b.to_string(),
+        ViewValue::Int(i) => i.to_string(),
+        ViewValue::Float(f) => f.0.to_string(),
+        ViewValue::Str(s) => s,
+    };
+    filter.iter().all(|(field, allowed)| match record {
+        RecordRef::Event { batch, row } => match batch.get_by_name(row, field) {
+            Some(Value::Str(r)) => {
+                let s = batch.bytes().str(r);
+                allowed.iter().any(|a| a == s)
+            }
+            other => {
+                let t = text_of(from_event(other, batch));
+                allowed.iter().any(|a| *a == t)
+            }
+        },
+        RecordRef::Alert(alert) => {
+            let v = alert.field(field);
+            allowed.iter().any(|a| *a == v)
+        }
+        RecordRef::Case(case) => {
+            let t = text_of(from_case(case, field));
+            allowed.iter().any(|a| *a == t)
+        }
+    })
+}
+
+/// A record's event time and group (None: no event time, or `where` leaves it out).
 fn read(spec: &ViewSpec, record: RecordRef<'_>) -> Option<(EventTime, Vec<ViewValue>)> {
     let time = match record {
         RecordRef::Event { batch, row } => event_time(batch, row)?,
         RecordRef::Alert(alert) => alert.event_time_ms?,
+        RecordRef::Case(case) => case.time_ms,
     };
+    if !passes(&spec.filter, record) {
+        return None;
+    }
     Some((time, values(&spec.group_by, record)))
 }
 
@@ -327,7 +433,8 @@ struct ViewRouter {
 impl Router for ViewRouter {
     fn route(&mut self, record: RecordRef<'_>, keys: &mut Vec<u64>) -> Route {
         let Some((time, group)) = read(&self.spec, record) else {
-            // No event time: the route stage quarantines such records before asking.
+            // Left out by `where` (records without an event time are quarantined by the route
+            // stage before it asks).
             return Route::Drop;
         };
         self.spec.windows(time, &mut self.windows);
@@ -438,6 +545,13 @@ impl KeyedOperator for View {
 
     fn process_alert(&mut self, alert: Alert, primary: bool, out: &mut OperatorOutput) {
         self.add(RecordRef::Alert(&alert), out);
+        if primary {
+            out.consumed += 1;
+        }
+    }
+
+    fn process_case(&mut self, case: CaseRecord, primary: bool, out: &mut OperatorOutput) {
+        self.add(RecordRef::Case(&case), out);
         if primary {
             out.consumed += 1;
         }

@@ -202,3 +202,62 @@ fn bad_views_say_what_is_wrong() {
     assert!(err("{measures: [{name: a, fn: count}], window: {size: 1m, slide: 2m}}").contains("must divide"));
     assert!(err("{measures: [{name: a, fn: count}], top: {k: 0, by: a}}").contains("`top.k`"));
 }
+
+fn case(kind: ward_engine::case::CaseEventKind, priority: &str, t: i64, tta: Option<i64>) -> CaseRecord {
+    CaseRecord {
+        kind,
+        case_id: format!("c-{priority}-{t}"),
+        priority: priority.into(),
+        score: 70.0,
+        entity: vec![("host.name".into(), "web-1".into())],
+        opened_ms: t - 1_000,
+        time_ms: t,
+        sla: None,
+        deadline_ms: None,
+        tta_ms: tta,
+        ttc_ms: None,
+        alert_id: None,
+        rule_id: Some("r1".into()),
+        alerts: 1,
+    }
+}
+
+#[test]
+fn case_records_feed_mtta_by_priority_through_where() {
+    use ward_engine::case::CaseEventKind::{Acknowledged, Joined};
+    let spec = spec(
+        "{group_by: [priority], window: {size: 1d}, where: {kind: case.acknowledged}, \
+         measures: [{name: mtta_ms, fn: avg, field: tta_ms}, {name: hosts, fn: count_distinct, field: host.name}]}",
+    );
+    let mut r = ViewRouter { spec: spec.clone(), windows: Vec::new() };
+    let mut keys = Vec::new();
+    let joined = case(Joined, "P1", 5_000, Some(4_000));
+    assert_eq!(r.route(RecordRef::Case(&joined), &mut keys), Route::Drop, "left out by `where`");
+    assert!(keys.is_empty());
+    let mut v = view(&spec);
+    let mut out = OperatorOutput::default();
+    for c in [case(Acknowledged, "P1", 5_000, Some(4_000)), case(Acknowledged, "P1", 9_000, Some(8_000))] {
+        keys.clear();
+        assert_eq!(r.route(RecordRef::Case(&c), &mut keys), Route::Keyed);
+        v.process_case(c, true, &mut out);
+    }
+    assert_eq!(out.consumed, 2);
+    let key = ViewKey { window: Some((0, 86_400_000)), group: vec![s("P1")] };
+    let inputs: Vec<(&Vec<ViewValue>, isize)> = out.view.updates.iter().map(|u| (&u.input, u.diff as isize)).collect();
+    assert!(out.view.updates.iter().all(|u| u.key == key));
+    assert_eq!(spec.measures(&key, &inputs), vec![ViewValue::Float(F64(6_000.0)), ViewValue::Int(1)]);
+}
+
+#[test]
+fn where_compares_events_and_alerts_by_value() {
+    let by_host = spec("{where: {host.name: [a, b], network.bytes: 5}, measures: [{name: n, fn: count}]}");
+    let b = batch(&[("a", Some(5), 1), ("b", Some(6), 2), ("c", Some(5), 3), ("b", None, 4)]);
+    let kept: Vec<usize> =
+        (0..b.len()).filter(|row| passes(&by_host.filter, RecordRef::Event { batch: &b, row: *row })).collect();
+    assert_eq!(kept, vec![0], "strings and numbers, every field must match");
+    let by_level = spec("{where: {rule.level: [high, critical]}, measures: [{name: n, fn: count}]}");
+    assert!(passes(&by_level.filter, RecordRef::Alert(&crate::testing::alert(1, "r1", "high", 0))));
+    assert!(!passes(&by_level.filter, RecordRef::Alert(&crate::testing::alert(1, "r1", "low", 0))));
+    let err = config("{where: {kind: []}, measures: [{name: n, fn: count}]}").compile("v").unwrap_err().to_string();
+    assert!(err.contains("`where.kind`"), "{err}");
+}
