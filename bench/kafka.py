@@ -70,6 +70,7 @@ def produce_input(ward, s, work, topic, n, rate=0):
 def pipeline(ward, s, work, n, workers):
     chaos.create_topics(s.brokers, [("input", 4), ("alerts", 3)])
     s.apply(os.path.join(REPO, "pipelines/clickhouse/schema-18.16.sql"))
+    s.apply(os.path.join(REPO, "pipelines/clickhouse/views-18.16.sql"))
     t = time.time()
     if produce_input(ward, s, work, "input", n).wait() != 0:
         sys.exit("producer failed")

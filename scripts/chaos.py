@@ -291,11 +291,12 @@ def main():
 
 def run(args, ward, rng, rate, work, s):
     create_topics(s.brokers, [("input", 4), ("alerts", 3), ("alerts_reference", 3)])
-    schema = os.path.join(REPO, "pipelines/clickhouse/schema-18.16.sql")
-    s.apply(schema)
-    with open(schema) as f:
-        s.apply(write(os.path.join(work, "reference-schema.sql"), f.read().replace("ward.", "reference.")
-                      .replace("DATABASE IF NOT EXISTS ward;", "DATABASE IF NOT EXISTS reference;")))
+    for name in ("schema-18.16.sql", "views-18.16.sql"):
+        schema = os.path.join(REPO, "pipelines/clickhouse", name)
+        s.apply(schema)
+        with open(schema) as f:
+            s.apply(write(os.path.join(work, "reference-" + name), f.read().replace("ward.", "reference.")
+                          .replace("DATABASE IF NOT EXISTS ward;", "DATABASE IF NOT EXISTS reference;")))
     out = os.path.join(work, "out")
     ckdir = os.path.join(work, "checkpoints")
     parquet = None

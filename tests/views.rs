@@ -363,11 +363,22 @@ fn clickhouse_receives_view_changes_exactly_once_through_kill_9() {
 
 #[test]
 fn view_tables_run_on_modern_clickhouse_and_collapse_retracted_rows() {
-    // chdb embeds a current ClickHouse: create the demo's view tables, insert a row, its
-    // retraction and its successor, and read the view with FINAL.
-    let ddl = ward(&["views", "ddl", repo().join("pipelines/demo.yaml").to_str().unwrap()]);
-    assert_eq!(ddl.code, 0, "{}", ddl.stderr);
-    assert_eq!(ddl.stdout.matches("VersionedCollapsingMergeTree(sign, version)").count(), 5, "{}", ddl.stdout);
+    // chdb embeds a current ClickHouse: create the shipped view tables (those of the detection
+    // pipeline, which the dashboards read), insert a row, its retraction and its successor,
+    // and read the view with FINAL.
+    let spec = repo().join("pipelines/detection.yaml");
+    for (dialect, file) in [("modern", "views.sql"), ("18.16", "views-18.16.sql")] {
+        let ddl = ward(&["views", "ddl", spec.to_str().unwrap(), "--dialect", dialect]);
+        assert_eq!(ddl.code, 0, "{}", ddl.stderr);
+        let shipped = std::fs::read_to_string(repo().join("pipelines/clickhouse").join(file)).unwrap();
+        let body: String = shipped.split_inclusive('\n').skip(3).collect();
+        assert!(
+            body == ddl.stdout,
+            "pipelines/clickhouse/{file} is not what `ward views ddl pipelines/detection.yaml --dialect {dialect}` prints: regenerate it"
+        );
+    }
+    let ddl = ward(&["views", "ddl", spec.to_str().unwrap()]);
+    assert_eq!(ddl.stdout.matches("VersionedCollapsingMergeTree(sign, version)").count(), 9, "{}", ddl.stdout);
     let statements = ward_connectors::sinks::clickhouse_ddl::statements(&ddl.stdout);
     let dir = tempfile::tempdir().unwrap();
     let out = python(

@@ -33,7 +33,9 @@ SETS = {
     "default": {},
     "three-replicas": {"replicas": 3, "workers": 1, "peerTimeout": "3s"},
     "existing-claim": {"checkpoints": {"existingClaim": "ward-nfs", "interval": "2s"}},
-    "monitoring": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}},
+    "monitoring": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
+                   "dashboards": {"namespace": "monitoring", "folder": ""}},
+    "no-dashboards": {"dashboards": {"enabled": False}},
     "secrets": {
         "clickhouse": {"url": "https://ch.example:8443", "existingSecret": "ward-clickhouse"},
         "kafka": {"brokers": "k1:9093,k2:9093", "securityProtocol": "sasl_ssl", "existingSecret": "ward-kafka"},
@@ -83,6 +85,7 @@ BAD = {
     "securityProtocol": {"kafka": {"securityProtocol": "telnet"}},
     "url": {"clickhouse": {"url": "clickhouse:8123"}},
     "unknown": {"replica": 3},
+    "dashboards": {"dashboards": {"enabled": "yes"}},
     "objectStorage": {"objectStorage": {"url": "ftp://bucket/x"}},
     "endpoint": {"objectStorage": {"endpoint": "https://user:secret@minio:9000"}},
 }
@@ -153,6 +156,19 @@ for name, values in SETS.items():
         check("ServiceAccount" not in kinds and "serviceAccountName" not in pod, f"{name}: the namespace's default service account")
     check(("ServiceMonitor" in kinds) == bool(values.get("serviceMonitor", {}).get("enabled")), f"{name}: ServiceMonitor only when enabled")
     check("PodDisruptionBudget" in kinds, f"{name}: PodDisruptionBudget")
+    # The dashboards: one ConfigMap each with the sidecar's label, holding the shipped JSON.
+    boards = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"].get("labels", {}).get("grafana_dashboard") == "1"]
+    if values.get("dashboards", {}).get("enabled", True):
+        shipped = {f"ward-{n}": json.load(open(f"{chart_dir}/dashboards/{n}")) for n in ("pipeline.json", "detections.json", "cases.json")}
+        got = {k: json.loads(v) for b in boards for k, v in b["data"].items()}
+        check(got == shipped, f"{name}: the dashboards' ConfigMaps hold the shipped JSON: {sorted(got)}")
+        ns = values.get("dashboards", {}).get("namespace")
+        check(all(b["metadata"].get("namespace") == ns for b in boards), f"{name}: dashboards in namespace {ns}")
+        folder = values.get("dashboards", {}).get("folder", "Ward")
+        check(all(b["metadata"].get("annotations", {}).get("grafana_folder") == (folder or None) for b in boards),
+              f"{name}: dashboards' folder {folder!r}")
+    else:
+        check(not boards, f"{name}: no dashboards when disabled")
     # Credentials only by reference: no password or token value anywhere in the objects.
     text = json.dumps(docs)
     if name == "secrets":
