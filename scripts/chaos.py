@@ -489,6 +489,23 @@ def verify(args, s, out, ref_out, parquet=None):
     # Cases and SLA records (JSONL, exactly once with checkpoints): the reference's.
     cases = jsonl_lines(out, "cases")
     check("case/SLA records = reference", cases == jsonl_lines(ref_out, "cases"), True)
+    ch_cases = s.query("SELECT case_id, kind, toUnixTimestamp(time) FROM ward.cases FINAL ORDER BY case_id, kind, time")
+    check("ClickHouse cases (FINAL) = reference", ch_cases == s.query(
+        "SELECT case_id, kind, toUnixTimestamp(time) FROM reference.cases FINAL ORDER BY case_id, kind, time"), True)
+    # Views (VersionedCollapsingMergeTree): the live rows — every key's changes netted — are the
+    # reference's, and no change went in twice.
+    views = s.query("SELECT name FROM system.tables WHERE database = 'ward' AND name LIKE 'view\\_%' "
+                    "AND name NOT LIKE '%\\_inserted' AND engine LIKE 'VersionedCollapsing%' ORDER BY name").split()
+    for v in views:
+        cols = [c for c in s.query(f"SELECT name FROM system.columns WHERE database = 'ward' AND table = '{v}'").split()
+                if c not in ("sign", "version", "epoch", "ward_id")]
+        live = lambda db: s.query(f"SELECT {', '.join(cols)} FROM {db}.{v} GROUP BY {', '.join(cols)} "
+                                  f"HAVING sum(sign) != 0 ORDER BY {', '.join(cols)}")
+        rows = live("ward")
+        check(f"view {v}: live rows = reference ({len(rows.splitlines())})", rows == live("reference"), True)
+        check(f"view {v}: changes inserted twice",
+              s.query(f"SELECT count() - uniqExact(ward_id) FROM ward.{v}_inserted"), "0")
+    check("view tables", len(views), 9)
     log(f"summary: {args.events} input records, {quarantined} quarantined, {expected_events} events, "
         f"{sum(ref_alerts.values())} alerts, {args.kills} kills, {args.processes} process(es) x {args.workers} worker(s)")
     return all(checks)

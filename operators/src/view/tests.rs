@@ -261,3 +261,38 @@ fn where_compares_events_and_alerts_by_value() {
     let err = config("{where: {kind: []}, measures: [{name: n, fn: count}]}").compile("v").unwrap_err().to_string();
     assert!(err.contains("`where.kind`"), "{err}");
 }
+
+#[test]
+fn differences_add_and_remove_rows_of_the_current_state() {
+    // Listening ports per host from osquery-like changes: +1 a port opened, -1 it closed.
+    let spec = spec(
+        "{group_by: [host.name], diff: ward.diff, \
+         measures: [{name: ports, fn: count_distinct, field: port}, {name: rows, fn: count}]}",
+    );
+    let change = |id: u64, host: &str, port: &str, d: &str| {
+        let mut a = crate::testing::alert(id, "r", "low", id as i64);
+        a.fields =
+            vec![("host.name".into(), host.into()), ("port".into(), port.into()), ("ward.diff".into(), d.into())];
+        a
+    };
+    let mut v = view(&spec);
+    let mut out = OperatorOutput::default();
+    for a in [change(1, "web-1", "22", "1"), change(2, "web-1", "4444", "1"), change(3, "web-1", "22", "-1")] {
+        v.process_alert(a, true, &mut out);
+    }
+    let key = ViewKey { window: None, group: vec![s("web-1")] };
+    let inputs: Vec<(&Vec<ViewValue>, isize)> =
+        out.view.updates.iter().map(|u| (&u.input, u.diff as isize)).filter(|(_, n)| *n != 0).collect();
+    assert_eq!(spec.measures(&key, &inputs), vec![ViewValue::Int(1), ViewValue::Int(1)], "port 22 closed again");
+    assert_eq!(v.live_keys(), 1);
+    // The last port closes: nothing is held for the host any more.
+    v.process_alert(change(4, "web-1", "4444", "-1"), true, &mut out);
+    assert_eq!(v.live_keys(), 0);
+    // Not a difference: left out (the router drops it, counted as filtered).
+    let mut r = ViewRouter { spec: spec.clone(), windows: Vec::new() };
+    let mut keys = Vec::new();
+    for d in ["0", "x", "", "2000000"] {
+        assert_eq!(r.route(RecordRef::Alert(&change(5, "web-1", "80", d)), &mut keys), Route::Drop, "{d:?}");
+    }
+    assert_eq!(r.route(RecordRef::Alert(&change(5, "web-1", "80", "-1")), &mut keys), Route::Keyed);
+}
