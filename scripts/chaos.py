@@ -505,7 +505,7 @@ def verify(args, s, out, ref_out, parquet=None):
         check(f"view {v}: live rows = reference ({len(rows.splitlines())})", rows == live("reference"), True)
         check(f"view {v}: changes inserted twice",
               s.query(f"SELECT count() - uniqExact(ward_id) FROM ward.{v}_inserted"), "0")
-    check("view tables", len(views), 9)
+    check("view tables", len(views), 13)
     log(f"summary: {args.events} input records, {quarantined} quarantined, {expected_events} events, "
         f"{sum(ref_alerts.values())} alerts, {args.kills} kills, {args.processes} process(es) x {args.workers} worker(s)")
     return all(checks)

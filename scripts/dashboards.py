@@ -272,7 +272,68 @@ def cases():
     ], span="now-7d")
 
 
-DASHBOARDS = {"pipeline.json": pipeline, "detections.json": detections, "cases.json": cases}
+def state_now(table, columns, measure):
+    """A view without a window: the rows every key's changes leave, with a positive measure."""
+    return (f"SELECT {columns}, sum({measure} * sign) AS {measure} FROM ${{database}}.{table} "
+            f"GROUP BY {columns} HAVING sum(sign) > 0 AND {measure} > 0 ORDER BY {columns}")
+
+
+def hosts():
+    osquery = "event_module = 'osquery' AND $__timeFilter(timestamp)"
+    cowrie = "event_module = 'cowrie' AND $__timeFilter(timestamp)"
+    return dashboard("ward-hosts", "Ward / Hosts",
+                     "Host state from osquery's differential results (listening ports, local users, autoruns, and "
+                     "how they changed) and the Cowrie honeypot's sessions (ClickHouse: the events table and the "
+                     "detection pipeline's host views).", ch_vars(), [
+        panel("timeseries", "Host state changes", "short", sql(
+            "SELECT $__timeInterval(timestamp) AS time, concat(event_dataset, ' ', event_action) AS change, count() AS rows "
+            f"FROM ${{database}}.events WHERE {osquery} AND event_action IN ('added', 'removed') "
+            "GROUP BY time, change ORDER BY time"),
+            "Rows osquery reports added to or removed from each query's result."),
+        panel("table", "Latest host changes", "short", sql(
+            "SELECT timestamp, host_name, event_dataset, event_action, process_executable, destination_port, user_name, "
+            f"file_path, process_command_line FROM ${{database}}.events WHERE {osquery} AND event_action IN ('added', 'removed') "
+            "ORDER BY timestamp DESC LIMIT 100", "table"),
+            "The newest differential rows, newest first."),
+        panel("table", "Listening ports now", "short", sql(
+            state_now("view_listening_ports_per_host", "host_name, destination_port, process_executable", "listeners"),
+            "table"), "Open listening ports per host and binary (view listening_ports_per_host).", w=8),
+        panel("table", "Local users now", "short", sql(
+            state_now("view_local_users_per_host", "host_name, user_name", "accounts"), "table"),
+            "Local accounts per host (view local_users_per_host).", w=8),
+        panel("table", "Autoruns now", "short", sql(
+            state_now("view_autoruns_per_host", "host_name, file_path", "entries"), "table"),
+            "Cron, startup and launch entries per host (view autoruns_per_host).", w=8),
+        panel("timeseries", "Honeypot activity", "short", sql(
+            "SELECT $__timeInterval(timestamp) AS time, event_action, count() AS events "
+            f"FROM ${{database}}.events WHERE {cowrie} GROUP BY time, event_action ORDER BY time"),
+            "Cowrie events by kind (connections, logins, commands, downloads)."),
+        panel("table", "Honeypot sessions", "short", sql(
+            "SELECT window_start AS day, session, source_ip, sum(records * sign) AS records, sum(usernames * sign) AS usernames, "
+            "sum(commands * sign) AS commands, sum(downloads * sign) AS downloads FROM ${database}.view_honeypot_sessions "
+            "WHERE $__timeFilter(window_start) GROUP BY day, session, source_ip HAVING sum(sign) > 0 "
+            "ORDER BY commands DESC, downloads DESC, records DESC LIMIT 50", "table"),
+            "Sessions per day with their logins, commands and downloads (view honeypot_sessions)."),
+        panel("bargauge", "Honeypot source addresses", "short", sql(
+            "SELECT toString(source_ip) AS source, uniqExact(ext['session']) AS sessions "
+            f"FROM ${{database}}.events WHERE {cowrie} AND source_ip IS NOT NULL "
+            "GROUP BY source ORDER BY sessions DESC, source LIMIT 15", "table"),
+            "Addresses that opened the most sessions.", w=8,
+            options={"orientation": "horizontal", "displayMode": "gradient"}),
+        panel("table", "Honeypot commands", "short", sql(
+            "SELECT process_command_line AS command, count() AS times, uniqExact(ext['session']) AS sessions "
+            f"FROM ${{database}}.events WHERE {cowrie} AND event_dataset = 'cowrie.command' "
+            "GROUP BY command ORDER BY times DESC, command LIMIT 30", "table"),
+            "What attackers typed.", w=8),
+        panel("table", "Honeypot downloads", "short", sql(
+            "SELECT timestamp, toString(source_ip) AS source, url_full AS url, ext['shasum'] AS sha256 "
+            f"FROM ${{database}}.events WHERE {cowrie} AND event_dataset = 'cowrie.file' "
+            "ORDER BY timestamp DESC LIMIT 50", "table"),
+            "Files sessions fetched, with their hashes.", w=8),
+    ], span="now-24h")
+
+
+DASHBOARDS = {"pipeline.json": pipeline, "detections.json": detections, "cases.json": cases, "hosts.json": hosts}
 
 
 def main():

@@ -143,7 +143,7 @@ fn every_dashboard_query_returns_data_from_a_real_run() {
             r#"name: producer
 settings: {{admin_listen: "", epoch_interval_ms: 200}}
 sources:
-  - {{id: gen, type: generator, count: 30000, seed: 16, malformed_every: 5000, start_time: "{start}"}}
+  - {{id: gen, type: generator, count: 30000, seed: 16, malformed_every: 5000, hosts: true, start_time: "{start}"}}
 sinks:
   - {{id: input, type: kafka, inputs: [gen], brokers: "{brokers}", topic: input, format: raw}}
 "#,

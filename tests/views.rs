@@ -378,7 +378,7 @@ fn view_tables_run_on_modern_clickhouse_and_collapse_retracted_rows() {
         );
     }
     let ddl = ward(&["views", "ddl", spec.to_str().unwrap()]);
-    assert_eq!(ddl.stdout.matches("VersionedCollapsingMergeTree(sign, version)").count(), 9, "{}", ddl.stdout);
+    assert_eq!(ddl.stdout.matches("VersionedCollapsingMergeTree(sign, version)").count(), 13, "{}", ddl.stdout);
     let statements = ward_connectors::sinks::clickhouse_ddl::statements(&ddl.stdout);
     let dir = tempfile::tempdir().unwrap();
     let out = python(

@@ -45,6 +45,93 @@ CREATE MATERIALIZED VIEW IF NOT EXISTS ward.view_risk_per_host_5m_inserted
 ENGINE = ReplacingMergeTree ORDER BY ward_id
 AS SELECT ward_id FROM ward.view_risk_per_host_5m;
 
+-- View `listening_ports_per_host`: its rows' changes; read with FINAL (or sum(sign) per key).
+CREATE TABLE IF NOT EXISTS ward.view_listening_ports_per_host
+(
+    `host_name`          LowCardinality(String),
+    `destination_port`   Int64,
+    `process_executable` LowCardinality(String),
+    `listeners`          Int64,
+    `sign`               Int8,
+    `version`            UInt64,
+    `epoch`              UInt64,
+    `ward_id`            UInt64
+)
+ENGINE = VersionedCollapsingMergeTree(sign, version)
+ORDER BY (`host_name`, `destination_port`, `process_executable`)
+SETTINGS index_granularity = 8192;
+-- The ids of every change inserted (collapsing removes rows; this keeps their ids), so a
+-- sink resuming after a crash knows which blocks are in already.
+CREATE MATERIALIZED VIEW IF NOT EXISTS ward.view_listening_ports_per_host_inserted
+ENGINE = ReplacingMergeTree ORDER BY ward_id
+AS SELECT ward_id FROM ward.view_listening_ports_per_host;
+
+-- View `local_users_per_host`: its rows' changes; read with FINAL (or sum(sign) per key).
+CREATE TABLE IF NOT EXISTS ward.view_local_users_per_host
+(
+    `host_name` LowCardinality(String),
+    `user_name` LowCardinality(String),
+    `accounts`  Int64,
+    `sign`      Int8,
+    `version`   UInt64,
+    `epoch`     UInt64,
+    `ward_id`   UInt64
+)
+ENGINE = VersionedCollapsingMergeTree(sign, version)
+ORDER BY (`host_name`, `user_name`)
+SETTINGS index_granularity = 8192;
+-- The ids of every change inserted (collapsing removes rows; this keeps their ids), so a
+-- sink resuming after a crash knows which blocks are in already.
+CREATE MATERIALIZED VIEW IF NOT EXISTS ward.view_local_users_per_host_inserted
+ENGINE = ReplacingMergeTree ORDER BY ward_id
+AS SELECT ward_id FROM ward.view_local_users_per_host;
+
+-- View `autoruns_per_host`: its rows' changes; read with FINAL (or sum(sign) per key).
+CREATE TABLE IF NOT EXISTS ward.view_autoruns_per_host
+(
+    `host_name` LowCardinality(String),
+    `file_path` LowCardinality(String),
+    `entries`   Int64,
+    `commands`  Int64,
+    `sign`      Int8,
+    `version`   UInt64,
+    `epoch`     UInt64,
+    `ward_id`   UInt64
+)
+ENGINE = VersionedCollapsingMergeTree(sign, version)
+ORDER BY (`host_name`, `file_path`)
+SETTINGS index_granularity = 8192;
+-- The ids of every change inserted (collapsing removes rows; this keeps their ids), so a
+-- sink resuming after a crash knows which blocks are in already.
+CREATE MATERIALIZED VIEW IF NOT EXISTS ward.view_autoruns_per_host_inserted
+ENGINE = ReplacingMergeTree ORDER BY ward_id
+AS SELECT ward_id FROM ward.view_autoruns_per_host;
+
+-- View `honeypot_sessions`: its rows' changes; read with FINAL (or sum(sign) per key).
+CREATE TABLE IF NOT EXISTS ward.view_honeypot_sessions
+(
+    `window_start` DateTime64(3, 'UTC'),
+    `window_end`   DateTime64(3, 'UTC'),
+    `session`      LowCardinality(String),
+    `source_ip`    LowCardinality(String),
+    `records`      Int64,
+    `usernames`    Int64,
+    `commands`     Int64,
+    `downloads`    Int64,
+    `sign`         Int8,
+    `version`      UInt64,
+    `epoch`        UInt64,
+    `ward_id`      UInt64
+)
+ENGINE = VersionedCollapsingMergeTree(sign, version)
+ORDER BY (window_start, `session`, `source_ip`)
+SETTINGS index_granularity = 8192;
+-- The ids of every change inserted (collapsing removes rows; this keeps their ids), so a
+-- sink resuming after a crash knows which blocks are in already.
+CREATE MATERIALIZED VIEW IF NOT EXISTS ward.view_honeypot_sessions_inserted
+ENGINE = ReplacingMergeTree ORDER BY ward_id
+AS SELECT ward_id FROM ward.view_honeypot_sessions;
+
 -- View `alerts_per_rule_hour`: its rows' changes; read with FINAL (or sum(sign) per key).
 CREATE TABLE IF NOT EXISTS ward.view_alerts_per_rule_hour
 (

@@ -159,7 +159,7 @@ for name, values in SETS.items():
     # The dashboards: one ConfigMap each with the sidecar's label, holding the shipped JSON.
     boards = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"].get("labels", {}).get("grafana_dashboard") == "1"]
     if values.get("dashboards", {}).get("enabled", True):
-        shipped = {f"ward-{n}": json.load(open(f"{chart_dir}/dashboards/{n}")) for n in ("pipeline.json", "detections.json", "cases.json")}
+        shipped = {f"ward-{n}": json.load(open(f"{chart_dir}/dashboards/{n}")) for n in ("pipeline.json", "detections.json", "cases.json", "hosts.json")}
         got = {k: json.loads(v) for b in boards for k, v in b["data"].items()}
         check(got == shipped, f"{name}: the dashboards' ConfigMaps hold the shipped JSON: {sorted(got)}")
         ns = values.get("dashboards", {}).get("namespace")

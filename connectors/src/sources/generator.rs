@@ -436,7 +436,13 @@ impl Generator {
                 0 => self.cowrie(ts, &session, &src, "cowrie.session.connect", r#","message":"New connection""#),
                 1 => {
                     let user = ["admin", "root", "pi", "ubnt"][rng.below(4) as usize];
-                    self.cowrie(ts, &session, &src, "cowrie.login.failed", &format!(r#","username":"{user}","password":"{user}123""#))
+                    self.cowrie(
+                        ts,
+                        &session,
+                        &src,
+                        "cowrie.login.failed",
+                        &format!(r#","username":"{user}","password":"{user}123""#),
+                    )
                 }
                 _ => self.cowrie(ts, &session, &src, "cowrie.session.closed", r#","duration":2.5"#),
             }
@@ -449,7 +455,8 @@ impl Generator {
         let host = LINUX_HOSTS[(block % LINUX_HOSTS.len() as u64) as usize];
         let session = format!("{:012x}", mix(block ^ 0x5e55_1011) & 0xffff_ffff_ffff);
         let src = TI_IP;
-        let port = r#"{"address":"0.0.0.0","port":"4444","pid":"31337","protocol":"6","path":"/tmp/.x/nc","name":"nc"}"#;
+        let port =
+            r#"{"address":"0.0.0.0","port":"4444","pid":"31337","protocol":"6","path":"/tmp/.x/nc","name":"nc"}"#;
         let dev_server = r#"{"address":"0.0.0.0","port":"8080","pid":"2210","protocol":"6","path":"/usr/bin/python3","name":"python3"}"#;
         match p {
             0 => self.osquery(ts, host, "listening_ports", "added", port),
@@ -1060,13 +1067,17 @@ mod tests {
         g.config.hosts = true;
         let recs = drain(&mut g);
         let text = |k: usize| String::from_utf8_lossy(&recs[k].1).into_owned();
-        assert!(text(600).contains(r#""name":"pack_ward-lab_listening_ports""#) && text(600).contains(r#""action":"added""#));
+        assert!(
+            text(600).contains(r#""name":"pack_ward-lab_listening_ports""#)
+                && text(600).contains(r#""action":"added""#)
+        );
         assert!(text(601).contains(r#""username":"sysupdate""#));
         assert!(text(614).contains(r#""eventid":"cowrie.login.success""#));
         assert!(text(617).contains("cowrie.session.file_download"));
         assert!(text(650).contains(r#""action":"removed""#) && text(650).contains(r#""port":"8080""#));
         assert!(text(1600).contains(r#""hostIdentifier":"web-02""#), "the next block's host");
-        let background = recs.iter().filter(|(_, r)| r.starts_with(br#"{"name":"pack_"#) || r.starts_with(br#"{"eventid""#));
+        let background =
+            recs.iter().filter(|(_, r)| r.starts_with(br#"{"name":"pack_"#) || r.starts_with(br#"{"eventid""#));
         assert!(background.count() > 100, "about one background record in ten");
         // Off by default: the stream is what it was.
         let plain = drain(&mut gen(1, 0, 2000, 0));
