@@ -551,15 +551,15 @@ fn settle_sinks(
     Ok(())
 }
 
-/// Records replayed from a checkpoint are matched with the rules running now; say so when they
-/// differ from the rules that ran when the checkpoint was taken.
+/// Records replayed from a checkpoint are matched with the rules and enriched with the files
+/// loaded now; say so when they differ from the versions running when the checkpoint was taken.
 fn warn_changed_rulesets(run: &RunContext) {
     let Some(restored) = run.restored() else { return };
     let now = run.metrics.ruleset_versions();
     for (component, then) in &restored.manifest.rulesets {
         if let Some(current) = now.get(component).filter(|v| *v != then) {
             tracing::warn!(
-                "rule set of `{component}` changed since checkpoint {} ({then} -> {current}): records replayed from it are matched with the new rules",
+                "the rules or files of `{component}` changed since checkpoint {} ({then} -> {current}): records replayed from it use the new version",
                 restored.manifest.epoch
             );
         }

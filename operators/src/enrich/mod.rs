@@ -118,7 +118,9 @@ impl EnrichConfig {
                 EnrichData::load(&config, res).map_err(|e| vec![serde_json::json!({ "reason": format!("{e:#}") })])
             }),
             summary: Box::new(EnrichData::summary),
-            publish: Box::new(|_, _, _| {}),
+            // The version (a hash of every file) is the component's `ward_ruleset_info` and goes
+            // into every checkpoint's manifest with the detectors' rule sets.
+            publish: Box::new(|m, previous, new| m.set_ruleset_version(previous.map(|p| p.version()), new.version())),
         };
         Ok(ReloadHandle::new(spec, first))
     }

@@ -133,6 +133,9 @@ fn files_reload_on_change_at_one_epoch_and_a_broken_file_keeps_the_running_data(
     assert!(run_at(&mut e, batch(&[ev]), 7)[0].get("threat.indicator.type").is_none());
     assert_eq!(run_at(&mut e, batch(&[ev]), 8)[0]["threat.feed.name"], "fresh-feed");
     assert_eq!(data.reload().unwrap()["status"], "unchanged", "same bytes, same version");
+    // The running version is published (and so recorded in every checkpoint's manifest).
+    let versions = metrics.ruleset_versions();
+    assert_eq!(versions.get("enrich"), Some(&data.current().version), "{versions:?}");
 
     // A broken file is refused with its reason and keeps the running indicators.
     std::fs::write(dir.path().join("ti.txt"), "this is not an indicator\n").unwrap();
