@@ -11,6 +11,8 @@ Rows (CPU seconds of the `ward` process from its rusage, so load beside it does 
             -> correlate -> alerts JSONL                                          bench/specs/detect.yaml
   views     detect + the demo's five live views -> view changes JSONL             bench/specs/views.yaml
             (the views' cost: its CPU per event vs detect's)
+  view-state  a view's memory per live group: one group per event (bench/specs/view-state.yaml),
+            peak RSS minus that of the same run with a handful of groups, per group
   sigma     the matcher alone, one thread: 100 rules vs all, and rsigma-eval side by side
             (`ward-bench sigma`)
   kafka     Tansu -> full pipeline -> ClickHouse + Parquet + alerts topic, checkpoints every
@@ -67,6 +69,23 @@ def pipeline_row(name, ward, spec, args, work):
     return best
 
 
+def view_state_row(ward, args, work):
+    """Bytes per live group of a view: peak RSS grouped by event.id (one group per event) minus
+    peak RSS grouped by event.kind (the same work, a handful of groups), per group."""
+    spec = os.path.join(REPO, "bench", "specs", "view-state.yaml")
+    rss = {}
+    for group in ("event.id", "event.kind"):
+        os.environ["BENCH_VIEW_GROUP"] = group
+        try:
+            best = min(run_ward(ward, spec, args.events, args.workers, work)[2] for _ in range(args.repeat))
+        finally:
+            del os.environ["BENCH_VIEW_GROUP"]
+        rss[group] = best
+        log(f"  view state, grouped by {group}: peak RSS {best:,.0f} MiB")
+    groups = args.events
+    return {"bytes": (rss["event.id"] - rss["event.kind"]) * 1024 * 1024 / groups, "groups": groups}
+
+
 def sigma_rows(bench, args):
     cmd = [bench, "sigma", "--count", str(args.sigma_events), "--competitor-count", "10000",
            "--sizes", "100,all", "--repeat", "3", "--no-sigma-rust"]
@@ -109,7 +128,7 @@ def main():
     ap.add_argument("--sigma-events", type=int, default=300_000, help="events for the matcher alone")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=2)
-    ap.add_argument("--skip", default="", help="rows to leave out: ingest,detect,views,sigma,kafka")
+    ap.add_argument("--skip", default="", help="rows to leave out: ingest,detect,views,view-state,sigma,kafka")
     args = ap.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     for exe in (args.ward, args.bench):
@@ -122,6 +141,10 @@ def main():
             if name not in skip:
                 log(f"{name}: {args.events:,} events, {args.workers} workers, best of {args.repeat}")
                 table.append((name, pipeline_row(name, args.ward, os.path.join(REPO, "bench", "specs", spec), args, work)))
+        state = None
+        if "view-state" not in skip:
+            log(f"view-state: {args.events:,} groups (one per event), {args.workers} workers, best of {args.repeat}")
+            state = view_state_row(args.ward, args, work)
         sigma = sigma_rows(args.bench, args) if "sigma" not in skip else None
         kafka = kafka_row(args.ward, args) if "kafka" not in skip else None
     finally:
@@ -140,6 +163,9 @@ def main():
             extra = f" ({r['us'] / rows['detect']['us']:.2f} × detect)"
         print(f"| {labels[name]} | {r['us']:.2f} µs{extra} | {1e6 / r['us']:,.0f} | {r['eps']:,.0f} | {r['rss']:,.0f} MiB "
               f"| {goals[name]} |")
+    if state:
+        print(f"| a view's memory per live group ({state['groups']:,} groups, peak RSS difference) "
+              f"| {state['bytes']:,.0f} bytes per group | | | | |")
     if kafka:
         print(f"| Kafka → full pipeline → ClickHouse + Parquet + alerts topic, 1 s checkpoints | {kafka['us']:.2f} µs "
               f"| {1e6 / kafka['us']:,.0f} | {kafka['eps']:,.0f} | | ≥ 252,000 events/s |")
