@@ -189,30 +189,6 @@ fn start(pods: &[Pod], netns: &Netns, mounts: &Mounts) -> Vec<Child> {
         .collect()
 }
 
-fn newest_checkpoint(dir: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
-    entries
-        .filter_map(|e| {
-            let p = e.ok()?.path();
-            p.join("MANIFEST.json").is_file().then_some(())?;
-            p.file_name()?.to_str()?.strip_prefix("chk-")?.parse().ok()
-        })
-        .max()
-        .unwrap_or(0)
-}
-
-fn wait_for_checkpoint(dir: &Path, after: u64) -> u64 {
-    let started = Instant::now();
-    loop {
-        let e = newest_checkpoint(dir);
-        if e > after {
-            return e;
-        }
-        assert!(started.elapsed() < Duration::from_secs(60), "no checkpoint after {after} in {}", dir.display());
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// Parquet events (read by pyarrow: rows, distinct records, most copies, digest) and the
 /// sorted lines of every JSONL file of `stem` under `out`.
 fn outputs(out: &Path) -> Vec<String> {

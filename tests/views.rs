@@ -226,8 +226,8 @@ fn replayed_view_changes_equal_the_views_recomputed_for_any_worker_count_at_stop
     let dir = tempfile::tempdir().unwrap();
     spec(dir.path());
     let spec = dir.path().join("spec.yaml");
-    for ms in [900, 1300, 700] {
-        run_and_kill(&spec, 2, Duration::from_millis(ms));
+    for ms in [200, 600, 0] {
+        run_past_a_checkpoint_and_kill(&spec, 2, &dir.path().join("checkpoints"), Duration::from_millis(ms));
     }
     let list = ward(&["checkpoint", "list", dir.path().join("checkpoints").to_str().unwrap()]);
     assert!(!list.stdout.trim().is_empty(), "the killed runs left checkpoints to resume from: {}", list.stderr);

@@ -255,6 +255,42 @@ impl<'a> Bytes<'a> {
     }
 }
 
+/// The fields a consumer of rows reads (see [`EventBatch::push_row_projected`]); `@timestamp`
+/// always, for event time.
+#[derive(Clone, Debug, Default)]
+pub struct Projection {
+    core: Vec<bool>,
+    ext: Vec<String>,
+}
+
+impl Projection {
+    pub fn of<S: AsRef<str>>(names: impl IntoIterator<Item = S>) -> Projection {
+        let mut p = Projection { core: vec![false; FieldId::all().count()], ext: Vec::new() };
+        p.core[crate::fields::ids::TIMESTAMP.0 as usize] = true;
+        for name in names {
+            let name = name.as_ref();
+            if let Some(id) = FieldId::lookup(name) {
+                p.core[id.0 as usize] = true;
+            }
+            // An extension field may carry a core name too (`get_by_name` falls back to it).
+            if !p.ext.iter().any(|e| e == name) {
+                p.ext.push(name.to_string());
+            }
+        }
+        p
+    }
+
+    fn keeps(&self, b: &Bytes<'_>, key: Key) -> bool {
+        match key {
+            Key::Core(id) => self.core.get(id.0 as usize).copied().unwrap_or(false),
+            Key::Ext(r) => {
+                let name = b.str(r);
+                self.ext.iter().any(|e| e == name)
+            }
+        }
+    }
+}
+
 /// Appends derived text and addresses to a batch.
 pub struct Heap<'a> {
     heap: &'a mut Vec<u8>,
@@ -555,11 +591,21 @@ impl EventBatch {
 
     /// Copies one row of `other` into this batch (used to regroup rows, e.g. on exchange).
     pub fn push_row_from(&mut self, other: &EventBatch, row: usize) {
+        self.push_row_with(other, row, None);
+    }
+
+    /// Copies the fields `projection` names of one row of `other`, with its provenance but
+    /// without its raw payload: what crosses an exchange to a consumer that reads a few fields.
+    pub fn push_row_projected(&mut self, other: &EventBatch, row: usize, projection: &Projection) {
+        self.push_row_with(other, row, Some(projection));
+    }
+
+    fn push_row_with(&mut self, other: &EventBatch, row: usize, projection: Option<&Projection>) {
         let src = &other.rows[row];
         let o = &other.origins[src.origin as usize];
         let origin = self.origin_index(&o.source, &o.partition);
         let ob = other.bytes();
-        let raw_bytes = ob.payload(src.raw);
+        let raw_bytes = if projection.is_some() { &[][..] } else { ob.payload(src.raw) };
         let raw_off = self.raw.len();
         assert!(raw_off + raw_bytes.len() <= MAX_BUFFER_BYTES, "regrouped batch over the offset limit");
         self.raw.extend_from_slice(raw_bytes);
@@ -567,6 +613,9 @@ impl EventBatch {
         let start = self.slots.len() as u32;
         let mut heap = Heap { heap: &mut self.heap, ips: &mut self.ips };
         for s in other.row_slots(row) {
+            if projection.is_some_and(|p| !p.keeps(&ob, s.key)) {
+                continue;
+            }
             let key = match s.key {
                 Key::Core(f) => Key::Core(f),
                 Key::Ext(r) => Key::Ext(heap.push_str(ob.str(r))),
@@ -725,6 +774,33 @@ mod tests {
         assert_eq!(j["source.ip"], "10.1.2.3");
         assert_eq!(j["ward.partition"], "f.log");
         assert_eq!(j["ward.offset"], 7);
+    }
+
+    #[test]
+    fn projected_rows_keep_only_the_named_fields_and_their_provenance() {
+        let mut a = EventBatch::new();
+        let o = a.origin_index(&"src".into(), &"f.log".into());
+        a.push_raw(o, 7, b"{\"a long raw payload\":1}").unwrap();
+        for (k, v) in [("session", "s1"), ("other", "o")] {
+            let k = a.heap().push_str(k);
+            let v = a.heap().push_str(v);
+            a.push_slot(Slot { key: Key::Ext(k), value: Value::Str(v) });
+        }
+        let ip = a.heap().push_ip("10.1.2.3".parse().unwrap());
+        a.push_slot(Slot { key: Key::Core(ids::SOURCE_IP), value: Value::Ip(ip) });
+        let h = a.heap().push_str("web-1");
+        a.push_slot(Slot { key: Key::Core(ids::HOST_NAME), value: Value::Str(h) });
+        a.push_slot(Slot { key: Key::Core(ids::TIMESTAMP), value: Value::Timestamp(5) });
+
+        let mut b = EventBatch::new();
+        b.push_row_projected(&a, 0, &Projection::of(["session", "source.ip"]));
+        assert_eq!(b.raw_payload(0), b"", "no raw payload");
+        let j = b.row_to_json(0);
+        assert_eq!(j["ext"]["session"], "s1");
+        assert_eq!(j["source.ip"], "10.1.2.3");
+        assert_eq!(j["@timestamp"], "1970-01-01T00:00:00.005Z", "event time always");
+        assert!(j.get("host.name").is_none() && j["ext"].get("other").is_none(), "{j}");
+        assert_eq!((j["ward.partition"].as_str(), j["ward.offset"].as_u64()), (Some("f.log"), Some(7)));
     }
 
     #[test]

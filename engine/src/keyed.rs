@@ -45,6 +45,11 @@ pub trait Router {
     fn begin_epoch(&mut self, _epoch: u64) {}
     /// Pushes the key hashes `record` touches into `keys` (empty on entry).
     fn route(&mut self, record: RecordRef<'_>, keys: &mut Vec<u64>) -> Route;
+    /// The only fields the keyed half reads from events, if it reads few: events cross the
+    /// exchange with just those (and their provenance), not whole. None: whole events.
+    fn projection(&self) -> Option<crate::batch::Projection> {
+        None
+    }
 }
 
 /// The stateful half, owning the key groups of its worker.

@@ -292,6 +292,52 @@ impl Drop for ClickHouse {
     }
 }
 
+/// The epoch of the newest complete checkpoint in directory `dir` (0: none).
+pub fn newest_checkpoint(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .filter_map(|e| {
+            let p = e.ok()?.path();
+            p.join("MANIFEST.json").is_file().then_some(())?;
+            p.file_name()?.to_str()?.strip_prefix("chk-")?.parse().ok()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// Waits (at most 60 s) for a complete checkpoint newer than `after` in `dir`.
+pub fn wait_for_checkpoint(dir: &Path, after: u64) -> u64 {
+    let started = std::time::Instant::now();
+    loop {
+        let e = newest_checkpoint(dir);
+        if e > after {
+            return e;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "no checkpoint after {after} in {}",
+            dir.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Runs `ward run SPEC --workers N -q` until it completed a checkpoint newer than any in
+/// `checkpoints`, lets it run `after` more, and kills it with SIGKILL (a crash that always
+/// leaves something to resume from, however loaded the machine).
+pub fn run_past_a_checkpoint_and_kill(spec: &Path, workers: usize, checkpoints: &Path, after: std::time::Duration) {
+    let before = newest_checkpoint(checkpoints);
+    let mut child = Command::new(ward_bin())
+        .args(["run", spec.to_str().unwrap(), "--workers", &workers.to_string(), "-q"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_checkpoint(checkpoints, before);
+    std::thread::sleep(after);
+    let _ = child.kill(); // SIGKILL (unless it ended by itself meanwhile)
+    child.wait().unwrap();
+}
+
 /// Runs `ward run SPEC --workers N -q` and kills it with SIGKILL after `after` (a crash).
 pub fn run_and_kill(spec: &Path, workers: usize, after: std::time::Duration) {
     let mut child = Command::new(ward_bin())

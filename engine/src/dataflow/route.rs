@@ -150,6 +150,8 @@ pub(crate) fn route_stage<'s>(
         let mut targeted = vec![false; workers];
         let mut outbox = Outbox::new(workers);
         let mut next_tick = Instant::now();
+        // Events cross the exchange with only the fields the keyed half reads, if it says.
+        let projection = router.borrow().projection();
         move |frontiers| {
             let now = Instant::now();
             let mut router = router.borrow_mut();
@@ -259,11 +261,15 @@ pub(crate) fn route_stage<'s>(
                                 let slot = m.entry((o.source.clone(), o.partition.clone())).or_insert(*t);
                                 *slot = (*slot).max(*t);
                             }
+                            let copy = |to: &mut EventBatch, row: usize| match &projection {
+                                Some(p) => to.push_row_projected(&batch, row, p),
+                                None => to.push_row_from(&batch, row),
+                            };
                             for (row, w) in &also_to {
-                                outbox.events[*w as usize].push_row_from(&batch, *row);
+                                copy(&mut outbox.events[*w as usize], *row);
                             }
                             let first = row_target.first().copied().unwrap_or(u32::MAX);
-                            if first != u32::MAX && row_target.iter().all(|t| *t == first) {
+                            if projection.is_none() && first != u32::MAX && row_target.iter().all(|t| *t == first) {
                                 // The whole batch goes to one worker: no copy.
                                 let w = first as usize;
                                 if outbox.events[w].is_empty() {
@@ -276,7 +282,7 @@ pub(crate) fn route_stage<'s>(
                             } else {
                                 for (row, t) in row_target.iter().enumerate() {
                                     if *t != u32::MAX {
-                                        outbox.events[*t as usize].push_row_from(&batch, row);
+                                        copy(&mut outbox.events[*t as usize], row);
                                     }
                                 }
                             }

@@ -458,6 +458,13 @@ struct ViewRouter {
 }
 
 impl Router for ViewRouter {
+    fn projection(&self) -> Option<ward_engine::batch::Projection> {
+        // What `read`, `diff_of`, `passes` and the measures' inputs read.
+        let s = &self.spec;
+        let names = s.group_by.iter().chain(&s.fields).chain(s.diff.iter()).chain(s.filter.iter().map(|(f, _)| f));
+        Some(ward_engine::batch::Projection::of(names))
+    }
+
     fn route(&mut self, record: RecordRef<'_>, keys: &mut Vec<u64>) -> Route {
         let Some((time, group)) = read(&self.spec, record) else {
             // Left out by `where`, or no difference (records without an event time are
