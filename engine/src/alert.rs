@@ -68,6 +68,34 @@ pub struct Alert {
 }
 
 impl Alert {
+    /// The alert reduced to what `field` gives for `names` (kept in `fields`), without its
+    /// event, matches or correlation details: what crosses an exchange to a consumer that
+    /// reads a few fields (a view).
+    pub fn projected(&self, names: &[String]) -> Alert {
+        Alert {
+            alert_id: self.alert_id.clone(),
+            rule: self.rule.clone(),
+            priority: self.priority,
+            ruleset_version: String::new(),
+            detector: self.detector.clone(),
+            matches: Vec::new(),
+            event_id: None,
+            event_time_ms: self.event_time_ms,
+            origin: self.origin.clone(),
+            event: None,
+            fields: names
+                .iter()
+                .filter(|n| !matches!(n.as_str(), "rule.id" | "rule.level" | "detector"))
+                .filter_map(|n| {
+                    let v = self.field(n);
+                    (!v.is_empty()).then(|| (n.clone(), v.into_owned()))
+                })
+                .collect(),
+            correlation: None,
+            suppression: None,
+        }
+    }
+
     /// The value of a field of the alert, for keys and scores: `rule.id`, `rule.level`,
     /// `detector`, a correlation field, or a field of the alert's event (core by dotted name,
     /// then extension). Empty when absent; non-string values as their JSON text.
@@ -173,6 +201,29 @@ mod tests {
             .map(String::from)
             .into();
         assert_eq!(attack_techniques(&tags), vec!["T1059.001", "T1027"]);
+    }
+
+    #[test]
+    fn a_projected_alert_gives_the_same_fields_and_nothing_else() {
+        let alert: Alert = serde_json::from_value(serde_json::json!({
+            "alert_id": "a1", "priority": 3, "ruleset_version": "v", "detector": "d", "matches": [],
+            "event_id": "e", "event_time_ms": 5,
+            "rule": {"id": "r", "title": "t", "level": "high", "status": "test", "tags": [], "techniques": []},
+            "origin": {"source": "s", "partition": "p", "offset": 7},
+            "event": {"host.name": "web-1", "network.bytes": 42, "ext": {"session": "s1"}, "message": "long text"},
+            "fields": [["TargetUserName", "bob"]],
+        }))
+        .unwrap();
+        let names: Vec<String> =
+            ["rule.id", "rule.level", "host.name", "network.bytes", "session", "TargetUserName", "absent"]
+                .map(String::from)
+                .into();
+        let slim = alert.projected(&names);
+        for n in &names {
+            assert_eq!(slim.field(n), alert.field(n), "{n}");
+        }
+        assert!(slim.event.is_none() && slim.field("message").is_empty());
+        assert_eq!((slim.event_time_ms, slim.origin.offset), (Some(5), 7));
     }
 
     #[test]

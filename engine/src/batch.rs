@@ -280,6 +280,11 @@ impl Projection {
         p
     }
 
+    /// Every name asked for.
+    pub fn names(&self) -> &[String] {
+        &self.ext
+    }
+
     fn keeps(&self, b: &Bytes<'_>, key: Key) -> bool {
         match key {
             Key::Core(id) => self.core.get(id.0 as usize).copied().unwrap_or(false),

@@ -335,6 +335,10 @@ pub(crate) fn route_stage<'s>(
                                     }
                                     Route::Keyed if targets.is_empty() => filtered += 1,
                                     Route::Keyed => {
+                                        let alert = match &projection {
+                                            Some(p) => alert.projected(p.names()),
+                                            None => alert,
+                                        };
                                         for (i, w) in targets.iter().enumerate() {
                                             outbox.alerts[*w].push((alert.clone(), i == 0));
                                         }
