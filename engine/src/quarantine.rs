@@ -148,17 +148,9 @@ impl QuarantineRecord {
         reason: Reason,
         detail: impl Into<String>,
     ) -> Self {
-        let payload = serde_json::to_vec(alert).unwrap_or_default();
-        QuarantineRecord {
-            reason,
-            detail: detail.into(),
-            component: component.clone(),
-            source: alert.origin.source.as_str().into(),
-            partition: alert.origin.partition.as_str().into(),
-            offset: alert.origin.offset,
-            payload_len: payload.len(),
-            payload: payload[..payload.len().min(MAX_QUARANTINED_PAYLOAD)].to_vec(),
-        }
+        let position =
+            (alert.origin.source.as_str().into(), alert.origin.partition.as_str().into(), alert.origin.offset);
+        Self::from_json(alert, position, component, reason, detail.into())
     }
 
     /// Quarantines a case record (its JSON is the payload; its position is the case and the
@@ -169,14 +161,30 @@ impl QuarantineRecord {
         reason: Reason,
         detail: impl Into<String>,
     ) -> Self {
-        let payload = serde_json::to_vec(case).unwrap_or_default();
+        Self::from_json(
+            case,
+            ("cases".into(), case.case_id.as_str().into(), case.alerts),
+            component,
+            reason,
+            detail.into(),
+        )
+    }
+
+    fn from_json(
+        record: &impl serde::Serialize,
+        (source, partition, offset): (Arc<str>, Arc<str>, u64),
+        component: &Arc<str>,
+        reason: Reason,
+        detail: String,
+    ) -> Self {
+        let payload = serde_json::to_vec(record).unwrap_or_default();
         QuarantineRecord {
             reason,
-            detail: detail.into(),
+            detail,
             component: component.clone(),
-            source: "cases".into(),
-            partition: case.case_id.as_str().into(),
-            offset: case.alerts,
+            source,
+            partition,
+            offset,
             payload_len: payload.len(),
             payload: payload[..payload.len().min(MAX_QUARANTINED_PAYLOAD)].to_vec(),
         }
