@@ -226,6 +226,7 @@ fn shaped_generator(count: u64, windows_shape: ward_connectors::sources::generat
         malformed_every: 0,
         windows_shape,
         cloud: false,
+        hosts: false,
     };
     Generator::new("gen".into(), cfg, 1_767_600_000_000, 0, 1)
 }
