@@ -55,7 +55,9 @@ pub enum Payload {
     /// copies it only if another consumer still holds it.
     Events(Arc<EventBatch>),
     Quarantine(Vec<QuarantineRecord>),
-    Alerts(Vec<Alert>),
+    /// Shared like events: a stream of alerts read by several consumers (correlation, views,
+    /// sinks) is not copied for each.
+    Alerts(Arc<Vec<Alert>>),
     Cases(Vec<CaseRecord>),
     /// A view's input updates and closed keys, from its keyed state to differential-dataflow
     /// (never leaves the view's own stages).

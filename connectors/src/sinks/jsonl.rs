@@ -200,7 +200,7 @@ impl Sink for JsonlSink {
                 }
             }
             Payload::Alerts(alerts) => {
-                for a in alerts {
+                for a in alerts.iter() {
                     serde_json::to_writer(&mut self.buf, a)?;
                     self.buf.push(b'\n');
                 }

@@ -414,7 +414,7 @@ fn to_records(payload: &Payload, format: Format, out: &mut Vec<Record>) -> anyho
         }
         Payload::ViewDelta(_) => {}
         Payload::Alerts(alerts) => {
-            for a in alerts {
+            for a in alerts.iter() {
                 out.push(Record { key: a.alert_id.clone(), value: serde_json::to_vec(a)? });
             }
         }

@@ -27,7 +27,7 @@ pub(crate) fn emit(
     result.consumed = 0;
     let mut msg: Vec<Payload> = Vec::new();
     if !result.alerts.is_empty() {
-        msg.push(Payload::Alerts(std::mem::take(&mut result.alerts)));
+        msg.push(Payload::Alerts(std::sync::Arc::new(std::mem::take(&mut result.alerts))));
     }
     if !result.cases.is_empty() {
         msg.push(Payload::Cases(std::mem::take(&mut result.cases)));

@@ -289,10 +289,13 @@ pub(crate) fn route_stage<'s>(
                         }
                         Payload::Alerts(alerts) => {
                             received += alerts.len() as u64;
-                            for alert in alerts {
+                            // Alerts passed on unchanged, by index: all of them go on as the same
+                            // shared vector.
+                            let mut pass: Vec<usize> = Vec::new();
+                            for (i, alert) in alerts.iter().enumerate() {
                                 let Some(t) = alert.event_time_ms else {
                                     quarantined.push(QuarantineRecord::from_alert(
-                                        &alert,
+                                        alert,
                                         &component,
                                         Reason::MissingEventTime,
                                         "the alert has no event time",
@@ -308,7 +311,7 @@ pub(crate) fn route_stage<'s>(
                                     let detail = late_detail(t, watermark);
                                     late(
                                         &mut quarantined,
-                                        QuarantineRecord::from_alert(&alert, &component, Reason::LateEvent, detail),
+                                        QuarantineRecord::from_alert(alert, &component, Reason::LateEvent, detail),
                                     );
                                     continue;
                                 }
@@ -319,7 +322,7 @@ pub(crate) fn route_stage<'s>(
                                     *slot = (*slot).max(t);
                                 }
                                 keys.clear();
-                                let route = router.route(RecordRef::Alert(&alert), &mut keys);
+                                let route = router.route(RecordRef::Alert(alert), &mut keys);
                                 owners(&keys, workers, &mut targets);
                                 match route {
                                     Route::Drop => filtered += 1,
@@ -328,22 +331,23 @@ pub(crate) fn route_stage<'s>(
                                             outbox.alerts[*w].push((alert.clone(), false));
                                         }
                                         out += 1;
-                                        match passed.last_mut() {
-                                            Some(Payload::Alerts(v)) => v.push(alert),
-                                            _ => passed.push(Payload::Alerts(vec![alert])),
-                                        }
+                                        pass.push(i);
                                     }
                                     Route::Keyed if targets.is_empty() => filtered += 1,
                                     Route::Keyed => {
-                                        let alert = match &projection {
-                                            Some(p) => alert.projected(p.names()),
-                                            None => alert,
-                                        };
+                                        let slim = projection.as_ref().map(|p| alert.projected(p.names()));
+                                        let alert = slim.as_ref().unwrap_or(alert);
                                         for (i, w) in targets.iter().enumerate() {
                                             outbox.alerts[*w].push((alert.clone(), i == 0));
                                         }
                                     }
                                 }
+                            }
+                            if pass.len() == alerts.len() {
+                                passed.push(Payload::Alerts(alerts));
+                            } else if !pass.is_empty() {
+                                passed
+                                    .push(Payload::Alerts(Arc::new(pass.iter().map(|i| alerts[*i].clone()).collect())));
                             }
                         }
                         Payload::Cases(cases) => {
