@@ -10,10 +10,12 @@
 //!
 //! Recovery (before a run starts): for every worker that wrote parts of the retained
 //! checkpoints, the sink takes over that worker's transactional id (fencing a zombie), ends the
-//! transaction a crash may have left open, and reads its marker. Checkpoints after the marker
-//! are in doubt: a crash mid-transaction leaves records whose fate depends on the broker (Kafka
-//! aborts them; the Tansu broker makes them visible when the id's next transaction ends). So
-//! the sink reads the topic (read_committed, from shortly before the oldest such checkpoint,
+//! transaction a crash may have left open, and reads its marker. After a crash every retained
+//! checkpoint is in doubt, the marker's and older ones included: a crash mid-transaction leaves
+//! records whose fate depends on the broker (Kafka aborts them; the Tansu broker makes them
+//! visible when the id's next transaction ends, and applies the marker's offset commit before
+//! the transaction ends, so the marker can run ahead of what is visible). So the sink reads the
+//! topic (read_committed, from shortly before the oldest retained checkpoint,
 //! records identified by their `ward-worker`, `ward-epoch` and `ward-seq` headers) and re-sends
 //! only what it does not hold, moving the marker with each. librdkafka cannot resume a prepared
 //! transaction, so the parts are the source of truth for what a transaction held. Once a run's
@@ -313,12 +315,14 @@ impl KafkaSinkFactory {
             if in_doubt {
                 self.transaction(&producer, &marker, worker, None, done, std::iter::empty())?;
             }
-            // In doubt, the marker's own checkpoint is checked against the topic too: a broker
-            // that applies the offset commit before the transaction ends (Tansu) can hold the
-            // moved marker of a transaction whose records a crash then lost.
+            // In doubt, every retained checkpoint is checked against the topic, the marker's
+            // and older ones too: a broker that applies the offset commit before the
+            // transaction ends (Tansu) can hold a moved marker of a transaction whose records a
+            // crash then lost, and a run killed again before its next checkpoint leaves that
+            // older transaction behind the marker.
             let todo: Vec<(u64, i64, Vec<Record>)> = segments
                 .into_iter()
-                .filter(|(epoch, _)| done.is_none_or(|d| *epoch > d || (in_doubt && *epoch == d)))
+                .filter(|(epoch, _)| in_doubt || done.is_none_or(|d| *epoch > d))
                 .map(|(epoch, (created, records))| (epoch, created, records))
                 .collect();
             pending.push((worker, producer, marker, todo));
