@@ -37,11 +37,11 @@ def log(msg):
     print(msg, file=sys.stderr, flush=True)
 
 
-def run_ward(ward, spec, events, workers, work):
+def run_ward(ward, spec, events, workers, work, **extra_env):
     """One run of a bench spec: (wall s, CPU s, peak RSS MiB, records read)."""
     out = os.path.join(work, "out")
     shutil.rmtree(out, ignore_errors=True)
-    env = dict(os.environ, BENCH_EVENTS=str(events), BENCH_OUT=out)
+    env = dict(os.environ, BENCH_EVENTS=str(events), BENCH_OUT=out, **extra_env)
     t = time.time()
     p = subprocess.Popen([ward, "run", spec, "--workers", str(workers)], env=env,
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -75,11 +75,8 @@ def view_state_row(ward, args, work):
     spec = os.path.join(REPO, "bench", "specs", "view-state.yaml")
     rss = {}
     for group in ("event.id", "event.kind"):
-        os.environ["BENCH_VIEW_GROUP"] = group
-        try:
-            best = min(run_ward(ward, spec, args.events, args.workers, work)[2] for _ in range(args.repeat))
-        finally:
-            del os.environ["BENCH_VIEW_GROUP"]
+        best = min(run_ward(ward, spec, args.events, args.workers, work, BENCH_VIEW_GROUP=group)[2]
+                   for _ in range(args.repeat))
         rss[group] = best
         log(f"  view state, grouped by {group}: peak RSS {best:,.0f} MiB")
     groups = args.events

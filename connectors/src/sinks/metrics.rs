@@ -219,6 +219,25 @@ mod tests {
     use super::*;
     use ward_engine::view::{ViewKey, ViewShape, ViewValue};
 
+    /// A windowed view of events per host.
+    fn per_host(view: &str) -> Arc<ViewShape> {
+        Arc::new(ViewShape {
+            view: view.into(),
+            group_by: vec!["host.name".into()],
+            measures: vec!["events".into()],
+            measure_fns: vec![("count".into(), None)],
+            windowed: true,
+        })
+    }
+
+    /// The registry's exposition text.
+    fn exposition(metrics: &ward_engine::metrics::Metrics) -> String {
+        use prometheus::Encoder;
+        let mut buf = Vec::new();
+        prometheus::TextEncoder::new().encode(&metrics.registry.gather(), &mut buf).unwrap();
+        String::from_utf8(buf).unwrap()
+    }
+
     fn change(shape: &Arc<ViewShape>, window: i64, host: &str, n: i64, diff: i64) -> ViewChange {
         ViewChange {
             shape: shape.clone(),
@@ -232,13 +251,7 @@ mod tests {
 
     #[test]
     fn a_resumed_run_shows_the_rows_its_checkpoint_holds() {
-        let shape = Arc::new(ViewShape {
-            view: "v".into(),
-            group_by: vec!["host.name".into()],
-            measures: vec!["events".into()],
-            measure_fns: vec![("count".into(), None)],
-            windowed: true,
-        });
+        let shape = per_host("v");
         let before = ward_engine::metrics::Metrics::new();
         let mut sink = MetricsSink {
             max_series: 10,
@@ -259,10 +272,7 @@ mod tests {
         factory.restore(&retained).unwrap();
         let after = ward_engine::metrics::Metrics::new();
         factory.show_restored(&after.families);
-        use prometheus::Encoder;
-        let mut buf = Vec::new();
-        prometheus::TextEncoder::new().encode(&after.registry.gather(), &mut buf).unwrap();
-        let text = String::from_utf8(buf).unwrap();
+        let text = exposition(&after);
         assert!(text.contains(r#"ward_view_v{host_name="a",measure="events"} 3"#), "{text}");
     }
 
@@ -270,21 +280,10 @@ mod tests {
     fn the_newest_window_is_shown_and_retractions_remove_series() {
         let metrics = ward_engine::metrics::Metrics::new();
         let families = metrics.families.clone();
-        let shape = Arc::new(ViewShape {
-            view: "per-host".into(),
-            group_by: vec!["host.name".into()],
-            measures: vec!["events".into()],
-            measure_fns: vec![("count".into(), None)],
-            windowed: true,
-        });
+        let shape = per_host("per-host");
         let sink =
             MetricsSink { max_series: 2, shown: Arc::new(Mutex::new(Shown::default())), families: families.clone() };
-        let text = || {
-            use prometheus::Encoder;
-            let mut buf = Vec::new();
-            prometheus::TextEncoder::new().encode(&metrics.registry.gather(), &mut buf).unwrap();
-            String::from_utf8(buf).unwrap()
-        };
+        let text = || exposition(&metrics);
         sink.apply(&change(&shape, 0, "a", 3, 1));
         sink.apply(&change(&shape, 0, "b", 1, 1));
         assert!(text().contains(r#"ward_view_per_host{host_name="a",measure="events"} 3"#), "{}", text());

@@ -430,8 +430,10 @@ impl Generator {
                 &format!(r#"{{"pid":"{pid}","name":"{name}","path":"{path}","cmdline":"{path}","parent":"1"}}"#),
             );
         } else {
-            let session = format!("{:012x}", mix(k / 3) & 0xffff_ffff_ffff);
-            let src = format!("198.51.100.{}", 1 + (mix(k / 3) % 250));
+            // Three records per bot session: connect, a failed login, close.
+            let id = mix(k / 3);
+            let session = format!("{:012x}", id & 0xffff_ffff_ffff);
+            let src = format!("198.51.100.{}", 1 + id % 250);
             match k % 3 {
                 0 => self.cowrie(ts, &session, &src, "cowrie.session.connect", r#","message":"New connection""#),
                 1 => {

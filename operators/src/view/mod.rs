@@ -353,12 +353,15 @@ fn from_alert(alert: &Alert, name: &str) -> ViewValue {
 
 /// The values of `fields` in a record.
 fn values(fields: &[String], record: RecordRef<'_>) -> Vec<ViewValue> {
+    fields.iter().map(|f| value(f, record)).collect()
+}
+
+/// The value of one field in a record.
+fn value(field: &str, record: RecordRef<'_>) -> ViewValue {
     match record {
-        RecordRef::Event { batch, row } => {
-            fields.iter().map(|f| from_event(batch.get_by_name(row, f), batch)).collect()
-        }
-        RecordRef::Alert(alert) => fields.iter().map(|f| from_alert(alert, f)).collect(),
-        RecordRef::Case(case) => fields.iter().map(|f| from_case(case, f)).collect(),
+        RecordRef::Event { batch, row } => from_event(batch.get_by_name(row, field), batch),
+        RecordRef::Alert(alert) => from_alert(alert, field),
+        RecordRef::Case(case) => from_case(case, field),
     }
 }
 
@@ -400,7 +403,7 @@ const MAX_DIFF: i64 = 1_000_000;
 /// ±MAX_DIFF, or 0).
 fn diff_of(spec: &ViewSpec, record: RecordRef<'_>) -> Option<i64> {
     let Some(field) = &spec.diff else { return Some(1) };
-    let d = match values(std::slice::from_ref(field), record).pop()? {
+    let d = match value(field, record) {
         ViewValue::Int(i) => i,
         ViewValue::Str(s) => s.trim().parse().ok()?,
         ViewValue::Float(f) if f.0.fract() == 0.0 && f.0.abs() <= MAX_DIFF as f64 => f.0 as i64,
@@ -409,17 +412,19 @@ fn diff_of(spec: &ViewSpec, record: RecordRef<'_>) -> Option<i64> {
     (d != 0 && d.abs() <= MAX_DIFF).then_some(d)
 }
 
-/// A record's event time and group (None: no event time, or `where` leaves it out).
-fn read(spec: &ViewSpec, record: RecordRef<'_>) -> Option<(EventTime, Vec<ViewValue>)> {
+/// A record's event time, difference and group (None: no event time, `where` leaves it out,
+/// or it has no difference).
+fn read(spec: &ViewSpec, record: RecordRef<'_>) -> Option<(EventTime, i64, Vec<ViewValue>)> {
     let time = match record {
         RecordRef::Event { batch, row } => event_time(batch, row)?,
         RecordRef::Alert(alert) => alert.event_time_ms?,
         RecordRef::Case(case) => case.time_ms,
     };
-    if !passes(&spec.filter, record) || (spec.diff.is_some() && diff_of(spec, record).is_none()) {
+    if !passes(&spec.filter, record) {
         return None;
     }
-    Some((time, values(&spec.group_by, record)))
+    let d = diff_of(spec, record)?;
+    Some((time, d, values(&spec.group_by, record)))
 }
 
 struct ViewFactoryImpl {
@@ -466,7 +471,7 @@ impl Router for ViewRouter {
     }
 
     fn route(&mut self, record: RecordRef<'_>, keys: &mut Vec<u64>) -> Route {
-        let Some((time, group)) = read(&self.spec, record) else {
+        let Some((time, _, group)) = read(&self.spec, record) else {
             // Left out by `where`, or no difference (records without an event time are
             // quarantined by the route stage before it asks).
             return Route::Drop;
@@ -497,8 +502,7 @@ struct View {
 
 impl View {
     fn add(&mut self, record: RecordRef<'_>, out: &mut OperatorOutput) -> bool {
-        let Some((time, group)) = read(&self.spec, record) else { return false };
-        let Some(d) = diff_of(&self.spec, record) else { return false };
+        let Some((time, d, group)) = read(&self.spec, record) else { return false };
         let input = values(&self.spec.fields, record);
         self.spec.windows(time, &mut self.windows);
         // The keyed stage hands the epoch's updates on when the epoch ends: an empty list is a
