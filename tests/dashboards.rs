@@ -198,6 +198,9 @@ sinks:
     let mut run = Command::new(ward_bin());
     run.args(["run", &spec, "--workers", "2", "-q"]).env("WARD_ADMIN_LISTEN", format!("127.0.0.1:{admin}"));
     env_for(&mut run, &broker, &ch, &second, "ward", "alerts");
+    // Idle long enough after the input for a dozen scrapes, however slow the machine: rates
+    // need two samples in their window.
+    run.env("WARD_STOP_WHEN_IDLE", "12s");
     let out = run.output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let acknowledged = ch.query("SELECT count() FROM ward.cases FINAL WHERE kind = 'case.acknowledged'");

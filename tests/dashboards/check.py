@@ -76,7 +76,9 @@ def prometheus(d, port, job):
     check(bool(status["result"]), f"Prometheus scraped job {job}")
     at = float(status["result"][0]["value"][1])
     samples = prom_get(port, "/api/v1/query", query=f'count_over_time(up{{job="{job}"}}[10m])', time=at)
-    print(f"     evaluating at {at} after {samples['result'][0]['value'][1]} scrapes")
+    scrapes = int(samples["result"][0]["value"][1])
+    check(scrapes >= 3, f"Prometheus scraped job {job} at least 3 times ({scrapes}): rates need two samples")
+    print(f"     evaluating at {at} after {scrapes} scrapes")
     for name, b in dashboards(d).items():
         for title, t in targets(b, "prometheus"):
             expr = (t["expr"].replace("$__rate_interval", "15s").replace("$__range", "5m")
