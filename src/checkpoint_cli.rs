@@ -120,11 +120,26 @@ fn inspect(dir: &str, epoch: Option<u64>) -> anyhow::Result<ExitCode> {
         writeln!(out, "rule sets: {}", sets.join(", "))?;
     }
     let parts = manifest.parts.clone();
+    let contexts = manifest.contexts.clone();
     // Reading it back verifies every part's size and checksum.
     Restored::load(store.as_ref(), manifest)?;
     writeln!(out, "{:<48} {:>12}  xxh3", "part", "bytes")?;
     for p in parts {
         writeln!(out, "{:<48} {:>12}  {}", p.name, p.bytes, p.xxh3)?;
+    }
+    if !contexts.is_empty() {
+        writeln!(
+            out,
+            "{:<48} {:>12}  files (rule sets and enrichment data kept for a resume)",
+            "context version", "bytes"
+        )?;
+        for (component, versions) in &contexts {
+            for v in versions {
+                let files = ward_engine::contexts::read_version(store.as_ref(), v)?;
+                let name = format!("{component} {} (from epoch {})", v.version, v.first_epoch);
+                writeln!(out, "{name:<48} {:>12}  {}", v.bytes, files.files().count())?;
+            }
+        }
     }
     writeln!(out, "every part matches the manifest")?;
     emit(&out);

@@ -107,7 +107,7 @@ fn stopped_runs_resume_on_other_worker_counts_with_the_same_output() {
         assert!(inspect.stdout.contains(&format!("keyed.correlate.w{}", resume_with - 1)), "{}", inspect.stdout);
         // The manifest names the rule-set version each detector ran.
         let root = dir.path().join("checkpoints");
-        let newest = std::fs::read_dir(&root).unwrap().map(|e| e.unwrap().path()).max().unwrap();
+        let newest = root.join(format!("chk-{:012}", newest_checkpoint(&root)));
         let manifest: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(newest.join("MANIFEST.json")).unwrap()).unwrap();
         for detector in ["detect", "correlate"] {
@@ -127,7 +127,7 @@ fn a_damaged_checkpoint_is_reported() {
     write(dir.path(), "spec.yaml", &text);
     run(dir.path(), 1, None);
     let root = dir.path().join("checkpoints");
-    let newest = std::fs::read_dir(&root).unwrap().map(|e| e.unwrap().path()).max().unwrap();
+    let newest = root.join(format!("chk-{:012}", newest_checkpoint(&root)));
     // Parts are named `<participant>.<writer token>.bin`.
     let part = std::fs::read_dir(newest.join("parts"))
         .unwrap()
@@ -250,4 +250,111 @@ sinks:
         *offsets.entry(v["ward.offset"].as_u64().unwrap()).or_insert(0) += 1;
     }
     assert_eq!((offsets.len(), offsets.values().max().copied()), (20000, Some(1)), "every record once");
+}
+
+/// The rule-set and enrichment versions a checkpoint names (`contexts` in its manifest).
+fn contexts_of(checkpoints: &Path) -> BTreeMap<String, Vec<String>> {
+    let m =
+        std::fs::read(checkpoints.join(format!("chk-{:012}/MANIFEST.json", newest_checkpoint(checkpoints)))).unwrap();
+    let m: serde_json::Value = serde_json::from_slice(&m).unwrap();
+    m["contexts"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(c, v)| {
+            (c.clone(), v.as_array().unwrap().iter().map(|v| v["version"].as_str().unwrap().into()).collect())
+        })
+        .collect()
+}
+
+/// A checkpoint keeps the files its rule sets and enrichment data were built from; a run that
+/// resumes after they changed on disk rebuilds the checkpoint's versions for the records it
+/// replays, says so, and switches to the files on disk at a fresh epoch; stored versions no
+/// retained checkpoint names any more are removed.
+#[test]
+fn a_resumed_run_rebuilds_the_rule_sets_and_enrichment_data_its_checkpoint_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules");
+    std::fs::create_dir_all(&rules).unwrap();
+    for e in std::fs::read_dir(repo().join("rules/sigma/ward")).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, rules.join(p.file_name().unwrap())).unwrap();
+    }
+    write(dir.path(), "intel.txt", "45.155.205.233,ward-demo\n");
+    let spec = write(
+        dir.path(),
+        "spec.yaml",
+        r#"name: contexts
+settings:
+  epoch_interval_ms: 100
+  admin_listen: ""
+  checkpoint: {dir: checkpoints, interval: 300ms, retain: 2}
+sources:
+  - {id: gen, type: generator, count: 30000, rate: 5000, seed: 5}
+operators:
+  - {id: parse, type: parse, inputs: [gen], syslog_year: 2026}
+  - {id: normalize, type: normalize, inputs: [parse]}
+  - {id: enrich, type: enrich, inputs: [normalize], threat_intel: [{path: intel.txt}], watch: false}
+  - {id: detect, type: sigma-match, inputs: [enrich], rules: [rules], watch: false, include_event: false}
+  - {id: correlate, type: correlate, inputs: [detect], rules: [rules], watch: false}
+sinks:
+  - {id: alerts, type: jsonl, inputs: [correlate], path: out/alerts.jsonl}
+"#,
+    );
+    let checkpoints = dir.path().join("checkpoints");
+    run_past_a_checkpoint_and_kill(Path::new(&spec), 2, &checkpoints, Duration::from_millis(200));
+    let before = contexts_of(&checkpoints);
+    assert_eq!(before.keys().collect::<Vec<_>>(), ["correlate", "detect", "enrich"], "{before:?}");
+    assert!(before.values().all(|v| v.len() == 1), "{before:?}");
+    let inspected = ward(&["checkpoint", "inspect", checkpoints.to_str().unwrap()]);
+    assert_eq!(inspected.code, 0, "{}", inspected.stderr);
+    // `<component> <version> (from epoch N)  <bytes>  <files>`: 13 rule files, 1 intel list.
+    let files = |component: &str| -> Option<u32> {
+        let line = inspected.stdout.lines().find(|l| l.starts_with(&format!("{component} ")))?;
+        line.split_whitespace().last()?.parse().ok()
+    };
+    assert_eq!((files("detect"), files("enrich")), (Some(13), Some(1)), "{}", inspected.stdout);
+
+    // Changed on disk while the pipeline was down: a rule is gone, the intel list grew.
+    std::fs::remove_file(rules.join("aws_vpcflow_rejected_admin_ports.yml")).unwrap();
+    write(dir.path(), "intel.txt", "45.155.205.233,ward-demo\n185.220.101.0/24,tor-exit-nodes\n");
+    let out = std::process::Command::new(ward_bin()).args(["run", &spec, "--workers", "2", "-q"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    for component in ["detect", "enrich"] {
+        let said = stderr.lines().find(|l| l.contains("the files changed since checkpoint") && l.contains(component));
+        let said = said.unwrap_or_else(|| panic!("{component}: {stderr}"));
+        assert!(said.contains(&before[component][0]), "names the version kept: {said}");
+    }
+    let after = contexts_of(&checkpoints);
+    for component in ["detect", "enrich"] {
+        assert_eq!(after[component].len(), 1);
+        assert_ne!(after[component], before[component], "{component} runs the files on disk in the end");
+    }
+    // Alerts of both rule sets: the kept one before the switch, the disk's after it.
+    let versions: BTreeMap<String, usize> = std::fs::read_to_string(dir.path().join("out/alerts.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|a| a["detector"] == "detect")
+        .fold(BTreeMap::new(), |mut m, a| {
+            *m.entry(a["ruleset_version"].as_str().unwrap().to_string()).or_insert(0) += 1;
+            m
+        });
+    assert_eq!(
+        versions.keys().collect::<Vec<_>>(),
+        {
+            let mut v = vec![&before["detect"][0], &after["detect"][0]];
+            v.sort();
+            v
+        },
+        "{versions:?}"
+    );
+    // Only what the retained manifests name is stored.
+    let mut stored: Vec<String> = walk(&checkpoints.join("contexts"));
+    stored.sort();
+    let mut named: Vec<String> = after.values().map(|v| format!("{}.files", v[0])).collect();
+    named.sort();
+    assert!(stored.len() >= named.len() && named.iter().all(|n| stored.contains(n)), "{stored:?} {named:?}");
+    assert!(stored.len() <= 2 * named.len(), "old versions are removed: {stored:?}");
 }

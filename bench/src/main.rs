@@ -271,7 +271,7 @@ fn stages(count: u64, zstd_level: i32) -> anyhow::Result<()> {
         risk: RiskWeights::default(),
         watch: false,
     };
-    let data = cfg.handle("enrich", &Resources::new("."))?;
+    let data = cfg.handle("enrich", &Resources::new("."), &Default::default())?;
     let mut enricher = Enricher::new(data, RiskWeights::default());
     let (enriched, t_enrich) = time(|| run_op(&mut enricher, normalized));
     let dir = tempfile::tempdir()?;

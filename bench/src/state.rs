@@ -31,6 +31,7 @@ fn operator<C: ComponentConfig>(config: serde_json::Value) -> anyhow::Result<Box
         component_id: C::TYPE,
         resources: &resources,
         admin: &admin,
+        contexts: &Default::default(),
         io: &Default::default(),
         downstream_alert_keys: &[],
         storage: &Default::default(),

@@ -43,6 +43,7 @@ use std::time::Duration;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::contexts::{ContextNames, Contexts};
 use crate::storage::Store;
 
 pub const LAYOUT_VERSION: u32 = 1;
@@ -124,6 +125,11 @@ pub struct Manifest {
     /// Rule-set version (content hash) each detector was running when the checkpoint completed.
     #[serde(default)]
     pub rulesets: BTreeMap<String, String>,
+    /// The versions of every reloadable component's context (rule sets, enrichment data) in
+    /// effect after `epoch`, whose files are stored under `contexts/`: a resumed run rebuilds
+    /// them from there.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub contexts: ContextNames,
     /// The token of the process that wrote the manifest (parts carry their writers' tokens).
     #[serde(default)]
     pub writer: String,
@@ -221,7 +227,7 @@ pub fn list(store: &dyn Store) -> anyhow::Result<Vec<Manifest>> {
 /// itself). Run at start, before this run writes anything.
 pub fn remove_strays(store: &dyn Store, complete: &[Manifest]) -> anyhow::Result<usize> {
     let all = objects(store)?;
-    let mut removed = 0;
+    let mut removed = Contexts::default().remove_unnamed(store, complete.iter().map(|m| &m.contexts))?;
     for m in complete {
         if let Some(keys) = all.get(&m.epoch) {
             removed += delete_unnamed(store, m.epoch, keys, &m.parts)?;
@@ -365,9 +371,20 @@ pub struct Checkpointer {
     metrics: Option<crate::metrics::CheckpointMetrics>,
     /// The detectors' running rule-set versions, for the manifest.
     rulesets: Option<RulesetVersions>,
+    /// The pipeline's contexts, whose versions manifests name (and whose files they store).
+    contexts: Option<Contexts>,
+    named_contexts: Mutex<NamedContexts>,
     /// In a cluster: this process's place, and the reports of its complete local parts not yet
     /// sent on the control stream.
     cluster: Option<ClusterPlace>,
+}
+
+/// What the manifests of retained checkpoints name of the contexts (by epoch), and the stored
+/// versions they named when unnamed ones were last removed.
+#[derive(Default)]
+struct NamedContexts {
+    by_epoch: BTreeMap<u64, ContextNames>,
+    removed_against: Option<BTreeSet<String>>,
 }
 
 struct ClusterPlace {
@@ -403,6 +420,8 @@ impl Checkpointer {
             start_epoch,
             metrics: None,
             rulesets: None,
+            contexts: None,
+            named_contexts: Mutex::default(),
             cluster: None,
         })
     }
@@ -465,6 +484,12 @@ impl Checkpointer {
 
     pub fn with_rulesets(mut self, versions: RulesetVersions) -> Self {
         self.rulesets = Some(versions);
+        self
+    }
+
+    /// Manifests name the versions of these contexts, and checkpoints keep their files.
+    pub fn with_contexts(mut self, contexts: Contexts) -> Self {
+        self.contexts = Some(contexts);
         self
     }
 
@@ -655,10 +680,15 @@ impl Checkpointer {
             closing: closing.is_some(),
             run: self.start_epoch,
             rulesets: self.rulesets.as_ref().map(|f| f()).unwrap_or_default(),
+            contexts: match &self.contexts {
+                Some(c) => c.record(self.store.as_ref(), epoch)?,
+                None => BTreeMap::new(),
+            },
             writer: self.writer.clone(),
             parts,
         };
         let bytes = serde_json::to_vec_pretty(&manifest)?;
+        let parts_bytes = manifest.parts.iter().map(|p| p.bytes).sum::<u64>();
         let key = manifest_key(epoch);
         fail::fail_point!("checkpoint-manifest");
         self.store.create(&key, &bytes)?;
@@ -679,8 +709,11 @@ impl Checkpointer {
                 self.writer
             );
         }
+        if self.contexts.is_some() {
+            self.named_contexts.lock().unwrap_or_else(|e| e.into_inner()).by_epoch.insert(epoch, manifest.contexts);
+        }
         if let Some(m) = &self.metrics {
-            m.bytes.set(manifest.parts.iter().map(|p| p.bytes).sum::<u64>() as i64);
+            m.bytes.set(parts_bytes as i64);
             m.timestamp.set(manifest.created_ms as f64 / 1000.0);
         }
         tracing::debug!("checkpoint {epoch} complete");
@@ -724,6 +757,27 @@ impl Checkpointer {
             } else if *e == epoch {
                 delete_unnamed(self.store.as_ref(), epoch, keys, named)?;
             }
+        }
+        self.prune_contexts(&keep)
+    }
+
+    /// Removes the stored context versions no retained manifest names, when that set changed.
+    fn prune_contexts(&self, retained: &BTreeSet<u64>) -> anyhow::Result<()> {
+        let Some(contexts) = &self.contexts else { return Ok(()) };
+        let mut named = self.named_contexts.lock().unwrap_or_else(|e| e.into_inner());
+        named.by_epoch.retain(|e, _| retained.contains(e));
+        for e in retained {
+            if !named.by_epoch.contains_key(e) {
+                // A manifest of an earlier run.
+                let m = self.store.get(&manifest_key(*e))?.and_then(|b| serde_json::from_slice::<Manifest>(&b).ok());
+                named.by_epoch.insert(*e, m.map(|m| m.contexts).unwrap_or_default());
+            }
+        }
+        let keys: BTreeSet<String> =
+            named.by_epoch.values().flat_map(|m| m.values().flatten().map(|v| v.key.clone())).collect();
+        if named.removed_against.as_ref() != Some(&keys) {
+            contexts.remove_unnamed(self.store.as_ref(), named.by_epoch.values())?;
+            named.removed_against = Some(keys);
         }
         Ok(())
     }

@@ -88,6 +88,17 @@ impl<T> Versions<T> {
         h.iter().rev().find(|(first, _)| *first <= epoch).or(h.first()).map(|(_, s)| s.clone()).expect("non-empty")
     }
 
+    /// Every version still reachable with its first epoch, oldest first.
+    pub fn history(&self) -> Vec<(u64, std::sync::Arc<T>)> {
+        self.history.load().as_ref().clone()
+    }
+
+    /// Replaces every version (a restore from a checkpoint, before any batch flows).
+    pub fn replace(&self, history: Vec<(u64, std::sync::Arc<T>)>) {
+        assert!(!history.is_empty(), "a version is always installed");
+        self.history.store(std::sync::Arc::new(history));
+    }
+
     /// Installs `next` from epoch `first` on: the caller makes sure no batch carries `first`
     /// yet (a cluster-wide switch holds every process's clock below it).
     pub fn install_at(&self, first: u64, next: std::sync::Arc<T>) {

@@ -10,6 +10,7 @@ pub mod checkpoint;
 pub mod clock;
 pub mod coalesce;
 pub mod component;
+pub mod contexts;
 mod dataflow;
 pub mod fields;
 pub mod framing;

@@ -47,6 +47,8 @@ pub struct BuildContext<'a> {
     pub resources: &'a Resources,
     /// Where a component registers its admin endpoint routes.
     pub admin: &'a crate::admin::AdminRoutes,
+    /// Where a reloadable component registers its versions, so checkpoints keep them.
+    pub contexts: &'a crate::contexts::Contexts,
     /// The files a component reads and writes, declared while it is built, so validation can
     /// refuse a sink that would truncate a source's input or two sinks writing one file.
     pub io: &'a std::cell::RefCell<Vec<FileUse>>,

@@ -285,7 +285,10 @@ pub fn run_with_metrics(
     let (process, processes) = opts.cluster.as_ref().map_or((0, 1), |c| (c.process, c.peers.len()));
     let local_workers = opts.cluster.as_ref().map_or(0..workers, |c| c.workers_of(workers));
     let checkpoint = match (&spec.settings.checkpoint, &opts.checkpoint_dir) {
-        (None, None) => (None, None),
+        (None, None) => {
+            spec.contexts.discard_files();
+            (None, None)
+        }
         (config, dir) => {
             let config = config.clone().unwrap_or_else(|| CheckpointConfig::with_dir(""));
             let location = dir.clone().unwrap_or_else(|| config.location().to_string());
@@ -323,6 +326,12 @@ pub fn run_with_metrics(
                 let m = metrics.clone();
                 Arc::new(move || m.ruleset_versions())
             });
+            if process == 0 {
+                checkpointer = checkpointer.with_contexts(spec.contexts.clone());
+            } else {
+                // Process 0 writes the manifests, and with them the contexts' files.
+                spec.contexts.discard_files();
+            }
             if opts.cluster.is_some() {
                 checkpointer = checkpointer.in_cluster(process, processes);
             }
@@ -338,6 +347,13 @@ pub fn run_with_metrics(
                     owner,
                     "cannot resume from the checkpoint",
                     |f, v| f.restore(v),
+                )?;
+                // Records replayed from the checkpoint meet the rule sets and enrichment data of
+                // the first run, rebuilt from the files the checkpoint kept.
+                spec.contexts.restore(
+                    checkpointer.store().as_ref(),
+                    &latest.manifest.contexts,
+                    latest.manifest.epoch,
                 )?;
             }
             (Some(checkpointer), restored)
@@ -394,7 +410,6 @@ pub fn run_with_metrics(
             if control.is_none() {
                 run.metrics.ready.set(1);
             }
-            warn_changed_rulesets(&run);
         }
         match control.as_mut() {
             None => while worker.step_or_park(Some(Duration::from_millis(20))) {},
@@ -549,21 +564,6 @@ fn settle_sinks(
         }
     }
     Ok(())
-}
-
-/// Records replayed from a checkpoint are matched with the rules and enriched with the files
-/// loaded now; say so when they differ from the versions running when the checkpoint was taken.
-fn warn_changed_rulesets(run: &RunContext) {
-    let Some(restored) = run.restored() else { return };
-    let now = run.metrics.ruleset_versions();
-    for (component, then) in &restored.manifest.rulesets {
-        if let Some(current) = now.get(component).filter(|v| *v != then) {
-            tracing::warn!(
-                "the rules or files of `{component}` changed since checkpoint {} ({then} -> {current}): records replayed from it use the new version",
-                restored.manifest.epoch
-            );
-        }
-    }
 }
 
 #[cfg(test)]

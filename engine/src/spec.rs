@@ -269,6 +269,8 @@ pub struct Spec {
     pub resources: Resources,
     /// Admin endpoint routes the components registered while they were built.
     pub admin_routes: AdminRoutes,
+    /// The versioned contexts (rule sets, enrichment data) the components registered.
+    pub contexts: crate::contexts::Contexts,
     /// Non-fatal findings (e.g. quarantine not routed to any sink).
     pub warnings: Vec<String>,
 }
@@ -325,6 +327,7 @@ impl Spec {
             errors: Vec::new(),
             broken: Default::default(),
             admin: AdminRoutes::new(),
+            contexts: Default::default(),
             io: Default::default(),
             downstream_alert_keys: HashMap::new(),
             storage: Default::default(),
@@ -413,6 +416,7 @@ struct Validator {
     /// them are not reported again as dangling.
     broken: std::collections::HashSet<String>,
     admin: AdminRoutes,
+    contexts: crate::contexts::Contexts,
     /// Files the components declared they read or write.
     io: std::cell::RefCell<Vec<crate::registry::FileUse>>,
     /// Per component, the alert fields its downstream components read.
@@ -543,6 +547,7 @@ impl Validator {
             components,
             resources,
             admin_routes: self.admin.clone(),
+            contexts: self.contexts.clone(),
             warnings,
         })
     }
@@ -658,6 +663,7 @@ impl Validator {
             component_id: &id,
             resources,
             admin: &self.admin,
+            contexts: &self.contexts,
             io: &self.io,
             downstream_alert_keys: &downstream,
             storage: &storage,

@@ -203,6 +203,7 @@ mod tests {
             closing,
             run,
             rulesets: Default::default(),
+            contexts: Default::default(),
             writer: String::new(),
             parts: vec![],
         }

@@ -98,25 +98,15 @@ impl ComponentConfig for CorrelateConfig {
         if self.rules.is_empty() {
             anyhow::bail!("`rules` names no rule directory or file");
         }
-        let loaded = CorrelationRules::load(&read_rule_files(ctx.resources, &self.rules)?);
-        if let Some((path, id, _, why)) = loaded.set.rejected.first() {
-            anyhow::bail!("{} correlation rule(s) rejected; first: {path} ({id}): {why}", loaded.set.rejected.len());
-        }
-        tracing::info!(
-            component = ctx.component_id,
-            version = %loaded.version,
-            correlations = loaded.set.rules.len(),
-            "correlation rules loaded"
-        );
         let paths = self.rules.clone();
-        let handle = ReloadHandle::new(
+        let handle = ReloadHandle::load(
             ReloadSpec {
                 component: ctx.component_id.to_string(),
                 what: "correlation rules",
                 resources: ctx.resources.clone(),
                 paths: self.rules.clone(),
                 watch: self.watch,
-                load: Box::new(move |resources, _running: &CorrelationRules| reload(resources, &paths)),
+                load: Box::new(move |resources, _running: Option<&CorrelationRules>| reload(resources, &paths)),
                 summary: Box::new(|r: &CorrelationRules| {
                     let mut m = serde_json::Map::new();
                     m.insert("correlations".into(), r.set.rules.len().into());
@@ -124,7 +114,15 @@ impl ComponentConfig for CorrelateConfig {
                 }),
                 publish: Box::new(|m, previous, r| m.set_ruleset_version(previous.map(|p| &*p.version), &r.version)),
             },
-            loaded,
+            ctx.contexts,
+        )
+        .map_err(|e| anyhow::anyhow!("cannot load the correlation rules: {e:#}"))?;
+        let loaded = handle.current();
+        tracing::info!(
+            component = ctx.component_id,
+            version = %loaded.version,
+            correlations = loaded.set.rules.len(),
+            "correlation rules loaded"
         );
         let h = handle.clone();
         ctx.admin.register("GET", "/correlations", ctx.component_id, Arc::new(move |_| (200, describe(&h))));

@@ -13,6 +13,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use ward_engine::batch::{EventBatch, Heap, Key, Slot, Value};
 use ward_engine::component::{Operator, OperatorFactory, OperatorOutput, StreamKind, WorkerContext};
+use ward_engine::contexts::Contexts;
 use ward_engine::fields::{ids, FieldId};
 use ward_engine::registry::{BuildContext, Built, ComponentConfig, Section};
 use ward_engine::reload::{ReloadHandle, ReloadSpec, Versioned};
@@ -93,7 +94,7 @@ impl ComponentConfig for EnrichConfig {
     const OUTPUT: Option<StreamKind> = Some(StreamKind::Events);
 
     fn build(self, ctx: &BuildContext<'_>) -> anyhow::Result<Built> {
-        let data = self.handle(ctx.component_id, ctx.resources)?;
+        let data = self.handle(ctx.component_id, ctx.resources, ctx.contexts)?;
         data.register_reload_route(ctx.admin, "/enrich/reload");
         let h = data.clone();
         ctx.admin.register("GET", "/enrich", ctx.component_id, Arc::new(move |_| (200, describe(&h))));
@@ -102,9 +103,14 @@ impl ComponentConfig for EnrichConfig {
 }
 
 impl EnrichConfig {
-    /// Loads the files and wraps them in a reload handle (watching them when `watch`).
-    pub fn handle(&self, component: &str, resources: &Resources) -> anyhow::Result<Arc<EnrichHandle>> {
-        let first = EnrichData::load(self, resources)?;
+    /// Loads the files and wraps them in a reload handle (watching them when `watch`),
+    /// registered with the pipeline's `contexts`.
+    pub fn handle(
+        &self,
+        component: &str,
+        resources: &Resources,
+        contexts: &Contexts,
+    ) -> anyhow::Result<Arc<EnrichHandle>> {
         let mut paths: Vec<String> = self.threat_intel.iter().map(|t| t.path.clone()).collect();
         paths.extend(self.geoip.iter().chain(&self.asn).chain(&self.assets).cloned());
         let config = self.clone();
@@ -119,10 +125,11 @@ impl EnrichConfig {
             }),
             summary: Box::new(EnrichData::summary),
             // The version (a hash of every file) is the component's `ward_ruleset_info` and goes
-            // into every checkpoint's manifest with the detectors' rule sets.
+            // into every checkpoint's manifest with the detectors' rule sets; checkpoints keep
+            // the files of the versions in effect (see `contexts`).
             publish: Box::new(|m, previous, new| m.set_ruleset_version(previous.map(|p| p.version()), new.version())),
         };
-        Ok(ReloadHandle::new(spec, first))
+        ReloadHandle::load(spec, contexts)
     }
 }
 

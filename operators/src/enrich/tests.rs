@@ -51,7 +51,7 @@ fn ti_geo_asn_assets_and_risk() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path());
     cfg.watch = false;
-    let data = cfg.handle("enrich", &Resources::new(dir.path())).unwrap();
+    let data = cfg.handle("enrich", &Resources::new(dir.path()), &Default::default()).unwrap();
     let mut e = Enricher::new(data, RiskWeights::default());
     let got = run(
         &mut e,
@@ -100,7 +100,7 @@ fn ti_geo_asn_assets_and_risk() {
 fn files_reload_on_change_at_one_epoch_and_a_broken_file_keeps_the_running_data() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path());
-    let data = cfg.handle("enrich", &Resources::new(dir.path())).unwrap();
+    let data = cfg.handle("enrich", &Resources::new(dir.path()), &Default::default()).unwrap();
     let clock = Arc::new(ward_engine::clock::EpochClock::starting_at(7));
     let metrics = ward_engine::metrics::Metrics::new();
     let ctx = WorkerContext {

@@ -145,10 +145,32 @@ impl ComponentConfig for SigmaMatchConfig {
         if self.rules.is_empty() {
             anyhow::bail!("`rules` names no rule directory or file");
         }
-        // The mapping file is read once: it resolves the rules and the carried fields.
         let opts = self.options(ctx.resources)?;
-        let set = self.compile_with(ctx.resources, &opts)?;
         let carry = carry::carried_fields(ctx.downstream_alert_keys, &opts.mapping).map_err(anyhow::Error::msg)?;
+        let config = self.clone();
+        let handle = ReloadHandle::load(
+            ReloadSpec {
+                component: ctx.component_id.to_string(),
+                what: "rule set",
+                resources: ctx.resources.clone(),
+                paths: self.rules.clone(),
+                watch: self.watch,
+                load: Box::new(move |resources, running: Option<&RuleSet>| config.reload(resources, running)),
+                summary: Box::new(|set: &RuleSet| {
+                    let mut m = serde_json::Map::new();
+                    m.insert("compiled".into(), set.compiled().into());
+                    m.insert("rejected".into(), set.rejected().into());
+                    m
+                }),
+                publish: Box::new(|m, previous, set| {
+                    m.rules_compiled.set(set.compiled() as i64);
+                    m.rules_rejected.set(set.rejected() as i64);
+                    m.set_ruleset_version(previous.map(|p| p.version.as_str()), &set.version);
+                }),
+            },
+            ctx.contexts,
+        )?;
+        let set = handle.current();
         tracing::info!(
             component = ctx.component_id,
             version = %set.version,
@@ -167,29 +189,6 @@ impl ComponentConfig for SigmaMatchConfig {
                 if notes.len() > listed.len() { "; ..." } else { "" }
             );
         }
-        let config = self.clone();
-        let handle = ReloadHandle::new(
-            ReloadSpec {
-                component: ctx.component_id.to_string(),
-                what: "rule set",
-                resources: ctx.resources.clone(),
-                paths: self.rules.clone(),
-                watch: self.watch,
-                load: Box::new(move |resources, running: &RuleSet| config.reload(resources, running)),
-                summary: Box::new(|set: &RuleSet| {
-                    let mut m = serde_json::Map::new();
-                    m.insert("compiled".into(), set.compiled().into());
-                    m.insert("rejected".into(), set.rejected().into());
-                    m
-                }),
-                publish: Box::new(|m, previous, set| {
-                    m.rules_compiled.set(set.compiled() as i64);
-                    m.rules_rejected.set(set.rejected() as i64);
-                    m.set_ruleset_version(previous.map(|p| p.version.as_str()), &set.version);
-                }),
-            },
-            set,
-        );
         let h = handle.clone();
         ctx.admin.register("GET", "/rules", ctx.component_id, Arc::new(move |_| (200, describe(&h))));
         handle.register_reload_route(ctx.admin, "/rules/reload");
@@ -211,10 +210,11 @@ impl Versioned for RuleSet {
 }
 
 impl SigmaMatchConfig {
-    /// A new rule set from the files, refused if it does not compile or rejects rules the
-    /// running set did not.
-    fn reload(&self, resources: &Resources, running: &RuleSet) -> Result<RuleSet, Vec<serde_json::Value>> {
+    /// A rule set from the files, refused if it does not compile or (given the running set)
+    /// rejects rules the running set did not.
+    fn reload(&self, resources: &Resources, running: Option<&RuleSet>) -> Result<RuleSet, Vec<serde_json::Value>> {
         let new = self.compile(resources).map_err(|e| vec![serde_json::json!({ "reason": format!("{e:#}") })])?;
+        let Some(running) = running else { return Ok(new) };
         let old: std::collections::HashSet<_> = running.rejections().into_iter().collect();
         let added: Vec<serde_json::Value> = new
             .rejections()

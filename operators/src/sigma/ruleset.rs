@@ -88,7 +88,6 @@ impl RuleFile {
 /// cannot be used (not UTF-8, over [`MAX_RULE_FILE_BYTES`]) comes back with its `problem`, to
 /// be rejected alone like a YAML error; only a missing path is an error.
 pub fn read_rule_files(resources: &Resources, paths: &[String]) -> anyhow::Result<Vec<RuleFile>> {
-    use std::io::Read;
     let mut files = Vec::new();
     for p in paths {
         let root = resources.resolve(p);
@@ -98,15 +97,12 @@ pub fn read_rule_files(resources: &Resources, paths: &[String]) -> anyhow::Resul
                 _ => f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
             };
             let mut file = RuleFile::new(f.display().to_string(), rel, String::new());
-            let mut bytes = Vec::new();
-            let read = std::fs::File::open(&f)
-                .and_then(|h| h.take(MAX_RULE_FILE_BYTES + 1).read_to_end(&mut bytes).map(|_| ()));
-            match read {
+            match resources.read_file(&f, MAX_RULE_FILE_BYTES + 1) {
                 Err(e) => file.problem = Some(format!("cannot read: {e}")),
-                Ok(()) if bytes.len() as u64 > MAX_RULE_FILE_BYTES => {
+                Ok(bytes) if bytes.len() as u64 > MAX_RULE_FILE_BYTES => {
                     file.problem = Some(format!("file larger than {MAX_RULE_FILE_BYTES} bytes"))
                 }
-                Ok(()) => match String::from_utf8(bytes) {
+                Ok(bytes) => match String::from_utf8(bytes) {
                     Ok(t) => file.text = t,
                     Err(e) => {
                         file.problem =
