@@ -12,6 +12,7 @@ pub fn register(registry: &mut Registry) {
         .register::<sources::stdin::StdinSourceConfig>()
         .register::<sources::generator::GeneratorConfig>()
         .register::<sources::kafka::KafkaSourceConfig>()
+        .register::<sources::parquet::ParquetSourceConfig>()
         .register::<sinks::parquet::ParquetSinkConfig>()
         .register::<sinks::jsonl::JsonlSinkConfig>()
         .register::<sinks::clickhouse::ClickHouseSinkConfig>()

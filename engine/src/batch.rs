@@ -426,6 +426,11 @@ impl EventBatch {
     pub fn raw_bytes(&self) -> usize {
         self.raw.len()
     }
+    /// Derived text held (sources that build events themselves start a new batch past
+    /// [`BATCH_BYTES`] of it).
+    pub fn heap_bytes(&self) -> usize {
+        self.heap.len()
+    }
     /// Whether a source should start a new batch before adding more records.
     pub fn is_full(&self) -> bool {
         self.raw.len() >= BATCH_BYTES
