@@ -1,7 +1,6 @@
 //! `ward checkpoint list|inspect LOCATION`: what a checkpoint directory or object store holds.
 
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::process::ExitCode;
 
 use clap::Subcommand;
@@ -47,11 +46,6 @@ fn time(ms: i64) -> String {
     ward_engine::batch::format_timestamp_ms(ms)
 }
 
-/// Prints, ignoring a closed pipe (`ward checkpoint list DIR | head`).
-fn emit(out: &str) {
-    let _ = std::io::stdout().lock().write_all(out.as_bytes());
-}
-
 fn store(location: &str) -> anyhow::Result<std::sync::Arc<dyn Store>> {
     let cwd = std::env::current_dir()?;
     open(location, &cwd, &StorageOptions::default(), None, "checkpoint")
@@ -65,7 +59,7 @@ fn list_cmd(dir: &str, json: bool) -> anyhow::Result<ExitCode> {
         for m in &manifests {
             writeln!(out, "{}", serde_json::to_string(m)?)?;
         }
-        emit(&out);
+        crate::emit(&out);
         return Ok(ExitCode::SUCCESS);
     }
     if manifests.is_empty() {
@@ -86,7 +80,7 @@ fn list_cmd(dir: &str, json: bool) -> anyhow::Result<ExitCode> {
             if m.final_checkpoint { "yes" } else { "no" }
         )?;
     }
-    emit(&out);
+    crate::emit(&out);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -142,6 +136,6 @@ fn inspect(dir: &str, epoch: Option<u64>) -> anyhow::Result<ExitCode> {
         }
     }
     writeln!(out, "every part matches the manifest")?;
-    emit(&out);
+    crate::emit(&out);
     Ok(ExitCode::SUCCESS)
 }

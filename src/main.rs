@@ -3,6 +3,7 @@
 mod checkpoint_cli;
 mod demo;
 mod events_file;
+mod hunt_cli;
 mod packs_cli;
 mod rules_cli;
 mod views_cli;
@@ -71,6 +72,9 @@ enum Command {
     /// Views: the ClickHouse tables for their changes.
     #[command(subcommand)]
     Views(views_cli::ViewsCommand),
+    /// Retro-hunt: run Sigma and correlation rules over the events the parquet sink kept, with
+    /// the live engine's operators; prints what each rule found.
+    Hunt(hunt_cli::HuntArgs),
 }
 
 #[derive(clap::Args, Clone)]
@@ -119,6 +123,12 @@ struct RunArgs {
 enum GraphFormat {
     Mermaid,
     Dot,
+}
+
+/// Prints to standard output, ignoring a closed pipe (`ward checkpoint list DIR | head`).
+pub(crate) fn emit(out: &str) {
+    use std::io::Write;
+    let _ = std::io::stdout().lock().write_all(out.as_bytes());
 }
 
 pub fn registry() -> Registry {
@@ -325,6 +335,7 @@ fn main() -> ExitCode {
         Command::Rules(cmd) => rules_cli::run(cmd),
         Command::Checkpoint(cmd) => checkpoint_cli::run(cmd),
         Command::Views(cmd) => views_cli::run(cmd),
+        Command::Hunt(args) => hunt_cli::run(args, &registry),
         Command::Packs(cmd) => packs_cli::run(cmd),
         Command::Fields => {
             println!("| field | type | description |\n|---|---|---|");

@@ -122,6 +122,10 @@ impl ComponentConfig for ParquetSourceConfig {
             ctx.reads(dir);
         }
         let files = event_files(store.as_ref(), range)?;
+        if files.is_empty() {
+            let within = if range.bounded() { " in the time range" } else { "" };
+            anyhow::bail!("no event files (`*.parquet` written by the parquet sink){within} in {}", store.location());
+        }
         let fields = self.fields.as_ref().map(|f| Arc::new(Columns::wanted(f)));
         Ok(Built::Source(Arc::new(ParquetFactory {
             store,
@@ -286,7 +290,8 @@ impl Columns {
         let schema = batch.schema();
         let col = |name: &str| schema.index_of(name).ok().map(|i| batch.column(i).clone());
         let text = |name: &str| -> anyhow::Result<StringArray> {
-            let c = col(name).ok_or_else(|| anyhow::anyhow!("no `{name}` column: not a file of Ward's parquet sink"))?;
+            let c =
+                col(name).ok_or_else(|| anyhow::anyhow!("no `{name}` column: not a file of Ward's parquet sink"))?;
             Ok(c.as_string_opt::<i32>().ok_or_else(|| anyhow::anyhow!("`{name}` is not text"))?.clone())
         };
         let mut core = Vec::new();
@@ -307,12 +312,15 @@ impl Columns {
                     }
                     CoreColumn::Time(t)
                 }
-                (_, other) => anyhow::bail!("column `{}` is {other}, not what Ward's parquet sink writes", field.name()),
+                (_, other) => {
+                    anyhow::bail!("column `{}` is {other}, not what Ward's parquet sink writes", field.name())
+                }
             };
             core.push((id, column));
         }
         let offset = col("ward.offset").ok_or_else(|| anyhow::anyhow!("no `ward.offset` column"))?;
-        let offset = offset.as_primitive_opt::<UInt64Type>().ok_or_else(|| anyhow::anyhow!("`ward.offset` is not u64"))?;
+        let offset =
+            offset.as_primitive_opt::<UInt64Type>().ok_or_else(|| anyhow::anyhow!("`ward.offset` is not u64"))?;
         Ok(Columns {
             rows: batch.num_rows(),
             time,
@@ -345,7 +353,7 @@ impl Columns {
             let (keys, values) = (m.keys().as_string::<i32>(), m.values().as_string::<i32>());
             let offsets = m.value_offsets();
             for i in offsets[row] as usize..offsets[row + 1] as usize {
-                if wanted.is_none_or(|w| w.ext.binary_search_by(|e| e.as_str().cmp(keys.value(i))).is_ok()) {
+                if ext_wanted(wanted, keys.value(i)) {
                     n += keys.value(i).len() + if values.is_valid(i) { values.value(i).len() } else { 0 };
                 }
             }
@@ -379,15 +387,21 @@ impl Columns {
             let offsets = m.value_offsets();
             for i in offsets[row] as usize..offsets[row + 1] as usize {
                 let k = keys.value(i);
-                if !wanted.is_none_or(|w| w.ext.binary_search_by(|e| e.as_str().cmp(k)).is_ok()) {
+                if !ext_wanted(wanted, k) {
                     continue;
                 }
                 let key = Key::Ext(batch.heap().push_str(k));
-                let value = if values.is_valid(i) { Value::Str(batch.heap().push_str(values.value(i))) } else { Value::Null };
+                let value =
+                    if values.is_valid(i) { Value::Str(batch.heap().push_str(values.value(i))) } else { Value::Null };
                 batch.push_slot(Slot { key, value });
             }
         }
     }
+}
+
+/// Whether the extension field `key` is wanted (every one without a projection).
+fn ext_wanted(wanted: Option<&Wanted>, key: &str) -> bool {
+    wanted.is_none_or(|w| w.ext.binary_search_by(|e| e.as_str().cmp(key)).is_ok())
 }
 
 impl CoreColumn {
@@ -613,7 +627,10 @@ impl Source for ParquetSource {
                 if size > *max_record_bytes {
                     quarantine.push(QuarantineRecord {
                         reason: Reason::Oversize,
-                        detail: format!("{size} bytes of fields (max_record_bytes {max_record_bytes}) in {}", cursor.key),
+                        detail: format!(
+                            "{size} bytes of fields (max_record_bytes {max_record_bytes}) in {}",
+                            cursor.key
+                        ),
                         component: component.clone(),
                         source: origins.intern(columns.source.value(row)),
                         partition: origins.intern(columns.partition.value(row)),
@@ -716,7 +733,13 @@ mod tests {
         store
     }
 
-    fn source(store: &Arc<dyn Store>, range: TimeRange, fields: Option<&[&str]>, worker: usize, workers: usize) -> ParquetSource {
+    fn source(
+        store: &Arc<dyn Store>,
+        range: TimeRange,
+        fields: Option<&[&str]>,
+        worker: usize,
+        workers: usize,
+    ) -> ParquetSource {
         let factory = ParquetFactory {
             store: store.clone(),
             files: Arc::new(event_files(store.as_ref(), range).unwrap()),
@@ -742,7 +765,15 @@ mod tests {
                 };
                 let Some(Value::Timestamp(t)) = b.get(r, ids::TIMESTAMP) else { panic!("no time") };
                 let p = b.provenance(r);
-                out.push((t, text("event.id"), p.partition.to_string(), p.offset, text("host.name"), text("source.ip"), text("team")));
+                out.push((
+                    t,
+                    text("event.id"),
+                    p.partition.to_string(),
+                    p.offset,
+                    text("host.name"),
+                    text("source.ip"),
+                    text("team"),
+                ));
             }
         }
         out

@@ -1,0 +1,133 @@
+//! Retro-hunts (`ward hunt`, the `parquet` source): the demo pipeline runs live, then a hunt
+//! over the Parquet it wrote, with the same rules, raises exactly the live detection and
+//! correlation alerts, on 1 and 2 workers.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+
+/// A copy of the demo (its spec, packs, rules and enrichment files) in `dir`, generating
+/// `count` records, without an admin endpoint.
+fn demo_in(dir: &Path, count: u64) -> String {
+    for d in ["pipelines", "rules/sigma/ward", "rules/ti", "rules/geo", "rules/assets", "rules/sla"] {
+        std::fs::create_dir_all(dir.join(d).parent().unwrap()).unwrap();
+        let ok = Command::new("cp").arg("-r").arg(repo().join(d)).arg(dir.join(d)).status().unwrap();
+        assert!(ok.success());
+    }
+    let spec = dir.join("pipelines/demo.yaml");
+    let text = std::fs::read_to_string(&spec).unwrap();
+    let text = text
+        .replace("count: 100000", &format!("count: {count}"))
+        .replace("admin_listen: \"127.0.0.1:9464\"", "admin_listen: \"\"");
+    assert!(text.contains(&format!("count: {count}")) && text.contains("admin_listen: \"\""));
+    std::fs::write(&spec, text).unwrap();
+    spec.to_string_lossy().into_owned()
+}
+
+/// What identifies an alert whatever ran it: its id, rule, event, origin, matches and, for a
+/// correlation, its group and window.
+fn alerts(path: &Path) -> BTreeSet<String> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut out = BTreeSet::new();
+    for line in text.lines() {
+        let a: serde_json::Value = serde_json::from_str(line).unwrap();
+        let key = serde_json::json!([
+            a["alert_id"],
+            a["rule"]["id"],
+            a["event_id"],
+            a["origin"],
+            a["matches"],
+            a["correlation"],
+            a["ruleset_version"]
+        ]);
+        assert!(out.insert(key.to_string()), "an alert twice: {key}");
+    }
+    out
+}
+
+fn hunt(dir: &Path, args: &[&str]) -> Run {
+    let out = Command::new(ward_bin()).current_dir(dir).arg("hunt").args(args).output().unwrap();
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[test]
+fn a_hunt_over_the_demos_parquet_raises_exactly_the_live_alerts() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = demo_in(dir.path(), 30_000);
+    let live = Command::new(ward_bin()).args(["run", &spec, "-q", "--workers", "2"]).output().unwrap();
+    assert!(live.status.success(), "{}", String::from_utf8_lossy(&live.stderr));
+    let want = alerts(&dir.path().join("out/demo/alerts.jsonl"));
+    let correlations = std::fs::read_to_string(dir.path().join("out/demo/alerts.jsonl"))
+        .unwrap()
+        .lines()
+        .filter(|l| !serde_json::from_str::<serde_json::Value>(l).unwrap()["correlation"].is_null())
+        .count();
+    assert!(want.len() > 30, "{} live alerts", want.len());
+    assert!(correlations > 0 && correlations < want.len(), "detections and correlations: {correlations}");
+
+    for workers in ["1", "2"] {
+        let out = format!("hunt-{workers}.jsonl");
+        let r = hunt(
+            dir.path(),
+            &["--rules", "rules/sigma/ward", "--events", "out/demo/events", "-w", workers, "--out", &out, "-q"],
+        );
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let got = alerts(&dir.path().join(&out));
+        let missing: Vec<_> = want.difference(&got).take(3).collect();
+        let extra: Vec<_> = got.difference(&want).take(3).collect();
+        assert!(missing.is_empty() && extra.is_empty(), "{workers} worker(s): missing {missing:?}, extra {extra:?}");
+        // The summary: every rule that fired live, with its count.
+        assert!(r.stdout.contains(&format!("{} alerts from", want.len())), "{}", r.stdout);
+        assert!(r.stdout.contains("Hidden PowerShell With Encoded Command"), "{}", r.stdout);
+    }
+
+    // A time range: only the alerts of events inside it.
+    let r = hunt(
+        dir.path(),
+        &[
+            "--rules",
+            "rules/sigma/ward",
+            "--events",
+            "out/demo/events",
+            "--from",
+            "2026-01-05T08:01:00Z",
+            "--to",
+            "2026-01-05T08:02:00Z",
+            "--json",
+            "-q",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let summary: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let events = summary["events"].as_u64().unwrap();
+    assert!((5990..=6000).contains(&events), "one minute of events every 10 ms: {summary}");
+    for rule in summary["rules"].as_array().unwrap() {
+        for t in [&rule["first_seen"], &rule["last_seen"]] {
+            assert!(t.as_str().unwrap().starts_with("2026-01-05T08:01:"), "{rule}");
+        }
+    }
+}
+
+#[test]
+fn a_hunt_explains_what_is_wrong_with_its_arguments() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = hunt(dir.path(), &["--rules", "nowhere", "--events", "none"]);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("nowhere: No such file"), "{}", r.stderr);
+    assert!(r.stderr.contains("no event files (`*.parquet` written by the parquet sink) in"), "{}", r.stderr);
+    std::fs::create_dir_all(dir.path().join("events")).unwrap();
+    let r = hunt(
+        dir.path(),
+        &["--rules", &repo().join("rules/sigma/ward").to_string_lossy(), "--events", "events", "--from", "yesterday"],
+    );
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("`from`: `yesterday` is neither an RFC 3339 time"), "{}", r.stderr);
+}
