@@ -63,7 +63,8 @@ fn good_spec_validates() {
 fn unknown_type() {
     assert_rejected(&GOOD.replace("type: parse", "type: prase"), 8, Some(11), "unknown operator type `prase`");
     // A sink type under operators gets a hint.
-    assert_rejected(&GOOD.replace("type: parse", "type: parquet"), 8, Some(11), "belongs under `sinks`");
+    assert_rejected(&GOOD.replace("type: parse", "type: jsonl"), 8, Some(11), "belongs under `sinks`");
+    assert_rejected(&GOOD.replace("type: parse", "type: parquet"), 8, Some(11), "belongs under `sources` or `sinks`");
     // The broken component is not reported again as a dangling input.
     let (r, _) = validate(&GOOD.replace("type: parse", "type: prase"));
     assert!(r.stderr.contains("1 problem(s)"), "{}", r.stderr);

@@ -591,12 +591,14 @@ impl Validator {
         };
         let type_marker = type_node.span().start().copied();
         let Some(kind) = registry.get(section, type_node.as_str()).copied() else {
-            let other_section = [Section::Source, Section::Operator, Section::Sink]
+            let other_sections: Vec<String> = [Section::Source, Section::Operator, Section::Sink]
                 .into_iter()
-                .find(|s| *s != section && registry.get(*s, type_node.as_str()).is_some());
-            let hint = match other_section {
-                Some(s) => format!(" (`{}` belongs under `{}`)", type_node.as_str(), s.key()),
-                None => String::new(),
+                .filter(|s| *s != section && registry.get(*s, type_node.as_str()).is_some())
+                .map(|s| format!("`{}`", s.key()))
+                .collect();
+            let hint = match other_sections.is_empty() {
+                false => format!(" (`{}` belongs under {})", type_node.as_str(), other_sections.join(" or ")),
+                true => String::new(),
             };
             self.err(
                 type_marker.as_ref(),
