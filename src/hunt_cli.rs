@@ -45,6 +45,12 @@ pub struct HuntArgs {
     /// Sigma field mapping (as `sigma-match`'s `mapping`; default: the built-in one).
     #[arg(long)]
     mapping: Option<String>,
+    /// Compare with the alerts that fired live (an alerts JSON lines file, as the live alerts
+    /// sink writes them): per rule, the alerts the hunt adds, removes and keeps, keyed by rule
+    /// and event (a correlation: by rule, group and window). Live alerts outside `--from`/`--to`
+    /// are left out.
+    #[arg(long, value_name = "LIVE_ALERTS")]
+    diff: Option<PathBuf>,
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
@@ -128,19 +134,38 @@ fn hunt(args: &HuntArgs, registry: &ward_engine::registry::Registry) -> anyhow::
     let summary = runtime::run(&spec, &opts, stop)?;
     let rules = summarize(&alerts)?;
     let events = summary.components.iter().find(|c| c.id == "history").map_or(0, |c| c.records_out);
+    let diff = match &args.diff {
+        Some(live) => {
+            let range = |t: &Option<String>, name, default| {
+                t.as_deref()
+                    .map(|t| ward_connectors::sources::parquet::parse_time(name, t))
+                    .transpose()
+                    .map(|t| t.unwrap_or(default))
+            };
+            let range = (range(&args.from, "from", i64::MIN)?, range(&args.to, "to", i64::MAX)?);
+            Some(diff_alerts(&read_alerts(live, range)?, &read_alerts(&alerts, (i64::MIN, i64::MAX))?))
+        }
+        None => None,
+    };
     if args.json {
-        let out = json!({
+        let mut out = json!({
             "events": events,
             "elapsed_seconds": summary.elapsed.as_secs_f64(),
             "alerts": rules.values().map(|r| r.alerts).sum::<u64>(),
             "rules": rules.values().map(RuleSummary::to_json).collect::<Vec<_>>(),
             "out": args.out.as_ref().map(|p| p.display().to_string()),
         });
+        if let Some(d) = &diff {
+            out["diff"] = diff_json(d);
+        }
         crate::emit(&format!("{}\n", serde_json::to_string_pretty(&out)?));
     } else {
         let mut text = render(&rules, events, summary.elapsed);
         if let Some(p) = &args.out {
             text.push_str(&format!("alerts written to {}\n", p.display()));
+        }
+        if let (Some(d), Some(live)) = (&diff, &args.diff) {
+            text.push_str(&render_diff(d, live));
         }
         crate::emit(&text);
     }
@@ -235,11 +260,7 @@ fn render(rules: &BTreeMap<String, RuleSummary>, events: u64, elapsed: std::time
     let mut sorted: Vec<&RuleSummary> = rules.values().collect();
     sorted.sort_by(|a, b| b.alerts.cmp(&a.alerts).then(a.title.cmp(&b.title)));
     for r in sorted {
-        let title: String = if r.title.chars().count() > 47 {
-            r.title.chars().take(46).chain(std::iter::once('…')).collect()
-        } else {
-            r.title.clone()
-        };
+        let title = short(&r.title, 47);
         let time = |t: Option<i64>| t.map(ward_engine::batch::format_timestamp_ms).unwrap_or_default();
         let hosts: Vec<String> = r.top_hosts(3).iter().map(|(h, n)| format!("{h} ({n})")).collect();
         let _ = writeln!(
@@ -253,4 +274,144 @@ fn render(rules: &BTreeMap<String, RuleSummary>, events: u64, elapsed: std::time
         );
     }
     out
+}
+
+/// An alert as a diff sees it: its rule and what it is about.
+struct Keyed {
+    rule: String,
+    title: String,
+    /// The event (detections) or the group and window (correlations).
+    key: String,
+}
+
+/// What an alert is about, whatever raised it: the event (its id, else its origin) of a
+/// detection; the group and window of a correlation.
+fn alert_key(a: &Value) -> String {
+    let c = &a["correlation"];
+    if !c.is_null() {
+        return format!("group {} window {}..{}", c["group_by"], c["window_start_ms"], c["window_end_ms"]);
+    }
+    match a["event_id"].as_str() {
+        Some(id) => format!("event {id}"),
+        None => format!("origin {}", a["origin"]),
+    }
+}
+
+/// The alerts of a JSON lines file whose event time is in `[from, to)`.
+fn read_alerts(path: &Path, (from, to): (i64, i64)) -> anyhow::Result<Vec<Keyed>> {
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !path.exists() => return Ok(Vec::new()),
+        Err(e) => anyhow::bail!("{}: {e}", path.display()),
+    };
+    let mut out = Vec::new();
+    for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line = line.map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let a: Value = serde_json::from_str(&line)
+            .map_err(|e| anyhow::anyhow!("{}:{}: not an alert: {e}", path.display(), n + 1))?;
+        if a["event_time_ms"].as_i64().is_some_and(|t| t < from || t >= to) {
+            continue;
+        }
+        out.push(Keyed {
+            rule: a["rule"]["id"].as_str().unwrap_or_default().to_string(),
+            title: a["rule"]["title"].as_str().unwrap_or_default().to_string(),
+            key: alert_key(&a),
+        });
+    }
+    Ok(out)
+}
+
+/// Per rule: what the hunt adds, removes and keeps compared with the live alerts.
+#[derive(Default)]
+struct RuleDiff {
+    title: String,
+    live: u64,
+    hunt: u64,
+    unchanged: u64,
+    added: Vec<String>,
+    removed: Vec<String>,
+}
+
+fn diff_alerts(live: &[Keyed], hunt: &[Keyed]) -> BTreeMap<String, RuleDiff> {
+    use std::collections::BTreeSet;
+    let set = |alerts: &[Keyed]| -> BTreeSet<(String, String)> {
+        alerts.iter().map(|a| (a.rule.clone(), a.key.clone())).collect()
+    };
+    let (l, h) = (set(live), set(hunt));
+    let mut rules: BTreeMap<String, RuleDiff> = BTreeMap::new();
+    for a in live.iter().chain(hunt) {
+        let r = rules.entry(a.rule.clone()).or_default();
+        if r.title.is_empty() {
+            r.title = a.title.clone();
+        }
+    }
+    for (rule, key) in &l {
+        let r = rules.get_mut(rule).expect("every rule is in");
+        r.live += 1;
+        if h.contains(&(rule.clone(), key.clone())) {
+            r.unchanged += 1;
+        } else {
+            r.removed.push(key.clone());
+        }
+    }
+    for (rule, key) in &h {
+        let r = rules.get_mut(rule).expect("every rule is in");
+        r.hunt += 1;
+        if !l.contains(&(rule.clone(), key.clone())) {
+            r.added.push(key.clone());
+        }
+    }
+    rules
+}
+
+fn diff_json(d: &BTreeMap<String, RuleDiff>) -> Value {
+    json!({
+        "added": d.values().map(|r| r.added.len()).sum::<usize>(),
+        "removed": d.values().map(|r| r.removed.len()).sum::<usize>(),
+        "unchanged": d.values().map(|r| r.unchanged).sum::<u64>(),
+        "rules": d.iter().map(|(id, r)| json!({
+            "id": id,
+            "title": r.title,
+            "live": r.live,
+            "hunt": r.hunt,
+            "unchanged": r.unchanged,
+            "added": r.added,
+            "removed": r.removed,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn render_diff(d: &BTreeMap<String, RuleDiff>, live: &Path) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let (added, removed): (usize, usize) =
+        d.values().fold((0, 0), |(a, r), x| (a + x.added.len(), r + x.removed.len()));
+    let _ = writeln!(out, "\ncompared with the live alerts in {}: {added} added, {removed} removed", live.display());
+    let _ =
+        writeln!(out, "{:<48} {:>7} {:>7} {:>7} {:>7} {:>9}", "rule", "live", "hunt", "added", "removed", "unchanged");
+    for r in d.values() {
+        let title = short(&r.title, 47);
+        let _ = writeln!(
+            out,
+            "{title:<48} {:>7} {:>7} {:>7} {:>7} {:>9}",
+            r.live,
+            r.hunt,
+            r.added.len(),
+            r.removed.len(),
+            r.unchanged
+        );
+    }
+    out
+}
+
+/// `text` cut to `width` characters (with an ellipsis).
+fn short(text: &str, width: usize) -> String {
+    if text.chars().count() > width {
+        text.chars().take(width - 1).chain(std::iter::once('…')).collect()
+    } else {
+        text.to_string()
+    }
 }

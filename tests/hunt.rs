@@ -84,6 +84,25 @@ fn a_hunt_over_the_demos_parquet_raises_exactly_the_live_alerts() {
         let missing: Vec<_> = want.difference(&got).take(3).collect();
         let extra: Vec<_> = got.difference(&want).take(3).collect();
         assert!(missing.is_empty() && extra.is_empty(), "{workers} worker(s): missing {missing:?}, extra {extra:?}");
+        let d = hunt(
+            dir.path(),
+            &[
+                "--rules",
+                "rules/sigma/ward",
+                "--events",
+                "out/demo/events",
+                "-w",
+                workers,
+                "--diff",
+                "out/demo/alerts.jsonl",
+                "--json",
+                "-q",
+            ],
+        );
+        assert_eq!(d.code, 0, "{}", d.stderr);
+        let d: serde_json::Value = serde_json::from_str(&d.stdout).unwrap();
+        assert_eq!((d["diff"]["added"].as_u64(), d["diff"]["removed"].as_u64()), (Some(0), Some(0)), "{}", d["diff"]);
+        assert_eq!(d["diff"]["unchanged"].as_u64(), Some(want.len() as u64));
         // The summary: every rule that fired live, with its count.
         assert!(r.stdout.contains(&format!("{} alerts from", want.len())), "{}", r.stdout);
         assert!(r.stdout.contains("Hidden PowerShell With Encoded Command"), "{}", r.stdout);
@@ -130,4 +149,83 @@ fn a_hunt_explains_what_is_wrong_with_its_arguments() {
     );
     assert_ne!(r.code, 0);
     assert!(r.stderr.contains("`from`: `yesterday` is neither an RFC 3339 time"), "{}", r.stderr);
+}
+
+/// The live alerts of one rule, as the diff names them (`event <id>`).
+fn live_events_of(dir: &Path, rule: &str) -> BTreeSet<String> {
+    std::fs::read_to_string(dir.join("out/demo/alerts.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|a| a["rule"]["id"] == rule)
+        .map(|a| format!("event {}", a["event_id"].as_str().unwrap()))
+        .collect()
+}
+
+fn strings(v: &serde_json::Value) -> BTreeSet<String> {
+    v.as_array().unwrap().iter().map(|x| x.as_str().unwrap().to_string()).collect()
+}
+
+/// A changed rule and a new one: the diff against the live alerts lists exactly the events the
+/// change removes and the new rule adds, and nothing else.
+#[test]
+fn the_diff_lists_exactly_what_a_rule_change_adds_and_removes() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = demo_in(dir.path(), 20_000);
+    let live = Command::new(ward_bin()).args(["run", &spec, "-q"]).output().unwrap();
+    assert!(live.status.success(), "{}", String::from_utf8_lossy(&live.stderr));
+    let powershell = "6e2a1c55-3f4b-4b7e-9a51-1f0d8c3b7a01";
+    let admins = "0b8f7c3e-5d1a-4c2e-8f6b-2a9d4e7c1b02";
+    let removed = live_events_of(dir.path(), powershell);
+    let added = live_events_of(dir.path(), admins);
+    assert!(!removed.is_empty() && !added.is_empty());
+
+    // The PowerShell rule now leaves the one host it fired on out; a new rule (a copy of the
+    // Administrators group rule under another id) fires where that one did.
+    let rules = dir.path().join("rules/sigma/ward");
+    let text = std::fs::read_to_string(rules.join("proc_creation_encoded_powershell.yml")).unwrap();
+    let text = text.replace(
+        "    condition: all of selection_*",
+        "    filter_lab:\n        Computer: ws-07.corp.local\n    condition: all of selection_* and not filter_lab",
+    );
+    std::fs::write(rules.join("proc_creation_encoded_powershell.yml"), text).unwrap();
+    let copy = std::fs::read_to_string(rules.join("win_security_member_added_to_admins.yml"))
+        .unwrap()
+        .replace(admins, "9d3c2b1a-0000-4000-8000-00000000beef")
+        .replace("title: Account Added To The Local Administrators Group", "title: Administrators Group Change (copy)");
+    std::fs::write(rules.join("win_admins_copy.yml"), copy).unwrap();
+
+    let r = hunt(
+        dir.path(),
+        &[
+            "--rules",
+            "rules/sigma/ward",
+            "--events",
+            "out/demo/events",
+            "--diff",
+            "out/demo/alerts.jsonl",
+            "--json",
+            "-q",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let d = &serde_json::from_str::<serde_json::Value>(&r.stdout).unwrap()["diff"];
+    assert_eq!(d["removed"].as_u64(), Some(removed.len() as u64), "{d}");
+    assert_eq!(d["added"].as_u64(), Some(added.len() as u64), "{d}");
+    for rule in d["rules"].as_array().unwrap() {
+        let (a, rm) = (strings(&rule["added"]), strings(&rule["removed"]));
+        match rule["id"].as_str().unwrap() {
+            id if id == powershell => assert!(a.is_empty() && rm == removed && rule["hunt"] == 0, "{rule}"),
+            "9d3c2b1a-0000-4000-8000-00000000beef" => {
+                assert!(rm.is_empty() && a == added && rule["live"] == 0, "{rule}")
+            }
+            _ => assert!(a.is_empty() && rm.is_empty() && rule["unchanged"] == rule["live"], "{rule}"),
+        }
+    }
+    // The table says the same.
+    let r = hunt(
+        dir.path(),
+        &["--rules", "rules/sigma/ward", "--events", "out/demo/events", "--diff", "out/demo/alerts.jsonl", "-q"],
+    );
+    assert!(r.stdout.contains(&format!("{} added, {} removed", added.len(), removed.len())), "{}", r.stdout);
 }
