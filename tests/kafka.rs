@@ -328,3 +328,96 @@ sinks:
     assert!(expected.len() > 100, "{} alerts", expected.len());
     assert_eq!(got, expected, "the alerts topic holds each alert once");
 }
+
+/// Produces `n` records numbered from `from` with Kafka timestamps `t0 + n` ms.
+fn produce_at(brokers: &str, topic: &str, from: u64, n: u64, t0: i64) {
+    let producer: BaseProducer =
+        ClientConfig::new().set("bootstrap.servers", brokers).set("linger.ms", "5").create().expect("producer");
+    for i in from..from + n {
+        let payload = format!(r#"{{"n":{i}}}"#);
+        let key = i.to_string();
+        let mut record = BaseRecord::to(topic).payload(&payload).key(&key).timestamp(t0 + i as i64);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    record = r;
+                    producer.poll(Duration::from_millis(10));
+                }
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(30)).expect("flush");
+}
+
+fn numbers(dir: &Path) -> Vec<u64> {
+    let mut ns: Vec<u64> = std::fs::read_to_string(dir.join("out.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["ext"]["n"].as_u64().unwrap())
+        .collect();
+    ns.sort();
+    ns
+}
+
+/// `stop_at` ends a replay by itself: `end` after every record that was there at start (while
+/// a producer keeps writing), a time at the first record of each partition at or after it.
+#[test]
+fn a_replay_with_stop_at_ends_by_itself() {
+    let broker = Tansu::start();
+    let brokers = broker.address.clone();
+    create_topic(&brokers, "replay", 3);
+    let t0 = 1_767_600_000_000i64;
+    produce_at(&brokers, "replay", 0, 1000, t0);
+    let run = |dir: &Path, stop_at: &str| {
+        write(
+            dir,
+            "spec.yaml",
+            &format!(
+                r#"name: replay
+settings: {{epoch_interval_ms: 100, admin_listen: ""}}
+sources:
+  - {{id: in, type: kafka, brokers: "{brokers}", topics: [replay], stop_at: "{stop_at}"}}
+operators:
+  - {{id: parse, type: parse, inputs: [in], format: json}}
+sinks:
+  - {{id: out, type: jsonl, inputs: [parse], path: out.jsonl}}
+"#
+            ),
+        );
+        let mut child = std::process::Command::new(ward_bin())
+            .args(["run", dir.join("spec.yaml").to_str().unwrap(), "-q", "--workers", "2"])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let r = wait_all(std::slice::from_mut(&mut child), Duration::from_secs(60));
+        assert_eq!(r[0].0, Some(0), "{}", r[0].1);
+    };
+
+    // To the end, while more records keep coming.
+    let writing = {
+        let brokers = brokers.clone();
+        std::thread::spawn(move || {
+            for k in 0..40 {
+                produce_at(&brokers, "replay", 10_000 + k * 10, 10, t0 + 100_000);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    let dir = tempfile::tempdir().unwrap();
+    run(dir.path(), "end");
+    writing.join().unwrap();
+    let got = numbers(dir.path());
+    assert!(got.windows(2).all(|w| w[0] < w[1]), "every record once");
+    assert_eq!(got.iter().filter(|n| **n < 1000).count(), 1000, "every record there at start");
+
+    // To a time: records 0..300 have earlier timestamps.
+    let dir = tempfile::tempdir().unwrap();
+    run(dir.path(), &ward_engine_time(t0 + 300));
+    assert_eq!(numbers(dir.path()), (0..300).collect::<Vec<u64>>());
+}
+
+/// RFC 3339 of a millisecond time.
+fn ward_engine_time(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms).unwrap().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}

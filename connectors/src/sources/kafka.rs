@@ -6,8 +6,11 @@
 //! at `start` (`earliest`, `latest`, or an RFC 3339 time). After each complete checkpoint the
 //! offsets it holds are also committed to the consumer group (`group_id`), so ordinary lag
 //! tools work. With `stop_when_idle` the source ends once no partition has had a record for
-//! that long (replays, tests, backfills). (High watermarks would be the natural end, but the
-//! Tansu broker reports them per record batch, not per record.)
+//! that long (replays, tests, backfills). With `stop_at` a replay ends by itself: `end` once
+//! every partition has been read past its end offset at start and nothing more is waiting (the
+//! Tansu broker reports high watermarks per record batch, so "past the end at start" alone
+//! could stop inside the last batch); a time once every partition has reached a record at or
+//! after it, or caught up after that time.
 //!
 //! Each record's partition is `topic/partition` and its offset the Kafka offset, in provenance.
 
@@ -44,6 +47,11 @@ pub struct KafkaSourceConfig {
     #[serde(default, deserialize_with = "duration_or_never")]
     #[schemars(with = "Option<String>")]
     pub stop_when_idle: Option<Duration>,
+    /// End a replay by itself: `end` (every record in the topics when the source started, and
+    /// whatever came meanwhile until it caught up), or an RFC 3339 time (a partition ends at its
+    /// first record whose Kafka timestamp is at or after it). Default: read forever.
+    #[serde(default)]
+    pub stop_at: Option<String>,
     /// librdkafka properties passed through (TLS, SASL, fetch sizes...). Values are never logged.
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
@@ -77,6 +85,22 @@ enum Start {
     Time(i64),
 }
 
+/// Where a replay ends (`stop_at`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum StopAt {
+    End,
+    Time(i64),
+}
+
+fn parse_stop_at(s: &str) -> anyhow::Result<StopAt> {
+    match s {
+        "end" => Ok(StopAt::End),
+        t => chrono::DateTime::parse_from_rfc3339(t)
+            .map(|t| StopAt::Time(t.timestamp_millis()))
+            .map_err(|e| anyhow::anyhow!("`stop_at` must be `end` or an RFC 3339 time: {e}")),
+    }
+}
+
 fn parse_start(s: &str) -> anyhow::Result<Start> {
     match s {
         "earliest" => Ok(Start::Earliest),
@@ -100,6 +124,7 @@ impl ComponentConfig for KafkaSourceConfig {
             anyhow::bail!("`topics` names no topic");
         }
         let start = parse_start(&self.start)?;
+        let stop_at = self.stop_at.as_deref().map(parse_stop_at).transpose()?;
         crate::check_kafka_properties(&self.properties)?;
         for key in ["bootstrap.servers", "group.id", "enable.auto.commit", "enable.auto.offset.store"] {
             if self.properties.contains_key(key) {
@@ -107,13 +132,14 @@ impl ComponentConfig for KafkaSourceConfig {
             }
         }
         let group = self.group_id.clone().unwrap_or_else(|| format!("ward-{}", ctx.component_id));
-        Ok(Built::Source(Arc::new(KafkaFactory { config: self, start, group })))
+        Ok(Built::Source(Arc::new(KafkaFactory { config: self, start, stop_at, group })))
     }
 }
 
 struct KafkaFactory {
     config: KafkaSourceConfig,
     start: Start,
+    stop_at: Option<StopAt>,
     group: String,
 }
 
@@ -223,6 +249,7 @@ impl SourceFactory for KafkaFactory {
             component: ctx.component_id.clone(),
             consumer,
             start: self.start,
+            stop_at: self.stop_at,
             stop_when_idle: self.config.stop_when_idle,
             idle: Duration::ZERO,
             last_poll: std::time::Instant::now(),
@@ -230,7 +257,7 @@ impl SourceFactory for KafkaFactory {
                 .into_iter()
                 .map(|(t, p)| {
                     let name: Arc<str> = format!("{t}/{p}").into();
-                    ((t, p), PartitionState { name, next: None })
+                    ((t, p), PartitionState { name, next: None, from: 0, end: None, done: false })
                 })
                 .collect(),
             assigned: false,
@@ -246,6 +273,11 @@ struct PartitionState {
     name: Arc<str>,
     /// The next offset to read (known once read from or restored).
     next: Option<i64>,
+    /// With `stop_at`: where reading started and the end offset (high watermark) at start.
+    from: i64,
+    end: Option<i64>,
+    /// With `stop_at`: the partition's replay has ended (its later records are left alone).
+    done: bool,
 }
 
 /// A partition's position in a checkpoint.
@@ -260,6 +292,7 @@ pub struct KafkaSource {
     component: Arc<str>,
     consumer: BaseConsumer<Stats>,
     start: Start,
+    stop_at: Option<StopAt>,
     stop_when_idle: Option<Duration>,
     /// How long polls have found nothing, counting at most 100 ms between two polls: time
     /// the worker spent elsewhere (a sink waiting out an outage) is not idleness of the topic.
@@ -307,6 +340,7 @@ fn push_metadata(batch: &mut EventBatch, msg: &rdkafka::message::BorrowedMessage
 impl KafkaSource {
     fn assign(&mut self) -> anyhow::Result<()> {
         let mut tpl = TopicPartitionList::new();
+        let mut offsets = Vec::new();
         for ((t, p), s) in &self.partitions {
             let offset = match (s.next, self.start) {
                 (Some(n), _) => Offset::Offset(n),
@@ -323,10 +357,59 @@ impl KafkaSource {
                 }
             };
             tpl.add_partition_offset(t, *p, offset)?;
+            offsets.push(offset);
         }
         self.consumer.assign(&tpl).map_err(|e| anyhow::anyhow!("kafka assign: {e}"))?;
         self.assigned = true;
+        if self.stop_at.is_some() {
+            self.measure_replay(&offsets)?;
+        }
         Ok(())
+    }
+
+    /// With `stop_at`: each partition's watermarks at start, and the records left to read.
+    /// `offsets`: where each partition was assigned to start, in the partitions' order.
+    fn measure_replay(&mut self, offsets: &[Offset]) -> anyhow::Result<()> {
+        let mut left = 0i64;
+        for (((t, p), s), offset) in self.partitions.iter_mut().zip(offsets) {
+            let (low, high) = self
+                .consumer
+                .fetch_watermarks(t, *p, Duration::from_secs(10))
+                .map_err(|e| anyhow::anyhow!("kafka watermarks of {t}/{p}: {e}"))?;
+            s.end = Some(high);
+            s.from = match offset {
+                Offset::Offset(n) => *n,
+                Offset::End => high,
+                _ => low,
+            };
+            left += (high - s.from).max(0);
+        }
+        tracing::info!(
+            source = %self.component,
+            partitions = self.partitions.len(),
+            records = left,
+            "replay until {}: about {left} records to read",
+            match self.stop_at {
+                Some(StopAt::Time(ms)) => ward_engine::batch::format_timestamp_ms(ms),
+                _ => "the end".to_string(),
+            }
+        );
+        Ok(())
+    }
+
+    /// Nothing was waiting: partitions read past their end at start are done (with a time,
+    /// only once that time has passed).
+    fn caught_up(&mut self) {
+        let past = match self.stop_at {
+            None => return,
+            Some(StopAt::End) => true,
+            Some(StopAt::Time(ms)) => chrono::Utc::now().timestamp_millis() >= ms,
+        };
+        for s in self.partitions.values_mut().filter(|s| !s.done) {
+            if past && s.end.is_some_and(|end| s.next.unwrap_or(s.from) >= end) {
+                s.done = true;
+            }
+        }
     }
 
     /// The next offset of every partition read from or restored.
@@ -339,6 +422,7 @@ impl KafkaSource {
 
     fn at_end(&self) -> bool {
         self.stop_when_idle.is_some_and(|idle| self.idle >= idle)
+            || (self.stop_at.is_some() && self.partitions.values().all(|s| s.done))
     }
 }
 
@@ -411,6 +495,15 @@ impl Source for KafkaSource {
             let Some((_, state)) = self.partitions.iter_mut().find(|((t, p), _)| *p == partition && t == topic) else {
                 continue;
             };
+            if state.done {
+                continue; // past the replay's end: left for the next run
+            }
+            if let Some(StopAt::Time(ms)) = self.stop_at {
+                if msg.timestamp().to_millis().is_some_and(|t| t >= ms) {
+                    state.done = true;
+                    continue;
+                }
+            }
             state.next = Some(msg.offset() + 1);
             let name = state.name.clone();
             let origin = batch.origin_index(&self.component, &name);
@@ -439,6 +532,10 @@ impl Source for KafkaSource {
         let since = std::mem::replace(&mut self.last_poll, std::time::Instant::now()).elapsed();
         if batch.is_empty() {
             self.idle += since.min(Duration::from_millis(100));
+            self.caught_up();
+            if self.at_end() {
+                return Ok(SourcePoll::Done);
+            }
             return Ok(SourcePoll::Pending(Duration::from_millis(10)));
         }
         self.idle = Duration::ZERO;
@@ -457,7 +554,7 @@ mod tests {
             "properties": properties.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>(),
         }))
         .unwrap();
-        KafkaFactory { config, start: Start::Earliest, group: "g".into() }
+        KafkaFactory { config, start: Start::Earliest, stop_at: None, group: "g".into() }
     }
 
     #[test]
