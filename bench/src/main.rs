@@ -14,6 +14,7 @@ mod cluster;
 mod correlate;
 mod hostile;
 mod packs;
+mod parquet_read;
 mod sigma;
 mod state;
 
@@ -120,6 +121,22 @@ enum Cmd {
         /// Leave sigma-rust out of the side-by-side run (it takes minutes).
         #[arg(long)]
         no_sigma_rust: bool,
+    },
+    /// The parquet source alone (retro-hunts' reader), one thread: every column, and a
+    /// projection of the fields a rule set reads.
+    ParquetRead {
+        /// The parquet sink's directory.
+        #[arg(long)]
+        events: String,
+        /// The projected fields (default: what the SigmaHQ Windows process and logon rules read).
+        #[arg(long, value_delimiter = ',', default_values_t = [
+            "process.executable", "process.command_line", "process.parent.executable", "process.parent.command_line",
+            "user.name", "host.name", "event.code", "event.provider", "winlog.channel", "source.ip",
+            "destination.ip", "destination.port", "dns.question.name", "file.path",
+        ].map(String::from))]
+        fields: Vec<String>,
+        #[arg(long, default_value_t = 2)]
+        repeat: usize,
     },
     /// Pack detection: normalize with every built-in pack vs only the one that claims the
     /// events, per source (Windows shapes, cloud and network samples).
@@ -336,6 +353,7 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Hostile { sizes, repeat } => hostile::run(&sizes, repeat),
         Cmd::Packs { count, repeat } => packs::run(count, repeat),
+        Cmd::ParquetRead { events, fields, repeat } => parquet_read::run(&events, &fields, repeat),
         Cmd::Cluster { ward, count, repeat } => cluster::run(ward, count, repeat),
     }
 }
