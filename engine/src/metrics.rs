@@ -45,6 +45,7 @@ pub struct Metrics {
     watermark: GaugeVec,
     late: IntCounterVec,
     state_keys: IntGaugeVec,
+    records_expected: IntGaugeVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -162,6 +163,11 @@ impl Metrics {
                 &["component"],
             ),
             state_keys: gauge_vec("ward_state_keys", "Keys with live state in a stateful operator", &["component"]),
+            records_expected: gauge_vec(
+                "ward_source_records_expected",
+                "Records a bounded source expects to read in all (a replay's or a hunt's size; 0: unknown)",
+                &["component"],
+            ),
             alerts: counter(&registry, "ward_alerts_total", "Alerts a detector raised", &["component"]),
             match_over_budget: counter(
                 &registry,
@@ -264,6 +270,7 @@ impl Metrics {
             watermark: self.watermark.with_label_values(&[id]),
             late: self.late.with_label_values(&[id]),
             state_keys: self.state_keys.with_label_values(&[id]),
+            records_expected: self.records_expected.with_label_values(&[id]),
             families: self.families.clone(),
             quarantined: Reason::ALL.iter().map(|r| self.quarantined.with_label_values(&[id, r.as_str()])).collect(),
         }
@@ -331,6 +338,8 @@ pub struct ComponentMetrics {
     pub watermark: Gauge,
     pub late: IntCounter,
     pub state_keys: IntGauge,
+    /// Sources: records expected in all (0: unknown), for progress and ETA.
+    pub records_expected: IntGauge,
     /// Where the component registers families of its own.
     pub families: Arc<Families>,
     quarantined: Vec<IntCounter>,

@@ -529,9 +529,31 @@ fn spawn_monitor(run: Arc<RunContext>, finished: Arc<AtomicBool>, progress: bool
             }
             if let Some(b) = &bar {
                 let quarantined: u64 = all.iter().map(|m| m.quarantined_total()).sum();
+                let eps = run.metrics.events_per_second.get();
+                // Bounded sources that know their size (a hunt, a replay): share done and ETA.
+                let expected: i64 = sources.iter().map(|m| m.records_expected.get()).sum();
+                let share = if expected > 0 {
+                    let left = (expected - read as i64).max(0) as f64;
+                    let eta = match eps > 0.0 || left == 0.0 {
+                        true => {
+                            humantime_serde::re::humantime::format_duration(Duration::from_secs((left / eps) as u64))
+                                .to_string()
+                        }
+                        false => "?".into(),
+                    };
+                    format!(" of {expected} ({:.0}%, ETA {eta})", 100.0 * read as f64 / expected as f64)
+                } else {
+                    String::new()
+                };
+                // How far event time got: the stateful operators' newest watermark.
+                let reached = all.iter().map(|m| m.watermark.get()).filter(|t| *t < 4.1e9).fold(0.0f64, f64::max);
+                let time = if reached > 0.0 {
+                    format!(", event time {}", crate::batch::format_timestamp_ms((reached * 1000.0) as i64))
+                } else {
+                    String::new()
+                };
                 b.set_message(format!(
-                    "{read} records read, {:.0} events/s, {quarantined} quarantined, epoch {}",
-                    run.metrics.events_per_second.get(),
+                    "{read} records read{share}, {eps:.0} events/s{time}, {quarantined} quarantined, epoch {}",
                     run.clock.current()
                 ));
                 b.tick();

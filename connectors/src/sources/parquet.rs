@@ -201,7 +201,11 @@ struct ParquetFactory {
 
 impl SourceFactory for ParquetFactory {
     fn create(&self, ctx: &WorkerContext) -> anyhow::Result<Box<dyn Source>> {
-        Ok(Box::new(self.source(ctx.component_id.clone(), ctx.worker_index, ctx.workers)))
+        let source = self.source(ctx.component_id.clone(), ctx.worker_index, ctx.workers);
+        // For the progress line's share and ETA: the rows of this worker's files in the range
+        // (their footers; local files only, an object store would be read twice).
+        ctx.metrics.records_expected.add(source.expected_rows() as i64);
+        Ok(Box::new(source))
     }
 }
 
@@ -491,6 +495,31 @@ impl Interner {
 }
 
 impl ParquetSource {
+    /// The rows of this instance's files whose row groups can hold events of the range, from
+    /// their footers (0 for an object store).
+    fn expected_rows(&self) -> u64 {
+        let Some(root) = self.store.local_root() else { return 0 };
+        let mut rows = 0u64;
+        for key in self.groups.iter().flatten() {
+            let Ok(file) = std::fs::File::open(root.join(key)) else { continue };
+            let Ok(builder) = ParquetRecordBatchReaderBuilder::try_new(file) else { continue };
+            let time = builder.parquet_schema().columns().iter().position(|c| c.path().parts() == ["@timestamp"]);
+            for rg in builder.metadata().row_groups() {
+                let inside = match (time.map(|t| rg.column(t).statistics()), self.range.bounded()) {
+                    (Some(Some(Statistics::Int64(s))), true) => match (s.min_opt(), s.max_opt()) {
+                        (Some(min), Some(max)) => self.range.overlaps(*min, max.saturating_add(1)),
+                        _ => true,
+                    },
+                    _ => true,
+                };
+                if inside {
+                    rows += rg.num_rows().max(0) as u64;
+                }
+            }
+        }
+        rows
+    }
+
     /// Opens a file at the rows it had consumed: `None` when there is nothing (left) to read.
     fn open(&self, key: &str, skip: u64) -> anyhow::Result<Option<Cursor>> {
         let shown = || format!("{}/{key}", self.store.location());
