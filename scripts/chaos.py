@@ -390,9 +390,11 @@ def run(args, ward, rng, rate, work, s):
         return False
     log("all produced; final run to the end (stops when the topic is idle)")
     t = time.time()
-    procs = start_pipeline(ward, args, chaos_env, subprocess.PIPE)
+    procs = start_pipeline(ward, args, dict(chaos_env, WARD_LOG="warn,ward_connectors::sinks::kafka=info"),
+                           subprocess.PIPE)
     for j, p in enumerate(procs):
         _, err = p.communicate()
+        write(os.path.join(work, f"final-{j}.stderr"), err.decode())
         if p.returncode != 0:
             log(f"final run failed (process {j}): " + err.decode()[-3000:])
             return False
@@ -402,8 +404,11 @@ def run(args, ward, rng, rate, work, s):
     ref_out = os.path.join(work, "reference")
     ref_env = detection_env(s, os.path.join(work, "reference-checkpoints"), ref_out, "reference",
                             "alerts_reference", args.retain)
+    # The Kafka sink's recovery and closing steps say what they re-send (kept for a failure).
+    ref_env["WARD_LOG"] = "warn,ward_connectors::sinks::kafka=info"
     r = subprocess.run([ward, "run", DETECTION, "--workers", str(args.workers), "-q"], env=ref_env,
                        capture_output=True, text=True)
+    write(os.path.join(work, "reference.stderr"), r.stderr)
     if r.returncode != 0:
         log("reference run failed: " + r.stderr[-3000:])
         return False
@@ -430,6 +435,9 @@ def verify(args, s, out, ref_out, parquet=None):
     ref_topic = collections.Counter(k for k, _ in read_committed(s.brokers, "alerts_reference", 3))
     check("reference alerts: topic = ClickHouse", ref_topic == ref_alerts, True)
     if ref_topic != ref_alerts:
+        stderr = os.path.join(os.path.dirname(ref_out), "reference.stderr")
+        for line in open(stderr).read().splitlines()[-20:] if os.path.exists(stderr) else []:
+            log("     reference: " + line)
         log(f"     reference topic: {sum(ref_topic.values())} records; ClickHouse: {sum(ref_alerts.values())} rows; "
             f"only in the topic: {sorted((ref_topic - ref_alerts).elements())[:10]}; "
             f"only in ClickHouse: {sorted((ref_alerts - ref_topic).elements())[:10]}")
@@ -468,7 +476,10 @@ def verify(args, s, out, ref_out, parquet=None):
         for k in [k for k in keys if k.endswith("/MANIFEST.json")]:
             m = json.loads(s.s3.get_object(Bucket="ward", Key=k)["Body"].read())
             named += [k] + [k.rsplit("/", 1)[0] + "/parts/" + (p.get("file") or p["name"] + ".bin") for p in m["parts"]]
+            # The rule sets' and enrichment data's files, stored once per version.
+            named += ["chaos/checkpoints/" + v["key"] for vs in m.get("contexts", {}).values() for v in vs]
         check("S3 checkpoint objects no manifest names", len(set(keys) - set(named)), 0)
+        check("S3 checkpoint context versions stored", len([k for k in keys if "/contexts/" in k]) > 0, True)
 
     # The alerts topic, read_committed: exactly the reference alerts, each once.
     records = read_committed(s.brokers, "alerts", 3)
