@@ -49,6 +49,13 @@ fn alerts(path: &Path) -> BTreeSet<String> {
     out
 }
 
+/// `ward hunt` over the demo's Parquet with its rules, and `args`.
+fn hunt_demo(dir: &Path, args: &[&str]) -> Run {
+    let mut all = vec!["--rules", "rules/sigma/ward", "--events", "out/demo/events"];
+    all.extend_from_slice(args);
+    hunt(dir, &all)
+}
+
 fn hunt(dir: &Path, args: &[&str]) -> Run {
     let out = Command::new(ward_bin()).current_dir(dir).arg("hunt").args(args).output().unwrap();
     Run {
@@ -75,30 +82,13 @@ fn a_hunt_over_the_demos_parquet_raises_exactly_the_live_alerts() {
 
     for workers in ["1", "2"] {
         let out = format!("hunt-{workers}.jsonl");
-        let r = hunt(
-            dir.path(),
-            &["--rules", "rules/sigma/ward", "--events", "out/demo/events", "-w", workers, "--out", &out, "-q"],
-        );
+        let r = hunt_demo(dir.path(), &["-w", workers, "--out", &out, "-q"]);
         assert_eq!(r.code, 0, "{}", r.stderr);
         let got = alerts(&dir.path().join(&out));
         let missing: Vec<_> = want.difference(&got).take(3).collect();
         let extra: Vec<_> = got.difference(&want).take(3).collect();
         assert!(missing.is_empty() && extra.is_empty(), "{workers} worker(s): missing {missing:?}, extra {extra:?}");
-        let d = hunt(
-            dir.path(),
-            &[
-                "--rules",
-                "rules/sigma/ward",
-                "--events",
-                "out/demo/events",
-                "-w",
-                workers,
-                "--diff",
-                "out/demo/alerts.jsonl",
-                "--json",
-                "-q",
-            ],
-        );
+        let d = hunt_demo(dir.path(), &["-w", workers, "--diff", "out/demo/alerts.jsonl", "--json", "-q"]);
         assert_eq!(d.code, 0, "{}", d.stderr);
         let d: serde_json::Value = serde_json::from_str(&d.stdout).unwrap();
         assert_eq!((d["diff"]["added"].as_u64(), d["diff"]["removed"].as_u64()), (Some(0), Some(0)), "{}", d["diff"]);
@@ -109,21 +99,7 @@ fn a_hunt_over_the_demos_parquet_raises_exactly_the_live_alerts() {
     }
 
     // A time range: only the alerts of events inside it.
-    let r = hunt(
-        dir.path(),
-        &[
-            "--rules",
-            "rules/sigma/ward",
-            "--events",
-            "out/demo/events",
-            "--from",
-            "2026-01-05T08:01:00Z",
-            "--to",
-            "2026-01-05T08:02:00Z",
-            "--json",
-            "-q",
-        ],
-    );
+    let r = hunt_demo(dir.path(), &["--from", "2026-01-05T08:01:00Z", "--to", "2026-01-05T08:02:00Z", "--json", "-q"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     let summary: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
     let events = summary["events"].as_u64().unwrap();
@@ -195,19 +171,7 @@ fn the_diff_lists_exactly_what_a_rule_change_adds_and_removes() {
         .replace("title: Account Added To The Local Administrators Group", "title: Administrators Group Change (copy)");
     std::fs::write(rules.join("win_admins_copy.yml"), copy).unwrap();
 
-    let r = hunt(
-        dir.path(),
-        &[
-            "--rules",
-            "rules/sigma/ward",
-            "--events",
-            "out/demo/events",
-            "--diff",
-            "out/demo/alerts.jsonl",
-            "--json",
-            "-q",
-        ],
-    );
+    let r = hunt_demo(dir.path(), &["--diff", "out/demo/alerts.jsonl", "--json", "-q"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     let d = &serde_json::from_str::<serde_json::Value>(&r.stdout).unwrap()["diff"];
     assert_eq!(d["removed"].as_u64(), Some(removed.len() as u64), "{d}");
@@ -223,9 +187,6 @@ fn the_diff_lists_exactly_what_a_rule_change_adds_and_removes() {
         }
     }
     // The table says the same.
-    let r = hunt(
-        dir.path(),
-        &["--rules", "rules/sigma/ward", "--events", "out/demo/events", "--diff", "out/demo/alerts.jsonl", "-q"],
-    );
+    let r = hunt_demo(dir.path(), &["--diff", "out/demo/alerts.jsonl", "-q"]);
     assert!(r.stdout.contains(&format!("{} added, {} removed", added.len(), removed.len())), "{}", r.stdout);
 }

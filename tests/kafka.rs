@@ -18,12 +18,28 @@ use rdkafka::TopicPartitionList;
 
 /// Produces `n` JSON records numbered from `from`, spread over partitions by key.
 fn produce(brokers: &str, topic: &str, from: u64, n: u64) {
+    produce_with(brokers, topic, from..from + n, None, |i| {
+        format!(r#"{{"@timestamp":"2026-03-01T09:00:{:02}.000Z","n":{i},"host":"h{}"}}"#, i % 60, i % 7)
+    });
+}
+
+/// Produces a record per number, keyed by it, with `payload(n)` and (given `t0`) the Kafka
+/// timestamp `t0 + n` ms.
+fn produce_with(
+    brokers: &str,
+    topic: &str,
+    numbers: std::ops::Range<u64>,
+    t0: Option<i64>,
+    payload: impl Fn(u64) -> String,
+) {
     let producer: BaseProducer =
         ClientConfig::new().set("bootstrap.servers", brokers).set("linger.ms", "5").create().expect("producer");
-    for i in from..from + n {
-        let payload = format!(r#"{{"@timestamp":"2026-03-01T09:00:{:02}.000Z","n":{i},"host":"h{}"}}"#, i % 60, i % 7);
-        let key = i.to_string();
+    for i in numbers {
+        let (payload, key) = (payload(i), i.to_string());
         let mut record = BaseRecord::to(topic).payload(&payload).key(&key);
+        if let Some(t0) = t0 {
+            record = record.timestamp(t0 + i as i64);
+        }
         loop {
             match producer.send(record) {
                 Ok(()) => break,
@@ -331,23 +347,7 @@ sinks:
 
 /// Produces `n` records numbered from `from` with Kafka timestamps `t0 + n` ms.
 fn produce_at(brokers: &str, topic: &str, from: u64, n: u64, t0: i64) {
-    let producer: BaseProducer =
-        ClientConfig::new().set("bootstrap.servers", brokers).set("linger.ms", "5").create().expect("producer");
-    for i in from..from + n {
-        let payload = format!(r#"{{"n":{i}}}"#);
-        let key = i.to_string();
-        let mut record = BaseRecord::to(topic).payload(&payload).key(&key).timestamp(t0 + i as i64);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((_, r)) => {
-                    record = r;
-                    producer.poll(Duration::from_millis(10));
-                }
-            }
-        }
-    }
-    producer.flush(Duration::from_secs(30)).expect("flush");
+    produce_with(brokers, topic, from..from + n, Some(t0), |i| format!(r#"{{"n":{i}}}"#));
 }
 
 fn numbers(dir: &Path) -> Vec<u64> {

@@ -227,7 +227,7 @@ pub fn list(store: &dyn Store) -> anyhow::Result<Vec<Manifest>> {
 /// itself). Run at start, before this run writes anything.
 pub fn remove_strays(store: &dyn Store, complete: &[Manifest]) -> anyhow::Result<usize> {
     let all = objects(store)?;
-    let mut removed = Contexts::default().remove_unnamed(store, complete.iter().map(|m| &m.contexts))?;
+    let mut removed = crate::contexts::remove_unnamed(store, complete.iter().map(|m| &m.contexts))?.len();
     for m in complete {
         if let Some(keys) = all.get(&m.epoch) {
             removed += delete_unnamed(store, m.epoch, keys, &m.parts)?;

@@ -133,24 +133,15 @@ impl Contexts {
     }
 
     /// Removes the stored versions that none of `named` (the retained manifests' contexts)
-    /// names; how many. Called after a manifest is written, by its writer.
+    /// names, and forgets them; how many. Called after a manifest is written, by its writer.
     pub fn remove_unnamed<'m>(
         &self,
         store: &dyn Store,
         named: impl IntoIterator<Item = &'m ContextNames>,
     ) -> anyhow::Result<usize> {
-        let keep: BTreeSet<&str> =
-            named.into_iter().flat_map(|m| m.values().flatten().map(|v| v.key.as_str())).collect();
-        let mut inner = self.lock();
-        let mut removed = 0;
-        for e in store.list(PREFIX.trim_end_matches('/'))? {
-            if !keep.contains(e.key.as_str()) {
-                store.delete(&e.key)?;
-                inner.stored.remove(&e.key);
-                removed += 1;
-            }
-        }
-        Ok(removed)
+        let removed = remove_unnamed(store, named)?;
+        self.lock().stored.retain(|key, _| !removed.contains(key));
+        Ok(removed.len())
     }
 
     /// Rebuilds every component's versions named by the manifest of checkpoint `epoch` from
@@ -204,6 +195,22 @@ impl Contexts {
         }
         Ok(())
     }
+}
+
+/// Removes the stored versions in `store` that none of `named` names; their keys.
+pub fn remove_unnamed<'m>(
+    store: &dyn Store,
+    named: impl IntoIterator<Item = &'m ContextNames>,
+) -> anyhow::Result<Vec<String>> {
+    let keep: BTreeSet<&str> = named.into_iter().flat_map(|m| m.values().flatten().map(|v| v.key.as_str())).collect();
+    let mut removed = Vec::new();
+    for e in store.list(PREFIX.trim_end_matches('/'))? {
+        if !keep.contains(e.key.as_str()) {
+            store.delete(&e.key)?;
+            removed.push(e.key);
+        }
+    }
+    Ok(removed)
 }
 
 fn list(versions: &[ContextVersion]) -> String {
