@@ -14,6 +14,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use serde_json::{json, Value};
+use ward_connectors::records::ClickHouseTable;
 use ward_engine::runtime::{self, RunOptions};
 use ward_engine::spec::Spec;
 
@@ -22,8 +23,10 @@ pub struct HuntArgs {
     /// Sigma rule files or directories (correlation rules among them are evaluated too).
     #[arg(long, required = true, num_args = 1..)]
     rules: Vec<String>,
-    /// The events: the parquet sink's directory, or its object-store location
-    /// (`s3://bucket/events`, reached with the standard AWS_* environment).
+    /// The events: the parquet sink's directory, its object-store location
+    /// (`s3://bucket/events`, reached with the standard AWS_* environment), or the clickhouse
+    /// sink's events table (`clickhouse://[user@]host:8123/database[/table]`, table `events`
+    /// by default; the password from WARD_CLICKHOUSE_PASSWORD).
     #[arg(long, value_name = "DIR_OR_URL")]
     events: String,
     /// Only events at or after this time (RFC 3339, or a date: 2026-12-01).
@@ -45,12 +48,18 @@ pub struct HuntArgs {
     /// Sigma field mapping (as `sigma-match`'s `mapping`; default: the built-in one).
     #[arg(long)]
     mapping: Option<String>,
-    /// Compare with the alerts that fired live (an alerts JSON lines file, as the live alerts
-    /// sink writes them): per rule, the alerts the hunt adds, removes and keeps, keyed by rule
-    /// and event (a correlation: by rule, group and window). Live alerts outside `--from`/`--to`
-    /// are left out.
+    /// Compare with the alerts that fired live: an alerts JSON lines file (as the jsonl sink
+    /// writes them), the alerts topic (`kafka://host:9092/topic`) or the ClickHouse alerts
+    /// table (`clickhouse://host:8123/database/alerts`). Per rule, the alerts the hunt adds,
+    /// removes and keeps, keyed by rule and event (a correlation: by rule, group and window).
+    /// Live alerts outside `--from`/`--to` are left out.
     #[arg(long, value_name = "LIVE_ALERTS")]
-    diff: Option<PathBuf>,
+    diff: Option<String>,
+    /// Keep checkpoints here (a directory or an object-store URL): a hunt stopped (Ctrl-C, a
+    /// crash) and started again with the same arguments goes on where it stopped. Needs
+    /// `--out`, which then keeps every alert exactly once.
+    #[arg(long, value_name = "DIR_OR_URL", requires = "out")]
+    checkpoint_dir: Option<String>,
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
@@ -60,8 +69,27 @@ pub struct HuntArgs {
 }
 
 /// The pipeline a hunt runs, as a spec (JSON is YAML).
-fn hunt_spec(args: &HuntArgs, alerts: &Path) -> Value {
-    let mut source = json!({ "id": "history", "type": "parquet", "path": args.events });
+fn hunt_spec(args: &HuntArgs, alerts: &Path) -> anyhow::Result<Value> {
+    let mut source = match args.events.strip_prefix("clickhouse://") {
+        Some(_) => {
+            let t = ClickHouseTable::parse(&args.events)?;
+            let mut s = json!({
+                "id": "history",
+                "type": "clickhouse",
+                "url": t.url,
+                "database": t.database,
+                "table": t.table.unwrap_or_else(|| "events".into()),
+            });
+            if let Some(u) = t.user {
+                s["user"] = u.into();
+            }
+            if std::env::var_os(PASSWORD_ENV).is_some() {
+                s["password_env"] = PASSWORD_ENV.into();
+            }
+            s
+        }
+        None => json!({ "id": "history", "type": "parquet", "path": args.events }),
+    };
     if let Some(f) = &args.from {
         source["from"] = f.clone().into();
     }
@@ -85,14 +113,17 @@ fn hunt_spec(args: &HuntArgs, alerts: &Path) -> Value {
     operators.push(
         json!({ "id": "correlate", "type": "correlate", "inputs": ["detect"], "rules": args.rules, "watch": false }),
     );
-    json!({
+    Ok(json!({
         "name": "hunt",
         "settings": { "epoch_interval_ms": 1000, "admin_listen": "" },
         "sources": [source],
         "operators": operators,
         "sinks": [{ "id": "alerts", "type": "jsonl", "inputs": ["correlate"], "path": alerts.display().to_string() }],
-    })
+    }))
 }
+
+/// Where a ClickHouse password comes from (never from arguments, which `ps` shows).
+const PASSWORD_ENV: &str = "WARD_CLICKHOUSE_PASSWORD";
 
 pub fn run(args: HuntArgs, registry: &ward_engine::registry::Registry) -> ExitCode {
     match hunt(&args, registry) {
@@ -110,11 +141,15 @@ fn hunt(args: &HuntArgs, registry: &ward_engine::registry::Registry) -> anyhow::
         Some(p) => std::path::absolute(p)?,
         None => scratch.path().join("alerts.jsonl"),
     };
-    if alerts.exists() {
-        // The jsonl sink appends; a hunt's output is its own.
+    let resuming = args.checkpoint_dir.as_ref().is_some_and(|d| {
+        // A local checkpoint directory with something in it (an object store: the run knows).
+        std::fs::read_dir(d).map_or(d.contains("://"), |mut e| e.next().is_some())
+    });
+    if alerts.exists() && !resuming {
+        // The jsonl sink appends; a hunt's output is its own (a resumed one goes on with it).
         std::fs::remove_file(&alerts).map_err(|e| anyhow::anyhow!("{}: {e}", alerts.display()))?;
     }
-    let text = serde_json::to_string_pretty(&hunt_spec(args, &alerts))?;
+    let text = serde_json::to_string_pretty(&hunt_spec(args, &alerts)?)?;
     let cwd = std::env::current_dir()?;
     let spec = Spec::parse(Path::new("ward hunt"), &text, ward_engine::resources::Resources::new(&cwd), registry)
         .map_err(|errors| {
@@ -127,7 +162,7 @@ fn hunt(args: &HuntArgs, registry: &ward_engine::registry::Registry) -> anyhow::
         cluster: None,
         admin_listen: Some(String::new()),
         progress: !args.quiet,
-        checkpoint_dir: None,
+        checkpoint_dir: args.checkpoint_dir.clone(),
     };
     let stop = Arc::new(AtomicBool::new(false));
     let _ = signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone());
@@ -138,12 +173,13 @@ fn hunt(args: &HuntArgs, registry: &ward_engine::registry::Registry) -> anyhow::
         Some(live) => {
             let range = |t: &Option<String>, name, default| {
                 t.as_deref()
-                    .map(|t| ward_connectors::sources::parquet::parse_time(name, t))
+                    .map(|t| ward_connectors::sources::history::parse_time(name, t))
                     .transpose()
                     .map(|t| t.unwrap_or(default))
             };
             let range = (range(&args.from, "from", i64::MIN)?, range(&args.to, "to", i64::MAX)?);
-            Some(diff_alerts(&read_alerts(live, range)?, &read_alerts(&alerts, (i64::MIN, i64::MAX))?))
+            let hunted = read_alerts(&alerts.to_string_lossy(), (i64::MIN, i64::MAX))?;
+            Some(diff_alerts(&read_alerts(live, range)?, &hunted))
         }
         None => None,
     };
@@ -282,6 +318,8 @@ struct Keyed {
     title: String,
     /// The event (detections) or the group and window (correlations).
     key: String,
+    /// The rule set that raised it.
+    ruleset: String,
 }
 
 /// What an alert is about, whatever raised it: the event (its id, else its origin) of a
@@ -297,29 +335,63 @@ fn alert_key(a: &Value) -> String {
     }
 }
 
-/// The alerts of a JSON lines file whose event time is in `[from, to)`.
-fn read_alerts(path: &Path, (from, to): (i64, i64)) -> anyhow::Result<Vec<Keyed>> {
-    let file = match std::fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !path.exists() => return Ok(Vec::new()),
-        Err(e) => anyhow::bail!("{}: {e}", path.display()),
-    };
+/// The alerts whose event time is in `[from, to)`, from a JSON lines file, an alerts topic
+/// (`kafka://host:port/topic`) or a ClickHouse alerts table
+/// (`clickhouse://host:port/database/table`, its `record` column).
+fn read_alerts(location: &str, (from, to): (i64, i64)) -> anyhow::Result<Vec<Keyed>> {
     let mut out = Vec::new();
-    for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        if line.trim().is_empty() {
-            continue;
+    let mut take = |text: &str, at: &dyn Fn() -> String| -> anyhow::Result<()> {
+        if text.trim().is_empty() {
+            return Ok(());
         }
-        let a: Value = serde_json::from_str(&line)
-            .map_err(|e| anyhow::anyhow!("{}:{}: not an alert: {e}", path.display(), n + 1))?;
+        let a: Value = serde_json::from_str(text).map_err(|e| anyhow::anyhow!("{}: not an alert: {e}", at()))?;
         if a["event_time_ms"].as_i64().is_some_and(|t| t < from || t >= to) {
-            continue;
+            return Ok(());
         }
         out.push(Keyed {
             rule: a["rule"]["id"].as_str().unwrap_or_default().to_string(),
             title: a["rule"]["title"].as_str().unwrap_or_default().to_string(),
             key: alert_key(&a),
+            ruleset: a["ruleset_version"].as_str().unwrap_or_default().to_string(),
         });
+        Ok(())
+    };
+    if let Some(rest) = location.strip_prefix("kafka://") {
+        let (brokers, topic) =
+            rest.split_once('/').ok_or_else(|| anyhow::anyhow!("`{location}`: no topic (kafka://host:9092/topic)"))?;
+        let mut n = 0u64;
+        ward_connectors::records::each_kafka_value(brokers, topic, |v| {
+            n += 1;
+            take(&String::from_utf8_lossy(v), &|| format!("{location}: record {n}"))
+        })?;
+        return Ok(out);
+    }
+    if location.starts_with("clickhouse://") {
+        let mut table = ClickHouseTable::parse(location)?;
+        table.table.get_or_insert_with(|| "alerts".into());
+        // Whole seconds around the range (18.16 has no DateTime64); the exact range is above.
+        let mut condition = vec!["1".to_string()];
+        if from != i64::MIN {
+            condition.push(format!("event_time >= toDateTime({})", from.div_euclid(1000).max(0)));
+        }
+        if to != i64::MAX {
+            condition.push(format!("event_time < toDateTime({})", to.div_euclid(1000).max(0) + 1));
+        }
+        let password = std::env::var(PASSWORD_ENV).ok();
+        table.each_text(password.as_deref(), "record", &condition.join(" AND "), |record| {
+            take(record, &|| location.to_string())
+        })?;
+        return Ok(out);
+    }
+    let path = Path::new(location);
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !path.exists() => return Ok(Vec::new()),
+        Err(e) => anyhow::bail!("{location}: {e}"),
+    };
+    for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line = line.map_err(|e| anyhow::anyhow!("{location}: {e}"))?;
+        take(&line, &|| format!("{location}:{}", n + 1))?;
     }
     Ok(out)
 }
@@ -335,7 +407,14 @@ struct RuleDiff {
     removed: Vec<String>,
 }
 
-fn diff_alerts(live: &[Keyed], hunt: &[Keyed]) -> BTreeMap<String, RuleDiff> {
+/// A hunt's alerts against the live ones.
+struct Diff {
+    rules: BTreeMap<String, RuleDiff>,
+    /// The rule-set versions the live alerts name, with their alerts.
+    live_rulesets: BTreeMap<String, u64>,
+}
+
+fn diff_alerts(live: &[Keyed], hunt: &[Keyed]) -> Diff {
     use std::collections::BTreeSet;
     let set = |alerts: &[Keyed]| -> BTreeSet<(String, String)> {
         alerts.iter().map(|a| (a.rule.clone(), a.key.clone())).collect()
@@ -364,11 +443,17 @@ fn diff_alerts(live: &[Keyed], hunt: &[Keyed]) -> BTreeMap<String, RuleDiff> {
             r.added.push(key.clone());
         }
     }
-    rules
+    let mut live_rulesets = BTreeMap::new();
+    for a in live {
+        *live_rulesets.entry(a.ruleset.clone()).or_insert(0) += 1;
+    }
+    Diff { rules, live_rulesets }
 }
 
-fn diff_json(d: &BTreeMap<String, RuleDiff>) -> Value {
+fn diff_json(diff: &Diff) -> Value {
+    let d = &diff.rules;
     json!({
+        "live_ruleset_versions": diff.live_rulesets,
         "added": d.values().map(|r| r.added.len()).sum::<usize>(),
         "removed": d.values().map(|r| r.removed.len()).sum::<usize>(),
         "unchanged": d.values().map(|r| r.unchanged).sum::<u64>(),
@@ -384,12 +469,21 @@ fn diff_json(d: &BTreeMap<String, RuleDiff>) -> Value {
     })
 }
 
-fn render_diff(d: &BTreeMap<String, RuleDiff>, live: &Path) -> String {
+fn render_diff(diff: &Diff, live: &str) -> String {
     use std::fmt::Write;
+    let d = &diff.rules;
     let mut out = String::new();
     let (added, removed): (usize, usize) =
         d.values().fold((0, 0), |(a, r), x| (a + x.added.len(), r + x.removed.len()));
-    let _ = writeln!(out, "\ncompared with the live alerts in {}: {added} added, {removed} removed", live.display());
+    let _ = writeln!(out, "\ncompared with the live alerts in {live}: {added} added, {removed} removed");
+    let versions: Vec<String> = diff
+        .live_rulesets
+        .iter()
+        .map(|(v, n)| format!("{} ({n})", if v.is_empty() { "none recorded" } else { v }))
+        .collect();
+    if !versions.is_empty() {
+        let _ = writeln!(out, "live alerts by rule-set version: {}", versions.join(", "));
+    }
     let _ =
         writeln!(out, "{:<48} {:>7} {:>7} {:>7} {:>7} {:>9}", "rule", "live", "hunt", "added", "removed", "unchanged");
     for r in d.values() {

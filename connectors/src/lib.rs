@@ -1,5 +1,6 @@
 //! Ward's connectors: sources and sinks that do I/O, one file per component with its config.
 
+pub mod records;
 pub mod sinks;
 pub mod sources;
 
@@ -13,6 +14,7 @@ pub fn register(registry: &mut Registry) {
         .register::<sources::generator::GeneratorConfig>()
         .register::<sources::kafka::KafkaSourceConfig>()
         .register::<sources::parquet::ParquetSourceConfig>()
+        .register::<sources::clickhouse::ClickHouseSourceConfig>()
         .register::<sinks::parquet::ParquetSinkConfig>()
         .register::<sinks::jsonl::JsonlSinkConfig>()
         .register::<sinks::clickhouse::ClickHouseSinkConfig>()

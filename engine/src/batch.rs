@@ -451,6 +451,15 @@ impl EventBatch {
         Heap { heap: &mut self.heap, ips: &mut self.ips }
     }
 
+    /// Drops the last row (found bad while its fields were added) and what the heap took
+    /// since `mark`; its raw payload stays (`raw` only grows).
+    pub fn pop_row(&mut self, mark: HeapMark) {
+        if let Some(r) = self.rows.pop() {
+            self.slots.truncate(r.slots_start as usize);
+        }
+        self.heap().rollback(mark);
+    }
+
     /// Appends a field to the last row (moving that row's fields to the end first if another
     /// row's were added after them).
     pub fn push_slot(&mut self, slot: Slot) {

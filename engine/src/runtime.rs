@@ -29,9 +29,8 @@ pub struct RunOptions {
     pub admin_listen: Option<String>,
     /// Show a progress line on stderr (only when stderr is a terminal).
     pub progress: bool,
-    /// Overrides the spec's checkpoint directory (checkpoints with the default settings if the
-    /// spec has none).
-    /// Checkpoint location (a directory or an object-store URL), overriding the spec's.
+    /// Checkpoint location (a directory or an object-store URL), overriding the spec's
+    /// (checkpoints with the default settings if the spec has none).
     pub checkpoint_dir: Option<String>,
 }
 

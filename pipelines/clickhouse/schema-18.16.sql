@@ -8,6 +8,7 @@ CREATE TABLE IF NOT EXISTS ward.events
 (
     `ward_id`                          UInt64,
     `timestamp`                        DateTime,
+    `timestamp_ms`                     UInt16,
     `event_id`                         String,
     `event_kind`                       String,
     `event_category`                   String,

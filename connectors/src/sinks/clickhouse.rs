@@ -4,7 +4,8 @@
 //! record, encoded into the column's own type (see `clickhouse_rowbinary`). Column names say
 //! where values come from: for events, a core field with dots as underscores (`source_ip` ←
 //! `source.ip`, `timestamp` ← `@timestamp`), `ward_source`, `ward_partition`, `ward_offset`,
-//! `ext` (the extension map: `Map(String, String)` or JSON text), `raw` (the input record);
+//! `ext` (the extension map: `Map(String, String)` or JSON text), `raw` (the input record), a
+//! time field's name with `_ms` (its milliseconds within the second, beside a `DateTime`);
 //! for alerts, cases and quarantined records, a path into the record's JSON with `_` between
 //! levels (`rule_title` ← `rule.title`; a time column `x` also takes `x_ms`) and `record` (the
 //! whole record as JSON). `columns:` maps any other name. `ward_id` is a deterministic row id:
@@ -420,6 +421,9 @@ impl ClickHouseFactory {
 enum ColumnSource {
     Id,
     Core(FieldId),
+    /// The milliseconds within the second of a time field (`timestamp_ms` beside an 18.16
+    /// `DateTime`, which has whole seconds).
+    Millis(FieldId),
     Source,
     Partition,
     Offset,
@@ -475,6 +479,12 @@ impl Plan {
                 "raw" => ColumnSource::Raw,
                 k => match core.get(k) {
                     Some(f) => ColumnSource::Core(*f),
+                    None if k.strip_suffix("_ms").and_then(|t| core.get(t)).is_some_and(|f| {
+                        f.field_type() == ward_engine::fields::FieldType::Timestamp
+                    }) =>
+                    {
+                        ColumnSource::Millis(core[k.strip_suffix("_ms").expect("checked")])
+                    }
                     None => match mapped {
                         // An extension field, as the input names it.
                         Some(m) => ColumnSource::ExtField(m.clone()),
@@ -662,6 +672,14 @@ impl ClickHouseSink {
                         let at = self.first[f.0 as usize];
                         let v = if at == NONE { Value::Null } else { b.slots()[at as usize].value };
                         rowbinary::encode(ty, cell(bytes, v), &mut self.buf)
+                    }
+                    ColumnSource::Millis(f) => {
+                        let at = self.first[f.0 as usize];
+                        let ms = match (at != NONE).then(|| b.slots()[at as usize].value) {
+                            Some(Value::Timestamp(t)) => t.rem_euclid(1000) as u64,
+                            _ => 0,
+                        };
+                        rowbinary::encode(ty, Cell::UInt(ms), &mut self.buf)
                     }
                     ColumnSource::ExtField(name) => {
                         let v = slots

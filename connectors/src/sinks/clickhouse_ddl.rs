@@ -111,6 +111,11 @@ fn events(d: Dialect) -> Table {
             FieldType::Bool => "Nullable(UInt8)".into(),
         };
         columns.push((column, ty));
+        if name == "@timestamp" && d == Dialect::V18 {
+            // 18.16's DateTime has whole seconds; the milliseconds keep event time exact
+            // (correlation windows, read back by the clickhouse source).
+            columns.push(("timestamp_ms".into(), "UInt16".into()));
+        }
     }
     columns.push(("ward_source".into(), lc(d, "String")));
     columns.push(("ward_partition".into(), lc(d, "String")));

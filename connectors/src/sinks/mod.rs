@@ -1,6 +1,6 @@
 pub mod clickhouse;
 pub mod clickhouse_ddl;
-mod clickhouse_rowbinary;
+pub(crate) mod clickhouse_rowbinary;
 pub mod jsonl;
 mod jsonl_committed;
 pub mod kafka;

@@ -40,6 +40,9 @@ use ward_engine::quarantine::{QuarantineRecord, Reason};
 use ward_engine::registry::{BuildContext, Built, ComponentConfig, Section};
 use ward_engine::storage::Store;
 
+pub use super::history::parse_time;
+use super::history::{ext_wanted, wanted, TimeRange, Wanted, PROVENANCE};
+
 /// Read events back from the Parquet files the `parquet` sink wrote.
 #[derive(Clone, Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -67,39 +70,6 @@ fn default_max_record_bytes() -> usize {
     4 << 20
 }
 
-/// `from`/`to`: RFC 3339 or a date; milliseconds since the epoch.
-pub fn parse_time(name: &str, t: &str) -> anyhow::Result<i64> {
-    if let Ok(d) = chrono::DateTime::parse_from_rfc3339(t) {
-        return Ok(d.timestamp_millis());
-    }
-    if let Ok(d) = chrono::NaiveDate::parse_from_str(t, "%Y-%m-%d") {
-        return Ok(d.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc().timestamp_millis());
-    }
-    anyhow::bail!("`{name}`: `{t}` is neither an RFC 3339 time (2026-12-01T10:00:00Z) nor a date (2026-12-01)")
-}
-
-/// Event times `[from, to)`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TimeRange {
-    pub from: i64,
-    pub to: i64,
-}
-
-impl TimeRange {
-    pub const ALL: TimeRange = TimeRange { from: i64::MIN, to: i64::MAX };
-
-    fn bounded(&self) -> bool {
-        *self != TimeRange::ALL
-    }
-    fn contains(&self, t: i64) -> bool {
-        t >= self.from && t < self.to
-    }
-    /// Whether `[start, end)` can hold an event of the range.
-    fn overlaps(&self, start: i64, end: i64) -> bool {
-        start < self.to && end > self.from
-    }
-}
-
 impl ComponentConfig for ParquetSourceConfig {
     const TYPE: &'static str = "parquet";
     const SECTION: Section = Section::Source;
@@ -110,13 +80,7 @@ impl ComponentConfig for ParquetSourceConfig {
 
     fn build(self, ctx: &BuildContext<'_>) -> anyhow::Result<Built> {
         ward_engine::limits::check_record_bytes(self.max_record_bytes)?;
-        let range = TimeRange {
-            from: self.from.as_deref().map(|t| parse_time("from", t)).transpose()?.unwrap_or(i64::MIN),
-            to: self.to.as_deref().map(|t| parse_time("to", t)).transpose()?.unwrap_or(i64::MAX),
-        };
-        if range.from >= range.to {
-            anyhow::bail!("`from` must be before `to`");
-        }
+        let range = TimeRange::of(self.from.as_deref(), self.to.as_deref())?;
         let store = ward_engine::storage::open(&self.path, ctx.resources.base(), ctx.storage, None, ctx.component_id)?;
         if let Some(dir) = store.local_root() {
             ctx.reads(dir);
@@ -126,7 +90,7 @@ impl ComponentConfig for ParquetSourceConfig {
             let within = if range.bounded() { " in the time range" } else { "" };
             anyhow::bail!("no event files (`*.parquet` written by the parquet sink){within} in {}", store.location());
         }
-        let fields = self.fields.as_ref().map(|f| Arc::new(Columns::wanted(f)));
+        let fields = self.fields.as_ref().map(|f| Arc::new(wanted(f)));
         Ok(Built::Source(Arc::new(ParquetFactory {
             store,
             files: Arc::new(files),
@@ -241,14 +205,6 @@ impl ParquetFactory {
     }
 }
 
-/// The columns a source decodes.
-#[derive(Debug)]
-struct Wanted {
-    core: Vec<FieldId>,
-    /// Extension fields wanted, sorted.
-    ext: Vec<String>,
-}
-
 /// The decoded columns of one record batch.
 struct Columns {
     rows: usize,
@@ -268,28 +224,7 @@ enum CoreColumn {
     Time(PrimitiveArray<TimestampMillisecondType>),
 }
 
-const PROVENANCE: [&str; 3] = ["ward.source", "ward.partition", "ward.offset"];
-
 impl Columns {
-    fn wanted(fields: &[String]) -> Wanted {
-        let mut core = vec![ids::TIMESTAMP];
-        if let Some(id) = FieldId::lookup("event.id") {
-            core.push(id);
-        }
-        let mut ext = Vec::new();
-        for f in fields {
-            match FieldId::lookup(f) {
-                Some(id) if !core.contains(&id) => core.push(id),
-                Some(_) => {}
-                None if !PROVENANCE.contains(&f.as_str()) => ext.push(f.clone()),
-                None => {}
-            }
-        }
-        ext.sort();
-        ext.dedup();
-        Wanted { core, ext }
-    }
-
     fn of(batch: &RecordBatch) -> anyhow::Result<Columns> {
         let schema = batch.schema();
         let col = |name: &str| schema.index_of(name).ok().map(|i| batch.column(i).clone());
@@ -401,11 +336,6 @@ impl Columns {
             }
         }
     }
-}
-
-/// Whether the extension field `key` is wanted (every one without a projection).
-fn ext_wanted(wanted: Option<&Wanted>, key: &str) -> bool {
-    wanted.is_none_or(|w| w.ext.binary_search_by(|e| e.as_str().cmp(key)).is_ok())
 }
 
 impl CoreColumn {
@@ -773,7 +703,7 @@ mod tests {
             store: store.clone(),
             files: Arc::new(event_files(store.as_ref(), range).unwrap()),
             range,
-            fields: fields.map(|f| Arc::new(Columns::wanted(&f.iter().map(|s| s.to_string()).collect::<Vec<_>>()))),
+            fields: fields.map(|f| Arc::new(wanted(&f.iter().map(|s| s.to_string()).collect::<Vec<_>>()))),
             max_record_bytes: 4 << 20,
         };
         factory.source("pq".into(), worker, workers)
