@@ -45,9 +45,13 @@ pub struct HuntArgs {
     /// live pipelines drop before detection.
     #[arg(long)]
     no_dedup: bool,
-    /// Sigma field mapping (as `sigma-match`'s `mapping`; default: the built-in one).
+    /// Sigma field mapping (as `sigma-match`'s `field_mapping`; default: the built-in one).
     #[arg(long)]
     mapping: Option<String>,
+    /// Read every field of the events. By default only the fields the rules read (and
+    /// `host.name`) are read, which is faster; the events in the alerts then hold only those.
+    #[arg(long)]
+    all_fields: bool,
     /// Compare with the alerts that fired live: an alerts JSON lines file (as the jsonl sink
     /// writes them), the alerts topic (`kafka://host:9092/topic`) or the ClickHouse alerts
     /// table (`clickhouse://host:8123/database/alerts`). Per rule, the alerts the hunt adds,
@@ -107,7 +111,23 @@ fn hunt_spec(args: &HuntArgs, alerts: &Path) -> anyhow::Result<Value> {
     let mut detect =
         json!({ "id": "detect", "type": "sigma-match", "inputs": [input], "rules": args.rules, "watch": false });
     if let Some(m) = &args.mapping {
-        detect["mapping"] = m.clone().into();
+        detect["field_mapping"] = m.clone().into();
+    }
+    if !args.all_fields {
+        // Only what the rules read: the detector's own compilation says what that is.
+        let mut own = detect.clone();
+        for common in ["id", "type", "inputs"] {
+            own.as_object_mut().expect("an object").remove(common);
+        }
+        // Rules that do not compile are reported with the rest of the spec's problems below.
+        let resources = ward_engine::resources::Resources::new(&std::env::current_dir()?);
+        let fields = serde_json::from_value::<ward_operators::sigma::SigmaMatchConfig>(own)
+            .ok()
+            .and_then(|config| config.fields_read(&resources).ok().flatten());
+        if let Some(mut fields) = fields {
+            fields.push("host.name".into());
+            source["fields"] = fields.into();
+        }
     }
     operators.push(detect);
     operators.push(

@@ -98,6 +98,46 @@ fn a_hunt_over_the_demos_parquet_raises_exactly_the_live_alerts() {
         assert!(r.stdout.contains("Hidden PowerShell With Encoded Command"), "{}", r.stdout);
     }
 
+    // Rules without keyword searches: only the fields they read are read, so the alerts'
+    // events hold a part of the live ones; with --all-fields, all of them (less the raw
+    // payload; extension values come back as text).
+    let events = |path: &str| -> std::collections::BTreeMap<String, serde_json::Map<String, serde_json::Value>> {
+        std::fs::read_to_string(dir.path().join(path))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|a| a["event"].is_object())
+            .map(|a| (a["alert_id"].as_str().unwrap().to_string(), a["event"].as_object().unwrap().clone()))
+            .collect()
+    };
+    let two = [
+        "rules/sigma/ward/proc_creation_encoded_powershell.yml",
+        "rules/sigma/ward/win_security_member_added_to_admins.yml",
+    ];
+    for (out, extra) in [("two.jsonl", None), ("two-all.jsonl", Some("--all-fields"))] {
+        let mut args = vec!["--rules", two[0], two[1], "--events", "out/demo/events", "--out", out, "-q"];
+        args.extend(extra);
+        let r = hunt(dir.path(), &args);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+    }
+    let live = events("out/demo/alerts.jsonl");
+    let (projected, all) = (events("two.jsonl"), events("two-all.jsonl"));
+    assert!(projected.len() >= 10 && projected.keys().eq(all.keys()), "{} alerts", projected.len());
+    let text = |v: &serde_json::Value| v.as_str().map_or_else(|| v.to_string(), str::to_string);
+    let same = |a: &serde_json::Map<String, serde_json::Value>, b: &serde_json::Map<String, serde_json::Value>| {
+        a.iter().all(|(k, v)| match (v, b.get(k)) {
+            (serde_json::Value::Object(x), Some(serde_json::Value::Object(y))) => {
+                x.iter().all(|(k, v)| y.get(k).is_some_and(|w| text(v) == text(w)))
+            }
+            (v, w) => w == Some(v),
+        })
+    };
+    for (id, p) in &projected {
+        let (event, full) = (&live[id], &all[id]);
+        assert!(same(p, event) && p.len() < event.len(), "{id}: {p:?} is not a part of {event:?}");
+        assert!(same(full, event) && same(event, full) || event.contains_key("event.original"), "{id}: {full:?}");
+    }
+
     // A time range: only the alerts of events inside it.
     let r = hunt_demo(dir.path(), &["--from", "2026-01-05T08:01:00Z", "--to", "2026-01-05T08:02:00Z", "--json", "-q"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
@@ -298,7 +338,18 @@ sinks:
     // A time range on ClickHouse: one minute of events, one every 10 ms.
     let r = hunt(
         dir.path(),
-        &["--rules", "rules/sigma/ward", "--events", &events, "--from", "2026-01-05T08:01:00Z", "--to", "2026-01-05T08:02:00Z", "--json", "-q"],
+        &[
+            "--rules",
+            "rules/sigma/ward",
+            "--events",
+            &events,
+            "--from",
+            "2026-01-05T08:01:00Z",
+            "--to",
+            "2026-01-05T08:02:00Z",
+            "--json",
+            "-q",
+        ],
     );
     assert_eq!(r.code, 0, "{}", r.stderr);
     let events = serde_json::from_str::<serde_json::Value>(&r.stdout).unwrap()["events"].as_u64().unwrap();

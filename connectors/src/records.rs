@@ -61,8 +61,11 @@ impl ClickHouseTable {
         let shown = format!("{}.{table} on {}", self.database, self.url);
         let sql = format!("SELECT {column} FROM `{}`.`{table}` WHERE {condition}", self.database);
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        let mut cursor =
-            self.client(password).query(&sql).fetch_bytes("JSONEachRow").map_err(|e| anyhow::anyhow!("{shown}: {e}"))?;
+        let mut cursor = self
+            .client(password)
+            .query(&sql)
+            .fetch_bytes("JSONEachRow")
+            .map_err(|e| anyhow::anyhow!("{shown}: {e}"))?;
         let mut line = Vec::new();
         let mut text = |bytes: &[u8]| -> anyhow::Result<()> {
             // {"column": "..."}: one string value per row.
@@ -155,7 +158,10 @@ mod tests {
     fn clickhouse_locations_name_server_database_and_table() {
         let t = ClickHouseTable::parse("clickhouse://ward@10.0.0.5/ward/alerts").unwrap();
         assert_eq!(t.url, "http://10.0.0.5:8123");
-        assert_eq!((t.user.as_deref(), t.database.as_str(), t.table.as_deref()), (Some("ward"), "ward", Some("alerts")));
+        assert_eq!(
+            (t.user.as_deref(), t.database.as_str(), t.table.as_deref()),
+            (Some("ward"), "ward", Some("alerts"))
+        );
         let t = ClickHouseTable::parse("clickhouse://127.0.0.1:18123").unwrap();
         assert_eq!((t.url.as_str(), t.database.as_str(), t.table), ("http://127.0.0.1:18123", "default", None));
         assert!(ClickHouseTable::parse("clickhouse:///x").is_err());

@@ -102,7 +102,11 @@ impl ComponentConfig for ClickHouseSourceConfig {
     const OUTPUT: Option<StreamKind> = Some(StreamKind::Events);
 
     fn build(self, _ctx: &BuildContext<'_>) -> anyhow::Result<Built> {
-        anyhow::ensure!(self.url.starts_with("http://"), "url: only http:// endpoints are supported (got {:?})", self.url);
+        anyhow::ensure!(
+            self.url.starts_with("http://"),
+            "url: only http:// endpoints are supported (got {:?})",
+            self.url
+        );
         ward_engine::limits::check_record_bytes(self.max_record_bytes)?;
         ward_engine::limits::check_range("page_rows", self.page_rows as u64, 1, 10_000_000)?;
         let range = TimeRange::of(self.from.as_deref(), self.to.as_deref())?;
@@ -143,13 +147,17 @@ enum Column {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
     /// Text; `nullable`: an empty string is a value (else it means absent).
-    Str { nullable: bool },
+    Str {
+        nullable: bool,
+    },
     Ip,
     Int,
     Float,
     Bool,
     /// Milliseconds (`DateTime64`) or seconds (`DateTime`) since the epoch.
-    Time { seconds: bool },
+    Time {
+        seconds: bool,
+    },
 }
 
 /// What a run reads: the select list, and the hours of the range that hold rows.
@@ -188,14 +196,14 @@ impl Plan {
         // whether `timestamp` has whole seconds.
         let core: BTreeMap<String, FieldId> =
             FieldId::all().map(|f| (f.name().trim_start_matches('@').replace('.', "_"), f)).collect();
-        let types: HashMap<&str, DataTypeNode> = described
-            .iter()
-            .filter_map(|(n, t)| Some((n.as_str(), parse_type(t).ok()?)))
-            .collect();
+        let types: HashMap<&str, DataTypeNode> =
+            described.iter().filter_map(|(n, t)| Some((n.as_str(), parse_type(t).ok()?))).collect();
         let seconds = match types.get("timestamp").map(unwrap_type) {
             Some((DataTypeNode::DateTime64(..), _)) => false,
             Some((DataTypeNode::DateTime(_), _)) => true,
-            _ => anyhow::bail!("{table} has no `timestamp` DateTime column: not an events table of Ward's clickhouse sink"),
+            _ => anyhow::bail!(
+                "{table} has no `timestamp` DateTime column: not an events table of Ward's clickhouse sink"
+            ),
         };
         let time_expr = |c: &str, seconds: bool| {
             if seconds {
@@ -217,7 +225,7 @@ impl Plan {
             let Some(ty) = types.get(name.as_str()) else { continue };
             let (inner, nullable) = unwrap_type(ty);
             let q = quote_ident(name);
-            if name == "ext" && wanted.is_none_or(|w| !w.ext.is_empty()) {
+            if name == "ext" && wanted.is_none_or(|w| !w.ext.is_empty() || !w.ext_patterns.is_empty()) {
                 match inner {
                     DataTypeNode::Map(_) => select.push(format!("toJSONString({q})")),
                     DataTypeNode::String => select.push(q),
@@ -367,7 +375,7 @@ impl SourceFactory for ClickHouseFactory {
             page: None,
             page_rows: self.config.page_rows,
             max_record_bytes: self.config.max_record_bytes,
-            wanted: self.wanted.as_ref().map(|w| Wanted { core: w.core.clone(), ext: w.ext.clone() }),
+            wanted: self.wanted.clone(),
             origins: HashMap::new(),
             text: String::new(),
             failures: 0,

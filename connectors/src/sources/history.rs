@@ -50,11 +50,13 @@ impl TimeRange {
 pub const PROVENANCE: [&str; 3] = ["ward.source", "ward.partition", "ward.offset"];
 
 /// The fields a source decodes.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Wanted {
     pub core: Vec<FieldId>,
     /// Extension fields wanted, sorted.
     pub ext: Vec<String>,
+    /// Extension fields wanted by pattern (names with `*`).
+    pub ext_patterns: Vec<glob::Pattern>,
 }
 
 /// The projection for `fields`: those, plus event time and `event.id` (dedup's key).
@@ -64,7 +66,16 @@ pub fn wanted(fields: &[String]) -> Wanted {
         core.push(id);
     }
     let mut ext = Vec::new();
+    let mut ext_patterns = Vec::new();
     for f in fields {
+        if f.contains('*') {
+            // A name that is no valid pattern is taken as it is.
+            match glob::Pattern::new(f) {
+                Ok(p) => ext_patterns.push(p),
+                Err(_) => ext.push(f.clone()),
+            }
+            continue;
+        }
         match FieldId::lookup(f) {
             Some(id) if !core.contains(&id) => core.push(id),
             Some(_) => {}
@@ -74,12 +85,14 @@ pub fn wanted(fields: &[String]) -> Wanted {
     }
     ext.sort();
     ext.dedup();
-    Wanted { core, ext }
+    Wanted { core, ext, ext_patterns }
 }
 
 /// Whether the extension field `key` is wanted (every one without a projection).
 pub fn ext_wanted(wanted: Option<&Wanted>, key: &str) -> bool {
-    wanted.is_none_or(|w| w.ext.binary_search_by(|e| e.as_str().cmp(key)).is_ok())
+    wanted.is_none_or(|w| {
+        w.ext.binary_search_by(|e| e.as_str().cmp(key)).is_ok() || w.ext_patterns.iter().any(|p| p.matches(key))
+    })
 }
 
 #[cfg(test)]
@@ -96,10 +109,18 @@ mod tests {
 
     #[test]
     fn a_projection_always_keeps_time_and_id_and_sorts_extension_fields() {
-        let w = wanted(&["zeta".into(), "host.name".into(), "alpha".into(), "ward.offset".into()]);
+        let w = wanted(&[
+            "zeta".into(),
+            "host.name".into(),
+            "alpha".into(),
+            "ward.offset".into(),
+            "Event.UserData.*".into(),
+        ]);
         assert_eq!(w.core[0], ids::TIMESTAMP);
         assert!(w.core.contains(&FieldId::lookup("host.name").unwrap()));
         assert_eq!(w.ext, ["alpha", "zeta"]);
         assert!(ext_wanted(Some(&w), "alpha") && !ext_wanted(Some(&w), "beta") && ext_wanted(None, "beta"));
+        assert!(ext_wanted(Some(&w), "Event.UserData.Operation_TemporaryEssStarted.Consumer"));
+        assert!(!ext_wanted(Some(&w), "Event.EventData.Consumer"));
     }
 }

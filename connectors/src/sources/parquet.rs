@@ -518,7 +518,7 @@ impl ParquetSource {
                 .filter(|(_, f)| {
                     let name = f.name().as_str();
                     PROVENANCE.contains(&name)
-                        || (name == "ext" && !w.ext.is_empty())
+                        || (name == "ext" && (!w.ext.is_empty() || !w.ext_patterns.is_empty()))
                         || FieldId::lookup(name).is_some_and(|id| w.core.contains(&id))
                 })
                 .map(|(i, _)| i)

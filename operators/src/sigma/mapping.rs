@@ -179,7 +179,7 @@ impl Logsources {
 
 /// Where EVTX-JSON keeps Windows event data fields.
 pub const EVENT_DATA: &str = "Event.EventData.";
-const USER_DATA: &str = "Event.UserData.";
+pub const USER_DATA: &str = "Event.UserData.";
 /// Longest event data name [`windows_data_name`] rewrites (longer names are left as they are).
 pub const DATA_NAME_MAX: usize = 128;
 

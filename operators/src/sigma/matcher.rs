@@ -433,6 +433,26 @@ impl Scratch {
 }
 
 impl Matcher {
+    /// Whether a rule searches keywords (any string value of an event, whatever its field).
+    pub fn reads_keywords(&self) -> bool {
+        let scan = &self.keywords;
+        scan.literals.iter().any(Option::is_some)
+            || !scan.ci_eq.is_empty()
+            || !scan.cs_eq.is_empty()
+            || self.atoms.iter().any(|a| match a {
+                Atom::Lazy(Lazy::Keyword) => true,
+                Atom::Lazy(
+                    Lazy::Regex { field, .. }
+                    | Lazy::Cidr { field, .. }
+                    | Lazy::Compare { field, .. }
+                    | Lazy::Exists { field }
+                    | Lazy::Null { field },
+                ) => *field == KEYWORDS,
+                Atom::Lazy(Lazy::FieldRef { field, other, .. }) => *field == KEYWORDS || *other == KEYWORDS,
+                Atom::Eager => false,
+            })
+    }
+
     fn fields_for(&self, b: Bytes<'_>, key: Key) -> &[FieldIdx] {
         match key {
             Key::Core(f) => self.core_lookup.get(f.0 as usize).map(Vec::as_slice).unwrap_or(&[]),

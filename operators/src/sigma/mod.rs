@@ -120,6 +120,12 @@ impl SigmaMatchConfig {
         })
     }
 
+    /// The event fields this detector's rules read (see [`RuleSet::fields_read`]), compiled
+    /// as the detector compiles them.
+    pub fn fields_read(&self, resources: &Resources) -> anyhow::Result<Option<Vec<String>>> {
+        Ok(self.compile(resources)?.fields_read())
+    }
+
     fn compile(&self, resources: &Resources) -> anyhow::Result<RuleSet> {
         self.compile_with(resources, &self.options(resources)?)
     }

@@ -34,6 +34,28 @@ pub struct RuleSet {
 }
 
 impl RuleSet {
+    /// The event fields the rules read, for a source's projection (`fields`): those their
+    /// tests and logsource routes name, and those their alerts carry for correlations; Windows
+    /// event data found under other names (`Event.UserData.<Element>.<Name>`, names with
+    /// spaces) as `*` patterns. `None` when a rule searches keywords: any field may match.
+    pub fn fields_read(&self) -> Option<Vec<String>> {
+        if self.matcher.reads_keywords() {
+            return None;
+        }
+        let name = |k: &FieldKey| match k {
+            FieldKey::Core(id) => id.name().to_string(),
+            FieldKey::Ext(n) => n.clone(),
+        };
+        let mut out = std::collections::BTreeSet::new();
+        out.extend(self.matcher.fields.iter().flat_map(|f| f.keys.iter().map(name)));
+        out.extend(self.extract.values().flatten().flat_map(|(_, keys)| keys.iter().map(name)));
+        if !self.matcher.data_lookup.is_empty() {
+            out.insert(format!("{}*", super::mapping::USER_DATA));
+            out.insert(format!("{}* *", super::mapping::EVENT_DATA));
+        }
+        Some(out.into_iter().collect())
+    }
+
     pub fn count(&self, status: fn(&Status) -> bool) -> usize {
         self.reports.iter().filter(|r| status(&r.status)).count()
     }
