@@ -98,6 +98,26 @@ fn a_hunt_over_the_demos_parquet_raises_exactly_the_live_alerts() {
         assert!(r.stdout.contains("Hidden PowerShell With Encoded Command"), "{}", r.stdout);
     }
 
+    // With checkpoints: a hunt killed part way and started again with the same arguments
+    // ends with exactly the live alerts, each once.
+    let args = ["--rules", "rules/sigma/ward", "--events", "out/demo/events", "--out", "resumed.jsonl"];
+    let mut first = Command::new(ward_bin())
+        .current_dir(dir.path())
+        .arg("hunt")
+        .args(args)
+        .args(["--checkpoint-dir", "hunt-checkpoints", "-q"])
+        .env("FAILPOINTS", "sink-write=sleep(300)")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_checkpoint(&dir.path().join("hunt-checkpoints"), 0);
+    let _ = first.kill();
+    first.wait().unwrap();
+    let r = hunt(dir.path(), &[&args[..], &["--checkpoint-dir", "hunt-checkpoints", "--json", "-q"]].concat());
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(alerts(&dir.path().join("resumed.jsonl")), want);
+
     // Rules without keyword searches: only the fields they read are read, so the alerts'
     // events hold a part of the live ones; with --all-fields, all of them (less the raw
     // payload; extension values come back as text).
