@@ -238,6 +238,9 @@ impl Columns {
         for (i, field) in schema.fields().iter().enumerate() {
             let Some(id) = FieldId::lookup(field.name()) else { continue };
             let c = batch.column(i);
+            if c.null_count() == c.len() && id != ids::TIMESTAMP {
+                continue; // wide and sparse: most columns are empty in most batches
+            }
             let column = match (id.field_type(), c.data_type()) {
                 (FieldType::Str, DataType::Utf8) => CoreColumn::Str(c.as_string::<i32>().clone(), false),
                 (FieldType::Ip, DataType::Utf8) => CoreColumn::Str(c.as_string::<i32>().clone(), true),
@@ -278,37 +281,18 @@ impl Columns {
         }
     }
 
-    /// The text bytes of a row's fields (its size as a record).
-    fn row_bytes(&self, row: usize, wanted: Option<&Wanted>) -> usize {
-        let mut n = self.source.value(row).len() + self.partition.value(row).len();
-        for (_, c) in &self.core {
-            if let CoreColumn::Str(a, _) = c {
-                if a.is_valid(row) {
-                    n += a.value(row).len();
-                }
-            }
-        }
-        if let Some(m) = &self.ext {
-            let (keys, values) = (m.keys().as_string::<i32>(), m.values().as_string::<i32>());
-            let offsets = m.value_offsets();
-            for i in offsets[row] as usize..offsets[row + 1] as usize {
-                if ext_wanted(wanted, keys.value(i)) {
-                    n += keys.value(i).len() + if values.is_valid(i) { values.value(i).len() } else { 0 };
-                }
-            }
-        }
-        n
-    }
-
-    /// Appends row `row` to `batch` with origin `origin`.
-    fn push(&self, row: usize, origin: u32, batch: &mut EventBatch, wanted: Option<&Wanted>) {
+    /// Appends row `row` to `batch` with origin `origin`; the text bytes of its fields (its
+    /// size as a record).
+    fn push(&self, row: usize, origin: u32, batch: &mut EventBatch, wanted: Option<&Wanted>) -> usize {
         let _ = batch.push_raw(origin, self.offset.value(row), b"");
+        let mut size = self.source.value(row).len() + self.partition.value(row).len();
         for (id, c) in &self.core {
             let key = Key::Core(*id);
             let value = match c {
                 _ if !c.is_valid(row) => continue,
                 CoreColumn::Str(a, ip) => {
                     let s = a.value(row);
+                    size += s.len();
                     match ip.then(|| s.parse::<IpAddr>().ok()).flatten() {
                         Some(addr) => Value::Ip(batch.heap().push_ip(addr)),
                         None => Value::Str(batch.heap().push_str(s)),
@@ -330,11 +314,17 @@ impl Columns {
                     continue;
                 }
                 let key = Key::Ext(batch.heap().push_str(k));
-                let value =
-                    if values.is_valid(i) { Value::Str(batch.heap().push_str(values.value(i))) } else { Value::Null };
+                size += k.len();
+                let value = if values.is_valid(i) {
+                    size += values.value(i).len();
+                    Value::Str(batch.heap().push_str(values.value(i)))
+                } else {
+                    Value::Null
+                };
                 batch.push_slot(Slot { key, value });
             }
         }
+        size
     }
 }
 
@@ -566,6 +556,7 @@ impl Source for ParquetSource {
     fn poll(&mut self, max_rows: usize) -> anyhow::Result<SourcePoll> {
         let mut batch = EventBatch::with_capacity(max_rows.min(8192), 0);
         let mut quarantine = Vec::new();
+        let mut last_origin: Option<(String, String, u32)> = None;
         while batch.len() < max_rows && batch.heap_bytes() < BATCH_BYTES {
             if self.merge.is_none() {
                 self.merge = self.next_merge()?;
@@ -582,8 +573,20 @@ impl Source for ParquetSource {
             let cursor = &mut m.cursors[i];
             if !range.bounded() || range.contains(time) {
                 let (columns, row) = (&cursor.columns, cursor.row);
-                let size = columns.row_bytes(row, wanted.as_deref());
+                let (source, partition) = (columns.source.value(row), columns.partition.value(row));
+                // Rows of one file mostly share their origin: no lookup for those.
+                let origin = match &last_origin {
+                    Some((s, p, o)) if s == source && p == partition => *o,
+                    _ => {
+                        let o = batch.origin_index(&origins.intern(source), &origins.intern(partition));
+                        last_origin = Some((source.to_string(), partition.to_string(), o));
+                        o
+                    }
+                };
+                let mark = batch.heap().mark();
+                let size = columns.push(row, origin, &mut batch, wanted.as_deref());
                 if size > *max_record_bytes {
+                    batch.pop_row(mark);
                     quarantine.push(QuarantineRecord {
                         reason: Reason::Oversize,
                         detail: format!(
@@ -591,17 +594,12 @@ impl Source for ParquetSource {
                             cursor.key
                         ),
                         component: component.clone(),
-                        source: origins.intern(columns.source.value(row)),
-                        partition: origins.intern(columns.partition.value(row)),
+                        source: origins.intern(source),
+                        partition: origins.intern(partition),
                         offset: columns.offset.value(row),
                         payload: Vec::new(),
                         payload_len: size,
                     });
-                } else {
-                    let source = origins.intern(columns.source.value(row));
-                    let partition = origins.intern(columns.partition.value(row));
-                    let origin = batch.origin_index(&source, &partition);
-                    columns.push(row, origin, &mut batch, wanted.as_deref());
                 }
             }
             match cursor.advance() {
@@ -765,6 +763,31 @@ mod tests {
         assert!(got.iter().all(|e| e.4 == "web-1" && e.5.is_empty() && e.6.is_empty()), "{:?}", got[0]);
         let with_ext = drain(&mut source(&store, range, Some(&["team"]), 0, 1), usize::MAX);
         assert!(with_ext.iter().all(|e| e.4.is_empty() && e.6 == "red"));
+    }
+
+    #[test]
+    fn oversize_rows_are_quarantined_with_their_origin_and_leave_nothing_in_the_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = written(dir.path());
+        let mut s = source(&store, TimeRange::ALL, None, 0, 1);
+        s.max_record_bytes = 20; // every row has about 30 bytes of text
+        let (mut rows, mut quarantined) = (0, Vec::new());
+        loop {
+            match s.poll(500).unwrap() {
+                SourcePoll::Done => break,
+                SourcePoll::Batch(b) => rows += b.len(),
+                SourcePoll::Both(b, q) => {
+                    rows += b.len();
+                    quarantined.extend(q);
+                }
+                SourcePoll::Quarantine(q) => quarantined.extend(q),
+                SourcePoll::Pending(_) => {}
+            }
+        }
+        assert_eq!((rows, quarantined.len()), (0, 4000));
+        let q = &quarantined[0];
+        assert_eq!((q.reason, &*q.source, &*q.partition, q.offset), (Reason::Oversize, "kafka", "a", 0));
+        assert!(q.detail.contains("max_record_bytes 20"), "{}", q.detail);
     }
 
     #[test]
