@@ -264,6 +264,7 @@ impl SourceFactory for KafkaFactory {
             committed: BTreeMap::new(),
             metadata: self.config.metadata,
             header_name: String::new(),
+            expected: ctx.metrics.records_expected.clone(),
         }))
     }
 }
@@ -305,6 +306,8 @@ pub struct KafkaSource {
     metadata: bool,
     /// Reused buffer for `kafka.header.<name>` keys.
     header_name: String,
+    /// With `stop_at`: the records the replay has to read (`ward_source_records_expected`).
+    expected: prometheus::IntGauge,
 }
 
 /// The record's Kafka key, timestamp and headers as the row's first fields (`kafka.key`,
@@ -384,6 +387,8 @@ impl KafkaSource {
             };
             left += (high - s.from).max(0);
         }
+        // The progress line's share done and ETA.
+        self.expected.add(left);
         tracing::info!(
             source = %self.component,
             partitions = self.partitions.len(),
