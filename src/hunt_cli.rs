@@ -228,6 +228,36 @@ fn hunt(args: &HuntArgs, registry: &ward_engine::registry::Registry) -> anyhow::
     Ok(ExitCode::SUCCESS)
 }
 
+/// The parts of an alert the summary and the diff read: parsed without building the rest
+/// (the event an alert carries is most of its bytes).
+#[derive(serde::Deserialize, Default)]
+#[serde(default)]
+struct AlertDigest {
+    rule: RuleDigest,
+    event_time_ms: Option<i64>,
+    event_id: Option<String>,
+    ruleset_version: String,
+    origin: Value,
+    correlation: Value,
+    event: Option<EventHost>,
+    fields: Value,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(default)]
+struct RuleDigest {
+    id: String,
+    title: String,
+    level: String,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(default)]
+struct EventHost {
+    #[serde(rename = "host.name")]
+    host: Option<String>,
+}
+
 /// What one rule found.
 #[derive(Default)]
 struct RuleSummary {
@@ -262,11 +292,11 @@ impl RuleSummary {
 }
 
 /// The host an alert is about: its event's, or the one it carries.
-fn host_of(a: &Value) -> Option<String> {
-    if let Some(h) = a["event"]["host.name"].as_str() {
-        return Some(h.to_string());
+fn host_of(a: &AlertDigest) -> Option<String> {
+    if let Some(h) = a.event.as_ref().and_then(|e| e.host.clone()) {
+        return Some(h);
     }
-    a["fields"].as_array()?.iter().find(|f| f[0] == "host.name").and_then(|f| f[1].as_str()).map(str::to_string)
+    a.fields.as_array()?.iter().find(|f| f[0] == "host.name").and_then(|f| f[1].as_str()).map(str::to_string)
 }
 
 fn summarize(alerts: &Path) -> anyhow::Result<BTreeMap<String, RuleSummary>> {
@@ -277,14 +307,13 @@ fn summarize(alerts: &Path) -> anyhow::Result<BTreeMap<String, RuleSummary>> {
         Err(e) => anyhow::bail!("{}: {e}", alerts.display()),
     };
     for line in std::io::BufReader::new(file).lines() {
-        let a: Value = serde_json::from_str(&line?)?;
-        let id = a["rule"]["id"].as_str().unwrap_or_default().to_string();
-        let r = rules.entry(id.clone()).or_default();
-        r.id = id;
-        r.title = a["rule"]["title"].as_str().unwrap_or_default().to_string();
-        r.level = a["rule"]["level"].as_str().unwrap_or_default().to_string();
+        let a: AlertDigest = serde_json::from_str(&line?)?;
+        let r = rules.entry(a.rule.id.clone()).or_default();
+        r.id = a.rule.id.clone();
+        r.title = a.rule.title.clone();
+        r.level = a.rule.level.clone();
         r.alerts += 1;
-        if let Some(t) = a["event_time_ms"].as_i64() {
+        if let Some(t) = a.event_time_ms {
             r.first_ms = Some(r.first_ms.map_or(t, |f| f.min(t)));
             r.last_ms = Some(r.last_ms.map_or(t, |l| l.max(t)));
         }
@@ -344,14 +373,14 @@ struct Keyed {
 
 /// What an alert is about, whatever raised it: the event (its id, else its origin) of a
 /// detection; the group and window of a correlation.
-fn alert_key(a: &Value) -> String {
-    let c = &a["correlation"];
+fn alert_key(a: &AlertDigest) -> String {
+    let c = &a.correlation;
     if !c.is_null() {
         return format!("group {} window {}..{}", c["group_by"], c["window_start_ms"], c["window_end_ms"]);
     }
-    match a["event_id"].as_str() {
+    match &a.event_id {
         Some(id) => format!("event {id}"),
-        None => format!("origin {}", a["origin"]),
+        None => format!("origin {}", a.origin),
     }
 }
 
@@ -364,16 +393,12 @@ fn read_alerts(location: &str, (from, to): (i64, i64)) -> anyhow::Result<Vec<Key
         if text.trim().is_empty() {
             return Ok(());
         }
-        let a: Value = serde_json::from_str(text).map_err(|e| anyhow::anyhow!("{}: not an alert: {e}", at()))?;
-        if a["event_time_ms"].as_i64().is_some_and(|t| t < from || t >= to) {
+        let a: AlertDigest = serde_json::from_str(text).map_err(|e| anyhow::anyhow!("{}: not an alert: {e}", at()))?;
+        if a.event_time_ms.is_some_and(|t| t < from || t >= to) {
             return Ok(());
         }
-        out.push(Keyed {
-            rule: a["rule"]["id"].as_str().unwrap_or_default().to_string(),
-            title: a["rule"]["title"].as_str().unwrap_or_default().to_string(),
-            key: alert_key(&a),
-            ruleset: a["ruleset_version"].as_str().unwrap_or_default().to_string(),
-        });
+        let key = alert_key(&a);
+        out.push(Keyed { rule: a.rule.id, title: a.rule.title, key, ruleset: a.ruleset_version });
         Ok(())
     };
     if let Some(rest) = location.strip_prefix("kafka://") {

@@ -122,8 +122,15 @@ impl SigmaMatchConfig {
 
     /// The event fields this detector's rules read (see [`RuleSet::fields_read`]), compiled
     /// as the detector compiles them.
+    /// The set stays compiled for the detector that compiles the same files with the same
+    /// options next, so a hunt compiles its rules once.
     pub fn fields_read(&self, resources: &Resources) -> anyhow::Result<Option<Vec<String>>> {
-        Ok(self.compile(resources)?.fields_read())
+        let opts = self.options(resources)?;
+        let files = read_rule_files(resources, &self.rules)?;
+        let set = compile_files(&files, &opts, None)?;
+        let fields = set.fields_read();
+        *PRECOMPILED.lock().unwrap_or_else(|e| e.into_inner()) = Some((compile_key(&files, &opts), set));
+        Ok(fields)
     }
 
     fn compile(&self, resources: &Resources) -> anyhow::Result<RuleSet> {
@@ -131,12 +138,43 @@ impl SigmaMatchConfig {
     }
 
     fn compile_with(&self, resources: &Resources, opts: &CompileOptions) -> anyhow::Result<RuleSet> {
+        // Read through `resources` even when the set was compiled already: a checkpoint's
+        // contexts record the files read.
         let files = read_rule_files(resources, &self.rules)?;
-        let mut set = compile_files(&files, opts, None)?;
+        let key = compile_key(&files, opts);
+        let precompiled = {
+            let mut p = PRECOMPILED.lock().unwrap_or_else(|e| e.into_inner());
+            if p.as_ref().is_some_and(|(k, _)| *k == key) {
+                p.take().map(|(_, set)| set)
+            } else {
+                None
+            }
+        };
+        let mut set = match precompiled {
+            Some(set) => set,
+            None => compile_files(&files, opts, None)?,
+        };
         set.matcher.budget =
             matcher::MatchBudget { base: self.match_budget.base, per_byte: self.match_budget.per_byte };
         Ok(set)
     }
+}
+
+/// A rule set compiled before a run (`SigmaMatchConfig::fields_read`), with the key of the
+/// files and options it came from.
+static PRECOMPILED: std::sync::Mutex<Option<(u64, RuleSet)>> = std::sync::Mutex::new(None);
+
+/// What a compilation depends on: the options and every file's name, text and problem.
+fn compile_key(files: &[ruleset::RuleFile], opts: &CompileOptions) -> u64 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(opts.fingerprint().as_bytes());
+    for f in files {
+        for part in [f.path.as_str(), f.rel.as_str(), f.text.as_str(), f.problem.as_deref().unwrap_or("")] {
+            h.update(part.as_bytes());
+            h.update(&[0]);
+        }
+    }
+    h.digest()
 }
 
 impl ComponentConfig for SigmaMatchConfig {
