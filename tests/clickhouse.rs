@@ -65,6 +65,57 @@ print(s.query("SELECT name, type FROM system.columns WHERE database = 'ward' AND
     );
 }
 
+#[test]
+fn the_clickhouse_sources_queries_run_on_modern_clickhouse() {
+    // The source's SQL for a DateTime64(3)/IPv6/Map events table, run by chdb's current
+    // ClickHouse: rows of shards 0 and 1 of one hour, shard 1 after a key, in read order.
+    let sql = std::fs::read_to_string(repo().join(MODERN)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let described = python(
+        r#"
+import sys, json
+from chdb import session
+s = session.Session(sys.argv[2])
+for stmt in json.loads(sys.argv[1]):
+    s.query(stmt)
+rows = [(64, '.123', '10.0.0.1'), (65, '.456', '10.0.0.2'), (66, '.500', '10.0.0.3'), (129, '.789', '2001:db8::1')]
+for id, ms, ip in rows:
+    s.query(f"INSERT INTO ward.events (ward_id, timestamp, event_dataset, source_ip, ext, ward_source, ward_partition, ward_offset) VALUES ({id}, toDateTime64('2026-11-20 08:00:00{ms}', 3, 'UTC'), 'windows.security', '{ip}', map('k', 'v\tw'), 'gen', 'gen/0', {id})")
+print(s.query("SELECT name, type FROM system.columns WHERE database = 'ward' AND table = 'events'", "JSONCompact").data())
+"#,
+        &[&serde_json::to_string(&statements(&sql)).unwrap(), &dir.path().to_string_lossy()],
+    );
+    let described: Vec<(String, String)> = serde_json::from_str::<serde_json::Value>(&described).unwrap()["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r[0].as_str().unwrap().to_string(), r[1].as_str().unwrap().to_string()))
+        .collect();
+    let t0 = 1_795_161_600_000i64; // 2026-11-20T08:00:00Z
+    let [hours, page] =
+        ward_connectors::sources::clickhouse::first_queries("ward.events", &described, t0 / 3_600_000, (t0 + 456, 65))
+            .unwrap();
+    let out = python(
+        r#"
+import sys
+from chdb import session
+s = session.Session(sys.argv[1])
+print(s.query(sys.argv[2], "TSV").data().strip())
+print("--")
+print(s.query(sys.argv[3], "TSV").data().strip())
+"#,
+        &[&dir.path().to_string_lossy(), &hours, &page],
+    );
+    let (hours, page) = out.split_once("\n--\n").unwrap();
+    assert_eq!(hours, format!("{}\t4", t0 / 3_600_000), "{out}");
+    let rows: Vec<Vec<&str>> = page.lines().map(|l| l.split('\t').collect()).collect();
+    assert_eq!(rows.len(), 2, "shard 0's row and shard 1's row after the key: {out}");
+    assert_eq!(&rows[0][..5], ["64", &(t0 + 123).to_string(), "gen", "gen/0", "64"], "{out}");
+    assert_eq!(&rows[1][..2], ["129", &(t0 + 789).to_string()], "{out}");
+    assert!(rows[0].contains(&"::ffff:10.0.0.1") && rows[1].contains(&"2001:db8::1"), "{out}");
+    assert!(rows[0].contains(&r#"{"k":"v\\tw"}"#), "the extension map as escaped JSON: {out}");
+}
+
 fn spec(dir: &Path, url: &str, count: u64, rate: u64) -> String {
     let rules = repo().join("rules/sigma/ward");
     write(

@@ -302,22 +302,95 @@ impl ClickHouseFactory {
             .map_err(|e| anyhow::anyhow!("reading the columns of {shown}: {e}"))?;
         anyhow::ensure!(!described.is_empty(), "table {shown} does not exist");
         let (columns, select, seconds) = Plan::columns(&shown, &described, self.wanted.as_ref())?;
-        let hour = if seconds {
-            "intDiv(toUInt32(timestamp), 3600)"
-        } else {
-            "intDiv(toUnixTimestamp64Milli(timestamp), 3600000)"
-        };
-        let sql = format!(
-            "SELECT toInt64({hour}) AS h, count() FROM {} WHERE {} GROUP BY h ORDER BY h",
-            self.table(),
-            range_condition(self.range, seconds)
-        );
+        let sql = hours_query(&self.table(), self.range, seconds);
         let hours: Vec<(i64, u64)> = rt
             .block_on(client.query(&sql).fetch_all::<(i64, u64)>())
             .map_err(|e| anyhow::anyhow!("counting the events of {shown} by hour: {e}"))?;
         let time = select[1].clone();
         Ok(Arc::new(Plan { table: self.table(), columns, select: select.join(", "), time, seconds, hours }))
     }
+}
+
+/// The hours of the range that hold rows, with their rows.
+fn hours_query(table: &str, range: TimeRange, seconds: bool) -> String {
+    let hour = if seconds {
+        "intDiv(toUInt32(timestamp), 3600)"
+    } else {
+        "intDiv(toUnixTimestamp64Milli(timestamp), 3600000)"
+    };
+    format!(
+        "SELECT toInt64({hour}) AS h, count() FROM {table} WHERE {} GROUP BY h ORDER BY h",
+        range_condition(range, seconds)
+    )
+}
+
+/// The SQL a run starts with on a table that `system.columns` describes as `described`: the
+/// hours query, then the first page of `hour` for shards 0 and 1, the second read from after
+/// the key `after` — for checking them against a server's dialect (tests).
+pub fn first_queries(
+    table: &str,
+    described: &[(String, String)],
+    hour: i64,
+    after: (i64, u64),
+) -> anyhow::Result<[String; 2]> {
+    let (columns, select, seconds) = Plan::columns(table, described, None)?;
+    let plan = Plan {
+        table: table.to_string(),
+        columns,
+        time: select[1].clone(),
+        select: select.join(", "),
+        seconds,
+        hours: Vec::new(),
+    };
+    let range = TimeRange { from: hour * HOUR_MS, to: (hour + 1) * HOUR_MS };
+    let page = page_query(&plan, range, &[(0, START), (1, after)], 1000, hour)
+        .ok_or_else(|| anyhow::anyhow!("nothing to read in hour {hour}"))?;
+    Ok([hours_query(table, range, seconds), page])
+}
+
+/// The query for the next page of `hour` for shards at `positions` (the last key read of
+/// each), or `None` when they have read it all.
+fn page_query(
+    plan: &Plan,
+    range: TimeRange,
+    positions: &[(u64, RowKey)],
+    page_rows: usize,
+    hour: i64,
+) -> Option<String> {
+    let (start, end) = (hour * HOUR_MS, (hour + 1) * HOUR_MS);
+    let seconds = plan.seconds;
+    let done: RowKey = (end - 1, u64::MAX);
+    let mut groups: BTreeMap<RowKey, Vec<u64>> = BTreeMap::new();
+    for (shard, at) in positions {
+        if *at < done {
+            groups.entry(*at).or_default().push(*shard);
+        }
+    }
+    if groups.is_empty() {
+        return None;
+    }
+    let ts = |ms: i64| time_literal(ms, seconds);
+    let time = &plan.time;
+    let shards: Vec<String> = groups
+        .iter()
+        .map(|((t, id), shards)| {
+            let list: Vec<String> = shards.iter().map(u64::to_string).collect();
+            let mut c = format!("ward_id % {SHARDS} IN ({})", list.join(", "));
+            if (*t, *id) != START && *t >= start {
+                c.push_str(&format!(" AND ({time} > {t} OR ({time} = {t} AND ward_id > {id}))"));
+            }
+            format!("({c})")
+        })
+        .collect();
+    Some(format!(
+        "SELECT {} FROM {} WHERE timestamp >= {} AND timestamp < {} AND {} AND ({}) ORDER BY {time}, ward_id LIMIT {page_rows}",
+        plan.select,
+        plan.table,
+        ts(start),
+        ts(end),
+        range_condition(range, seconds),
+        shards.join(" OR "),
+    ))
 }
 
 /// Event time in milliseconds: `timestamp`'s, with `timestamp_ms` beside a whole-second one.
@@ -442,42 +515,9 @@ impl ClickHouseSource {
 
     /// The query for the next page of `hour`, or `None` when this worker has read it all.
     fn query(&self, hour: i64) -> Option<String> {
-        let (start, end) = (hour * HOUR_MS, (hour + 1) * HOUR_MS);
-        let seconds = self.plan.seconds;
-        let done: RowKey = (end - 1, u64::MAX);
-        let mut groups: BTreeMap<RowKey, Vec<u64>> = BTreeMap::new();
-        for (i, (shard, _)) in self.positions.iter().enumerate() {
-            let at = self.position(i);
-            if at < done {
-                groups.entry(at).or_default().push(*shard);
-            }
-        }
-        if groups.is_empty() {
-            return None;
-        }
-        let ts = |ms: i64| time_literal(ms, seconds);
-        let time = &self.plan.time;
-        let shards: Vec<String> = groups
-            .iter()
-            .map(|((t, id), shards)| {
-                let list: Vec<String> = shards.iter().map(u64::to_string).collect();
-                let mut c = format!("ward_id % {SHARDS} IN ({})", list.join(", "));
-                if (*t, *id) != START && *t >= start {
-                    c.push_str(&format!(" AND ({time} > {t} OR ({time} = {t} AND ward_id > {id}))"));
-                }
-                format!("({c})")
-            })
-            .collect();
-        Some(format!(
-            "SELECT {} FROM {} WHERE timestamp >= {} AND timestamp < {} AND {} AND ({}) ORDER BY {time}, ward_id LIMIT {}",
-            self.plan.select,
-            self.plan.table,
-            ts(start),
-            ts(end),
-            range_condition(self.range, seconds),
-            shards.join(" OR "),
-            self.page_rows
-        ))
+        let positions: Vec<(u64, RowKey)> =
+            (0..self.positions.len()).map(|i| (self.positions[i].0, self.position(i))).collect();
+        page_query(&self.plan, self.range, &positions, self.page_rows, hour)
     }
 
     /// Starts the next page: of the current hour, else of the next hour this worker has rows
