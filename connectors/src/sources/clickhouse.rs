@@ -450,7 +450,11 @@ impl SourceFactory for ClickHouseFactory {
             max_record_bytes: self.config.max_record_bytes,
             wanted: self.wanted.clone(),
             origins: HashMap::new(),
+            last_origin: None,
+            ranges: Vec::new(),
             text: String::new(),
+            source_text: String::new(),
+            partition_text: String::new(),
             failures: 0,
         }))
     }
@@ -490,7 +494,12 @@ pub struct ClickHouseSource {
     max_record_bytes: usize,
     wanted: Option<Wanted>,
     origins: HashMap<(String, String), (Arc<str>, Arc<str>)>,
+    last_origin: Option<(Arc<str>, Arc<str>)>,
+    /// Reused buffers: the current row's fields' places, its unescaped text.
+    ranges: Vec<(usize, usize)>,
     text: String,
+    source_text: String,
+    partition_text: String,
     /// Consecutive failed queries.
     failures: u32,
 }
@@ -640,8 +649,14 @@ fn unescape<'a>(field: &'a [u8], out: &'a mut String) -> Option<&'a str> {
     Some(out.as_str())
 }
 
-/// A row that cannot be read: why.
-type RowError = String;
+/// A row that cannot be read: why, its provenance, and its key when it was read.
+struct BadRow {
+    why: String,
+    source: String,
+    partition: String,
+    offset: u64,
+    key: Option<RowKey>,
+}
 
 impl ClickHouseSource {
     /// Decodes one TabSeparated row into `batch`; `Ok(key)` of the row, or why it is bad
@@ -651,21 +666,50 @@ impl ClickHouseSource {
         line: &[u8],
         batch: &mut EventBatch,
         last: Option<RowKey>,
-    ) -> Result<Option<RowKey>, (RowError, [String; 3])> {
+    ) -> Result<Option<RowKey>, BadRow> {
         let plan = self.plan.clone();
-        let mut fields = line.split(|b| *b == b'\t');
-        let mut raw: Vec<&[u8]> = Vec::with_capacity(plan.columns.len());
-        for _ in 0..plan.columns.len() {
-            raw.push(fields.next().unwrap_or(b"\\N"));
+        // The fields' places in the line (reused: no allocation per row).
+        self.ranges.clear();
+        let mut start = 0;
+        for (i, b) in line.iter().enumerate() {
+            if *b == b'\t' {
+                self.ranges.push((start, i));
+                start = i + 1;
+            }
         }
-        let mut prov = [String::new(), String::new(), String::new()];
-        for (i, slot) in prov.iter_mut().enumerate() {
-            *slot = unescape(raw[2 + i], &mut self.text).unwrap_or_default().to_string();
-        }
+        self.ranges.push((start, line.len()));
+        let field = |i: usize| self.ranges.get(i).map_or(&b"\\N"[..], |&(a, b)| &line[a..b]);
+        let (raw_id, raw_time, raw_offset) = (field(0), field(1), field(4));
+        let mut source = std::mem::take(&mut self.source_text);
+        let mut partition = std::mem::take(&mut self.partition_text);
+        let source_ok = unescape(field(2), &mut source).is_some();
+        let partition_ok = unescape(field(3), &mut partition).is_some();
+        let result = self.push_fields(&plan, line, batch, last, (raw_id, raw_time, raw_offset), (&source, &partition));
+        let result = result.map_err(|(why, key)| BadRow {
+            why: if source_ok && partition_ok { why } else { format!("{why} (no provenance)") },
+            source: source.clone(),
+            partition: partition.clone(),
+            offset: std::str::from_utf8(raw_offset).ok().and_then(|o| o.parse().ok()).unwrap_or(0),
+            key,
+        });
+        (self.source_text, self.partition_text) = (source, partition);
+        result
+    }
+
+    /// [`Self::push_row`] once the provenance is read.
+    fn push_fields(
+        &mut self,
+        plan: &Plan,
+        line: &[u8],
+        batch: &mut EventBatch,
+        last: Option<RowKey>,
+        (raw_id, raw_time, raw_offset): (&[u8], &[u8], &[u8]),
+        (source, partition): (&str, &str),
+    ) -> Result<Option<RowKey>, (String, Option<RowKey>)> {
         let parse_u64 = |b: &[u8]| std::str::from_utf8(b).ok()?.parse::<u64>().ok();
         let parse_i64 = |b: &[u8]| std::str::from_utf8(b).ok()?.parse::<i64>().ok();
-        let id = parse_u64(raw[0]).ok_or_else(|| ("ward_id is not a number".to_string(), prov.clone()))?;
-        let time = parse_i64(raw[1]).ok_or_else(|| ("timestamp is not a time".to_string(), prov.clone()))?;
+        let id = parse_u64(raw_id).ok_or_else(|| ("ward_id is not a number".to_string(), None))?;
+        let time = parse_i64(raw_time).ok_or_else(|| ("timestamp is not a time".to_string(), None))?;
         let key = (time, id);
         if last == Some(key) {
             return Ok(None); // a replayed copy not yet merged away
@@ -673,17 +717,26 @@ impl ClickHouseSource {
         if !self.range.contains(time) {
             return Ok(Some(key));
         }
-        let offset = parse_u64(raw[4]).ok_or_else(|| ("ward_offset is not a number".to_string(), prov.clone()))?;
-        let (source, partition) = self.origin(&prov[0], &prov[1]);
+        let offset = parse_u64(raw_offset).ok_or_else(|| ("ward_offset is not a number".to_string(), Some(key)))?;
+        // Rows of one origin follow each other: no lookup for those.
+        let (source, partition) = match &self.last_origin {
+            Some((s, p)) if &**s == source && &**p == partition => (s.clone(), p.clone()),
+            _ => {
+                let o = self.origin(source, partition);
+                self.last_origin = Some(o.clone());
+                o
+            }
+        };
         let origin = batch.origin_index(&source, &partition);
         let mark = batch.heap().mark();
         let _ = batch.push_raw(origin, offset, b"");
         batch.push_slot(Slot { key: Key::Core(ids::TIMESTAMP), value: Value::Timestamp(time) });
         let bad = |what: &str, batch: &mut EventBatch| {
             batch.pop_row(mark);
-            (what.to_string(), prov.clone())
+            (what.to_string(), Some(key))
         };
-        for (col, field) in plan.columns.iter().zip(&raw).skip(5) {
+        for (i, col) in plan.columns.iter().enumerate().skip(5) {
+            let field = self.ranges.get(i).map_or(&b"\\N"[..], |&(a, b)| &line[a..b]);
             let Some(text) = unescape(field, &mut self.text) else { continue };
             let value = match col {
                 Column::Core(id, kind) => {
@@ -784,24 +837,32 @@ impl Source for ClickHouseSource {
                     // Provenance comes first in the row, so the cut line still has it.
                     let mut f = text.split(|b| *b == b'\t').skip(2);
                     let mut next = || String::from_utf8_lossy(f.next().unwrap_or_default()).into_owned();
-                    let prov = [next(), next(), next()];
-                    Err((format!("a row of {len} bytes (max_record_bytes {})", self.max_record_bytes), prov, len))
+                    let (source, partition, offset) = (next(), next(), next());
+                    Err(BadRow {
+                        why: format!("a row of {len} bytes (max_record_bytes {})", self.max_record_bytes),
+                        source,
+                        partition,
+                        offset: offset.parse().unwrap_or(0),
+                        key: None,
+                    })
                 }
-                None => self.push_row(&text, &mut batch, last).map_err(|(why, prov)| (why, prov, text.len())),
+                None => self.push_row(&text, &mut batch, last),
             };
             let page = self.page.as_mut().expect("a page is open");
             match result {
                 Ok(key) => page.last = key.or(page.last),
-                Err((why, [source, partition, offset], len)) => {
-                    let reason = if len > self.max_record_bytes { Reason::Oversize } else { Reason::InvalidValue };
-                    // The key of a bad row is unknown; the next good row's key moves past it.
+                Err(bad) => {
+                    let len = line.unwrap_or(text.len());
+                    let reason = if line.is_some() { Reason::Oversize } else { Reason::InvalidValue };
+                    // Past the bad row when its key is known (else the next good row moves past it).
+                    page.last = bad.key.or(page.last);
                     quarantine.push(QuarantineRecord {
                         reason,
-                        detail: format!("{why} in {}", self.plan.table),
+                        detail: format!("{} in {}", bad.why, self.plan.table),
                         component: self.component.clone(),
-                        source: source.into(),
-                        partition: partition.into(),
-                        offset: offset.parse().unwrap_or(0),
+                        source: bad.source.into(),
+                        partition: bad.partition.into(),
+                        offset: bad.offset,
                         payload: text[..text.len().min(1024)].to_vec(),
                         payload_len: len,
                     });
@@ -884,6 +945,76 @@ mod tests {
         assert_eq!(&select[5..], ["`event_id`", "`host_name`"], "no ext, no other field");
         let bad = vec![("timestamp".to_string(), "String".to_string())];
         assert!(Plan::columns("t", &bad, None).unwrap_err().to_string().contains("not an events table"));
+    }
+
+    fn source_for(described: &[(String, String)]) -> ClickHouseSource {
+        let (columns, select, seconds) = Plan::columns("t", described, None).unwrap();
+        let plan = Plan {
+            table: "t".into(),
+            columns,
+            time: select[1].clone(),
+            select: select.join(", "),
+            seconds,
+            hours: vec![],
+        };
+        ClickHouseSource {
+            component: "ch".into(),
+            client: clickhouse::Client::default(),
+            rt: tokio::runtime::Builder::new_current_thread().build().unwrap(),
+            plan: Arc::new(plan),
+            hours: VecDeque::new(),
+            range: TimeRange::ALL,
+            positions: vec![(0, START)],
+            page: None,
+            page_rows: 10,
+            max_record_bytes: 1 << 20,
+            wanted: None,
+            origins: HashMap::new(),
+            last_origin: None,
+            ranges: Vec::new(),
+            text: String::new(),
+            source_text: String::new(),
+            partition_text: String::new(),
+            failures: 0,
+        }
+    }
+
+    #[test]
+    fn rows_become_events_and_a_bad_value_quarantines_its_row_alone_with_its_key() {
+        // ward_id, time (ms), source, partition, offset, then the table's order: event_id,
+        // host_name, source_ip, source_port, event_created, ext.
+        let mut s = source_for(&described());
+        let mut b = EventBatch::new();
+        let good = b"7\t1000\tkafka\tevents/0\t42\te-1\tweb\\t1\t10.0.0.1\t443\t2\t{\"team\":\"red\",\"n\":3}";
+        assert_eq!(s.push_row(good, &mut b, None).ok(), Some(Some((1000, 7))));
+        assert_eq!(b.len(), 1);
+        let p = b.provenance(0);
+        assert_eq!((&*p.source, &*p.partition, p.offset), ("kafka", "events/0", 42));
+        let text = |name: &str| match b.get_by_name(0, name) {
+            Some(Value::Str(r)) => b.bytes().str(r).to_string(),
+            other => format!("{other:?}"),
+        };
+        assert_eq!(text("host.name"), "web\t1");
+        match b.get_by_name(0, "source.ip") {
+            Some(Value::Ip(r)) => assert_eq!(b.bytes().ip(r), Some("10.0.0.1".parse().unwrap())),
+            other => panic!("source.ip: {other:?}"),
+        }
+        assert_eq!(b.get_by_name(0, "source.port"), Some(Value::Int(443)));
+        assert_eq!(b.get_by_name(0, "event.created"), Some(Value::Timestamp(2000)));
+        assert_eq!(b.get_by_name(0, "n"), Some(Value::Int(3)));
+        assert_eq!(text("team"), "red");
+        // The same key again: a replayed copy, skipped.
+        assert_eq!(s.push_row(good, &mut b, Some((1000, 7))).ok(), Some(None));
+        // A port that is no number: the row alone is quarantined, with its provenance and key.
+        let bad = b"8\t1001\tkafka\tevents/0\t43\te-2\tweb\t\\N\tx\t\\N\t{}";
+        let Err(e) = s.push_row(bad, &mut b, None) else { panic!("a bad row") };
+        assert_eq!(
+            (e.source.as_str(), e.partition.as_str(), e.offset, e.key),
+            ("kafka", "events/0", 43, Some((1001, 8)))
+        );
+        assert!(e.why.contains("source.port is not an integer"), "{}", e.why);
+        assert_eq!(b.len(), 1, "nothing of the bad row stays");
+        assert!(b.validate().is_ok());
     }
 
     #[test]
