@@ -189,6 +189,15 @@ fn hunt(args: &HuntArgs, registry: &ward_engine::registry::Registry) -> anyhow::
     let summary = runtime::run(&spec, &opts, stop)?;
     let rules = summarize(&alerts)?;
     let events = summary.components.iter().find(|c| c.id == "history").map_or(0, |c| c.records_out);
+    // What did not reach the rules: repeated events dedup dropped, and records set aside (late
+    // behind the watermark, oversize, unreadable) by reason.
+    let repeated = summary.components.iter().find(|c| c.id == "dedup").map_or(0, |c| c.filtered);
+    let mut quarantined: BTreeMap<&'static str, u64> = BTreeMap::new();
+    for c in &summary.components {
+        for (reason, n) in &c.quarantined_by_reason {
+            *quarantined.entry(reason.as_str()).or_insert(0) += n;
+        }
+    }
     let diff = match &args.diff {
         Some(live) => {
             let range = |t: &Option<String>, name, default| {
@@ -206,6 +215,8 @@ fn hunt(args: &HuntArgs, registry: &ward_engine::registry::Registry) -> anyhow::
     if args.json {
         let mut out = json!({
             "events": events,
+            "repeated_events_dropped": repeated,
+            "quarantined": quarantined,
             "elapsed_seconds": summary.elapsed.as_secs_f64(),
             "alerts": rules.values().map(|r| r.alerts).sum::<u64>(),
             "rules": rules.values().map(RuleSummary::to_json).collect::<Vec<_>>(),
@@ -217,6 +228,15 @@ fn hunt(args: &HuntArgs, registry: &ward_engine::registry::Registry) -> anyhow::
         crate::emit(&format!("{}\n", serde_json::to_string_pretty(&out)?));
     } else {
         let mut text = render(&rules, events, summary.elapsed);
+        if repeated > 0 {
+            text.push_str(&format!(
+                "{repeated} repeated events (same event.id within 10 minutes) were dropped before the rules\n"
+            ));
+        }
+        if !quarantined.is_empty() {
+            let reasons: Vec<String> = quarantined.iter().map(|(r, n)| format!("{r} {n}")).collect();
+            text.push_str(&format!("quarantined, not hunted: {}\n", reasons.join(", ")));
+        }
         if let Some(p) = &args.out {
             text.push_str(&format!("alerts written to {}\n", p.display()));
         }

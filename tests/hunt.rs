@@ -93,6 +93,7 @@ fn a_hunt_over_the_demos_parquet_raises_exactly_the_live_alerts() {
         let d: serde_json::Value = serde_json::from_str(&d.stdout).unwrap();
         assert_eq!((d["diff"]["added"].as_u64(), d["diff"]["removed"].as_u64()), (Some(0), Some(0)), "{}", d["diff"]);
         assert_eq!(d["diff"]["unchanged"].as_u64(), Some(want.len() as u64));
+        assert_eq!(d["quarantined"], serde_json::json!({}), "nothing late or unreadable");
         // The summary: every rule that fired live, with its count.
         assert!(r.stdout.contains(&format!("{} alerts from", want.len())), "{}", r.stdout);
         assert!(r.stdout.contains("Hidden PowerShell With Encoded Command"), "{}", r.stdout);
