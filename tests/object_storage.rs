@@ -147,6 +147,41 @@ fn checkpoints_and_parquet_on_s3_are_exactly_once_through_kill_9_and_store_outag
     assert_eq!(got.len(), want.len());
     assert!(got == want, "the rows of an uninterrupted run, each once");
 
+    // History on S3 read back by `ward hunt` (the parquet source on the store): the killed
+    // run's events and the uninterrupted run's raise the same alerts, every event read once.
+    let rules = repo().join("rules/sigma/ward");
+    let mut alerts = Vec::new();
+    for (prefix, workers) in [("reference", "1"), ("chaos", "2")] {
+        let out = dir.path().join(format!("hunt-{prefix}.jsonl"));
+        let summary = ward_with(
+            &s3,
+            &[
+                "hunt",
+                "--rules",
+                &rules.to_string_lossy(),
+                "--events",
+                &format!("s3://ward/{prefix}/events"),
+                "-w",
+                workers,
+                "--out",
+                &out.to_string_lossy(),
+                "--json",
+                "-q",
+            ],
+        );
+        let summary: serde_json::Value = serde_json::from_str(&summary).unwrap();
+        assert_eq!(summary["events"].as_u64(), Some(want.len() as u64), "{prefix}: {summary}");
+        let mut ids: Vec<String> = std::fs::read_to_string(&out)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["alert_id"].as_str().unwrap().to_string())
+            .collect();
+        ids.sort();
+        alerts.push(ids);
+    }
+    assert!(!alerts[0].is_empty(), "the hunt raised alerts");
+    assert_eq!(alerts[0], alerts[1]);
+
     // The checkpoints: every object belongs to a complete checkpoint and is named by its manifest.
     let keys = s3.keys("ward", "chaos/checkpoints/");
     let out = ward_with(&s3, &["checkpoint", "list", "--json", "s3://ward/chaos/checkpoints"]);
