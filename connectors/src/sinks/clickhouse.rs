@@ -108,10 +108,11 @@ impl Default for RetryConfig {
     }
 }
 
-fn default_url() -> String {
+/// The server's HTTP endpoint when a spec names none (the `clickhouse` source's too).
+pub(crate) fn default_url() -> String {
     "http://127.0.0.1:8123".into()
 }
-fn default_database() -> String {
+pub(crate) fn default_database() -> String {
     "default".into()
 }
 fn default_batch_rows() -> usize {

@@ -35,6 +35,7 @@ use ward_engine::quarantine::{QuarantineRecord, Reason};
 use ward_engine::registry::{BuildContext, Built, ComponentConfig, Section};
 
 use super::history::{ext_wanted, wanted, TimeRange, Wanted};
+use crate::sinks::clickhouse::{default_database, default_url};
 use crate::sinks::clickhouse_rowbinary::parse_type;
 
 /// Read events back from the events table the `clickhouse` sink fills.
@@ -72,12 +73,6 @@ pub struct ClickHouseSourceConfig {
     pub max_record_bytes: usize,
 }
 
-fn default_url() -> String {
-    "http://127.0.0.1:8123".into()
-}
-fn default_database() -> String {
-    "default".into()
-}
 fn default_table() -> String {
     "events".into()
 }
@@ -186,6 +181,20 @@ fn unwrap_type(ty: &DataTypeNode) -> (&DataTypeNode, bool) {
 }
 
 impl Plan {
+    /// The plan for `table` (shown as it is named in SQL) described as `described`, without
+    /// its hours yet.
+    fn new(table: &str, described: &[(String, String)], wanted: Option<&Wanted>) -> anyhow::Result<Plan> {
+        let (columns, select, seconds) = Plan::columns(table, described, wanted)?;
+        Ok(Plan {
+            table: table.to_string(),
+            columns,
+            time: select[1].clone(),
+            select: select.join(", "),
+            seconds,
+            hours: Vec::new(),
+        })
+    }
+
     /// The columns to select from `(name, type)` as `system.columns` lists them.
     fn columns(
         table: &str,
@@ -301,13 +310,14 @@ impl ClickHouseFactory {
             )
             .map_err(|e| anyhow::anyhow!("reading the columns of {shown}: {e}"))?;
         anyhow::ensure!(!described.is_empty(), "table {shown} does not exist");
-        let (columns, select, seconds) = Plan::columns(&shown, &described, self.wanted.as_ref())?;
-        let sql = hours_query(&self.table(), self.range, seconds);
+        let mut plan =
+            Plan::new(&self.table(), &described, self.wanted.as_ref()).map_err(|e| anyhow::anyhow!("{shown}: {e}"))?;
+        let sql = hours_query(&plan.table, self.range, plan.seconds);
         let hours: Vec<(i64, u64)> = rt
             .block_on(client.query(&sql).fetch_all::<(i64, u64)>())
             .map_err(|e| anyhow::anyhow!("counting the events of {shown} by hour: {e}"))?;
-        let time = select[1].clone();
-        Ok(Arc::new(Plan { table: self.table(), columns, select: select.join(", "), time, seconds, hours }))
+        plan.hours = hours;
+        Ok(Arc::new(plan))
     }
 }
 
@@ -333,15 +343,8 @@ pub fn first_queries(
     hour: i64,
     after: (i64, u64),
 ) -> anyhow::Result<[String; 2]> {
-    let (columns, select, seconds) = Plan::columns(table, described, None)?;
-    let plan = Plan {
-        table: table.to_string(),
-        columns,
-        time: select[1].clone(),
-        select: select.join(", "),
-        seconds,
-        hours: Vec::new(),
-    };
+    let plan = Plan::new(table, described, None)?;
+    let seconds = plan.seconds;
     let range = TimeRange { from: hour * HOUR_MS, to: (hour + 1) * HOUR_MS };
     let page = page_query(&plan, range, &[(0, START), (1, after)], 1000, hour)
         .ok_or_else(|| anyhow::anyhow!("nothing to read in hour {hour}"))?;
@@ -437,26 +440,11 @@ impl SourceFactory for ClickHouseFactory {
         // For the progress line: this worker's share of the rows.
         let rows: u64 = plan.hours.iter().map(|h| h.1).sum();
         ctx.metrics.records_expected.add((rows * shards.len() as u64 / SHARDS) as i64);
-        Ok(Box::new(ClickHouseSource {
-            component: ctx.component_id.clone(),
-            client: self.client(),
-            rt,
-            hours: plan.hours.iter().map(|h| h.0).collect(),
-            plan,
-            range: self.range,
-            positions: shards.into_iter().map(|s| (s, START)).collect(),
-            page: None,
-            page_rows: self.config.page_rows,
-            max_record_bytes: self.config.max_record_bytes,
-            wanted: self.wanted.clone(),
-            origins: HashMap::new(),
-            last_origin: None,
-            ranges: Vec::new(),
-            text: String::new(),
-            source_text: String::new(),
-            partition_text: String::new(),
-            failures: 0,
-        }))
+        let mut source = ClickHouseSource::new(ctx.component_id.clone(), self.client(), rt, plan, self.range, &shards);
+        source.page_rows = self.config.page_rows;
+        source.max_record_bytes = self.config.max_record_bytes;
+        source.wanted = self.wanted.clone();
+        Ok(Box::new(source))
     }
 }
 
@@ -513,6 +501,38 @@ struct ShardPosition {
 }
 
 impl ClickHouseSource {
+    /// An instance reading `shards` of `plan`'s hours from the start, every column, in pages
+    /// of the default size.
+    fn new(
+        component: Arc<str>,
+        client: clickhouse::Client,
+        rt: tokio::runtime::Runtime,
+        plan: Arc<Plan>,
+        range: TimeRange,
+        shards: &[u64],
+    ) -> ClickHouseSource {
+        ClickHouseSource {
+            component,
+            client,
+            rt,
+            hours: plan.hours.iter().map(|h| h.0).collect(),
+            plan,
+            range,
+            positions: shards.iter().map(|s| (*s, START)).collect(),
+            page: None,
+            page_rows: default_page_rows(),
+            max_record_bytes: default_max_record_bytes(),
+            wanted: None,
+            origins: HashMap::new(),
+            last_origin: None,
+            ranges: Vec::new(),
+            text: String::new(),
+            source_text: String::new(),
+            partition_text: String::new(),
+            failures: 0,
+        }
+    }
+
     /// Where shard `s` stands, counting the page being read.
     fn position(&self, s: usize) -> RowKey {
         let (_, at) = self.positions[s];
@@ -948,35 +968,9 @@ mod tests {
     }
 
     fn source_for(described: &[(String, String)]) -> ClickHouseSource {
-        let (columns, select, seconds) = Plan::columns("t", described, None).unwrap();
-        let plan = Plan {
-            table: "t".into(),
-            columns,
-            time: select[1].clone(),
-            select: select.join(", "),
-            seconds,
-            hours: vec![],
-        };
-        ClickHouseSource {
-            component: "ch".into(),
-            client: clickhouse::Client::default(),
-            rt: tokio::runtime::Builder::new_current_thread().build().unwrap(),
-            plan: Arc::new(plan),
-            hours: VecDeque::new(),
-            range: TimeRange::ALL,
-            positions: vec![(0, START)],
-            page: None,
-            page_rows: 10,
-            max_record_bytes: 1 << 20,
-            wanted: None,
-            origins: HashMap::new(),
-            last_origin: None,
-            ranges: Vec::new(),
-            text: String::new(),
-            source_text: String::new(),
-            partition_text: String::new(),
-            failures: 0,
-        }
+        let plan = Arc::new(Plan::new("t", described, None).unwrap());
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        ClickHouseSource::new("ch".into(), clickhouse::Client::default(), rt, plan, TimeRange::ALL, &[0])
     }
 
     #[test]
