@@ -80,6 +80,7 @@ fn a_hunt_over_the_demos_parquet_raises_exactly_the_live_alerts() {
     assert!(want.len() > 30, "{} live alerts", want.len());
     assert!(correlations > 0 && correlations < want.len(), "detections and correlations: {correlations}");
 
+    let mut all_events = 0;
     for workers in ["1", "2"] {
         let out = format!("hunt-{workers}.jsonl");
         let r = hunt_demo(dir.path(), &["-w", workers, "--out", &out, "-q"]);
@@ -94,6 +95,7 @@ fn a_hunt_over_the_demos_parquet_raises_exactly_the_live_alerts() {
         assert_eq!((d["diff"]["added"].as_u64(), d["diff"]["removed"].as_u64()), (Some(0), Some(0)), "{}", d["diff"]);
         assert_eq!(d["diff"]["unchanged"].as_u64(), Some(want.len() as u64));
         assert_eq!(d["quarantined"], serde_json::json!({}), "nothing late or unreadable");
+        all_events = d["events"].as_u64().unwrap();
         // The summary: every rule that fired live, with its count.
         assert!(r.stdout.contains(&format!("{} alerts from", want.len())), "{}", r.stdout);
         assert!(r.stdout.contains("Hidden PowerShell With Encoded Command"), "{}", r.stdout);
@@ -107,7 +109,9 @@ fn a_hunt_over_the_demos_parquet_raises_exactly_the_live_alerts() {
         .arg("hunt")
         .args(args)
         .args(["--checkpoint-dir", "hunt-checkpoints", "-q"])
-        .env("FAILPOINTS", "sink-write=sleep(300)")
+        // Slow reads: the hunt outlasts its first checkpoint (every 5 s), so the kill leaves
+        // some to do.
+        .env("FAILPOINTS", "source-poll=sleep(500)")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -115,9 +119,16 @@ fn a_hunt_over_the_demos_parquet_raises_exactly_the_live_alerts() {
     wait_for_checkpoint(&dir.path().join("hunt-checkpoints"), 0);
     let _ = first.kill();
     first.wait().unwrap();
+    // The killed run stopped part way: its committed output lacks some alerts.
+    let partial = std::fs::read_to_string(dir.path().join("resumed.jsonl")).unwrap_or_default().lines().count();
+    assert!(partial < want.len(), "the killed hunt already wrote all {partial} alerts");
     let r = hunt(dir.path(), &[&args[..], &["--checkpoint-dir", "hunt-checkpoints", "--json", "-q"]].concat());
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(alerts(&dir.path().join("resumed.jsonl")), want);
+    // ... and the second run went on from its checkpoint instead of reading everything again.
+    let resumed: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let read_again = resumed["events"].as_u64().unwrap();
+    assert!(read_again < all_events, "the resumed hunt read {read_again} of {all_events} events");
 
     // Rules without keyword searches: only the fields they read are read, so the alerts'
     // events hold a part of the live ones; with --all-fields, all of them (less the raw

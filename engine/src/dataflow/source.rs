@@ -113,6 +113,8 @@ pub(crate) fn build_source<'s>(
                     run.metrics.backpressure_seconds.inc_by(since.elapsed().as_secs_f64());
                 }
                 let started = Instant::now();
+                // Lets tests slow a source down so a run spans several epochs.
+                fail::fail_point!("source-poll");
                 let (batch, records) = match source.poll(batch_size) {
                     Ok(SourcePoll::Batch(batch)) => (Some(batch), None),
                     Ok(SourcePoll::Quarantine(records)) => (None, Some(records)),
