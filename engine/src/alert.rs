@@ -68,6 +68,26 @@ pub struct Alert {
 }
 
 impl Alert {
+    /// The alert without its event and matches: what a consumer that reads only the rule,
+    /// ids, time, origin and `fields` (a correlation) needs across an exchange.
+    pub fn summary(&self) -> Alert {
+        Alert {
+            alert_id: self.alert_id.clone(),
+            rule: self.rule.clone(),
+            priority: self.priority,
+            ruleset_version: self.ruleset_version.clone(),
+            detector: self.detector.clone(),
+            matches: Vec::new(),
+            event_id: self.event_id.clone(),
+            event_time_ms: self.event_time_ms,
+            origin: self.origin.clone(),
+            event: None,
+            fields: self.fields.clone(),
+            correlation: self.correlation.clone(),
+            suppression: self.suppression.clone(),
+        }
+    }
+
     /// The alert reduced to what `field` gives for `names` (kept in `fields`), without its
     /// event, matches or correlation details: what crosses an exchange to a consumer that
     /// reads a few fields (a view).
@@ -224,6 +244,13 @@ mod tests {
         }
         assert!(slim.event.is_none() && slim.field("message").is_empty());
         assert_eq!((slim.event_time_ms, slim.origin.offset), (Some(5), 7));
+
+        // A summary keeps everything but the event and matches.
+        let mut summary = alert.summary();
+        assert!(summary.event.is_none() && summary.matches.is_empty());
+        summary.event = alert.event.clone();
+        summary.matches = alert.matches.clone();
+        assert_eq!(summary, alert);
     }
 
     #[test]

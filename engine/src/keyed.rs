@@ -50,6 +50,11 @@ pub trait Router {
     fn projection(&self) -> Option<crate::batch::Projection> {
         None
     }
+    /// Whether the keyed half reads only an alert's summary ([`Alert::summary`]): alerts then
+    /// cross the exchange without their event and matches (ignored when `projection` is set).
+    fn keyed_alert_summary(&self) -> bool {
+        false
+    }
 }
 
 /// The stateful half, owning the key groups of its worker.

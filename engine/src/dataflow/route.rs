@@ -123,6 +123,7 @@ pub(crate) fn route_stage<'s>(
             }
         }
     }
+    let projection_names = router.borrow().projection().map(|p| p.names().to_vec());
     builder.build(move |mut caps| {
         let mut held = Some(caps.remove(0));
         drop(caps);
@@ -152,6 +153,14 @@ pub(crate) fn route_stage<'s>(
         let mut next_tick = Instant::now();
         // Events cross the exchange with only the fields the keyed half reads, if it says.
         let projection = router.borrow().projection();
+        let alert_summary = router.borrow().keyed_alert_summary();
+        // The copy of an alert its key owners get: only what the keyed half reads.
+        let keyed_copy = move |alert: &Alert| -> Option<Alert> {
+            match &projection_names {
+                Some(names) => Some(alert.projected(names)),
+                None => alert_summary.then(|| alert.summary()),
+            }
+        };
         move |frontiers| {
             let now = Instant::now();
             let mut router = router.borrow_mut();
@@ -324,30 +333,48 @@ pub(crate) fn route_stage<'s>(
                                 keys.clear();
                                 let route = router.route(RecordRef::Alert(alert), &mut keys);
                                 owners(&keys, workers, &mut targets);
-                                match route {
-                                    Route::Drop => filtered += 1,
+                                let primary = match route {
+                                    Route::Drop => {
+                                        filtered += 1;
+                                        continue;
+                                    }
                                     Route::PassThrough => {
-                                        for w in &targets {
-                                            outbox.alerts[*w].push((alert.clone(), false));
-                                        }
                                         out += 1;
                                         pass.push(i);
+                                        false
                                     }
-                                    Route::Keyed if targets.is_empty() => filtered += 1,
-                                    Route::Keyed => {
-                                        let slim = projection.as_ref().map(|p| alert.projected(p.names()));
-                                        let alert = slim.as_ref().unwrap_or(alert);
-                                        for (i, w) in targets.iter().enumerate() {
-                                            outbox.alerts[*w].push((alert.clone(), i == 0));
-                                        }
+                                    Route::Keyed if targets.is_empty() => {
+                                        filtered += 1;
+                                        continue;
                                     }
+                                    Route::Keyed => true,
+                                };
+                                if let Some((last, rest)) = targets.split_last() {
+                                    let slim = keyed_copy(alert);
+                                    for (n, w) in rest.iter().enumerate() {
+                                        let copy = slim.clone().unwrap_or_else(|| alert.clone());
+                                        outbox.alerts[*w].push((copy, primary && n == 0));
+                                    }
+                                    let copy = slim.unwrap_or_else(|| alert.clone());
+                                    outbox.alerts[*last].push((copy, primary && rest.is_empty()));
                                 }
                             }
                             if pass.len() == alerts.len() {
                                 passed.push(Payload::Alerts(alerts));
                             } else if !pass.is_empty() {
-                                passed
-                                    .push(Payload::Alerts(Arc::new(pass.iter().map(|i| alerts[*i].clone()).collect())));
+                                // The alerts that go on: moved out when this stage holds the
+                                // only reference, else copied.
+                                let kept = match Arc::try_unwrap(alerts) {
+                                    Ok(all) => {
+                                        let mut keep = pass.iter().copied().peekable();
+                                        all.into_iter()
+                                            .enumerate()
+                                            .filter_map(|(i, a)| keep.next_if_eq(&i).map(|_| a))
+                                            .collect()
+                                    }
+                                    Err(shared) => pass.iter().map(|i| shared[*i].clone()).collect(),
+                                };
+                                passed.push(Payload::Alerts(Arc::new(kept)));
                             }
                         }
                         Payload::Cases(cases) => {

@@ -213,6 +213,11 @@ impl Router for CorrelateRouter {
         let RecordRef::Alert(alert) = record else { return Route::PassThrough };
         route_alert(&self.rules.set, alert, keys, &mut self.scratch)
     }
+
+    /// Windows keep an alert's rule, id, time and group-by `fields` only.
+    fn keyed_alert_summary(&self) -> bool {
+        true
+    }
 }
 
 /// Keys of the groups an alert feeds; absorbed alerts go only there, others pass through too.
