@@ -299,6 +299,7 @@ fn stages(count: u64, zstd_level: i32) -> anyhow::Result<()> {
         partition_by: PartitionBy::Hour,
         max_file_rows: 1_000_000,
         close_idle_after_epochs: 60,
+        text_statistics: false,
     };
     let mut sink = ParquetSink::new(
         pq,

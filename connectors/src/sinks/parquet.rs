@@ -29,7 +29,8 @@ use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::WriterProperties;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use ward_engine::batch::{value_to_json, EventBatch, Key, Value};
@@ -70,6 +71,10 @@ pub struct ParquetSinkConfig {
     /// becomes visible without waiting for the run to end).
     #[serde(default = "default_idle_epochs")]
     pub close_idle_after_epochs: u64,
+    /// Min/max statistics for text columns too (by default only for time, number and flag
+    /// columns: min/max of unsorted text prunes little and costs two comparisons per value).
+    #[serde(default)]
+    pub text_statistics: bool,
 }
 
 fn default_row_group() -> usize {
@@ -268,7 +273,18 @@ impl ParquetSink {
             .set_max_row_group_row_count(Some(config.row_group_size));
         // Columns that are (nearly) unique per row gain nothing from a dictionary but pay for it.
         for col in UNIQUE_COLUMNS {
-            props = props.set_column_dictionary_enabled(parquet::schema::types::ColumnPath::from(*col), false);
+            props = props.set_column_dictionary_enabled(ColumnPath::from(*col), false);
+        }
+        if !config.text_statistics {
+            let text = CORE_FIELDS
+                .iter()
+                .filter(|(_, t, _)| matches!(t, FieldType::Str | FieldType::Ip))
+                .map(|(name, _, _)| vec![name.to_string()])
+                .chain([["ward.source"], ["ward.partition"]].map(|p| p.map(String::from).to_vec()))
+                .chain([["ext", "entries", "key"], ["ext", "entries", "value"]].map(|p| p.map(String::from).to_vec()));
+            for path in text {
+                props = props.set_column_statistics_enabled(ColumnPath::new(path), EnabledStatistics::None);
+            }
         }
         let props = props.build();
         Ok(ParquetSink {
@@ -757,6 +773,7 @@ mod tests {
             partition_by: PartitionBy::Hour,
             max_file_rows: 1_000_000,
             close_idle_after_epochs: 2,
+            text_statistics: false,
         };
         let store = Arc::new(ward_engine::storage::LocalStore::new(dir.path().to_path_buf()));
         let mut sink = ParquetSink::new(config, store, "s", 0).unwrap();
@@ -775,6 +792,38 @@ mod tests {
         let files = list_files(dir.path());
         assert_eq!(files.len(), 2);
         assert_eq!(files.iter().map(|f| rows_in(f)).sum::<usize>(), 15);
+    }
+
+    #[test]
+    fn text_columns_get_statistics_only_when_asked() {
+        for text_statistics in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let config = ParquetSinkConfig {
+                path: "x".into(),
+                row_group_size: 100,
+                zstd_level: 1,
+                partition_by: PartitionBy::None,
+                max_file_rows: 1_000_000,
+                close_idle_after_epochs: 60,
+                text_statistics,
+            };
+            let store = Arc::new(ward_engine::storage::LocalStore::new(dir.path().to_path_buf()));
+            let mut sink = ParquetSink::new(config, store, "s", 0).unwrap();
+            sink.write(&Payload::Events(batch(491_000, 10).into())).unwrap();
+            sink.finish().unwrap();
+            let file = File::open(&list_files(dir.path())[0]).unwrap();
+            let reader = parquet::file::reader::SerializedFileReader::new(file).unwrap();
+            let group = parquet::file::reader::FileReader::metadata(&reader).row_group(0).clone();
+            let stats = |path: &str| {
+                let c = group.columns().iter().find(|c| c.column_path().string() == path).unwrap();
+                c.statistics().is_some()
+            };
+            // Event time keeps its statistics (readers prune row groups by it).
+            assert!(stats("@timestamp"));
+            for text in ["host.name", "ward.source", "ext.entries.key", "ext.entries.value"] {
+                assert_eq!(stats(text), text_statistics, "{text}");
+            }
+        }
     }
 
     #[test]

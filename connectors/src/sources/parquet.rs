@@ -681,6 +681,7 @@ mod tests {
                 partition_by: PartitionBy::Hour,
                 max_file_rows: 1_000_000,
                 close_idle_after_epochs: 60,
+                text_statistics: false,
             };
             let mut sink = ParquetSink::new(config, store.clone(), "events", w).unwrap();
             // 2,000 events per partition, one every 3.6 s (w=1 offset by 1 ms): two hours.
