@@ -36,7 +36,7 @@ pub const DFA_SIZE_LIMIT: usize = 4 << 20;
 const LAZY_DFA_CACHE: usize = 256 * 1024;
 
 /// The flags a pattern is compiled with.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Flags {
     pub case_insensitive: bool,
     pub multi_line: bool,
@@ -45,6 +45,7 @@ pub struct Flags {
 
 pub struct BoundedRegex {
     source: String,
+    flags: Flags,
     /// Built on first use from `nfa` and `dfa_config` (None: too large for the limit).
     dfa: OnceLock<Option<dense::DFA<Vec<u32>>>>,
     nfa: thompson::NFA,
@@ -144,6 +145,7 @@ impl BoundedRegex {
         let gate = gate_of(&hir);
         Ok(BoundedRegex {
             source: pattern.to_string(),
+            flags,
             dfa: OnceLock::new(),
             nfa,
             dfa_config,
@@ -176,6 +178,10 @@ impl BoundedRegex {
 
     pub fn as_str(&self) -> &str {
         &self.source
+    }
+
+    pub fn flags(&self) -> Flags {
+        self.flags
     }
 
     /// How the pattern is matched, for `ward rules explain`.

@@ -102,6 +102,34 @@ fn regex_with_flags() {
     // Unanchored search, case-sensitive by default.
     assert_eq!(hits("  s:\n    c|re: 'ine1'\n  condition: s\n", &ev), vec![0, 1]);
     assert!(rejection("  s:\n    c|re: '(?<=a)b'\n  condition: s\n").contains("linear-time"));
+    // The same pattern with and without a flag are two tests, not one shared.
+    let both = "  a:\n    c|re: '^LINE1'\n  b:\n    c|re|i: '^LINE1'\n  condition: a and b\n";
+    assert_eq!(hits(both, &ev), Vec::<u64>::new());
+    let either = "  a:\n    c|re|i: '^LINE1'\n  b:\n    c|re: '^LINE1'\n  condition: a and not b\n";
+    assert_eq!(hits(either, &ev), vec![0, 1]);
+}
+
+#[test]
+fn a_regex_used_by_several_rules_and_fields_is_compiled_once() {
+    let rules = "title: a\nid: a\nlogsource: { category: test }\ndetection:\n  s:\n    c|re: 'x+y'\n  condition: s\n---\n\
+                 title: b\nid: b\nlogsource: { category: test }\ndetection:\n  s:\n    d|re: 'x+y'\n  condition: s\n---\n\
+                 title: c\nid: c\nlogsource: { category: test }\ndetection:\n  s:\n    d|re|i: 'x+y'\n  condition: s\n";
+    let s = set(rules);
+    assert_eq!(s.rejected(), 0, "{:?}", s.rejections());
+    // Gated regexes (run where their literal occurs) and ungated ones.
+    let lazy = s.matcher.atoms.iter().filter_map(|a| match a {
+        crate::sigma::matcher::Atom::Lazy(crate::sigma::matcher::Lazy::Regex { re, .. }) => Some(re),
+        _ => None,
+    });
+    let regexes: Vec<&Arc<crate::sigma::bounded_regex::BoundedRegex>> = s.matcher.verify.iter().chain(lazy).collect();
+    assert_eq!(regexes.len(), 3, "three tests (two fields, two flag sets)");
+    assert!(Arc::ptr_eq(regexes[0], regexes[1]), "same pattern and flags: one regex");
+    assert!(!Arc::ptr_eq(regexes[1], regexes[2]), "other flags: another regex");
+    let mut alerts = Vec::new();
+    Detector::new(Arc::from("sigma"), false).detect(&s, &batch(&[r#"{"c":"xxy","d":"XY"}"#]), &mut alerts);
+    let mut fired: Vec<&str> = alerts.iter().map(|a| a.rule.id.as_str()).collect();
+    fired.sort_unstable();
+    assert_eq!(fired, ["a", "c"]);
 }
 
 #[test]

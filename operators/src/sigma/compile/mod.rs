@@ -171,8 +171,8 @@ impl AtomSpec {
             AtomSpec::Literal { field, pattern, anchor, cased } => {
                 format!("lit|{field:?}|{anchor:?}|{cased}|{pattern:?}")
             }
-            AtomSpec::Glob { field, regex, .. } => format!("glob|{field:?}|{}", regex.as_str()),
-            AtomSpec::Regex { field, regex } => format!("re|{field:?}|{}", regex.as_str()),
+            AtomSpec::Glob { field, regex, .. } => format!("glob|{field:?}|{:?}|{}", regex.flags(), regex.as_str()),
+            AtomSpec::Regex { field, regex } => format!("re|{field:?}|{:?}|{}", regex.flags(), regex.as_str()),
             AtomSpec::Cidr { field, net } => format!("cidr|{field:?}|{net}"),
             AtomSpec::Compare { field, op, value, part } => format!("cmp|{field:?}|{op:?}|{value}|{part:?}"),
             AtomSpec::Exists { field } => format!("exists|{field:?}"),
