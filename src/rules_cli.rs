@@ -393,7 +393,7 @@ impl TestRun {
                 "ruleset_version": a.ruleset_version,
             });
             if let Some(e) = &a.event {
-                line["event"] = e.clone();
+                line["event"] = e.to_value();
             }
             println!("{line}");
             self.alerts_printed += 1;

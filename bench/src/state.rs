@@ -59,7 +59,9 @@ fn alert(n: u64, total: u64) -> Alert {
     a.rule.level = "high".into();
     a.fields.clear();
     let host = format!("host-{n:07}");
-    a.event = Some(serde_json::json!({"host.name": host, "host.id": host, "user.name": "u"}));
+    a.event = Some(ward_engine::alert::EventJson::from_value(
+        &serde_json::json!({"host.name": host, "host.id": host, "user.name": "u"}),
+    ));
     a
 }
 

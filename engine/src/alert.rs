@@ -2,7 +2,112 @@
 //! alert sinks accept. An alert is self-contained: it names the rule, the rule-set version, what
 //! matched, and where the event came from, so it can be traced back without the rule files.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+/// An alert's copy of its event as JSON text, rendered once from the batch
+/// ([`crate::batch::EventBatch::write_row_json`]): sinks write it as it is, and only a lookup
+/// by field name reads into it. (Alerts are only ever serialized as JSON: sinks, exchanges
+/// between processes and operator state.)
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct EventJson(Box<RawValue>);
+
+impl EventJson {
+    /// Row `row` of `batch`, as [`crate::batch::EventBatch::row_to_json`] gives it.
+    pub fn of_row(batch: &crate::batch::EventBatch, row: usize) -> EventJson {
+        let mut text = Vec::with_capacity(512);
+        batch.write_row_json(row, &mut text);
+        // The writer emits one valid JSON object in UTF-8.
+        let text = String::from_utf8(text).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+        EventJson(RawValue::from_string(text).unwrap_or_else(|_| Self::empty_object()))
+    }
+
+    pub fn from_value(value: &serde_json::Value) -> EventJson {
+        EventJson(serde_json::value::to_raw_value(value).unwrap_or_else(|_| Self::empty_object()))
+    }
+
+    fn empty_object() -> Box<RawValue> {
+        RawValue::from_string("{}".into()).expect("valid JSON")
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.0.get()
+    }
+
+    pub fn to_value(&self) -> serde_json::Value {
+        serde_json::from_str(self.as_str()).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Field `name` of the event (a core field by dotted name, else an extension field), as
+    /// [`Alert::field`] gives it; None when absent or null.
+    fn field(&self, name: &str) -> Option<Cow<'_, str>> {
+        let raw = member(self.as_str(), name).or_else(|| member(member(self.as_str(), "ext")?.get(), name))?;
+        let text = raw.get();
+        match text.as_bytes().first() {
+            Some(b'"') if !text.contains('\\') => Some(Cow::Borrowed(&text[1..text.len() - 1])),
+            Some(b'"') => serde_json::from_str::<String>(text).ok().map(Cow::Owned),
+            Some(b'n') => None,
+            _ => Some(Cow::Borrowed(text)),
+        }
+    }
+}
+
+impl PartialEq for EventJson {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+/// The raw value of member `name` of the JSON object `text` (its first; the writer never
+/// repeats a key), read without building anything and no further than that member.
+fn member<'a>(text: &'a str, name: &str) -> Option<&'a RawValue> {
+    use serde::de::{DeserializeSeed, Error, IgnoredAny, MapAccess, Visitor};
+    use std::cell::Cell;
+    struct IsName<'n>(&'n str);
+    impl<'de> DeserializeSeed<'de> for IsName<'_> {
+        type Value = bool;
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+            d.deserialize_str(self)
+        }
+    }
+    impl<'de> Visitor<'de> for IsName<'_> {
+        type Value = bool;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a key")
+        }
+        fn visit_str<E>(self, v: &str) -> Result<bool, E> {
+            Ok(v == self.0)
+        }
+    }
+    struct Find<'n, 'c, 'de> {
+        name: &'n str,
+        found: &'c Cell<Option<&'de RawValue>>,
+    }
+    impl<'de> Visitor<'de> for Find<'_, '_, 'de> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an object")
+        }
+        fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<(), M::Error> {
+            while let Some(found) = map.next_key_seed(IsName(self.name))? {
+                if found {
+                    self.found.set(Some(map.next_value::<&RawValue>()?));
+                    // Stop reading here (the error only ends the walk).
+                    return Err(M::Error::custom("found"));
+                }
+                map.next_value::<IgnoredAny>()?;
+            }
+            Ok(())
+        }
+    }
+    let found = Cell::new(None);
+    let mut de = serde_json::Deserializer::from_str(text);
+    let _ = serde::Deserializer::deserialize_map(&mut de, Find { name, found: &found });
+    found.get()
+}
 
 /// The rule that raised an alert.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -54,7 +159,7 @@ pub struct Alert {
     pub origin: AlertOrigin,
     /// A copy of the normalized event (omitted when the detector is configured so).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub event: Option<serde_json::Value>,
+    pub event: Option<EventJson>,
     /// Values of the fields correlation rules group or aggregate this rule's alerts by
     /// (Sigma field name, value); for correlation alerts, their group-by values.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -119,8 +224,7 @@ impl Alert {
     /// The value of a field of the alert, for keys and scores: `rule.id`, `rule.level`,
     /// `detector`, a correlation field, or a field of the alert's event (core by dotted name,
     /// then extension). Empty when absent; non-string values as their JSON text.
-    pub fn field(&self, name: &str) -> std::borrow::Cow<'_, str> {
-        use std::borrow::Cow;
+    pub fn field(&self, name: &str) -> Cow<'_, str> {
         match name {
             "rule.id" => Cow::Borrowed(&self.rule.id),
             "rule.level" => Cow::Borrowed(&self.rule.level),
@@ -129,13 +233,7 @@ impl Alert {
                 if let Some((_, v)) = self.fields.iter().find(|(n, _)| n == name) {
                     return Cow::Borrowed(v);
                 }
-                let Some(event) = &self.event else { return Cow::Borrowed("") };
-                let v = event.get(name).or_else(|| event.get("ext").and_then(|x| x.get(name)));
-                match v {
-                    Some(serde_json::Value::String(s)) => Cow::Borrowed(s),
-                    Some(serde_json::Value::Null) | None => Cow::Borrowed(""),
-                    Some(other) => Cow::Owned(other.to_string()),
-                }
+                self.event.as_ref().and_then(|e| e.field(name)).unwrap_or(Cow::Borrowed(""))
             }
         }
     }
@@ -251,6 +349,35 @@ mod tests {
         summary.event = alert.event.clone();
         summary.matches = alert.matches.clone();
         assert_eq!(summary, alert);
+    }
+
+    #[test]
+    fn event_fields_are_read_from_the_json_text() {
+        let event = serde_json::json!({
+            "host.name": "web-1",
+            "user.name": "a \"quoted\" \\ name",
+            "network.bytes": 12,
+            "flag": true,
+            "gone": null,
+            "dns.answers": ["a", "b"],
+            "ext": {"session": "s1", "host.name": "shadowed", "n": 1.5, "gone": "ext value"},
+        });
+        let e = EventJson::from_value(&event);
+        assert_eq!(e.to_value(), event);
+        let field = |name: &str| e.field(name).map(|c| c.into_owned());
+        assert_eq!(field("host.name").as_deref(), Some("web-1"), "top level first");
+        assert_eq!(field("user.name").as_deref(), Some("a \"quoted\" \\ name"), "escapes undone");
+        assert_eq!(field("network.bytes").as_deref(), Some("12"));
+        assert_eq!(field("flag").as_deref(), Some("true"));
+        assert_eq!(field("dns.answers").as_deref(), Some(r#"["a","b"]"#));
+        assert_eq!(field("session").as_deref(), Some("s1"), "then the extension fields");
+        assert_eq!(field("n").as_deref(), Some("1.5"));
+        assert_eq!(field("gone"), None, "a null is absent, as before");
+        assert_eq!(field("absent"), None);
+        // An alert serializes its event as the same JSON, and reads it back.
+        let text = serde_json::to_string(&e).unwrap();
+        assert_eq!(text, event.to_string());
+        assert_eq!(serde_json::from_str::<EventJson>(&text).unwrap(), e);
     }
 
     #[test]

@@ -686,6 +686,95 @@ impl EventBatch {
         }
         J::Object(core)
     }
+
+    /// Appends the row as compact JSON text to `out`: exactly what serializing
+    /// [`Self::row_to_json`] writes (keys in the same sorted order, a repeated key's values as
+    /// an array), without building the value tree.
+    pub fn write_row_json(&self, row: usize, out: &mut Vec<u8>) {
+        /// A top-level member: a slot, or provenance and the extension object.
+        #[derive(Clone, Copy)]
+        enum Member {
+            Slot(usize),
+            Source,
+            Partition,
+            Offset,
+            Ext,
+        }
+        let b = self.bytes();
+        let slots = self.row_slots(row);
+        let p = &self.rows[row];
+        let origin = &self.origins[p.origin as usize];
+        // Provenance and `ext` replace a core field of the same name, as in `row_to_json`.
+        const RESERVED: [&str; 4] = ["ward.source", "ward.partition", "ward.offset", "ext"];
+        let mut top: Vec<(&str, Member)> = Vec::with_capacity(slots.len() + 4);
+        let mut ext: Vec<(&str, Member)> = Vec::new();
+        for (i, s) in slots.iter().enumerate() {
+            match s.key {
+                Key::Core(f) if RESERVED.contains(&f.name()) => {}
+                Key::Core(f) => top.push((f.name(), Member::Slot(i))),
+                Key::Ext(k) => ext.push((b.str(k), Member::Slot(i))),
+            }
+        }
+        top.extend([
+            ("ward.source", Member::Source),
+            ("ward.partition", Member::Partition),
+            ("ward.offset", Member::Offset),
+        ]);
+        if !ext.is_empty() {
+            top.push(("ext", Member::Ext));
+        }
+        // Stable: a repeated key keeps its values in slot order.
+        top.sort_by(|x, y| x.0.cmp(y.0));
+        ext.sort_by(|x, y| x.0.cmp(y.0));
+        let value = |out: &mut Vec<u8>, m: Member| {
+            // Writing into a Vec cannot fail.
+            let _ = match m {
+                Member::Slot(i) => match slots[i].value {
+                    Value::Str(r) => serde_json::to_writer(&mut *out, b.str(r)),
+                    v => serde_json::to_writer(&mut *out, &value_to_json(b, v)),
+                },
+                Member::Source => serde_json::to_writer(&mut *out, &*origin.source),
+                Member::Partition => serde_json::to_writer(&mut *out, &*origin.partition),
+                Member::Offset => serde_json::to_writer(&mut *out, &p.offset),
+                Member::Ext => Ok(()),
+            };
+        };
+        fn object(
+            out: &mut Vec<u8>,
+            members: &[(&str, Member)],
+            ext: &[(&str, Member)],
+            value: &dyn Fn(&mut Vec<u8>, Member),
+        ) {
+            out.push(b'{');
+            let mut i = 0;
+            while i < members.len() {
+                let name = members[i].0;
+                let end = i + members[i..].iter().take_while(|m| m.0 == name).count();
+                if i > 0 {
+                    out.push(b',');
+                }
+                let _ = serde_json::to_writer(&mut *out, name);
+                out.push(b':');
+                match &members[i..end] {
+                    [(_, Member::Ext)] => object(out, ext, &[], value),
+                    [(_, m)] => value(out, *m),
+                    many => {
+                        out.push(b'[');
+                        for (n, (_, m)) in many.iter().enumerate() {
+                            if n > 0 {
+                                out.push(b',');
+                            }
+                            value(out, *m);
+                        }
+                        out.push(b']');
+                    }
+                }
+                i = end;
+            }
+            out.push(b'}');
+        }
+        object(out, &top, &ext, &value);
+    }
 }
 
 fn insert_multi(map: &mut serde_json::Map<String, serde_json::Value>, k: &str, v: serde_json::Value) {
@@ -820,6 +909,44 @@ mod tests {
         assert_eq!(j["@timestamp"], "1970-01-01T00:00:00.005Z", "event time always");
         assert!(j.get("host.name").is_none() && j["ext"].get("other").is_none(), "{j}");
         assert_eq!((j["ward.partition"].as_str(), j["ward.offset"].as_u64()), (Some("f.log"), Some(7)));
+    }
+
+    #[test]
+    fn row_json_text_is_the_serialized_row_value() {
+        let mut a = EventBatch::new();
+        let o = a.origin_index(&"src \"q\"".into(), &"f.log".into());
+        a.push_raw(o, 7, b"x").unwrap();
+        let str_slot = |a: &mut EventBatch, key: Key, v: &str| {
+            let v = a.heap().push_str(v);
+            a.push_slot(Slot { key, value: Value::Str(v) });
+        };
+        for (k, v) in [("zeta", "1"), ("a\"b", "esc\u{1}\n"), ("zeta", "2"), ("Ünï", "ü"), ("zeta", "3")] {
+            let k = a.heap().push_str(k);
+            str_slot(&mut a, Key::Ext(k), v);
+        }
+        str_slot(&mut a, Key::Core(ids::HOST_NAME), "web-1");
+        str_slot(&mut a, Key::Core(ids::USER_NAME), "a");
+        str_slot(&mut a, Key::Core(ids::USER_NAME), "b");
+        let ip = a.heap().push_ip("2001:db8::1".parse().unwrap());
+        a.push_slot(Slot { key: Key::Core(ids::SOURCE_IP), value: Value::Ip(ip) });
+        a.push_slot(Slot { key: Key::Core(ids::TIMESTAMP), value: Value::Timestamp(1_700_000_000_123) });
+        let k = a.heap().push_str("n");
+        for value in [Value::Int(-3), Value::Float(0.1), Value::Float(f64::NAN), Value::Bool(true), Value::Null] {
+            a.push_slot(Slot { key: Key::Ext(k), value });
+        }
+        // A row with no extension fields, and an empty one.
+        a.push_raw(o, 8, b"y").unwrap();
+        str_slot(&mut a, Key::Core(ids::HOST_NAME), "web-2");
+        a.push_raw(o, 9, b"z").unwrap();
+        for row in 0..a.len() {
+            let mut text = Vec::new();
+            a.write_row_json(row, &mut text);
+            assert_eq!(
+                String::from_utf8(text).unwrap(),
+                serde_json::to_string(&a.row_to_json(row)).unwrap(),
+                "row {row}"
+            );
+        }
     }
 
     #[test]

@@ -23,7 +23,10 @@ pub fn check(format: Format, data: &[u8], normalize: bool) {
     assert_eq!(events as u64 + out.filtered + out.quarantine.len() as u64, n, "parse ledger");
     for b in &out.events {
         for i in 0..b.len() {
-            let _ = b.row_to_json(i);
+            // The JSON text written straight from the batch is the serialized row value.
+            let mut text = Vec::new();
+            b.write_row_json(i, &mut text);
+            assert_eq!(text, serde_json::to_vec(&b.row_to_json(i)).expect("a value serializes"), "row JSON text");
         }
     }
     if normalize {

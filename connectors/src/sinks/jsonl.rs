@@ -189,7 +189,7 @@ impl Sink for JsonlSink {
         match payload {
             Payload::Events(b) => {
                 for i in 0..b.len() {
-                    serde_json::to_writer(&mut self.buf, &b.row_to_json(i))?;
+                    b.write_row_json(i, &mut self.buf);
                     self.buf.push(b'\n');
                 }
             }

@@ -525,7 +525,7 @@ impl Detector {
             event_id,
             event_time_ms,
             origin: AlertOrigin { source: p.source.to_string(), partition: p.partition.to_string(), offset: p.offset },
-            event: self.include_event.then(|| batch.row_to_json(row)),
+            event: self.include_event.then(|| ward_engine::alert::EventJson::of_row(batch, row)),
             fields: self.alert_fields(set, id, batch, row),
             correlation: None,
             suppression: None,

@@ -21,7 +21,9 @@ fn at(minutes: f64) -> i64 {
 
 fn alert(n: u64, host: &str, level: &str, criticality: i64, t: i64) -> Alert {
     let mut a = crate::testing::alert(n, &format!("rule-{level}"), level, t);
-    a.event = Some(serde_json::json!({"host.name": host, "ward.asset.criticality": criticality}));
+    a.event = Some(ward_engine::alert::EventJson::from_value(
+        &serde_json::json!({"host.name": host, "ward.asset.criticality": criticality}),
+    ));
     a
 }
 

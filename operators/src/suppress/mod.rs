@@ -252,7 +252,8 @@ mod tests {
 
     fn alert(n: u64, rule: &str, host: &str, t: EventTime) -> Alert {
         let mut a = crate::testing::alert(n, rule, "high", t);
-        a.event = Some(serde_json::json!({"host.id": host, "user.name": "u"}));
+        a.event =
+            Some(ward_engine::alert::EventJson::from_value(&serde_json::json!({"host.id": host, "user.name": "u"})));
         a
     }
 
