@@ -104,7 +104,7 @@ fn hunt_spec(args: &HuntArgs, alerts: &Path) -> anyhow::Result<Value> {
     let mut input = "history";
     if !args.no_dedup {
         operators.push(
-            json!({ "id": "dedup", "type": "dedup", "inputs": ["history"], "key": ["event.id"], "horizon": "10m" }),
+            json!({ "id": "dedup", "type": "dedup", "inputs": ["history"], "key": ["event.id"], "horizon": DEDUP_HORIZON }),
         );
         input = "dedup";
     }
@@ -141,6 +141,9 @@ fn hunt_spec(args: &HuntArgs, alerts: &Path) -> anyhow::Result<Value> {
         "sinks": [{ "id": "alerts", "type": "jsonl", "inputs": ["correlate"], "path": alerts.display().to_string() }],
     }))
 }
+
+/// How long a hunt's dedup remembers an `event.id`, as the live pipelines do.
+const DEDUP_HORIZON: &str = "10m";
 
 /// Where a ClickHouse password comes from (never from arguments, which `ps` shows).
 const PASSWORD_ENV: &str = "WARD_CLICKHOUSE_PASSWORD";
@@ -230,7 +233,7 @@ fn hunt(args: &HuntArgs, registry: &ward_engine::registry::Registry) -> anyhow::
         let mut text = render(&rules, events, summary.elapsed);
         if repeated > 0 {
             text.push_str(&format!(
-                "{repeated} repeated events (same event.id within 10 minutes) were dropped before the rules\n"
+                "{repeated} repeated events (same event.id within {DEDUP_HORIZON}) were dropped before the rules\n"
             ));
         }
         if !quarantined.is_empty() {

@@ -706,8 +706,9 @@ impl EventBatch {
         let origin = &self.origins[p.origin as usize];
         // Provenance and `ext` replace a core field of the same name, as in `row_to_json`.
         const RESERVED: [&str; 4] = ["ward.source", "ward.partition", "ward.offset", "ext"];
-        let mut top: Vec<(&str, Member)> = Vec::with_capacity(slots.len() + 4);
-        let mut ext: Vec<(&str, Member)> = Vec::new();
+        // On the stack for usual events (the JSONL sink writes every event this way).
+        let mut top: smallvec::SmallVec<[(&str, Member); 64]> = smallvec::SmallVec::new();
+        let mut ext: smallvec::SmallVec<[(&str, Member); 32]> = smallvec::SmallVec::new();
         for (i, s) in slots.iter().enumerate() {
             match s.key {
                 Key::Core(f) if RESERVED.contains(&f.name()) => {}

@@ -211,6 +211,20 @@ pub fn event_schema() -> SchemaRef {
     Arc::new(Schema::new(fields))
 }
 
+/// The Parquet column paths of the text leaves under `fields` (a map's entries included).
+fn text_columns(fields: &arrow_schema::Fields, prefix: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+    for f in fields {
+        prefix.push(f.name().clone());
+        match f.data_type() {
+            DataType::Utf8 => out.push(prefix.clone()),
+            DataType::Map(entries, _) => text_columns(&[entries.clone()].into(), prefix, out),
+            DataType::Struct(children) => text_columns(children, prefix, out),
+            _ => {}
+        }
+        prefix.pop();
+    }
+}
+
 fn arrow_type(t: FieldType) -> DataType {
     match t {
         FieldType::Str | FieldType::Ip => DataType::Utf8,
@@ -276,12 +290,8 @@ impl ParquetSink {
             props = props.set_column_dictionary_enabled(ColumnPath::from(*col), false);
         }
         if !config.text_statistics {
-            let text = CORE_FIELDS
-                .iter()
-                .filter(|(_, t, _)| matches!(t, FieldType::Str | FieldType::Ip))
-                .map(|(name, _, _)| vec![name.to_string()])
-                .chain([["ward.source"], ["ward.partition"]].map(|p| p.map(String::from).to_vec()))
-                .chain([["ext", "entries", "key"], ["ext", "entries", "value"]].map(|p| p.map(String::from).to_vec()));
+            let mut text = Vec::new();
+            text_columns(event_schema().fields(), &mut Vec::new(), &mut text);
             for path in text {
                 props = props.set_column_statistics_enabled(ColumnPath::new(path), EnabledStatistics::None);
             }

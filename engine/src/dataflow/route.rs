@@ -123,7 +123,6 @@ pub(crate) fn route_stage<'s>(
             }
         }
     }
-    let projection_names = router.borrow().projection().map(|p| p.names().to_vec());
     builder.build(move |mut caps| {
         let mut held = Some(caps.remove(0));
         drop(caps);
@@ -154,13 +153,6 @@ pub(crate) fn route_stage<'s>(
         // Events cross the exchange with only the fields the keyed half reads, if it says.
         let projection = router.borrow().projection();
         let alert_summary = router.borrow().keyed_alert_summary();
-        // The copy of an alert its key owners get: only what the keyed half reads.
-        let keyed_copy = move |alert: &Alert| -> Option<Alert> {
-            match &projection_names {
-                Some(names) => Some(alert.projected(names)),
-                None => alert_summary.then(|| alert.summary()),
-            }
-        };
         move |frontiers| {
             let now = Instant::now();
             let mut router = router.borrow_mut();
@@ -350,7 +342,11 @@ pub(crate) fn route_stage<'s>(
                                     Route::Keyed => true,
                                 };
                                 if let Some((last, rest)) = targets.split_last() {
-                                    let slim = keyed_copy(alert);
+                                    // Key owners get only what the keyed half reads.
+                                    let slim = match &projection {
+                                        Some(p) => Some(alert.projected(p.names())),
+                                        None => alert_summary.then(|| alert.summary()),
+                                    };
                                     for (n, w) in rest.iter().enumerate() {
                                         let copy = slim.clone().unwrap_or_else(|| alert.clone());
                                         outbox.alerts[*w].push((copy, primary && n == 0));
