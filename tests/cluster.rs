@@ -509,10 +509,20 @@ sinks:
     assert_eq!(status, 422, "{body}");
     for (i, port) in admin.iter().enumerate() {
         assert_eq!(version(*port).0, v2, "process {i} keeps the running rules");
-        let r = rules_of(*port);
-        let mut why = Vec::new();
-        all_of(&r, "last_refusal", &mut why);
-        assert!(why.iter().any(|w| w.to_string().contains("broken")), "process {i}: {r}");
+        // The refusal reaches the other processes with the leader's decision, which may come a
+        // moment after the proposer's answer: wait a bounded while for each to say why.
+        let started = std::time::Instant::now();
+        loop {
+            let r = rules_of(*port);
+            let mut why = Vec::new();
+            all_of(&r, "last_refusal", &mut why);
+            if why.iter().any(|w| w.to_string().contains("broken")) {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(10), "process {i}: {r}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_eq!(version(*port).0, v2, "process {i} still keeps the running rules");
     }
 
     let _ = Command::new("kill").args(["-TERM", &cluster[0].id().to_string()]).status();
