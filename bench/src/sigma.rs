@@ -116,8 +116,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let ns = secs * 1e9 / n_events as f64;
         let st = det.stats();
         eprintln!(
-            "  per event: {:.1} literal occurrences, {:.1} rule conditions evaluated, {:.0} bytes searched by \
-             regexes; {} events over the match budget",
+            "  per event: {:.1} automaton passes over {:.0} bytes, {:.1} literal occurrences, {:.1} rule conditions \
+             evaluated, {:.0} bytes searched by regexes; {} events over the match budget",
+            st.passes as f64 / st.events as f64,
+            st.scanned_bytes as f64 / st.events as f64,
             st.occurrences as f64 / st.events as f64,
             st.evaluated as f64 / st.events as f64,
             st.searched_bytes as f64 / st.events as f64,

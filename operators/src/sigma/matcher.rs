@@ -309,6 +309,9 @@ pub struct MatchStats {
     pub events: u64,
     /// Literal occurrences found by the automata.
     pub occurrences: u64,
+    /// Automaton passes over a value, and the bytes they read.
+    pub passes: u64,
+    pub scanned_bytes: u64,
     /// Rule conditions evaluated.
     pub evaluated: u64,
     /// Bytes given to regex searches (wildcard verification and regex atoms).
@@ -510,6 +513,8 @@ impl Matcher {
         let bytes = value.as_bytes();
         s.next_value();
         for lits in scan.literals.iter().flatten() {
+            s.stats.passes += 1;
+            s.stats.scanned_bytes += bytes.len() as u64;
             for m in lits.ac.find_overlapping_iter(bytes) {
                 s.stats.occurrences += 1;
                 for h in &lits.hits[m.pattern().as_usize()] {

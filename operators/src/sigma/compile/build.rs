@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use aho_corasick::{AhoCorasickBuilder, MatchKind};
+use aho_corasick::{AhoCorasickBuilder, AhoCorasickKind, MatchKind};
 use ward_engine::fields::FieldId;
 
 use super::{AtomSpec, Expr, FieldRef, LoweredRule};
@@ -46,6 +46,11 @@ pub struct MatcherBuilder {
     regexes: HashMap<(String, Flags), Arc<BoundedRegex>>,
 }
 
+/// Literal sets up to this size are tried as a DFA (larger ones rarely fit `DFA_MAX_BYTES`).
+const DFA_MAX_PATTERNS: usize = 1000;
+/// Largest Aho-Corasick DFA kept (about a core's L2 cache; larger tables measured slower).
+const DFA_MAX_BYTES: usize = 1 << 20;
+
 /// Value lists at least this long become one `AnyEager` group.
 const GROUP_MIN: usize = 4;
 
@@ -76,14 +81,25 @@ impl LiteralsBuild {
         if self.patterns.is_empty() {
             return Ok(None);
         }
-        // The automaton kind is left to the crate: a full DFA for all SigmaHQ Windows rules
-        // measured no faster and took 1 GB.
-        let ac = AhoCorasickBuilder::new()
-            .match_kind(MatchKind::Standard)
-            .ascii_case_insensitive(ci)
-            .build(&self.patterns)
-            .map_err(|e| e.to_string())?;
-        Ok(Some(Literals { ac, hits: self.hits }))
+        let build = |kind| {
+            AhoCorasickBuilder::new()
+                .kind(kind)
+                .match_kind(MatchKind::Standard)
+                .ascii_case_insensitive(ci)
+                .build(&self.patterns)
+                .map_err(|e| e.to_string())
+        };
+        // A DFA reads one table entry per byte where the crate's default for more than 100
+        // patterns, a contiguous NFA, follows failure links: kept where its table stays small
+        // enough to live in cache (one for every field of every SigmaHQ Windows rule measured
+        // no faster in earlier runs and took 1 GB).
+        if self.patterns.len() <= DFA_MAX_PATTERNS {
+            let dfa = build(Some(AhoCorasickKind::DFA))?;
+            if dfa.memory_usage() <= DFA_MAX_BYTES {
+                return Ok(Some(Literals { ac: dfa, hits: self.hits }));
+            }
+        }
+        Ok(Some(Literals { ac: build(None)?, hits: self.hits }))
     }
 }
 
