@@ -829,17 +829,107 @@ pub fn format_timestamp_ms(ms: i64) -> String {
 
 /// [`format_timestamp_ms`] appended to `out` (no allocation once `out` has room).
 pub fn write_timestamp_ms(out: &mut String, ms: i64) {
+    use chrono::{Datelike, Timelike};
     use std::fmt::Write as _;
     let _ = match chrono::DateTime::from_timestamp_millis(ms) {
+        Some(t) if (0..=9999).contains(&t.year()) => {
+            // Digits by hand: chrono's `format` parses its pattern on every call, and this
+            // runs for every time a sink or rule shows as text.
+            let mut d = *b"0000-00-00T00:00:00.000Z";
+            for (at, width, value) in [
+                (0, 4, t.year() as u32),
+                (5, 2, t.month()),
+                (8, 2, t.day()),
+                (11, 2, t.hour()),
+                (14, 2, t.minute()),
+                (17, 2, t.second()),
+                (20, 3, t.timestamp_subsec_millis()),
+            ] {
+                let mut v = value;
+                for digit in d[at..at + width].iter_mut().rev() {
+                    *digit = b'0' + (v % 10) as u8;
+                    v /= 10;
+                }
+            }
+            out.push_str(std::str::from_utf8(&d).expect("ASCII digits"));
+            Ok(())
+        }
         Some(t) => write!(out, "{}", t.format("%Y-%m-%dT%H:%M:%S%.3fZ")),
         None => write!(out, "{ms}"),
     };
+}
+
+/// `ip` appended to `out` as `Display` writes it (IPv4 without the formatting machinery).
+pub fn write_ip(out: &mut String, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut digits = itoa::Buffer::new();
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                out.push_str(digits.format(octet));
+            }
+        }
+        IpAddr::V6(v6) => {
+            use std::fmt::Write as _;
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
+/// The text form of `v` appended to `out`, as sinks store and rules compare non-string
+/// values: numbers and flags as Rust shows them, times as RFC 3339 with milliseconds,
+/// addresses as usual. False (nothing written) for null and unreadable addresses.
+pub fn write_value_text(b: Bytes<'_>, v: Value, out: &mut String) -> bool {
+    match v {
+        Value::Null => return false,
+        Value::Str(r) => out.push_str(b.str(r)),
+        Value::Bool(x) => out.push_str(if x { "true" } else { "false" }),
+        Value::Int(i) => out.push_str(itoa::Buffer::new().format(i)),
+        Value::Float(f) => {
+            use std::fmt::Write as _;
+            let _ = write!(out, "{f}");
+        }
+        Value::Timestamp(ms) => write_timestamp_ms(out, ms),
+        Value::Ip(r) => match b.ip(r) {
+            Some(ip) => write_ip(out, ip),
+            None => return false,
+        },
+    }
+    true
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::fields::ids;
+
+    #[test]
+    fn timestamps_and_addresses_are_written_as_chrono_and_display_write_them() {
+        let by_chrono = |ms: i64| match chrono::DateTime::from_timestamp_millis(ms) {
+            Some(t) => t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
+            None => ms.to_string(),
+        };
+        let mut samples = vec![0, 1, -1, 999, 1_767_600_000_123, -62_135_596_800_000, 253_402_300_799_999];
+        samples.extend([-62_135_596_800_001, 253_402_300_800_000, i64::MIN, i64::MAX]);
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        for _ in 0..2000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            samples.push((x % 400_000_000_000_000) as i64 - 100_000_000_000_000);
+        }
+        for ms in samples {
+            assert_eq!(format_timestamp_ms(ms), by_chrono(ms), "{ms}");
+        }
+        for ip in ["0.0.0.0", "10.1.2.3", "255.255.255.255", "192.168.100.9", "::1", "2001:db8::5", "::ffff:1.2.3.4"] {
+            let ip: IpAddr = ip.parse().unwrap();
+            let mut out = String::from("x");
+            write_ip(&mut out, ip);
+            assert_eq!(out, format!("x{ip}"));
+        }
+    }
 
     #[test]
     fn raw_refs_borrow_and_heap_refs_copy() {

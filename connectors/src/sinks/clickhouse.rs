@@ -568,22 +568,10 @@ fn cell<'a>(bytes: ward_engine::batch::Bytes<'a>, v: Value) -> Cell<'a> {
     }
 }
 
-/// Text of a non-string value (extension map values are text).
+/// Text of a value (extension map values are text; nothing for null).
 fn value_text(bytes: ward_engine::batch::Bytes<'_>, v: Value, out: &mut String) {
-    use std::fmt::Write;
     out.clear();
-    let _ = match v {
-        Value::Null => Ok(()),
-        Value::Bool(b) => write!(out, "{b}"),
-        Value::Int(i) => write!(out, "{i}"),
-        Value::Float(f) => write!(out, "{f}"),
-        Value::Str(r) => write!(out, "{}", bytes.str(r)),
-        Value::Timestamp(t) => write!(out, "{}", ward_engine::batch::format_timestamp_ms(t)),
-        Value::Ip(r) => match bytes.ip(r) {
-            Some(ip) => write!(out, "{ip}"),
-            None => Ok(()),
-        },
-    };
+    ward_engine::batch::write_value_text(bytes, v, out);
 }
 
 /// Looks a column name up in a JSON record: keys compared normalized, `_` between levels.

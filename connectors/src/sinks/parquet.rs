@@ -33,7 +33,7 @@ use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 use schemars::JsonSchema;
 use serde::Deserialize;
-use ward_engine::batch::{value_to_json, EventBatch, Key, Value};
+use ward_engine::batch::{EventBatch, Key, Value};
 use ward_engine::component::{Payload, Sink, SinkFactory, StreamKind, WorkerContext};
 use ward_engine::fields::{ids, FieldId, FieldType, CORE_FIELDS};
 use ward_engine::registry::{BuildContext, Built, ComponentConfig, Section};
@@ -450,23 +450,9 @@ impl ParquetSink {
                             Value::Null => cols.ext.values().append_null(),
                             Value::Str(r) => cols.ext.values().append_value(bytes.str(r)),
                             v => {
-                                // Text form without allocating: numbers and flags as JSON
-                                // writes them, times as RFC 3339, addresses as usual.
-                                use std::fmt::Write;
+                                // Text form without allocating.
                                 text.clear();
-                                let _ = match v {
-                                    Value::Int(i) => write!(text, "{i}"),
-                                    Value::Float(f) => write!(text, "{f}"),
-                                    Value::Bool(b) => write!(text, "{b}"),
-                                    Value::Ip(r) => match bytes.ip(r) {
-                                        Some(ip) => write!(text, "{ip}"),
-                                        None => Ok(()),
-                                    },
-                                    other => match value_to_json(bytes, other) {
-                                        serde_json::Value::String(s) => write!(text, "{s}"),
-                                        j => write!(text, "{j}"),
-                                    },
-                                };
+                                ward_engine::batch::write_value_text(bytes, v, text);
                                 cols.ext.values().append_value(&*text);
                             }
                         }
@@ -511,9 +497,8 @@ impl ParquetSink {
                     }
                     (Col::S(c), Value::Ip(r)) => match bytes.ip(r) {
                         Some(ip) => {
-                            use std::fmt::Write;
                             text.clear();
-                            let _ = write!(text, "{ip}");
+                            ward_engine::batch::write_ip(text, ip);
                             c.append_value(&*text);
                         }
                         None => c.append_null(),

@@ -286,7 +286,11 @@ impl Operator for Enricher {
         let w = &*self.risk;
         let mut slots = std::mem::take(&mut self.spare);
         slots.clear();
-        slots.reserve(batch.slots().len() + batch.len() * 3);
+        let need = batch.slots().len() + batch.len() * 3;
+        if slots.capacity() < need {
+            // A fresh vector: growing the empty one would have realloc copy its old capacity.
+            slots = Vec::with_capacity(need);
+        }
         let parts = batch.parts();
         let (raw, mut heap, batch_slots, rows) = (parts.raw, parts.heap, parts.slots, parts.rows);
         for row in rows.iter_mut() {

@@ -164,7 +164,7 @@ fn value_text<'a>(b: Bytes<'a>, v: Value, buf: &'a mut String) -> Option<&'a str
         Value::Bool(x) => Some(if x { "true" } else { "false" }),
         Value::Ip(r) => {
             buf.clear();
-            buf.push_str(&b.ip(r)?.to_string());
+            ward_engine::batch::write_ip(buf, b.ip(r)?);
             Some(buf.as_str())
         }
         _ => None,
@@ -477,7 +477,11 @@ impl Operator for Normalizer {
         let packs = self.packs.clone();
         let mut new_slots = std::mem::take(&mut self.spare_slots);
         new_slots.clear();
-        new_slots.reserve(batch.slots().len() + batch.len() * 4);
+        let need = batch.slots().len() + batch.len() * 4;
+        if new_slots.capacity() < need {
+            // A fresh vector: growing the empty one would have realloc copy its old capacity.
+            new_slots = Vec::with_capacity(need);
+        }
         let mut rejected: Vec<(usize, Reason, String)> = Vec::new();
         let mut keep = vec![true; batch.len()];
         let parts = batch.parts();

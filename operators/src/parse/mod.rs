@@ -114,6 +114,9 @@ pub struct Parser {
     max_record_bytes: usize,
     syslog: syslog::SyslogOptions,
     partitions: HashMap<(Arc<str>, Arc<str>), PartitionState>,
+    /// Slots per record in the last batch: the next batch's slots are reserved once from it
+    /// instead of growing by doubling (each growth copies every slot so far).
+    slots_per_row: usize,
 }
 
 /// What became of one record.
@@ -125,7 +128,7 @@ enum Outcome {
 
 impl Parser {
     pub fn new(component: Arc<str>, format: Format, max_record_bytes: usize, syslog: syslog::SyslogOptions) -> Self {
-        Parser { component, format, max_record_bytes, syslog, partitions: HashMap::new() }
+        Parser { component, format, max_record_bytes, syslog, partitions: HashMap::new(), slots_per_row: 0 }
     }
 
     fn parse_one(&mut self, text: &str, origin: &Origin, w: &mut FieldWriter<'_>) -> Outcome {
@@ -210,6 +213,8 @@ impl Operator for Parser {
         {
             let parts = batch.parts();
             let (raw, origins) = (parts.raw, parts.origins);
+            let before = parts.slots.len();
+            parts.slots.reserve(parts.rows.len() * self.slots_per_row);
             let mut w = FieldWriter::new(raw, parts.heap, parts.slots);
             for (i, row) in parts.rows.iter_mut().enumerate() {
                 w.begin();
@@ -249,6 +254,7 @@ impl Operator for Parser {
                     }
                 }
             }
+            self.slots_per_row = (w.slots.len() - before).div_ceil(parts.rows.len().max(1));
         }
         out.emit(batch, &keep, rejected, &self.component);
     }

@@ -28,12 +28,11 @@
 //! in three-valued logic, a rule whose condition still holds alerts, and the others are counted
 //! as undecided (never silently dropped: see `Scratch::undecided`).
 
-use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use aho_corasick::AhoCorasick;
-use ward_engine::batch::{write_timestamp_ms, Bytes, Key, Slot, Value};
+use ward_engine::batch::{write_value_text, Bytes, Key, Slot, Value};
 
 use super::bounded_regex::BoundedRegex;
 use super::values::Anchor;
@@ -326,28 +325,10 @@ pub struct MatchStats {
 pub(crate) fn text<'a>(b: Bytes<'a>, v: Value, buf: &'a mut String) -> Option<&'a str> {
     match v {
         Value::Str(r) => Some(b.str(r)),
-        Value::Null => None,
         Value::Bool(x) => Some(if x { "true" } else { "false" }),
-        Value::Int(i) => {
+        v => {
             buf.clear();
-            let _ = write!(buf, "{i}");
-            Some(buf)
-        }
-        Value::Float(f) => {
-            buf.clear();
-            let _ = write!(buf, "{f}");
-            Some(buf)
-        }
-        Value::Timestamp(ms) => {
-            buf.clear();
-            write_timestamp_ms(buf, ms);
-            Some(buf)
-        }
-        Value::Ip(r) => {
-            let ip = b.ip(r)?;
-            buf.clear();
-            let _ = write!(buf, "{ip}");
-            Some(buf)
+            write_value_text(b, v, buf).then_some(buf.as_str())
         }
     }
 }
