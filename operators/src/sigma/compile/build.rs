@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use aho_corasick::{AhoCorasickBuilder, AhoCorasickKind, MatchKind};
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, AhoCorasickKind, MatchKind};
 use ward_engine::fields::FieldId;
 
 use super::{AtomSpec, Expr, FieldRef, LoweredRule};
@@ -46,8 +46,9 @@ pub struct MatcherBuilder {
     regexes: HashMap<(String, Flags), Arc<BoundedRegex>>,
 }
 
-/// Literal sets up to this size are tried as a DFA (larger ones rarely fit `DFA_MAX_BYTES`).
-const DFA_MAX_PATTERNS: usize = 1000;
+/// Literal lists of up to this many bytes are tried as a DFA (for SigmaHQ's Windows rules,
+/// every list whose DFA fits `DFA_MAX_BYTES` but three, and few that do not).
+const DFA_MAX_PATTERN_BYTES: usize = 4096;
 /// Largest Aho-Corasick DFA kept (about a core's L2 cache; larger tables measured slower).
 const DFA_MAX_BYTES: usize = 1 << 20;
 
@@ -77,30 +78,47 @@ impl LiteralsBuild {
         self.hits[id].push(hit);
     }
 
-    fn build(self, ci: bool) -> Result<Option<Literals>, String> {
+    fn build(self, ci: bool, automata: &mut Automata) -> Result<Option<Literals>, String> {
         if self.patterns.is_empty() {
             return Ok(None);
         }
-        let build = |kind| {
-            AhoCorasickBuilder::new()
-                .kind(kind)
-                .match_kind(MatchKind::Standard)
-                .ascii_case_insensitive(ci)
-                .build(&self.patterns)
-                .map_err(|e| e.to_string())
-        };
-        // A DFA reads one table entry per byte where the crate's default for more than 100
-        // patterns, a contiguous NFA, follows failure links: kept where its table stays small
-        // enough to live in cache (one for every field of every SigmaHQ Windows rule measured
-        // no faster in earlier runs and took 1 GB).
-        if self.patterns.len() <= DFA_MAX_PATTERNS {
-            let dfa = build(Some(AhoCorasickKind::DFA))?;
-            if dfa.memory_usage() <= DFA_MAX_BYTES {
-                return Ok(Some(Literals { ac: dfa, hits: self.hits }));
+        let ac = match automata.entry((ci, self.patterns)) {
+            std::collections::hash_map::Entry::Occupied(e) => e.get().clone(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let ac = automaton(e.key().1.as_slice(), ci)?;
+                e.insert(ac).clone()
             }
-        }
-        Ok(Some(Literals { ac: build(None)?, hits: self.hits }))
+        };
+        Ok(Some(Literals { ac, hits: self.hits }))
     }
+}
+
+/// Automata built so far, by case-insensitivity and pattern list: several fields and routes
+/// search the same literals (an `AhoCorasick` clone shares its automaton).
+type Automata = HashMap<(bool, Vec<Vec<u8>>), AhoCorasick>;
+
+/// The automaton of one literal list.
+fn automaton(patterns: &[Vec<u8>], ci: bool) -> Result<AhoCorasick, String> {
+    let build = |kind| {
+        AhoCorasickBuilder::new()
+            .kind(kind)
+            .match_kind(MatchKind::Standard)
+            .ascii_case_insensitive(ci)
+            .build(patterns)
+            .map_err(|e| e.to_string())
+    };
+    // A DFA reads one table entry per byte where the crate's default for more than 100
+    // patterns, a contiguous NFA, follows failure links. It is kept where its table stays
+    // small enough to live in cache (one for every field of every SigmaHQ Windows rule
+    // measured no faster in earlier runs and took 1 GB). A trie has at most a state per
+    // pattern byte, so larger lists are not tried: their DFA would be built to be dropped.
+    if patterns.iter().map(Vec::len).sum::<usize>() <= DFA_MAX_PATTERN_BYTES {
+        let dfa = build(Some(AhoCorasickKind::DFA))?;
+        if dfa.memory_usage() <= DFA_MAX_BYTES {
+            return Ok(dfa);
+        }
+    }
+    build(None)
 }
 
 /// One scan group's eager literals on a field: index 0 ASCII-case-insensitive, 1 cased.
@@ -131,12 +149,12 @@ struct FieldBuild {
 
 impl FieldBuild {
     /// The scan of every event, and the scans per route.
-    fn build(self) -> Result<(Option<Scan>, Vec<(u32, Scan)>), String> {
+    fn build(self, automata: &mut Automata) -> Result<(Option<Scan>, Vec<(u32, Scan)>), String> {
         let (mut always, mut routed) = (None, Vec::new());
         for (group, b) in self.by_route {
             match group {
-                None => always = Some(b.build()?),
-                Some(route) => routed.push((route, b.build()?)),
+                None => always = Some(b.build(automata)?),
+                Some(route) => routed.push((route, b.build(automata)?)),
             }
         }
         Ok((always, routed))
@@ -162,10 +180,10 @@ impl ScanBuild {
         self.literals[cased as usize].add(pattern.to_vec(), hit);
     }
 
-    fn build(self) -> Result<Scan, String> {
+    fn build(self, automata: &mut Automata) -> Result<Scan, String> {
         let [ci, cs] = self.literals;
         Ok(Scan {
-            literals: [ci.build(true)?, cs.build(false)?],
+            literals: [ci.build(true, automata)?, cs.build(false, automata)?],
             ci_eq: self.ci_eq.into_iter().map(|(k, v)| (k.into_boxed_slice(), v)).collect(),
             cs_eq: self.cs_eq.into_iter().map(|(k, v)| (k.into_boxed_slice(), v)).collect(),
         })
@@ -422,6 +440,7 @@ impl MatcherBuilder {
         let mut ext_lookup: ahash::HashMap<Box<str>, Vec<FieldIdx>> = Default::default();
         let mut data_lookup: ahash::HashMap<Box<str>, Vec<FieldIdx>> = Default::default();
         let mut fields = Vec::with_capacity(self.fields.len());
+        let mut automata = Automata::default();
         for (i, fb) in self.fields.into_iter().enumerate() {
             for k in &fb.keys {
                 match k {
@@ -436,7 +455,7 @@ impl MatcherBuilder {
             }
             let display = fb.display.clone();
             let keys = fb.keys.clone();
-            let (always, routed) = fb.build()?;
+            let (always, routed) = fb.build(&mut automata)?;
             fields.push(FieldInfo { display, keys, always, routed });
         }
         Ok(Matcher {
@@ -444,7 +463,7 @@ impl MatcherBuilder {
             core_lookup,
             ext_lookup,
             data_lookup,
-            keywords: self.keywords.build()?.0.unwrap_or_default(),
+            keywords: self.keywords.build(&mut automata)?.0.unwrap_or_default(),
             atoms: self.atoms,
             atom_rules,
             atom_groups,
