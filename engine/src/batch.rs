@@ -332,6 +332,20 @@ impl Heap<'_> {
     pub fn mark(&self) -> HeapMark {
         HeapMark { heap: self.heap.len(), ips: self.ips.len() }
     }
+    /// Bytes in the heap.
+    pub fn len(&self) -> usize {
+        self.heap.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.heap.is_empty()
+    }
+    /// Room for `bytes` more at once: operators that add to every row reserve from what the
+    /// last batch added, instead of growing by doubling (each growth copies the heap so far).
+    /// At most [`BATCH_BYTES`]: an estimate from one batch of huge records must not make a
+    /// batch of small ones allocate far more than it uses.
+    pub fn reserve(&mut self, bytes: usize) {
+        self.heap.reserve(bytes.min(BATCH_BYTES));
+    }
     /// Drops what was pushed since `mark` (a record being quarantined). References made since
     /// must be dropped with it.
     pub fn rollback(&mut self, mark: HeapMark) {

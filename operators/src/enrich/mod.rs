@@ -255,12 +255,14 @@ pub struct Enricher {
     data: Arc<EnrichHandle>,
     risk: Arc<RiskWeights>,
     spare: Vec<Slot>,
+    /// Heap bytes added per row in the last batch (reserved at once for the next).
+    heap_per_row: usize,
     scratch: String,
 }
 
 impl Enricher {
     pub fn new(data: Arc<EnrichHandle>, risk: RiskWeights) -> Self {
-        Enricher { data, risk: Arc::new(risk), spare: Vec::new(), scratch: String::new() }
+        Enricher { data, risk: Arc::new(risk), spare: Vec::new(), scratch: String::new(), heap_per_row: 0 }
     }
 }
 
@@ -293,6 +295,8 @@ impl Operator for Enricher {
         }
         let parts = batch.parts();
         let (raw, mut heap, batch_slots, rows) = (parts.raw, parts.heap, parts.slots, parts.rows);
+        let heap_before = heap.len();
+        heap.reserve(rows.len() * self.heap_per_row);
         for row in rows.iter_mut() {
             let old = &batch_slots[row.slots_start as usize..row.slots_end as usize];
             let start = slots.len();
@@ -416,6 +420,7 @@ impl Operator for Enricher {
             row.slots_start = start as u32;
             row.slots_end = slots.len() as u32;
         }
+        self.heap_per_row = (heap.len() - heap_before).div_ceil(rows.len().max(1));
         self.spare = std::mem::replace(batch_slots, slots);
         out.events.push(batch);
     }

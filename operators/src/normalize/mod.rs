@@ -105,6 +105,8 @@ pub struct Normalizer {
     keep_original: bool,
     /// Reused between batches: the rewritten slots, and a string for values read from the heap.
     spare_slots: Vec<Slot>,
+    /// Heap bytes added per row in the last batch (reserved at once for the next).
+    heap_per_row: usize,
     scratch: String,
     locs: Vec<Option<regex::CaptureLocations>>,
 }
@@ -118,6 +120,7 @@ impl Normalizer {
             unmatched,
             keep_original,
             spare_slots: Vec::new(),
+            heap_per_row: 0,
             scratch: String::new(),
             locs: Vec::new(),
         }
@@ -486,6 +489,8 @@ impl Operator for Normalizer {
         let mut keep = vec![true; batch.len()];
         let parts = batch.parts();
         let (raw, mut heap, slots, rows, origins) = (parts.raw, parts.heap, parts.slots, parts.rows, parts.origins);
+        let heap_before = heap.len();
+        heap.reserve(rows.len() * self.heap_per_row);
         for (i, kept) in keep.iter_mut().enumerate() {
             let row = rows[i];
             let old = &slots[row.slots_start as usize..row.slots_end as usize];
@@ -537,6 +542,7 @@ impl Operator for Normalizer {
             r.slots_start = start as u32;
             r.slots_end = new_slots.len() as u32;
         }
+        self.heap_per_row = (heap.len() - heap_before).div_ceil(rows.len().max(1));
         self.spare_slots = std::mem::replace(slots, new_slots);
         out.emit(batch, &keep, rejected, &self.component);
     }

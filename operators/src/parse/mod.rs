@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use schemars::JsonSchema;
 use serde::Deserialize;
-use ward_engine::batch::{EventBatch, Origin};
+use ward_engine::batch::{EventBatch, Origin, Slot};
 use ward_engine::component::{Operator, OperatorFactory, OperatorOutput, StreamKind, WorkerContext};
 use ward_engine::quarantine::Reason;
 use ward_engine::registry::{BuildContext, Built, ComponentConfig, Section};
@@ -114,9 +114,10 @@ pub struct Parser {
     max_record_bytes: usize,
     syslog: syslog::SyslogOptions,
     partitions: HashMap<(Arc<str>, Arc<str>), PartitionState>,
-    /// Slots per record in the last batch: the next batch's slots are reserved once from it
-    /// instead of growing by doubling (each growth copies every slot so far).
+    /// Slots and heap bytes per record in the last batch: the next batch's are reserved once
+    /// from them instead of growing by doubling (each growth copies everything so far).
     slots_per_row: usize,
+    heap_per_row: usize,
 }
 
 /// What became of one record.
@@ -128,7 +129,7 @@ enum Outcome {
 
 impl Parser {
     pub fn new(component: Arc<str>, format: Format, max_record_bytes: usize, syslog: syslog::SyslogOptions) -> Self {
-        Parser { component, format, max_record_bytes, syslog, partitions: HashMap::new(), slots_per_row: 0 }
+        Parser { component, format, max_record_bytes, syslog, partitions: HashMap::new(), slots_per_row: 0, heap_per_row: 0 }
     }
 
     fn parse_one(&mut self, text: &str, origin: &Origin, w: &mut FieldWriter<'_>) -> Outcome {
@@ -194,6 +195,18 @@ impl Parser {
     }
 }
 
+/// Room for `more` slots; an empty vector too small is replaced rather than grown (realloc
+/// would copy its whole old allocation).
+pub(crate) fn reserve_slots(slots: &mut Vec<Slot>, more: usize) {
+    // Bounded like the heap's reservation (a batch of huge records sets the estimate).
+    let more = more.min(ward_engine::batch::BATCH_BYTES / std::mem::size_of::<Slot>());
+    if slots.is_empty() && slots.capacity() < more {
+        *slots = Vec::with_capacity(more);
+    } else {
+        slots.reserve(more);
+    }
+}
+
 /// Header state is per (source, partition); the key is built only by the stateful formats.
 fn partition_key(o: &Origin) -> (Arc<str>, Arc<str>) {
     (o.source.clone(), o.partition.clone())
@@ -213,9 +226,12 @@ impl Operator for Parser {
         {
             let parts = batch.parts();
             let (raw, origins) = (parts.raw, parts.origins);
-            let before = parts.slots.len();
-            parts.slots.reserve(parts.rows.len() * self.slots_per_row);
-            let mut w = FieldWriter::new(raw, parts.heap, parts.slots);
+            let (before, rows) = (parts.slots.len(), parts.rows.len());
+            reserve_slots(parts.slots, rows * self.slots_per_row);
+            let mut heap = parts.heap;
+            let heap_before = heap.len();
+            heap.reserve(rows * self.heap_per_row);
+            let mut w = FieldWriter::new(raw, heap, parts.slots);
             for (i, row) in parts.rows.iter_mut().enumerate() {
                 w.begin();
                 // Fields the source gave the record (e.g. Kafka key and headers) come first.
@@ -254,7 +270,8 @@ impl Operator for Parser {
                     }
                 }
             }
-            self.slots_per_row = (w.slots.len() - before).div_ceil(parts.rows.len().max(1));
+            self.slots_per_row = (w.slots.len() - before).div_ceil(rows.max(1));
+            self.heap_per_row = (w.heap.len() - heap_before).div_ceil(rows.max(1));
         }
         out.emit(batch, &keep, rejected, &self.component);
     }
