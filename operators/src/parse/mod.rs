@@ -129,7 +129,15 @@ enum Outcome {
 
 impl Parser {
     pub fn new(component: Arc<str>, format: Format, max_record_bytes: usize, syslog: syslog::SyslogOptions) -> Self {
-        Parser { component, format, max_record_bytes, syslog, partitions: HashMap::new(), slots_per_row: 0, heap_per_row: 0 }
+        Parser {
+            component,
+            format,
+            max_record_bytes,
+            syslog,
+            partitions: HashMap::new(),
+            slots_per_row: 0,
+            heap_per_row: 0,
+        }
     }
 
     fn parse_one(&mut self, text: &str, origin: &Origin, w: &mut FieldWriter<'_>) -> Outcome {
