@@ -843,34 +843,40 @@ pub fn format_timestamp_ms(ms: i64) -> String {
 
 /// [`format_timestamp_ms`] appended to `out` (no allocation once `out` has room).
 pub fn write_timestamp_ms(out: &mut String, ms: i64) {
-    use chrono::{Datelike, Timelike};
     use std::fmt::Write as _;
-    let _ = match chrono::DateTime::from_timestamp_millis(ms) {
-        Some(t) if (0..=9999).contains(&t.year()) => {
-            // Digits by hand: chrono's `format` parses its pattern on every call, and this
-            // runs for every time a sink or rule shows as text.
-            let mut d = *b"0000-00-00T00:00:00.000Z";
-            for (at, width, value) in [
-                (0, 4, t.year() as u32),
-                (5, 2, t.month()),
-                (8, 2, t.day()),
-                (11, 2, t.hour()),
-                (14, 2, t.minute()),
-                (17, 2, t.second()),
-                (20, 3, t.timestamp_subsec_millis()),
-            ] {
-                let mut v = value;
-                for digit in d[at..at + width].iter_mut().rev() {
-                    *digit = b'0' + (v % 10) as u8;
-                    v /= 10;
-                }
-            }
+    let _ = match (timestamp_ms_ascii(ms), chrono::DateTime::from_timestamp_millis(ms)) {
+        (Some(d), _) => {
             out.push_str(std::str::from_utf8(&d).expect("ASCII digits"));
             Ok(())
         }
-        Some(t) => write!(out, "{}", t.format("%Y-%m-%dT%H:%M:%S%.3fZ")),
-        None => write!(out, "{ms}"),
+        (None, Some(t)) => write!(out, "{}", t.format("%Y-%m-%dT%H:%M:%S%.3fZ")),
+        (None, None) => write!(out, "{ms}"),
     };
+}
+
+/// [`format_timestamp_ms`]'s text as bytes, for years 0 to 9999 (None otherwise). Digits by
+/// hand: chrono's `format` parses its pattern on every call, and this runs for every time a
+/// sink or rule shows as text and every Windows record the generator writes.
+pub fn timestamp_ms_ascii(ms: i64) -> Option<[u8; 24]> {
+    use chrono::{Datelike, Timelike};
+    let t = chrono::DateTime::from_timestamp_millis(ms).filter(|t| (0..=9999).contains(&t.year()))?;
+    let mut d = *b"0000-00-00T00:00:00.000Z";
+    for (at, width, value) in [
+        (0, 4, t.year() as u32),
+        (5, 2, t.month()),
+        (8, 2, t.day()),
+        (11, 2, t.hour()),
+        (14, 2, t.minute()),
+        (17, 2, t.second()),
+        (20, 3, t.timestamp_subsec_millis()),
+    ] {
+        let mut v = value;
+        for digit in d[at..at + width].iter_mut().rev() {
+            *digit = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    }
+    Some(d)
 }
 
 /// `ip` appended to `out` as `Display` writes it (IPv4 without the formatting machinery).

@@ -651,21 +651,9 @@ impl Generator {
     }
 
     fn win_time(&mut self, ts: i64) {
-        // Digits by hand: this runs for every Windows record, and `write!` with padded
-        // arguments cost more than the rest of the header.
-        let t = chrono::DateTime::from_timestamp_millis(ts).unwrap_or_default();
-        let parts = [
-            (t.year().clamp(0, 9999) as u32, 4, b'-'),
-            (t.month(), 2, b'-'),
-            (t.day(), 2, b'T'),
-            (t.hour(), 2, b':'),
-            (t.minute(), 2, b':'),
-            (t.second(), 2, b'.'),
-            (t.timestamp_subsec_millis(), 3, b'Z'),
-        ];
-        for (value, width, after) in parts {
-            push_padded(&mut self.buf, value, width);
-            self.buf.push(after);
+        match ward_engine::batch::timestamp_ms_ascii(ts) {
+            Some(text) => self.buf.extend_from_slice(&text),
+            None => self.buf.extend_from_slice(ward_engine::batch::format_timestamp_ms(ts).as_bytes()),
         }
     }
 
@@ -925,17 +913,6 @@ impl std::fmt::Display for JsonStr<'_> {
         }
         f.write_str(rest)?;
         f.write_str("\"")
-    }
-}
-
-/// `value` in decimal, zero-padded to `width` digits (values wider than that are cut to
-/// their last `width` digits; callers pass values that fit).
-fn push_padded(buf: &mut Vec<u8>, mut value: u32, width: usize) {
-    let start = buf.len();
-    buf.resize(start + width, b'0');
-    for d in buf[start..].iter_mut().rev() {
-        *d = b'0' + (value % 10) as u8;
-        value /= 10;
     }
 }
 
