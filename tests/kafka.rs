@@ -141,11 +141,15 @@ fn kafka_partitions_are_read_once_across_workers_and_runs() {
 /// Every record on `topic` a read_committed consumer sees (until the topic is quiet for 3 s):
 /// (key, value, `ward-epoch` header).
 fn read_committed(brokers: &str, topic: &str, partitions: i32) -> Vec<(String, String, Option<String>)> {
+    read_topic(brokers, topic, partitions, "read_committed")
+}
+
+fn read_topic(brokers: &str, topic: &str, partitions: i32, isolation: &str) -> Vec<(String, String, Option<String>)> {
     use rdkafka::message::{Headers, Message};
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", "ward-test-reader")
-        .set("isolation.level", "read_committed")
+        .set("isolation.level", isolation)
         .set("enable.auto.commit", "false")
         .create()
         .unwrap();
@@ -213,9 +217,11 @@ sinks:
     }
     let out = std::process::Command::new(ward_bin())
         .args(["run", dir.path().join("spec.yaml").to_str().unwrap(), "--workers", "3", "-q"])
+        .env("WARD_LOG", "info")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
 
     let mut expected: Vec<String> = std::fs::read_to_string(dir.path().join("out/alerts.jsonl"))
         .unwrap()
@@ -227,8 +233,38 @@ sinks:
     let mut got: Vec<String> = records.iter().map(|(k, _, _)| k.clone()).collect();
     got.sort();
     assert!(expected.len() > 100, "{} alerts", expected.len());
-    assert_eq!(got.len(), expected.len(), "alerts on the topic vs. an exactly-once file");
-    assert_eq!(got, expected);
+    if got != expected {
+        // Say which kind of failure this is: records missing from the log, or records the
+        // broker holds but does not show read_committed consumers (a transaction left open or
+        // not applied), and which checkpoints of which worker they belong to.
+        let in_log: Vec<(String, String, Option<String>)> =
+            read_topic(&broker.address, "alerts", 3, "read_uncommitted");
+        let seen: std::collections::HashSet<&String> = got.iter().collect();
+        let missing: Vec<&String> = expected.iter().filter(|k| !seen.contains(k)).collect();
+        let uncommitted: std::collections::HashSet<&String> = in_log.iter().map(|(k, _, _)| k).collect();
+        let hidden = missing.iter().filter(|k| uncommitted.contains(*k)).count();
+        let missing_set: std::collections::HashSet<&String> = missing.iter().copied().collect();
+        let hidden_epochs: std::collections::BTreeSet<&Option<String>> =
+            in_log.iter().filter(|(k, _, _)| missing_set.contains(k)).map(|(_, _, e)| e).collect();
+        let mut duplicates = got.clone();
+        duplicates.dedup();
+        panic!(
+            "the topic shows {} alerts, the exactly-once file {}: {} missing ({hidden} of them in the log, \
+             not visible read_committed, from checkpoints {hidden_epochs:?}; {} records in the log), {} duplicates; \
+             first missing: {:?}\n\
+             last run's log:\n{}",
+            got.len(),
+            expected.len(),
+            missing.len(),
+            in_log.len(),
+            got.len() - duplicates.len(),
+            missing.iter().take(5).collect::<Vec<_>>(),
+            log.lines()
+                .filter(|l| l.contains("kafka") || l.contains("topic") || l.contains("checkpoint"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
     for (key, value, epoch) in &records {
         let v: serde_json::Value = serde_json::from_str(value).unwrap();
         assert_eq!(v["alert_id"].as_str(), Some(key.as_str()));

@@ -123,6 +123,30 @@ pub struct Slot {
     pub value: Value,
 }
 
+/// A slot vector for a batch's rewritten slots: `spare` emptied, or a fresh vector if it cannot
+/// hold `need` (growing the emptied one would have `realloc` copy its old capacity). The room
+/// is `need` plus an eighth, at most [`BATCH_BYTES`] worth: operators estimate `need` from the
+/// last batch, and a batch a little fuller than that must not double the vector (each growth
+/// copies every slot so far).
+pub fn slots_with_room(mut spare: Vec<Slot>, need: usize) -> Vec<Slot> {
+    let room = (need + need / 8).min(BATCH_BYTES / std::mem::size_of::<Slot>());
+    spare.clear();
+    if spare.capacity() < room {
+        spare = Vec::with_capacity(room);
+    }
+    spare
+}
+
+/// Room in `slots` for `more` slots plus an eighth (bounded as [`slots_with_room`]).
+pub fn reserve_slots(slots: &mut Vec<Slot>, more: usize) {
+    let room = (more + more / 8).min(BATCH_BYTES / std::mem::size_of::<Slot>());
+    if slots.is_empty() && slots.capacity() < room {
+        *slots = Vec::with_capacity(room);
+    } else {
+        slots.reserve(room);
+    }
+}
+
 /// Where a batch's events came from: a source component and one of its partitions
 /// (a file path, a Kafka topic-partition, a generator instance).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -120,11 +120,12 @@ struct KafkaSinkFactory {
 
 type TxProducer = ThreadedProducer<DefaultProducerContext>;
 
-/// Producers of this process's sink instances, handed over when they finish, so that the run's
-/// closing step commits the closing checkpoint's records with the same producer instead of
-/// taking the id over: with the Tansu broker, the records of a new producer's transactions
-/// committed just after the id's previous producer closed were seen (about one close in six) to
-/// stay invisible to read_committed consumers, re-sent ones too.
+/// Producers this process holds between owners, by transactional id: the sink instances hand
+/// theirs over when they finish (the run's closing step commits the closing checkpoint with
+/// them), and the settling before a run leaves its own for the run's sink instances. An id is
+/// never taken over within a process: with the Tansu broker, the records of a new producer's
+/// transactions committed just after the id's previous producer closed were seen (about one
+/// close in six) to stay invisible to read_committed consumers, re-sent ones too.
 static HANDED_OVER: std::sync::Mutex<BTreeMap<String, (TxProducer, BaseConsumer)>> =
     std::sync::Mutex::new(BTreeMap::new());
 
@@ -143,8 +144,9 @@ impl KafkaSinkFactory {
     }
 
     /// A transactional producer for `worker`'s id, initialized: a previous holder of the id is
-    /// fenced and its open transaction aborted. At a run's close, the producer the worker's
-    /// sink instance handed over is used instead (nothing to fence).
+    /// fenced and its open transaction aborted. If this process already holds one (handed over
+    /// by the run's sink instance at its close, or left by the settling before the run), that
+    /// one is used instead (nothing to fence).
     fn producer(&self, worker: usize) -> anyhow::Result<(TxProducer, BaseConsumer)> {
         let id = self.transactional_id(worker);
         if let Some(handed) = HANDED_OVER.lock().unwrap_or_else(|e| e.into_inner()).remove(&id) {
@@ -369,11 +371,15 @@ impl KafkaSinkFactory {
         // Read back what was sent: the Tansu broker was seen, rarely, to keep the records of a
         // fenced id's first committed transaction from read_committed consumers. Send what the
         // topic does not show once more.
-        let Some(since) = since.filter(|_| !sent.is_empty()) else { return Ok(()) };
-        let present = self.scan(since - 60_000)?;
-        let unseen: std::collections::HashSet<(usize, u64, usize)> =
-            sent.into_iter().filter(|k| !present.contains(k)).collect();
+        let unseen: std::collections::HashSet<(usize, u64, usize)> = match since.filter(|_| !sent.is_empty()) {
+            Some(since) => {
+                let present = self.scan(since - 60_000)?;
+                sent.into_iter().filter(|k| !present.contains(k)).collect()
+            }
+            None => Default::default(),
+        };
         if unseen.is_empty() {
+            hand_over(self, pending);
             return Ok(());
         }
         tracing::warn!(
@@ -390,7 +396,21 @@ impl KafkaSinkFactory {
                 }
             }
         }
+        hand_over(self, pending);
         Ok(())
+    }
+}
+
+/// Leaves the producers `settle` used with the process for the ids' next transactions (the run's
+/// sink instances after a restore) instead of closing them: with the Tansu broker, a new
+/// producer's transaction committed shortly after the id's previous producer closed was seen to
+/// stay invisible to read_committed consumers (see [`HANDED_OVER`]), and nothing reads the run's
+/// own transactions back. A producer left for an id this process does not run is fenced by
+/// the process that does, and replaced here when this process's own sink hands one over.
+fn hand_over(factory: &KafkaSinkFactory, pending: Vec<(usize, TxProducer, BaseConsumer, impl Sized)>) {
+    let mut handed = HANDED_OVER.lock().unwrap_or_else(|e| e.into_inner());
+    for (worker, producer, marker, _) in pending {
+        handed.insert(factory.transactional_id(worker), (producer, marker));
     }
 }
 

@@ -524,7 +524,8 @@ impl ParquetSink {
         if f.cols.rows == 0 {
             return Ok(());
         }
-        let c = &mut f.cols;
+        let next = f.cols.sized_like();
+        let c = &mut std::mem::replace(&mut f.cols, next);
         let mut arrays: Vec<ArrayRef> = c
             .core
             .iter_mut()
@@ -542,7 +543,6 @@ impl ParquetSink {
         arrays.push(Arc::new(c.partition.finish()));
         arrays.push(Arc::new(c.offset.finish()));
         arrays.push(Arc::new(c.ext.finish()));
-        c.rows = 0;
         f.writer.write(&RecordBatch::try_new(schema.clone(), arrays)?)?;
         Ok(())
     }
@@ -615,6 +615,38 @@ impl Columns {
                 StringBuilder::with_capacity(n * 16, n * 256),
                 StringBuilder::with_capacity(n * 16, n * 512),
             ),
+            rows: 0,
+        }
+    }
+
+    /// Empty builders with room for what these hold plus an eighth: `finish` hands a builder's
+    /// buffers to the array and leaves it with none, and growing them again by doubling would
+    /// copy every buffer several times per flush.
+    fn sized_like(&mut self) -> Self {
+        let room = |n: usize| n + n / 8 + 64;
+        let text = |b: &StringBuilder| {
+            StringBuilder::with_capacity(room(arrow_array::builder::ArrayBuilder::len(b)), room(b.values_slice().len()))
+        };
+        let n = room(self.rows);
+        Columns {
+            core: self
+                .core
+                .iter()
+                .map(|c| match c {
+                    Col::S(b) => Col::S(text(b)),
+                    Col::I(_) => Col::I(Int64Builder::with_capacity(n)),
+                    Col::F(_) => Col::F(Float64Builder::with_capacity(n)),
+                    Col::B(_) => Col::B(BooleanBuilder::with_capacity(n)),
+                    Col::T(_) => Col::T(TimestampMillisecondBuilder::with_capacity(n).with_timezone("UTC")),
+                })
+                .collect(),
+            source: text(&self.source),
+            partition: text(&self.partition),
+            offset: UInt64Builder::with_capacity(n),
+            ext: {
+                let (keys, values) = self.ext.entries();
+                MapBuilder::with_capacity(None, text(keys), text(values), n)
+            },
             rows: 0,
         }
     }

@@ -257,12 +257,21 @@ pub struct Enricher {
     spare: Vec<Slot>,
     /// Heap bytes added per row in the last batch (reserved at once for the next).
     heap_per_row: usize,
+    /// Slots per row in the last batch's output (likewise).
+    slots_per_row: usize,
     scratch: String,
 }
 
 impl Enricher {
     pub fn new(data: Arc<EnrichHandle>, risk: RiskWeights) -> Self {
-        Enricher { data, risk: Arc::new(risk), spare: Vec::new(), scratch: String::new(), heap_per_row: 0 }
+        Enricher {
+            data,
+            risk: Arc::new(risk),
+            spare: Vec::new(),
+            scratch: String::new(),
+            heap_per_row: 0,
+            slots_per_row: 0,
+        }
     }
 }
 
@@ -286,13 +295,8 @@ impl Operator for Enricher {
     fn process(&mut self, mut batch: EventBatch, epoch: u64, out: &mut OperatorOutput) {
         let data = self.data.for_epoch(epoch);
         let w = &*self.risk;
-        let mut slots = std::mem::take(&mut self.spare);
-        slots.clear();
-        let need = batch.slots().len() + batch.len() * 3;
-        if slots.capacity() < need {
-            // A fresh vector: growing the empty one would have realloc copy its old capacity.
-            slots = Vec::with_capacity(need);
-        }
+        let need = (batch.slots().len() + batch.len() * 3).max(batch.len() * self.slots_per_row);
+        let mut slots = ward_engine::batch::slots_with_room(std::mem::take(&mut self.spare), need);
         let parts = batch.parts();
         let (raw, mut heap, batch_slots, rows) = (parts.raw, parts.heap, parts.slots, parts.rows);
         let heap_before = heap.len();
@@ -421,6 +425,7 @@ impl Operator for Enricher {
             row.slots_end = slots.len() as u32;
         }
         self.heap_per_row = (heap.len() - heap_before).div_ceil(rows.len().max(1));
+        self.slots_per_row = slots.len().div_ceil(rows.len().max(1));
         self.spare = std::mem::replace(batch_slots, slots);
         out.events.push(batch);
     }

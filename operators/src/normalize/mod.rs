@@ -107,6 +107,8 @@ pub struct Normalizer {
     spare_slots: Vec<Slot>,
     /// Heap bytes added per row in the last batch (reserved at once for the next).
     heap_per_row: usize,
+    /// Slots per row in the last batch's output (likewise).
+    slots_per_row: usize,
     scratch: String,
     locs: Vec<Option<regex::CaptureLocations>>,
 }
@@ -121,6 +123,7 @@ impl Normalizer {
             keep_original,
             spare_slots: Vec::new(),
             heap_per_row: 0,
+            slots_per_row: 0,
             scratch: String::new(),
             locs: Vec::new(),
         }
@@ -478,13 +481,8 @@ pub fn provenance_id(source: &str, partition: &str, offset: u64) -> u64 {
 impl Operator for Normalizer {
     fn process(&mut self, mut batch: EventBatch, _epoch: u64, out: &mut OperatorOutput) {
         let packs = self.packs.clone();
-        let mut new_slots = std::mem::take(&mut self.spare_slots);
-        new_slots.clear();
-        let need = batch.slots().len() + batch.len() * 4;
-        if new_slots.capacity() < need {
-            // A fresh vector: growing the empty one would have realloc copy its old capacity.
-            new_slots = Vec::with_capacity(need);
-        }
+        let need = (batch.slots().len() + batch.len() * 4).max(batch.len() * self.slots_per_row);
+        let mut new_slots = ward_engine::batch::slots_with_room(std::mem::take(&mut self.spare_slots), need);
         let mut rejected: Vec<(usize, Reason, String)> = Vec::new();
         let mut keep = vec![true; batch.len()];
         let parts = batch.parts();
@@ -543,6 +541,7 @@ impl Operator for Normalizer {
             r.slots_end = new_slots.len() as u32;
         }
         self.heap_per_row = (heap.len() - heap_before).div_ceil(rows.len().max(1));
+        self.slots_per_row = new_slots.len().div_ceil(rows.len().max(1));
         self.spare_slots = std::mem::replace(slots, new_slots);
         out.emit(batch, &keep, rejected, &self.component);
     }

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use schemars::JsonSchema;
 use serde::Deserialize;
-use ward_engine::batch::{EventBatch, Origin, Slot};
+use ward_engine::batch::{EventBatch, Origin};
 use ward_engine::component::{Operator, OperatorFactory, OperatorOutput, StreamKind, WorkerContext};
 use ward_engine::quarantine::Reason;
 use ward_engine::registry::{BuildContext, Built, ComponentConfig, Section};
@@ -205,16 +205,6 @@ impl Parser {
 
 /// Room for `more` slots; an empty vector too small is replaced rather than grown (realloc
 /// would copy its whole old allocation).
-pub(crate) fn reserve_slots(slots: &mut Vec<Slot>, more: usize) {
-    // Bounded like the heap's reservation (a batch of huge records sets the estimate).
-    let more = more.min(ward_engine::batch::BATCH_BYTES / std::mem::size_of::<Slot>());
-    if slots.is_empty() && slots.capacity() < more {
-        *slots = Vec::with_capacity(more);
-    } else {
-        slots.reserve(more);
-    }
-}
-
 /// Header state is per (source, partition); the key is built only by the stateful formats.
 fn partition_key(o: &Origin) -> (Arc<str>, Arc<str>) {
     (o.source.clone(), o.partition.clone())
@@ -235,7 +225,7 @@ impl Operator for Parser {
             let parts = batch.parts();
             let (raw, origins) = (parts.raw, parts.origins);
             let (before, rows) = (parts.slots.len(), parts.rows.len());
-            reserve_slots(parts.slots, rows * self.slots_per_row);
+            ward_engine::batch::reserve_slots(parts.slots, rows * self.slots_per_row);
             let mut heap = parts.heap;
             let heap_before = heap.len();
             heap.reserve(rows * self.heap_per_row);
