@@ -289,6 +289,13 @@ impl ParquetSink {
         for col in UNIQUE_COLUMNS {
             props = props.set_column_dictionary_enabled(ColumnPath::from(*col), false);
         }
+        // Nor do the extension fields' values (command lines, hashes, paths): interning them
+        // cost 1.5% of the ingest pipeline's instructions, and plain pages compress smaller.
+        // Their keys (field names) repeat and keep the dictionary.
+        props = props.set_column_dictionary_enabled(
+            ColumnPath::new(vec!["ext".into(), "entries".into(), "value".into()]),
+            false,
+        );
         if !config.text_statistics {
             let mut text = Vec::new();
             text_columns(event_schema().fields(), &mut Vec::new(), &mut text);
@@ -819,6 +826,76 @@ mod tests {
         let files = list_files(dir.path());
         assert_eq!(files.len(), 2);
         assert_eq!(files.iter().map(|f| rows_in(f)).sum::<usize>(), 15);
+    }
+
+    /// Rows over several flushes (builders refilled at the size the last flush used) read back
+    /// whole and in order, with text of every length; the extension values are written
+    /// without a dictionary, their keys and repeating core text with one.
+    #[test]
+    fn flushes_keep_every_value_and_dictionaries_go_where_values_repeat() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = ParquetSinkConfig {
+            path: "x".into(),
+            row_group_size: 1_000_000,
+            zstd_level: 1,
+            partition_by: PartitionBy::None,
+            max_file_rows: 10_000_000,
+            close_idle_after_epochs: 60,
+            text_statistics: false,
+        };
+        let store = Arc::new(ward_engine::storage::LocalStore::new(dir.path().to_path_buf()));
+        let mut sink = ParquetSink::new(config, store, "s", 0).unwrap();
+        let total = FLUSH_ROWS * 3 + 77;
+        let text = |i: usize| "v".repeat(i % 300);
+        let mut i = 0;
+        while i < total {
+            // Batches of growing size, so later flushes hold more text than earlier ones.
+            let n = (1 + i / 10).min(total - i).min(9_000);
+            let mut b = EventBatch::new();
+            let o = b.origin_index(&"src".into(), &"f".into());
+            for j in i..i + n {
+                b.push_raw(o, j as u64, b"x").unwrap();
+                b.push_slot(Slot { key: Key::Core(ids::TIMESTAMP), value: Value::Timestamp(j as i64) });
+                let host = b.heap().push_str(["a", "b", "c"][j % 3]);
+                b.push_slot(Slot { key: Key::Core(ids::HOST_NAME), value: Value::Str(host) });
+                let (k, v) = (b.heap().push_str("extra"), b.heap().push_str(&text(j)));
+                b.push_slot(Slot { key: Key::Ext(k), value: Value::Str(v) });
+            }
+            sink.write(&Payload::Events(b.into())).unwrap();
+            i += n;
+        }
+        sink.finish().unwrap();
+        let path = &list_files(dir.path())[0];
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(File::open(path).unwrap())
+            .unwrap()
+            .build()
+            .unwrap();
+        let mut row = 0;
+        for batch in reader {
+            let batch = batch.unwrap();
+            let offsets = batch.column_by_name("ward.offset").unwrap();
+            let offsets = offsets.as_any().downcast_ref::<arrow_array::UInt64Array>().unwrap();
+            let ext = batch.column_by_name("ext").unwrap();
+            let ext = ext.as_any().downcast_ref::<arrow_array::MapArray>().unwrap();
+            for r in 0..batch.num_rows() {
+                assert_eq!(offsets.value(r), row as u64);
+                let entry = ext.value(r);
+                let values = entry.column(1).as_any().downcast_ref::<arrow_array::StringArray>().unwrap();
+                assert_eq!(values.value(0), text(row), "row {row}");
+                row += 1;
+            }
+        }
+        assert_eq!(row, total);
+        let reader = parquet::file::reader::SerializedFileReader::new(File::open(path).unwrap()).unwrap();
+        let group = parquet::file::reader::FileReader::metadata(&reader).row_group(0).clone();
+        let dictionary = |path: &str| {
+            let c = group.columns().iter().find(|c| c.column_path().string() == path).unwrap();
+            c.dictionary_page_offset().is_some()
+        };
+        assert!(!dictionary("ext.entries.value"));
+        assert!(dictionary("ext.entries.key"));
+        assert!(dictionary("host.name"));
+        assert!(!dictionary("event.id"));
     }
 
     #[test]
