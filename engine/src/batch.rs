@@ -266,7 +266,8 @@ impl<'a> Bytes<'a> {
     /// Compares without UTF-8 validation (hot path of lookups by name).
     #[inline]
     pub fn eq(&self, r: StrRef, s: &str) -> bool {
-        self.bytes(r) == s.as_bytes()
+        // Lengths first: most comparisons (field names against a wanted one) differ there.
+        r.len() == s.len() && self.bytes(r) == s.as_bytes()
     }
     pub fn ip(&self, r: IpRef) -> Option<IpAddr> {
         self.ips.get(r.0 as usize).copied()

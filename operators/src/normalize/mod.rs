@@ -178,9 +178,21 @@ fn value_text<'a>(b: Bytes<'a>, v: Value, buf: &'a mut String) -> Option<&'a str
 }
 
 fn holds(b: Bytes<'_>, slots: &[Slot], c: &Condition) -> bool {
+    // One loop per kind of field: a core field is a small integer compare per slot.
+    match &c.field {
+        Target::Core(id) => {
+            let key = Key::Core(*id);
+            holds_for(b, slots.iter().filter(|s| s.key == key), c)
+        }
+        Target::Ext(name) => holds_for(b, slots.iter().filter(|s| matches!(s.key, Key::Ext(k) if b.eq(k, name))), c),
+    }
+}
+
+/// Whether `c` holds for a field whose values are `values`.
+fn holds_for<'s>(b: Bytes<'_>, values: impl Iterator<Item = &'s Slot>, c: &Condition) -> bool {
     let mut buf = String::new();
     let mut found = false;
-    for s in slots.iter().filter(|s| key_matches(b, s.key, &c.field)) {
+    for s in values {
         found = true;
         if let Test::Exists(want) = c.test {
             return want;
@@ -456,7 +468,7 @@ fn remove_key(out: &mut Vec<Slot>, start: usize, key: Key, b: Bytes<'_>) {
     while i < out.len() {
         let same = match (out[i].key, key) {
             (Key::Core(a), Key::Core(c)) => a == c,
-            (Key::Ext(a), Key::Ext(c)) => b.str(a) == b.str(c),
+            (Key::Ext(a), Key::Ext(c)) => a.len() == c.len() && b.bytes(a) == b.bytes(c),
             _ => false,
         };
         if same {
