@@ -29,12 +29,23 @@ pub fn parse_kv(text: &str, w: &mut FieldWriter<'_>) -> Result<usize, String> {
             i += 1;
             let start = i;
             let mut has_escape = false;
-            while i < b.len() && b[i] != b'"' {
-                if b[i] == b'\\' && i + 1 < b.len() {
-                    has_escape = true;
-                    i += 1;
+            // Jump from quote or backslash to the next (memchr2 scans many bytes at a time).
+            loop {
+                let Some(at) = memchr::memchr2(b'"', b'\\', &b[i..]) else {
+                    i = b.len();
+                    break;
+                };
+                i += at;
+                if b[i] == b'"' {
+                    break;
                 }
-                i += 1;
+                // A backslash takes the byte after it (a trailing one leaves the value open).
+                if i + 1 >= b.len() {
+                    i = b.len();
+                    break;
+                }
+                has_escape = true;
+                i += 2;
             }
             if i >= b.len() {
                 return Err(format!("unterminated quoted value for key `{key}`"));
@@ -74,9 +85,21 @@ pub fn parse_kv(text: &str, w: &mut FieldWriter<'_>) -> Result<usize, String> {
     Ok(pairs)
 }
 
+/// Bytes of a key: ASCII letters, digits, `_`, `.` and `-` (one table read per byte).
+const KEY_BYTES: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        t[c] = b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-';
+        c += 1;
+    }
+    t
+};
+
 #[inline]
 fn is_key_byte(c: u8) -> bool {
-    c.is_ascii_alphanumeric() || c == b'_' || c == b'.' || c == b'-'
+    KEY_BYTES[c as usize]
 }
 
 /// Cheap test used by format auto-detection: does the text start with `key=`?
@@ -108,6 +131,21 @@ mod tests {
         assert!(parse_with(r#"a="open"#, |t, w| parse_kv(t, w).map(|_| ())).unwrap_err().contains("unterminated"));
         assert!(parse_with("just words", |t, w| parse_kv(t, w).map(|_| ())).is_err());
         assert!(parse_with("   ", |t, w| parse_kv(t, w).map(|_| ())).is_err());
+        // A backslash at the end, or escaping the closing quote, leaves the value open.
+        for open in [r#"a="x\"#, r#"a="x\""#, r#"a=""#, r#"a="\\\""#] {
+            let e = parse_with(open, |t, w| parse_kv(t, w).map(|_| ())).unwrap_err();
+            assert!(e.contains("unterminated"), "{open}: {e}");
+        }
+    }
+
+    #[test]
+    fn escapes_take_the_next_character_whatever_it_is() {
+        let parse = |t: &str| parse_with(t, |t, w| parse_kv(t, w).map(|_| ())).unwrap();
+        let j = parse(r#"a="x\\" b="\é\"" c="" d="q\\\"r""#);
+        assert_eq!(j["a"], "x\\");
+        assert_eq!(j["b"], "é\"");
+        assert_eq!(j["c"], "");
+        assert_eq!(j["d"], "q\\\"r");
     }
 
     #[test]
