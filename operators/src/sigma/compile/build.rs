@@ -24,7 +24,7 @@ pub struct MatcherBuilder {
     field_ids: HashMap<Vec<FieldKey>, FieldIdx>,
     keywords: FieldBuild,
     atoms: Vec<Atom>,
-    atom_ids: HashMap<String, AtomId>,
+    atom_ids: HashMap<super::AtomKey, AtomId>,
     eager: Vec<bool>,
     routes: Vec<Cond>,
     route_ids: HashMap<String, u32>,

@@ -101,6 +101,15 @@ impl Default for CompileOptions {
     }
 }
 
+/// What makes two atoms the same test ([`AtomSpec::dedup_key`]).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(super) struct AtomKey {
+    kind: &'static str,
+    field: FieldRef,
+    rest: String,
+    pattern: Vec<u8>,
+}
+
 /// Which field an atom looks at, before interning.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum FieldRef {
@@ -166,19 +175,27 @@ pub enum AtomSpec {
 
 impl AtomSpec {
     /// A key that is equal for atoms that test the same thing (for sharing across rules).
-    pub(super) fn dedup_key(&self) -> String {
-        match self {
-            AtomSpec::Literal { field, pattern, anchor, cased } => {
-                format!("lit|{field:?}|{anchor:?}|{cased}|{pattern:?}")
+    /// Literals, nearly all atoms, are keyed by their parts as they are: formatting their
+    /// pattern bytes with `Debug` was 3.5% of a detection pipeline's start-up.
+    pub(super) fn dedup_key(&self) -> AtomKey {
+        let (kind, rest) = match self {
+            AtomSpec::Literal { pattern, anchor, cased, .. } => {
+                return AtomKey {
+                    kind: "lit",
+                    field: self.field().clone(),
+                    rest: format!("{anchor:?}|{cased}"),
+                    pattern: pattern.clone(),
+                }
             }
-            AtomSpec::Glob { field, regex, .. } => format!("glob|{field:?}|{:?}|{}", regex.flags(), regex.as_str()),
-            AtomSpec::Regex { field, regex } => format!("re|{field:?}|{:?}|{}", regex.flags(), regex.as_str()),
-            AtomSpec::Cidr { field, net } => format!("cidr|{field:?}|{net}"),
-            AtomSpec::Compare { field, op, value, part } => format!("cmp|{field:?}|{op:?}|{value}|{part:?}"),
-            AtomSpec::Exists { field } => format!("exists|{field:?}"),
-            AtomSpec::Null { field } => format!("null|{field:?}"),
-            AtomSpec::FieldRef { field, other, anchor, cased } => format!("ref|{field:?}|{other:?}|{anchor:?}|{cased}"),
-        }
+            AtomSpec::Glob { regex, .. } => ("glob", format!("{:?}|{}", regex.flags(), regex.as_str())),
+            AtomSpec::Regex { regex, .. } => ("re", format!("{:?}|{}", regex.flags(), regex.as_str())),
+            AtomSpec::Cidr { net, .. } => ("cidr", net.to_string()),
+            AtomSpec::Compare { op, value, part, .. } => ("cmp", format!("{op:?}|{value}|{part:?}")),
+            AtomSpec::Exists { .. } => ("exists", String::new()),
+            AtomSpec::Null { .. } => ("null", String::new()),
+            AtomSpec::FieldRef { other, anchor, cased, .. } => ("ref", format!("{other:?}|{anchor:?}|{cased}")),
+        };
+        AtomKey { kind, field: self.field().clone(), rest, pattern: Vec::new() }
     }
 
     pub(super) fn field(&self) -> &FieldRef {
