@@ -129,7 +129,7 @@ pub struct Slot {
 /// last batch, and a batch a little fuller than that must not double the vector (each growth
 /// copies every slot so far).
 pub fn slots_with_room(mut spare: Vec<Slot>, need: usize) -> Vec<Slot> {
-    let room = (need + need / 8).min(BATCH_BYTES / std::mem::size_of::<Slot>());
+    let room = slot_room(need);
     spare.clear();
     if spare.capacity() < room {
         spare = Vec::with_capacity(room);
@@ -139,12 +139,17 @@ pub fn slots_with_room(mut spare: Vec<Slot>, need: usize) -> Vec<Slot> {
 
 /// Room in `slots` for `more` slots plus an eighth (bounded as [`slots_with_room`]).
 pub fn reserve_slots(slots: &mut Vec<Slot>, more: usize) {
-    let room = (more + more / 8).min(BATCH_BYTES / std::mem::size_of::<Slot>());
+    let room = slot_room(more);
     if slots.is_empty() && slots.capacity() < room {
         *slots = Vec::with_capacity(room);
     } else {
         slots.reserve(room);
     }
+}
+
+/// `n` slots plus an eighth, at most [`BATCH_BYTES`] worth.
+fn slot_room(n: usize) -> usize {
+    (n + n / 8).min(BATCH_BYTES / std::mem::size_of::<Slot>())
 }
 
 /// Where a batch's events came from: a source component and one of its partitions

@@ -787,6 +787,25 @@ mod tests {
         b
     }
 
+    /// A small unpartitioned sink's settings; tests change what they exercise.
+    fn test_config() -> ParquetSinkConfig {
+        ParquetSinkConfig {
+            path: "x".into(),
+            row_group_size: 100,
+            zstd_level: 1,
+            partition_by: PartitionBy::None,
+            max_file_rows: 1_000_000,
+            close_idle_after_epochs: 60,
+            text_statistics: false,
+        }
+    }
+
+    /// Sink "s", worker 0, writing into `dir`.
+    fn local_sink(dir: &Path, config: ParquetSinkConfig) -> ParquetSink {
+        let store = Arc::new(ward_engine::storage::LocalStore::new(dir.to_path_buf()));
+        ParquetSink::new(config, store, "s", 0).unwrap()
+    }
+
     fn rows_in(path: &Path) -> usize {
         let f = File::open(path).unwrap();
         parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
@@ -801,16 +820,12 @@ mod tests {
     fn idle_partitions_close_and_only_finished_files_are_visible() {
         let dir = tempfile::tempdir().unwrap();
         let config = ParquetSinkConfig {
-            path: "x".into(),
-            row_group_size: 100,
             zstd_level: 3,
             partition_by: PartitionBy::Hour,
-            max_file_rows: 1_000_000,
             close_idle_after_epochs: 2,
-            text_statistics: false,
+            ..test_config()
         };
-        let store = Arc::new(ward_engine::storage::LocalStore::new(dir.path().to_path_buf()));
-        let mut sink = ParquetSink::new(config, store, "s", 0).unwrap();
+        let mut sink = local_sink(dir.path(), config);
         let hour = 491_000;
         sink.write(&Payload::Events(batch(hour, 10).into())).unwrap();
         sink.epoch_complete(0).unwrap();
@@ -834,17 +849,8 @@ mod tests {
     #[test]
     fn flushes_keep_every_value_and_dictionaries_go_where_values_repeat() {
         let dir = tempfile::tempdir().unwrap();
-        let config = ParquetSinkConfig {
-            path: "x".into(),
-            row_group_size: 1_000_000,
-            zstd_level: 1,
-            partition_by: PartitionBy::None,
-            max_file_rows: 10_000_000,
-            close_idle_after_epochs: 60,
-            text_statistics: false,
-        };
-        let store = Arc::new(ward_engine::storage::LocalStore::new(dir.path().to_path_buf()));
-        let mut sink = ParquetSink::new(config, store, "s", 0).unwrap();
+        let config = ParquetSinkConfig { row_group_size: 1_000_000, max_file_rows: 10_000_000, ..test_config() };
+        let mut sink = local_sink(dir.path(), config);
         let total = FLUSH_ROWS * 3 + 77;
         let text = |i: usize| "v".repeat(i % 300);
         let mut i = 0;
@@ -902,17 +908,7 @@ mod tests {
     fn text_columns_get_statistics_only_when_asked() {
         for text_statistics in [false, true] {
             let dir = tempfile::tempdir().unwrap();
-            let config = ParquetSinkConfig {
-                path: "x".into(),
-                row_group_size: 100,
-                zstd_level: 1,
-                partition_by: PartitionBy::None,
-                max_file_rows: 1_000_000,
-                close_idle_after_epochs: 60,
-                text_statistics,
-            };
-            let store = Arc::new(ward_engine::storage::LocalStore::new(dir.path().to_path_buf()));
-            let mut sink = ParquetSink::new(config, store, "s", 0).unwrap();
+            let mut sink = local_sink(dir.path(), ParquetSinkConfig { text_statistics, ..test_config() });
             sink.write(&Payload::Events(batch(491_000, 10).into())).unwrap();
             sink.finish().unwrap();
             let file = File::open(&list_files(dir.path())[0]).unwrap();
