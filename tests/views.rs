@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -235,6 +236,73 @@ fn replayed_view_changes_equal_the_views_recomputed_for_any_worker_count_at_stop
     assert!(!partial.is_empty(), "the killed runs committed view changes before the last run");
     run(dir.path(), 3);
     assert_eq!(check(dir.path()), reports[0], "after kill -9 and recovery");
+}
+
+/// Sums each row's diffs over a view's change stream: the rows left (non-zero), as
+/// `group values | measures` with their sum.
+fn replay_rows(path: &Path) -> BTreeMap<String, i64> {
+    let mut rows: BTreeMap<String, i64> = BTreeMap::new();
+    for line in std::fs::read_to_string(path).unwrap_or_default().lines() {
+        let c: serde_json::Value = serde_json::from_str(line).unwrap();
+        *rows.entry(format!("{} | {}", c["group"], c["measures"])).or_default() += c["diff"].as_i64().unwrap();
+    }
+    rows.retain(|_, n| *n != 0);
+    rows
+}
+
+#[test]
+fn a_view_of_cases_whose_deadlines_passed_while_stopped_replays_to_the_cases() {
+    // Processing-time SLA deadlines that pass while the pipeline is stopped fire as the resumed
+    // run starts. Their case records must come after the restored state's re-feed (a later
+    // epoch than the checkpoint), or the view would update its rows from nothing and leave the
+    // rows of before the stop un-retracted.
+    let dir = tempfile::tempdir().unwrap();
+    let policy = std::fs::read_to_string(repo().join("rules/sla/default.yaml")).unwrap();
+    let short = policy
+        .replace("warning: 0.8", "warning: 0.95")
+        .replace("acknowledge: 15m", "acknowledge: 2s")
+        .replace("acknowledge: 1h", "acknowledge: 2s")
+        .replace("acknowledge: 4h", "acknowledge: 2s")
+        .replace("contain: 4h", "contain: 3s")
+        .replace("contain: 24h", "contain: 3s")
+        .replace("contain: 72h", "contain: 3s");
+    assert_eq!(short.matches(": 2s").count() + short.matches(": 3s").count(), 6, "{short}");
+    write(dir.path(), "policy.yaml", &short);
+    write(
+        dir.path(),
+        "spec.yaml",
+        &format!(
+            r#"name: resumed-cases
+{head}  - {{id: sla, type: sla, inputs: [detect], policy: policy.yaml, timers: processing_time}}
+  - {{id: per_priority, type: view, inputs: [sla], group_by: [priority], measures: [{{name: records, fn: count}}]}}
+sinks:
+  - {{id: cases, type: jsonl, inputs: [sla], path: out/cases.jsonl}}
+  - {{id: changes, type: jsonl, inputs: [per_priority], path: out/per_priority.jsonl}}
+"#,
+            head = head()
+        ),
+    );
+    stop_after(dir.path(), 2, Duration::from_millis(1200));
+    let cases = |kind: Option<&str>| -> BTreeMap<String, i64> {
+        let mut n: BTreeMap<String, i64> = BTreeMap::new();
+        for line in std::fs::read_to_string(dir.path().join("out/cases.jsonl")).unwrap_or_default().lines() {
+            let c: serde_json::Value = serde_json::from_str(line).unwrap();
+            if kind.map_or(true, |k| c["kind"] == k) {
+                *n.entry(c["priority"].as_str().unwrap().to_string()).or_default() += 1;
+            }
+        }
+        n
+    };
+    let before = cases(None);
+    assert!(!before.is_empty(), "the first run opened cases");
+    assert!(cases(Some("sla.breached")).is_empty(), "no deadline passed before the stop: {before:?}");
+    // Past every deadline of the cases opened before the stop.
+    std::thread::sleep(Duration::from_secs(4));
+    run(dir.path(), 2);
+    assert!(!cases(Some("sla.breached")).is_empty(), "deadlines fired in the resumed run");
+    let want: BTreeMap<String, i64> =
+        cases(None).into_iter().map(|(p, n)| (format!(r#"{{"priority":"{p}"}} | {{"records":{n}}}"#), 1)).collect();
+    assert_eq!(replay_rows(&dir.path().join("out/per_priority.jsonl")), want);
 }
 
 #[test]

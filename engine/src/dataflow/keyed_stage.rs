@@ -103,6 +103,10 @@ pub(crate) fn keyed_stage<'s>(
         let mut result = OperatorOutput::default();
         let mut next_tick = Instant::now();
         let mut restored_at = run.resumed_from();
+        // A resumed run's own records and outputs come after the checkpoint it resumed from:
+        // only the restored state's re-feed is at the checkpoint's epoch. (A mark or a timer
+        // at epoch 0 would otherwise reach downstream state before the re-feed it follows.)
+        let floor = run.resumed_from().map_or(0, |c| c + 1);
         move |frontiers| {
             if let (Some(c), Some((cap, qcap))) = (restored_at.take(), held.as_ref()) {
                 op.restored(&mut result);
@@ -112,7 +116,7 @@ pub(crate) fn keyed_stage<'s>(
                 result = OperatorOutput::default();
             }
             input.for_each(|cap, data| {
-                stash.entry(cap.least().copied().unwrap_or(0)).or_default().append(data);
+                stash.entry(cap.least().copied().unwrap_or(0).max(floor)).or_default().append(data);
             });
             let frontier = frontiers[0].frontier();
             let Some((cap, qcap)) = held.as_mut() else {
@@ -193,7 +197,8 @@ pub(crate) fn keyed_stage<'s>(
             if now >= next_tick {
                 next_tick = now + Duration::from_secs(1);
                 op.tick(chrono::Utc::now().timestamp_millis(), &mut result);
-                emit(&mut result, &mut main_out, &mut q_out, cap, qcap, &metrics);
+                let at = (*cap.time()).max(floor);
+                emit(&mut result, &mut main_out, &mut q_out, &cap.delayed(&at), &qcap.delayed(&at), &metrics);
                 metrics.set_watermark(watermark);
                 if !frontier.is_empty() {
                     activator.activate_after(Duration::from_secs(1));

@@ -491,7 +491,11 @@ pub(crate) fn route_stage<'s>(
                             body: RoutedBody::Watermark { input: index, worker: me, time: watermark },
                         })
                         .collect();
-                    let at = cap.delayed(&routed_epoch.max(*cap.time()));
+                    // Not before the epochs records may still come at either (the capability
+                    // is downgraded only below): in a resumed run, never at an epoch the
+                    // checkpoint covers.
+                    let pending = frontier.iter().next().copied().unwrap_or(0);
+                    let at = cap.delayed(&routed_epoch.max(*cap.time()).max(pending));
                     routed_out.activate().give(&at, &mut marks);
                 }
                 if finished {
