@@ -141,6 +141,12 @@ pub(crate) fn build_view<'s>(
                 }
                 let (rows, closed) = entry.remove();
                 processed = processed.max(t);
+                // Everything of a resumed run but the re-feed comes after the checkpoint (the
+                // keyed stages hold to it): a change before it would meet an empty arrangement.
+                debug_assert!(
+                    resumed.is_none_or(|c| t >= c),
+                    "view {component}: epoch {t} before the resumed checkpoint"
+                );
                 if resumed == Some(t) {
                     // The restored state's re-feed: the sinks hold these rows already.
                     continue;
