@@ -774,10 +774,10 @@ impl EventBatch {
         let value = |out: &mut Vec<u8>, m: Member| {
             // Writing into a Vec cannot fail.
             let _ = match m {
-                Member::Slot(i) => match slots[i].value {
-                    Value::Str(r) => serde_json::to_writer(&mut *out, b.str(r)),
-                    v => serde_json::to_writer(&mut *out, &value_to_json(b, v)),
-                },
+                Member::Slot(i) => {
+                    write_value_json(b, slots[i].value, out);
+                    Ok(())
+                }
                 Member::Source => serde_json::to_writer(&mut *out, &*origin.source),
                 Member::Partition => serde_json::to_writer(&mut *out, &*origin.partition),
                 Member::Offset => serde_json::to_writer(&mut *out, &p.offset),
@@ -837,6 +837,52 @@ fn insert_multi(map: &mut serde_json::Map<String, serde_json::Value>, k: &str, v
 }
 
 /// Renders a value as JSON (timestamps as RFC 3339 with milliseconds).
+/// Appends `v` as JSON text to `out`: what serializing [`value_to_json`] writes, without
+/// building the value (strings go straight from the batch).
+pub fn write_value_json(b: Bytes<'_>, v: Value, out: &mut Vec<u8>) {
+    // Writing into a Vec cannot fail.
+    let _ = match v {
+        Value::Str(r) => serde_json::to_writer(&mut *out, b.str(r)),
+        Value::Null => serde_json::to_writer(&mut *out, &()),
+        Value::Bool(x) => serde_json::to_writer(&mut *out, &x),
+        Value::Int(x) => serde_json::to_writer(&mut *out, &x),
+        v => serde_json::to_writer(&mut *out, &value_to_json(b, v)),
+    };
+}
+
+/// Appends the extension fields of `slots` as one JSON object to `out`: the text of a
+/// `serde_json::Map` collected from them (keys in byte order, a repeated key's last value),
+/// without building the map. `order` is scratch space.
+pub fn write_ext_object_json(b: Bytes<'_>, slots: &[Slot], order: &mut Vec<usize>, out: &mut Vec<u8>) {
+    order.clear();
+    order.extend(slots.iter().enumerate().filter(|(_, s)| matches!(s.key, Key::Ext(_))).map(|(i, _)| i));
+    // Stable: of a repeated key, the last slot is the one kept.
+    order.sort_by(|&x, &y| key_text(b, slots, x).cmp(key_text(b, slots, y)));
+    out.push(b'{');
+    let mut first = true;
+    for (n, &i) in order.iter().enumerate() {
+        let key = key_text(b, slots, i);
+        if order.get(n + 1).is_some_and(|&next| key_text(b, slots, next) == key) {
+            continue;
+        }
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        let _ = serde_json::to_writer(&mut *out, key);
+        out.push(b':');
+        write_value_json(b, slots[i].value, out);
+    }
+    out.push(b'}');
+}
+
+fn key_text<'a>(b: Bytes<'a>, slots: &[Slot], i: usize) -> &'a str {
+    match slots[i].key {
+        Key::Ext(k) => b.str(k),
+        Key::Core(f) => f.name(),
+    }
+}
+
 pub fn value_to_json(b: Bytes<'_>, v: Value) -> serde_json::Value {
     use serde_json::Value as J;
     match v {
@@ -1075,6 +1121,9 @@ mod tests {
         for value in [Value::Int(-3), Value::Float(0.1), Value::Float(f64::NAN), Value::Bool(true), Value::Null] {
             a.push_slot(Slot { key: Key::Ext(k), value });
         }
+        let (t, at) = (a.heap().push_str("t"), a.heap().push_str("at"));
+        a.push_slot(Slot { key: Key::Ext(t), value: Value::Timestamp(-1) });
+        a.push_slot(Slot { key: Key::Ext(at), value: Value::Ip(ip) });
         // A row with no extension fields, and an empty one.
         a.push_raw(o, 8, b"y").unwrap();
         str_slot(&mut a, Key::Core(ids::HOST_NAME), "web-2");
@@ -1087,6 +1136,18 @@ mod tests {
                 serde_json::to_string(&a.row_to_json(row)).unwrap(),
                 "row {row}"
             );
+            // The extension fields as one object: what a map collected from them serializes to.
+            let (b, slots) = (a.bytes(), a.row_slots(row));
+            let map: serde_json::Map<String, serde_json::Value> = slots
+                .iter()
+                .filter_map(|s| match s.key {
+                    Key::Ext(k) => Some((b.str(k).to_string(), value_to_json(b, s.value))),
+                    Key::Core(_) => None,
+                })
+                .collect();
+            let mut text = Vec::new();
+            write_ext_object_json(b, slots, &mut Vec::new(), &mut text);
+            assert_eq!(String::from_utf8(text).unwrap(), serde_json::Value::Object(map).to_string(), "row {row}");
         }
     }
 

@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use clickhouse_types::data_types::DataTypeNode;
 use schemars::JsonSchema;
 use serde::Deserialize;
-use ward_engine::batch::{EventBatch, Key, Value};
+use ward_engine::batch::{write_ext_object_json, EventBatch, Key, Value};
 use ward_engine::component::{Payload, Sink, SinkFactory, StreamKind, WorkerContext};
 use ward_engine::fields::{FieldId, CORE_FIELDS};
 use ward_engine::registry::{BuildContext, Built, ComponentConfig, Section};
@@ -365,6 +365,8 @@ impl ClickHouseFactory {
             oldest: None,
             first: vec![NONE; CORE_FIELDS.len()],
             text: String::new(),
+            json: Vec::new(),
+            order: Vec::new(),
             checkpointing,
             views: BTreeMap::new(),
             prepared: BTreeMap::new(),
@@ -533,6 +535,9 @@ pub struct ClickHouseSink {
     /// Per core field, the row's first slot holding it (reused across rows).
     first: Vec<u32>,
     text: String,
+    /// The `ext` column's JSON text of the current row, and its key order (reused across rows).
+    json: Vec<u8>,
+    order: Vec<usize>,
     /// The run takes checkpoints: view changes wait for theirs.
     checkpointing: bool,
     /// View changes by epoch, not yet in a checkpoint.
@@ -688,17 +693,13 @@ impl ClickHouseSink {
                                 rowbinary::encode(v, Cell::Str(&self.text), &mut self.buf)
                             })
                         } else {
-                            let map: serde_json::Map<String, serde_json::Value> = slots
-                                .iter()
-                                .filter_map(|s| match s.key {
-                                    Key::Ext(k) => Some((
-                                        bytes.str(k).to_string(),
-                                        ward_engine::batch::value_to_json(bytes, s.value),
-                                    )),
-                                    Key::Core(_) => None,
-                                })
-                                .collect();
-                            rowbinary::encode(ty, Cell::Json(&serde_json::Value::Object(map)), &mut self.buf)
+                            // JSON text, written straight from the batch (no map of owned values).
+                            self.json.clear();
+                            write_ext_object_json(bytes, slots, &mut self.order, &mut self.json);
+                            match std::str::from_utf8(&self.json) {
+                                Ok(text) => rowbinary::encode(ty, Cell::Str(text), &mut self.buf),
+                                Err(e) => Err(format!("ext: {e}")),
+                            }
                         }
                     }
                     ColumnSource::Path(_) | ColumnSource::Record => unreachable!("event plans have no record paths"),
