@@ -177,22 +177,44 @@ def create_topics(brokers, topics):
         f.result(30)
 
 
-def read_committed(brokers, topic, partitions, quiet=10.0):
-    """Every record a read_committed consumer sees, as (key, headers) — until quiet for `quiet` s."""
+def read_committed(brokers, topic, partitions, quiet=10.0, isolation="read_committed", detail=False):
+    """Every record a consumer with `isolation` sees, as (key, headers) — until quiet for `quiet`
+    s. `detail`: as (key, headers, partition, offset)."""
     from confluent_kafka import Consumer, TopicPartition
 
     c = Consumer({"bootstrap.servers": brokers, "group.id": f"chaos-reader-{time.time()}",
-                  "isolation.level": "read_committed", "enable.auto.commit": False})
+                  "isolation.level": isolation, "enable.auto.commit": False})
     c.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
     out, last, started = [], time.time(), time.time()
     while time.time() - last < quiet and time.time() - started < 600:
         for m in c.consume(10000, 0.2):
             if m.error():
                 continue
-            out.append((m.key().decode(), dict(m.headers() or [])))
+            key, headers = m.key().decode(), dict(m.headers() or [])
+            out.append((key, headers, m.partition(), m.offset()) if detail else (key, headers))
             last = time.time()
     c.close()
     return out
+
+
+def topic_post_mortem(brokers, topic, partitions, committed, path):
+    """For a topic that misses records: every record a read_uncommitted consumer sees, marked
+    whether read_committed saw it, with its place and headers, and each partition's
+    watermarks (the broker's data is in memory and gone once the harness stops it)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    seen = {(k, h.get("ward-epoch"), h.get("ward-worker"), h.get("ward-seq")) for k, h in committed}
+    c = Consumer({"bootstrap.servers": brokers, "group.id": f"chaos-watermarks-{time.time()}"})
+    with open(path, "w") as f:
+        for p in range(partitions):
+            low, high = c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            f.write(f"partition {p}: low {low} high {high}\n")
+        for k, h, p, o in read_committed(brokers, topic, partitions, quiet=5.0, isolation="read_uncommitted",
+                                          detail=True):
+            mark = (k, h.get("ward-epoch"), h.get("ward-worker"), h.get("ward-seq"))
+            head = " ".join(f"{n}={v.decode()}" for n, v in sorted(h.items()) if v is not None)
+            f.write(f"{'committed' if mark in seen else 'HIDDEN   '} p{p} @{o} {k} {head}\n")
+    c.close()
 
 
 # The pipeline under test is the shipped production spec, configured through its environment
@@ -492,10 +514,13 @@ def verify(args, s, out, ref_out, parquet=None):
             epochs = [h.get("ward-epoch", b"").decode() for k, h in records if k == key]
             log(f"     alert {key} on the topic {n}x (reference {ref_alerts.get(key, 0)}x), ward-epoch {epochs}")
     if topic != ref_alerts:
-        # For the post-mortem: what the topic holds, with headers.
+        # For the post-mortem: what the topic holds, with headers, and what only a
+        # read_uncommitted consumer sees.
         with open(os.path.join(out, "alerts-topic.txt"), "w") as f:
             for k, h in records:
                 f.write(f"{k} {h.get('ward-epoch', b'').decode()} {h.get('ward-worker', b'').decode()} {h.get('ward-seq', b'').decode()}\n")
+        topic_post_mortem(s.brokers, "alerts", 3, records, os.path.join(out, "alerts-topic-uncommitted.txt"))
+        log(f"     the topic's records as read_uncommitted sees them: {os.path.join(out, 'alerts-topic-uncommitted.txt')}")
     check("every alert record has a ward-epoch header", all("ward-epoch" in h for _, h in records), True)
     # Cases and SLA records (JSONL, exactly once with checkpoints): the reference's.
     cases = jsonl_lines(out, "cases")
