@@ -311,11 +311,17 @@ impl KafkaSinkFactory {
         let mut by_worker: BTreeMap<usize, Segments> = BTreeMap::new();
         for c in retained {
             for (worker, bytes) in &c.parts {
+                // A worker that held nothing still had an id: a crash may have left its
+                // transaction open (an empty one, moving only its marker), and the Tansu broker
+                // was seen to hide every later transaction of that id that carried records when
+                // the first of them came from a new producer (CI39, chaos: both sends of a
+                // closing checkpoint invisible). Ended here like the others, the run's sink
+                // instance takes the producer over instead of opening a new one.
+                let mine = by_worker.entry(*worker).or_default();
                 if bytes.is_empty() {
                     continue;
                 }
                 let segments: Vec<(u64, Vec<Record>)> = ward_engine::keyed::decode(bytes)?;
-                let mine = by_worker.entry(*worker).or_default();
                 for (epoch, records) in segments {
                     mine.entry(epoch).or_insert((c.manifest.created_ms, records));
                 }
