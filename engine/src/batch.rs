@@ -836,7 +836,6 @@ fn insert_multi(map: &mut serde_json::Map<String, serde_json::Value>, k: &str, v
     }
 }
 
-/// Renders a value as JSON (timestamps as RFC 3339 with milliseconds).
 /// Appends `v` as JSON text to `out`: what serializing [`value_to_json`] writes, without
 /// building the value (strings go straight from the batch).
 pub fn write_value_json(b: Bytes<'_>, v: Value, out: &mut Vec<u8>) {
@@ -857,32 +856,27 @@ pub fn write_ext_object_json(b: Bytes<'_>, slots: &[Slot], order: &mut Vec<usize
     order.clear();
     order.extend(slots.iter().enumerate().filter(|(_, s)| matches!(s.key, Key::Ext(_))).map(|(i, _)| i));
     // Stable: of a repeated key, the last slot is the one kept.
-    order.sort_by(|&x, &y| key_text(b, slots, x).cmp(key_text(b, slots, y)));
+    let key = |i: usize| b.key_name(slots[i].key);
+    order.sort_by(|&x, &y| key(x).cmp(key(y)));
     out.push(b'{');
     let mut first = true;
     for (n, &i) in order.iter().enumerate() {
-        let key = key_text(b, slots, i);
-        if order.get(n + 1).is_some_and(|&next| key_text(b, slots, next) == key) {
+        let name = key(i);
+        if order.get(n + 1).is_some_and(|&next| key(next) == name) {
             continue;
         }
         if !first {
             out.push(b',');
         }
         first = false;
-        let _ = serde_json::to_writer(&mut *out, key);
+        let _ = serde_json::to_writer(&mut *out, name);
         out.push(b':');
         write_value_json(b, slots[i].value, out);
     }
     out.push(b'}');
 }
 
-fn key_text<'a>(b: Bytes<'a>, slots: &[Slot], i: usize) -> &'a str {
-    match slots[i].key {
-        Key::Ext(k) => b.str(k),
-        Key::Core(f) => f.name(),
-    }
-}
-
+/// Renders a value as JSON (timestamps as RFC 3339 with milliseconds).
 pub fn value_to_json(b: Bytes<'_>, v: Value) -> serde_json::Value {
     use serde_json::Value as J;
     match v {
