@@ -3,17 +3,19 @@
 //! matched, and where the event came from, so it can be traced back without the rule files.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 /// An alert's copy of its event as JSON text, rendered once from the batch
-/// ([`crate::batch::EventBatch::write_row_json`]): sinks write it as it is, and only a lookup
-/// by field name reads into it. (Alerts are only ever serialized as JSON: sinks, exchanges
-/// between processes and operator state.)
+/// ([`crate::batch::EventBatch::write_row_json`]) and shared by every alert of that event
+/// (cloning is a reference count): sinks write it as it is, and only a lookup by field name
+/// reads into it. (Alerts are only ever serialized as JSON: sinks, exchanges between processes
+/// and operator state.)
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct EventJson(Box<RawValue>);
+pub struct EventJson(Arc<RawValue>);
 
 impl EventJson {
     /// Row `row` of `batch`, as [`crate::batch::EventBatch::row_to_json`] gives it.
@@ -22,11 +24,11 @@ impl EventJson {
         batch.write_row_json(row, &mut text);
         // The writer emits one valid JSON object in UTF-8.
         let text = String::from_utf8(text).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
-        EventJson(RawValue::from_string(text).unwrap_or_else(|_| Self::empty_object()))
+        EventJson(RawValue::from_string(text).unwrap_or_else(|_| Self::empty_object()).into())
     }
 
     pub fn from_value(value: &serde_json::Value) -> EventJson {
-        EventJson(serde_json::value::to_raw_value(value).unwrap_or_else(|_| Self::empty_object()))
+        EventJson(serde_json::value::to_raw_value(value).unwrap_or_else(|_| Self::empty_object()).into())
     }
 
     fn empty_object() -> Box<RawValue> {

@@ -465,10 +465,16 @@ impl Detector {
             if self.scratch.over_budget {
                 self.note_over_budget(set, batch, row);
             }
+            // The event's JSON is rendered once and shared by its alerts (a third of the
+            // generator's alerting events raise two or more).
+            let mut event = None;
             for i in 0..self.matched.len() {
                 let r = self.matched[i];
                 let matches = m.explain_match(r, &mut self.scratch, b, slots);
-                alerts.push(self.alert(set, batch, row, r, matches));
+                if self.include_event && event.is_none() {
+                    event = Some(ward_engine::alert::EventJson::of_row(batch, row));
+                }
+                alerts.push(self.alert(set, batch, row, r, matches, event.clone()));
             }
         }
     }
@@ -496,6 +502,7 @@ impl Detector {
         row: usize,
         r: RuleIdx,
         matches: Vec<ward_engine::alert::MatchedSelection>,
+        event: Option<ward_engine::alert::EventJson>,
     ) -> Alert {
         let meta = &set.matcher.rules[r as usize].meta;
         let id = &meta.rule.id;
@@ -525,7 +532,7 @@ impl Detector {
             event_id,
             event_time_ms,
             origin: AlertOrigin { source: p.source.to_string(), partition: p.partition.to_string(), offset: p.offset },
-            event: self.include_event.then(|| ward_engine::alert::EventJson::of_row(batch, row)),
+            event,
             fields: self.alert_fields(set, id, batch, row),
             correlation: None,
             suppression: None,
