@@ -111,6 +111,17 @@ pub struct Normalizer {
     slots_per_row: usize,
     scratch: String,
     locs: Vec<Option<regex::CaptureLocations>>,
+    /// The current event's values of its pack's gated fields ([`pack::RuleGates`]).
+    gate_values: Vec<GateValue>,
+}
+
+/// A gated field's values in one event.
+#[derive(Clone, Copy)]
+enum GateValue {
+    Absent,
+    One(Value),
+    /// Several: the rule's conditions are evaluated in full.
+    Many,
 }
 
 impl Normalizer {
@@ -126,6 +137,7 @@ impl Normalizer {
             slots_per_row: 0,
             scratch: String::new(),
             locs: Vec::new(),
+            gate_values: Vec::new(),
         }
     }
 }
@@ -383,8 +395,36 @@ impl Normalizer {
                 }
             }
         }
+        // The gated fields' values: no rule writes them, so they hold for every rule.
+        let gates = &pack.gates;
+        self.gate_values.clear();
+        self.gate_values.resize(gates.fields.len(), GateValue::Absent);
+        if !gates.fields.is_empty() {
+            for s in &out[start..] {
+                let Key::Core(id) = s.key else { continue };
+                if let Some(i) = gates.fields.iter().position(|f| *f == id) {
+                    self.gate_values[i] = match self.gate_values[i] {
+                        GateValue::Absent => GateValue::One(s.value),
+                        _ => GateValue::Many,
+                    };
+                }
+            }
+        }
         // Rules, in order, each seeing what the ones before it did.
         for (ri, rule) in pack.rules.iter().enumerate() {
+            if let Some((field, cond)) = gates.by_rule[ri] {
+                let open = match self.gate_values[field] {
+                    GateValue::Absent => false,
+                    GateValue::One(value) => {
+                        let slot = Slot { key: Key::Core(gates.fields[field]), value };
+                        holds_for(heap.bytes(raw), std::iter::once(&slot), &rule.when[cond])
+                    }
+                    GateValue::Many => true,
+                };
+                if !open {
+                    continue;
+                }
+            }
             let ok = rule.when.iter().all(|c| holds(heap.bytes(raw), &out[start..], c));
             if !ok {
                 continue;

@@ -257,6 +257,63 @@ pub struct Pack {
     pub rename: ahash::AHashMap<Box<[u8]>, String>,
     pub rename_prefixes: Vec<(String, String)>,
     pub nest_unmapped: Option<String>,
+    /// Per rule, a condition the normalizer can decide from values found once per event.
+    pub gates: RuleGates,
+}
+
+/// Gates for a pack's rules. Each rule runs only if all of its `when` holds; a rule with an
+/// `equals` or `one_of` condition on a core field that no rule of the pack writes can be
+/// rejected by that condition alone, and that field has the same values for every rule of an
+/// event. So the normalizer finds the gated fields' values in one pass per event, and skips a
+/// rule whose gate fails without reading the event's fields again (the Windows pack's rules
+/// are mostly `event.code` gates).
+#[derive(Clone, Debug, Default)]
+pub struct RuleGates {
+    /// The gated fields (at most [`MAX_GATED_FIELDS`]).
+    pub fields: Vec<FieldId>,
+    /// Per rule: its gate's field (an index into `fields`) and condition (into `when`).
+    pub by_rule: Vec<Option<(usize, usize)>>,
+}
+
+/// Gated fields per pack: each costs a compare per event field.
+pub const MAX_GATED_FIELDS: usize = 4;
+
+impl RuleGates {
+    pub fn of(rules: &[Rule]) -> RuleGates {
+        let written: Vec<FieldId> = rules
+            .iter()
+            .flat_map(|r| {
+                let set = r.set.iter().map(|(t, _)| t);
+                let fields = r.fields.iter().map(|(_, m)| &m.to);
+                let extract = r.extract.iter().flat_map(|x| x.groups.iter().map(|(_, t)| t));
+                set.chain(fields).chain(extract)
+            })
+            .filter_map(|t| match t {
+                Target::Core(id) => Some(*id),
+                Target::Ext(_) => None,
+            })
+            .collect();
+        let mut gates = RuleGates::default();
+        for r in rules {
+            let gate = r.when.iter().enumerate().find_map(|(ci, c)| {
+                let Target::Core(id) = c.field else { return None };
+                if !matches!(c.test, Test::Equals(_) | Test::OneOf(_)) || written.contains(&id) {
+                    return None;
+                }
+                let fi = match gates.fields.iter().position(|f| *f == id) {
+                    Some(fi) => fi,
+                    None if gates.fields.len() < MAX_GATED_FIELDS => {
+                        gates.fields.push(id);
+                        gates.fields.len() - 1
+                    }
+                    None => return None,
+                };
+                Some((fi, ci))
+            });
+            gates.by_rule.push(gate);
+        }
+        gates
+    }
 }
 
 impl Pack {
@@ -391,10 +448,11 @@ impl Pack {
             null_values: file.null_values.clone(),
             required,
             mappings,
-            rules,
             rename: file.rename.iter().map(|(k, v)| (k.as_bytes().into(), v.clone())).collect(),
             rename_prefixes: file.rename_prefixes.iter().map(|r| (r.from.clone(), r.to.clone())).collect(),
             nest_unmapped: file.nest_unmapped.clone(),
+            gates: RuleGates::of(&rules),
+            rules,
         })
     }
 

@@ -269,3 +269,60 @@ fn cowrie_sessions_logins_commands_and_downloads() {
     assert_eq!(e[4]["event.dataset"], "cowrie.file");
     assert_eq!(e[5]["ext"]["session"], "a1b2c3d4e5f6");
 }
+
+/// Rule gates only skip rules that would not run: every built-in pack gives the same events
+/// with its gates as without them, on records where the gated field is present once, twice
+/// (a multi-valued field), absent, and written by the pack's own rules.
+#[test]
+fn rule_gates_change_nothing_but_the_work() {
+    let packs = load_packs(&builtin::all_refs(), &Resources::new(".")).unwrap();
+    let windows = packs.iter().find(|p| p.name == "windows").expect("the windows pack");
+    assert!(
+        windows.gates.by_rule.iter().filter(|g| g.is_some()).count() >= windows.rules.len() / 2,
+        "most Windows rules are gated: {:?}",
+        windows.gates
+    );
+    let ungated: Vec<Pack> = packs
+        .iter()
+        .cloned()
+        .map(|p| Pack { gates: pack::RuleGates { fields: vec![], by_rule: vec![None; p.rules.len()] }, ..p })
+        .collect();
+    let security = |code: &str| {
+        format!(
+            r##"{{"Event":{{"System":{{"EventID":{code},"TimeCreated":{{"#attributes":{{"SystemTime":"2024-05-01T10:00:00Z"}}}},"Channel":"Security","Computer":"dc1"}},"EventData":{{"TargetUserName":"bob","SubjectUserName":"alice","MemberName":"cn=x","TargetDomainName":"CORP","CommandLine":"cmd /c x","NewProcessName":"C:\\x.exe"}}}}}}"##
+        )
+    };
+    let mut lines: Vec<String> = [
+        "4624",
+        "4625",
+        "4672",
+        "4688",
+        "4728",
+        "4634",
+        "1",
+        "9999",
+        "\"4624\"",
+        "[4624, 4625]",
+        "[4624, 4624]",
+        "null",
+    ]
+    .iter()
+    .map(|c| security(c))
+    .collect();
+    lines.push(SYSMON_1.to_string());
+    lines.push(SYSMON_1.replace("\"EventID\":1", "\"EventID\":[1,3]"));
+    lines.push(SYSMON_1.replace("Microsoft-Windows-Sysmon/Operational", "Security"));
+    lines.push(
+        r#"<38>Jan  5 10:00:00 host sshd[42]: Failed password for root from 203.0.113.9 port 22 ssh2"#.to_string(),
+    );
+    lines.push(r#"date=2024-05-01 time=10:00:00 devname="fw" logid="0000000013" type="traffic" subtype="forward" srcip=10.0.0.1 dstip=10.0.0.2 action="deny""#.to_string());
+    let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+    let gated = run_with(packs.clone(), Unmatched::Keep, &refs);
+    let plain = run_with(ungated, Unmatched::Keep, &refs);
+    assert_eq!(gated.0, plain.0);
+    assert_eq!(format!("{:?}", gated.1), format!("{:?}", plain.1));
+    assert_eq!(gated.0.len() + gated.1.len(), lines.len());
+    for action in ["logged-in", "logon-failed", "process-created"] {
+        assert!(gated.0.iter().any(|e| e["event.action"] == action), "a rule setting {action} ran");
+    }
+}
