@@ -8,7 +8,7 @@
 //! order; copies are equal by key, so the content is the same.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -77,8 +77,9 @@ enum KeyField {
     Ext(String),
 }
 
-/// The dedup key of a row: its key fields' values, or its raw payload if it has none.
-fn key_of(fields: &[KeyField], batch: &EventBatch, row: usize) -> u64 {
+/// The dedup key of a row: its key fields' values (as JSON text, written into `text`), or its
+/// raw payload if it has none.
+fn key_of(fields: &[KeyField], batch: &EventBatch, row: usize, text: &mut Vec<u8>) -> u64 {
     let b = batch.bytes();
     let slots = batch.row_slots(row);
     let mut h = xxhash_rust::xxh3::Xxh3::new();
@@ -92,7 +93,9 @@ fn key_of(fields: &[KeyField], batch: &EventBatch, row: usize) -> u64 {
         h.update(&[0x1f]);
         if let Some(s) = found {
             any = true;
-            h.update(ward_engine::batch::value_to_json(b, s.value).to_string().as_bytes());
+            text.clear();
+            ward_engine::batch::write_value_json(b, s.value, text);
+            h.update(text);
         }
     }
     if !any {
@@ -108,7 +111,7 @@ struct DedupFactory {
 
 impl KeyedOperatorFactory for DedupFactory {
     fn router(&self, _ctx: &WorkerContext) -> anyhow::Result<Box<dyn Router>> {
-        Ok(Box::new(DedupRouter { key: self.key.clone() }))
+        Ok(Box::new(DedupRouter { key: self.key.clone(), text: Vec::new() }))
     }
     fn operator(&self, _ctx: &WorkerContext) -> anyhow::Result<Box<dyn KeyedOperator>> {
         Ok(Box::new(Dedup::new(self.key.clone(), self.horizon_ms)))
@@ -117,13 +120,14 @@ impl KeyedOperatorFactory for DedupFactory {
 
 struct DedupRouter {
     key: Arc<Vec<KeyField>>,
+    text: Vec<u8>,
 }
 
 impl Router for DedupRouter {
     fn route(&mut self, record: RecordRef<'_>, keys: &mut Vec<u64>) -> Route {
         match record {
             RecordRef::Event { batch, row } => {
-                keys.push(key_of(&self.key, batch, row));
+                keys.push(key_of(&self.key, batch, row, &mut self.text));
                 Route::Keyed
             }
             RecordRef::Alert(_) | RecordRef::Case(_) => Route::PassThrough,
@@ -135,15 +139,24 @@ impl Router for DedupRouter {
 pub struct Dedup {
     key: Arc<Vec<KeyField>>,
     horizon_ms: i64,
-    /// key → event time after which the key is forgotten.
-    seen: HashMap<u64, EventTime>,
+    /// key → event time after which the key is forgotten. (Keys are hashes of event fields an
+    /// attacker may choose, so the table keeps a seeded hasher; ahash's is the fast one.)
+    seen: ahash::AHashMap<u64, EventTime>,
     expiry: BinaryHeap<Reverse<(EventTime, u64)>>,
     watermark: EventTime,
+    text: Vec<u8>,
 }
 
 impl Dedup {
     fn new(key: Arc<Vec<KeyField>>, horizon_ms: i64) -> Self {
-        Dedup { key, horizon_ms, seen: HashMap::new(), expiry: BinaryHeap::new(), watermark: WATERMARK_MIN }
+        Dedup {
+            key,
+            horizon_ms,
+            seen: ahash::AHashMap::new(),
+            expiry: BinaryHeap::new(),
+            watermark: WATERMARK_MIN,
+            text: Vec::new(),
+        }
     }
 }
 
@@ -151,15 +164,18 @@ impl KeyedOperator for Dedup {
     fn process_events(&mut self, mut batch: EventBatch, out: &mut OperatorOutput) {
         let mut keep = vec![true; batch.len()];
         for (row, k) in keep.iter_mut().enumerate() {
-            let key = key_of(&self.key, &batch, row);
+            let key = key_of(&self.key, &batch, row, &mut self.text);
             let t = event_time(&batch, row).unwrap_or(self.watermark);
-            if self.seen.contains_key(&key) {
-                *k = false;
-                out.filtered += 1;
-            } else {
-                let until = t.saturating_add(self.horizon_ms);
-                self.seen.insert(key, until);
-                self.expiry.push(Reverse((until, key)));
+            match self.seen.entry(key) {
+                std::collections::hash_map::Entry::Occupied(_) => {
+                    *k = false;
+                    out.filtered += 1;
+                }
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    let until = t.saturating_add(self.horizon_ms);
+                    v.insert(until);
+                    self.expiry.push(Reverse((until, key)));
+                }
             }
         }
         batch.retain_rows(|i| keep[i]);
@@ -240,6 +256,37 @@ mod tests {
 
     fn dedup() -> Dedup {
         Dedup::new(Arc::new(vec![KeyField::Core(ids::EVENT_ID)]), 60_000)
+    }
+
+    /// Keys are kept in checkpoints: the key of a value must stay the hash of its
+    /// `value_to_json` text, as it was when keys were made that way.
+    #[test]
+    fn keys_are_the_hash_of_the_values_json_text() {
+        let mut b = EventBatch::new();
+        let o = b.origin_index(&"s".into(), &"p".into());
+        let s = b.heap().push_str("a \"quoted\" \\ path\u{1}é");
+        let ip = b.heap().push_ip("2001:db8::1".parse().unwrap());
+        let values = [
+            Value::Str(s),
+            Value::Int(-42),
+            Value::Float(1.5),
+            Value::Float(f64::NAN),
+            Value::Bool(true),
+            Value::Null,
+            Value::Timestamp(1_700_000_000_123),
+            Value::Ip(ip),
+        ];
+        for (i, v) in values.iter().enumerate() {
+            b.push_raw(o, i as u64, b"x").expect("small test records fit");
+            b.push_slot(Slot { key: Key::Core(ids::EVENT_ID), value: *v });
+        }
+        let fields = [KeyField::Core(ids::EVENT_ID)];
+        for (row, v) in values.iter().enumerate() {
+            let mut h = xxhash_rust::xxh3::Xxh3::new();
+            h.update(&[0x1f]);
+            h.update(ward_engine::batch::value_to_json(b.bytes(), *v).to_string().as_bytes());
+            assert_eq!(key_of(&fields, &b, row, &mut Vec::new()), h.digest(), "{v:?}");
+        }
     }
 
     #[test]
