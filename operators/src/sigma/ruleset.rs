@@ -1,7 +1,7 @@
 //! A rule set: Sigma files read from directories and files, compiled into one matcher, with a
 //! report per rule and a content-hash version.
 
-use std::collections::HashMap;
+use ahash::AHashMap as HashMap;
 use std::path::Path;
 
 use std::sync::Arc;

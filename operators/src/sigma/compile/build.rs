@@ -2,7 +2,7 @@
 //! literals into Aho-Corasick automata per field, the rest evaluated on demand, and each rule's
 //! expression compiled to a program over atom ids.
 
-use std::collections::HashMap;
+use ahash::AHashMap as HashMap;
 use std::sync::Arc;
 
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, AhoCorasickKind, MatchKind};
@@ -35,7 +35,7 @@ pub struct MatcherBuilder {
     /// Per atom: its places in a field's scans (eager atoms only).
     placements: Vec<Option<(FieldIdx, Vec<Placement>)>>,
     /// (atom, scan group) pairs already placed.
-    placed: std::collections::HashSet<(AtomId, Option<u32>)>,
+    placed: ahash::AHashSet<(AtomId, Option<u32>)>,
     /// The scan group the atoms being interned belong to: `None` while compiling a route's
     /// condition or a rule without a route, else the rule's route.
     current: Option<u32>,

@@ -2,7 +2,8 @@
 //! leaves are validated [`AtomSpec`]s. A construct Ward cannot evaluate exactly is an error
 //! naming it; nothing of a rejected rule reaches the matcher.
 
-use std::collections::{BTreeMap, HashMap};
+use ahash::AHashMap as HashMap;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use rsigma_parser::{

@@ -18,7 +18,8 @@ mod lower;
 pub use build::MatcherBuilder;
 pub use lower::{apply_filter, lower_rule};
 
-use std::collections::{BTreeMap, HashMap};
+use ahash::AHashMap as HashMap;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use rsigma_parser::LogSource;
