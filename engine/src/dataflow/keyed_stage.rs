@@ -40,10 +40,8 @@ fn write_snapshot(
     run: &RunContext,
 ) {
     let Some(ck) = run.checkpointer() else { return };
-    let groups: anyhow::Result<Vec<(u16, Vec<u8>)>> = owned_groups(me, workers)
-        .map(|g| op.snapshot(g).map(|b| (g, b)))
-        .filter(|r| r.as_ref().map_or(true, |(_, b)| !b.is_empty()))
-        .collect();
+    let owned: Vec<u16> = owned_groups(me, workers).collect();
+    let groups = op.snapshot_groups(&owned);
     let result = groups.and_then(|g| encode(&(watermark, g))).and_then(|bytes| match which {
         Snapshot::Checkpoint(c) => ck.write(c, part, &bytes),
         Snapshot::Final { newest } => ck.retire(part, bytes, newest),

@@ -260,6 +260,10 @@ impl KeyedOperator for CorrelateOperator {
         self.windows.snapshot(group)
     }
 
+    fn snapshot_groups(&self, groups: &[u16]) -> anyhow::Result<Vec<(u16, Vec<u8>)>> {
+        self.windows.snapshot_groups(groups)
+    }
+
     fn restore(&mut self, group: u16, bytes: &[u8]) -> anyhow::Result<()> {
         self.windows.restore(group, bytes)
     }

@@ -396,21 +396,22 @@ fn alert_of(
 impl Windows {
     /// The state of one key group.
     pub fn snapshot(&self, group: u16) -> anyhow::Result<Vec<u8>> {
-        let mut items: Vec<(u64, u64, &Group)> = Vec::new();
-        for (ci, index) in self.index.iter().enumerate() {
+        Ok(self.snapshot_groups(&[group])?.pop().map(|(_, bytes)| bytes).unwrap_or_default())
+    }
+
+    /// The state of each of `groups` holding any, reading the windows once.
+    pub fn snapshot_groups(&self, groups: &[u16]) -> anyhow::Result<Vec<(u16, Vec<u8>)>> {
+        let all = self.index.iter().enumerate().flat_map(|(ci, index)| {
             let fingerprint = self.set.rules[ci].fingerprint;
-            items.extend(
-                index
-                    .iter()
-                    .filter(|(key, _)| key_group(**key) == group)
-                    .map(|(key, slot)| (fingerprint, *key, &self.slab[*slot as usize])),
-            );
+            index.iter().map(move |(key, slot)| (*key, (fingerprint, &self.slab[*slot as usize])))
+        });
+        let mut out = Vec::new();
+        for (g, items) in ward_engine::key_groups::split_by_group(all, groups) {
+            let mut items: Vec<(u64, u64, &Group)> = items.into_iter().map(|(k, (f, w))| (f, k, w)).collect();
+            items.sort_by_key(|(f, k, _)| (*f, *k));
+            out.push((g, ward_engine::keyed::encode(&(self.watermark, items))?));
         }
-        if items.is_empty() {
-            return Ok(Vec::new());
-        }
-        items.sort_by_key(|(f, k, _)| (*f, *k));
-        ward_engine::keyed::encode(&(self.watermark, items))
+        Ok(out)
     }
 
     /// Loads a key group's state; groups of correlations the running set no longer has (or

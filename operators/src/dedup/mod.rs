@@ -17,7 +17,7 @@ use serde::Deserialize;
 use ward_engine::batch::{EventBatch, Key};
 use ward_engine::component::{OperatorOutput, StreamKind, WorkerContext};
 use ward_engine::fields::FieldId;
-use ward_engine::key_groups::{key_group, KEY_GROUPS};
+use ward_engine::key_groups::{split_by_group, KEY_GROUPS};
 use ward_engine::keyed::{decode, encode, KeyedOperator, KeyedOperatorFactory, RecordRef, Route, Router};
 use ward_engine::registry::{BuildContext, Built, ComponentConfig, Section};
 use ward_engine::time::{event_time, EventTime, WATERMARK_MIN};
@@ -198,13 +198,17 @@ impl KeyedOperator for Dedup {
     }
 
     fn snapshot(&self, group: u16) -> anyhow::Result<Vec<u8>> {
-        let mut items: Vec<(u64, EventTime)> =
-            self.seen.iter().filter(|(k, _)| key_group(**k) == group).map(|(k, t)| (*k, *t)).collect();
-        if items.is_empty() {
-            return Ok(Vec::new());
-        }
-        items.sort_unstable();
-        encode(&(self.watermark, items))
+        Ok(self.snapshot_groups(&[group])?.pop().map(|(_, bytes)| bytes).unwrap_or_default())
+    }
+
+    fn snapshot_groups(&self, groups: &[u16]) -> anyhow::Result<Vec<(u16, Vec<u8>)>> {
+        split_by_group(self.seen.iter().map(|(k, t)| (*k, *t)), groups)
+            .into_iter()
+            .map(|(g, mut items)| {
+                items.sort_unstable();
+                encode(&(self.watermark, items)).map(|bytes| (g, bytes))
+            })
+            .collect()
     }
 
     fn restore(&mut self, group: u16, bytes: &[u8]) -> anyhow::Result<()> {
@@ -287,6 +291,33 @@ mod tests {
             h.update(ward_engine::batch::value_to_json(b.bytes(), *v).to_string().as_bytes());
             assert_eq!(key_of(&fields, &b, row, &mut Vec::new()), h.digest(), "{v:?}");
         }
+    }
+
+    /// A checkpoint writes each owned group's state as `snapshot` gives it, read in one pass.
+    #[test]
+    fn a_workers_groups_snapshot_at_once_as_one_by_one() {
+        let mut d = dedup();
+        let mut out = OperatorOutput::default();
+        let events: Vec<(String, i64)> = (0..500).map(|i| (format!("e{i}"), 1000 + i)).collect();
+        let refs: Vec<(&str, i64)> = events.iter().map(|(s, t)| (s.as_str(), *t)).collect();
+        d.process_events(batch(&refs), &mut out);
+        let owned: Vec<u16> = ward_engine::key_groups::owned_groups(1, 2).collect();
+        let at_once = d.snapshot_groups(&owned).unwrap();
+        let one_by_one: Vec<(u16, Vec<u8>)> =
+            owned.iter().map(|g| (*g, d.snapshot(*g).unwrap())).filter(|(_, b)| !b.is_empty()).collect();
+        assert!(at_once.len() > 50, "500 keys fill most of the 128 groups: {}", at_once.len());
+        assert_eq!(at_once, one_by_one);
+        let mut restored = dedup();
+        for (g, bytes) in &at_once {
+            restored.restore(*g, bytes).unwrap();
+        }
+        assert!((1..500).contains(&restored.live_keys()), "worker 1's share of the keys: {}", restored.live_keys());
+        let all: Vec<u16> = (0..KEY_GROUPS).collect();
+        let mut whole = dedup();
+        for (g, bytes) in d.snapshot_groups(&all).unwrap() {
+            whole.restore(g, &bytes).unwrap();
+        }
+        assert_eq!(whole.live_keys(), 500);
     }
 
     #[test]

@@ -38,7 +38,7 @@ use ward_engine::alert::Alert;
 use ward_engine::batch::{value_to_json, EventBatch, Value};
 use ward_engine::case::{CaseEventKind, CaseRecord, SlaKind};
 use ward_engine::component::{OperatorOutput, StreamKind, WorkerContext};
-use ward_engine::key_groups::{hash_key, key_group};
+use ward_engine::key_groups::{hash_key, split_by_group};
 use ward_engine::keyed::{decode, encode, KeyedOperator, KeyedOperatorFactory, RecordRef, Route, Router};
 use ward_engine::metrics::Families;
 use ward_engine::quarantine::{QuarantineRecord, Reason};
@@ -771,21 +771,28 @@ impl KeyedOperator for Sla {
     }
 
     fn snapshot(&self, group: u16) -> anyhow::Result<Vec<u8>> {
-        let mut cases: Vec<(u64, Vec<Case>)> =
-            self.cases.iter().filter(|(k, _)| key_group(**k) == group).map(|(k, v)| (*k, v.clone())).collect();
-        let pending: Vec<(PendingKey, Pending)> = self
-            .pending
-            .iter()
-            .filter(|(_, p)| key_group(p.key()) == group)
-            .map(|(k, p)| (k.clone(), p.clone()))
-            .collect();
-        if cases.is_empty() && pending.is_empty() {
-            return Ok(Vec::new());
+        Ok(self.snapshot_groups(&[group])?.pop().map(|(_, bytes)| bytes).unwrap_or_default())
+    }
+
+    fn snapshot_groups(&self, groups: &[u16]) -> anyhow::Result<Vec<(u16, Vec<u8>)>> {
+        let mut cases = split_by_group(self.cases.iter().map(|(k, v)| (*k, v)), groups).into_iter().peekable();
+        let mut pending =
+            split_by_group(self.pending.iter().map(|(k, p)| (p.key(), (k, p))), groups).into_iter().peekable();
+        let mut out = Vec::new();
+        for &g in groups {
+            let c = cases.next_if(|(cg, _)| *cg == g).map(|(_, c)| c).unwrap_or_default();
+            let p = pending.next_if(|(pg, _)| *pg == g).map(|(_, p)| p).unwrap_or_default();
+            if c.is_empty() && p.is_empty() {
+                continue;
+            }
+            let mut cases: Vec<(u64, Vec<Case>)> = c.into_iter().map(|(k, v)| (k, v.clone())).collect();
+            cases.sort_by_key(|(k, _)| *k);
+            let pending: Vec<(PendingKey, Pending)> = p.into_iter().map(|(_, (k, p))| (k.clone(), p.clone())).collect();
+            let state = GroupState { watermark: self.watermark, now_ms: self.now_ms, cases, pending };
+            // JSON inside: alerts carry serde_json values, which compact binary formats cannot encode.
+            out.push((g, encode(&serde_json::to_vec(&state)?)?));
         }
-        cases.sort_by_key(|(k, _)| *k);
-        let state = GroupState { watermark: self.watermark, now_ms: self.now_ms, cases, pending };
-        // JSON inside: alerts carry serde_json values, which compact binary formats cannot encode.
-        encode(&serde_json::to_vec(&state)?)
+        Ok(out)
     }
 
     fn restore(&mut self, _group: u16, bytes: &[u8]) -> anyhow::Result<()> {

@@ -19,7 +19,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use ward_engine::alert::{Alert, Suppression};
 use ward_engine::component::{OperatorOutput, StreamKind, WorkerContext};
-use ward_engine::key_groups::key_group;
+use ward_engine::key_groups::split_by_group;
 use ward_engine::keyed::{decode, encode, KeyedOperator, KeyedOperatorFactory, RecordRef, Route, Router};
 use ward_engine::registry::{BuildContext, Built, ComponentConfig, Section};
 use ward_engine::time::{EventTime, WATERMARK_MIN};
@@ -216,15 +216,18 @@ impl KeyedOperator for Suppress {
     }
 
     fn snapshot(&self, group: u16) -> anyhow::Result<Vec<u8>> {
-        let mut items: Vec<(u64, &Bucket)> =
-            self.open.iter().filter(|(k, _)| key_group(**k) == group).map(|(k, b)| (*k, b)).collect();
-        if items.is_empty() {
-            return Ok(Vec::new());
+        Ok(self.snapshot_groups(&[group])?.pop().map(|(_, bytes)| bytes).unwrap_or_default())
+    }
+
+    fn snapshot_groups(&self, groups: &[u16]) -> anyhow::Result<Vec<(u16, Vec<u8>)>> {
+        let mut out = Vec::new();
+        for (g, mut items) in split_by_group(self.open.iter().map(|(k, b)| (*k, b)), groups) {
+            items.sort_by_key(|(k, _)| *k);
+            // JSON: alerts carry serde_json values, which compact binary formats cannot encode.
+            let json = serde_json::to_vec(&items)?;
+            out.push((g, encode(&(self.watermark, json))?));
         }
-        items.sort_by_key(|(k, _)| *k);
-        // JSON: alerts carry serde_json values, which compact binary formats cannot encode.
-        let json = serde_json::to_vec(&items)?;
-        encode(&(self.watermark, json))
+        Ok(out)
     }
 
     fn restore(&mut self, _group: u16, bytes: &[u8]) -> anyhow::Result<()> {
