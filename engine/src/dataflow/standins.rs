@@ -25,7 +25,7 @@ impl crate::keyed::Router for DropAll {
 pub(crate) struct NoState;
 impl crate::keyed::KeyedOperator for NoState {
     fn advance(&mut self, _: i64, _: &mut OperatorOutput) {}
-    fn snapshot(&self, _: u16) -> anyhow::Result<Vec<u8>> {
+    fn snapshot_groups(&self, _: &[u16]) -> anyhow::Result<Vec<(u16, Vec<u8>)>> {
         Ok(Vec::new())
     }
     fn restore(&mut self, _: u16, _: &[u8]) -> anyhow::Result<()> {

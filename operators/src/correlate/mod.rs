@@ -256,10 +256,6 @@ impl KeyedOperator for CorrelateOperator {
         self.windows.advance(watermark, out);
     }
 
-    fn snapshot(&self, group: u16) -> anyhow::Result<Vec<u8>> {
-        self.windows.snapshot(group)
-    }
-
     fn snapshot_groups(&self, groups: &[u16]) -> anyhow::Result<Vec<(u16, Vec<u8>)>> {
         self.windows.snapshot_groups(groups)
     }

@@ -280,7 +280,8 @@ fn snapshot_mid_stream_and_restore_continue_like_an_uninterrupted_run() {
             newest = newest.max(x.event_time_ms.unwrap());
             a.advance(newest - MIN, &mut out);
         }
-        let snapshots: Vec<Vec<u8>> = (0..KEY_GROUPS).map(|g| a.snapshot(g).unwrap()).collect();
+        let all: Vec<u16> = (0..KEY_GROUPS).collect();
+        let snapshots = a.snapshot_groups(&all).unwrap();
         let wm = a.watermark();
         drop(a);
         // Restore onto two "workers" owning halves of the key groups.
@@ -290,8 +291,8 @@ fn snapshot_mid_stream_and_restore_continue_like_an_uninterrupted_run() {
                 Windows::new(set.clone(), "v".into(), "c".into(), owned)
             })
             .collect();
-        for (g, bytes) in snapshots.iter().enumerate() {
-            halves[ward_engine::key_groups::worker_for(g as u16, 2)].restore(g as u16, bytes).unwrap();
+        for (g, bytes) in &snapshots {
+            halves[ward_engine::key_groups::worker_for(*g, 2)].restore(*g, bytes).unwrap();
         }
         for h in &mut halves {
             h.advance(wm, &mut out);

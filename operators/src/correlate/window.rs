@@ -394,11 +394,6 @@ fn alert_of(
 }
 
 impl Windows {
-    /// The state of one key group.
-    pub fn snapshot(&self, group: u16) -> anyhow::Result<Vec<u8>> {
-        Ok(self.snapshot_groups(&[group])?.pop().map(|(_, bytes)| bytes).unwrap_or_default())
-    }
-
     /// The state of each of `groups` holding any, reading the windows once.
     pub fn snapshot_groups(&self, groups: &[u16]) -> anyhow::Result<Vec<(u16, Vec<u8>)>> {
         let all = self.index.iter().enumerate().flat_map(|(ci, index)| {

@@ -197,10 +197,6 @@ impl KeyedOperator for Dedup {
         }
     }
 
-    fn snapshot(&self, group: u16) -> anyhow::Result<Vec<u8>> {
-        Ok(self.snapshot_groups(&[group])?.pop().map(|(_, bytes)| bytes).unwrap_or_default())
-    }
-
     fn snapshot_groups(&self, groups: &[u16]) -> anyhow::Result<Vec<(u16, Vec<u8>)>> {
         split_by_group(self.seen.iter().map(|(k, t)| (*k, *t)), groups)
             .into_iter()

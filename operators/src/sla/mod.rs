@@ -770,10 +770,6 @@ impl KeyedOperator for Sla {
         }
     }
 
-    fn snapshot(&self, group: u16) -> anyhow::Result<Vec<u8>> {
-        Ok(self.snapshot_groups(&[group])?.pop().map(|(_, bytes)| bytes).unwrap_or_default())
-    }
-
     fn snapshot_groups(&self, groups: &[u16]) -> anyhow::Result<Vec<(u16, Vec<u8>)>> {
         let mut cases = split_by_group(self.cases.iter().map(|(k, v)| (*k, v)), groups).into_iter().peekable();
         let mut pending =

@@ -215,10 +215,6 @@ impl KeyedOperator for Suppress {
         self.starts.keys().next().copied()
     }
 
-    fn snapshot(&self, group: u16) -> anyhow::Result<Vec<u8>> {
-        Ok(self.snapshot_groups(&[group])?.pop().map(|(_, bytes)| bytes).unwrap_or_default())
-    }
-
     fn snapshot_groups(&self, groups: &[u16]) -> anyhow::Result<Vec<(u16, Vec<u8>)>> {
         let mut out = Vec::new();
         for (g, mut items) in split_by_group(self.open.iter().map(|(k, b)| (*k, b)), groups) {

@@ -612,15 +612,17 @@ impl KeyedOperator for View {
         self.watermark = watermark;
     }
 
-    fn snapshot(&self, group: u16) -> anyhow::Result<Vec<u8>> {
-        match self.state.get(&group) {
-            None => Ok(Vec::new()),
-            Some(keys) => {
+    fn snapshot_groups(&self, groups: &[u16]) -> anyhow::Result<Vec<(u16, Vec<u8>)>> {
+        // State is kept by key group already.
+        let mut out = Vec::new();
+        for &g in groups {
+            if let Some(keys) = self.state.get(&g) {
                 let entries: Vec<(&ViewKey, Vec<(&Vec<ViewValue>, i64)>)> =
                     keys.iter().map(|(k, inputs)| (k, inputs.iter().map(|(i, n)| (i, *n)).collect())).collect();
-                encode(&(self.watermark, entries))
+                out.push((g, encode(&(self.watermark, entries))?));
             }
         }
+        Ok(out)
     }
 
     fn restore(&mut self, group: u16, bytes: &[u8]) -> anyhow::Result<()> {
