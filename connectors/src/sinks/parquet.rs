@@ -268,9 +268,8 @@ pub struct ParquetSink {
     prepared: Vec<(u64, PreparedFiles)>,
     /// Epochs completed so far (the sink's clock for closing idle files).
     epochs: u64,
-    /// Per row, the slot index of each core field's first value and its value count (reused).
-    first: Vec<u32>,
-    count: Vec<u8>,
+    /// Where each row's core fields are (reused).
+    index: CellIndex,
     text: String,
 }
 
@@ -317,8 +316,7 @@ impl ParquetSink {
             run: None,
             prepared: Vec::new(),
             epochs: 0,
-            first: Vec::new(),
-            count: Vec::new(),
+            index: CellIndex::default(),
             text: String::new(),
         })
     }
@@ -423,33 +421,38 @@ impl ParquetSink {
     }
 
     /// Appends the given rows of a batch to a file's column builders: one pass over the rows
-    /// to locate each core field's value (and append the extension map), then one pass per
-    /// column, so runs of nulls go in bulk.
+    /// to find each core field's first value (and append the extension map), then one pass per
+    /// column over only the values found for it, so runs of nulls go in bulk and a column no
+    /// row has costs one call.
     fn append(
         cols: &mut Columns,
-        first: &mut Vec<u32>,
-        count: &mut Vec<u8>,
+        index: &mut CellIndex,
         text: &mut String,
         b: &EventBatch,
         rows: &[usize],
     ) -> anyhow::Result<()> {
-        const NONE: u32 = u32::MAX;
-        let nf = CORE_FIELDS.len();
         let bytes = b.bytes();
-        first.clear();
-        first.resize(rows.len() * nf, NONE);
-        count.clear();
-        count.resize(rows.len() * nf, 0);
+        index.cells.clear();
         for (n, &row) in rows.iter().enumerate() {
             let r = &b.rows()[row];
+            let (mut seen, mut multi) = (0u128, 0u128);
+            let row_cells = index.cells.len();
             for (i, s) in b.row_slots(row).iter().enumerate() {
                 match s.key {
                     Key::Core(f) => {
-                        let at = n * nf + f.0 as usize;
-                        if first[at] == NONE {
-                            first[at] = r.slots_start + i as u32;
+                        let bit = 1u128 << f.0;
+                        if seen & bit == 0 {
+                            seen |= bit;
+                            index.cells.push(Cell {
+                                value: s.value,
+                                field: f.0,
+                                multi: false,
+                                n: n as u32,
+                                slot: r.slots_start + i as u32,
+                            });
+                        } else {
+                            multi |= bit;
                         }
-                        count[at] = count[at].saturating_add(1);
                     }
                     Key::Ext(k) => {
                         cols.ext.keys().append_value(bytes.str(k));
@@ -466,28 +469,36 @@ impl ParquetSink {
                     }
                 }
             }
+            if multi != 0 {
+                for c in &mut index.cells[row_cells..] {
+                    c.multi = multi >> c.field & 1 == 1;
+                }
+            }
             cols.ext.append(true)?;
             let o = &b.origins()[r.origin as usize];
             cols.source.append_value(&*o.source);
             cols.partition.append_value(&*o.partition);
             cols.offset.append_value(r.offset);
         }
+        index.sort_by_field();
         for (f, col) in cols.core.iter_mut().enumerate() {
-            let mut nulls = 0;
-            for (n, &row) in rows.iter().enumerate() {
-                let at = n * nf + f;
-                let slot = first[at];
-                let value = if slot == NONE { None } else { Some(b.slots()[slot as usize].value) };
-                let Some(v) = value.filter(|v| col.accepts(v)) else {
-                    nulls += 1;
-                    continue;
-                };
-                if nulls > 0 {
-                    col.append_nulls(nulls);
-                    nulls = 0;
+            // Rows appended to this column so far.
+            let mut done = 0;
+            for c in index.field(f) {
+                // The value is copied into the cell: reading it from the batch's slots here would
+                // take a cache miss per value.
+                let v = c.value;
+                if !col.accepts(&v) {
+                    continue; // Written as null, with the gap before the next value.
                 }
+                let n = c.n as usize;
+                if n > done {
+                    col.append_nulls(n - done);
+                }
+                done = n + 1;
+                let (multi, row, slot) = (c.multi, rows[n], c.slot);
                 match (&mut *col, v) {
-                    (Col::S(c), Value::Str(r)) if count[at] <= 1 => c.append_value(bytes.str(r)),
+                    (Col::S(c), Value::Str(r)) if !multi => c.append_value(bytes.str(r)),
                     (Col::S(c), Value::Str(r)) => {
                         // A multi-valued field (e.g. DNS answers) is stored comma-joined.
                         let id = Key::Core(FieldId(f as u16));
@@ -518,8 +529,8 @@ impl ParquetSink {
                     _ => unreachable!("filtered by Col::accepts"),
                 }
             }
-            if nulls > 0 {
-                col.append_nulls(nulls);
+            if rows.len() > done {
+                col.append_nulls(rows.len() - done);
             }
         }
         cols.rows += rows.len();
@@ -552,6 +563,59 @@ impl ParquetSink {
         arrays.push(Arc::new(c.ext.finish()));
         f.writer.write(&RecordBatch::try_new(schema.clone(), arrays)?)?;
         Ok(())
+    }
+}
+
+/// The first value of a core field in a row being appended.
+#[derive(Clone, Copy)]
+struct Cell {
+    value: Value,
+    field: u16,
+    /// The row has more values of the field (stored comma-joined).
+    multi: bool,
+    /// The row's position among the rows appended.
+    n: u32,
+    slot: u32,
+}
+
+// A row's fields are tracked in a `u128` bit set.
+const _: () = assert!(CORE_FIELDS.len() <= 128);
+
+/// The cells of the rows being appended, then grouped by field (in row order within a field).
+#[derive(Default)]
+struct CellIndex {
+    cells: Vec<Cell>,
+    by_field: Vec<Cell>,
+    /// Where each field's cells start in `by_field` (one more entry than fields).
+    starts: Vec<usize>,
+}
+
+impl CellIndex {
+    /// A counting sort of `cells` by field, stable so each field's cells stay in row order.
+    fn sort_by_field(&mut self) {
+        self.starts.clear();
+        self.starts.resize(CORE_FIELDS.len() + 1, 0);
+        for c in &self.cells {
+            self.starts[c.field as usize + 1] += 1;
+        }
+        for f in 0..CORE_FIELDS.len() {
+            self.starts[f + 1] += self.starts[f];
+        }
+        self.by_field.clear();
+        self.by_field.resize(self.cells.len(), Cell { value: Value::Null, field: 0, multi: false, n: 0, slot: 0 });
+        // Each field's start is its write cursor; once every cell is placed, it has moved to
+        // the next field's start, so shifting by one restores the starts.
+        for c in &self.cells {
+            let at = &mut self.starts[c.field as usize];
+            self.by_field[*at] = *c;
+            *at += 1;
+        }
+        self.starts.copy_within(0..CORE_FIELDS.len(), 1);
+        self.starts[0] = 0;
+    }
+
+    fn field(&self, f: usize) -> &[Cell] {
+        &self.by_field[self.starts[f]..self.starts[f + 1]]
     }
 }
 
@@ -672,16 +736,15 @@ impl Sink for ParquetSink {
         for (bucket, rows) in groups {
             let schema = self.schema.clone();
             let epochs = self.epochs;
-            let (mut first, mut count, mut text) =
-                (std::mem::take(&mut self.first), std::mem::take(&mut self.count), std::mem::take(&mut self.text));
+            let (mut index, mut text) = (std::mem::take(&mut self.index), std::mem::take(&mut self.text));
             let f = self.file_for(bucket)?;
-            let result = Self::append(&mut f.cols, &mut first, &mut count, &mut text, b, &rows);
+            let result = Self::append(&mut f.cols, &mut index, &mut text, b, &rows);
             f.rows += rows.len();
             f.touched = epochs;
             if f.cols.rows >= FLUSH_ROWS {
                 Self::flush(&schema, f)?;
             }
-            (self.first, self.count, self.text) = (first, count, text);
+            (self.index, self.text) = (index, text);
             result?;
         }
         Ok(())
@@ -902,6 +965,67 @@ mod tests {
         assert!(dictionary("ext.entries.key"));
         assert!(dictionary("host.name"));
         assert!(!dictionary("event.id"));
+    }
+
+    /// Core fields present in some rows only, in any slot order, repeated (comma-joined) or
+    /// of another type than their column (null) land in their own rows, whatever the mix.
+    #[test]
+    fn core_values_land_in_their_rows_and_columns() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink = local_sink(dir.path(), test_config());
+        let mut b = EventBatch::new();
+        let o = b.origin_index(&"src".into(), &"f".into());
+        let mut expect = Vec::new();
+        for i in 0..500u64 {
+            b.push_raw(o, i, b"x").unwrap();
+            let mut slots = vec![Slot { key: Key::Core(ids::TIMESTAMP), value: Value::Timestamp(i as i64) }];
+            let (mut user, mut port) = (None, None);
+            if i % 3 == 0 {
+                let r = b.heap().push_str(&format!("u{i}"));
+                slots.push(Slot { key: Key::Core(ids::USER_NAME), value: Value::Str(r) });
+                user = Some(format!("u{i}"));
+                if i % 9 == 0 {
+                    let r = b.heap().push_str("again");
+                    slots.push(Slot { key: Key::Core(ids::USER_NAME), value: Value::Str(r) });
+                    user = Some(format!("u{i},again"));
+                }
+            }
+            if i % 5 == 0 {
+                slots.push(Slot { key: Key::Core(ids::SOURCE_PORT), value: Value::Int(i as i64) });
+                port = Some(i as i64);
+            } else if i % 7 == 0 {
+                let r = b.heap().push_str("not a port");
+                slots.push(Slot { key: Key::Core(ids::SOURCE_PORT), value: Value::Str(r) });
+            }
+            if i % 2 == 0 {
+                // Values of one field join in slot order.
+                slots.reverse();
+                user = user.map(|u| u.split(',').rev().collect::<Vec<_>>().join(","));
+            }
+            slots.into_iter().for_each(|s| b.push_slot(s));
+            expect.push((user, port));
+        }
+        sink.write(&Payload::Events(b.into())).unwrap();
+        sink.finish().unwrap();
+        let path = &list_files(dir.path())[0];
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(File::open(path).unwrap())
+            .unwrap()
+            .build()
+            .unwrap();
+        let mut got = Vec::new();
+        for batch in reader {
+            let batch = batch.unwrap();
+            use arrow_array::Array;
+            let users = batch.column_by_name("user.name").unwrap();
+            let users = users.as_any().downcast_ref::<arrow_array::StringArray>().unwrap();
+            let ports = batch.column_by_name("source.port").unwrap();
+            let ports = ports.as_any().downcast_ref::<arrow_array::Int64Array>().unwrap();
+            for r in 0..batch.num_rows() {
+                let user = users.is_valid(r).then(|| users.value(r).to_string());
+                got.push((user, ports.is_valid(r).then(|| ports.value(r))));
+            }
+        }
+        assert_eq!(got, expect);
     }
 
     #[test]
