@@ -44,6 +44,10 @@ pub type RuleIdx = u32;
 /// The pseudo-field for keyword searches: every string value of the event.
 pub const KEYWORDS: FieldIdx = FieldIdx::MAX;
 
+/// Joins an event's string values for one keyword pass, when no keyword literal contains it
+/// (`Literals::joinable`; else each value is scanned alone), so no occurrence spans two values.
+pub const KEYWORD_SEPARATOR: char = '\0';
+
 /// The text of a value keyword search looks at: every string of the input, not what Ward
 /// derived itself (`event.id`, made from the record's provenance when the input has none, and
 /// `ward.*` fields), which would make keyword matches depend on file names and offsets.
@@ -145,6 +149,8 @@ pub const NO_VERIFY: u32 = u32::MAX;
 pub struct Literals {
     pub ac: AhoCorasick,
     pub hits: Vec<Vec<Hit>>,
+    /// No literal contains [`KEYWORD_SEPARATOR`]: values joined by it can be scanned at once.
+    pub joinable: bool,
 }
 
 /// The eager tests on one field (of one scan group).
@@ -292,6 +298,10 @@ pub struct Scratch {
     /// because a test did not fit in the budget), in rule order.
     pub undecided: Vec<RuleIdx>,
     lower_ref: Vec<u8>,
+    /// The event's keyword text: its string values joined by [`KEYWORD_SEPARATOR`], and where
+    /// each ends.
+    keyword_text: String,
+    keyword_ends: Vec<usize>,
     candidates: Vec<RuleIdx>,
     present: Vec<(FieldIdx, Value)>,
     lower: Vec<u8>,
@@ -384,12 +394,22 @@ impl Scratch {
         self.over_budget = false;
     }
 
-    /// Starts scanning a new value (verification results are per value).
-    fn next_value(&mut self) {
-        self.value_gen = self.value_gen.wrapping_add(1);
-        if self.value_gen == 0 {
-            self.verify_gen.iter_mut().for_each(|g| *g = 0);
-            self.value_gen = 1;
+    /// Starts scanning `n` new values, numbered from the generation returned (verification
+    /// results are per value).
+    fn next_values(&mut self, n: usize) -> u32 {
+        let n = n.max(1) as u32;
+        match self.value_gen.checked_add(n) {
+            Some(last) => {
+                let first = self.value_gen + 1;
+                self.value_gen = last;
+                first
+            }
+            None => {
+                // Wrapped: clear the stamps once every 4 billion values.
+                self.verify_gen.iter_mut().for_each(|g| *g = 0);
+                self.value_gen = n;
+                1
+            }
         }
     }
 
@@ -491,50 +511,78 @@ impl Matcher {
     }
 
     fn scan(&self, scan: &Scan, s: &mut Scratch, value: &str, trigger: bool) {
-        let bytes = value.as_bytes();
-        s.next_value();
+        self.scan_values(scan, s, value, &[value.len()], trigger);
+    }
+
+    /// Scans several values in one pass of each automaton: `text` holds them joined by
+    /// [`KEYWORD_SEPARATOR`] (which no literal contains, so no occurrence spans two), and
+    /// `ends` where each value ends. Anchors, verification and equality apply per value, so the
+    /// outcome is that of scanning each value alone; a pass costs a fixed setup besides its
+    /// bytes, which dominates for an event's many short values.
+    fn scan_values(&self, scan: &Scan, s: &mut Scratch, text: &str, ends: &[usize], trigger: bool) {
+        let bytes = text.as_bytes();
+        let bounds = |i: usize| (if i == 0 { 0 } else { ends[i - 1] + 1 }, ends[i]);
+        let first_value = s.next_values(ends.len());
         for lits in scan.literals.iter().flatten() {
             s.stats.passes += 1;
             s.stats.scanned_bytes += bytes.len() as u64;
+            // Occurrences come in order of their end, so the value they lie in only advances.
+            let mut value = 0;
             for m in lits.ac.find_overlapping_iter(bytes) {
                 s.stats.occurrences += 1;
+                while ends[value] < m.end() {
+                    value += 1;
+                }
+                let (start, end) = bounds(value);
                 for h in &lits.hits[m.pattern().as_usize()] {
                     let a = h.atom as usize;
                     if s.atom_gen[a] == s.generation && s.atom_val[a] == Tri::True {
                         continue; // Already holds: nothing to verify again.
                     }
-                    if !anchored(h.anchor, m.start(), m.end(), bytes.len()) {
+                    if !anchored(h.anchor, m.start() - start, m.end() - start, end - start) {
                         continue;
                     }
-                    let v = if h.verify == NO_VERIFY { Tri::True } else { self.verify(s, h.verify, value) };
+                    let v = if h.verify == NO_VERIFY {
+                        Tri::True
+                    } else {
+                        self.verify(s, h.verify, &text[start..end], first_value + value as u32)
+                    };
                     if v != Tri::False {
                         self.fire(s, h.atom, trigger, v);
                     }
                 }
             }
         }
-        if !scan.ci_eq.is_empty() {
-            s.lower.clear();
-            s.lower.extend(bytes.iter().map(u8::to_ascii_lowercase));
-            if let Some(atoms) = scan.ci_eq.get(s.lower.as_slice()) {
+        if scan.ci_eq.is_empty() && scan.cs_eq.is_empty() {
+            return;
+        }
+        for value in 0..ends.len() {
+            let (start, end) = bounds(value);
+            let bytes = &bytes[start..end];
+            if !scan.ci_eq.is_empty() {
+                s.lower.clear();
+                s.lower.extend(bytes.iter().map(u8::to_ascii_lowercase));
+                if let Some(atoms) = scan.ci_eq.get(s.lower.as_slice()) {
+                    for &a in atoms {
+                        self.fire(s, a, trigger, Tri::True);
+                    }
+                }
+            }
+            if let Some(atoms) = scan.cs_eq.get(bytes) {
                 for &a in atoms {
                     self.fire(s, a, trigger, Tri::True);
                 }
             }
         }
-        if let Some(atoms) = scan.cs_eq.get(bytes) {
-            for &a in atoms {
-                self.fire(s, a, trigger, Tri::True);
-            }
-        }
     }
 
-    /// A gated wildcard's regex on the value being scanned: run once per value, however often
-    /// its gate occurs in it (an attacker can repeat the gate to make verification quadratic).
-    fn verify(&self, s: &mut Scratch, verify: u32, value: &str) -> Tri {
+    /// A gated wildcard's regex on value number `value_gen` of the scan: run once per value,
+    /// however often its gate occurs in it (an attacker can repeat the gate to make
+    /// verification quadratic).
+    fn verify(&self, s: &mut Scratch, verify: u32, value: &str, value_gen: u32) -> Tri {
         let i = verify as usize;
-        if s.verify_gen[i] != s.value_gen {
-            s.verify_gen[i] = s.value_gen;
+        if s.verify_gen[i] != value_gen {
+            s.verify_gen[i] = value_gen;
             s.verify_val[i] = s.search(&self.verify[i], value);
         }
         s.verify_val[i]
@@ -830,11 +878,31 @@ impl Matcher {
             Lazy::Keyword => {
                 if s.keywords_gen != s.generation {
                     s.keywords_gen = s.generation;
+                    let (mut joined, mut ends) =
+                        (std::mem::take(&mut s.keyword_text), std::mem::take(&mut s.keyword_ends));
+                    joined.clear();
+                    ends.clear();
                     for slot in slots {
                         if let Some(r) = keyword_text(b, slot) {
-                            self.scan(&self.keywords, s, b.str(r), false);
+                            if !ends.is_empty() {
+                                joined.push(KEYWORD_SEPARATOR);
+                            }
+                            joined.push_str(b.str(r));
+                            ends.push(joined.len());
                         }
                     }
+                    if self.keywords.literals.iter().flatten().all(|l| l.joinable) {
+                        if !ends.is_empty() {
+                            self.scan_values(&self.keywords, s, &joined, &ends, false);
+                        }
+                    } else {
+                        let mut start = 0;
+                        for &end in &ends {
+                            self.scan(&self.keywords, s, &joined[start..end], false);
+                            start = end + 1;
+                        }
+                    }
+                    (s.keyword_text, s.keyword_ends) = (joined, ends);
                 }
                 Tri::False // The scan set the keyword atoms that hold; this one did not.
             }

@@ -232,6 +232,22 @@ fn time_modifiers() {
     assert_eq!(hits("  s:\n    t|month: 3\n  condition: s\n", &ev), vec![0, 1]);
 }
 
+/// Keywords are searched in all of an event's values in one pass, yet each value is matched
+/// alone: nothing spans two values, wildcards hold within one value, and a keyword
+/// that contains the separator the pass joins values with is searched value by value.
+#[test]
+fn keywords_match_within_one_value_at_a_time() {
+    let kw = |k: &str| format!("  keywords:\n    - {k}\n  condition: keywords\n");
+    let ev = [r#"{"a":"xab","b":"cdy"}"#, r#"{"a":"xabcdy"}"#];
+    assert_eq!(hits(&kw("abcd"), &ev), vec![1]);
+    let ev = [r#"{"a":"x start","b":"start here"}"#, r#"{"a":"x start"}"#, r#"{"a":"restart","b":"here","c":"z"}"#];
+    assert_eq!(hits(&kw("'sta*here'"), &ev), vec![0]);
+    let ev = [r#"{"a":"aa only","b":"then aa and bb"}"#, r#"{"a":"aa only","b":"bb only"}"#];
+    assert_eq!(hits(&kw("'*aa*bb*'"), &ev), vec![0]);
+    let ev = [r#"{"a":"a\u0000b"}"#, r#"{"a":"a","b":"b"}"#];
+    assert_eq!(hits(&kw("\"a\\0b\""), &ev), vec![0]);
+}
+
 #[test]
 fn keywords_search_every_text_field() {
     let ev =

@@ -13,7 +13,7 @@ use crate::sigma::bounded_regex::{BoundedRegex, Flags};
 use crate::sigma::mapping::FieldKey;
 use crate::sigma::matcher::{
     Atom, AtomId, CompiledRule, Cond, FieldIdx, FieldInfo, Hit, Lazy, Literals, Matcher, Scan, Selection, KEYWORDS,
-    NO_VERIFY,
+    KEYWORD_SEPARATOR, NO_VERIFY,
 };
 use crate::sigma::values::Anchor;
 
@@ -83,6 +83,8 @@ impl LiteralsBuild {
         if self.patterns.is_empty() {
             return Ok(None);
         }
+        let separator = KEYWORD_SEPARATOR as u8;
+        let joinable = !self.patterns.iter().any(|p| p.contains(&separator));
         let ac = match automata.entry((ci, self.patterns)) {
             std::collections::hash_map::Entry::Occupied(e) => e.get().clone(),
             std::collections::hash_map::Entry::Vacant(e) => {
@@ -90,7 +92,7 @@ impl LiteralsBuild {
                 e.insert(ac).clone()
             }
         };
-        Ok(Some(Literals { ac, hits: self.hits }))
+        Ok(Some(Literals { ac, hits: self.hits, joinable }))
     }
 }
 
