@@ -869,6 +869,18 @@ mod tests {
         ParquetSink::new(config, store, "s", 0).unwrap()
     }
 
+    /// A file's record batches, read back by the parquet crate's Arrow reader.
+    fn read_batches(path: &Path) -> Vec<RecordBatch> {
+        let f = File::open(path).unwrap();
+        let reader =
+            parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f).unwrap().build().unwrap();
+        reader.map(Result::unwrap).collect()
+    }
+
+    fn column<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> &'a T {
+        batch.column_by_name(name).unwrap().as_any().downcast_ref::<T>().unwrap()
+    }
+
     fn rows_in(path: &Path) -> usize {
         let f = File::open(path).unwrap();
         parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
@@ -935,17 +947,10 @@ mod tests {
         }
         sink.finish().unwrap();
         let path = &list_files(dir.path())[0];
-        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(File::open(path).unwrap())
-            .unwrap()
-            .build()
-            .unwrap();
         let mut row = 0;
-        for batch in reader {
-            let batch = batch.unwrap();
-            let offsets = batch.column_by_name("ward.offset").unwrap();
-            let offsets = offsets.as_any().downcast_ref::<arrow_array::UInt64Array>().unwrap();
-            let ext = batch.column_by_name("ext").unwrap();
-            let ext = ext.as_any().downcast_ref::<arrow_array::MapArray>().unwrap();
+        for batch in read_batches(path) {
+            let offsets = column::<arrow_array::UInt64Array>(&batch, "ward.offset");
+            let ext = column::<arrow_array::MapArray>(&batch, "ext");
             for r in 0..batch.num_rows() {
                 assert_eq!(offsets.value(r), row as u64);
                 let entry = ext.value(r);
@@ -1007,19 +1012,11 @@ mod tests {
         }
         sink.write(&Payload::Events(b.into())).unwrap();
         sink.finish().unwrap();
-        let path = &list_files(dir.path())[0];
-        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(File::open(path).unwrap())
-            .unwrap()
-            .build()
-            .unwrap();
         let mut got = Vec::new();
-        for batch in reader {
-            let batch = batch.unwrap();
+        for batch in read_batches(&list_files(dir.path())[0]) {
             use arrow_array::Array;
-            let users = batch.column_by_name("user.name").unwrap();
-            let users = users.as_any().downcast_ref::<arrow_array::StringArray>().unwrap();
-            let ports = batch.column_by_name("source.port").unwrap();
-            let ports = ports.as_any().downcast_ref::<arrow_array::Int64Array>().unwrap();
+            let users = column::<arrow_array::StringArray>(&batch, "user.name");
+            let ports = column::<arrow_array::Int64Array>(&batch, "source.port");
             for r in 0..batch.num_rows() {
                 let user = users.is_valid(r).then(|| users.value(r).to_string());
                 got.push((user, ports.is_valid(r).then(|| ports.value(r))));
