@@ -343,6 +343,18 @@ pub(crate) fn text<'a>(b: Bytes<'a>, v: Value, buf: &'a mut String) -> Option<&'
     }
 }
 
+/// Whether `AnyEager` group `g` holds: set while scanning.
+fn any_eager(g: u32, s: &Scratch) -> Tri {
+    let g = g as usize;
+    if s.group_gen[g] == s.generation {
+        Tri::True
+    } else if s.group_unknown_gen[g] == s.generation {
+        Tri::Unknown
+    } else {
+        Tri::False
+    }
+}
+
 fn anchored(anchor: Anchor, start: usize, end: usize, len: usize) -> bool {
     match anchor {
         Anchor::Anywhere => true,
@@ -709,21 +721,12 @@ impl Matcher {
             Cond::True => Tri::True,
             Cond::False => Tri::False,
             Cond::Atom(a) => self.atom(*a, s, b, slots),
-            Cond::AnyEager(g) => {
-                let g = *g as usize;
-                if s.group_gen[g] == s.generation {
-                    Tri::True
-                } else if s.group_unknown_gen[g] == s.generation {
-                    Tri::Unknown
-                } else {
-                    Tri::False
-                }
-            }
+            Cond::AnyEager(g) => any_eager(*g, s),
             Cond::Not(x) => self.eval(x, s, b, slots).not(),
             Cond::And(xs) => {
                 let mut out = Tri::True;
                 for x in xs {
-                    match self.eval(x, s, b, slots) {
+                    match self.eval_child(x, s, b, slots) {
                         Tri::False => return Tri::False,
                         Tri::Unknown => out = Tri::Unknown,
                         Tri::True => {}
@@ -734,7 +737,7 @@ impl Matcher {
             Cond::Or(xs) => {
                 let mut out = Tri::False;
                 for x in xs {
-                    match self.eval(x, s, b, slots) {
+                    match self.eval_child(x, s, b, slots) {
                         Tri::True => return Tri::True,
                         Tri::Unknown => out = Tri::Unknown,
                         Tri::False => {}
@@ -745,7 +748,7 @@ impl Matcher {
             Cond::AtLeast(n, xs) => {
                 let (mut yes, mut maybe) = (0, 0);
                 for x in xs {
-                    match self.eval(x, s, b, slots) {
+                    match self.eval_child(x, s, b, slots) {
                         Tri::True => {
                             yes += 1;
                             if yes >= *n {
@@ -765,15 +768,33 @@ impl Matcher {
         }
     }
 
+    /// A child of `And`, `Or` or `AtLeast`: most are atoms or groups, decided here without
+    /// another frame of the recursive `eval` (whose entry and exit cost more than they do).
+    #[inline(always)]
+    fn eval_child(&self, c: &Cond, s: &mut Scratch, b: Bytes<'_>, slots: &[Slot]) -> Tri {
+        match c {
+            Cond::Atom(a) => self.atom(*a, s, b, slots),
+            Cond::AnyEager(g) => any_eager(*g, s),
+            c => self.eval(c, s, b, slots),
+        }
+    }
+
+    /// An atom's value: eager atoms were set by the scans (unset is false), lazy ones are
+    /// decided on first use.
+    #[inline(always)]
     fn atom(&self, a: AtomId, s: &mut Scratch, b: Bytes<'_>, slots: &[Slot]) -> Tri {
         let i = a as usize;
         if s.atom_gen[i] == s.generation {
             return s.atom_val[i];
         }
-        let v = match &self.atoms[i] {
+        match &self.atoms[i] {
             Atom::Eager => Tri::False,
-            Atom::Lazy(l) => self.lazy(l, s, b, slots),
-        };
+            Atom::Lazy(l) => self.decide_lazy(i, l, s, b, slots),
+        }
+    }
+
+    fn decide_lazy(&self, i: usize, l: &Lazy, s: &mut Scratch, b: Bytes<'_>, slots: &[Slot]) -> Tri {
+        let v = self.lazy(l, s, b, slots);
         if s.atom_gen[i] == s.generation {
             // Decided while evaluating (a keyword scan sets every keyword atom at once).
             return s.atom_val[i];
