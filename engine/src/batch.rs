@@ -672,26 +672,38 @@ impl EventBatch {
         let raw_off = self.raw.len();
         assert!(raw_off + raw_bytes.len() <= MAX_BUFFER_BYTES, "regrouped batch over the offset limit");
         self.raw.extend_from_slice(raw_bytes);
-        // Re-home every string the row uses into this batch's heap; the raw payload goes to raw.
+        // The row's slots are copied as they are, then their references rebased: strings
+        // within the row's payload (parse's zero-copy references) point into the payload's
+        // copy, every other string and address is re-homed into this batch's buffers.
         let start = self.slots.len() as u32;
+        match projection {
+            None => self.slots.extend_from_slice(other.row_slots(row)),
+            Some(p) => self.slots.extend(other.row_slots(row).iter().filter(|s| p.keeps(&ob, s.key))),
+        }
+        let payload = src.raw.off as usize..src.raw.off as usize + raw_bytes.len();
         let mut heap = Heap { heap: &mut self.heap, ips: &mut self.ips };
-        for s in other.row_slots(row) {
-            if projection.is_some_and(|p| !p.keeps(&ob, s.key)) {
-                continue;
+        #[inline(always)]
+        fn rehome(heap: &mut Heap, ob: &Bytes, payload: &std::ops::Range<usize>, raw_off: usize, r: &mut StrRef) {
+            if !r.in_heap() && r.start() >= payload.start && r.start() + r.len() <= payload.end {
+                r.off = (raw_off + r.start() - payload.start) as u32;
+            } else {
+                *r = heap.push_str(ob.str(*r));
             }
-            let key = match s.key {
-                Key::Core(f) => Key::Core(f),
-                Key::Ext(r) => Key::Ext(heap.push_str(ob.str(r))),
-            };
-            let value = match s.value {
-                Value::Str(r) => Value::Str(heap.push_str(ob.str(r))),
-                Value::Ip(r) => match ob.ip(r) {
-                    Some(ip) => Value::Ip(heap.push_ip(ip)),
-                    None => Value::Null,
-                },
-                v => v,
-            };
-            self.slots.push(Slot { key, value });
+        }
+        for s in &mut self.slots[start as usize..] {
+            if let Key::Ext(r) = &mut s.key {
+                rehome(&mut heap, &ob, &payload, raw_off, r);
+            }
+            match &mut s.value {
+                Value::Str(r) => rehome(&mut heap, &ob, &payload, raw_off, r),
+                Value::Ip(r) => {
+                    s.value = match ob.ip(*r) {
+                        Some(ip) => Value::Ip(heap.push_ip(ip)),
+                        None => Value::Null,
+                    }
+                }
+                _ => {}
+            }
         }
         self.rows.push(Row {
             slots_start: start,
@@ -1063,6 +1075,41 @@ mod tests {
         assert_eq!(j["source.ip"], "10.1.2.3");
         assert_eq!(j["ward.partition"], "f.log");
         assert_eq!(j["ward.offset"], 7);
+    }
+
+    #[test]
+    fn regrouped_rows_point_into_their_payload_copy() {
+        let mut a = EventBatch::new();
+        let o = a.origin_index(&"src".into(), &"f.log".into());
+        a.push_raw(o, 1, b"{\"user\":\"alice\"}").unwrap();
+        a.push_raw(o, 2, b"{\"user\":\"bob\"}").unwrap();
+        let (first, second) = (a.rows[0].raw, a.rows[1].raw);
+        let text = std::str::from_utf8(&a.raw).unwrap().to_string();
+        // Row 1: its own key and value by reference, plus a value from row 0's payload
+        // (not its own, so it must be copied).
+        let at = |s: &str, from: usize| {
+            let i = text[from..].find(s).unwrap() + from;
+            raw_ref(Raw(&a.raw), &std::str::from_utf8(&a.raw).unwrap()[i..i + s.len()]).unwrap()
+        };
+        let (key, bob, alice) =
+            (at("user", second.off as usize), at("bob", second.off as usize), at("alice", first.off as usize));
+        a.push_slot(Slot { key: Key::Ext(key), value: Value::Str(bob) });
+        a.push_slot(Slot { key: Key::Core(ids::USER_NAME), value: Value::Str(alice) });
+
+        let mut b = EventBatch::new();
+        b.push_raw(o, 9, b"padding").unwrap();
+        b.push_row_from(&a, 1);
+        let text_of = |v: Value| match v {
+            Value::Str(r) => r,
+            v => panic!("not a string: {v:?}"),
+        };
+        assert_eq!(b.bytes().str(text_of(b.slots[0].value)), "bob");
+        assert_eq!(b.bytes().key_name(b.slots[0].key), "user");
+        assert_eq!(b.bytes().str(text_of(b.slots[1].value)), "alice");
+        assert!(!text_of(b.slots[0].value).in_heap(), "a string of the row's own payload is not copied");
+        assert_eq!(b.heap, b"alice", "only the string from elsewhere is copied");
+        b.validate().unwrap();
+        assert_eq!(b.row_to_json(1)["ext"]["user"], "bob");
     }
 
     #[test]
