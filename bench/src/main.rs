@@ -291,6 +291,16 @@ fn stages(count: u64, zstd_level: i32) -> anyhow::Result<()> {
     let data = cfg.handle("enrich", &Resources::new("."), &Default::default())?;
     let mut enricher = Enricher::new(data, RiskWeights::default());
     let (enriched, t_enrich) = time(|| run_op(&mut enricher, normalized));
+    // What an alert that carries its event (`include_event`) costs per event it renders.
+    let (rendered, t_event_json) = time(|| {
+        let mut bytes = 0;
+        for b in &enriched {
+            for row in 0..b.len() {
+                bytes += ward_engine::alert::EventJson::of_row(b, row).as_str().len();
+            }
+        }
+        bytes
+    });
     let dir = tempfile::tempdir()?;
     let pq = ParquetSinkConfig {
         path: "x".into(),
@@ -314,14 +324,23 @@ fn stages(count: u64, zstd_level: i32) -> anyhow::Result<()> {
         sink.finish()
     });
     let n = count as f64;
-    println!("stages on one thread, {count} events, {:.0} bytes/event", bytes as f64 / n);
+    println!(
+        "stages on one thread, {count} events, {:.0} bytes/event ({:.0} as an alert's event JSON)",
+        bytes as f64 / n,
+        rendered as f64 / n
+    );
     println!("{:<14} {:>10} {:>14} {:>14}", "stage", "seconds", "events/s", "allocs/event");
     let mut total = Duration::ZERO;
-    for (name, (t, allocs)) in
-        [("generate", t_gen), ("parse", t_parse), ("normalize", t_norm), ("enrich", t_enrich), ("parquet", t_parquet)]
-    {
+    for (name, (t, allocs)) in [
+        ("generate", t_gen),
+        ("parse", t_parse),
+        ("normalize", t_norm),
+        ("enrich", t_enrich),
+        ("event json", t_event_json),
+        ("parquet", t_parquet),
+    ] {
         println!("{name:<14} {:>10.3} {:>14.0} {:>14.3}", t.as_secs_f64(), n / t.as_secs_f64(), allocs as f64 / n);
-        if name != "generate" {
+        if name != "generate" && name != "event json" {
             total += t;
         }
     }

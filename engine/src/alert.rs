@@ -20,11 +20,24 @@ pub struct EventJson(Arc<RawValue>);
 impl EventJson {
     /// Row `row` of `batch`, as [`crate::batch::EventBatch::row_to_json`] gives it.
     pub fn of_row(batch: &crate::batch::EventBatch, row: usize) -> EventJson {
-        let mut text = Vec::with_capacity(512);
-        batch.write_row_json(row, &mut text);
-        // The writer emits one valid JSON object in UTF-8.
-        let text = String::from_utf8(text).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
-        EventJson(RawValue::from_string(text).unwrap_or_else(|_| Self::empty_object()).into())
+        thread_local! {
+            // Written into, then copied out at its exact size: one allocation per event for
+            // the text (a growing vector reallocates, and boxing it shrinks it once more).
+            static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        SCRATCH.with_borrow_mut(|scratch| {
+            scratch.clear();
+            batch.write_row_json(row, scratch);
+            // The writer emits one valid JSON object in UTF-8.
+            let text = match std::str::from_utf8(scratch) {
+                Ok(text) => text.to_owned(),
+                Err(_) => String::from_utf8_lossy(scratch).into_owned(),
+            };
+            if scratch.capacity() > 1 << 20 {
+                *scratch = Vec::new();
+            }
+            EventJson(RawValue::from_string(text).unwrap_or_else(|_| Self::empty_object()).into())
+        })
     }
 
     pub fn from_value(value: &serde_json::Value) -> EventJson {

@@ -747,90 +747,174 @@ impl EventBatch {
     /// [`Self::row_to_json`] writes (keys in the same sorted order, a repeated key's values as
     /// an array), without building the value tree.
     pub fn write_row_json(&self, row: usize, out: &mut Vec<u8>) {
-        /// A top-level member: a slot, or provenance and the extension object.
-        #[derive(Clone, Copy)]
-        enum Member {
-            Slot(usize),
-            Source,
-            Partition,
-            Offset,
-            Ext,
-        }
         let b = self.bytes();
         let slots = self.row_slots(row);
         let p = &self.rows[row];
         let origin = &self.origins[p.origin as usize];
-        // Provenance and `ext` replace a core field of the same name, as in `row_to_json`.
-        const RESERVED: [&str; 4] = ["ward.source", "ward.partition", "ward.offset", "ext"];
+        let order = JsonMemberOrder::get();
+        // Members in name order: core fields and provenance by their precomputed rank (a
+        // repeated field keeps its values in slot order), extension fields by name.
         // On the stack for usual events (the JSONL sink writes every event this way).
-        let mut top: smallvec::SmallVec<[(&str, Member); 64]> = smallvec::SmallVec::new();
-        let mut ext: smallvec::SmallVec<[(&str, Member); 32]> = smallvec::SmallVec::new();
+        let mut top: smallvec::SmallVec<[(u16, u16); 64]> = smallvec::SmallVec::new();
+        let mut ext: smallvec::SmallVec<[(&str, u16); 32]> = smallvec::SmallVec::new();
         for (i, s) in slots.iter().enumerate() {
             match s.key {
-                Key::Core(f) if RESERVED.contains(&f.name()) => {}
-                Key::Core(f) => top.push((f.name(), Member::Slot(i))),
-                Key::Ext(k) => ext.push((b.str(k), Member::Slot(i))),
+                // Provenance and `ext` replace a core field of the same name, as in `row_to_json`.
+                Key::Core(f) if order.reserved(f) => {}
+                Key::Core(f) => top.push((order.rank(f), i as u16)),
+                Key::Ext(k) => ext.push((b.str(k), i as u16)),
             }
         }
-        top.extend([
-            ("ward.source", Member::Source),
-            ("ward.partition", Member::Partition),
-            ("ward.offset", Member::Offset),
-        ]);
+        top.extend([(order.source, 0), (order.partition, 0), (order.offset, 0)]);
         if !ext.is_empty() {
-            top.push(("ext", Member::Ext));
+            top.push((order.ext, 0));
         }
+        top.sort_unstable();
         // Stable: a repeated key keeps its values in slot order.
-        top.sort_by(|x, y| x.0.cmp(y.0));
         ext.sort_by(|x, y| x.0.cmp(y.0));
-        let value = |out: &mut Vec<u8>, m: Member| {
-            // Writing into a Vec cannot fail.
-            let _ = match m {
-                Member::Slot(i) => {
-                    write_value_json(b, slots[i].value, out);
-                    Ok(())
-                }
-                Member::Source => serde_json::to_writer(&mut *out, &*origin.source),
-                Member::Partition => serde_json::to_writer(&mut *out, &*origin.partition),
-                Member::Offset => serde_json::to_writer(&mut *out, &p.offset),
-                Member::Ext => Ok(()),
-            };
-        };
-        fn object(
-            out: &mut Vec<u8>,
-            members: &[(&str, Member)],
-            ext: &[(&str, Member)],
-            value: &dyn Fn(&mut Vec<u8>, Member),
-        ) {
-            out.push(b'{');
-            let mut i = 0;
-            while i < members.len() {
-                let name = members[i].0;
-                let end = i + members[i..].iter().take_while(|m| m.0 == name).count();
-                if i > 0 {
-                    out.push(b',');
-                }
-                let _ = serde_json::to_writer(&mut *out, name);
-                out.push(b':');
-                match &members[i..end] {
-                    [(_, Member::Ext)] => object(out, ext, &[], value),
-                    [(_, m)] => value(out, *m),
-                    many => {
-                        out.push(b'[');
-                        for (n, (_, m)) in many.iter().enumerate() {
-                            if n > 0 {
-                                out.push(b',');
-                            }
-                            value(out, *m);
-                        }
-                        out.push(b']');
-                    }
-                }
-                i = end;
+        out.push(b'{');
+        let mut i = 0;
+        while i < top.len() {
+            let rank = top[i].0;
+            let end = i + top[i..].iter().take_while(|m| m.0 == rank).count();
+            if i > 0 {
+                out.push(b',');
             }
-            out.push(b'}');
+            out.extend_from_slice(order.member(rank));
+            if rank == order.source {
+                write_json_str(&origin.source, out);
+            } else if rank == order.partition {
+                write_json_str(&origin.partition, out);
+            } else if rank == order.offset {
+                out.extend_from_slice(itoa::Buffer::new().format(p.offset).as_bytes());
+            } else if rank == order.ext {
+                write_members(b, slots, &ext, out);
+            } else if end - i == 1 {
+                write_value_json(b, slots[top[i].1 as usize].value, out);
+            } else {
+                write_array(b, slots, top[i..end].iter().map(|m| m.1), out);
+            }
+            i = end;
         }
-        object(out, &top, &ext, &value);
+        out.push(b'}');
+    }
+}
+
+/// The extension object of [`EventBatch::write_row_json`]: `members` (name, slot) sorted by
+/// name, a repeated name's values as an array.
+fn write_members(b: Bytes<'_>, slots: &[Slot], members: &[(&str, u16)], out: &mut Vec<u8>) {
+    out.push(b'{');
+    let mut i = 0;
+    while i < members.len() {
+        let name = members[i].0;
+        let end = i + members[i..].iter().take_while(|m| m.0 == name).count();
+        if i > 0 {
+            out.push(b',');
+        }
+        write_json_str(name, out);
+        out.push(b':');
+        if end - i == 1 {
+            write_value_json(b, slots[members[i].1 as usize].value, out);
+        } else {
+            write_array(b, slots, members[i..end].iter().map(|m| m.1), out);
+        }
+        i = end;
+    }
+    out.push(b'}');
+}
+
+fn write_array(b: Bytes<'_>, slots: &[Slot], items: impl Iterator<Item = u16>, out: &mut Vec<u8>) {
+    out.push(b'[');
+    for (n, i) in items.enumerate() {
+        if n > 0 {
+            out.push(b',');
+        }
+        write_value_json(b, slots[i as usize].value, out);
+    }
+    out.push(b']');
+}
+
+/// The order of an event's top-level JSON members: core field names and the provenance and
+/// `ext` members, ranked by name once, so rows sort their members by a number.
+struct JsonMemberOrder {
+    /// Per core field: its rank, or `u16::MAX` if provenance or `ext` takes its name.
+    rank: Vec<u16>,
+    /// Per rank: `"name":`.
+    members: Vec<Vec<u8>>,
+    source: u16,
+    partition: u16,
+    offset: u16,
+    ext: u16,
+}
+
+impl JsonMemberOrder {
+    const RESERVED: [&'static str; 4] = ["ward.source", "ward.partition", "ward.offset", "ext"];
+
+    fn get() -> &'static JsonMemberOrder {
+        static ORDER: std::sync::OnceLock<JsonMemberOrder> = std::sync::OnceLock::new();
+        ORDER.get_or_init(|| {
+            let mut names: Vec<&str> = FieldId::all().map(FieldId::name).chain(Self::RESERVED).collect();
+            names.sort_unstable();
+            names.dedup();
+            let rank_of = |name: &str| names.binary_search(&name).expect("a listed name") as u16;
+            JsonMemberOrder {
+                rank: FieldId::all()
+                    .map(|f| if Self::RESERVED.contains(&f.name()) { u16::MAX } else { rank_of(f.name()) })
+                    .collect(),
+                members: names
+                    .iter()
+                    .map(|n| {
+                        let mut m = serde_json::to_vec(n).expect("a string serializes");
+                        m.push(b':');
+                        m
+                    })
+                    .collect(),
+                source: rank_of("ward.source"),
+                partition: rank_of("ward.partition"),
+                offset: rank_of("ward.offset"),
+                ext: rank_of("ext"),
+            }
+        })
+    }
+    #[inline]
+    fn reserved(&self, f: FieldId) -> bool {
+        self.rank[f.0 as usize] == u16::MAX
+    }
+    #[inline]
+    fn rank(&self, f: FieldId) -> u16 {
+        self.rank[f.0 as usize]
+    }
+    #[inline]
+    fn member(&self, rank: u16) -> &[u8] {
+        &self.members[rank as usize]
+    }
+}
+
+/// Appends `s` as a JSON string, as `serde_json` writes it: text without quotes, backslashes
+/// or control characters (nearly all of it) is copied in one piece after a scan the compiler
+/// vectorizes; any other goes through `serde_json`'s escaping.
+#[inline]
+pub fn write_json_str(s: &str, out: &mut Vec<u8>) {
+    #[inline]
+    fn plain(b: &[u8]) -> bool {
+        let special = |c: u8| c < 0x20 || c == b'"' || c == b'\\';
+        let mut chunks = b.chunks_exact(16);
+        for chunk in &mut chunks {
+            // No early exit within a chunk, so the loop becomes vector compares.
+            if chunk.iter().fold(false, |hit, &c| hit | special(c)) {
+                return false;
+            }
+        }
+        !chunks.remainder().iter().any(|&c| special(c))
+    }
+    if plain(s.as_bytes()) {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        // Writing into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, s);
     }
 }
 
@@ -853,10 +937,26 @@ fn insert_multi(map: &mut serde_json::Map<String, serde_json::Value>, k: &str, v
 pub fn write_value_json(b: Bytes<'_>, v: Value, out: &mut Vec<u8>) {
     // Writing into a Vec cannot fail.
     let _ = match v {
-        Value::Str(r) => serde_json::to_writer(&mut *out, b.str(r)),
+        Value::Str(r) => {
+            write_json_str(b.str(r), out);
+            Ok(())
+        }
         Value::Null => serde_json::to_writer(&mut *out, &()),
         Value::Bool(x) => serde_json::to_writer(&mut *out, &x),
         Value::Int(x) => serde_json::to_writer(&mut *out, &x),
+        Value::Ip(r) if let Some(ip) = b.ip(r) => {
+            // An address's text needs no escaping.
+            out.push(b'"');
+            ip_text(ip, |s| out.extend_from_slice(s.as_bytes()));
+            out.push(b'"');
+            Ok(())
+        }
+        Value::Timestamp(ms) if let Some(text) = timestamp_ms_ascii(ms) => {
+            out.push(b'"');
+            out.extend_from_slice(&text);
+            out.push(b'"');
+            Ok(())
+        }
         v => serde_json::to_writer(&mut *out, &value_to_json(b, v)),
     };
 }
@@ -963,19 +1063,31 @@ pub fn timestamp_ms_ascii(ms: i64) -> Option<[u8; 24]> {
 
 /// `ip` appended to `out` as `Display` writes it (IPv4 without the formatting machinery).
 pub fn write_ip(out: &mut String, ip: IpAddr) {
+    ip_text(ip, |s| out.push_str(s));
+}
+
+/// `ip` as `Display` writes it, in pieces to `push`.
+fn ip_text(ip: IpAddr, mut push: impl FnMut(&str)) {
     match ip {
         IpAddr::V4(v4) => {
             let mut digits = itoa::Buffer::new();
             for (i, octet) in v4.octets().into_iter().enumerate() {
                 if i > 0 {
-                    out.push('.');
+                    push(".");
                 }
-                out.push_str(digits.format(octet));
+                push(digits.format(octet));
             }
         }
         IpAddr::V6(v6) => {
+            struct Pieces<F>(F);
+            impl<F: FnMut(&str)> std::fmt::Write for Pieces<F> {
+                fn write_str(&mut self, s: &str) -> std::fmt::Result {
+                    (self.0)(s);
+                    Ok(())
+                }
+            }
             use std::fmt::Write as _;
-            let _ = write!(out, "{v6}");
+            let _ = write!(Pieces(push), "{v6}");
         }
     }
 }
@@ -1148,7 +1260,18 @@ mod tests {
             let v = a.heap().push_str(v);
             a.push_slot(Slot { key, value: Value::Str(v) });
         };
-        for (k, v) in [("zeta", "1"), ("a\"b", "esc\u{1}\n"), ("zeta", "2"), ("Ünï", "ü"), ("zeta", "3")] {
+        // Long values too: escapes within the first 16 bytes, in a later 16-byte chunk, in the
+        // tail after the last whole chunk, and none.
+        let long = [
+            "a plain value that is longer than sixteen bytes",
+            "\"quoted\" value, longer than sixteen bytes",
+            "a value with a backslash \\ past sixteen bytes",
+            "a value with a tab at the very end of it\t",
+        ];
+        for (k, v) in [("zeta", "1"), ("a\"b", "esc\u{1}\n"), ("zeta", "2"), ("Ünï", "ü"), ("zeta", "3")]
+            .into_iter()
+            .chain(long.map(|v| ("long", v)))
+        {
             let k = a.heap().push_str(k);
             str_slot(&mut a, Key::Ext(k), v);
         }
