@@ -773,13 +773,11 @@ impl EventBatch {
         // Stable: a repeated key keeps its values in slot order.
         ext.sort_by(|x, y| x.0.cmp(y.0));
         out.push(b'{');
-        let mut i = 0;
-        while i < top.len() {
-            let rank = top[i].0;
-            let end = i + top[i..].iter().take_while(|m| m.0 == rank).count();
-            if i > 0 {
+        for (n, run) in top.chunk_by(|x, y| x.0 == y.0).enumerate() {
+            if n > 0 {
                 out.push(b',');
             }
+            let rank = run[0].0;
             out.extend_from_slice(order.member(rank));
             if rank == order.source {
                 write_json_str(&origin.source, out);
@@ -789,12 +787,9 @@ impl EventBatch {
                 out.extend_from_slice(itoa::Buffer::new().format(p.offset).as_bytes());
             } else if rank == order.ext {
                 write_members(b, slots, &ext, out);
-            } else if end - i == 1 {
-                write_value_json(b, slots[top[i].1 as usize].value, out);
             } else {
-                write_array(b, slots, top[i..end].iter().map(|m| m.1), out);
+                write_run(b, slots, run, out);
             }
-            i = end;
         }
         out.push(b'}');
     }
@@ -804,32 +799,29 @@ impl EventBatch {
 /// name, a repeated name's values as an array.
 fn write_members(b: Bytes<'_>, slots: &[Slot], members: &[(&str, u16)], out: &mut Vec<u8>) {
     out.push(b'{');
-    let mut i = 0;
-    while i < members.len() {
-        let name = members[i].0;
-        let end = i + members[i..].iter().take_while(|m| m.0 == name).count();
-        if i > 0 {
+    for (n, run) in members.chunk_by(|x, y| x.0 == y.0).enumerate() {
+        if n > 0 {
             out.push(b',');
         }
-        write_json_str(name, out);
+        write_json_str(run[0].0, out);
         out.push(b':');
-        if end - i == 1 {
-            write_value_json(b, slots[members[i].1 as usize].value, out);
-        } else {
-            write_array(b, slots, members[i..end].iter().map(|m| m.1), out);
-        }
-        i = end;
+        write_run(b, slots, run, out);
     }
     out.push(b'}');
 }
 
-fn write_array(b: Bytes<'_>, slots: &[Slot], items: impl Iterator<Item = u16>, out: &mut Vec<u8>) {
+/// The values of a run of members with one name (keyed, then a slot index): the value, or
+/// an array of them if the name repeats.
+fn write_run<K>(b: Bytes<'_>, slots: &[Slot], run: &[(K, u16)], out: &mut Vec<u8>) {
+    if let [(_, i)] = run {
+        return write_value_json(b, slots[*i as usize].value, out);
+    }
     out.push(b'[');
-    for (n, i) in items.enumerate() {
+    for (n, (_, i)) in run.iter().enumerate() {
         if n > 0 {
             out.push(b',');
         }
-        write_value_json(b, slots[i as usize].value, out);
+        write_value_json(b, slots[*i as usize].value, out);
     }
     out.push(b']');
 }
