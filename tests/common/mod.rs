@@ -403,6 +403,20 @@ pub fn weed_binary() -> PathBuf {
 
 impl SeaweedS3 {
     pub fn start() -> SeaweedS3 {
+        // Ports are picked free and then released, so another process may take one before
+        // weed binds it (weed then exits): start again on fresh ports.
+        let mut log = String::new();
+        for _ in 0..5 {
+            match Self::try_start() {
+                Ok(s) => return s,
+                Err(why) => log = why,
+            }
+        }
+        panic!("SeaweedFS did not start in 5 attempts; the last:\n{log}");
+    }
+
+    /// One start on fresh ports: the server answering S3, or the tail of its log.
+    fn try_start() -> Result<SeaweedS3, String> {
         let dir = tempfile::tempdir().unwrap();
         let config = format!(
             r#"{{"identities":[{{"name":"ward","credentials":[{{"accessKey":"{S3_ACCESS_KEY}","secretKey":"{S3_SECRET_KEY}"}}],"actions":["Admin","Read","Write","List","Tagging"]}}]}}"#
@@ -439,20 +453,24 @@ impl SeaweedS3 {
             .stderr(log)
             .spawn()
             .expect("start weed");
-        let s = SeaweedS3 { child: Some(child), dir, port };
+        let mut s = SeaweedS3 { child: Some(child), dir, port };
+        let tail = |s: &SeaweedS3| {
+            let log = std::fs::read_to_string(s.dir.path().join("weed.log")).unwrap_or_default();
+            log.lines().rev().take(20).collect::<Vec<_>>().join("\n")
+        };
         // Answering S3 (403 without a signature) and able to store objects.
         // (60 s: three stores start at once in the object-storage tests, on a loaded machine)
         for _ in 0..600 {
             if http_get(port, "/").is_some_and(|(code, _)| code == 403) {
-                return s;
+                return Ok(s);
+            }
+            let exited = s.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_some());
+            if exited {
+                return Err(format!("weed exited:\n{}", tail(&s)));
             }
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
-        let log = std::fs::read_to_string(s.dir.path().join("weed.log")).unwrap_or_default();
-        panic!(
-            "SeaweedFS did not answer S3 within 60 s:\n{}",
-            log.lines().rev().take(20).collect::<Vec<_>>().join("\n")
-        );
+        Err(format!("no S3 answer within 60 s:\n{}", tail(&s)))
     }
 
     pub fn endpoint(&self) -> String {
