@@ -31,7 +31,8 @@ pub fn alert(n: u64, key: u64, t: i64) -> Alert {
             status: String::new(),
             tags: vec![],
             techniques: vec![],
-        },
+        }
+        .into(),
         priority: 4,
         ruleset_version: "v".into(),
         detector: "detect".into(),

@@ -56,7 +56,7 @@ fn operator<C: ComponentConfig>(config: serde_json::Value) -> anyhow::Result<Box
 fn alert(n: u64, total: u64) -> Alert {
     let t = T0 + (n as i64 * SPAN_MS) / total as i64;
     let mut a = crate::correlate::alert(n, n, t);
-    a.rule.level = "high".into();
+    std::sync::Arc::make_mut(&mut a.rule).level = "high".into();
     a.fields.clear();
     let host = format!("host-{n:07}");
     a.event = Some(ward_engine::alert::EventJson::from_value(

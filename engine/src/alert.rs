@@ -159,7 +159,8 @@ pub struct Alert {
     /// Deterministic: a hash of the rule id and the event's provenance, so a replay of the same
     /// input produces the same ids (sinks deduplicate on it).
     pub alert_id: String,
-    pub rule: AlertRule,
+    /// Shared by every alert of the rule (alerts are cloned into several sinks and states).
+    pub rule: Arc<AlertRule>,
     /// 1 (critical) … 5 (informational); see [`priority_for_level`].
     pub priority: u8,
     /// Content hash of the rule set that matched.

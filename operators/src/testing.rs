@@ -14,7 +14,8 @@ pub fn alert(id: u64, rule: &str, level: &str, t: i64) -> Alert {
             status: String::new(),
             tags: vec![],
             techniques: vec![],
-        },
+        }
+        .into(),
         priority: priority_for_level(level),
         ruleset_version: "v".into(),
         detector: "detect".into(),

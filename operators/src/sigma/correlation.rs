@@ -7,6 +7,7 @@
 //! lands on the worker that holds the dependent group.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use rsigma_parser::ast::{ConditionExpr, ConditionOperator, CorrelationCondition, CorrelationType, WindowMode};
 use rsigma_parser::CorrelationRule;
@@ -77,7 +78,7 @@ pub struct Input {
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Correlation {
-    pub rule: AlertRule,
+    pub rule: Arc<AlertRule>,
     pub kind: Kind,
     pub group_by: Vec<String>,
     pub inputs: Vec<Input>,
@@ -369,14 +370,14 @@ fn compile_one(
     let canonical = serde_json::to_value(c).map(|v| v.to_string()).unwrap_or_else(|_| format!("{c:?}"));
     let fingerprint = xxhash_rust::xxh3::xxh3_64(canonical.as_bytes());
     Ok(Correlation {
-        rule: AlertRule {
+        rule: Arc::new(AlertRule {
             id,
             title: c.title.clone(),
             level: level_name,
             status: c.status.map(|s| format!("{s:?}").to_lowercase()).unwrap_or_default(),
             tags: c.tags.clone(),
             techniques: attack_techniques(&c.tags),
-        },
+        }),
         kind,
         group_by: c.group_by.clone(),
         inputs,

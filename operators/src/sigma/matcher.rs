@@ -184,7 +184,7 @@ pub struct Selection {
 
 /// A compiled rule's identity: what its alerts carry, and the file it came from.
 pub struct RuleMeta {
-    pub rule: ward_engine::alert::AlertRule,
+    pub rule: std::sync::Arc<ward_engine::alert::AlertRule>,
     pub path: String,
 }
 

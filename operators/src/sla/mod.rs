@@ -532,7 +532,7 @@ impl Sla {
         let case = &self.cases[&key][index];
         let mut r = self.record(kind, key, case, t);
         r.alert_id = Some(alert.alert_id);
-        r.rule_id = Some(alert.rule.id);
+        r.rule_id = Some(alert.rule.id.clone());
         out.cases.push(r);
         out.consumed += 1;
         self.schedule(key, index, clock);

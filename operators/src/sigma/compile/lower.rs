@@ -545,14 +545,14 @@ pub fn lower_rule(opts: &CompileOptions, rule: &SigmaRule, path: &str) -> Result
     let level = rule.level.map(|x| x.as_str().to_string()).unwrap_or_default();
     let status = rule.status.map(|s| format!("{s:?}").to_lowercase()).unwrap_or_default();
     let meta = Arc::new(RuleMeta {
-        rule: ward_engine::alert::AlertRule {
+        rule: Arc::new(ward_engine::alert::AlertRule {
             id: rule.id.clone().unwrap_or_else(|| rule.title.clone()),
             title: rule.title.clone(),
             level,
             status,
             tags: rule.tags.clone(),
             techniques: ward_engine::alert::attack_techniques(&rule.tags),
-        },
+        }),
         path: path.to_string(),
     });
     Ok(LoweredRule {
