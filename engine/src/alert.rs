@@ -21,8 +21,8 @@ impl EventJson {
     /// Row `row` of `batch`, as [`crate::batch::EventBatch::row_to_json`] gives it.
     pub fn of_row(batch: &crate::batch::EventBatch, row: usize) -> EventJson {
         thread_local! {
-            // Written into, then copied out at its exact size: one allocation per event for
-            // the text (a growing vector reallocates, and boxing it shrinks it once more).
+            // Written into, then copied out at its exact size (a growing vector reallocates,
+            // and boxing it shrinks it once more); the shared `Arc` is one more copy.
             static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
         SCRATCH.with_borrow_mut(|scratch| {

@@ -755,14 +755,15 @@ impl EventBatch {
         // Members in name order: core fields and provenance by their precomputed rank (a
         // repeated field keeps its values in slot order), extension fields by name.
         // On the stack for usual events (the JSONL sink writes every event this way).
-        let mut top: smallvec::SmallVec<[(u16, u16); 64]> = smallvec::SmallVec::new();
-        let mut ext: smallvec::SmallVec<[(&str, u16); 32]> = smallvec::SmallVec::new();
+        // (rank or name, slot index): a row may have more than 65,536 slots.
+        let mut top: smallvec::SmallVec<[(u16, u32); 64]> = smallvec::SmallVec::new();
+        let mut ext: smallvec::SmallVec<[(&str, u32); 32]> = smallvec::SmallVec::new();
         for (i, s) in slots.iter().enumerate() {
             match s.key {
                 // Provenance and `ext` replace a core field of the same name, as in `row_to_json`.
                 Key::Core(f) if order.reserved(f) => {}
-                Key::Core(f) => top.push((order.rank(f), i as u16)),
-                Key::Ext(k) => ext.push((b.str(k), i as u16)),
+                Key::Core(f) => top.push((order.rank(f), i as u32)),
+                Key::Ext(k) => ext.push((b.str(k), i as u32)),
             }
         }
         top.extend([(order.source, 0), (order.partition, 0), (order.offset, 0)]);
@@ -797,7 +798,7 @@ impl EventBatch {
 
 /// The extension object of [`EventBatch::write_row_json`]: `members` (name, slot) sorted by
 /// name, a repeated name's values as an array.
-fn write_members(b: Bytes<'_>, slots: &[Slot], members: &[(&str, u16)], out: &mut Vec<u8>) {
+fn write_members(b: Bytes<'_>, slots: &[Slot], members: &[(&str, u32)], out: &mut Vec<u8>) {
     out.push(b'{');
     for (n, run) in members.chunk_by(|x, y| x.0 == y.0).enumerate() {
         if n > 0 {
@@ -812,7 +813,7 @@ fn write_members(b: Bytes<'_>, slots: &[Slot], members: &[(&str, u16)], out: &mu
 
 /// The values of a run of members with one name (keyed, then a slot index): the value, or
 /// an array of them if the name repeats.
-fn write_run<K>(b: Bytes<'_>, slots: &[Slot], run: &[(K, u16)], out: &mut Vec<u8>) {
+fn write_run<K>(b: Bytes<'_>, slots: &[Slot], run: &[(K, u32)], out: &mut Vec<u8>) {
     if let [(_, i)] = run {
         return write_value_json(b, slots[*i as usize].value, out);
     }
@@ -1305,6 +1306,24 @@ mod tests {
             write_ext_object_json(b, slots, &mut Vec::new(), &mut text);
             assert_eq!(String::from_utf8(text).unwrap(), serde_json::Value::Object(map).to_string(), "row {row}");
         }
+    }
+
+    #[test]
+    fn row_json_text_of_a_row_with_more_slots_than_a_u16_counts() {
+        let mut a = EventBatch::new();
+        let o = a.origin_index(&"src".into(), &"f.log".into());
+        a.push_raw(o, 1, b"x").unwrap();
+        // Names sort in slot order, and the values past slot 65,535 differ from those
+        // 65,536 slots before them.
+        for i in 0..70_000u32 {
+            let k = a.heap().push_str(&format!("f{i:06}"));
+            a.push_slot(Slot { key: Key::Ext(k), value: Value::Int(i64::from(i)) });
+        }
+        let u = a.heap().push_str("last");
+        a.push_slot(Slot { key: Key::Core(ids::USER_NAME), value: Value::Str(u) });
+        let mut text = Vec::new();
+        a.write_row_json(0, &mut text);
+        assert_eq!(String::from_utf8(text).unwrap(), serde_json::to_string(&a.row_to_json(0)).unwrap());
     }
 
     #[test]

