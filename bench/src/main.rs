@@ -113,8 +113,9 @@ enum Cmd {
         /// Events for the side-by-side comparison (the others are much slower).
         #[arg(long, default_value_t = 20_000)]
         competitor_count: u64,
-        /// Rule counts for Ward alone (`all` = every compilable rule).
-        #[arg(long, value_delimiter = ',', default_values_t = ["100".to_string(), "1000".to_string(), "all".to_string()])]
+        /// Rule counts for Ward alone, comma-separated (`all` = every compilable rule).
+        #[arg(long, value_delimiter = ',', value_parser = sigma::parse_rule_count,
+              default_values_t = ["100".to_string(), "1000".to_string(), "all".to_string()])]
         sizes: Vec<String>,
         #[arg(long, default_value_t = 3)]
         repeat: usize,

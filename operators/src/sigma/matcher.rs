@@ -135,6 +135,13 @@ pub enum Cond {
     AnyEager(u32),
 }
 
+/// An eager atom's part in a rule's trigger: the rule, and the bit of the clause the atom is in.
+#[derive(Clone, Copy, Debug)]
+pub struct Trigger {
+    pub rule: RuleIdx,
+    pub clause: u8,
+}
+
 /// What a literal occurrence in a field means.
 #[derive(Clone, Copy, Debug)]
 pub struct Hit {
@@ -204,7 +211,10 @@ pub struct Matcher {
     pub data_lookup: ahash::HashMap<Box<str>, Vec<FieldIdx>>,
     pub keywords: Scan,
     pub atoms: Vec<Atom>,
-    pub atom_rules: Vec<Vec<RuleIdx>>,
+    /// Eager atom → the rules it triggers, each with the bit of the trigger clause it is in.
+    pub atom_rules: Vec<Vec<Trigger>>,
+    /// Per rule, a bit per trigger clause: a rule is a candidate once an atom of each fired.
+    pub rule_clauses: Vec<u8>,
     /// Eager atom → the `AnyEager` groups it belongs to.
     pub atom_groups: Vec<Vec<u32>>,
     pub groups: usize,
@@ -278,6 +288,9 @@ pub struct Scratch {
     atom_gen: Vec<u32>,
     atom_val: Vec<Tri>,
     rule_gen: Vec<u32>,
+    /// The trigger clauses of each rule that fired for the current event (valid where
+    /// `rule_gen` is current).
+    rule_fired: Vec<u8>,
     group_gen: Vec<u32>,
     /// Groups with an unknown member (and no true one, which `group_gen` records).
     group_unknown_gen: Vec<u32>,
@@ -377,6 +390,7 @@ impl Scratch {
         }
         if self.rule_gen.len() != m.rules.len() {
             self.rule_gen = vec![0; m.rules.len()];
+            self.rule_fired = vec![0; m.rules.len()];
         }
         if self.route_gen.len() != m.routes.len() {
             self.route_gen = vec![0; m.routes.len()];
@@ -514,10 +528,18 @@ impl Matcher {
                 s.route_candidates.push(r);
             }
         }
-        for &r in &self.atom_rules[a] {
-            if s.rule_gen[r as usize] != g {
-                s.rule_gen[r as usize] = g;
-                s.candidates.push(r);
+        for t in &self.atom_rules[a] {
+            let r = t.rule as usize;
+            if s.rule_gen[r] != g {
+                s.rule_gen[r] = g;
+                s.rule_fired[r] = 0;
+            }
+            let fired = s.rule_fired[r] | t.clause;
+            if fired != s.rule_fired[r] {
+                s.rule_fired[r] = fired;
+                if fired == self.rule_clauses[r] {
+                    s.candidates.push(t.rule);
+                }
             }
         }
     }
@@ -606,6 +628,17 @@ impl Matcher {
     /// Rules whose condition is undecided because a test did not fit in the event's budget are
     /// listed in `s.undecided` (and `s.over_budget` is set) until the next call.
     pub fn match_event(&self, s: &mut Scratch, b: Bytes<'_>, slots: &[Slot], matched: &mut Vec<RuleIdx>) {
+        self.match_rules(s, b, slots, matched, false);
+    }
+
+    /// [`Self::match_event`] evaluating every rule, not only the candidates its triggers chose.
+    /// The outcome must be the same (the triggers only skip rules that cannot hold): this is
+    /// how tests and `ward-bench sigma` check them.
+    pub fn match_event_every_rule(&self, s: &mut Scratch, b: Bytes<'_>, slots: &[Slot], matched: &mut Vec<RuleIdx>) {
+        self.match_rules(s, b, slots, matched, true);
+    }
+
+    fn match_rules(&self, s: &mut Scratch, b: Bytes<'_>, slots: &[Slot], matched: &mut Vec<RuleIdx>, every: bool) {
         s.begin(self);
         let event_bytes: usize = slots
             .iter()
@@ -671,10 +704,15 @@ impl Matcher {
         }
         s.fmt = fmt;
         let first = matched.len();
-        let candidates = std::mem::take(&mut s.candidates);
+        let mut candidates = std::mem::take(&mut s.candidates);
+        if every {
+            candidates.clear();
+            candidates.extend(0..self.rules.len() as RuleIdx);
+        }
+        let always: &[RuleIdx] = if every { &[] } else { &self.always };
         s.stats.events += 1;
-        s.stats.evaluated += (candidates.len() + self.always.len()) as u64;
-        for &r in candidates.iter().chain(&self.always) {
+        s.stats.evaluated += (candidates.len() + always.len()) as u64;
+        for &r in candidates.iter().chain(always) {
             match self.rule_holds(r, s, b, slots) {
                 Tri::True => matched.push(r),
                 Tri::False => {}

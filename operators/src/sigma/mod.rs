@@ -483,6 +483,32 @@ impl Detector {
         self.scratch.stats
     }
 
+    /// Checks the matcher's triggers on `batch`: each row must match the same rules whether only
+    /// the candidates its triggers chose or every rule is evaluated. The number of matches, or
+    /// the first row that differs and how.
+    pub fn check_triggers(&mut self, set: &RuleSet, batch: &EventBatch) -> Result<usize, String> {
+        let b = batch.bytes();
+        let (mut every, mut n) = (Vec::new(), 0);
+        for row in 0..batch.len() {
+            self.matched.clear();
+            every.clear();
+            set.matcher.match_event(&mut self.scratch, b, batch.row_slots(row), &mut self.matched);
+            set.matcher.match_event_every_rule(&mut self.scratch, b, batch.row_slots(row), &mut every);
+            if self.matched != every {
+                let ids = |rules: &[matcher::RuleIdx]| -> Vec<String> {
+                    rules.iter().map(|&r| set.matcher.rules[r as usize].meta.rule.id.clone()).collect()
+                };
+                return Err(format!(
+                    "row {row}: the triggered candidates match {:?}, every rule evaluated matches {:?}",
+                    ids(&self.matched),
+                    ids(&every)
+                ));
+            }
+            n += every.len();
+        }
+        Ok(n)
+    }
+
     /// Counts matches only (for benchmarks): no alerts are built.
     pub fn count(&mut self, set: &RuleSet, batch: &EventBatch) -> usize {
         let b = batch.bytes();

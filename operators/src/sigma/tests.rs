@@ -657,3 +657,38 @@ fn placeholders_without_values_follow_the_policy() {
     let s = set("title: t\nid: p2\nlogsource: { category: test }\ndetection:\n  sel:\n    User|expand: '%admins%'\n  condition: sel\n");
     assert!(s.notes().is_empty() && s.rejected() == 0);
 }
+
+#[test]
+fn a_conjunction_is_evaluated_only_once_each_of_its_parts_occurred() {
+    let rules = [
+        "title: whoami all",
+        "id: w1",
+        "logsource: { product: windows, category: process_creation }",
+        "detection:",
+        "  image:",
+        "    Image|endswith: '\\whoami.exe'",
+        "  args:",
+        "    CommandLine|contains: [' /all', ' /groups']",
+        "  filter:",
+        "    User: 'SYSTEM'",
+        "  condition: image and args and not filter",
+    ]
+    .join("\n");
+    let rules = rules.as_str();
+    let sysmon = "Microsoft-Windows-Sysmon/Operational";
+    let provider = "Microsoft-Windows-Sysmon";
+    let event = |cmd: &str| {
+        let data = format!(
+            r#""EventData":{{"Image":"C:\\Windows\\System32\\whoami.exe","CommandLine":"{cmd}","User":"alice"}}"#
+        );
+        windows_event(sysmon, provider, 1, &data)
+    };
+    // The image occurs without the arguments: the rule cannot hold and is not evaluated.
+    let (offsets, _, st) = windows_run(rules, &[event("whoami /priv")]);
+    assert!(offsets.is_empty());
+    assert_eq!((st.occurrences, st.evaluated), (1, 0), "{st:?}");
+    // Both parts occur: evaluated once, and it alerts.
+    let (offsets, _, st) = windows_run(rules, &[event("whoami /priv"), event("whoami /groups")]);
+    assert_eq!(offsets, vec![1]);
+    assert_eq!(st.evaluated, 1, "{st:?}");
+}

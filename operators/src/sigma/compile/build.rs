@@ -12,8 +12,8 @@ use super::{AtomSpec, Expr, FieldRef, LoweredRule};
 use crate::sigma::bounded_regex::{BoundedRegex, Flags};
 use crate::sigma::mapping::FieldKey;
 use crate::sigma::matcher::{
-    Atom, AtomId, CompiledRule, Cond, FieldIdx, FieldInfo, Hit, Lazy, Literals, Matcher, Scan, Selection, KEYWORDS,
-    KEYWORD_SEPARATOR, NO_VERIFY,
+    Atom, AtomId, CompiledRule, Cond, FieldIdx, FieldInfo, Hit, Lazy, Literals, Matcher, RuleIdx, Scan, Selection,
+    Trigger, KEYWORDS, KEYWORD_SEPARATOR, NO_VERIFY,
 };
 use crate::sigma::values::Anchor;
 
@@ -52,6 +52,9 @@ pub struct MatcherBuilder {
 const DFA_MAX_PATTERN_BYTES: usize = 4096;
 /// Largest Aho-Corasick DFA kept (about a core's L2 cache; larger tables measured slower).
 const DFA_MAX_BYTES: usize = 1 << 20;
+
+/// Trigger clauses kept per rule (the rarest; a clause left out only admits more candidates).
+const MAX_CLAUSES: usize = 8;
 
 /// Value lists at least this long become one `AnyEager` group.
 const GROUP_MIN: usize = 4;
@@ -357,29 +360,58 @@ impl MatcherBuilder {
         }
     }
 
-    /// Eager atoms of which at least one must fire for `c` to hold (None: no such set).
-    fn triggers(&self, c: &Cond) -> Option<Vec<AtomId>> {
+    /// Trigger clauses of `c`: sets of eager atoms such that `c` can hold (or be unknown) only
+    /// if an atom of every set fires. None: no such set, `c` must be evaluated regardless.
+    ///
+    /// A conjunction keeps the clauses of all its conjuncts: a rule `a and b and not c` becomes
+    /// a candidate only once an atom of `a` and one of `b` fired, not on every event where the
+    /// commoner of the two occurs.
+    fn clauses(&self, c: &Cond) -> Vec<Vec<AtomId>> {
         match c {
-            Cond::False => Some(Vec::new()),
-            Cond::True | Cond::Not(_) => None,
-            Cond::Atom(a) => self.eager[*a as usize].then(|| vec![*a]),
-            Cond::AnyEager(g) => Some(self.groups[*g as usize].clone()),
-            // The conjunct whose triggers are rarest (fewest references across all conditions,
-            // a stand-in for how often they occur): fewer needless evaluations.
-            Cond::And(xs) => xs
-                .iter()
-                .filter_map(|x| self.triggers(x))
-                .min_by_key(|t| (t.iter().map(|&a| self.uses[a as usize] as u64).sum::<u64>(), t.len())),
+            Cond::False => vec![Vec::new()],
+            Cond::True | Cond::Not(_) | Cond::AtLeast(0, _) => Vec::new(),
+            Cond::Atom(a) if self.eager[*a as usize] => vec![vec![*a]],
+            Cond::Atom(_) => Vec::new(),
+            Cond::AnyEager(g) => vec![self.groups[*g as usize].clone()],
+            Cond::And(xs) => xs.iter().flat_map(|x| self.clauses(x)).collect(),
+            // Any child may make it hold: one clause, the union of one clause per child.
             Cond::Or(xs) | Cond::AtLeast(_, xs) => {
                 let mut all = Vec::new();
                 for x in xs {
-                    all.extend(self.triggers(x)?);
+                    match self.rarest(self.clauses(x)) {
+                        Some(clause) => all.extend(clause),
+                        None => return Vec::new(),
+                    }
                 }
                 all.sort_unstable();
                 all.dedup();
-                Some(all)
+                vec![all]
             }
         }
+    }
+
+    /// How common a clause is: the references to its atoms across all conditions (a stand-in
+    /// for how often they occur), then its size.
+    fn commonness(&self, clause: &[AtomId]) -> (u64, usize) {
+        (clause.iter().map(|&a| self.uses[a as usize] as u64).sum(), clause.len())
+    }
+
+    fn rarest(&self, clauses: Vec<Vec<AtomId>>) -> Option<Vec<AtomId>> {
+        clauses.into_iter().min_by_key(|c| self.commonness(c))
+    }
+
+    /// A rule's trigger clauses, rarest first and at most [`MAX_CLAUSES`] (empty: evaluated on
+    /// every event its route admits).
+    fn rule_clauses(&self, c: &Cond) -> Vec<Vec<AtomId>> {
+        let mut clauses = self.clauses(c);
+        clauses.iter_mut().for_each(|c| {
+            c.sort_unstable();
+            c.dedup();
+        });
+        clauses.sort_by_cached_key(|c| (self.commonness(c), c.clone()));
+        clauses.dedup();
+        clauses.truncate(MAX_CLAUSES);
+        clauses
     }
 
     pub fn add(&mut self, r: &LoweredRule) {
@@ -420,19 +452,30 @@ impl MatcherBuilder {
 
     pub fn build(self) -> Result<Matcher, String> {
         // Triggers are chosen once every rule is in, when the atoms' reference counts are known.
-        let by_atom = |conds: &mut dyn Iterator<Item = &Cond>| {
-            let mut atom_to = vec![Vec::new(); self.atoms.len()];
-            let mut always = Vec::new();
-            for (i, c) in conds.enumerate() {
-                match self.triggers(c) {
-                    Some(atoms) => atoms.iter().for_each(|&a| atom_to[a as usize].push(i as u32)),
-                    None => always.push(i as u32),
+        let mut atom_rules = vec![Vec::new(); self.atoms.len()];
+        let mut rule_clauses = Vec::with_capacity(self.rules.len());
+        let mut always = Vec::new();
+        for (r, rule) in self.rules.iter().enumerate() {
+            let clauses = self.rule_clauses(&rule.cond);
+            if clauses.is_empty() {
+                always.push(r as RuleIdx);
+            }
+            for (i, clause) in clauses.iter().enumerate() {
+                for &a in clause {
+                    atom_rules[a as usize].push(Trigger { rule: r as RuleIdx, clause: 1 << i });
                 }
             }
-            (atom_to, always)
-        };
-        let (atom_rules, always) = by_atom(&mut self.rules.iter().map(|r| &r.cond));
-        let (atom_routes, always_routes) = by_atom(&mut self.routes.iter());
+            rule_clauses.push(((1u16 << clauses.len()) - 1) as u8);
+        }
+        // Routes are decided once per event and cheaply: one clause (the rarest) is enough.
+        let mut atom_routes = vec![Vec::new(); self.atoms.len()];
+        let mut always_routes = Vec::new();
+        for (i, c) in self.routes.iter().enumerate() {
+            match self.rarest(self.clauses(c)) {
+                Some(atoms) => atoms.iter().for_each(|&a| atom_routes[a as usize].push(i as u32)),
+                None => always_routes.push(i as u32),
+            }
+        }
         let mut atom_groups = vec![Vec::new(); self.atoms.len()];
         for (g, atoms) in self.groups.iter().enumerate() {
             for &a in atoms {
@@ -469,6 +512,7 @@ impl MatcherBuilder {
             keywords: self.keywords.build(&mut automata)?.0.unwrap_or_default(),
             atoms: self.atoms,
             atom_rules,
+            rule_clauses,
             atom_groups,
             groups: self.groups.len(),
             routes: self.routes,
