@@ -53,7 +53,10 @@ pub struct BoundedRegex {
     /// The pattern can only match at the start (`\A…`): DFA searches are anchored, so a
     /// value that does not start right is rejected at its first bytes.
     anchored: bool,
-    fallback: Regex,
+    /// The regex crate's engines, built on first use: most patterns never need them (their
+    /// DFA decides), and building them took a tenth of a rule set's load time. None: the
+    /// build failed, which the checks at load rule out (same syntax, same size limit).
+    fallback: OnceLock<Option<Regex>>,
     /// NFA states: the fallback's worst-case cost per byte.
     states: u64,
     gate: Option<Gate>,
@@ -72,13 +75,35 @@ pub struct Gate {
 /// More literals than this make a poor gate (case-insensitive words expand to many).
 const GATE_MAX_LITERALS: usize = 64;
 
+/// Parts of a pattern's top-level sequence searched for inner literals (the first ones: a
+/// longer sequence costs its square to extract).
+const INNER_MAX_PARTS: usize = 16;
+
 fn gate_of(hir: &regex_syntax::hir::Hir) -> Option<Gate> {
     use regex_syntax::hir::literal::{ExtractKind, Extractor};
+    use regex_syntax::hir::{Hir, HirKind};
     // Assertions (`\b`, `^`) extract as empty exact literals: a match is then more than its
     // literals.
     let no_looks = hir.properties().look_set().is_empty();
+    // Where the pattern is a sequence, every match holds a match of each of its tails, so the
+    // prefix literals of a tail are as good a gate as the pattern's own (`\w+`x`\w` has no
+    // prefix or suffix literal but always holds a backtick). Such a gate is never exact.
+    let mut top = hir;
+    while let HirKind::Capture(c) = top.kind() {
+        top = &c.sub;
+    }
+    let tails: Vec<Hir> = match top.kind() {
+        HirKind::Concat(parts) => {
+            (1..parts.len().min(INNER_MAX_PARTS)).map(|i| Hir::concat(parts[i..].to_vec())).collect()
+        }
+        _ => Vec::new(),
+    };
     let mut best: Option<Gate> = None;
-    for kind in [ExtractKind::Prefix, ExtractKind::Suffix] {
+    let candidates = [(ExtractKind::Prefix, hir), (ExtractKind::Suffix, hir)]
+        .into_iter()
+        .chain(tails.iter().map(|t| (ExtractKind::Prefix, t)));
+    for (i, (kind, hir)) in candidates.enumerate() {
+        let whole = i < 2;
         let mut seq = Extractor::new().kind(kind.clone()).extract(hir);
         // Trims literals the way the regex crate does for its prefilters, and gives up on
         // sets too short to be selective (the sequence becomes infinite).
@@ -90,8 +115,10 @@ fn gate_of(hir: &regex_syntax::hir::Hir) -> Option<Gate> {
         if lits.is_empty() || lits.len() > GATE_MAX_LITERALS || lits.iter().any(|l| l.as_bytes().is_empty()) {
             continue;
         }
-        let gate =
-            Gate { literals: lits.iter().map(|l| l.as_bytes().to_vec()).collect(), exact: no_looks && seq.is_exact() };
+        let gate = Gate {
+            literals: lits.iter().map(|l| l.as_bytes().to_vec()).collect(),
+            exact: whole && no_looks && seq.is_exact(),
+        };
         let shortest = |g: &Gate| g.literals.iter().map(Vec::len).min().unwrap_or(0);
         if best.as_ref().is_none_or(|b| shortest(&gate) > shortest(b)) {
             best = Some(gate);
@@ -108,30 +135,28 @@ impl std::fmt::Debug for BoundedRegex {
 
 impl BoundedRegex {
     pub fn new(pattern: &str, flags: Flags) -> Result<BoundedRegex, String> {
-        let fallback = RegexBuilder::new(pattern)
-            .case_insensitive(flags.case_insensitive)
-            .multi_line(flags.multi_line)
-            .dot_matches_new_line(flags.dot_matches_new_line)
-            .size_limit(NFA_SIZE_LIMIT)
-            .dfa_size_limit(LAZY_DFA_CACHE)
-            .build()
-            .map_err(|e| match e {
-                regex::Error::CompiledTooBig(_) => format!(
-                    "regex compiles to more than {} KiB (the limit that keeps matching linear in the event's size)",
-                    NFA_SIZE_LIMIT / 1024
-                ),
-                e => syntax_error(&e),
-            })?;
         let syntax = syntax::Config::new()
             .case_insensitive(flags.case_insensitive)
             .multi_line(flags.multi_line)
             .dot_matches_new_line(flags.dot_matches_new_line);
-        let hir = syntax::parse_with(pattern, &syntax).map_err(|e| format!("regex: {e}"))?;
+        let hir = match syntax::parse_with(pattern, &syntax) {
+            Ok(hir) => hir,
+            // The regex crate words syntax errors best (and names look-around as such).
+            Err(e) => {
+                return Err(match fallback(pattern, flags) {
+                    Err(e) => syntax_error(&e),
+                    Ok(_) => format!("regex: {e}"),
+                })
+            }
+        };
         let anchored = hir.properties().look_set_prefix().contains(regex_syntax::hir::Look::Start);
         let nfa = thompson::Compiler::new()
             .configure(thompson::Config::new().nfa_size_limit(Some(NFA_SIZE_LIMIT)).which_captures(WhichCaptures::None))
             .build_from_hir(&hir)
-            .map_err(|e| format!("regex: {e}"))?;
+            .map_err(|e| match e.size_limit() {
+                Some(_) => too_big(),
+                None => format!("regex: {e}"),
+            })?;
         let states = nfa.states().len().max(1) as u64;
         // A literal prefix (e.g. the text before a wildcard) lets the search skip to its
         // occurrences with memchr-speed scanning, as the regex crate does.
@@ -150,7 +175,7 @@ impl BoundedRegex {
             nfa,
             dfa_config,
             anchored,
-            fallback,
+            fallback: OnceLock::new(),
             states,
             gate,
         })
@@ -218,13 +243,35 @@ impl BoundedRegex {
             return None;
         }
         *budget -= cost;
-        Some(self.fallback.is_match(hay))
+        self.fallback().map(|re| re.is_match(hay))
+    }
+
+    fn fallback(&self) -> Option<&Regex> {
+        self.fallback.get_or_init(|| fallback(&self.source, self.flags).ok()).as_ref()
     }
 
     /// Unbounded, for tools that evaluate one rule at a time (tests, `rules explain`).
     pub fn is_match_unbounded(&self, hay: &str) -> bool {
-        self.fallback.is_match(hay)
+        self.fallback().is_some_and(|re| re.is_match(hay))
     }
+}
+
+/// The regex crate's engines for `pattern`, within the limits that keep them linear.
+fn fallback(pattern: &str, flags: Flags) -> Result<Regex, regex::Error> {
+    RegexBuilder::new(pattern)
+        .case_insensitive(flags.case_insensitive)
+        .multi_line(flags.multi_line)
+        .dot_matches_new_line(flags.dot_matches_new_line)
+        .size_limit(NFA_SIZE_LIMIT)
+        .dfa_size_limit(LAZY_DFA_CACHE)
+        .build()
+}
+
+fn too_big() -> String {
+    format!(
+        "regex compiles to more than {} KiB (the limit that keeps matching linear in the event's size)",
+        NFA_SIZE_LIMIT / 1024
+    )
 }
 
 /// A syntax error in the regex crate's words, or the constructs it refuses (look-around,
@@ -275,6 +322,11 @@ mod tests {
         let g = re(r"\bcmd\b").gate().cloned().expect("a gate");
         assert!(!g.exact, "an assertion is more than its literals");
         assert!(re(r"\w+").gate().is_none());
+        // A literal inside the sequence gates it when neither end has one.
+        let g = re(r"\w+`(?:\w+|-|.)`[\w+|\s]").gate().cloned().expect("a gate");
+        assert!(!g.exact && g.literals.iter().all(|l| l.starts_with(b"`")), "{g:?}");
+        let g = re(r"\d+\s+password=\S+").gate().cloned().expect("a gate");
+        assert!(!g.exact && g.literals.iter().any(|l| l.windows(8).any(|w| w == b"password")), "{g:?}");
         assert!(re(r"(?s).*").gate().is_none());
     }
 
