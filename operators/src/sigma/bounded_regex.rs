@@ -80,30 +80,37 @@ const GATE_MAX_LITERALS: usize = 64;
 const INNER_MAX_PARTS: usize = 16;
 
 fn gate_of(hir: &regex_syntax::hir::Hir) -> Option<Gate> {
-    use regex_syntax::hir::literal::{ExtractKind, Extractor};
+    use regex_syntax::hir::literal::ExtractKind;
     use regex_syntax::hir::{Hir, HirKind};
     // Assertions (`\b`, `^`) extract as empty exact literals: a match is then more than its
     // literals.
     let no_looks = hir.properties().look_set().is_empty();
+    let best = best_gate([(ExtractKind::Prefix, hir), (ExtractKind::Suffix, hir)], no_looks);
+    if best.is_some() {
+        return best;
+    }
     // Where the pattern is a sequence, every match holds a match of each of its tails, so the
-    // prefix literals of a tail are as good a gate as the pattern's own (`\w+`x`\w` has no
-    // prefix or suffix literal but always holds a backtick). Such a gate is never exact.
+    // prefix literals of a tail gate it as well (`\w+`x`\w` has no prefix or suffix literal
+    // but always holds a backtick). Such a gate is never exact. Tried only where the ends give
+    // none: each tail costs an extraction at load.
     let mut top = hir;
     while let HirKind::Capture(c) = top.kind() {
         top = &c.sub;
     }
-    let tails: Vec<Hir> = match top.kind() {
-        HirKind::Concat(parts) => {
-            (1..parts.len().min(INNER_MAX_PARTS)).map(|i| Hir::concat(parts[i..].to_vec())).collect()
-        }
-        _ => Vec::new(),
-    };
+    let HirKind::Concat(parts) = top.kind() else { return None };
+    let tails: Vec<Hir> = (1..parts.len().min(INNER_MAX_PARTS)).map(|i| Hir::concat(parts[i..].to_vec())).collect();
+    best_gate(tails.iter().map(|t| (ExtractKind::Prefix, t)), false)
+}
+
+/// Of the literal sets extracted from `candidates`, the one whose shortest literal is longest
+/// (the first such); exact where `exact_allowed` and the extraction is.
+fn best_gate<'h>(
+    candidates: impl IntoIterator<Item = (regex_syntax::hir::literal::ExtractKind, &'h regex_syntax::hir::Hir)>,
+    exact_allowed: bool,
+) -> Option<Gate> {
+    use regex_syntax::hir::literal::{ExtractKind, Extractor};
     let mut best: Option<Gate> = None;
-    let candidates = [(ExtractKind::Prefix, hir), (ExtractKind::Suffix, hir)]
-        .into_iter()
-        .chain(tails.iter().map(|t| (ExtractKind::Prefix, t)));
-    for (i, (kind, hir)) in candidates.enumerate() {
-        let whole = i < 2;
+    for (kind, hir) in candidates {
         let mut seq = Extractor::new().kind(kind.clone()).extract(hir);
         // Trims literals the way the regex crate does for its prefilters, and gives up on
         // sets too short to be selective (the sequence becomes infinite).
@@ -117,7 +124,7 @@ fn gate_of(hir: &regex_syntax::hir::Hir) -> Option<Gate> {
         }
         let gate = Gate {
             literals: lits.iter().map(|l| l.as_bytes().to_vec()).collect(),
-            exact: whole && no_looks && seq.is_exact(),
+            exact: exact_allowed && seq.is_exact(),
         };
         let shortest = |g: &Gate| g.literals.iter().map(Vec::len).min().unwrap_or(0);
         if best.as_ref().is_none_or(|b| shortest(&gate) > shortest(b)) {
