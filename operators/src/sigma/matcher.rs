@@ -149,8 +149,12 @@ pub struct Hit {
     pub anchor: Anchor,
     /// Index into the matcher's verification regexes (gated wildcard atoms), or `NO_VERIFY`.
     pub verify: u32,
+    /// For a cased literal: index of its bytes in [`Literals::exact`], which the occurrence
+    /// must equal (the automaton ignores ASCII case); else `NO_EXACT`.
+    pub exact: u32,
 }
 pub const NO_VERIFY: u32 = u32::MAX;
+pub const NO_EXACT: u32 = u32::MAX;
 
 /// Literals searched in one pass, and what an occurrence of each pattern means.
 pub struct Literals {
@@ -158,13 +162,16 @@ pub struct Literals {
     pub hits: Vec<Vec<Hit>>,
     /// No literal contains [`KEYWORD_SEPARATOR`]: values joined by it can be scanned at once.
     pub joinable: bool,
+    /// The cased literals as written (`Hit::exact`).
+    pub exact: Vec<Box<[u8]>>,
 }
 
 /// The eager tests on one field (of one scan group).
 #[derive(Default)]
 pub struct Scan {
-    /// Literals, found with one overlapping pass each: index 0 ASCII-case-insensitive, 1 cased.
-    pub literals: [Option<Literals>; 2],
+    /// Literals, found with one overlapping pass of an ASCII-case-insensitive automaton; cased
+    /// ones are checked byte for byte where they occur (one pass per value, not two).
+    pub literals: Option<Literals>,
     /// Whole-value equality, keyed by the ASCII-lowercased value.
     pub ci_eq: ahash::HashMap<Box<[u8]>, Vec<AtomId>>,
     pub cs_eq: ahash::HashMap<Box<[u8]>, Vec<AtomId>>,
@@ -466,7 +473,7 @@ impl Matcher {
     /// Whether a rule searches keywords (any string value of an event, whatever its field).
     pub fn reads_keywords(&self) -> bool {
         let scan = &self.keywords;
-        scan.literals.iter().any(Option::is_some)
+        scan.literals.is_some()
             || !scan.ci_eq.is_empty()
             || !scan.cs_eq.is_empty()
             || self.atoms.iter().any(|a| match a {
@@ -557,7 +564,7 @@ impl Matcher {
         let bytes = text.as_bytes();
         let bounds = |i: usize| (if i == 0 { 0 } else { ends[i - 1] + 1 }, ends[i]);
         let first_value = s.next_values(ends.len());
-        for lits in scan.literals.iter().flatten() {
+        if let Some(lits) = &scan.literals {
             s.stats.passes += 1;
             s.stats.scanned_bytes += bytes.len() as u64;
             // Occurrences come in order of their end, so the value they lie in only advances.
@@ -574,6 +581,9 @@ impl Matcher {
                         continue; // Already holds: nothing to verify again.
                     }
                     if !anchored(h.anchor, m.start() - start, m.end() - start, end - start) {
+                        continue;
+                    }
+                    if h.exact != NO_EXACT && bytes[m.start()..m.end()] != *lits.exact[h.exact as usize] {
                         continue;
                     }
                     let v = if h.verify == NO_VERIFY {
@@ -950,7 +960,7 @@ impl Matcher {
                             ends.push(joined.len());
                         }
                     }
-                    if self.keywords.literals.iter().flatten().all(|l| l.joinable) {
+                    if self.keywords.literals.iter().all(|l| l.joinable) {
                         if !ends.is_empty() {
                             self.scan_values(&self.keywords, s, &joined, &ends, false);
                         }

@@ -692,3 +692,43 @@ fn a_conjunction_is_evaluated_only_once_each_of_its_parts_occurred() {
     assert_eq!(offsets, vec![1]);
     assert_eq!(st.evaluated, 1, "{st:?}");
 }
+
+/// Cased literals share the field's one automaton pass with the others and are checked as
+/// written where they occur, also when a case-insensitive literal has the same letters.
+#[test]
+fn cased_literals_share_the_pass_and_keep_their_case() {
+    let rule = |id: &str, detection: &str| {
+        format!(
+            "title: {id}\nid: {id}\nlogsource: {{ category: test }}\ndetection:\n  sel:\n{detection}  condition: sel\n"
+        )
+    };
+    let rules = [
+        rule("cased", "    c|contains|cased: 'ABC'\n"),
+        rule("any-case", "    c|contains: 'abc'\n"),
+        rule("other", "    c|contains: 'xyz'\n"),
+        rule("cased-start", "    c|startswith|cased: 'Run'\n"),
+    ]
+    .join("---\n");
+    let s = set(&rules);
+    assert_eq!(s.rejected(), 0, "{:?}", s.rejections());
+    let events =
+        [r#"{"c":"xx abc"}"#, r#"{"c":"xx ABC"}"#, r#"{"c":"xYz aBc"}"#, r#"{"c":"Run ABC"}"#, r#"{"c":"run it"}"#];
+    let mut alerts = Vec::new();
+    let mut det = Detector::new(Arc::from("sigma"), false);
+    det.detect(&s, &batch(&events), &mut alerts);
+    let got: Vec<(u64, &str)> = alerts.iter().map(|a| (a.origin.offset, a.rule.id.as_str())).collect();
+    assert_eq!(
+        got,
+        vec![
+            (0, "any-case"),
+            (1, "cased"),
+            (1, "any-case"),
+            (2, "any-case"),
+            (2, "other"),
+            (3, "cased"),
+            (3, "any-case"),
+            (3, "cased-start"),
+        ]
+    );
+    assert_eq!(det.stats().passes, events.len() as u64, "one pass per value");
+}

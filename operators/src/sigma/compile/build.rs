@@ -13,7 +13,7 @@ use crate::sigma::bounded_regex::{BoundedRegex, Flags};
 use crate::sigma::mapping::FieldKey;
 use crate::sigma::matcher::{
     Atom, AtomId, CompiledRule, Cond, FieldIdx, FieldInfo, Hit, Lazy, Literals, Matcher, RuleIdx, Scan, Selection,
-    Trigger, KEYWORDS, KEYWORD_SEPARATOR, NO_VERIFY,
+    Trigger, KEYWORDS, KEYWORD_SEPARATOR, NO_EXACT, NO_VERIFY,
 };
 use crate::sigma::values::Anchor;
 
@@ -66,6 +66,7 @@ struct LiteralsBuild {
     patterns: Vec<Vec<u8>>,
     ids: HashMap<Vec<u8>, usize>,
     hits: Vec<Vec<Hit>>,
+    exact: Vec<Vec<u8>>,
 }
 
 impl LiteralsBuild {
@@ -82,34 +83,43 @@ impl LiteralsBuild {
         self.hits[id].push(hit);
     }
 
-    fn build(self, ci: bool, automata: &mut Automata) -> Result<Option<Literals>, String> {
+    /// A cased literal: searched ASCII-lowercased with the others, and checked as written
+    /// where it occurs.
+    fn add_cased(&mut self, pattern: &[u8], hit: Hit) {
+        self.exact.push(pattern.to_vec());
+        let exact = (self.exact.len() - 1) as u32;
+        self.add(pattern.to_ascii_lowercase(), Hit { exact, ..hit });
+    }
+
+    fn build(self, automata: &mut Automata) -> Result<Option<Literals>, String> {
         if self.patterns.is_empty() {
             return Ok(None);
         }
         let separator = KEYWORD_SEPARATOR as u8;
         let joinable = !self.patterns.iter().any(|p| p.contains(&separator));
-        let ac = match automata.entry((ci, self.patterns)) {
+        let ac = match automata.entry(self.patterns) {
             std::collections::hash_map::Entry::Occupied(e) => e.get().clone(),
             std::collections::hash_map::Entry::Vacant(e) => {
-                let ac = automaton(e.key().1.as_slice(), ci)?;
+                let ac = automaton(e.key().as_slice())?;
                 e.insert(ac).clone()
             }
         };
-        Ok(Some(Literals { ac, hits: self.hits, joinable }))
+        let exact = self.exact.into_iter().map(Vec::into_boxed_slice).collect();
+        Ok(Some(Literals { ac, hits: self.hits, joinable, exact }))
     }
 }
 
-/// Automata built so far, by case-insensitivity and pattern list: several fields and routes
-/// search the same literals (an `AhoCorasick` clone shares its automaton).
-type Automata = HashMap<(bool, Vec<Vec<u8>>), AhoCorasick>;
+/// Automata built so far, by pattern list: several fields and routes search the same
+/// literals (an `AhoCorasick` clone shares its automaton).
+type Automata = HashMap<Vec<Vec<u8>>, AhoCorasick>;
 
-/// The automaton of one literal list.
-fn automaton(patterns: &[Vec<u8>], ci: bool) -> Result<AhoCorasick, String> {
+/// The ASCII-case-insensitive automaton of one literal list.
+fn automaton(patterns: &[Vec<u8>]) -> Result<AhoCorasick, String> {
     let build = |kind| {
         AhoCorasickBuilder::new()
             .kind(kind)
             .match_kind(MatchKind::Standard)
-            .ascii_case_insensitive(ci)
+            .ascii_case_insensitive(true)
             .build(patterns)
             .map_err(|e| e.to_string())
     };
@@ -127,10 +137,10 @@ fn automaton(patterns: &[Vec<u8>], ci: bool) -> Result<AhoCorasick, String> {
     build(None)
 }
 
-/// One scan group's eager literals on a field: index 0 ASCII-case-insensitive, 1 cased.
+/// One scan group's eager literals on a field.
 #[derive(Default)]
 struct ScanBuild {
-    literals: [LiteralsBuild; 2],
+    literals: LiteralsBuild,
     ci_eq: HashMap<Vec<u8>, Vec<AtomId>>,
     cs_eq: HashMap<Vec<u8>, Vec<AtomId>>,
 }
@@ -183,13 +193,16 @@ impl ScanBuild {
     /// occur: separate anchored automata measured slower (one more pass per value, and common
     /// path prefixes keep an anchored search going most of the way).
     fn literal(&mut self, pattern: &[u8], cased: bool, hit: Hit) {
-        self.literals[cased as usize].add(pattern.to_vec(), hit);
+        if cased {
+            self.literals.add_cased(pattern, hit);
+        } else {
+            self.literals.add(pattern.to_vec(), hit);
+        }
     }
 
     fn build(self, automata: &mut Automata) -> Result<Scan, String> {
-        let [ci, cs] = self.literals;
         Ok(Scan {
-            literals: [ci.build(true, automata)?, cs.build(false, automata)?],
+            literals: self.literals.build(automata)?,
             ci_eq: self.ci_eq.into_iter().map(|(k, v)| (k.into_boxed_slice(), v)).collect(),
             cs_eq: self.cs_eq.into_iter().map(|(k, v)| (k.into_boxed_slice(), v)).collect(),
         })
@@ -245,7 +258,7 @@ impl MatcherBuilder {
                 placement = Some(vec![if *anchor == Anchor::Whole {
                     Placement::Equal { pattern: pattern.clone(), cased: *cased, atom: a }
                 } else {
-                    let hit = Hit { atom: a, anchor: *anchor, verify: NO_VERIFY };
+                    let hit = Hit { atom: a, anchor: *anchor, verify: NO_VERIFY, exact: NO_EXACT };
                     Placement::Literal { pattern: pattern.clone(), cased: *cased, hit }
                 }]);
                 Atom::Eager
@@ -254,7 +267,7 @@ impl MatcherBuilder {
                 let regex = self.shared(regex);
                 self.verify.push(regex);
                 let v = (self.verify.len() - 1) as u32;
-                let hit = Hit { atom: a, anchor: Anchor::Anywhere, verify: v };
+                let hit = Hit { atom: a, anchor: Anchor::Anywhere, verify: v, exact: NO_EXACT };
                 placement = Some(vec![Placement::Literal { pattern: g.clone(), cased: *cased, hit }]);
                 Atom::Eager
             }
@@ -270,7 +283,7 @@ impl MatcherBuilder {
                         self.verify.push(regex);
                         (self.verify.len() - 1) as u32
                     };
-                    let hit = Hit { atom: a, anchor: Anchor::Anywhere, verify };
+                    let hit = Hit { atom: a, anchor: Anchor::Anywhere, verify, exact: NO_EXACT };
                     // A verified gate may match more than the pattern: its literals join the
                     // field's case-insensitive automaton (one pass less, fewer patterns than
                     // their case variants). An exact gate must keep their case.
