@@ -85,21 +85,33 @@ fn gate_of(hir: &regex_syntax::hir::Hir) -> Option<Gate> {
     // Assertions (`\b`, `^`) extract as empty exact literals: a match is then more than its
     // literals.
     let no_looks = hir.properties().look_set().is_empty();
-    let best = best_gate([(ExtractKind::Prefix, hir), (ExtractKind::Suffix, hir)], no_looks);
-    if best.is_some() {
-        return best;
+    let ends = best_gate([(ExtractKind::Prefix, hir), (ExtractKind::Suffix, hir)], no_looks);
+    if ends.as_ref().is_some_and(|g| shortest(g) >= STRONG_GATE_LEN) {
+        return ends;
     }
     // Where the pattern is a sequence, every match holds a match of each of its tails, so the
     // prefix literals of a tail gate it as well (`\w+`x`\w` has no prefix or suffix literal
     // but always holds a backtick). Such a gate is never exact. Tried only where the ends give
-    // none: each tail costs an extraction at load.
+    // none or a weak one: each tail costs an extraction at load.
     let mut top = hir;
     while let HirKind::Capture(c) = top.kind() {
         top = &c.sub;
     }
-    let HirKind::Concat(parts) = top.kind() else { return None };
+    let HirKind::Concat(parts) = top.kind() else { return ends };
     let tails: Vec<Hir> = (1..parts.len().min(INNER_MAX_PARTS)).map(|i| Hir::concat(parts[i..].to_vec())).collect();
-    best_gate(tails.iter().map(|t| (ExtractKind::Prefix, t)), false)
+    match (ends, best_gate(tails.iter().map(|t| (ExtractKind::Prefix, t)), false)) {
+        (Some(e), Some(i)) if shortest(&i) > shortest(&e) => Some(i),
+        (Some(e), _) => Some(e),
+        (None, inner) => inner,
+    }
+}
+
+/// A gate whose literals are all at least this long is kept without looking for inner ones.
+const STRONG_GATE_LEN: usize = 3;
+
+/// The length of a gate's shortest literal (how selective it is).
+fn shortest(g: &Gate) -> usize {
+    g.literals.iter().map(Vec::len).min().unwrap_or(0)
 }
 
 /// Of the literal sets extracted from `candidates`, the one whose shortest literal is longest
@@ -126,7 +138,6 @@ fn best_gate<'h>(
             literals: lits.iter().map(|l| l.as_bytes().to_vec()).collect(),
             exact: exact_allowed && seq.is_exact(),
         };
-        let shortest = |g: &Gate| g.literals.iter().map(Vec::len).min().unwrap_or(0);
         if best.as_ref().is_none_or(|b| shortest(&gate) > shortest(b)) {
             best = Some(gate);
         }
@@ -332,6 +343,9 @@ mod tests {
         // A literal inside the sequence gates it when neither end has one.
         let g = re(r"\w+`(?:\w+|-|.)`[\w+|\s]").gate().cloned().expect("a gate");
         assert!(!g.exact && g.literals.iter().all(|l| l.starts_with(b"`")), "{g:?}");
+        // A longer inner literal is preferred to a weak (two-byte) prefix.
+        let g = re(r"ab\w+powershell\w+").gate().cloned().expect("a gate");
+        assert!(!g.exact && g.literals == vec![b"powershell".to_vec()], "{g:?}");
         let g = re(r"\d+\s+password=\S+").gate().cloned().expect("a gate");
         assert!(!g.exact && g.literals.iter().any(|l| l.windows(8).any(|w| w == b"password")), "{g:?}");
         assert!(re(r"(?s).*").gate().is_none());
