@@ -284,9 +284,9 @@ impl MatcherBuilder {
                         (self.verify.len() - 1) as u32
                     };
                     let hit = Hit { atom: a, anchor: Anchor::Anywhere, verify, exact: NO_EXACT };
-                    // A verified gate may match more than the pattern: its literals join the
-                    // field's case-insensitive automaton (one pass less, fewer patterns than
-                    // their case variants). An exact gate must keep their case.
+                    // A verified gate may match more than the pattern: its literals are
+                    // lowercased (fewer patterns than their case variants). An exact gate
+                    // must keep their case: its literals are cased (compared as written).
                     let mut literals = gate.literals.clone();
                     if !gate.exact {
                         literals.iter_mut().for_each(|l| l.make_ascii_lowercase());
