@@ -12,7 +12,9 @@ use super::mapping::FieldKey;
 use ward_engine::resources::Resources;
 use xxhash_rust::xxh3::Xxh3;
 
-use super::compile::{apply_filter, lower_rule, CompileOptions, LoweredRule, MatcherBuilder, RuleReport, Status};
+use super::compile::{
+    apply_filter, lower_rule, CompileOptions, LoweredRule, MatcherBuilder, RouteCache, RuleReport, Status,
+};
 use super::matcher::Matcher;
 
 pub struct RuleSet {
@@ -153,6 +155,7 @@ pub fn compile_files(
     let mut first_seen: HashMap<String, String> = HashMap::new();
     // Rules converted from Sigma 1 aggregations, with what the conversion did.
     let mut converted_notes: HashMap<String, String> = HashMap::new();
+    let mut routes = RouteCache::default();
     for f in files {
         hasher.update(f.rel.as_bytes());
         hasher.update(&[0]);
@@ -197,7 +200,7 @@ pub fn compile_files(
                 reports.push(rejected(&short, &id, &rule.title, format!("duplicate rule id (first in {first})")));
                 continue;
             }
-            match lower_rule(opts, rule, &short) {
+            match lower_rule(opts, &mut routes, rule, &short) {
                 Ok(mut l) => {
                     if let Some(note) = converted_notes.get(&id) {
                         l.notes.push(note.clone());

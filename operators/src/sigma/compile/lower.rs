@@ -537,11 +537,30 @@ fn route_exprs(
     Ok(Expr::and(xs))
 }
 
-/// Lowers one rule; the error is the rejection reason.
-pub fn lower_rule(opts: &CompileOptions, rule: &SigmaRule, path: &str) -> Result<LoweredRule, String> {
+/// The routes lowered so far for one set of options, by logsource (product, category,
+/// service): rules share a few dozen logsources, and lowering a route parses its condition.
+#[derive(Default)]
+pub struct RouteCache(RouteMap);
+
+type RouteMap = std::collections::HashMap<[Option<String>; 3], Result<(Option<Expr>, bool), String>>;
+
+impl RouteCache {
+    fn route_for(&mut self, opts: &CompileOptions, ls: &LogSource) -> Result<(Option<Expr>, bool), String> {
+        let key = [ls.product.clone(), ls.category.clone(), ls.service.clone()];
+        self.0.entry(key).or_insert_with(|| route_for(opts, ls)).clone()
+    }
+}
+
+/// Lowers one rule; the error is the rejection reason. `routes` must only ever see `opts`.
+pub fn lower_rule(
+    opts: &CompileOptions,
+    routes: &mut RouteCache,
+    rule: &SigmaRule,
+    path: &str,
+) -> Result<LoweredRule, String> {
     let mut l = Lowering::new(opts, rule.logsource.product.as_deref());
     let (cond, selections) = l.detections(&rule.detection)?;
-    let (route, routed) = route_for(opts, &rule.logsource)?;
+    let (route, routed) = routes.route_for(opts, &rule.logsource)?;
     let level = rule.level.map(|x| x.as_str().to_string()).unwrap_or_default();
     let status = rule.status.map(|s| format!("{s:?}").to_lowercase()).unwrap_or_default();
     let meta = Arc::new(RuleMeta {

@@ -16,7 +16,7 @@ mod explain;
 mod lower;
 
 pub use build::MatcherBuilder;
-pub use lower::{apply_filter, lower_rule};
+pub use lower::{apply_filter, lower_rule, RouteCache};
 
 use ahash::AHashMap as HashMap;
 use std::collections::BTreeMap;
