@@ -55,7 +55,9 @@ pub struct BoundedRegex {
     anchored: bool,
     /// The regex crate's engines, built on first use: most patterns never need them (their
     /// DFA decides), and building them took a tenth of a rule set's load time. None: the
-    /// build failed, which the checks at load rule out (same syntax, same size limit).
+    /// build failed, which the checks at load make all but impossible (the same syntax and size
+    /// limit, on an NFA without capture states); its searches are then undecided, the same on
+    /// every worker.
     fallback: OnceLock<Option<Regex>>,
     /// NFA states: the fallback's worst-case cost per byte.
     states: u64,
