@@ -318,6 +318,8 @@ pub struct Scratch {
     /// because a test did not fit in the budget), in rule order.
     pub undecided: Vec<RuleIdx>,
     lower_ref: Vec<u8>,
+    /// The text of the current scan, ASCII-lowercased (what the literal automata read).
+    lowered_text: Vec<u8>,
     /// The event's keyword text: its string values joined by [`KEYWORD_SEPARATOR`], and where
     /// each ends.
     keyword_text: String,
@@ -565,11 +567,14 @@ impl Matcher {
         let bounds = |i: usize| (if i == 0 { 0 } else { ends[i - 1] + 1 }, ends[i]);
         let first_value = s.next_values(ends.len());
         if let Some(lits) = &scan.literals {
+            let mut lowered = std::mem::take(&mut s.lowered_text);
+            lowered.clear();
+            lowered.extend(bytes.iter().map(u8::to_ascii_lowercase));
             s.stats.passes += 1;
             s.stats.scanned_bytes += bytes.len() as u64;
             // Occurrences come in order of their end, so the value they lie in only advances.
             let mut value = 0;
-            for m in lits.ac.find_overlapping_iter(bytes) {
+            for m in lits.ac.find_overlapping_iter(lowered.as_slice()) {
                 s.stats.occurrences += 1;
                 while ends[value] < m.end() {
                     value += 1;
@@ -596,6 +601,7 @@ impl Matcher {
                     }
                 }
             }
+            s.lowered_text = lowered;
         }
         if scan.ci_eq.is_empty() && scan.cs_eq.is_empty() {
             return;

@@ -70,7 +70,11 @@ struct LiteralsBuild {
 }
 
 impl LiteralsBuild {
-    fn add(&mut self, pattern: Vec<u8>, hit: Hit) {
+    /// Patterns are kept ASCII-lowercased: the automaton is case-sensitive and runs over the
+    /// lowercased value, which builds in a fraction of the time of the crate's
+    /// case-insensitive mode (its failure links then need a visited set).
+    fn add(&mut self, mut pattern: Vec<u8>, hit: Hit) {
+        pattern.make_ascii_lowercase();
         let id = match self.ids.get(&pattern) {
             Some(&id) => id,
             None => {
@@ -113,13 +117,13 @@ impl LiteralsBuild {
 /// literals (an `AhoCorasick` clone shares its automaton).
 type Automata = HashMap<Vec<Vec<u8>>, AhoCorasick>;
 
-/// The ASCII-case-insensitive automaton of one literal list.
+/// The automaton of one ASCII-lowercased literal list (matched against lowercased values).
 fn automaton(patterns: &[Vec<u8>]) -> Result<AhoCorasick, String> {
     let build = |kind| {
         AhoCorasickBuilder::new()
             .kind(kind)
             .match_kind(MatchKind::Standard)
-            .ascii_case_insensitive(true)
+            .ascii_case_insensitive(false)
             .build(patterns)
             .map_err(|e| e.to_string())
     };
