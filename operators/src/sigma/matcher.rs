@@ -377,6 +377,12 @@ fn any_eager(g: u32, s: &Scratch) -> Tri {
     }
 }
 
+/// Where value `i` of a scan's joined text lies: values end at `ends` and are separated by
+/// one byte ([`KEYWORD_SEPARATOR`]).
+fn value_bounds(ends: &[usize], i: usize) -> (usize, usize) {
+    (if i == 0 { 0 } else { ends[i - 1] + 1 }, ends[i])
+}
+
 fn anchored(anchor: Anchor, start: usize, end: usize, len: usize) -> bool {
     match anchor {
         Anchor::Anywhere => true,
@@ -564,12 +570,15 @@ impl Matcher {
     /// bytes, which dominates for an event's many short values.
     fn scan_values(&self, scan: &Scan, s: &mut Scratch, text: &str, ends: &[usize], trigger: bool) {
         let bytes = text.as_bytes();
-        let bounds = |i: usize| (if i == 0 { 0 } else { ends[i - 1] + 1 }, ends[i]);
+        let bounds = |i: usize| value_bounds(ends, i);
         let first_value = s.next_values(ends.len());
-        if let Some(lits) = &scan.literals {
-            let mut lowered = std::mem::take(&mut s.lowered_text);
-            lowered.clear();
+        // Lowercased once: the automaton and the case-insensitive equality table both read it.
+        let mut lowered = std::mem::take(&mut s.lowered_text);
+        lowered.clear();
+        if scan.literals.is_some() || !scan.ci_eq.is_empty() {
             lowered.extend(bytes.iter().map(u8::to_ascii_lowercase));
+        }
+        if let Some(lits) = &scan.literals {
             s.stats.passes += 1;
             s.stats.scanned_bytes += bytes.len() as u64;
             // Occurrences come in order of their end, so the value they lie in only advances.
@@ -601,18 +610,21 @@ impl Matcher {
                     }
                 }
             }
-            s.lowered_text = lowered;
         }
-        if scan.ci_eq.is_empty() && scan.cs_eq.is_empty() {
-            return;
+        if !scan.ci_eq.is_empty() || !scan.cs_eq.is_empty() {
+            self.equal_values(scan, s, bytes, &lowered, ends, trigger);
         }
+        s.lowered_text = lowered;
+    }
+
+    /// Whole-value equality of each value of a scan (`bytes` split at `ends`, as in
+    /// [`Self::scan_values`]), the case-insensitive table looked up with the lowercased text.
+    fn equal_values(&self, scan: &Scan, s: &mut Scratch, bytes: &[u8], lowered: &[u8], ends: &[usize], trigger: bool) {
         for value in 0..ends.len() {
-            let (start, end) = bounds(value);
+            let (start, end) = value_bounds(ends, value);
             let bytes = &bytes[start..end];
             if !scan.ci_eq.is_empty() {
-                s.lower.clear();
-                s.lower.extend(bytes.iter().map(u8::to_ascii_lowercase));
-                if let Some(atoms) = scan.ci_eq.get(s.lower.as_slice()) {
+                if let Some(atoms) = scan.ci_eq.get(&lowered[start..end]) {
                     for &a in atoms {
                         self.fire(s, a, trigger, Tri::True);
                     }
