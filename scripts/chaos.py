@@ -32,6 +32,7 @@ them all.
 
 import argparse
 import collections
+import itertools
 import os
 import random
 import shutil
@@ -49,10 +50,24 @@ def log(msg):
     print(f"[chaos {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+_next_port = itertools.count()
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free 127.0.0.1 port from 20000-31999, below the kernel's ephemeral range, so no outgoing
+    connection takes it before the server binds it, and never the same twice in this run (port 0
+    asked for several times in a row can repeat)."""
+    start = os.getpid() * 7919 % 12000
+    for _ in range(12000):
+        port = 20000 + (start + next(_next_port)) % 12000
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("127.0.0.1", port))
+                return port
+            except OSError:
+                continue
+    sys.exit("no free 127.0.0.1 port in 20000-31999")
 
 
 def wait_port(port, what, seconds=30):

@@ -9,10 +9,7 @@ use std::time::{Duration, Instant};
 use common::*;
 
 fn free_ports(n: usize) -> Vec<u16> {
-    // Bound together so they differ; released just before the cluster binds them.
-    let listeners: Vec<std::net::TcpListener> =
-        (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
-    listeners.iter().map(|l| l.local_addr().unwrap().port()).collect()
+    (0..n).map(|_| free_port()).collect()
 }
 
 /// Sorted lines of `<stem>.jsonl` and of every process's `<stem>.p<I>.jsonl` in `dir`.

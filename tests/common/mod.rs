@@ -55,8 +55,24 @@ pub fn sorted_lines(path: &Path) -> Vec<String> {
     v
 }
 
+/// A free 127.0.0.1 port for a server a test starts. Taken from 20000–31999, below the kernel's
+/// ephemeral range (32768+), so no outgoing connection can take it before the server binds it, and
+/// never the same twice in one test process: asking the kernel for port 0 three times in a row
+/// once gave ClickHouse two equal ports.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    // The process id spreads test binaries that run at the same time over the span.
+    let start = std::process::id().wrapping_mul(7919) % SPAN;
+    for _ in 0..SPAN {
+        let port = (FIRST + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free 127.0.0.1 port in {FIRST}..{}", FIRST + SPAN)
 }
 
 /// A plain HTTP/1.0 GET against 127.0.0.1; returns (status, body).
