@@ -240,6 +240,7 @@ fn spawn_shutdown_watchdog(stop: Arc<AtomicBool>, timeout: std::time::Duration) 
              the next run resumes from the newest checkpoint",
             humantime::format_duration(timeout)
         );
+        ward_engine::storage::spool::remove();
         std::process::exit(1);
     });
 }
@@ -278,7 +279,7 @@ fn main() -> ExitCode {
     let _failpoints = fail::FailScenario::setup();
     let cli = Cli::parse();
     let registry = registry();
-    match cli.command {
+    let code = match cli.command {
         Command::Run { spec, run } => match load(&spec, &registry) {
             Ok(s) => run_spec(&s, &run),
             Err(code) => code,
@@ -344,5 +345,8 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-    }
+    };
+    // Files still spooled for an object store will never be uploaded by this process.
+    ward_engine::storage::spool::remove();
+    code
 }

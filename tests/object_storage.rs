@@ -31,10 +31,12 @@ sinks:
     write(dir, "spec.yaml", &text)
 }
 
-fn start(s3: &SeaweedS3, spec: &str, failpoints: &str) -> std::process::Child {
+/// Runs `spec`; its spool for files on their way to S3 goes under `tmp`.
+fn start(s3: &SeaweedS3, spec: &str, failpoints: &str, tmp: &std::path::Path) -> std::process::Child {
     Command::new(ward_bin())
         .args(["run", spec, "-q", "--workers", "2"])
         .envs(s3.env())
+        .env("TMPDIR", tmp)
         .env("FAILPOINTS", failpoints)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -97,14 +99,17 @@ fn checkpoints_and_parquet_on_s3_are_exactly_once_through_kill_9_and_store_outag
     let s3 = SeaweedS3::start();
     s3.create_bucket("ward");
     let storage = "retry_budget: 4s, request_timeout: 1s";
+    let tmp = tempfile::tempdir().unwrap();
+    let spools = || std::fs::read_dir(tmp.path()).unwrap().count();
 
     let reference = tempfile::tempdir().unwrap();
     let spec_ref = spec(reference.path(), "reference", 24_000, 100_000, storage);
-    let mut child = start(&s3, &spec_ref, "");
+    let mut child = start(&s3, &spec_ref, "", tmp.path());
     let r = wait_all(std::slice::from_mut(&mut child), Duration::from_secs(120));
     assert_eq!(r[0].0, Some(0), "{}", r[0].1);
     let (want, hidden) = events(&s3, "reference");
     assert_eq!((want.len(), hidden), (24_000 - 24, 0), "every record but the malformed ones, nothing hidden");
+    assert_eq!(spools(), 0, "a run that ends removes its spool");
 
     let dir = tempfile::tempdir().unwrap();
     let spec = spec(dir.path(), "chaos", 24_000, 3_000, storage);
@@ -112,16 +117,18 @@ fn checkpoints_and_parquet_on_s3_are_exactly_once_through_kill_9_and_store_outag
     let failpoints = "checkpoint-manifest=30%sleep(200);sink-commit=30%sleep(200);checkpoint-prune=30%sleep(100)";
     let mut last = None;
     for kill in 0..3 {
-        let mut child = start(&s3, &spec, failpoints);
+        let mut child = start(&s3, &spec, failpoints, tmp.path());
         let c = wait_for_checkpoint(&s3, "chaos", last, &mut child);
         std::thread::sleep(Duration::from_millis(300 + 450 * kill));
         child.kill().unwrap();
         child.wait().unwrap();
         last = newest_checkpoint(&s3, "chaos").or(Some(c));
+        // A killed run cannot remove its spool; the next run removes it.
+        assert_eq!(spools(), 1, "one spool: the killed run's");
     }
 
     // A freeze shorter than the budget: requests time out and are retried, the run goes on.
-    let mut child = start(&s3, &spec, "");
+    let mut child = start(&s3, &spec, "", tmp.path());
     last = Some(wait_for_checkpoint(&s3, "chaos", last, &mut child));
     s3.freeze();
     std::thread::sleep(Duration::from_millis(2500));
@@ -139,11 +146,12 @@ fn checkpoints_and_parquet_on_s3_are_exactly_once_through_kill_9_and_store_outag
     assert!(newest_checkpoint(&s3, "chaos").unwrap() >= after_short);
 
     // To the end.
-    let mut child = start(&s3, &spec, "");
+    let mut child = start(&s3, &spec, "", tmp.path());
     let r = wait_all(std::slice::from_mut(&mut child), Duration::from_secs(120));
     assert_eq!(r[0].0, Some(0), "{}", r[0].1);
     let (got, hidden) = events(&s3, "chaos");
     assert_eq!(hidden, 0, "no hidden object left");
+    assert_eq!(spools(), 0, "no spool left, not even those of killed runs");
     assert_eq!(got.len(), want.len());
     assert!(got == want, "the rows of an uninterrupted run, each once");
 

@@ -277,9 +277,7 @@ impl ParquetSink {
     pub fn new(config: ParquetSinkConfig, store: Arc<dyn Store>, sink_id: &str, worker: usize) -> anyhow::Result<Self> {
         let spool = match store.local_root() {
             Some(dir) => dir.to_path_buf(),
-            None => std::env::temp_dir()
-                .join(format!("ward-spool-{}", ward_engine::storage::process_token()))
-                .join(format!("{sink_id}-w{worker}")),
+            None => ward_engine::storage::spool::dir()?.join(format!("{sink_id}-w{worker}")),
         };
         let mut props = WriterProperties::builder()
             .set_compression(Compression::ZSTD(ZstdLevel::try_new(config.zstd_level).unwrap_or_default()))

@@ -18,6 +18,7 @@
 
 mod local;
 mod remote;
+pub mod spool;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
