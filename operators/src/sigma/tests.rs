@@ -258,6 +258,46 @@ fn keywords_search_every_text_field() {
     assert_eq!(hits("  keywords:\n    - json\n  condition: keywords\n", &ev), Vec::<u64>::new());
 }
 
+/// Keyword rules are routed like the others, and a keyword literal that rules of two routes
+/// share holds wherever either route admits the event.
+#[test]
+fn keyword_rules_match_only_events_their_route_admits() {
+    let rule = |id: &str, logsource: &str, keywords: &str| {
+        format!("title: {id}\nid: {id}\nlogsource: {{ {logsource} }}\ndetection:\n  keywords: [{keywords}]\n  condition: keywords\n")
+    };
+    let rules = [
+        rule("sec", "product: windows, service: security", "mimikatz"),
+        rule("sys", "product: windows, service: system", "mimikatz, psexec"),
+        rule("any", "product: windows", "sekurlsa"),
+    ]
+    .join("---\n");
+    let s = set(&rules);
+    assert_eq!(s.rejected(), 0, "{:?}", s.rejections());
+    let ev = |channel: &str, text: &str| {
+        format!(
+            r##"{{"Event":{{"System":{{"EventID":7,"Channel":"{channel}","TimeCreated":{{"#attributes":{{"SystemTime":"2024-01-01T00:00:00Z"}}}}}},"EventData":{{"Data":"{text}"}}}}}}"##
+        )
+    };
+    let events = [
+        ev("Security", "mimikatz psexec sekurlsa"),
+        ev("System", "psexec"),
+        ev("System", "mimikatz"),
+        ev("Application", "mimikatz psexec"),
+        ev("Security", "psexec"),
+    ];
+    let refs: Vec<&str> = events.iter().map(String::as_str).collect();
+    let packs = Arc::new(crate::normalize::load_packs(&["builtin:windows".into()], &Resources::new(".")).unwrap());
+    let mut norm = crate::normalize::Normalizer::new("n".into(), packs, crate::normalize::Unmatched::Keep, false);
+    let mut out = OperatorOutput::default();
+    norm.process(batch(&refs), 0, &mut out);
+    let mut alerts = Vec::new();
+    Detector::new("sigma".into(), false).detect(&s, &out.events[0], &mut alerts);
+    let mut got: Vec<(u64, String)> = alerts.iter().map(|a| (a.origin.offset, a.rule.id.to_string())).collect();
+    got.sort();
+    let want = [(0, "any"), (0, "sec"), (1, "sys"), (2, "sys")];
+    assert_eq!(got, want.map(|(o, id)| (o, id.to_string())));
+}
+
 #[test]
 fn condition_forms() {
     let ev = [r#"{"a":"1","b":"1"}"#, r#"{"a":"1"}"#, r#"{"b":"1"}"#, r#"{"c":"1"}"#];
