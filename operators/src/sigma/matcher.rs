@@ -150,7 +150,7 @@ pub struct Hit {
     /// Index into the matcher's verification regexes (gated wildcard atoms), or `NO_VERIFY`.
     pub verify: u32,
     /// For a cased literal: index of its bytes in [`Literals::exact`], which the occurrence
-    /// must equal (the automaton ignores ASCII case); else `NO_EXACT`.
+    /// must equal (the automaton reads the lowercased value); else `NO_EXACT`.
     pub exact: u32,
 }
 pub const NO_VERIFY: u32 = u32::MAX;
@@ -169,8 +169,9 @@ pub struct Literals {
 /// The eager tests on one field (of one scan group).
 #[derive(Default)]
 pub struct Scan {
-    /// Literals, found with one overlapping pass of an ASCII-case-insensitive automaton; cased
-    /// ones are checked byte for byte where they occur (one pass per value, not two).
+    /// Literals, found with one overlapping pass of an automaton of ASCII-lowercased patterns
+    /// over the lowercased value; cased ones are checked byte for byte where they occur (one
+    /// pass per value, not two).
     pub literals: Option<Literals>,
     /// Whole-value equality, keyed by the ASCII-lowercased value.
     pub ci_eq: ahash::HashMap<Box<[u8]>, Vec<AtomId>>,

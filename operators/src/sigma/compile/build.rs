@@ -92,7 +92,7 @@ impl LiteralsBuild {
     fn add_cased(&mut self, pattern: &[u8], hit: Hit) {
         self.exact.push(pattern.to_vec());
         let exact = (self.exact.len() - 1) as u32;
-        self.add(pattern.to_ascii_lowercase(), Hit { exact, ..hit });
+        self.add(pattern.to_vec(), Hit { exact, ..hit });
     }
 
     fn build(self, automata: &mut Automata) -> Result<Option<Literals>, String> {
