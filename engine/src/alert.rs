@@ -59,7 +59,12 @@ impl EventJson {
     /// Field `name` of the event (a core field by dotted name, else an extension field), as
     /// [`Alert::field`] gives it; None when absent or null.
     fn field(&self, name: &str) -> Option<Cow<'_, str>> {
-        let raw = member(self.as_str(), name).or_else(|| member(member(self.as_str(), "ext")?.get(), name))?;
+        // One walk over the event, and one over its extension fields if the name is not a
+        // member of the event itself.
+        let raw = match member_or_ext(self.as_str(), name) {
+            Ok(raw) => raw,
+            Err(ext) => member_or_ext(ext?.get(), name).ok()?,
+        };
         let text = raw.get();
         match text.as_bytes().first() {
             Some(b'"') if !text.contains('\\') => Some(Cow::Borrowed(&text[1..text.len() - 1])),
@@ -77,29 +82,41 @@ impl PartialEq for EventJson {
 }
 
 /// The raw value of member `name` of the JSON object `text` (its first; the writer never
-/// repeats a key), read without building anything and no further than that member.
-fn member<'a>(text: &'a str, name: &str) -> Option<&'a RawValue> {
+/// repeats a key), read without building anything and no further than that member; failing
+/// that, the raw value of its member `ext` (the extension fields), met on the same walk.
+fn member_or_ext<'a>(text: &'a str, name: &str) -> Result<&'a RawValue, Option<&'a RawValue>> {
     use serde::de::{DeserializeSeed, Error, IgnoredAny, MapAccess, Visitor};
     use std::cell::Cell;
+    #[derive(PartialEq)]
+    enum Which {
+        Name,
+        Ext,
+        Other,
+    }
     struct IsName<'n>(&'n str);
     impl<'de> DeserializeSeed<'de> for IsName<'_> {
-        type Value = bool;
-        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+        type Value = Which;
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Which, D::Error> {
             d.deserialize_str(self)
         }
     }
     impl<'de> Visitor<'de> for IsName<'_> {
-        type Value = bool;
+        type Value = Which;
         fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
             f.write_str("a key")
         }
-        fn visit_str<E>(self, v: &str) -> Result<bool, E> {
-            Ok(v == self.0)
+        fn visit_str<E>(self, v: &str) -> Result<Which, E> {
+            Ok(match v {
+                v if v == self.0 => Which::Name,
+                "ext" => Which::Ext,
+                _ => Which::Other,
+            })
         }
     }
     struct Find<'n, 'c, 'de> {
         name: &'n str,
         found: &'c Cell<Option<&'de RawValue>>,
+        ext: &'c Cell<Option<&'de RawValue>>,
     }
     impl<'de> Visitor<'de> for Find<'_, '_, 'de> {
         type Value = ();
@@ -107,21 +124,26 @@ fn member<'a>(text: &'a str, name: &str) -> Option<&'a RawValue> {
             f.write_str("an object")
         }
         fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<(), M::Error> {
-            while let Some(found) = map.next_key_seed(IsName(self.name))? {
-                if found {
-                    self.found.set(Some(map.next_value::<&RawValue>()?));
-                    // Stop reading here (the error only ends the walk).
-                    return Err(M::Error::custom("found"));
+            while let Some(which) = map.next_key_seed(IsName(self.name))? {
+                match which {
+                    Which::Name => {
+                        self.found.set(Some(map.next_value::<&RawValue>()?));
+                        // Stop reading here (the error only ends the walk).
+                        return Err(M::Error::custom("found"));
+                    }
+                    Which::Ext if self.ext.get().is_none() => self.ext.set(Some(map.next_value::<&RawValue>()?)),
+                    _ => {
+                        map.next_value::<IgnoredAny>()?;
+                    }
                 }
-                map.next_value::<IgnoredAny>()?;
             }
             Ok(())
         }
     }
-    let found = Cell::new(None);
+    let (found, ext) = (Cell::new(None), Cell::new(None));
     let mut de = serde_json::Deserializer::from_str(text);
-    let _ = serde::Deserializer::deserialize_map(&mut de, Find { name, found: &found });
-    found.get()
+    let _ = serde::Deserializer::deserialize_map(&mut de, Find { name, found: &found, ext: &ext });
+    found.get().ok_or(ext.get())
 }
 
 /// The rule that raised an alert.

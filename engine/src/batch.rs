@@ -285,17 +285,44 @@ impl<'a> Bytes<'a> {
     }
 }
 
+/// A field's name with its core field id looked up once (see [`EventBatch::get_field`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldName {
+    core: Option<FieldId>,
+    name: String,
+}
+
+impl FieldName {
+    pub fn new(name: impl Into<String>) -> FieldName {
+        let name = name.into();
+        FieldName { core: FieldId::lookup(&name), name }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.name
+    }
+}
+
+impl AsRef<str> for FieldName {
+    fn as_ref(&self) -> &str {
+        &self.name
+    }
+}
+
 /// The fields a consumer of rows reads (see [`EventBatch::push_row_projected`]); `@timestamp`
 /// always, for event time.
 #[derive(Clone, Debug, Default)]
 pub struct Projection {
     core: Vec<bool>,
     ext: Vec<String>,
+    /// Bit `min(len, 63)` set for each name's length: most extension fields of a row are
+    /// rejected by their length, without reading their name.
+    ext_lengths: u64,
 }
 
 impl Projection {
     pub fn of<S: AsRef<str>>(names: impl IntoIterator<Item = S>) -> Projection {
-        let mut p = Projection { core: vec![false; FieldId::all().count()], ext: Vec::new() };
+        let mut p = Projection { core: vec![false; FieldId::all().count()], ext: Vec::new(), ext_lengths: 0 };
         p.core[crate::fields::ids::TIMESTAMP.0 as usize] = true;
         for name in names {
             let name = name.as_ref();
@@ -305,6 +332,7 @@ impl Projection {
             // An extension field may carry a core name too (`get_by_name` falls back to it).
             if !p.ext.iter().any(|e| e == name) {
                 p.ext.push(name.to_string());
+                p.ext_lengths |= Self::length_bit(name.len());
             }
         }
         p
@@ -319,10 +347,17 @@ impl Projection {
         match key {
             Key::Core(id) => self.core.get(id.0 as usize).copied().unwrap_or(false),
             Key::Ext(r) => {
+                if self.ext_lengths & Self::length_bit(r.len()) == 0 {
+                    return false;
+                }
                 let name = b.str(r);
                 self.ext.iter().any(|e| e == name)
             }
         }
+    }
+
+    fn length_bit(len: usize) -> u64 {
+        1 << len.min(63)
     }
 }
 
@@ -632,7 +667,16 @@ impl EventBatch {
 
     /// First value of a field in a row by name: an ECS-lite core field, else an extension field.
     pub fn get_by_name(&self, row: usize, name: &str) -> Option<Value> {
-        if let Some(id) = FieldId::lookup(name) {
+        self.get_named(row, FieldId::lookup(name), name)
+    }
+
+    /// [`Self::get_by_name`] with the name resolved once, for lookups row after row.
+    pub fn get_field(&self, row: usize, field: &FieldName) -> Option<Value> {
+        self.get_named(row, field.core, &field.name)
+    }
+
+    fn get_named(&self, row: usize, core: Option<FieldId>, name: &str) -> Option<Value> {
+        if let Some(id) = core {
             if let Some(v) = self.get(row, id) {
                 return Some(v);
             }
@@ -1222,7 +1266,8 @@ mod tests {
         let mut a = EventBatch::new();
         let o = a.origin_index(&"src".into(), &"f.log".into());
         a.push_raw(o, 7, b"{\"a long raw payload\":1}").unwrap();
-        for (k, v) in [("session", "s1"), ("other", "o")] {
+        // `sessioN`: as long as a projected name, so only its name tells it apart.
+        for (k, v) in [("session", "s1"), ("other", "o"), ("sessioN", "n"), ("host.name", "ext host")] {
             let k = a.heap().push_str(k);
             let v = a.heap().push_str(v);
             a.push_slot(Slot { key: Key::Ext(k), value: Value::Str(v) });
@@ -1241,7 +1286,17 @@ mod tests {
         assert_eq!(j["source.ip"], "10.1.2.3");
         assert_eq!(j["@timestamp"], "1970-01-01T00:00:00.005Z", "event time always");
         assert!(j.get("host.name").is_none() && j["ext"].get("other").is_none(), "{j}");
+        assert!(j["ext"].get("sessioN").is_none() && j["ext"].get("host.name").is_none(), "{j}");
         assert_eq!((j["ward.partition"].as_str(), j["ward.offset"].as_u64()), (Some("f.log"), Some(7)));
+
+        // A name resolved once reads what the name reads: core first, then extension fields.
+        for name in ["host.name", "session", "source.ip", "other", "user.name", "absent"] {
+            assert_eq!(a.get_field(0, &FieldName::new(name)), a.get_by_name(0, name), "{name}");
+        }
+        assert!(
+            matches!(a.get_field(0, &FieldName::new("host.name")), Some(Value::Str(r)) if a.bytes().str(r) == "web-1")
+        );
+        assert!(a.get_field(0, &FieldName::new("absent")).is_none());
     }
 
     #[test]

@@ -47,6 +47,7 @@ pub trait Router {
     fn route(&mut self, record: RecordRef<'_>, keys: &mut Vec<u64>) -> Route;
     /// The only fields the keyed half reads from events, if it reads few: events cross the
     /// exchange with just those (and their provenance), not whole. None: whole events.
+    /// `route` too must read no other field: it is given alerts already projected.
     fn projection(&self) -> Option<crate::batch::Projection> {
         None
     }

@@ -16,6 +16,7 @@
 use std::fmt;
 use std::sync::Arc;
 
+use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
 use crate::keyed::KeyedOperatorFactory;
@@ -27,7 +28,9 @@ pub enum ViewValue {
     Bool(bool),
     Int(i64),
     Float(F64),
-    Str(String),
+    /// Inline up to 24 bytes (host names, datasets, rule ids, addresses): a view reads and
+    /// copies these for every record, without allocating. Serialized as a plain string.
+    Str(CompactString),
 }
 
 /// An `f64` with a total order (`total_cmp`), so it can be a key.
@@ -125,12 +128,17 @@ impl ViewDelta {
 /// A view key's hash, stable across processes and runs (xxh3 of its values): its key group
 /// for the keyed state, and the worker its changes are finished on.
 pub fn key_hash(key: &ViewKey) -> u64 {
+    key_hash_of(key.window, &key.group)
+}
+
+/// [`key_hash`] of the key a window and a group would make, without making it.
+pub fn key_hash_of(window: Option<(i64, i64)>, group: &[ViewValue]) -> u64 {
     let mut h = xxhash_rust::xxh3::Xxh3::new();
-    if let Some((start, end)) = key.window {
+    if let Some((start, end)) = window {
         h.update(&start.to_le_bytes());
         h.update(&end.to_le_bytes());
     }
-    for v in &key.group {
+    for v in group {
         match v {
             ViewValue::Null => h.update(&[0]),
             ViewValue::Bool(b) => h.update(&[1, *b as u8]),

@@ -323,7 +323,12 @@ pub(crate) fn route_stage<'s>(
                                     *slot = (*slot).max(t);
                                 }
                                 keys.clear();
-                                let route = router.route(RecordRef::Alert(alert), &mut keys);
+                                // A router with a projection reads only its fields: it routes the
+                                // projected alert, which is what crosses the exchange (the
+                                // event's fields are read out of its JSON once, not twice).
+                                let projected = projection.as_ref().map(|p| alert.projected(p.names()));
+                                let route =
+                                    router.route(RecordRef::Alert(projected.as_ref().unwrap_or(alert)), &mut keys);
                                 owners(&keys, workers, &mut targets);
                                 let primary = match route {
                                     Route::Drop => {
@@ -343,10 +348,7 @@ pub(crate) fn route_stage<'s>(
                                 };
                                 if let Some((last, rest)) = targets.split_last() {
                                     // Key owners get only what the keyed half reads.
-                                    let slim = match &projection {
-                                        Some(p) => Some(alert.projected(p.names())),
-                                        None => alert_summary.then(|| alert.summary()),
-                                    };
+                                    let slim = projected.or_else(|| alert_summary.then(|| alert.summary()));
                                     for (n, w) in rest.iter().enumerate() {
                                         let copy = slim.clone().unwrap_or_else(|| alert.clone());
                                         outbox.alerts[*w].push((copy, primary && n == 0));

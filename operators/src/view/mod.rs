@@ -24,17 +24,18 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use compact_str::ToCompactString;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use ward_engine::alert::Alert;
-use ward_engine::batch::{EventBatch, Value};
+use ward_engine::batch::{EventBatch, FieldName, Value};
 use ward_engine::case::CaseRecord;
 use ward_engine::component::{OperatorOutput, StreamKind, WorkerContext};
 use ward_engine::key_groups::{key_group, owned_groups, KEY_GROUPS};
 use ward_engine::keyed::{decode, encode, KeyedOperator, KeyedOperatorFactory, RecordRef, Route, Router};
 use ward_engine::registry::{BuildContext, Built, ComponentConfig, Section};
 use ward_engine::time::{event_time, EventTime, WATERMARK_MIN};
-use ward_engine::view::{key_hash, ViewFactory, ViewKey, ViewLogic, ViewShape, ViewUpdate, ViewValue, F64};
+use ward_engine::view::{key_hash_of, ViewFactory, ViewKey, ViewLogic, ViewShape, ViewUpdate, ViewValue, F64};
 
 /// At most this many windows hold one event (`size / slide` of a sliding window).
 const MAX_WINDOWS_PER_EVENT: i64 = 1_000;
@@ -177,18 +178,18 @@ impl ComponentConfig for ViewConfig {
 /// A validated view.
 #[derive(Debug)]
 struct ViewSpec {
-    group_by: Vec<String>,
+    group_by: Vec<FieldName>,
     /// (size, slide) in ms.
     window: Option<(i64, i64)>,
     /// The distinct fields the measures read, in the order of a key's input values.
-    fields: Vec<String>,
+    fields: Vec<FieldName>,
     /// Per measure: its function and the index of its field in `fields`.
     measures: Vec<(MeasureFn, Option<usize>)>,
     top: Option<(usize, usize)>,
     /// `where`: per field, the values (as text) a record must have one of.
-    filter: Vec<(String, Vec<String>)>,
+    filter: Vec<(FieldName, Vec<String>)>,
     /// `diff`: the field holding a record's difference.
-    diff: Option<String>,
+    diff: Option<FieldName>,
     shape: Arc<ViewShape>,
 }
 
@@ -280,12 +281,21 @@ impl ViewConfig {
             if values.is_empty() {
                 anyhow::bail!("`where.{field}`: the list of values is empty (no record would pass)");
             }
-            filter.push((field, values));
+            filter.push((FieldName::new(field), values));
         }
         if self.diff.as_deref() == Some("") {
             anyhow::bail!("`diff` names no field");
         }
-        Ok(ViewSpec { group_by: self.group_by, window, fields, measures, top, filter, diff: self.diff, shape })
+        Ok(ViewSpec {
+            group_by: self.group_by.into_iter().map(FieldName::new).collect(),
+            window,
+            fields: fields.into_iter().map(FieldName::new).collect(),
+            measures,
+            top,
+            filter,
+            diff: self.diff.map(FieldName::new),
+            shape,
+        })
     }
 }
 
@@ -315,16 +325,16 @@ fn from_event(v: Option<Value>, batch: &EventBatch) -> ViewValue {
         Some(Value::Bool(x)) => ViewValue::Bool(x),
         Some(Value::Int(i)) => ViewValue::Int(i),
         Some(Value::Float(f)) => ViewValue::Float(F64(f)),
-        Some(Value::Str(r)) => ViewValue::Str(b.str(r).to_string()),
+        Some(Value::Str(r)) => ViewValue::Str(b.str(r).into()),
         Some(Value::Timestamp(ms)) => ViewValue::Int(ms),
-        Some(Value::Ip(r)) => b.ip(r).map_or(ViewValue::Null, |ip| ViewValue::Str(ip.to_string())),
+        Some(Value::Ip(r)) => b.ip(r).map_or(ViewValue::Null, |ip| ViewValue::Str(ip.to_compact_string())),
     }
 }
 
 /// A case record's field: its own (`kind`, `priority`, `tta_ms`, ...) or an entity key's value
 /// (`host.name`, ...).
 fn from_case(case: &CaseRecord, name: &str) -> ViewValue {
-    let text = |s: &str| ViewValue::Str(s.to_string());
+    let text = |s: &str| ViewValue::Str(s.into());
     let int = |v: Option<i64>| v.map_or(ViewValue::Null, ViewValue::Int);
     match name {
         "kind" => text(case.kind.as_str()),
@@ -347,51 +357,48 @@ fn from_case(case: &CaseRecord, name: &str) -> ViewValue {
 fn from_alert(alert: &Alert, name: &str) -> ViewValue {
     match alert.field(name) {
         s if s.is_empty() => ViewValue::Null,
-        s => ViewValue::Str(s.into_owned()),
+        s => ViewValue::Str(s.into()),
     }
 }
 
 /// The values of `fields` in a record.
-fn values(fields: &[String], record: RecordRef<'_>) -> Vec<ViewValue> {
+fn values(fields: &[FieldName], record: RecordRef<'_>) -> Vec<ViewValue> {
     fields.iter().map(|f| value(f, record)).collect()
 }
 
 /// The value of one field in a record.
-fn value(field: &str, record: RecordRef<'_>) -> ViewValue {
+fn value(field: &FieldName, record: RecordRef<'_>) -> ViewValue {
     match record {
-        RecordRef::Event { batch, row } => from_event(batch.get_by_name(row, field), batch),
-        RecordRef::Alert(alert) => from_alert(alert, field),
-        RecordRef::Case(case) => from_case(case, field),
+        RecordRef::Event { batch, row } => from_event(batch.get_field(row, field), batch),
+        RecordRef::Alert(alert) => from_alert(alert, field.as_str()),
+        RecordRef::Case(case) => from_case(case, field.as_str()),
     }
 }
 
 /// Whether `record` passes the view's `where` (strings compared without copying them).
-fn passes(filter: &[(String, Vec<String>)], record: RecordRef<'_>) -> bool {
+fn passes(filter: &[(FieldName, Vec<String>)], record: RecordRef<'_>) -> bool {
     let text_of = |v: ViewValue| match v {
-        ViewValue::Null => String::new(),
-        ViewValue::Bool(b) => b.to_string(),
-        ViewValue::Int(i) => i.to_string(),
-        ViewValue::Float(f) => f.0.to_string(),
         ViewValue::Str(s) => s,
+        other => other.to_compact_string(),
     };
     filter.iter().all(|(field, allowed)| match record {
-        RecordRef::Event { batch, row } => match batch.get_by_name(row, field) {
+        RecordRef::Event { batch, row } => match batch.get_field(row, field) {
             Some(Value::Str(r)) => {
                 let s = batch.bytes().str(r);
                 allowed.iter().any(|a| a == s)
             }
             other => {
                 let t = text_of(from_event(other, batch));
-                allowed.iter().any(|a| *a == t)
+                allowed.iter().any(|a| a.as_str() == t.as_str())
             }
         },
         RecordRef::Alert(alert) => {
-            let v = alert.field(field);
+            let v = alert.field(field.as_str());
             allowed.iter().any(|a| *a == v)
         }
         RecordRef::Case(case) => {
-            let t = text_of(from_case(case, field));
-            allowed.iter().any(|a| *a == t)
+            let t = text_of(from_case(case, field.as_str()));
+            allowed.iter().any(|a| a.as_str() == t.as_str())
         }
     })
 }
@@ -445,7 +452,7 @@ impl KeyedOperatorFactory for ViewFactoryImpl {
             owned,
             state: HashMap::new(),
             watermark: WATERMARK_MIN,
-            epoch_updates: HashMap::new(),
+            epoch_updates: HashMap::default(),
             windows: Vec::new(),
         }))
     }
@@ -477,11 +484,7 @@ impl Router for ViewRouter {
             return Route::Drop;
         };
         self.spec.windows(time, &mut self.windows);
-        let mut key = ViewKey { window: None, group };
-        for w in &self.windows {
-            key.window = *w;
-            keys.push(key_hash(&key));
-        }
+        keys.extend(self.windows.iter().map(|w| key_hash_of(*w, &group)));
         Route::Keyed
     }
 }
@@ -496,13 +499,13 @@ struct View {
     /// The watermark as of the last step.
     watermark: EventTime,
     /// This epoch's updates by key and input hash: their index in the output.
-    epoch_updates: HashMap<u64, usize>,
+    epoch_updates: HashMap<u64, usize, ahash::RandomState>,
     windows: Vec<Option<(i64, i64)>>,
 }
 
 impl View {
     fn add(&mut self, record: RecordRef<'_>, out: &mut OperatorOutput) -> bool {
-        let Some((time, d, group)) = read(&self.spec, record) else { return false };
+        let Some((time, d, mut group)) = read(&self.spec, record) else { return false };
         let input = values(&self.spec.fields, record);
         self.spec.windows(time, &mut self.windows);
         // The keyed stage hands the epoch's updates on when the epoch ends: an empty list is a
@@ -510,21 +513,20 @@ impl View {
         if out.view.updates.is_empty() {
             self.epoch_updates.clear();
         }
-        let input_hash = {
-            use std::hash::{Hash, Hasher};
-            let mut h = std::hash::DefaultHasher::new();
-            input.hash(&mut h);
-            h.finish()
-        };
+        // Fixed seeds: a slot's hash only has to be the same within the process.
+        let input_hash = ahash::RandomState::with_seeds(1, 2, 3, 4).hash_one(&input);
         let mut primary = false;
+        let last = self.windows.len().saturating_sub(1);
         for (i, w) in self.windows.iter().enumerate() {
-            let key = ViewKey { window: *w, group: group.clone() };
-            let hash = key_hash(&key);
+            let hash = key_hash_of(*w, &group);
             let g = key_group(hash);
             if !self.owned[g as usize] {
                 continue;
             }
             primary |= i == 0;
+            // The group is copied for every window but the last, which takes it.
+            let group = if i == last { std::mem::take(&mut group) } else { group.clone() };
+            let key = ViewKey { window: *w, group };
             let keys = self.state.entry(g).or_default();
             match keys.get_mut(&key) {
                 Some(inputs) => match inputs.get_mut(&input) {

@@ -1,6 +1,7 @@
 use super::*;
 use ward_engine::batch::{Key, Slot};
 use ward_engine::fields::ids;
+use ward_engine::view::key_hash;
 
 fn config(yaml: &str) -> ViewConfig {
     yaml_serde::from_str(yaml).unwrap()
@@ -33,7 +34,7 @@ fn view(spec: &Arc<ViewSpec>) -> View {
         owned: vec![true; KEY_GROUPS as usize],
         state: HashMap::new(),
         watermark: WATERMARK_MIN,
-        epoch_updates: HashMap::new(),
+        epoch_updates: HashMap::default(),
         windows: Vec::new(),
     }
 }
@@ -66,7 +67,11 @@ fn measures_read_consolidated_inputs() {
          {name: total, fn: sum, field: network.bytes}, {name: mean, fn: avg, field: network.bytes}, \
          {name: lo, fn: min, field: network.bytes}, {name: hi, fn: max, field: network.bytes}]}",
     );
-    assert_eq!(spec.fields, vec!["network.bytes"], "one input value per distinct field");
+    assert_eq!(
+        spec.fields.iter().map(FieldName::as_str).collect::<Vec<_>>(),
+        ["network.bytes"],
+        "one input value per distinct field"
+    );
     let key = ViewKey { window: None, group: vec![s("h")] };
     let (a, b, null) = (vec![ViewValue::Int(10)], vec![ViewValue::Int(4)], vec![ViewValue::Null]);
     let m = spec.measures(&key, &[(&null, 2), (&b, 1), (&a, 3)]);
