@@ -419,9 +419,9 @@ fn diff_of(spec: &ViewSpec, record: RecordRef<'_>) -> Option<i64> {
     (d != 0 && d.abs() <= MAX_DIFF).then_some(d)
 }
 
-/// A record's event time, difference and group (None: no event time, `where` leaves it out,
-/// or it has no difference).
-fn read(spec: &ViewSpec, record: RecordRef<'_>) -> Option<(EventTime, i64, Vec<ViewValue>)> {
+/// A record's event time and difference, its group's values into `group` (None: no event
+/// time, `where` leaves it out, or it has no difference).
+fn read(spec: &ViewSpec, record: RecordRef<'_>, group: &mut Vec<ViewValue>) -> Option<(EventTime, i64)> {
     let time = match record {
         RecordRef::Event { batch, row } => event_time(batch, row)?,
         RecordRef::Alert(alert) => alert.event_time_ms?,
@@ -431,7 +431,9 @@ fn read(spec: &ViewSpec, record: RecordRef<'_>) -> Option<(EventTime, i64, Vec<V
         return None;
     }
     let d = diff_of(spec, record)?;
-    Some((time, d, values(&spec.group_by, record)))
+    group.clear();
+    group.extend(spec.group_by.iter().map(|f| value(f, record)));
+    Some((time, d))
 }
 
 struct ViewFactoryImpl {
@@ -440,7 +442,7 @@ struct ViewFactoryImpl {
 
 impl KeyedOperatorFactory for ViewFactoryImpl {
     fn router(&self, _ctx: &WorkerContext) -> anyhow::Result<Box<dyn Router>> {
-        Ok(Box::new(ViewRouter { spec: self.spec.clone(), windows: Vec::new() }))
+        Ok(Box::new(ViewRouter { spec: self.spec.clone(), windows: Vec::new(), group: Vec::new() }))
     }
     fn operator(&self, ctx: &WorkerContext) -> anyhow::Result<Box<dyn KeyedOperator>> {
         let mut owned = vec![false; KEY_GROUPS as usize];
@@ -467,6 +469,8 @@ impl ViewFactory for ViewFactoryImpl {
 struct ViewRouter {
     spec: Arc<ViewSpec>,
     windows: Vec<Option<(i64, i64)>>,
+    /// The routed record's group, reused: routing only hashes it.
+    group: Vec<ViewValue>,
 }
 
 impl Router for ViewRouter {
@@ -478,13 +482,13 @@ impl Router for ViewRouter {
     }
 
     fn route(&mut self, record: RecordRef<'_>, keys: &mut Vec<u64>) -> Route {
-        let Some((time, _, group)) = read(&self.spec, record) else {
+        let Some((time, _)) = read(&self.spec, record, &mut self.group) else {
             // Left out by `where`, or no difference (records without an event time are
             // quarantined by the route stage before it asks).
             return Route::Drop;
         };
         self.spec.windows(time, &mut self.windows);
-        keys.extend(self.windows.iter().map(|w| key_hash_of(*w, &group)));
+        keys.extend(self.windows.iter().map(|w| key_hash_of(*w, &self.group)));
         Route::Keyed
     }
 }
@@ -505,7 +509,8 @@ struct View {
 
 impl View {
     fn add(&mut self, record: RecordRef<'_>, out: &mut OperatorOutput) -> bool {
-        let Some((time, d, mut group)) = read(&self.spec, record) else { return false };
+        let mut group = Vec::with_capacity(self.spec.group_by.len());
+        let Some((time, d)) = read(&self.spec, record, &mut group) else { return false };
         let input = values(&self.spec.fields, record);
         self.spec.windows(time, &mut self.windows);
         // The keyed stage hands the epoch's updates on when the epoch ends: an empty list is a

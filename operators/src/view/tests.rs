@@ -183,7 +183,7 @@ fn state_moves_between_worker_counts_by_key_group_and_is_re_fed_after_a_restore(
 #[test]
 fn routers_name_one_key_per_window_and_alerts_group_by_their_fields() {
     let spec = spec("{group_by: [rule.id], window: {size: 2m, slide: 1m}, measures: [{name: n, fn: count}]}");
-    let mut r = ViewRouter { spec: spec.clone(), windows: Vec::new() };
+    let mut r = ViewRouter { spec: spec.clone(), windows: Vec::new(), group: Vec::new() };
     let alert = crate::testing::alert(1, "r1", "high", 90_000);
     let mut keys = Vec::new();
     assert_eq!(r.route(RecordRef::Alert(&alert), &mut keys), Route::Keyed);
@@ -234,7 +234,7 @@ fn case_records_feed_mtta_by_priority_through_where() {
         "{group_by: [priority], window: {size: 1d}, where: {kind: case.acknowledged}, \
          measures: [{name: mtta_ms, fn: avg, field: tta_ms}, {name: hosts, fn: count_distinct, field: host.name}]}",
     );
-    let mut r = ViewRouter { spec: spec.clone(), windows: Vec::new() };
+    let mut r = ViewRouter { spec: spec.clone(), windows: Vec::new(), group: Vec::new() };
     let mut keys = Vec::new();
     let joined = case(Joined, "P1", 5_000, Some(4_000));
     assert_eq!(r.route(RecordRef::Case(&joined), &mut keys), Route::Drop, "left out by `where`");
@@ -294,7 +294,7 @@ fn differences_add_and_remove_rows_of_the_current_state() {
     v.process_alert(change(4, "web-1", "4444", "-1"), true, &mut out);
     assert_eq!(v.live_keys(), 0);
     // Not a difference: left out (the router drops it, counted as filtered).
-    let mut r = ViewRouter { spec: spec.clone(), windows: Vec::new() };
+    let mut r = ViewRouter { spec: spec.clone(), windows: Vec::new(), group: Vec::new() };
     let mut keys = Vec::new();
     for d in ["0", "x", "", "2000000"] {
         assert_eq!(r.route(RecordRef::Alert(&change(5, "web-1", "80", d)), &mut keys), Route::Drop, "{d:?}");
