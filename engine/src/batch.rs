@@ -152,6 +152,15 @@ fn slot_room(n: usize) -> usize {
     (n + n / 8).min(BATCH_BYTES / std::mem::size_of::<Slot>())
 }
 
+/// What a batch holds: rows, slots, and bytes of payload and heap (see [`EventBatch::size`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BatchSize {
+    pub rows: usize,
+    pub slots: usize,
+    pub raw: usize,
+    pub heap: usize,
+}
+
 /// Where a batch's events came from: a source component and one of its partitions
 /// (a file path, a Kafka topic-partition, a generator instance).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -343,6 +352,7 @@ impl Projection {
         &self.ext
     }
 
+    #[inline]
     fn keeps(&self, b: &Bytes<'_>, key: Key) -> bool {
         match key {
             Key::Core(id) => self.core.get(id.0 as usize).copied().unwrap_or(false),
@@ -489,6 +499,22 @@ impl EventBatch {
             rows: Vec::with_capacity(rows),
             origins: Vec::new(),
         }
+    }
+
+    /// How much the batch holds: a hint to size the next batch filled the same way.
+    pub fn size(&self) -> BatchSize {
+        BatchSize { rows: self.rows.len(), slots: self.slots.len(), raw: self.raw.len(), heap: self.heap.len() }
+    }
+
+    /// Room for as much as `size` says at once, each part at most [`BATCH_BYTES`] worth: a batch
+    /// filled row by row (regrouped for an exchange) would otherwise grow by doubling, each
+    /// growth copying what it holds so far.
+    pub fn reserve_like(&mut self, size: BatchSize) {
+        // `reserve` does nothing when the room is there already.
+        self.rows.reserve(size.rows.min(BATCH_BYTES / std::mem::size_of::<Row>()));
+        self.slots.reserve(size.slots.min(BATCH_BYTES / std::mem::size_of::<Slot>()));
+        self.raw.reserve(size.raw.min(BATCH_BYTES));
+        self.heap.reserve(size.heap.min(BATCH_BYTES));
     }
 
     pub fn rows(&self) -> &[Row] {
@@ -722,7 +748,13 @@ impl EventBatch {
         let start = self.slots.len() as u32;
         match projection {
             None => self.slots.extend_from_slice(other.row_slots(row)),
-            Some(p) => self.slots.extend(other.row_slots(row).iter().filter(|s| p.keeps(&ob, s.key))),
+            Some(p) => {
+                for s in other.row_slots(row) {
+                    if p.keeps(&ob, s.key) {
+                        self.slots.push(*s);
+                    }
+                }
+            }
         }
         let payload = src.raw.off as usize..src.raw.off as usize + raw_bytes.len();
         let mut heap = Heap { heap: &mut self.heap, ips: &mut self.ips };

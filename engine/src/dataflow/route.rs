@@ -14,7 +14,7 @@ use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use super::context::RunContext;
 use super::{Epoch, PayloadStream, RoutedStream};
 use crate::alert::Alert;
-use crate::batch::EventBatch;
+use crate::batch::{BatchSize, EventBatch};
 use crate::case::CaseRecord;
 use crate::component::{Payload, Progress};
 use crate::key_groups::{key_group, worker_for};
@@ -45,6 +45,8 @@ type NewestByPartition = HashMap<(Arc<str>, Arc<str>), EventTime>;
 /// Per-worker buffers of records bound for each worker.
 struct Outbox {
     events: Vec<EventBatch>,
+    /// Per worker: what its last batch of events held, to size the next one.
+    last_events: Vec<BatchSize>,
     alerts: Vec<Vec<(Alert, bool)>>,
     cases: Vec<Vec<(CaseRecord, bool)>>,
 }
@@ -53,14 +55,24 @@ impl Outbox {
     fn new(workers: usize) -> Self {
         Outbox {
             events: (0..workers).map(|_| EventBatch::new()).collect(),
+            last_events: vec![BatchSize::default(); workers],
             alerts: vec![Vec::new(); workers],
             cases: vec![Vec::new(); workers],
         }
+    }
+    /// Worker `w`'s batch of events, sized like its last one when it is new.
+    fn events_for(&mut self, w: usize) -> &mut EventBatch {
+        let b = &mut self.events[w];
+        if b.is_empty() {
+            b.reserve_like(self.last_events[w]);
+        }
+        b
     }
     fn drain(&mut self) -> Vec<Routed> {
         let mut out = Vec::new();
         for (w, b) in self.events.iter_mut().enumerate() {
             if !b.is_empty() {
+                self.last_events[w] = b.size();
                 out.push(Routed { target: w as u32, body: RoutedBody::Events(std::mem::take(b)) });
             }
         }
@@ -267,7 +279,7 @@ pub(crate) fn route_stage<'s>(
                                 None => to.push_row_from(&batch, row),
                             };
                             for (row, w) in &also_to {
-                                copy(&mut outbox.events[*w as usize], *row);
+                                copy(outbox.events_for(*w as usize), *row);
                             }
                             let first = row_target.first().copied().unwrap_or(u32::MAX);
                             if projection.is_none() && first != u32::MAX && row_target.iter().all(|t| *t == first) {
@@ -283,7 +295,7 @@ pub(crate) fn route_stage<'s>(
                             } else {
                                 for (row, t) in row_target.iter().enumerate() {
                                     if *t != u32::MAX {
-                                        copy(&mut outbox.events[*t as usize], row);
+                                        copy(outbox.events_for(*t as usize), row);
                                     }
                                 }
                             }
