@@ -132,34 +132,56 @@ pub fn key_hash(key: &ViewKey) -> u64 {
 }
 
 /// [`key_hash`] of the key a window and a group would make, without making it. The key's
-/// bytes are laid out on the stack and hashed in one call (xxh3 of the same bytes as a
-/// streaming hasher would be given: the hash is the same, without its state's set-up).
+/// bytes are laid out in a buffer (on the stack for usual keys) and hashed in one call: xxh3
+/// of the same bytes a streaming hasher would be given, so the same hash.
 pub fn key_hash_of(window: Option<(i64, i64)>, group: &[ViewValue]) -> u64 {
-    let mut bytes: smallvec::SmallVec<[u8; 192]> = smallvec::SmallVec::new();
+    fn put(buf: &mut [u8], at: &mut usize, bytes: &[u8]) {
+        buf[*at..*at + bytes.len()].copy_from_slice(bytes);
+        *at += bytes.len();
+    }
+    let len = if window.is_some() { 16 } else { 0 }
+        + group
+            .iter()
+            .map(|v| match v {
+                ViewValue::Null => 1,
+                ViewValue::Bool(_) => 2,
+                ViewValue::Int(_) | ViewValue::Float(_) => 9,
+                ViewValue::Str(s) => 9 + s.len(),
+            })
+            .sum::<usize>();
+    let mut stack = [0u8; 256];
+    let mut heap = Vec::new();
+    let buf: &mut [u8] = if len <= stack.len() {
+        &mut stack[..len]
+    } else {
+        heap.resize(len, 0);
+        &mut heap
+    };
+    let mut at = 0;
     if let Some((start, end)) = window {
-        bytes.extend_from_slice(&start.to_le_bytes());
-        bytes.extend_from_slice(&end.to_le_bytes());
+        put(buf, &mut at, &start.to_le_bytes());
+        put(buf, &mut at, &end.to_le_bytes());
     }
     for v in group {
         match v {
-            ViewValue::Null => bytes.push(0),
-            ViewValue::Bool(b) => bytes.extend_from_slice(&[1, *b as u8]),
+            ViewValue::Null => put(buf, &mut at, &[0]),
+            ViewValue::Bool(b) => put(buf, &mut at, &[1, *b as u8]),
             ViewValue::Int(i) => {
-                bytes.push(2);
-                bytes.extend_from_slice(&i.to_le_bytes());
+                put(buf, &mut at, &[2]);
+                put(buf, &mut at, &i.to_le_bytes());
             }
             ViewValue::Float(f) => {
-                bytes.push(3);
-                bytes.extend_from_slice(&f.0.to_bits().to_le_bytes());
+                put(buf, &mut at, &[3]);
+                put(buf, &mut at, &f.0.to_bits().to_le_bytes());
             }
             ViewValue::Str(s) => {
-                bytes.push(4);
-                bytes.extend_from_slice(&(s.len() as u64).to_le_bytes());
-                bytes.extend_from_slice(s.as_bytes());
+                put(buf, &mut at, &[4]);
+                put(buf, &mut at, &(s.len() as u64).to_le_bytes());
+                put(buf, &mut at, s.as_bytes());
             }
         }
     }
-    xxhash_rust::xxh3::xxh3_64(&bytes)
+    xxhash_rust::xxh3::xxh3_64(buf)
 }
 
 /// The names a view's rows are made of, for sinks and table definitions.
