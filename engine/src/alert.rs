@@ -87,7 +87,6 @@ impl PartialEq for EventJson {
 fn member_or_ext<'a>(text: &'a str, name: &str) -> Result<&'a RawValue, Option<&'a RawValue>> {
     use serde::de::{DeserializeSeed, Error, IgnoredAny, MapAccess, Visitor};
     use std::cell::Cell;
-    #[derive(PartialEq)]
     enum Which {
         Name,
         Ext,
