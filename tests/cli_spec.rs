@@ -233,6 +233,11 @@ fn sizes_and_addresses_are_bounded_in_validation() {
     assert_rejected(&with_settings("batch_size: 1099511627776"), 3, None, "`batch_size` is 1099511627776");
     assert_rejected(&with_settings("admin_listen: not-an-address"), 3, None, "not an address to listen on");
     assert_rejected(&with_settings("epoch_interval_ms: 0"), 3, None, "`epoch_interval_ms` is 0");
+    // At the line of the setting, not of the block's first.
+    let second = with_settings("batch_size: 512\n  admin_listen: \"\"\n  epoch_interval_ms: 0");
+    assert_rejected(&second, 5, Some(22), "`epoch_interval_ms` is 0");
+    let checkpoint = with_settings("batch_size: 512\n  checkpoint: {dir: ck, retain: 0}");
+    assert_rejected(&checkpoint, 4, None, "`checkpoint.retain` is 0");
     let (r, _) = validate(&with_settings("admin_listen: \"localhost:0\""));
     assert_eq!(r.code, 0, "{}", r.stderr);
     let big = GOOD.replace("    inputs: [src]\n", "    inputs: [src]\n    max_record_bytes: 1099511627776\n");

@@ -145,45 +145,39 @@ pub const MAX_SPEC_BYTES: usize = 4 << 20;
 pub const MAX_BATCH_SIZE: usize = 1 << 20;
 
 impl Settings {
-    /// Problems with the values (shape errors are caught when the block is read).
-    pub fn problems(&self) -> Vec<String> {
+    /// Problems with the values (shape errors are caught when the block is read), each with
+    /// the setting it is about (a key of `settings`), so that it can be reported at its line.
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
         let mut out = Vec::new();
-        let mut range = |name: &str, v: u64, min: u64, max: u64| {
+        let mut range = |key: &'static str, name: &str, v: u64, min: u64, max: u64| {
             if let Err(e) = crate::limits::check_range(name, v, min, max) {
-                out.push(format!("settings: {e}"));
+                out.push((key, format!("settings: {e}")));
             }
         };
-        range("epoch_interval_ms", self.epoch_interval_ms, 1, 3_600_000);
-        range("batch_size", self.batch_size as u64, 1, MAX_BATCH_SIZE as u64);
-        range("max_in_flight_bytes", self.max_in_flight_bytes, 1 << 20, 1 << 40);
-        range("admin_max_connections", self.admin_max_connections as u64, 1, 65_536);
+        let ms = |d: std::time::Duration| d.as_millis().min(u64::MAX as u128) as u64;
+        range("epoch_interval_ms", "epoch_interval_ms", self.epoch_interval_ms, 1, 3_600_000);
+        range("batch_size", "batch_size", self.batch_size as u64, 1, MAX_BATCH_SIZE as u64);
+        range("max_in_flight_bytes", "max_in_flight_bytes", self.max_in_flight_bytes, 1 << 20, 1 << 40);
+        range("admin_max_connections", "admin_max_connections", self.admin_max_connections as u64, 1, 65_536);
         if let Some(c) = &self.checkpoint {
-            range("checkpoint.retain", c.retain as u64, 1, 10_000);
-            let ms = c.interval.as_millis().min(u64::MAX as u128) as u64;
-            range("checkpoint.interval (ms)", ms, 1, 86_400_000);
+            range("checkpoint", "checkpoint.retain", c.retain as u64, 1, 10_000);
+            range("checkpoint", "checkpoint.interval (ms)", ms(c.interval), 1, 86_400_000);
         }
         let st = &self.storage;
-        range(
-            "storage.request_timeout (ms)",
-            st.request_timeout.as_millis().min(u64::MAX as u128) as u64,
-            100,
-            600_000,
-        );
-        range("storage.retry_budget (ms)", st.retry_budget.as_millis().min(u64::MAX as u128) as u64, 0, 3_600_000);
+        range("storage", "storage.request_timeout (ms)", ms(st.request_timeout), 100, 600_000);
+        range("storage", "storage.retry_budget (ms)", ms(st.retry_budget), 0, 3_600_000);
         if let Some(c) = &self.checkpoint {
-            match (c.dir.is_empty(), &c.url) {
-                (false, Some(_)) => out.push("settings: checkpoint: `dir` or `url`, not both".to_string()),
-                (true, None) => out
-                    .push("settings: checkpoint: `dir` (a directory) or `url` (an object store) is needed".to_string()),
-                _ => {
-                    if let Err(e) = crate::storage::check_location(c.location()) {
-                        out.push(format!("settings: checkpoint: {e}"));
-                    }
+            let problem = match (c.dir.is_empty(), &c.url) {
+                (false, Some(_)) => Some("settings: checkpoint: `dir` or `url`, not both".to_string()),
+                (true, None) => {
+                    Some("settings: checkpoint: `dir` (a directory) or `url` (an object store) is needed".to_string())
                 }
-            }
+                _ => crate::storage::check_location(c.location()).err().map(|e| format!("settings: checkpoint: {e}")),
+            };
+            out.extend(problem.map(|p| ("checkpoint", p)));
         }
         if let Err(e) = parse_listen_address(&self.admin_listen) {
-            out.push(format!("settings: admin_listen: {e}"));
+            out.push(("admin_listen", format!("settings: admin_listen: {e}")));
         }
         out
     }
@@ -482,8 +476,10 @@ impl Validator {
                 "description" => {}
                 "settings" => match marked_yaml::from_node::<Settings>(value) {
                     Ok(s) => {
-                        for p in s.problems() {
-                            self.err(value.span().start(), p);
+                        // At the line of the setting, when the block names it.
+                        for (setting, p) in s.problems() {
+                            let node = value.as_mapping().and_then(|m| m.get_node(setting)).unwrap_or(value);
+                            self.err(node.span().start(), p);
                         }
                         settings = s
                     }
