@@ -149,23 +149,25 @@ impl Settings {
     /// the setting it is about (a key of `settings`), so that it can be reported at its line.
     pub fn problems(&self) -> Vec<(&'static str, String)> {
         let mut out = Vec::new();
-        let mut range = |key: &'static str, name: &str, v: u64, min: u64, max: u64| {
+        // `name`'s first part (`checkpoint` of `checkpoint.retain`) is the setting it is about.
+        let mut range = |name: &'static str, v: u64, min: u64, max: u64| {
             if let Err(e) = crate::limits::check_range(name, v, min, max) {
-                out.push((key, format!("settings: {e}")));
+                let setting = name.split(['.', ' ']).next().unwrap_or(name);
+                out.push((setting, format!("settings: {e}")));
             }
         };
         let ms = |d: std::time::Duration| d.as_millis().min(u64::MAX as u128) as u64;
-        range("epoch_interval_ms", "epoch_interval_ms", self.epoch_interval_ms, 1, 3_600_000);
-        range("batch_size", "batch_size", self.batch_size as u64, 1, MAX_BATCH_SIZE as u64);
-        range("max_in_flight_bytes", "max_in_flight_bytes", self.max_in_flight_bytes, 1 << 20, 1 << 40);
-        range("admin_max_connections", "admin_max_connections", self.admin_max_connections as u64, 1, 65_536);
+        range("epoch_interval_ms", self.epoch_interval_ms, 1, 3_600_000);
+        range("batch_size", self.batch_size as u64, 1, MAX_BATCH_SIZE as u64);
+        range("max_in_flight_bytes", self.max_in_flight_bytes, 1 << 20, 1 << 40);
+        range("admin_max_connections", self.admin_max_connections as u64, 1, 65_536);
         if let Some(c) = &self.checkpoint {
-            range("checkpoint", "checkpoint.retain", c.retain as u64, 1, 10_000);
-            range("checkpoint", "checkpoint.interval (ms)", ms(c.interval), 1, 86_400_000);
+            range("checkpoint.retain", c.retain as u64, 1, 10_000);
+            range("checkpoint.interval (ms)", ms(c.interval), 1, 86_400_000);
         }
         let st = &self.storage;
-        range("storage", "storage.request_timeout (ms)", ms(st.request_timeout), 100, 600_000);
-        range("storage", "storage.retry_budget (ms)", ms(st.retry_budget), 0, 3_600_000);
+        range("storage.request_timeout (ms)", ms(st.request_timeout), 100, 600_000);
+        range("storage.retry_budget (ms)", ms(st.retry_budget), 0, 3_600_000);
         if let Some(c) = &self.checkpoint {
             let problem = match (c.dir.is_empty(), &c.url) {
                 (false, Some(_)) => Some("settings: checkpoint: `dir` or `url`, not both".to_string()),
