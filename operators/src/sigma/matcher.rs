@@ -164,6 +164,11 @@ pub struct Literals {
     pub joinable: bool,
     /// The cased literals as written (`Hit::exact`).
     pub exact: Vec<Box<[u8]>>,
+    /// For keyword scans of up to 64 literals: a SIMD (Teddy) search for any of them, which
+    /// skips the overlapping pass over an event's joined text when none occurs (the usual
+    /// case: 20 ns instead of 300 ns for a Windows event and the 20 literals of the rule
+    /// routed to every Windows event).
+    pub any: Option<aho_corasick::packed::Searcher>,
 }
 
 /// The eager tests on one field (of one scan group).
@@ -217,7 +222,11 @@ pub struct Matcher {
     /// Fields under `Event.EventData.`, by the name after it: Windows event data kept under
     /// `Event.UserData.<Element>.` or spelled with spaces is found through these.
     pub data_lookup: ahash::HashMap<Box<str>, Vec<FieldIdx>>,
+    /// Keyword literals of rules without a route, scanned whenever a keyword is asked for.
     pub keywords: Scan,
+    /// Per route whose rules search keywords, their literals: scanned only where the route
+    /// admits the event (a Security event does not meet an Application rule's keywords).
+    pub keywords_routed: Vec<(u32, Scan)>,
     pub atoms: Vec<Atom>,
     /// Eager atom → the rules it triggers, each with the bit of the trigger clause it is in.
     pub atom_rules: Vec<Vec<Trigger>>,
@@ -481,10 +490,8 @@ impl Scratch {
 impl Matcher {
     /// Whether a rule searches keywords (any string value of an event, whatever its field).
     pub fn reads_keywords(&self) -> bool {
-        let scan = &self.keywords;
-        scan.literals.is_some()
-            || !scan.ci_eq.is_empty()
-            || !scan.cs_eq.is_empty()
+        let scans = std::iter::once(&self.keywords).chain(self.keywords_routed.iter().map(|(_, scan)| scan));
+        scans.into_iter().any(|scan| scan.literals.is_some() || !scan.ci_eq.is_empty() || !scan.cs_eq.is_empty())
             || self.atoms.iter().any(|a| match a {
                 Atom::Lazy(Lazy::Keyword) => true,
                 Atom::Lazy(
@@ -579,7 +586,8 @@ impl Matcher {
         if scan.literals.is_some() || !scan.ci_eq.is_empty() {
             lowered.extend(bytes.iter().map(u8::to_ascii_lowercase));
         }
-        if let Some(lits) = &scan.literals {
+        let skip = |lits: &Literals| lits.any.as_ref().is_some_and(|any| any.find(&lowered).is_none());
+        if let Some(lits) = scan.literals.as_ref().filter(|lits| !skip(lits)) {
             s.stats.passes += 1;
             s.stats.scanned_bytes += bytes.len() as u64;
             // Occurrences come in order of their end, so the value they lie in only advances.
@@ -616,6 +624,22 @@ impl Matcher {
             self.equal_values(scan, s, bytes, &lowered, ends, trigger);
         }
         s.lowered_text = lowered;
+    }
+
+    /// One keyword scan group over the event's string values (`joined` at `ends`): in one pass
+    /// when no literal contains the separator, else value by value.
+    fn scan_keywords(&self, scan: &Scan, s: &mut Scratch, joined: &str, ends: &[usize]) {
+        if scan.literals.iter().all(|l| l.joinable) {
+            if !ends.is_empty() {
+                self.scan_values(scan, s, joined, ends, false);
+            }
+        } else {
+            let mut start = 0;
+            for &end in ends {
+                self.scan(scan, s, &joined[start..end], false);
+                start = end + 1;
+            }
+        }
     }
 
     /// Whole-value equality of each value of a scan (`bytes` split at `ends`, as in
@@ -979,15 +1003,11 @@ impl Matcher {
                             ends.push(joined.len());
                         }
                     }
-                    if self.keywords.literals.iter().all(|l| l.joinable) {
-                        if !ends.is_empty() {
-                            self.scan_values(&self.keywords, s, &joined, &ends, false);
-                        }
-                    } else {
-                        let mut start = 0;
-                        for &end in &ends {
-                            self.scan(&self.keywords, s, &joined[start..end], false);
-                            start = end + 1;
+                    self.scan_keywords(&self.keywords, s, &joined, &ends);
+                    for (route, scan) in &self.keywords_routed {
+                        // Decided here if the route phase did not (routes are memoized).
+                        if self.route_holds(*route, s, b, slots) != Tri::False {
+                            self.scan_keywords(scan, s, &joined, &ends);
                         }
                     }
                     (s.keyword_text, s.keyword_ends) = (joined, ends);

@@ -288,6 +288,14 @@ fn keyword_rules_match_only_events_their_route_admits() {
     got.sort();
     let want = [(0, "any"), (0, "sec"), (1, "sys"), (2, "sys")];
     assert_eq!(got, want.map(|(o, id)| (o, id.to_string())));
+    // A Security event meets only the keywords of the routes that admit it: `psexec` (the
+    // System rule's) is not searched in it, and when none of its routes' keywords occurs the
+    // SIMD check skips the overlapping pass altogether.
+    let (_, alerts, stats) = windows_run(&rules, &[ev("Security", "psexec")]);
+    assert!(alerts.is_empty());
+    assert_eq!((stats.occurrences, stats.passes), (0, 0), "{stats:?}");
+    let (_, _, stats) = windows_run(&rules, &[ev("System", "psexec")]);
+    assert_eq!((stats.occurrences, stats.passes), (1, 1), "{stats:?}");
 }
 
 #[test]

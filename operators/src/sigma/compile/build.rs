@@ -95,12 +95,17 @@ impl LiteralsBuild {
         self.add(pattern.to_vec(), Hit { exact, ..hit });
     }
 
-    fn build(self, automata: &mut Automata) -> Result<Option<Literals>, String> {
+    /// `any_check`: also build the SIMD any-literal check (keyword scans, whose joined text is
+    /// long and rarely holds a literal; a field's values are short and often do).
+    fn build(self, automata: &mut Automata, any_check: bool) -> Result<Option<Literals>, String> {
         if self.patterns.is_empty() {
             return Ok(None);
         }
         let separator = KEYWORD_SEPARATOR as u8;
         let joinable = !self.patterns.iter().any(|p| p.contains(&separator));
+        // None where the packed searcher cannot take the list (more than 64 literals).
+        let any =
+            if any_check { aho_corasick::packed::Config::new().builder().extend(&self.patterns).build() } else { None };
         let ac = match automata.entry(self.patterns) {
             std::collections::hash_map::Entry::Occupied(e) => e.get().clone(),
             std::collections::hash_map::Entry::Vacant(e) => {
@@ -109,7 +114,7 @@ impl LiteralsBuild {
             }
         };
         let exact = self.exact.into_iter().map(Vec::into_boxed_slice).collect();
-        Ok(Some(Literals { ac, hits: self.hits, joinable, exact }))
+        Ok(Some(Literals { ac, hits: self.hits, joinable, exact, any }))
     }
 }
 
@@ -168,13 +173,14 @@ struct FieldBuild {
 }
 
 impl FieldBuild {
-    /// The scan of every event, and the scans per route.
-    fn build(self, automata: &mut Automata) -> Result<(Option<Scan>, Vec<(u32, Scan)>), String> {
+    /// The scan of every event, and the scans per route (`any_check`: see
+    /// [`LiteralsBuild::build`]).
+    fn build(self, automata: &mut Automata, any_check: bool) -> Result<(Option<Scan>, Vec<(u32, Scan)>), String> {
         let (mut always, mut routed) = (None, Vec::new());
         for (group, b) in self.by_route {
             match group {
-                None => always = Some(b.build(automata)?),
-                Some(route) => routed.push((route, b.build(automata)?)),
+                None => always = Some(b.build(automata, any_check)?),
+                Some(route) => routed.push((route, b.build(automata, any_check)?)),
             }
         }
         Ok((always, routed))
@@ -204,9 +210,9 @@ impl ScanBuild {
         }
     }
 
-    fn build(self, automata: &mut Automata) -> Result<Scan, String> {
+    fn build(self, automata: &mut Automata, any_check: bool) -> Result<Scan, String> {
         Ok(Scan {
-            literals: self.literals.build(automata)?,
+            literals: self.literals.build(automata, any_check)?,
             ci_eq: self.ci_eq.into_iter().map(|(k, v)| (k.into_boxed_slice(), v)).collect(),
             cs_eq: self.cs_eq.into_iter().map(|(k, v)| (k.into_boxed_slice(), v)).collect(),
         })
@@ -234,11 +240,11 @@ impl MatcherBuilder {
         }
     }
 
-    /// Puts eager atom `a`'s test into the current scan group of its field (keyword literals
-    /// into the one group the keyword scan has).
+    /// Puts eager atom `a`'s test into the current scan group of its field (keywords have
+    /// groups per route as fields do).
     fn place(&mut self, a: AtomId) {
         let Some((field, places)) = &self.placements[a as usize] else { return };
-        let group = if *field == KEYWORDS { None } else { self.current };
+        let group = self.current;
         if !self.placed.insert((a, group)) {
             return;
         }
@@ -518,15 +524,17 @@ impl MatcherBuilder {
             }
             let display = fb.display.clone();
             let keys = fb.keys.clone();
-            let (always, routed) = fb.build(&mut automata)?;
+            let (always, routed) = fb.build(&mut automata, false)?;
             fields.push(FieldInfo { display, keys, always, routed });
         }
+        let (keywords, keywords_routed) = self.keywords.build(&mut automata, true)?;
         Ok(Matcher {
             fields,
             core_lookup,
             ext_lookup,
             data_lookup,
-            keywords: self.keywords.build(&mut automata)?.0.unwrap_or_default(),
+            keywords: keywords.unwrap_or_default(),
+            keywords_routed,
             atoms: self.atoms,
             atom_rules,
             rule_clauses,
