@@ -111,7 +111,8 @@ pub enum Lazy {
         cased: bool,
     },
     /// A keyword literal: decided by one scan of every string value of the event, run the
-    /// first time any keyword atom is asked for (keyword rules are few and routed).
+    /// first time any keyword atom is asked for, with the literals of the rules without a
+    /// route and of each route that admits the event (keyword rules are few and routed).
     Keyword,
 }
 
