@@ -491,8 +491,8 @@ impl Scratch {
 impl Matcher {
     /// Whether a rule searches keywords (any string value of an event, whatever its field).
     pub fn reads_keywords(&self) -> bool {
-        let scans = std::iter::once(&self.keywords).chain(self.keywords_routed.iter().map(|(_, scan)| scan));
-        scans.into_iter().any(|scan| scan.literals.is_some() || !scan.ci_eq.is_empty() || !scan.cs_eq.is_empty())
+        let mut scans = std::iter::once(&self.keywords).chain(self.keywords_routed.iter().map(|(_, scan)| scan));
+        scans.any(|scan| scan.literals.is_some() || !scan.ci_eq.is_empty() || !scan.cs_eq.is_empty())
             || self.atoms.iter().any(|a| match a {
                 Atom::Lazy(Lazy::Keyword) => true,
                 Atom::Lazy(
