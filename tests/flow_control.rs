@@ -106,3 +106,62 @@ fn a_slow_sink_on_one_worker_holds_memory_at_the_in_flight_bound_and_loses_nothi
     eprintln!("peak RSS {} MiB", peak_kib / 1024);
     assert!(peak_kib < 160 * 1024, "peak RSS {} MiB with 8 MiB in flight allowed", peak_kib / 1024);
 }
+
+/// With one epoch for the whole run, a sink still writes as records arrive: the oldest open
+/// epoch's batches go to the sink at once instead of waiting in memory for the epoch's end.
+#[test]
+fn a_sink_writes_the_open_epoch_as_its_records_arrive() {
+    const COUNT: u64 = 20_000;
+    let dir = tempfile::tempdir().unwrap();
+    let spec = write(
+        dir.path(),
+        "spec.yaml",
+        &format!(
+            r#"name: open-epoch
+settings:
+  admin_listen: ""
+  epoch_interval_ms: 3600000
+  batch_size: 200
+sources:
+  - {{id: gen, type: generator, count: {COUNT}, seed: 5}}
+operators:
+  - {{id: parse, type: parse, inputs: [gen], syslog_year: 2026}}
+sinks:
+  - {{id: events, type: jsonl, inputs: [parse], path: out/events.jsonl}}
+  - {{id: q, type: jsonl, inputs: [quarantine], path: out/quarantine.jsonl}}
+"#
+        ),
+    );
+    let out = dir.path().join("out/events.jsonl");
+    // 100 polls 50 ms apart: the run's single epoch stays open for at least 5 s.
+    let mut child = Command::new(ward_bin())
+        .args(["run", &spec, "--workers", "1"])
+        .current_dir(dir.path())
+        .env("FAILPOINTS", "source-poll=sleep(50)")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut first_written: Option<Instant> = None;
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the run did not end within 2 minutes");
+        if first_written.is_none() && std::fs::metadata(&out).is_ok_and(|m| m.len() > 0) {
+            first_written = Some(Instant::now());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let ended = Instant::now();
+    let status = child.wait().unwrap();
+    let err = reader.join().unwrap();
+    assert!(status.success(), "ward failed: {err}");
+    let lines = std::fs::read_to_string(&out).unwrap().lines().count() as u64;
+    let quarantined =
+        std::fs::read_to_string(dir.path().join("out/quarantine.jsonl")).unwrap_or_default().lines().count() as u64;
+    assert_eq!(lines + quarantined, COUNT, "every record once: {err}");
+    let first = first_written.expect("the sink wrote nothing while the run went on");
+    let ahead = ended - first;
+    assert!(ahead > Duration::from_secs(2), "the first lines appeared only {ahead:?} before the run ended");
+}

@@ -49,8 +49,10 @@ pub(crate) fn build_sink<'s>(
         // The newest epoch of a record received or a checkpoint prepared: the final part
         // stands in for checkpoints from there on only.
         let mut newest: Epoch = 0;
-        // Records arrive ahead of their epoch's completion; they reach the sink only once
-        // their epoch is complete, so a checkpoint's part holds exactly its epochs' records.
+        // Records arrive ahead of their epoch's completion. They reach the sink in epoch order:
+        // those of the oldest incomplete epoch (the frontier's) as they arrive, later ones once
+        // every earlier epoch is complete. So a checkpoint's part holds exactly its epochs'
+        // records, and an epoch's batches are not all held here until it completes.
         let mut pending: BTreeMap<Epoch, Vec<Payload>> = BTreeMap::new();
         move |frontiers| {
             flow.release();
@@ -147,6 +149,12 @@ pub(crate) fn build_sink<'s>(
                     }
                 }
                 Some(_) => {}
+            }
+            // The frontier's epoch is the oldest one still open: its records go to the sink
+            // now (after `epoch_complete` of the epoch before, which may close files), since
+            // no checkpoint can cover it before it completes.
+            if let (Some(s), Some(f)) = (sink.as_mut(), f) {
+                write_upto(s, Some(f));
             }
         }
     });
