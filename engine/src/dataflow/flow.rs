@@ -5,7 +5,7 @@
 //! share of `settings.max_in_flight_bytes`.
 //!
 //! "Written" is read off a probe on every sink's `written` output: a sink holds that output's
-//! capability at the oldest epoch it has not handed to its sink yet, so the probe's frontier
+//! capability at the oldest epoch it has not handed to its sink in full, so the probe's frontier
 //! passes an epoch only once every sink on every worker has written it. A blocked source still
 //! downgrades its capability as the clock advances, so the epochs it holds back can complete.
 

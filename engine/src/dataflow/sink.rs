@@ -1,7 +1,8 @@
-//! A sink's stage: records wait until their epoch is complete, then reach the sink in epoch
-//! order; with checkpoints the sink prepares each checkpoint's part and commits it once the
-//! checkpoint is complete (docs/architecture.md §5). Its `written` output holds a capability
-//! at the oldest epoch not yet handed to the sink, for flow control ([`super::flow`]).
+//! A sink's stage: records reach the sink in epoch order, those of the oldest open epoch as
+//! they arrive and later ones once every epoch before theirs is complete; with checkpoints the
+//! sink prepares each checkpoint's part and commits it once the checkpoint is complete
+//! (docs/architecture.md §5). Its `written` output holds a capability at the oldest epoch not
+//! yet handed to the sink in full, for flow control ([`super::flow`]).
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
