@@ -602,7 +602,8 @@ impl Checkpointer {
             xxh3: format!("{:016x}", xxhash_rust::xxh3::xxh3_64(bytes)),
         };
         fail::fail_point!("checkpoint-part");
-        self.store.put(&part_key(epoch, &info), bytes)?;
+        // Durable with the others once the checkpoint completes (`complete`).
+        self.store.put_new(&part_key(epoch, &info), bytes)?;
         Ok(info)
     }
 
@@ -647,6 +648,9 @@ impl Checkpointer {
                 parts.insert(name.clone(), info);
             }
         }
+        // Every part's name is durable before a manifest (or a report to the process writing
+        // it) names it: one directory sync per checkpoint instead of one per part.
+        self.store.sync_dir(&format!("{}/parts", checkpoint_key(epoch)))?;
         if let Some(c) = &self.cluster {
             let report = PartsReport { epoch, process: c.process, closing, parts: parts.values().cloned().collect() };
             c.outbox.lock().unwrap_or_else(|e| e.into_inner()).push(report);

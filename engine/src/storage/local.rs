@@ -3,7 +3,8 @@
 //! Kept beside `object_store`'s own filesystem store because Ward's guarantees here include a
 //! power loss, not only a crash: every object is written to a temporary file, fsynced, and
 //! then renamed (`put`) or hard-linked (`create`, which fails when the key exists) into place,
-//! and the directory is fsynced.
+//! and the directory is fsynced. A key written once (`put_new`: checkpoint parts) is written in
+//! place and fsynced, and its directory fsynced once for all of them (`sync_dir`).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -64,6 +65,30 @@ impl Store for LocalStore {
         let tmp = self.write_temp(&path, bytes).map_err(|e| self.err(key, e))?;
         std::fs::rename(&tmp, &path).map_err(|e| self.err(key, e))?;
         sync_dir(&path).map_err(|e| self.err(key, e))
+    }
+
+    fn put_new(&self, key: &str, bytes: &[u8]) -> anyhow::Result<()> {
+        let path = self.path(key);
+        let write = || -> std::io::Result<()> {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            // No temporary file and rename: the key is new, and a partial file is named by no
+            // manifest (and removed with its checkpoint's other unnamed objects).
+            let mut f = std::fs::File::create_new(&path)?;
+            f.write_all(bytes)?;
+            f.sync_all()
+        };
+        write().map_err(|e| self.err(key, e))
+    }
+
+    fn sync_dir(&self, dir: &str) -> anyhow::Result<()> {
+        let path = self.path(dir.trim_end_matches('/'));
+        match std::fs::File::open(&path).and_then(|d| d.sync_all()) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(self.err(dir, e)),
+        }
     }
 
     fn create(&self, key: &str, bytes: &[u8]) -> anyhow::Result<Created> {
@@ -188,6 +213,11 @@ mod tests {
         assert_eq!(s.create("a/MANIFEST", b"two").unwrap(), Created::Exists);
         assert_eq!(s.get("a/MANIFEST").unwrap().as_deref(), Some(&b"one"[..]));
         s.put("a/parts/x.bin", b"xx").unwrap();
+        s.put_new("a/parts/w.bin", b"ww").unwrap();
+        s.sync_dir("a/parts").unwrap();
+        assert!(s.put_new("a/parts/w.bin", b"again").is_err(), "a key is written once");
+        assert_eq!(s.get("a/parts/w.bin").unwrap().as_deref(), Some(&b"ww"[..]));
+        s.delete("a/parts/w.bin").unwrap();
         s.put("ab/y", b"y").unwrap();
         let keys = |p: &str| s.list(p).unwrap().into_iter().map(|e| e.key).collect::<Vec<_>>();
         assert_eq!(keys("a/"), vec!["a/MANIFEST", "a/parts/x.bin"]);

@@ -54,6 +54,17 @@ pub trait Store: Send + Sync {
     /// The directory when the store is a local filesystem (writers can then write in place).
     fn local_root(&self) -> Option<&Path>;
     fn put(&self, key: &str, bytes: &[u8]) -> anyhow::Result<()>;
+    /// Puts `bytes` at a key no other write ever uses (a checkpoint part: named by its writer
+    /// and a sequence number). It is durable once [`Store::sync_dir`] of its directory has
+    /// returned; until then a crash may lose it or leave it partial. Lets a checkpoint make
+    /// all of its parts' names durable at once instead of one part at a time.
+    fn put_new(&self, key: &str, bytes: &[u8]) -> anyhow::Result<()> {
+        self.put(key, bytes)
+    }
+    /// Makes what [`Store::put_new`] wrote under the directory `dir` durable.
+    fn sync_dir(&self, _dir: &str) -> anyhow::Result<()> {
+        Ok(())
+    }
     /// Puts `bytes` at `key` unless something is there already.
     fn create(&self, key: &str, bytes: &[u8]) -> anyhow::Result<Created>;
     /// `None` when absent.
