@@ -44,7 +44,7 @@ impl LocalStore {
     }
 }
 
-fn sync_dir(path: &Path) -> std::io::Result<()> {
+fn sync_parent_dir(path: &Path) -> std::io::Result<()> {
     match path.parent() {
         Some(dir) => std::fs::File::open(dir)?.sync_all(),
         None => Ok(()),
@@ -64,7 +64,7 @@ impl Store for LocalStore {
         let path = self.path(key);
         let tmp = self.write_temp(&path, bytes).map_err(|e| self.err(key, e))?;
         std::fs::rename(&tmp, &path).map_err(|e| self.err(key, e))?;
-        sync_dir(&path).map_err(|e| self.err(key, e))
+        sync_parent_dir(&path).map_err(|e| self.err(key, e))
     }
 
     fn put_new(&self, key: &str, bytes: &[u8]) -> anyhow::Result<()> {
@@ -99,7 +99,7 @@ impl Store for LocalStore {
         let _ = std::fs::remove_file(&tmp);
         match linked {
             Ok(()) => {
-                sync_dir(&path).map_err(|e| self.err(key, e))?;
+                sync_parent_dir(&path).map_err(|e| self.err(key, e))?;
                 Ok(Created::Created)
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(Created::Exists),
