@@ -44,13 +44,20 @@ fn rss_kib(pid: u32) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// Runs the spec with worker 0's sinks sleeping `stall_ms` before every write; the peak RSS
-/// (KiB) seen while it ran and its standard error.
-fn run_with_slow_worker(dir: &Path, spec: &str, stall_ms: u64) -> (u64, String) {
+/// Runs `ward run spec --workers N` with `failpoints`, calling `sample` with its pid every
+/// `every` until it exits (within 5 minutes); the instant it exited and its standard error.
+fn run_sampling(
+    dir: &Path,
+    spec: &str,
+    workers: &str,
+    failpoints: &str,
+    every: Duration,
+    mut sample: impl FnMut(u32),
+) -> (Instant, String) {
     let mut child = Command::new(ward_bin())
-        .args(["run", spec, "--workers", "2"])
+        .args(["run", spec, "--workers", workers])
         .current_dir(dir)
-        .env("FAILPOINTS", format!("sink-write-worker-0=sleep({stall_ms})"))
+        .env("FAILPOINTS", failpoints)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -59,17 +66,28 @@ fn run_with_slow_worker(dir: &Path, spec: &str, stall_ms: u64) -> (u64, String) 
     let stderr = child.stderr.take().unwrap();
     let reader = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
     let deadline = Instant::now() + Duration::from_secs(300);
-    let mut peak = 0;
     while child.try_wait().unwrap().is_none() {
         assert!(Instant::now() < deadline, "the run did not end within 5 minutes");
-        if let Some(kib) = rss_kib(pid) {
-            peak = peak.max(kib);
-        }
-        std::thread::sleep(Duration::from_millis(20));
+        sample(pid);
+        std::thread::sleep(every);
     }
+    let ended = Instant::now();
     let status = child.wait().unwrap();
     let err = reader.join().unwrap();
     assert!(status.success(), "ward failed: {err}");
+    (ended, err)
+}
+
+/// Runs the spec with worker 0's sinks sleeping `stall_ms` before every write; the peak RSS
+/// (KiB) seen while it ran and its standard error.
+fn run_with_slow_worker(dir: &Path, spec: &str, stall_ms: u64) -> (u64, String) {
+    let mut peak = 0;
+    let failpoints = format!("sink-write-worker-0=sleep({stall_ms})");
+    let (_, err) = run_sampling(dir, spec, "2", &failpoints, Duration::from_millis(20), |pid| {
+        if let Some(kib) = rss_kib(pid) {
+            peak = peak.max(kib);
+        }
+    });
     (peak, err)
 }
 
@@ -134,29 +152,12 @@ sinks:
     );
     let out = dir.path().join("out/events.jsonl");
     // 100 polls 50 ms apart: the run's single epoch stays open for at least 5 s.
-    let mut child = Command::new(ward_bin())
-        .args(["run", &spec, "--workers", "1"])
-        .current_dir(dir.path())
-        .env("FAILPOINTS", "source-poll=sleep(50)")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
-    let deadline = Instant::now() + Duration::from_secs(120);
     let mut first_written: Option<Instant> = None;
-    while child.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "the run did not end within 2 minutes");
+    let (ended, err) = run_sampling(dir.path(), &spec, "1", "source-poll=sleep(50)", Duration::from_millis(10), |_| {
         if first_written.is_none() && std::fs::metadata(&out).is_ok_and(|m| m.len() > 0) {
             first_written = Some(Instant::now());
         }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let ended = Instant::now();
-    let status = child.wait().unwrap();
-    let err = reader.join().unwrap();
-    assert!(status.success(), "ward failed: {err}");
+    });
     let lines = std::fs::read_to_string(&out).unwrap().lines().count() as u64;
     let quarantined =
         std::fs::read_to_string(dir.path().join("out/quarantine.jsonl")).unwrap_or_default().lines().count() as u64;
